@@ -1,0 +1,252 @@
+//! The queuing builder behind `Engine::queue_task`, `Task::delay` and `TaskContext::queue_task`:
+//! Framefox's `queue_task(task, queue=, priority=, max_retries=, delay=, schedule_at=)`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::{Broker, NewTask};
+use crate::task::{Payload, Task, TaskId, check_name};
+use crate::{Error, Result};
+
+/// The most retries a task may ask for.
+pub(crate) const MAX_RETRIES_LIMIT: u32 = 1_000;
+/// The latest time a task may be scheduled for: 9999-12-31T23:59:59Z.
+const LATEST_SCHEDULE_MS: i64 = 253_402_300_799_000;
+
+/// Defaults for tasks queued by name (from the `defaults` section of the configuration).
+#[derive(Clone, Debug)]
+pub(crate) struct EnqueueDefaults {
+    pub(crate) queue: String,
+    pub(crate) priority: i32,
+    pub(crate) max_retries: u32,
+    pub(crate) timeout: Option<Duration>,
+}
+
+impl Default for EnqueueDefaults {
+    fn default() -> Self {
+        Self {
+            queue: "default".into(),
+            priority: 0,
+            max_retries: 3,
+            timeout: None,
+        }
+    }
+}
+
+/// A delay before a task's first run: a [`Duration`], whole seconds (`u64`, as Framefox's
+/// `delay=3600`), or a [`chrono::TimeDelta`] (Framefox's `timedelta`).
+pub trait IntoDelay {
+    /// The delay, or why it is not one.
+    ///
+    /// # Errors
+    /// For a negative delay.
+    fn into_delay(self) -> std::result::Result<Duration, String>;
+}
+
+impl IntoDelay for Duration {
+    fn into_delay(self) -> std::result::Result<Duration, String> {
+        Ok(self)
+    }
+}
+
+impl IntoDelay for u64 {
+    fn into_delay(self) -> std::result::Result<Duration, String> {
+        Ok(Duration::from_secs(self))
+    }
+}
+
+impl IntoDelay for chrono::TimeDelta {
+    fn into_delay(self) -> std::result::Result<Duration, String> {
+        self.to_std()
+            .map_err(|_| format!("must not be negative, got {self}"))
+    }
+}
+
+/// A task being queued; finish with [`QueueTask::send`].
+#[must_use = "a task is queued only by .send().await"]
+#[derive(Debug)]
+pub struct QueueTask {
+    broker: Arc<dyn Broker>,
+    draft: Result<NewTask>,
+    delay: Option<std::result::Result<Duration, String>>,
+    schedule_at: Option<DateTime<Utc>>,
+}
+
+impl QueueTask {
+    /// A typed task with the defaults of its definition.
+    pub(crate) fn typed<T: Task>(broker: Arc<dyn Broker>, task: T) -> Self {
+        let draft = Payload::from_kwargs(&task)
+            .map_err(|e| Error::invalid("payload", e.to_string()))
+            .map(|payload| NewTask {
+                id: TaskId::new(),
+                name: T::NAME.to_owned(),
+                queue: T::QUEUE.to_owned(),
+                priority: T::PRIORITY,
+                payload,
+                max_retries: T::MAX_RETRIES,
+                timeout: T::TIMEOUT,
+                retry_delay: None,
+                run_at: None,
+            });
+        Self {
+            broker,
+            draft,
+            delay: None,
+            schedule_at: None,
+        }
+    }
+
+    /// A task by name, for tasks this program does not define, with the configured defaults.
+    pub(crate) fn named(
+        broker: Arc<dyn Broker>,
+        defaults: &EnqueueDefaults,
+        name: &str,
+        payload: &Value,
+    ) -> Self {
+        let draft = Payload::from_value(payload)
+            .map_err(|e| Error::invalid("payload", e.to_string()))
+            .map(|payload| NewTask {
+                id: TaskId::new(),
+                name: name.to_owned(),
+                queue: defaults.queue.clone(),
+                priority: defaults.priority,
+                payload,
+                max_retries: defaults.max_retries,
+                timeout: defaults.timeout,
+                retry_delay: None,
+                run_at: None,
+            });
+        Self {
+            broker,
+            draft,
+            delay: None,
+            schedule_at: None,
+        }
+    }
+
+    fn edit(mut self, change: impl FnOnce(&mut NewTask)) -> Self {
+        if let Ok(task) = self.draft.as_mut() {
+            change(task);
+        }
+        self
+    }
+
+    /// The queue to put it in.
+    pub fn queue(self, queue: impl Into<String>) -> Self {
+        let queue = queue.into();
+        self.edit(|t| t.queue = queue)
+    }
+
+    /// Its priority; higher runs first.
+    pub fn priority(self, priority: i32) -> Self {
+        self.edit(|t| t.priority = priority)
+    }
+
+    /// Retries after the first failed run (at most 1,000).
+    pub fn max_retries(self, max_retries: u32) -> Self {
+        self.edit(|t| t.max_retries = max_retries)
+    }
+
+    /// Runs it no sooner than `delay` from now. [`QueueTask::schedule_at`] wins over this.
+    pub fn delay(mut self, delay: impl IntoDelay) -> Self {
+        self.delay = Some(delay.into_delay());
+        self
+    }
+
+    /// Runs it no sooner than `when`; a time in the past means now. Wins over a delay.
+    pub fn schedule_at(mut self, when: DateTime<Utc>) -> Self {
+        self.schedule_at = Some(when);
+        self
+    }
+
+    /// Limits each attempt to `timeout`; an attempt that runs longer fails (and is retried).
+    pub fn timeout(self, timeout: Duration) -> Self {
+        self.edit(|t| t.timeout = Some(timeout))
+    }
+
+    /// The base of this task's retry backoff instead of the engine's `retry_delay`.
+    pub fn retry_delay(self, delay: Duration) -> Self {
+        self.edit(|t| t.retry_delay = Some(delay))
+    }
+
+    /// Checks every field and resolves the schedule, without queuing.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the field: a bad name or queue, a payload over the size
+    /// limit, too many retries, a negative or oversized delay, a zero timeout.
+    pub fn build(self) -> Result<NewTask> {
+        let mut task = self.draft?;
+        if let Err(problem) = check_name(&task.name) {
+            return Err(Error::invalid("task name", problem));
+        }
+        if let Err(problem) = check_name(&task.queue) {
+            return Err(Error::invalid("queue", problem));
+        }
+        let limit = self.broker.max_payload_bytes();
+        if task.payload.len() > limit {
+            return Err(Error::invalid(
+                "payload",
+                format!(
+                    "is {} bytes, the limit is {limit} bytes (limits.max_payload_bytes)",
+                    task.payload.len()
+                ),
+            ));
+        }
+        if task.max_retries > MAX_RETRIES_LIMIT {
+            return Err(Error::invalid(
+                "max_retries",
+                format!("is {}, the limit is {MAX_RETRIES_LIMIT}", task.max_retries),
+            ));
+        }
+        if task.timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::invalid("timeout", "must be greater than zero"));
+        }
+        if task.retry_delay.is_some_and(|d| d.is_zero()) {
+            return Err(Error::invalid("retry_delay", "must be greater than zero"));
+        }
+        if let Some(when) = self.schedule_at {
+            let ms = when.timestamp_millis();
+            if ms > LATEST_SCHEDULE_MS {
+                return Err(Error::invalid(
+                    "schedule_at",
+                    format!("{when} is after the latest supported time, 9999-12-31T23:59:59Z"),
+                ));
+            }
+            task.run_at = Some(ms);
+        } else if let Some(delay) = self.delay {
+            let delay = delay.map_err(|problem| Error::invalid("delay", problem))?;
+            let now = self.broker.now_ms();
+            let run_at = i64::try_from(delay.as_millis())
+                .ok()
+                .and_then(|ms| now.checked_add(ms))
+                .filter(|ms| *ms <= LATEST_SCHEDULE_MS)
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "delay",
+                        format!(
+                            "{delay:?} reaches past the latest supported time, 9999-12-31T23:59:59Z"
+                        ),
+                    )
+                })?;
+            task.run_at = Some(run_at);
+        }
+        Ok(task)
+    }
+
+    /// Queues the task: it is durably committed when this returns.
+    ///
+    /// # Errors
+    /// As [`QueueTask::build`]; and storage failures, [`Error::Poisoned`],
+    /// [`Error::QueueFull`].
+    pub async fn send(self) -> Result<TaskId> {
+        let broker = Arc::clone(&self.broker);
+        let task = self.build()?;
+        let ids = broker.enqueue(vec![task]).await?;
+        ids.into_iter()
+            .next()
+            .ok_or_else(|| Error::Internal("enqueue returned no id".into()))
+    }
+}

@@ -1,0 +1,442 @@
+//! The embedded broker (config `broker: database`): a redb store written by one writer
+//! thread with group commit, a lock-free ready heap and a delay index fed after each commit,
+//! and a timer thread for due times and lease deadlines.
+
+mod lease;
+mod timer;
+mod writer;
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use self::lease::LeaseTable;
+use self::timer::TimerSignal;
+use self::writer::{Command, Writer, WriterSettings};
+use super::{BoxFuture, Broker, CleanupReport, NewTask, RetentionPolicy, SettleReport, Settlement};
+use crate::clock::{Clock, Millis, millis_to_datetime};
+use crate::events::{Event, EventBus, EventKind};
+use crate::queue::{DelayIndex, ReadyHeap};
+use crate::store::{ReadyOrder, Store, StoreOptions, StoredFailure};
+use crate::task::{FailureKind, RetryPolicy, TaskId, TaskRecord, TaskStatus};
+use crate::{Error, Result};
+
+/// How many finished tasks one cleanup transaction deletes at most.
+const CLEANUP_CHUNK: usize = 10_000;
+
+/// Settings of an embedded broker.
+#[derive(Clone, Debug)]
+pub(crate) struct LocalSettings {
+    pub(crate) store: StoreOptions,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) lease: Duration,
+    pub(crate) max_pending: Option<u64>,
+    pub(crate) max_payload_bytes: usize,
+}
+
+/// State shared by the broker handle, the writer thread and the timer thread.
+pub(crate) struct Shared {
+    pub(crate) ready: ReadyHeap,
+    pub(crate) delayed: DelayIndex,
+    pub(crate) leases: LeaseTable,
+    /// Wakes workers waiting for work; notified after every commit that made tasks ready.
+    pub(crate) work: Notify,
+    pub(crate) timer: TimerSignal,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) events: EventBus,
+    pub(crate) stopping: AtomicBool,
+    poisoned_flag: AtomicBool,
+    poison: Mutex<Option<String>>,
+}
+
+/// What recovery at open found and did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Tasks waiting (PENDING or RETRYING) in the store.
+    pub waiting: u64,
+    /// RUNNING tasks left by the previous process, now RETRYING.
+    pub orphans_retrying: u64,
+    /// RUNNING tasks left by the previous process whose retries were spent, now FAILED.
+    pub orphans_failed: u64,
+}
+
+/// The embedded broker.
+pub(crate) struct LocalBroker {
+    shared: Arc<Shared>,
+    store: Arc<Store>,
+    commands: Option<crossbeam_channel::Sender<Command>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    settings: LocalSettings,
+    recovery: RecoveryReport,
+}
+
+impl std::fmt::Debug for LocalBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBroker")
+            .field("store", &self.store.path())
+            .field("ready", &self.shared.ready.len())
+            .field("delayed", &self.shared.delayed.len())
+            .field("running", &self.shared.leases.len())
+            .finish()
+    }
+}
+
+impl LocalBroker {
+    /// Opens the store, recovers what the previous process left RUNNING, rebuilds the ready
+    /// heap and the delay index from the waiting index, and starts the writer and timer.
+    pub(crate) fn open(
+        path: &Path,
+        settings: LocalSettings,
+        clock: Arc<dyn Clock>,
+        events: EventBus,
+    ) -> Result<Self> {
+        let store = Arc::new(Store::open(path, &settings.store)?);
+        let mut waiting = store.waiting()?;
+        let mut next_seq = waiting.iter().map(|w| w.order.seq + 1).max().unwrap_or(0);
+        let now = clock.now_ms();
+        let mut recovery = RecoveryReport::default();
+
+        let orphans = store.running()?;
+        if !orphans.is_empty() {
+            let requeued = store.write(|tables| {
+                let mut requeued = Vec::new();
+                for (id, attempt) in &orphans {
+                    tables.remove_lease(*id)?;
+                    let Some(mut task) = tables.get_task(*id)? else { continue };
+                    if task.status != TaskStatus::Running {
+                        continue;
+                    }
+                    task.error = Some(StoredFailure {
+                        message: format!("the process running attempt {attempt} stopped before the attempt finished (crash or kill)"),
+                        kind: FailureKind::WorkerLost,
+                    });
+                    if task.attempts <= task.max_retries {
+                        task.status = TaskStatus::Retrying;
+                        task.due_at = now;
+                        task.seq = next_seq;
+                        next_seq += 1;
+                        let order = ReadyOrder::new(task.priority, now, task.seq);
+                        tables.insert_waiting(&task.queue, order, *id)?;
+                        requeued.push(crate::store::WaitingEntry { queue: task.queue.clone(), order, id: *id });
+                    } else {
+                        task.status = TaskStatus::Failed;
+                        task.finished_at = Some(now);
+                        tables.insert_finished(TaskStatus::Failed, now, *id)?;
+                    }
+                    tables.put_task(*id, &task)?;
+                }
+                Ok(requeued)
+            })?;
+            recovery.orphans_retrying = requeued.len() as u64;
+            recovery.orphans_failed = orphans.len() as u64 - recovery.orphans_retrying;
+            if !orphans.is_empty() {
+                tracing::warn!(
+                    retrying = recovery.orphans_retrying,
+                    failed = recovery.orphans_failed,
+                    "recovered tasks left running by a previous process"
+                );
+            }
+            waiting.extend(requeued);
+        }
+
+        let shared = Arc::new(Shared {
+            ready: ReadyHeap::new(),
+            delayed: DelayIndex::new(),
+            leases: LeaseTable::default(),
+            work: Notify::new(),
+            timer: TimerSignal::default(),
+            clock,
+            events,
+            stopping: AtomicBool::new(false),
+            poisoned_flag: AtomicBool::new(false),
+            poison: Mutex::new(None),
+        });
+        recovery.waiting = waiting.len() as u64;
+        for entry in waiting {
+            if entry.order.due_at <= now {
+                shared.ready.push(&entry.queue, entry.order, entry.id);
+            } else {
+                shared.delayed.insert(&entry.queue, entry.order, entry.id);
+            }
+        }
+        let weak = Arc::downgrade(&shared);
+        shared.clock.on_advance(Box::new(move || {
+            if let Some(shared) = weak.upgrade() {
+                shared.timer.poke();
+            }
+        }));
+
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        let writer = Writer {
+            store: Arc::clone(&store),
+            shared: Arc::clone(&shared),
+            next_seq,
+            waiting: recovery.waiting,
+            settings: WriterSettings {
+                retry: settings.retry,
+                max_pending: settings.max_pending,
+            },
+        };
+        let spawn_error =
+            |e: std::io::Error| Error::Internal(format!("cannot start an engine thread: {e}"));
+        let writer_thread = std::thread::Builder::new()
+            .name("fq-writer".into())
+            .spawn(move || writer.run(&receiver))
+            .map_err(spawn_error)?;
+        let timer_shared = Arc::clone(&shared);
+        let timer_sender = sender.clone();
+        let timer_thread = std::thread::Builder::new()
+            .name("fq-timer".into())
+            .spawn(move || timer::run(&timer_shared, &timer_sender))
+            .map_err(spawn_error)?;
+        tracing::info!(path = %path.display(), waiting = recovery.waiting, "store opened");
+        Ok(Self {
+            shared,
+            store,
+            commands: Some(sender),
+            threads: Mutex::new(vec![timer_thread, writer_thread]),
+            settings,
+            recovery,
+        })
+    }
+
+    /// What recovery at open found.
+    pub(crate) fn recovery(&self) -> RecoveryReport {
+        self.recovery
+    }
+
+    /// The store, for reads.
+    pub(crate) fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Ready tasks in memory, per queue name given.
+    pub(crate) fn ready_len(&self, queue: &str) -> usize {
+        self.shared.ready.queue_len(queue)
+    }
+
+    /// Scheduled (not yet due) tasks in memory, for one queue.
+    pub(crate) fn delayed_len(&self, queue: &str) -> usize {
+        self.shared.delayed.queue_len(queue)
+    }
+
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command,
+    ) -> Result<T> {
+        if let Some(reason) = self.shared.poisoned() {
+            return Err(Error::Poisoned { reason });
+        }
+        let commands = self.commands.as_ref().ok_or(Error::ShutDown)?;
+        let (reply, answer) = oneshot::channel();
+        commands.send(make(reply)).map_err(|_| Error::ShutDown)?;
+        match answer.await {
+            Ok(result) => result,
+            Err(_) => Err(self
+                .shared
+                .poisoned()
+                .map_or(Error::ShutDown, |reason| Error::Poisoned { reason })),
+        }
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = Arc::clone(&self.store);
+        // redb reads touch the disk: keep them off the async worker threads.
+        tokio::task::spawn_blocking(move || read(&store))
+            .await
+            .map_err(|e| Error::Internal(format!("a store read failed: {e}")))?
+    }
+
+    fn lease_deadline(&self) -> Millis {
+        self.shared
+            .clock
+            .now_ms()
+            .saturating_add(i64::try_from(self.settings.lease.as_millis()).unwrap_or(i64::MAX))
+    }
+}
+
+impl Drop for LocalBroker {
+    fn drop(&mut self) {
+        self.shared
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared.timer.poke();
+        // Dropping the last sender lets the writer finish what it holds and exit; joining
+        // means the store file is closed when the broker is gone, so it can be reopened.
+        self.commands = None;
+        let threads =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        for thread in threads {
+            if thread.join().is_err() {
+                tracing::error!("an engine thread panicked while stopping");
+            }
+        }
+    }
+}
+
+impl Broker for LocalBroker {
+    fn enqueue(&self, tasks: Vec<NewTask>) -> BoxFuture<'_, Result<Vec<TaskId>>> {
+        Box::pin(async move {
+            if tasks.is_empty() {
+                return Ok(Vec::new());
+            }
+            let queued = self
+                .request(|reply| Command::Enqueue { tasks, reply })
+                .await?;
+            let now = millis_to_datetime(self.now_ms());
+            let mut ids = Vec::with_capacity(queued.len());
+            for (id, record) in queued {
+                if let Some(record) = record {
+                    self.shared
+                        .events
+                        .emit(|| Event::new(EventKind::Queued, record, now));
+                }
+                ids.push(id);
+            }
+            Ok(ids)
+        })
+    }
+
+    fn claim<'a>(
+        &'a self,
+        queues: &'a [Arc<str>],
+        max: usize,
+        wait: Duration,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<Vec<TaskRecord>>> {
+        Box::pin(async move {
+            let selection = self.shared.ready.select(queues);
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                let notified = self.shared.work.notified();
+                tokio::pin!(notified);
+                // Registered before looking, so a push between the look and the wait wakes us.
+                notified.as_mut().enable();
+                let mut picked = Vec::new();
+                while picked.len() < max.max(1) {
+                    match selection.pop() {
+                        Some(task) => picked.push(task),
+                        None => break,
+                    }
+                }
+                if !picked.is_empty() {
+                    let lease_until = self.lease_deadline();
+                    // Not raced against `cancel`: once the claim is sent, its answer must reach a
+                    // worker, or the tasks would sit RUNNING with nobody running them.
+                    let claimed = self
+                        .request(|reply| Command::Claim {
+                            tasks: picked,
+                            lease_until,
+                            reply,
+                        })
+                        .await?;
+                    if !claimed.is_empty() {
+                        return Ok(claimed);
+                    }
+                    continue;
+                }
+                if cancel.is_cancelled() {
+                    return Ok(Vec::new());
+                }
+                tokio::select! {
+                    () = &mut notified => {}
+                    () = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+                    () = cancel.cancelled() => return Ok(Vec::new()),
+                }
+            }
+        })
+    }
+
+    fn settle(&self, settlement: Settlement) -> BoxFuture<'_, Result<SettleReport>> {
+        Box::pin(self.request(|reply| Command::Settle { settlement, reply }))
+    }
+
+    fn heartbeat(&self, id: TaskId, attempt: u32) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            if self.shared.leases.renew(id, attempt, self.lease_deadline()) {
+                return Ok(());
+            }
+            let record = self.read(move |store| Ok(store.read_task(id)?)).await?;
+            let task = record.ok_or(Error::NotFound(id))?;
+            Err(Error::StaleAttempt {
+                id,
+                attempt,
+                current: task.attempts,
+                status: task.status,
+            })
+        })
+    }
+
+    fn task(&self, id: TaskId) -> BoxFuture<'_, Result<Option<TaskRecord>>> {
+        Box::pin(self.read(move |store| Ok(store.read_task(id)?.map(|task| task.to_record(id)))))
+    }
+
+    fn cancel(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
+        Box::pin(async move {
+            let record = self.request(|reply| Command::Cancel { id, reply }).await?;
+            let now = millis_to_datetime(self.now_ms());
+            let snapshot = Arc::new(record.clone());
+            self.shared
+                .events
+                .emit(|| Event::new(EventKind::Cancelled, snapshot, now));
+            Ok(record)
+        })
+    }
+
+    fn cleanup(&self, policy: RetentionPolicy) -> BoxFuture<'_, Result<CleanupReport>> {
+        Box::pin(async move {
+            let now = self.now_ms();
+            let before = |keep: Duration| {
+                now.saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX))
+            };
+            let (completed_before, failed_before) =
+                (before(policy.completed), before(policy.failed));
+            let mut total = CleanupReport::default();
+            loop {
+                let report = self
+                    .request(|reply| Command::Cleanup {
+                        completed_before,
+                        failed_before,
+                        limit: CLEANUP_CHUNK,
+                        reply,
+                    })
+                    .await?;
+                total.completed += report.completed;
+                total.failed += report.failed;
+                total.cancelled += report.cancelled;
+                if report.completed + report.failed + report.cancelled < CLEANUP_CHUNK as u64 {
+                    break;
+                }
+            }
+            if total != CleanupReport::default() {
+                tracing::info!(
+                    completed = total.completed,
+                    failed = total.failed,
+                    cancelled = total.cancelled,
+                    "retention cleanup deleted finished tasks"
+                );
+            }
+            Ok(total)
+        })
+    }
+
+    fn events(&self) -> &EventBus {
+        &self.shared.events
+    }
+
+    fn now_ms(&self) -> Millis {
+        self.shared.clock.now_ms()
+    }
+
+    fn max_payload_bytes(&self) -> usize {
+        self.settings.max_payload_bytes
+    }
+}

@@ -1,0 +1,606 @@
+//! The writer thread: the only owner of write transactions. It drains every waiting command
+//! into one transaction, commits it durably (one fsync for the whole batch), then publishes the
+//! changes to the in-memory structures and answers each command.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use super::Shared;
+use crate::broker::{CleanupReport, NewTask, Outcome, SettleReport, Settlement};
+use crate::clock::{Millis, millis_to_datetime};
+use crate::events::{Event, EventKind};
+use crate::queue::ReadyTask;
+use crate::store::{ReadyOrder, Store, StoreError, StoredFailure, StoredTask, WriteTables};
+use crate::task::{FailureKind, RetryPolicy, TaskFailure, TaskId, TaskRecord, TaskStatus};
+use crate::{Error, Result};
+
+/// The most commands applied in one transaction.
+const MAX_BATCH: usize = 4096;
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// A committed new task, with its record when events are being listened to.
+pub(crate) type Queued = (TaskId, Option<Arc<TaskRecord>>);
+
+/// A request to the writer.
+pub(crate) enum Command {
+    Enqueue {
+        tasks: Vec<NewTask>,
+        reply: Reply<Vec<Queued>>,
+    },
+    Claim {
+        tasks: Vec<ReadyTask>,
+        lease_until: Millis,
+        reply: Reply<Vec<TaskRecord>>,
+    },
+    Settle {
+        settlement: Settlement,
+        reply: Reply<SettleReport>,
+    },
+    Cancel {
+        id: TaskId,
+        reply: Reply<TaskRecord>,
+    },
+    Cleanup {
+        completed_before: Millis,
+        failed_before: Millis,
+        limit: usize,
+        reply: Reply<CleanupReport>,
+    },
+    /// A lease ran out: the attempt counts as failed (its worker is presumed dead).
+    Expire { id: TaskId, attempt: u32 },
+}
+
+/// A change to the in-memory structures, made only after the commit that backs it.
+enum Effect {
+    Wait {
+        queue: String,
+        order: ReadyOrder,
+        id: TaskId,
+    },
+    Unwait {
+        queue: String,
+        order: ReadyOrder,
+    },
+    Lease {
+        id: TaskId,
+        attempt: u32,
+        until: Millis,
+    },
+    Unlease {
+        id: TaskId,
+    },
+    Emit(Event),
+}
+
+/// What one command produced, waiting for the commit.
+enum Answer {
+    Enqueue(Reply<Vec<Queued>>, Result<Vec<Queued>>),
+    Claim(Reply<Vec<TaskRecord>>, Result<Vec<TaskRecord>>),
+    Settle(Reply<SettleReport>, Result<SettleReport>),
+    Cancel(Reply<TaskRecord>, Result<TaskRecord>),
+    Cleanup(Reply<CleanupReport>, Result<CleanupReport>),
+    None,
+}
+
+impl Answer {
+    fn send(self) {
+        // A closed reply channel means the caller stopped waiting; the change is committed
+        // regardless, exactly as if the answer had been read.
+        match self {
+            Answer::Enqueue(r, v) => drop(r.send(v)),
+            Answer::Claim(r, v) => drop(r.send(v)),
+            Answer::Settle(r, v) => drop(r.send(v)),
+            Answer::Cancel(r, v) => drop(r.send(v)),
+            Answer::Cleanup(r, v) => drop(r.send(v)),
+            Answer::None => {}
+        }
+    }
+
+    fn fail(self, error: &dyn Fn() -> Error) {
+        match self {
+            Answer::Enqueue(r, _) => drop(r.send(Err(error()))),
+            Answer::Claim(r, _) => drop(r.send(Err(error()))),
+            Answer::Settle(r, _) => drop(r.send(Err(error()))),
+            Answer::Cancel(r, _) => drop(r.send(Err(error()))),
+            Answer::Cleanup(r, _) => drop(r.send(Err(error()))),
+            Answer::None => {}
+        }
+    }
+}
+
+fn fail_command(command: Command, error: &dyn Fn() -> Error) {
+    match command {
+        Command::Enqueue { reply, .. } => drop(reply.send(Err(error()))),
+        Command::Claim { reply, .. } => drop(reply.send(Err(error()))),
+        Command::Settle { reply, .. } => drop(reply.send(Err(error()))),
+        Command::Cancel { reply, .. } => drop(reply.send(Err(error()))),
+        Command::Cleanup { reply, .. } => drop(reply.send(Err(error()))),
+        Command::Expire { .. } => {}
+    }
+}
+
+/// Settings the writer applies.
+#[derive(Clone, Debug)]
+pub(crate) struct WriterSettings {
+    pub(crate) retry: RetryPolicy,
+    pub(crate) max_pending: Option<u64>,
+}
+
+/// Poisons the engine if the writer thread unwinds, so callers get an error instead of a
+/// silent hang (fjall's `PoisonDart`).
+struct PoisonOnPanic<'a>(&'a Shared);
+
+impl Drop for PoisonOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.poison("the writer thread panicked".into());
+        }
+    }
+}
+
+pub(crate) struct Writer {
+    pub(crate) store: Arc<Store>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) next_seq: u64,
+    pub(crate) waiting: u64,
+    pub(crate) settings: WriterSettings,
+}
+
+/// The per-transaction scratch state.
+struct Batch {
+    now: Millis,
+    effects: Vec<Effect>,
+    answers: Vec<Answer>,
+    audience: bool,
+}
+
+impl Writer {
+    pub(crate) fn run(mut self, commands: &crossbeam_channel::Receiver<Command>) {
+        let shared = Arc::clone(&self.shared);
+        let _guard = PoisonOnPanic(&shared);
+        while let Ok(first) = commands.recv() {
+            let mut pending = Vec::with_capacity(64);
+            pending.push(first);
+            while pending.len() < MAX_BATCH {
+                match commands.try_recv() {
+                    Ok(command) => pending.push(command),
+                    Err(_) => break,
+                }
+            }
+            if let Some(reason) = self.shared.poisoned() {
+                for command in pending {
+                    fail_command(command, &|| Error::Poisoned {
+                        reason: reason.clone(),
+                    });
+                }
+                continue;
+            }
+            self.apply_batch(pending);
+        }
+    }
+
+    fn apply_batch(&mut self, commands: Vec<Command>) {
+        let mut batch = Batch {
+            now: self.shared.clock.now_ms(),
+            effects: Vec::new(),
+            answers: Vec::with_capacity(commands.len()),
+            audience: self.shared.events.has_audience(),
+        };
+        let seq_before = self.next_seq;
+        let waiting_before = self.waiting;
+        let store = Arc::clone(&self.store);
+        let committed = store.write(|tables| {
+            for command in commands {
+                self.apply(tables, command, &mut batch)?;
+            }
+            Ok(())
+        });
+        match committed {
+            Ok(()) => {
+                self.publish(batch.effects, batch.now);
+                for answer in batch.answers {
+                    answer.send();
+                }
+            }
+            Err(error) => {
+                self.next_seq = seq_before;
+                self.waiting = waiting_before;
+                let reason = error.to_string();
+                tracing::error!(error = %reason, "commit failed; the engine refuses writes until reopened");
+                self.shared.poison(reason.clone());
+                for answer in batch.answers {
+                    answer.fail(&|| Error::Poisoned {
+                        reason: reason.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn publish(&self, effects: Vec<Effect>, now: Millis) {
+        let mut woke = false;
+        let mut poke = false;
+        for effect in effects {
+            match effect {
+                Effect::Wait { queue, order, id } => {
+                    if order.due_at <= now {
+                        self.shared.ready.push(&queue, order, id);
+                        woke = true;
+                    } else {
+                        self.shared.delayed.insert(&queue, order, id);
+                        poke = true;
+                    }
+                }
+                Effect::Unwait { queue, order } => {
+                    if !self.shared.ready.remove(&queue, order) {
+                        self.shared.delayed.remove(order);
+                    }
+                }
+                Effect::Lease { id, attempt, until } => {
+                    self.shared.leases.grant(id, attempt, until)
+                }
+                Effect::Unlease { id } => self.shared.leases.release(id),
+                Effect::Emit(event) => self.shared.events.emit(|| event),
+            }
+        }
+        if woke {
+            self.shared.work.notify_waiters();
+        }
+        if poke {
+            self.shared.timer.poke();
+        }
+    }
+
+    fn take_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    /// Applies one command. An `Err` is a storage failure that aborts the whole transaction;
+    /// a problem with the command alone becomes its answer.
+    fn apply(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        command: Command,
+        batch: &mut Batch,
+    ) -> Result<(), StoreError> {
+        match command {
+            Command::Enqueue { tasks, reply } => {
+                let result = self.enqueue(tables, tasks, batch)?;
+                batch.answers.push(Answer::Enqueue(reply, result));
+            }
+            Command::Claim {
+                tasks,
+                lease_until,
+                reply,
+            } => {
+                let result = self.claim(tables, tasks, lease_until, batch)?;
+                batch.answers.push(Answer::Claim(reply, Ok(result)));
+            }
+            Command::Settle { settlement, reply } => {
+                let result = self.settle(tables, &settlement, batch)?;
+                batch.answers.push(Answer::Settle(reply, result));
+            }
+            Command::Cancel { id, reply } => {
+                let result = self.cancel(tables, id, batch)?;
+                batch.answers.push(Answer::Cancel(reply, result));
+            }
+            Command::Cleanup {
+                completed_before,
+                failed_before,
+                limit,
+                reply,
+            } => {
+                let mut report = CleanupReport {
+                    completed: tables
+                        .delete_finished_before(TaskStatus::Completed, completed_before, limit)?
+                        .len() as u64,
+                    ..CleanupReport::default()
+                };
+                let room =
+                    limit.saturating_sub(usize::try_from(report.completed).unwrap_or(usize::MAX));
+                report.failed = tables
+                    .delete_finished_before(TaskStatus::Failed, failed_before, room)?
+                    .len() as u64;
+                let room =
+                    room.saturating_sub(usize::try_from(report.failed).unwrap_or(usize::MAX));
+                report.cancelled = tables
+                    .delete_finished_before(TaskStatus::Cancelled, failed_before, room)?
+                    .len() as u64;
+                batch.answers.push(Answer::Cleanup(reply, Ok(report)));
+            }
+            Command::Expire { id, attempt } => {
+                let failure = TaskFailure {
+                    message: format!(
+                        "the worker running attempt {attempt} stopped renewing its lease (presumed dead)"
+                    ),
+                    kind: FailureKind::WorkerLost,
+                };
+                let settlement = Settlement {
+                    id,
+                    attempt,
+                    outcome: Outcome::Failed {
+                        failure,
+                        retry_after: None,
+                    },
+                };
+                // A settlement that raced the expiry makes this stale: nothing to do then.
+                if let Ok(report) = self.settle(tables, &settlement, batch)?
+                    && let Some(record) = report.record
+                {
+                    let kind = if report.status == TaskStatus::Retrying {
+                        EventKind::Retrying
+                    } else {
+                        EventKind::Failed
+                    };
+                    let mut event =
+                        Event::new(kind, Arc::clone(&record), millis_to_datetime(batch.now));
+                    event.error.clone_from(&record.error);
+                    event.retry_at = report.retry_at.map(millis_to_datetime);
+                    batch.effects.push(Effect::Emit(event));
+                }
+                batch.answers.push(Answer::None);
+            }
+        }
+        Ok(())
+    }
+
+    fn snapshot(batch: &Batch, id: TaskId, task: &StoredTask) -> Option<Arc<TaskRecord>> {
+        batch.audience.then(|| Arc::new(task.to_record(id)))
+    }
+
+    fn enqueue(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        tasks: Vec<NewTask>,
+        batch: &mut Batch,
+    ) -> Result<Result<Vec<Queued>>, StoreError> {
+        if let Some(limit) = self.settings.max_pending
+            && self.waiting.saturating_add(tasks.len() as u64) > limit
+        {
+            return Ok(Err(Error::QueueFull { limit }));
+        }
+        let mut ids = Vec::with_capacity(tasks.len());
+        for new in tasks {
+            let due_at = new.run_at.unwrap_or(batch.now);
+            let seq = self.take_seq();
+            let task = StoredTask {
+                name: new.name,
+                queue: new.queue,
+                priority: new.priority,
+                payload: new.payload.as_str().to_owned(),
+                status: TaskStatus::Pending,
+                attempts: 0,
+                max_retries: new.max_retries,
+                timeout_ms: new.timeout.map(duration_ms),
+                retry_delay_ms: new.retry_delay.map(duration_ms),
+                created_at: batch.now,
+                scheduled_at: due_at,
+                due_at,
+                seq,
+                started_at: None,
+                finished_at: None,
+                result: None,
+                error: None,
+            };
+            let order = ReadyOrder::new(task.priority, due_at, seq);
+            tables.put_task(new.id, &task)?;
+            tables.insert_waiting(&task.queue, order, new.id)?;
+            self.waiting += 1;
+            ids.push((new.id, Self::snapshot(batch, new.id, &task)));
+            batch.effects.push(Effect::Wait {
+                queue: task.queue,
+                order,
+                id: new.id,
+            });
+        }
+        Ok(Ok(ids))
+    }
+
+    fn claim(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        tasks: Vec<ReadyTask>,
+        lease_until: Millis,
+        batch: &mut Batch,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        let mut claimed = Vec::with_capacity(tasks.len());
+        for ready in tasks {
+            let mut task = match tables.get_task(ready.id) {
+                Ok(Some(task)) => task,
+                Ok(None) => continue,
+                Err(StoreError::CorruptRecord { id, detail }) => {
+                    tracing::error!(task.id = %id, %detail, "skipping a task whose record is corrupt");
+                    continue;
+                }
+                Err(other) => return Err(other),
+            };
+            // The heap is a cache: an entry for a task that was cancelled or re-queued under
+            // another order since it was pushed is stale and simply dropped.
+            if !task.status.is_waiting() || task.seq != ready.order.seq {
+                continue;
+            }
+            tables.remove_waiting(&task.queue, ready.order)?;
+            self.waiting = self.waiting.saturating_sub(1);
+            task.status = TaskStatus::Running;
+            task.attempts += 1;
+            task.started_at = Some(batch.now);
+            tables.put_task(ready.id, &task)?;
+            tables.insert_lease(ready.id, task.attempts)?;
+            batch.effects.push(Effect::Lease {
+                id: ready.id,
+                attempt: task.attempts,
+                until: lease_until,
+            });
+            claimed.push(task.to_record(ready.id));
+        }
+        Ok(claimed)
+    }
+
+    fn settle(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        settlement: &Settlement,
+        batch: &mut Batch,
+    ) -> Result<Result<SettleReport>, StoreError> {
+        let id = settlement.id;
+        let mut task = match tables.get_task(id) {
+            Ok(Some(task)) => task,
+            Ok(None) => return Ok(Err(Error::NotFound(id))),
+            Err(e @ StoreError::CorruptRecord { .. }) => return Ok(Err(e.into())),
+            Err(other) => return Err(other),
+        };
+        if task.status != TaskStatus::Running || task.attempts != settlement.attempt {
+            return Ok(Err(Error::StaleAttempt {
+                id,
+                attempt: settlement.attempt,
+                current: task.attempts,
+                status: task.status,
+            }));
+        }
+        let mut retry_at = None;
+        match &settlement.outcome {
+            Outcome::Completed { result } => {
+                task.status = TaskStatus::Completed;
+                task.result = Some(result_text(result));
+                task.error = None;
+                task.finished_at = Some(batch.now);
+                tables.insert_finished(TaskStatus::Completed, batch.now, id)?;
+            }
+            Outcome::Failed {
+                failure,
+                retry_after,
+            } => {
+                task.error = Some(StoredFailure {
+                    message: failure.message.clone(),
+                    kind: failure.kind,
+                });
+                if failure.kind.is_retryable() && task.attempts <= task.max_retries {
+                    let policy = RetryPolicy {
+                        base: task
+                            .retry_delay_ms
+                            .map_or(self.settings.retry.base, Duration::from_millis),
+                        ..self.settings.retry
+                    };
+                    let delay = retry_after.unwrap_or_else(|| policy.jittered_delay(task.attempts));
+                    let due_at = batch
+                        .now
+                        .saturating_add(duration_ms(delay).try_into().unwrap_or(i64::MAX));
+                    self.requeue(tables, id, &mut task, TaskStatus::Retrying, due_at, batch)?;
+                    retry_at = Some(due_at);
+                } else {
+                    task.status = TaskStatus::Failed;
+                    task.finished_at = Some(batch.now);
+                    tables.insert_finished(TaskStatus::Failed, batch.now, id)?;
+                }
+            }
+            Outcome::Released => {
+                task.attempts -= 1;
+                task.started_at = None;
+                self.requeue(tables, id, &mut task, TaskStatus::Pending, batch.now, batch)?;
+            }
+        }
+        tables.put_task(id, &task)?;
+        tables.remove_lease(id)?;
+        batch.effects.push(Effect::Unlease { id });
+        Ok(Ok(SettleReport {
+            status: task.status,
+            retry_at,
+            record: Self::snapshot(batch, id, &task),
+        }))
+    }
+
+    fn requeue(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        id: TaskId,
+        task: &mut StoredTask,
+        status: TaskStatus,
+        due_at: Millis,
+        batch: &mut Batch,
+    ) -> Result<(), StoreError> {
+        task.status = status;
+        task.due_at = due_at;
+        task.seq = self.take_seq();
+        let order = ReadyOrder::new(task.priority, due_at, task.seq);
+        tables.insert_waiting(&task.queue, order, id)?;
+        self.waiting += 1;
+        batch.effects.push(Effect::Wait {
+            queue: task.queue.clone(),
+            order,
+            id,
+        });
+        Ok(())
+    }
+
+    fn cancel(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        id: TaskId,
+        batch: &mut Batch,
+    ) -> Result<Result<TaskRecord>, StoreError> {
+        let mut task = match tables.get_task(id) {
+            Ok(Some(task)) => task,
+            Ok(None) => return Ok(Err(Error::NotFound(id))),
+            Err(e @ StoreError::CorruptRecord { .. }) => return Ok(Err(e.into())),
+            Err(other) => return Err(other),
+        };
+        if !task.status.is_waiting() {
+            return Ok(Err(Error::WrongState {
+                id,
+                status: task.status,
+                operation: "cancel",
+                allowed: "PENDING or RETRYING tasks",
+            }));
+        }
+        let order = ReadyOrder::new(task.priority, task.due_at, task.seq);
+        tables.remove_waiting(&task.queue, order)?;
+        self.waiting = self.waiting.saturating_sub(1);
+        task.status = TaskStatus::Cancelled;
+        task.finished_at = Some(batch.now);
+        tables.put_task(id, &task)?;
+        tables.insert_finished(TaskStatus::Cancelled, batch.now, id)?;
+        batch.effects.push(Effect::Unwait {
+            queue: task.queue.clone(),
+            order,
+        });
+        Ok(Ok(task.to_record(id)))
+    }
+}
+
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn result_text(result: &Value) -> String {
+    result.to_string()
+}
+
+impl Shared {
+    pub(crate) fn poison(&self, reason: String) {
+        let mut slot = self
+            .poison
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.is_none() {
+            *slot = Some(reason);
+        }
+        self.poisoned_flag.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn poisoned(&self) -> Option<String> {
+        if !self.poisoned_flag.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.poison
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}

@@ -1,0 +1,164 @@
+//! The seam between workers/producers and a transport: the [`Broker`] trait, the requests that
+//! cross it, and the queuing builder. `local` is the embedded redb engine (config value
+//! `database`).
+
+mod enqueue;
+pub(crate) mod local;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub(crate) use enqueue::EnqueueDefaults;
+pub use enqueue::{IntoDelay, QueueTask};
+
+use crate::Result;
+use crate::clock::Millis;
+use crate::events::EventBus;
+use crate::task::{Payload, TaskFailure, TaskId, TaskRecord, TaskStatus};
+
+/// A boxed, sendable future: what the object-safe [`Broker`] methods return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A task ready to be queued: checked, with every default resolved.
+#[derive(Clone, Debug)]
+pub struct NewTask {
+    pub(crate) id: TaskId,
+    pub(crate) name: String,
+    pub(crate) queue: String,
+    pub(crate) priority: i32,
+    pub(crate) payload: Payload,
+    pub(crate) max_retries: u32,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) retry_delay: Option<Duration>,
+    /// When it may first run; `None` means as soon as it is committed.
+    pub(crate) run_at: Option<Millis>,
+}
+
+impl NewTask {
+    /// The id the task will have.
+    pub fn id(&self) -> TaskId {
+        self.id
+    }
+}
+
+/// How a claimed attempt ended, as reported by the worker that ran it.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The handler returned a value.
+    Completed {
+        /// The value, stored with the COMPLETED task.
+        result: Value,
+    },
+    /// The attempt failed; the engine decides between RETRYING and FAILED.
+    Failed {
+        /// What went wrong.
+        failure: TaskFailure,
+        /// A delay asked for by the handler instead of the backoff formula.
+        retry_after: Option<Duration>,
+    },
+    /// The worker gives the task back without running it to the end (shutdown): it returns
+    /// to PENDING and the attempt is not counted.
+    Released,
+}
+
+/// The report of one attempt, fenced by its attempt number.
+#[derive(Clone, Debug)]
+pub struct Settlement {
+    /// The task.
+    pub id: TaskId,
+    /// The attempt it was claimed under: the fencing token.
+    pub attempt: u32,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// What a settlement did.
+#[derive(Clone, Debug)]
+pub struct SettleReport {
+    /// The task's status after it.
+    pub status: TaskStatus,
+    /// When the next attempt may start, for RETRYING.
+    pub retry_at: Option<Millis>,
+    /// The record after the change, when events are being listened to.
+    pub record: Option<Arc<TaskRecord>>,
+}
+
+/// How long finished tasks are kept (DESIGN §2 "Retention").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// COMPLETED tasks older than this are deleted (default 1 day).
+    pub completed: Duration,
+    /// FAILED and CANCELLED tasks older than this are deleted (default 7 days).
+    pub failed: Duration,
+}
+
+impl Default for RetentionPolicy {
+    fn default() -> Self {
+        Self {
+            completed: Duration::from_secs(86_400),
+            failed: Duration::from_secs(7 * 86_400),
+        }
+    }
+}
+
+/// What a cleanup deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CleanupReport {
+    /// COMPLETED tasks deleted.
+    pub completed: u64,
+    /// FAILED tasks deleted.
+    pub failed: u64,
+    /// CANCELLED tasks deleted.
+    pub cancelled: u64,
+}
+
+/// A transport that queues, hands out and settles tasks. Object-safe, so workers can run over
+/// the embedded engine, a remote one or RabbitMQ alike.
+pub trait Broker: Send + Sync + fmt::Debug + 'static {
+    /// Commits new tasks durably and returns their ids.
+    fn enqueue(&self, tasks: Vec<NewTask>) -> BoxFuture<'_, Result<Vec<TaskId>>>;
+
+    /// Claims up to `max` due tasks from `queues`, best first, waiting up to `wait` for one to
+    /// become available (returning early, possibly empty, when `cancel` fires). Each claimed
+    /// task is RUNNING under a lease, with its attempt counted, before this returns.
+    fn claim<'a>(
+        &'a self,
+        queues: &'a [Arc<str>],
+        max: usize,
+        wait: Duration,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<Vec<TaskRecord>>>;
+
+    /// Records how an attempt ended. A settlement under a stale attempt is rejected with
+    /// [`crate::Error::StaleAttempt`].
+    fn settle(&self, settlement: Settlement) -> BoxFuture<'_, Result<SettleReport>>;
+
+    /// Extends the lease of a running attempt.
+    fn heartbeat(&self, id: TaskId, attempt: u32) -> BoxFuture<'_, Result<()>>;
+
+    /// The task's record.
+    fn task(&self, id: TaskId) -> BoxFuture<'_, Result<Option<TaskRecord>>>;
+
+    /// Cancels a PENDING or RETRYING task.
+    fn cancel(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>>;
+
+    /// Deletes finished tasks past their retention.
+    fn cleanup(&self, policy: RetentionPolicy) -> BoxFuture<'_, Result<CleanupReport>>;
+
+    /// The lifecycle event bus.
+    fn events(&self) -> &EventBus;
+
+    /// The broker's current time, in milliseconds since the epoch.
+    fn now_ms(&self) -> Millis;
+
+    /// The largest payload accepted, in bytes.
+    fn max_payload_bytes(&self) -> usize;
+}

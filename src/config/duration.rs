@@ -1,0 +1,323 @@
+//! Human-readable durations (`"90s"`, `"1h30m"`, `"500ms"`, `"2d"`) for config files and the
+//! CLI's `--delay`; it knows nothing about files or keys.
+
+use std::time::Duration;
+
+/// The units [`parse_duration`] accepts, as named in its error messages.
+const UNITS: &str = "ms, s, m, h or d";
+
+/// Why a duration string could not be parsed. Each message quotes the input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DurationError {
+    /// The text is empty or only whitespace.
+    #[error("empty duration: expected e.g. \"90s\", \"1h30m\" or a number of seconds")]
+    Empty,
+    /// The text starts with a minus sign.
+    #[error("negative duration {input:?}: durations cannot be negative")]
+    Negative {
+        /// The whole text given.
+        input: String,
+    },
+    /// A number in a multi-part duration has no unit (`"1h 30"`).
+    #[error("missing unit after {number} in {input:?} (use {UNITS})")]
+    MissingUnit {
+        /// The number without a unit.
+        number: String,
+        /// The whole text given.
+        input: String,
+    },
+    /// A unit fq does not know (`"5x"`, `"3w"`).
+    #[error("unknown unit {unit:?} in {input:?} (use {UNITS})")]
+    UnknownUnit {
+        /// The unit as written.
+        unit: String,
+        /// The whole text given.
+        input: String,
+    },
+    /// A fractional number (`"1.5h"`).
+    #[error(
+        "fractions are not supported in {input:?}: use a smaller unit, e.g. \"90m\" for \"1.5h\""
+    )]
+    Fraction {
+        /// The whole text given.
+        input: String,
+    },
+    /// A character that cannot start a number (`"h5"`, `"five"`).
+    #[error("unexpected {found:?} in {input:?}: expected a number")]
+    Unexpected {
+        /// The offending character.
+        found: char,
+        /// The whole text given.
+        input: String,
+    },
+    /// The total does not fit in a `Duration`.
+    #[error("duration {input:?} is too large")]
+    Overflow {
+        /// The whole text given.
+        input: String,
+    },
+}
+
+/// Parses a human duration.
+///
+/// The text is one or more `<number><unit>` parts, optionally separated by whitespace, summed:
+/// `"90s"`, `"1h30m"`, `"1h 30m"`, `"500ms"`, `"2d"`. Units are `ms`, `s`, `m` (minutes), `h` and
+/// `d` (24 hours). A bare number (`"90"`) means seconds. Leading and trailing whitespace is ignored.
+/// Fractions (`"1.5h"`) are refused rather than rounded: write `"90m"`.
+///
+/// # Errors
+///
+/// Empty text, a negative or fractional number, a missing or unknown unit, any other character,
+/// or a total too large for a `Duration`; the error quotes the text.
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+    let input = text.trim();
+    if input.is_empty() {
+        return Err(DurationError::Empty);
+    }
+    let owned = || input.to_owned();
+    if input.starts_with('-') {
+        return Err(DurationError::Negative { input: owned() });
+    }
+    if input.bytes().all(|b| b.is_ascii_digit()) {
+        let secs = input
+            .parse::<u64>()
+            .map_err(|_| DurationError::Overflow { input: owned() })?;
+        return Ok(Duration::from_secs(secs));
+    }
+
+    let mut total = Duration::ZERO;
+    let mut rest = input;
+    while !rest.is_empty() {
+        let digits_end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let (number, after) = rest.split_at(digits_end);
+        if number.is_empty() {
+            // `rest` is non-empty and starts with a non-digit.
+            let found = after.chars().next().unwrap_or(' ');
+            return Err(DurationError::Unexpected {
+                found,
+                input: owned(),
+            });
+        }
+        if after.starts_with('.') || after.starts_with(',') {
+            return Err(DurationError::Fraction { input: owned() });
+        }
+        let after = after.trim_start();
+        let unit_end = after
+            .find(|c: char| !c.is_alphabetic())
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_end);
+        if unit.is_empty() {
+            return Err(DurationError::MissingUnit {
+                number: number.to_owned(),
+                input: owned(),
+            });
+        }
+        let value = number
+            .parse::<u64>()
+            .map_err(|_| DurationError::Overflow { input: owned() })?;
+        let part = match unit {
+            "ms" => Some(Duration::from_millis(value)),
+            "s" => Some(Duration::from_secs(value)),
+            "m" => value.checked_mul(60).map(Duration::from_secs),
+            "h" => value.checked_mul(3_600).map(Duration::from_secs),
+            "d" => value.checked_mul(86_400).map(Duration::from_secs),
+            _ => {
+                return Err(DurationError::UnknownUnit {
+                    unit: unit.to_owned(),
+                    input: owned(),
+                });
+            }
+        };
+        total = part
+            .and_then(|part| total.checked_add(part))
+            .ok_or_else(|| DurationError::Overflow { input: owned() })?;
+        rest = after.trim_start();
+    }
+    Ok(total)
+}
+
+/// Formats a duration the way [`parse_duration`] reads it (`"1h30m"`, `"500ms"`, `"0s"`), for
+/// messages. Durations finer than a millisecond fall back to `Debug` (`"1.5µs"`).
+pub(crate) fn format_duration(duration: Duration) -> String {
+    if !duration.subsec_nanos().is_multiple_of(1_000_000) {
+        return format!("{duration:?}");
+    }
+    if duration.is_zero() {
+        return "0s".to_owned();
+    }
+    let mut secs = duration.as_secs();
+    let mut out = String::new();
+    for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)] {
+        if secs >= size {
+            out.push_str(&format!("{}{unit}", secs / size));
+            secs %= size;
+        }
+    }
+    let millis = duration.subsec_millis();
+    if millis != 0 {
+        out.push_str(&format!("{millis}ms"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn parses_each_unit_and_combinations() -> TestResult {
+        let cases = [
+            ("90s", secs(90)),
+            ("90", secs(90)),
+            ("0", Duration::ZERO),
+            ("0s", Duration::ZERO),
+            ("500ms", Duration::from_millis(500)),
+            ("5m", secs(300)),
+            ("2h", secs(7_200)),
+            ("2d", secs(172_800)),
+            ("1h30m", secs(5_400)),
+            ("1h 30m", secs(5_400)),
+            ("1d2h3m4s5ms", secs(93_784) + Duration::from_millis(5)),
+            ("  45s  ", secs(45)),
+            ("5 s", secs(5)),
+            ("1s1500ms", Duration::from_millis(2_500)),
+            ("007s", secs(7)),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_duration(text)?, want, "{text:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_empty() {
+        assert_eq!(parse_duration(""), Err(DurationError::Empty));
+        assert_eq!(parse_duration("   "), Err(DurationError::Empty));
+    }
+
+    #[test]
+    fn rejects_negative() {
+        assert_eq!(
+            parse_duration("-5s"),
+            Err(DurationError::Negative {
+                input: "-5s".into()
+            })
+        );
+        assert_eq!(
+            parse_duration("-5"),
+            Err(DurationError::Negative { input: "-5".into() })
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_units_naming_them() {
+        let err = parse_duration("5x").expect_err("x is not a unit");
+        assert_eq!(
+            err,
+            DurationError::UnknownUnit {
+                unit: "x".into(),
+                input: "5x".into()
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "unknown unit \"x\" in \"5x\" (use ms, s, m, h or d)"
+        );
+        for text in ["3w", "1sec", "2 hours", "10us", "1H"] {
+            assert!(
+                matches!(parse_duration(text), Err(DurationError::UnknownUnit { .. })),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_a_number_without_unit_in_a_sum() {
+        assert_eq!(
+            parse_duration("1h 30"),
+            Err(DurationError::MissingUnit {
+                number: "30".into(),
+                input: "1h 30".into()
+            })
+        );
+        assert!(matches!(
+            parse_duration("1h30"),
+            Err(DurationError::MissingUnit { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_fractions() {
+        for text in ["1.5h", "0.5", "1,5s"] {
+            assert!(
+                matches!(parse_duration(text), Err(DurationError::Fraction { .. })),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_stray_characters() {
+        assert_eq!(
+            parse_duration("h5"),
+            Err(DurationError::Unexpected {
+                found: 'h',
+                input: "h5".into()
+            })
+        );
+        for text in ["five", "+5s", "5s-1s", "1h_30m", "ms"] {
+            assert!(
+                matches!(parse_duration(text), Err(DurationError::Unexpected { .. })),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_overflow() {
+        let too_many_digits = "99999999999999999999999";
+        for text in [
+            too_many_digits.to_owned(),
+            format!("{too_many_digits}s"),
+            format!("{}d", u64::MAX),
+            format!("{}s {}s", u64::MAX, u64::MAX),
+        ] {
+            assert!(
+                matches!(parse_duration(&text), Err(DurationError::Overflow { .. })),
+                "{text:?}"
+            );
+        }
+        // The largest whole number of seconds still fits.
+        assert_eq!(
+            parse_duration(&u64::MAX.to_string()),
+            Ok(Duration::from_secs(u64::MAX))
+        );
+    }
+
+    #[test]
+    fn formats_for_messages_and_round_trips() -> TestResult {
+        let cases = [
+            (Duration::ZERO, "0s"),
+            (secs(5), "5s"),
+            (secs(5_400), "1h30m"),
+            (secs(86_400), "1d"),
+            (Duration::from_millis(1_500), "1s500ms"),
+            (Duration::from_millis(20), "20ms"),
+        ];
+        for (duration, text) in cases {
+            assert_eq!(format_duration(duration), text);
+            assert_eq!(parse_duration(text)?, duration);
+        }
+        assert_eq!(format_duration(Duration::from_nanos(1_500)), "1.5µs");
+        Ok(())
+    }
+}

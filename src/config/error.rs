@@ -1,0 +1,243 @@
+//! `ConfigError`: every way loading or validating the configuration can fail, each naming the
+//! file and key involved. It owns no parsing; parser errors arrive here already turned into text.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Why a configuration could not be loaded, or why a loaded one is not valid.
+///
+/// Key paths (`worker.concurrency`, `worker.queues[1]`) are relative to fq's own section: the top
+/// level of `fq.toml`, or the `task:` mapping of `config/services.yaml`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file could not be read (missing, a directory, unreadable, too large).
+    ///
+    /// The operating system's reason is the error's `source()`.
+    #[error("{}: cannot read the config file", path.display())]
+    Io {
+        /// The file fq tried to read.
+        path: PathBuf,
+        /// What the operating system (or the size check) said.
+        source: std::io::Error,
+    },
+    /// The file name does not end in `.toml`, `.yaml` or `.yml`, so fq cannot tell its format.
+    #[error("{}: unknown config format: expected a .toml, .yaml or .yml file", path.display())]
+    UnknownFormat {
+        /// The file fq was asked to load.
+        path: PathBuf,
+    },
+    /// The file is not valid TOML or YAML (or not valid UTF-8).
+    #[error("{}{}: syntax error: {message}", path.display(), Location(*line, *column))]
+    Syntax {
+        /// The file that failed to parse.
+        path: PathBuf,
+        /// 1-based line of the error, when the parser reports one.
+        line: Option<usize>,
+        /// 1-based column (in characters) of the error, when the parser reports one.
+        column: Option<usize>,
+        /// The parser's description of the problem.
+        message: String,
+    },
+    /// fq's section has a key fq does not know, usually a typo.
+    #[error("{}: unknown key {key}{}", path.display(), Suggestion(suggestion.as_deref()))]
+    UnknownKey {
+        /// The file that holds the key.
+        path: PathBuf,
+        /// Full key path, e.g. `worker.concurency`.
+        key: String,
+        /// A known key with a similar spelling, e.g. `worker.concurrency`.
+        suggestion: Option<String>,
+    },
+    /// A value has the wrong type or is out of range.
+    #[error("{}{key}: {message}", FilePrefix(path.as_deref()))]
+    InvalidValue {
+        /// The file the value came from; `None` for a `Config` built in code.
+        path: Option<PathBuf>,
+        /// Full key path, e.g. `worker.concurrency`.
+        key: String,
+        /// What is wrong, e.g. `must be at least 1, got 0`.
+        message: String,
+    },
+    /// A YAML file has no `task:` section, where fq's settings live.
+    #[error(
+        "{}: no `{section}:` section: fq reads its settings from the top-level `{section}:` key",
+        path.display()
+    )]
+    MissingSection {
+        /// The YAML file.
+        path: PathBuf,
+        /// The missing top-level key (`task`).
+        section: String,
+    },
+    /// A `${VAR}` reference names a variable that is not set (or is not valid Unicode).
+    #[error("{}: {key}: environment variable {variable} is not set", path.display())]
+    UnsetVariable {
+        /// The file that holds the reference.
+        path: PathBuf,
+        /// Full key path of the value that holds the reference.
+        key: String,
+        /// The variable's name, without `${` and `}`.
+        variable: String,
+    },
+    /// An `FQ_*` override variable holds a value fq cannot use.
+    #[error("environment variable {variable}: {message}")]
+    BadOverride {
+        /// The variable, e.g. `FQ_BROKER`.
+        variable: String,
+        /// What is wrong with its value.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// An `InvalidValue` error.
+    pub(super) fn invalid(
+        path: Option<&Path>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::InvalidValue {
+            path: path.map(Path::to_path_buf),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Displays `:line:column` when both are known, `:line` when only the line is.
+struct Location(Option<usize>, Option<usize>);
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.0, self.1) {
+            (Some(line), Some(column)) => write!(f, ":{line}:{column}"),
+            (Some(line), None) => write!(f, ":{line}"),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Displays ` (did you mean X?)` when there is a suggestion.
+struct Suggestion<'a>(Option<&'a str>);
+
+impl fmt::Display for Suggestion<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(key) => write!(f, " (did you mean {key}?)"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Displays `file: ` when there is a file.
+struct FilePrefix<'a>(Option<&'a Path>);
+
+impl fmt::Display for FilePrefix<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(path) => write!(f, "{}: ", path.display()),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn invalid_value_names_file_and_key() {
+        let err = ConfigError::invalid(
+            Some(Path::new("fq.toml")),
+            "worker.concurrency",
+            "must be at least 1, got 0",
+        );
+        assert_eq!(
+            err.to_string(),
+            "fq.toml: worker.concurrency: must be at least 1, got 0"
+        );
+    }
+
+    #[test]
+    fn invalid_value_without_file_names_the_key() {
+        let err = ConfigError::invalid(None, "database", "must not be empty");
+        assert_eq!(err.to_string(), "database: must not be empty");
+    }
+
+    #[test]
+    fn syntax_shows_the_position_it_has() {
+        let with = |line, column| ConfigError::Syntax {
+            path: PathBuf::from("fq.toml"),
+            line,
+            column,
+            message: "invalid key".into(),
+        };
+        assert_eq!(
+            with(Some(3), Some(7)).to_string(),
+            "fq.toml:3:7: syntax error: invalid key"
+        );
+        assert_eq!(
+            with(Some(3), None).to_string(),
+            "fq.toml:3: syntax error: invalid key"
+        );
+        assert_eq!(
+            with(None, None).to_string(),
+            "fq.toml: syntax error: invalid key"
+        );
+    }
+
+    #[test]
+    fn unknown_key_shows_the_suggestion() {
+        let err = ConfigError::UnknownKey {
+            path: PathBuf::from("fq.toml"),
+            key: "worker.concurency".into(),
+            suggestion: Some("worker.concurrency".into()),
+        };
+        assert_eq!(
+            err.to_string(),
+            "fq.toml: unknown key worker.concurency (did you mean worker.concurrency?)"
+        );
+    }
+
+    #[test]
+    fn io_keeps_the_reason_as_source() {
+        let err = ConfigError::Io {
+            path: PathBuf::from("missing.toml"),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        assert_eq!(err.to_string(), "missing.toml: cannot read the config file");
+        assert!(err.source().is_some());
+    }
+
+    #[test]
+    fn other_messages_name_what_they_are_about() {
+        let missing = ConfigError::MissingSection {
+            path: PathBuf::from("config/services.yaml"),
+            section: "task".into(),
+        };
+        assert!(
+            missing
+                .to_string()
+                .starts_with("config/services.yaml: no `task:` section")
+        );
+        let unset = ConfigError::UnsetVariable {
+            path: PathBuf::from("fq.toml"),
+            key: "rabbitmq.password".into(),
+            variable: "RABBIT_PASSWORD".into(),
+        };
+        assert_eq!(
+            unset.to_string(),
+            "fq.toml: rabbitmq.password: environment variable RABBIT_PASSWORD is not set"
+        );
+        let bad = ConfigError::BadOverride {
+            variable: "FQ_BROKER".into(),
+            message: "expected \"database\" or \"rabbitmq\", got \"redis\"".into(),
+        };
+        assert_eq!(
+            bad.to_string(),
+            "environment variable FQ_BROKER: expected \"database\" or \"rabbitmq\", got \"redis\""
+        );
+    }
+}

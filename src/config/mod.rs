@@ -1,0 +1,626 @@
+//! fq's configuration: the [`Config`] type and its parts, their defaults, loading from `fq.toml`
+//! or Framefox's `config/services.yaml` (with `${VAR}` expansion and `FQ_*` overrides), and
+//! validation. It only produces values; it never opens stores or connects to brokers.
+//!
+//! Loading is a short pipeline, one file per step: `file` finds, reads and parses a file into a
+//! format-neutral tree; `decode` turns fq's section of it into a `Config`, checking keys and
+//! types and expanding `${VAR}`; `env` applies the overrides; [`Config::validate`] checks ranges.
+
+mod decode;
+mod duration;
+mod env;
+mod error;
+mod file;
+mod names;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+pub use duration::{DurationError, parse_duration};
+pub use error::ConfigError;
+
+pub(crate) use duration::format_duration;
+pub(crate) use names::check_name;
+
+use env::Lookup;
+use file::Format;
+
+/// Most tasks a worker may run at once.
+pub(crate) const MAX_CONCURRENCY: usize = 10_000;
+/// Most retries a task may ask for (`max_retries`).
+pub(crate) const MAX_RETRIES: u32 = 1_000;
+/// Longest `worker.polling_interval` and `worker.shutdown_timeout`.
+pub(crate) const MAX_WORKER_WAIT: Duration = Duration::from_secs(86_400);
+/// Longest `defaults.retry_max_delay` and `defaults.timeout` (365 days). Keeps every deadline
+/// computed from them far from `Instant`/`DateTime` overflow.
+pub(crate) const MAX_TASK_DELAY: Duration = Duration::from_secs(365 * 86_400);
+/// Longest retention, `cleanup.retain_days` and `cleanup.completed_retention` (100 years).
+pub(crate) const MAX_RETAIN_DAYS: u64 = 36_500;
+/// Longest `cleanup.interval_hours` (one year).
+pub(crate) const MAX_CLEANUP_INTERVAL_HOURS: u64 = 8_760;
+
+/// fq's validated settings: which broker, where the store lives, task defaults, worker, cleanup,
+/// RabbitMQ and limits.
+///
+/// Build one with [`Config::load`] (file plus environment), [`Config::from_toml_str`] /
+/// [`Config::from_yaml_str`], or [`Config::default`] and field updates followed by
+/// [`Config::validate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Which transport carries tasks: the local store (default) or RabbitMQ.
+    pub broker: BrokerKind,
+    /// The redb store file, default `var/fq.redb`. A relative path is relative to the process's
+    /// working directory (the project root), not to the config file, as in Framefox.
+    pub database: PathBuf,
+    /// Defaults for tasks that do not set their own queue, priority, retries or timeout.
+    pub defaults: TaskDefaults,
+    /// How `fq worker start` runs: queues, concurrency, idle recheck, shutdown grace.
+    pub worker: WorkerConfig,
+    /// How long finished tasks are kept, and how often they are swept.
+    pub cleanup: CleanupConfig,
+    /// Where RabbitMQ is, used when `broker` is `rabbitmq`.
+    pub rabbitmq: RabbitConfig,
+    /// Size and count limits enforced on producers and the control socket.
+    pub limits: Limits,
+    /// The file this configuration came from, for messages; `None` for [`Config::default`] or
+    /// when no file was found.
+    pub source: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            broker: BrokerKind::default(),
+            database: PathBuf::from("var/fq.redb"),
+            defaults: TaskDefaults::default(),
+            worker: WorkerConfig::default(),
+            cleanup: CleanupConfig::default(),
+            rabbitmq: RabbitConfig::default(),
+            limits: Limits::default(),
+            source: None,
+        }
+    }
+}
+
+/// The transport between producers and workers (config key `broker`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum BrokerKind {
+    /// `database`: the local redb store, no external service (Framefox's name for its default).
+    #[default]
+    Database,
+    /// `rabbitmq`: the RabbitMQ bridge, with the local store as a durable outbox.
+    Rabbitmq,
+}
+
+impl BrokerKind {
+    /// The name used in config files: `database` or `rabbitmq`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrokerKind::Database => "database",
+            BrokerKind::Rabbitmq => "rabbitmq",
+        }
+    }
+}
+
+impl fmt::Display for BrokerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for BrokerKind {
+    type Err = String;
+
+    /// Parses `database` or `rabbitmq`, exactly (lowercase, as in Framefox).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "database" => Ok(BrokerKind::Database),
+            "rabbitmq" => Ok(BrokerKind::Rabbitmq),
+            other => Err(format!(
+                "expected \"database\" or \"rabbitmq\", got {other:?}"
+            )),
+        }
+    }
+}
+
+/// Defaults for tasks that do not set their own (config section `defaults`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskDefaults {
+    /// Queue for tasks that name none, default `default`.
+    pub queue: String,
+    /// Priority for tasks that give none, default 0; higher runs first.
+    pub priority: i32,
+    /// Retries after the first failed run, default 3 (so up to 4 runs).
+    pub max_retries: u32,
+    /// Delay before the first retry, default 5 s; doubles each retry.
+    pub retry_delay: Duration,
+    /// Cap on the doubling retry delay, default 1 h.
+    pub retry_max_delay: Duration,
+    /// How long one run may take before it counts as failed; default `None` (no limit).
+    pub timeout: Option<Duration>,
+}
+
+impl Default for TaskDefaults {
+    fn default() -> Self {
+        Self {
+            queue: "default".to_owned(),
+            priority: 0,
+            max_retries: 3,
+            retry_delay: Duration::from_secs(5),
+            retry_max_delay: Duration::from_secs(3_600),
+            timeout: None,
+        }
+    }
+}
+
+/// How a worker runs (config section `worker`, Framefox's `WorkerManager` setters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerConfig {
+    /// Queues served, default `["default"]`; by priority across all of them.
+    pub queues: Vec<String>,
+    /// Tasks run at once, default 10.
+    pub concurrency: usize,
+    /// Longest idle wait before rechecking for work, default 5 s. Workers are woken by new
+    /// work; this only bounds how stale an idle worker's view can get.
+    pub polling_interval: Duration,
+    /// How long shutdown waits for running tasks before releasing them, default 30 s. Zero
+    /// releases them at once.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            queues: vec!["default".to_owned()],
+            concurrency: 10,
+            polling_interval: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Retention of finished tasks (config section `cleanup`, Framefox's `set_cleanup_config`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CleanupConfig {
+    /// Hours between cleanup runs, default 1.
+    pub interval_hours: u64,
+    /// Days FAILED and CANCELLED tasks are kept, default 7.
+    pub retain_days: u64,
+    /// How long COMPLETED tasks (and their results) are kept, default 1 day. Zero means they
+    /// are deleted by the next cleanup run.
+    pub completed_retention: Duration,
+}
+
+impl Default for CleanupConfig {
+    fn default() -> Self {
+        Self {
+            interval_hours: 1,
+            retain_days: 7,
+            completed_retention: Duration::from_secs(86_400),
+        }
+    }
+}
+
+/// Where RabbitMQ is (config section `rabbitmq`). `Debug` redacts the password, also inside `url`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RabbitConfig {
+    /// Default `localhost`.
+    pub host: String,
+    /// Default 5672.
+    pub port: u16,
+    /// Default `guest`.
+    pub username: String,
+    /// Default `guest`. Usually `${RABBIT_PASSWORD}` in files.
+    pub password: String,
+    /// Virtual host, default `/`.
+    pub vhost: String,
+    /// A full `amqp://` or `amqps://` URL; when set it wins over host, port, username,
+    /// password and vhost. `FQ_RABBITMQ_URL` sets it.
+    pub url: Option<String>,
+    /// Unacknowledged deliveries per consumer; `None` (default) uses `worker.concurrency`.
+    pub prefetch: Option<u16>,
+}
+
+impl Default for RabbitConfig {
+    fn default() -> Self {
+        Self {
+            host: "localhost".to_owned(),
+            port: 5672,
+            username: "guest".to_owned(),
+            password: "guest".to_owned(),
+            vhost: "/".to_owned(),
+            url: None,
+            prefetch: None,
+        }
+    }
+}
+
+impl RabbitConfig {
+    /// The URL to connect to: `url` when set, else
+    /// `amqp://username:password@host:port/vhost` with username, password and vhost
+    /// percent-encoded (vhost `/` becomes `%2f`) and an IPv6 host in brackets.
+    #[must_use]
+    pub fn amqp_url(&self) -> String {
+        if let Some(url) = &self.url {
+            return url.clone();
+        }
+        let host = if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!(
+            "amqp://{}:{}@{host}:{}/{}",
+            percent_encode(&self.username),
+            percent_encode(&self.password),
+            self.port,
+            percent_encode(&self.vhost)
+        )
+    }
+}
+
+impl fmt::Debug for RabbitConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        /// Debug-prints as a bare `<redacted>`.
+        struct Redacted;
+        impl fmt::Debug for Redacted {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(REDACTED)
+            }
+        }
+        f.debug_struct("RabbitConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &Redacted)
+            .field("vhost", &self.vhost)
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("prefetch", &self.prefetch)
+            .finish()
+    }
+}
+
+/// Size and count limits (config section `limits`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest task argument payload accepted, default 1 MiB.
+    pub max_payload_bytes: usize,
+    /// Largest control-socket frame, default 2 MiB; must exceed `max_payload_bytes` so a
+    /// frame can carry a full payload plus its envelope.
+    pub max_frame_bytes: usize,
+    /// Most PENDING/RETRYING tasks a store may hold; `None` (default) means no limit.
+    pub max_pending: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 1 << 20,
+            max_frame_bytes: 2 << 20,
+            max_pending: None,
+        }
+    }
+}
+
+impl Config {
+    /// Loads the configuration for this process.
+    ///
+    /// With a path, loads that file, TOML for `.toml`, YAML (fq's keys under `task:`) for
+    /// `.yaml`/`.yml`. Without one, tries `fq.toml`, then `config/services.yaml`, in the current
+    /// directory, and uses the defaults when neither exists. In every case `${VAR}` references
+    /// in string values expand from the environment, then `FQ_BROKER`, `FQ_DATABASE` and
+    /// `FQ_RABBITMQ_URL` override the file, and the result is validated.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the file (and key, or variable) at fault: the file cannot be
+    /// read or has an unknown extension, bad syntax, an unknown key, a value of the wrong type
+    /// or out of range, an unset `${VAR}`, a YAML file without `task:`, or a bad override.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_in(path, Path::new(""), &env::process_env)
+    }
+
+    /// [`Config::load`] with the directory to search (and to resolve a relative `path`
+    /// against) and the environment passed in, so tests need neither `chdir` nor `setenv`.
+    fn load_in(path: Option<&Path>, dir: &Path, env: &Lookup<'_>) -> Result<Config, ConfigError> {
+        let path = match path {
+            Some(path) => Some(dir.join(path)),
+            None => file::find(dir)?,
+        };
+        let mut config = match path {
+            Some(path) => {
+                let format = Format::of(&path)?;
+                let text = file::read(&path)?;
+                Self::parse(&text, format, &path, env)?
+            }
+            None => Config::default(),
+        };
+        env::apply_overrides(&mut config, env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses and validates a TOML document (fq's keys at the top level); an empty document
+    /// gives the defaults. `${VAR}` references expand from the process environment; the `FQ_*`
+    /// overrides are not applied (that is [`Config::load`]'s job). `origin` only names the
+    /// document in errors and in `source`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::load`], minus reading and overrides.
+    pub fn from_toml_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        Self::from_str_in(text, Format::Toml, origin, &env::process_env)
+    }
+
+    /// Parses and validates a YAML document such as Framefox's `config/services.yaml`: fq's
+    /// keys are under the top-level `task:` key and every other top-level key is ignored.
+    /// `${VAR}` expands as in [`Config::from_toml_str`]; overrides are not applied.
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::load`], minus reading and overrides; a document without `task:` (an empty
+    /// one included) is [`ConfigError::MissingSection`].
+    pub fn from_yaml_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        Self::from_str_in(text, Format::Yaml, origin, &env::process_env)
+    }
+
+    fn from_str_in(
+        text: &str,
+        format: Format,
+        origin: &Path,
+        env: &Lookup<'_>,
+    ) -> Result<Config, ConfigError> {
+        let config = Self::parse(text, format, origin, env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses and decodes without validating, so overrides can still change the result.
+    fn parse(
+        text: &str,
+        format: Format,
+        origin: &Path,
+        env: &Lookup<'_>,
+    ) -> Result<Config, ConfigError> {
+        let entries = file::parse(text, format, origin)?;
+        decode::decode(entries, origin, env)
+    }
+
+    /// Checks every value against its allowed range and the rules between them.
+    ///
+    /// Rules: `database` non-empty; queue names (`defaults.queue`, each of `worker.queues`) 1 to
+    /// 255 bytes of `[A-Za-z0-9._:-]`; `worker.queues` non-empty without duplicates;
+    /// `defaults.max_retries` ≤ 1000; `defaults.retry_delay` > 0 and ≤ `retry_max_delay` ≤ 365 days;
+    /// `defaults.timeout`, when set, > 0 and ≤ 365 days; `worker.concurrency` 1 to 10 000;
+    /// `worker.polling_interval` > 0 and ≤ 1 day; `worker.shutdown_timeout` ≤ 1 day;
+    /// `cleanup.interval_hours` 1 to 8760; `cleanup.retain_days` 1 to 36 500;
+    /// `cleanup.completed_retention` ≤ 36 500 days (0 allowed); `rabbitmq.host` non-empty;
+    /// `rabbitmq.port` ≥ 1; `rabbitmq.url`, when set, `amqp://` or `amqps://`;
+    /// `rabbitmq.prefetch`, when set, ≥ 1; `limits.max_payload_bytes` ≥ 1,
+    /// `limits.max_frame_bytes` > `max_payload_bytes`; `limits.max_pending`, when set, ≥ 1.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::InvalidValue`] for the first rule broken, naming the key and `source`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check()
+            .map_err(|(key, message)| ConfigError::invalid(self.source.as_deref(), key, message))
+    }
+
+    /// The rules of [`Config::validate`]; the error is (key path, message).
+    fn check(&self) -> Result<(), (String, String)> {
+        fn fail(key: &str, message: impl Into<String>) -> Result<(), (String, String)> {
+            Err((key.to_owned(), message.into()))
+        }
+        fn at_least<T: Copy + PartialOrd + fmt::Display>(
+            key: &str,
+            value: T,
+            min: T,
+        ) -> Result<(), (String, String)> {
+            if value < min {
+                return fail(key, format!("must be at least {min}, got {value}"));
+            }
+            Ok(())
+        }
+        fn at_most<T: Copy + PartialOrd + fmt::Display>(
+            key: &str,
+            value: T,
+            max: T,
+        ) -> Result<(), (String, String)> {
+            if value > max {
+                return fail(key, format!("must be at most {max}, got {value}"));
+            }
+            Ok(())
+        }
+        fn duration_at_most(
+            key: &str,
+            value: Duration,
+            max: Duration,
+        ) -> Result<(), (String, String)> {
+            if value > max {
+                return fail(
+                    key,
+                    format!(
+                        "must be at most {}, got {}",
+                        format_duration(max),
+                        format_duration(value)
+                    ),
+                );
+            }
+            Ok(())
+        }
+        fn positive(key: &str, value: Duration, hint: &str) -> Result<(), (String, String)> {
+            if value.is_zero() {
+                return fail(key, format!("must be greater than 0{hint}"));
+            }
+            Ok(())
+        }
+        let name = |key: &str, value: &str| check_name(value).or_else(|reason| fail(key, reason));
+
+        if self.database.as_os_str().is_empty() {
+            return fail("database", "must not be empty");
+        }
+
+        let defaults = &self.defaults;
+        name("defaults.queue", &defaults.queue)?;
+        at_most("defaults.max_retries", defaults.max_retries, MAX_RETRIES)?;
+        positive("defaults.retry_delay", defaults.retry_delay, "")?;
+        if defaults.retry_max_delay < defaults.retry_delay {
+            return fail(
+                "defaults.retry_max_delay",
+                format!(
+                    "must be at least defaults.retry_delay ({}), got {}",
+                    format_duration(defaults.retry_delay),
+                    format_duration(defaults.retry_max_delay)
+                ),
+            );
+        }
+        duration_at_most(
+            "defaults.retry_max_delay",
+            defaults.retry_max_delay,
+            MAX_TASK_DELAY,
+        )?;
+        if let Some(timeout) = defaults.timeout {
+            positive(
+                "defaults.timeout",
+                timeout,
+                " (leave it out for no timeout)",
+            )?;
+            duration_at_most("defaults.timeout", timeout, MAX_TASK_DELAY)?;
+        }
+
+        let worker = &self.worker;
+        if worker.queues.is_empty() {
+            return fail("worker.queues", "must name at least one queue");
+        }
+        for (index, queue) in worker.queues.iter().enumerate() {
+            let key = format!("worker.queues[{index}]");
+            name(&key, queue)?;
+            if worker.queues[..index].contains(queue) {
+                return fail(&key, format!("{queue:?} is listed more than once"));
+            }
+        }
+        at_least("worker.concurrency", worker.concurrency, 1)?;
+        at_most("worker.concurrency", worker.concurrency, MAX_CONCURRENCY)?;
+        positive("worker.polling_interval", worker.polling_interval, "")?;
+        duration_at_most(
+            "worker.polling_interval",
+            worker.polling_interval,
+            MAX_WORKER_WAIT,
+        )?;
+        duration_at_most(
+            "worker.shutdown_timeout",
+            worker.shutdown_timeout,
+            MAX_WORKER_WAIT,
+        )?;
+
+        let cleanup = &self.cleanup;
+        at_least("cleanup.interval_hours", cleanup.interval_hours, 1)?;
+        at_most(
+            "cleanup.interval_hours",
+            cleanup.interval_hours,
+            MAX_CLEANUP_INTERVAL_HOURS,
+        )?;
+        at_least("cleanup.retain_days", cleanup.retain_days, 1)?;
+        at_most("cleanup.retain_days", cleanup.retain_days, MAX_RETAIN_DAYS)?;
+        duration_at_most(
+            "cleanup.completed_retention",
+            cleanup.completed_retention,
+            Duration::from_secs(MAX_RETAIN_DAYS * 86_400),
+        )?;
+
+        let rabbitmq = &self.rabbitmq;
+        if rabbitmq.host.is_empty() {
+            return fail("rabbitmq.host", "must not be empty");
+        }
+        at_least("rabbitmq.port", rabbitmq.port, 1)?;
+        if let Some(url) = &rabbitmq.url {
+            check_amqp_url(url).or_else(|reason| fail("rabbitmq.url", reason))?;
+        }
+        if rabbitmq.prefetch == Some(0) {
+            return fail(
+                "rabbitmq.prefetch",
+                "must be at least 1, got 0 (leave it out to use worker.concurrency)",
+            );
+        }
+
+        let limits = &self.limits;
+        at_least("limits.max_payload_bytes", limits.max_payload_bytes, 1)?;
+        if limits.max_frame_bytes <= limits.max_payload_bytes {
+            return fail(
+                "limits.max_frame_bytes",
+                format!(
+                    "must be greater than limits.max_payload_bytes ({}), got {}",
+                    limits.max_payload_bytes, limits.max_frame_bytes
+                ),
+            );
+        }
+        if limits.max_pending == Some(0) {
+            return fail(
+                "limits.max_pending",
+                "must be at least 1, got 0 (leave it out for no limit)",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What a redacted secret prints as.
+const REDACTED: &str = "<redacted>";
+
+/// Checks that `url` is an AMQP URL; the message never shows the URL's password.
+fn check_amqp_url(url: &str) -> Result<(), String> {
+    let scheme = url
+        .split_once("://")
+        .map(|(scheme, _)| scheme.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some("amqp" | "amqps") => Ok(()),
+        _ if url.is_empty() => Err("must not be empty".to_owned()),
+        _ => Err(format!(
+            "must start with amqp:// or amqps://, got {:?}",
+            redact_url(url)
+        )),
+    }
+}
+
+/// `url` with the password of its user info replaced by `<redacted>`.
+///
+/// The user info is taken to end at the *last* `@`, so a password holding an unencoded `/` or
+/// `@` is still hidden; a stray `@` later in the URL can only hide more than needed.
+fn redact_url(url: &str) -> String {
+    let start = url.find("://").map_or(0, |scheme_end| scheme_end + 3);
+    let rest = &url[start..];
+    let Some(at) = rest.rfind('@') else {
+        return url.to_owned();
+    };
+    let user_info = &rest[..at];
+    match user_info.find(':') {
+        Some(colon) => format!(
+            "{}{}:{REDACTED}{}",
+            &url[..start],
+            &user_info[..colon],
+            &rest[at..]
+        ),
+        None => url.to_owned(),
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters, lowercase hex as in
+/// RabbitMQ's documentation (`/` becomes `%2f`).
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02x}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

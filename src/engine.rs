@@ -1,0 +1,372 @@
+//! The composition root: [`Engine`] opens the store through the embedded broker, wires events,
+//! clock and configuration together, and hands out the queuing API and workers.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::broker::local::{LocalBroker, LocalSettings, RecoveryReport};
+use crate::broker::{Broker, CleanupReport, EnqueueDefaults, QueueTask, RetentionPolicy};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{BrokerKind, Config};
+use crate::events::EventBus;
+use crate::store::StoreOptions;
+use crate::task::{Registry, RetryPolicy, Task, TaskId, TaskRecord, TaskStatus};
+use crate::worker::WorkerManager;
+use crate::{Error, Result};
+
+/// How long a claimed attempt stays leased without a heartbeat.
+const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+
+struct EngineInner {
+    broker: Arc<dyn Broker>,
+    local: Arc<LocalBroker>,
+    config: Config,
+    defaults: EnqueueDefaults,
+    events: EventBus,
+}
+
+/// A handle to an open fq engine: cheap to clone, shared by producers and workers. The store
+/// closes when the last handle (and the last worker) is gone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<EngineInner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("broker", &self.inner.broker)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options for opening an [`Engine`].
+#[must_use = "an engine opens only with .open()"]
+pub struct EngineBuilder {
+    path: PathBuf,
+    config: Config,
+    clock: Arc<dyn Clock>,
+    store: StoreOptions,
+    lease: Duration,
+}
+
+impl std::fmt::Debug for EngineBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineBuilder")
+            .field("path", &self.path)
+            .field("clock", &self.clock)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EngineBuilder {
+    /// Settings from a configuration (default: [`Config::default`]). The builder's path wins
+    /// over `config.database`.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The time source (default: the system clock). Tests pass a [`crate::ManualClock`].
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The store's page cache in bytes (default 64 MiB).
+    pub fn cache_size(mut self, bytes: usize) -> Self {
+        self.store.cache_bytes = bytes;
+        self
+    }
+
+    /// Verify every page checksum when opening (default true): a damaged file is refused at
+    /// open. Turning it off makes opening a large store faster.
+    pub fn verify_on_open(mut self, verify: bool) -> Self {
+        self.store.verify_on_open = verify;
+        self
+    }
+
+    /// How long a claimed attempt stays leased without a heartbeat before it is presumed dead
+    /// and retried (default 60 s; workers heartbeat every 10 s).
+    pub fn lease_duration(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Opens the store (creating it if missing), recovers what a previous process left
+    /// running, and starts the engine's threads.
+    ///
+    /// # Errors
+    /// An invalid configuration; a store that is not fq's, corrupt, newer, locked by another
+    /// process or unreadable ([`crate::StoreError`]).
+    pub fn open(self) -> Result<Engine> {
+        let config = self.config;
+        config.validate()?;
+        if config.broker == BrokerKind::Rabbitmq {
+            return Err(Error::invalid(
+                "broker",
+                "\"rabbitmq\" is not available in this build; use \"database\"",
+            ));
+        }
+        let settings = LocalSettings {
+            store: self.store,
+            retry: RetryPolicy {
+                base: config.defaults.retry_delay,
+                max: config.defaults.retry_max_delay,
+                ..RetryPolicy::default()
+            },
+            lease: self.lease,
+            max_pending: config.limits.max_pending,
+            max_payload_bytes: config.limits.max_payload_bytes,
+        };
+        let events = EventBus::new();
+        let local = Arc::new(LocalBroker::open(
+            &self.path,
+            settings,
+            self.clock,
+            events.clone(),
+        )?);
+        let broker: Arc<dyn Broker> = local.clone();
+        let defaults = EnqueueDefaults {
+            queue: config.defaults.queue.clone(),
+            priority: config.defaults.priority,
+            max_retries: config.defaults.max_retries,
+            timeout: config.defaults.timeout,
+        };
+        Ok(Engine {
+            inner: Arc::new(EngineInner {
+                broker,
+                local,
+                config: Config {
+                    database: self.path,
+                    ..config
+                },
+                defaults,
+                events,
+            }),
+        })
+    }
+}
+
+/// Counts of one queue's tasks by status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct QueueStats {
+    /// PENDING tasks that may run now.
+    pub ready: u64,
+    /// PENDING tasks waiting for their scheduled time.
+    pub scheduled: u64,
+    /// RUNNING tasks.
+    pub running: u64,
+    /// RETRYING tasks.
+    pub retrying: u64,
+    /// COMPLETED tasks still retained.
+    pub completed: u64,
+    /// FAILED tasks still retained.
+    pub failed: u64,
+    /// CANCELLED tasks still retained.
+    pub cancelled: u64,
+}
+
+/// Per-queue counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// Counts by queue name.
+    pub queues: BTreeMap<String, QueueStats>,
+}
+
+impl Engine {
+    /// Opens (or creates) the store at `path` with default settings.
+    ///
+    /// # Errors
+    /// As [`EngineBuilder::open`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Engine> {
+        Self::builder(path).open()
+    }
+
+    /// Options for opening the store at `path`.
+    pub fn builder(path: impl AsRef<Path>) -> EngineBuilder {
+        EngineBuilder {
+            path: path.as_ref().to_path_buf(),
+            config: Config::default(),
+            clock: Arc::new(SystemClock),
+            store: StoreOptions::default(),
+            lease: DEFAULT_LEASE,
+        }
+    }
+
+    /// Opens the engine a configuration describes (its `database` path and settings).
+    ///
+    /// # Errors
+    /// As [`EngineBuilder::open`].
+    pub fn from_config(config: Config) -> Result<Engine> {
+        Self::builder(config.database.clone()).config(config).open()
+    }
+
+    /// Loads a configuration file (or, with `None`, `fq.toml` then `config/services.yaml`)
+    /// and opens the engine it describes.
+    ///
+    /// # Errors
+    /// A bad configuration file, or as [`EngineBuilder::open`].
+    pub fn from_config_file(path: Option<&Path>) -> Result<Engine> {
+        Self::from_config(Config::load(path)?)
+    }
+
+    /// Queues a typed task (Framefox's `TaskManager.queue_task(task, ...)`); set options on the
+    /// builder, then `.send().await`.
+    pub fn queue_task<T: Task>(&self, task: T) -> QueueTask {
+        QueueTask::typed(Arc::clone(&self.inner.broker), task)
+    }
+
+    /// Queues a task by name, for tasks this program does not define; `payload` is
+    /// `{"args": [...], "kwargs": {...}}`.
+    pub fn queue_task_named(&self, name: &str, payload: &Value) -> QueueTask {
+        QueueTask::named(
+            Arc::clone(&self.inner.broker),
+            &self.inner.defaults,
+            name,
+            payload,
+        )
+    }
+
+    /// Queues many tasks in one durable commit, all or none.
+    ///
+    /// # Errors
+    /// The first invalid task's error (then nothing is queued), or a storage failure.
+    pub async fn queue_batch(
+        &self,
+        tasks: impl IntoIterator<Item = QueueTask>,
+    ) -> Result<Vec<TaskId>> {
+        let built = tasks
+            .into_iter()
+            .map(QueueTask::build)
+            .collect::<Result<Vec<_>>>()?;
+        self.inner.broker.enqueue(built).await
+    }
+
+    /// The task's record, or `None` for an unknown id.
+    ///
+    /// # Errors
+    /// A storage failure or a corrupt record.
+    pub async fn task(&self, id: TaskId) -> Result<Option<TaskRecord>> {
+        self.inner.broker.task(id).await
+    }
+
+    /// Cancels a PENDING or RETRYING task.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::WrongState`] for a task that is running or finished.
+    pub async fn cancel(&self, id: TaskId) -> Result<TaskRecord> {
+        self.inner.broker.cancel(id).await
+    }
+
+    /// Deletes finished tasks past the configured retention (`cleanup.completed_retention`,
+    /// `cleanup.retain_days`).
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub async fn cleanup(&self) -> Result<CleanupReport> {
+        self.cleanup_with(self.retention()).await
+    }
+
+    /// Deletes finished tasks past the given retention.
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub async fn cleanup_with(&self, policy: RetentionPolicy) -> Result<CleanupReport> {
+        self.inner.broker.cleanup(policy).await
+    }
+
+    fn retention(&self) -> RetentionPolicy {
+        let cleanup = &self.inner.config.cleanup;
+        RetentionPolicy {
+            completed: cleanup.completed_retention,
+            failed: Duration::from_secs(cleanup.retain_days.saturating_mul(86_400)),
+        }
+    }
+
+    /// Counts of tasks by queue and status.
+    ///
+    /// # Errors
+    /// A storage failure or a corrupt record.
+    pub async fn stats(&self) -> Result<Stats> {
+        let local = Arc::clone(&self.inner.local);
+        tokio::task::spawn_blocking(move || {
+            let counts = local.store().count_by_queue_and_status()?;
+            let mut stats = Stats::default();
+            for ((queue, status), n) in counts {
+                let entry = stats.queues.entry(queue).or_default();
+                match status {
+                    TaskStatus::Pending => {}
+                    TaskStatus::Running => entry.running = n,
+                    TaskStatus::Retrying => entry.retrying = n,
+                    TaskStatus::Completed => entry.completed = n,
+                    TaskStatus::Failed => entry.failed = n,
+                    TaskStatus::Cancelled => entry.cancelled = n,
+                }
+            }
+            for (queue, entry) in &mut stats.queues {
+                entry.ready = local.ready_len(queue) as u64;
+                entry.scheduled = (local.delayed_len(queue) as u64).saturating_sub(entry.retrying);
+            }
+            Ok(stats)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("stats failed: {e}")))?
+    }
+
+    /// The lifecycle events: `add_listener(name, fn)` or `subscribe()`.
+    pub fn events(&self) -> &EventBus {
+        &self.inner.events
+    }
+
+    /// The broker behind this engine, for workers of your own (claim, heartbeat, settle).
+    pub fn broker(&self) -> Arc<dyn Broker> {
+        Arc::clone(&self.inner.broker)
+    }
+
+    /// What recovery found when the store was opened.
+    pub fn recovery(&self) -> RecoveryReport {
+        self.inner.local.recovery()
+    }
+
+    /// The configuration the engine runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.inner.config.database
+    }
+
+    /// A worker over this engine with the configured `worker` settings; adjust it with its
+    /// setters, then `start().await`.
+    pub fn worker(&self, registry: Registry) -> WorkerManager {
+        WorkerManager::new(self.clone(), registry)
+    }
+}
+
+impl WorkerManager {
+    /// A worker for `engine` running the tasks in `registry`, configured from the engine's
+    /// `worker` and `cleanup` settings.
+    #[allow(clippy::needless_pass_by_value)] // takes the handle as Framefox's WorkerManager(broker) does
+    pub fn new(engine: Engine, registry: Registry) -> Self {
+        let config = &engine.inner.config;
+        WorkerManager::with_broker(
+            engine.broker(),
+            registry,
+            engine.inner.defaults.clone(),
+            config.worker.queues.clone(),
+            config.worker.concurrency,
+            config.worker.polling_interval,
+            engine.retention(),
+            config.worker.shutdown_timeout,
+        )
+    }
+}

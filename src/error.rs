@@ -1,0 +1,99 @@
+//! The crate's one error type, into which every layer's error converts.
+
+use crate::task::{TaskId, TaskStatus};
+
+/// Everything that can go wrong in fq, except a task handler's own failure (that is a
+/// [`crate::TaskError`], recorded on the task).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The store file could not be opened, read or written.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A durable commit failed earlier; the engine refuses writes until it is reopened, so that
+    /// nothing is acknowledged that may not be on disk.
+    #[error("engine is poisoned and refuses writes until reopened: {reason}")]
+    Poisoned {
+        /// The failure that poisoned it.
+        reason: String,
+    },
+    /// The engine has shut down.
+    #[error("engine is shut down")]
+    ShutDown,
+    /// A request was refused because an argument is invalid; the message names the field and
+    /// the limit.
+    #[error("invalid {field}: {message}")]
+    InvalidInput {
+        /// The argument, e.g. `queue`, `payload`, `schedule_at`.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// No task has this id.
+    #[error("no task with id {0}")]
+    NotFound(TaskId),
+    /// The task is in a state the operation does not apply to.
+    #[error("task {id} is {status}; {operation} applies only to {allowed}")]
+    WrongState {
+        /// The task.
+        id: TaskId,
+        /// Its current status.
+        status: TaskStatus,
+        /// What was asked.
+        operation: &'static str,
+        /// The states it applies to.
+        allowed: &'static str,
+    },
+    /// A completion or failure was reported for an attempt that is no longer current (the
+    /// task was recovered or re-claimed meanwhile); it is rejected so that a zombie worker
+    /// cannot overwrite a newer attempt.
+    #[error(
+        "stale attempt {attempt} for task {id}: the task has moved on (status {status}, attempt {current})"
+    )]
+    StaleAttempt {
+        /// The task.
+        id: TaskId,
+        /// The attempt the report was made under.
+        attempt: u32,
+        /// The task's current attempt count.
+        current: u32,
+        /// The task's current status.
+        status: TaskStatus,
+    },
+    /// The store holds as many pending tasks as configured (`limits.max_pending`).
+    #[error("queue full: the store already holds {limit} pending tasks (limits.max_pending)")]
+    QueueFull {
+        /// The configured limit.
+        limit: u64,
+    },
+    /// A worker's registry holds registrations with bad names.
+    #[error("invalid task registrations: {}", .0.join("; "))]
+    InvalidRegistration(Vec<String>),
+    /// An event listener was registered for a name fq never emits.
+    #[error(transparent)]
+    UnknownEvent(#[from] crate::events::UnknownEvent),
+    /// A background thread or task of the engine failed.
+    #[error("internal failure: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// True when trying the same call again later may succeed (the engine was busy or shut
+    /// down, not the request wrong).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::QueueFull { .. })
+    }
+
+    pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Error::InvalidInput {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// `Result` with [`Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

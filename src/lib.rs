@@ -1,0 +1,88 @@
+//! # fq: durable background tasks, embedded
+//!
+//! fq runs the background-task model of the Framefox web framework in Rust: tasks defined
+//! once and queued with [`Task::delay`] or [`Engine::queue_task`], named queues, integer
+//! priorities (higher runs first), delays and `schedule_at`, automatic retries with
+//! exponential backoff, the statuses PENDING, RUNNING, COMPLETED, FAILED, RETRYING (and
+//! CANCELLED), a [`WorkerManager`], and lifecycle [`Event`]s.
+//!
+//! **What it is**: an engine you embed. One local redb file holds every task; a writer thread
+//! commits in groups (one fsync serves hundreds of operations); a lock-free ready heap feeds
+//! tokio workers that are woken by new work, not by polling.
+//!
+//! **What it is not**: a distributed system. One process owns a store file. Delivery is
+//! *at least once*: a task whose worker dies mid-run runs again, so handlers must be
+//! idempotent.
+//!
+//! ```
+//! use fq::{Engine, Registry, Task, TaskContext, TaskError, TaskStatus};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct SendEmail { to: String, subject: String }
+//!
+//! impl Task for SendEmail {
+//!     const NAME: &'static str = "myapp.tasks.send_email";
+//!     type Output = serde_json::Value;
+//!     async fn run(self, _ctx: TaskContext) -> Result<Self::Output, TaskError> {
+//!         Ok(serde_json::json!({"status": "sent", "recipient": self.to}))
+//!     }
+//! }
+//!
+//! # #[tokio::main] async fn main() -> fq::Result<()> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let engine = Engine::open(dir.path().join("fq.redb"))?;
+//! let id = SendEmail { to: "ada@example.com".into(), subject: "Welcome!".into() }
+//!     .delay(&engine)
+//!     .await?;
+//!
+//! let mut registry = Registry::new();
+//! registry.register::<SendEmail>();
+//! let mut worker = engine.worker(registry);
+//! worker.set_concurrent_tasks(4).set_handle_signals(false);
+//! let stop = worker.shutdown_handle();
+//! let mut done = engine.events().subscribe();
+//! let running = tokio::spawn(async move { worker.start().await });
+//! while let Some(event) = done.recv().await {
+//!     if event.name() == "worker.task.after_execution" { break; }
+//! }
+//! stop.shutdown();
+//! running.await.unwrap()?;
+//! let record = engine.task(id).await?.unwrap();
+//! assert_eq!(record.status, TaskStatus::Completed);
+//! assert_eq!(record.result.unwrap()["recipient"], "ada@example.com");
+//! # Ok(()) }
+//! ```
+//!
+//! ## Layout
+//! `task` (definitions, records, retry policy) · `store` (the redb file) · `queue` (ready heap,
+//! delay index) · `broker` (the transport seam; `local` is the embedded engine) · `events` ·
+//! `worker` (manager, runner) · `config` · `engine` (wiring). See ARCHITECTURE.md.
+
+mod broker;
+mod clock;
+pub mod config;
+mod engine;
+mod error;
+mod events;
+mod queue;
+mod store;
+mod task;
+mod worker;
+
+pub use broker::local::RecoveryReport;
+pub use broker::{
+    BoxFuture, Broker, CleanupReport, IntoDelay, NewTask, Outcome, QueueTask, RetentionPolicy,
+    SettleReport, Settlement,
+};
+pub use clock::{Clock, ManualClock, Millis, SystemClock};
+pub use config::{Config, ConfigError};
+pub use engine::{Engine, EngineBuilder, QueueStats, Stats};
+pub use error::{Error, Result};
+pub use events::{Event, EventBus, EventKind, EventStream, UnknownEvent};
+pub use store::StoreError;
+pub use task::{
+    FailureKind, Payload, Registry, RetryPolicy, Task, TaskError, TaskErrorKind, TaskFailure,
+    TaskId, TaskRecord, TaskStatus,
+};
+pub use worker::{ShutdownHandle, TaskContext, WorkerManager, WorkerReport};

@@ -1,0 +1,198 @@
+//! The stored form of a task record: a format-version byte, the postcard body, and a CRC-32 of
+//! both, so that a flipped byte is caught instead of decoded into a wrong task.
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::{Millis, millis_to_datetime};
+use crate::task::{FailureKind, Payload, TaskFailure, TaskId, TaskRecord, TaskStatus};
+
+/// The record format this build writes.
+pub(crate) const FORMAT_VERSION: u8 = 1;
+
+/// Why stored bytes did not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DecodeError {
+    #[error("record is {0} bytes, too short to be a task record")]
+    TooShort(usize),
+    #[error("record format version {0} is newer than this build reads ({FORMAT_VERSION})")]
+    UnknownVersion(u8),
+    #[error("record checksum mismatch (stored {stored:08x}, computed {computed:08x})")]
+    Checksum { stored: u32, computed: u32 },
+    #[error("record body does not decode: {0}")]
+    Body(String),
+}
+
+/// A failure as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StoredFailure {
+    pub(crate) message: String,
+    pub(crate) kind: FailureKind,
+}
+
+/// One task as stored in the TASKS table (its id is the key).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StoredTask {
+    pub(crate) name: String,
+    pub(crate) queue: String,
+    pub(crate) priority: i32,
+    pub(crate) payload: String,
+    pub(crate) status: TaskStatus,
+    pub(crate) attempts: u32,
+    pub(crate) max_retries: u32,
+    pub(crate) timeout_ms: Option<u64>,
+    pub(crate) retry_delay_ms: Option<u64>,
+    pub(crate) created_at: Millis,
+    pub(crate) scheduled_at: Millis,
+    /// When the next run may start; with `priority` and `seq` it is the WAITING key.
+    pub(crate) due_at: Millis,
+    pub(crate) seq: u64,
+    pub(crate) started_at: Option<Millis>,
+    pub(crate) finished_at: Option<Millis>,
+    pub(crate) result: Option<String>,
+    pub(crate) error: Option<StoredFailure>,
+}
+
+impl StoredTask {
+    /// The public view of this record.
+    pub(crate) fn to_record(&self, id: TaskId) -> TaskRecord {
+        TaskRecord {
+            id,
+            name: self.name.clone(),
+            queue: self.queue.clone(),
+            priority: self.priority,
+            payload: Payload::from_trusted(self.payload.clone()),
+            status: self.status,
+            attempts: self.attempts,
+            max_retries: self.max_retries,
+            timeout: self.timeout_ms.map(std::time::Duration::from_millis),
+            created_at: millis_to_datetime(self.created_at),
+            scheduled_at: millis_to_datetime(self.scheduled_at),
+            due_at: millis_to_datetime(self.due_at),
+            started_at: self.started_at.map(millis_to_datetime),
+            finished_at: self.finished_at.map(millis_to_datetime),
+            result: self
+                .result
+                .as_deref()
+                .map(|text| serde_json::from_str(text).unwrap_or(serde_json::Value::Null)),
+            error: self.error.as_ref().map(|e| TaskFailure {
+                message: e.message.clone(),
+                kind: e.kind,
+            }),
+        }
+    }
+}
+
+/// Encodes a record: version byte, postcard body, CRC-32 (little-endian) of the two.
+pub(crate) fn encode(task: &StoredTask) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(64 + task.payload.len());
+    bytes.push(FORMAT_VERSION);
+    // Serializing plain owned data into a Vec cannot fail; if postcard ever did, the record
+    // would be caught on read by its checksum instead of being silently wrong.
+    if let Ok(body) = postcard::to_extend(task, bytes) {
+        bytes = body;
+    } else {
+        bytes = vec![FORMAT_VERSION];
+    }
+    let crc = crc32fast::hash(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+/// Decodes bytes written by [`encode`], checking version and checksum first.
+pub(crate) fn decode(bytes: &[u8]) -> Result<StoredTask, DecodeError> {
+    if bytes.len() < 1 + 4 {
+        return Err(DecodeError::TooShort(bytes.len()));
+    }
+    let (framed, crc_bytes) = bytes.split_at(bytes.len() - 4);
+    let mut stored = [0u8; 4];
+    stored.copy_from_slice(crc_bytes);
+    let stored = u32::from_le_bytes(stored);
+    let computed = crc32fast::hash(framed);
+    if stored != computed {
+        return Err(DecodeError::Checksum { stored, computed });
+    }
+    if framed[0] != FORMAT_VERSION {
+        return Err(DecodeError::UnknownVersion(framed[0]));
+    }
+    let (task, rest) = postcard::take_from_bytes::<StoredTask>(&framed[1..])
+        .map_err(|e| DecodeError::Body(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(DecodeError::Body(format!(
+            "{} unexpected bytes after the record",
+            rest.len()
+        )));
+    }
+    Ok(task)
+}
+
+#[cfg(test)]
+pub(crate) fn sample_task() -> StoredTask {
+    StoredTask {
+        name: "myapp.tasks.send_email".into(),
+        queue: "emails".into(),
+        priority: 5,
+        payload: r#"{"args":[],"kwargs":{"to":"a@example.com"}}"#.into(),
+        status: TaskStatus::Retrying,
+        attempts: 2,
+        max_retries: 3,
+        timeout_ms: Some(30_000),
+        retry_delay_ms: None,
+        created_at: 1_700_000_000_000,
+        scheduled_at: 1_700_000_000_000,
+        due_at: 1_700_000_010_000,
+        seq: 77,
+        started_at: Some(1_700_000_000_500),
+        finished_at: None,
+        result: None,
+        error: Some(StoredFailure {
+            message: "smtp timeout".into(),
+            kind: FailureKind::Error,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let task = sample_task();
+        let bytes = encode(&task);
+        assert_eq!(bytes[0], FORMAT_VERSION);
+        assert_eq!(decode(&bytes).unwrap(), task);
+    }
+
+    #[test]
+    fn every_flipped_bit_is_caught() {
+        let bytes = encode(&sample_task());
+        for index in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut mutant = bytes.clone();
+                mutant[index] ^= 1 << bit;
+                assert!(
+                    decode(&mutant).is_err(),
+                    "flip of bit {bit} in byte {index}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn truncation_garbage_and_newer_versions_are_errors() {
+        let bytes = encode(&sample_task());
+        for len in 0..bytes.len() {
+            assert!(decode(&bytes[..len]).is_err());
+        }
+        assert_eq!(decode(&[]), Err(DecodeError::TooShort(0)));
+        let mut newer = bytes.clone();
+        newer[0] = FORMAT_VERSION + 1;
+        let body_len = newer.len() - 4;
+        let crc = crc32fast::hash(&newer[..body_len]);
+        newer[body_len..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            decode(&newer),
+            Err(DecodeError::UnknownVersion(FORMAT_VERSION + 1))
+        );
+    }
+}

@@ -1,0 +1,83 @@
+//! Errors of the storage layer. redb's own errors stay behind `source()` so that its upgrades
+//! are not ours.
+
+use std::path::PathBuf;
+
+use crate::task::TaskId;
+
+type Source = Box<dyn std::error::Error + Send + Sync>;
+
+/// What went wrong opening, reading or writing a store file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The file exists but is not an fq store (another program's file, an empty file, a
+    /// database without fq's tables). fq never writes over it.
+    #[error("{}: not an fq store: {detail}", path.display())]
+    NotFqStore {
+        /// The file.
+        path: PathBuf,
+        /// What gave it away.
+        detail: String,
+    },
+    /// The store was written by a newer fq.
+    #[error("{}: store schema version {found} is newer than this fq supports ({supported}); upgrade fq to open it", path.display())]
+    NewerSchema {
+        /// The file.
+        path: PathBuf,
+        /// The schema version in the file.
+        found: u32,
+        /// The newest schema this build reads.
+        supported: u32,
+    },
+    /// The file is damaged.
+    #[error("{}: store is corrupt: {detail}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What the check found.
+        detail: String,
+    },
+    /// Another process has the store open.
+    #[error("{}: store is already open in another process (only one process may own a store; talk to it through its control socket)", path.display())]
+    Locked {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file could not be read or written.
+    #[error("{}: {detail}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The disk is full.
+    #[error("{}: storage full: the disk has no room for the write", path.display())]
+    Full {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A read or write inside the store failed.
+    #[error("{}: storage error while {action}", path.display())]
+    Storage {
+        /// The file.
+        path: PathBuf,
+        /// What the store was doing.
+        action: &'static str,
+        /// The storage engine's error.
+        #[source]
+        source: Source,
+    },
+    /// A stored task record does not decode.
+    #[error("task {id}: stored record is corrupt: {detail}")]
+    CorruptRecord {
+        /// The task.
+        id: TaskId,
+        /// What the decoder found.
+        detail: String,
+    },
+}

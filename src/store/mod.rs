@@ -1,0 +1,554 @@
+//! The durable store: one redb file holding every task, the waiting index (priority and due
+//! time), the running set and the finished index. Only this module imports redb.
+
+mod codec;
+mod error;
+mod keys;
+mod tables;
+
+use std::io::ErrorKind;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableHandle,
+};
+
+pub(crate) use codec::{StoredFailure, StoredTask};
+pub use error::StoreError;
+pub(crate) use keys::ReadyOrder;
+use tables::{
+    FINISHED, LEASES, MAGIC, META, META_MAGIC, META_SCHEMA, SCHEMA_VERSION, TASKS, WAITING,
+};
+
+use crate::clock::Millis;
+use crate::task::{TaskId, TaskStatus};
+
+/// How to open a store.
+#[derive(Clone, Debug)]
+pub(crate) struct StoreOptions {
+    /// redb's page cache, in bytes.
+    pub(crate) cache_bytes: usize,
+    /// Verify every page's checksum when opening, so a damaged file is refused at open
+    /// instead of failing (or panicking inside redb) at some later read.
+    pub(crate) verify_on_open: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            cache_bytes: 64 * 1024 * 1024,
+            verify_on_open: true,
+        }
+    }
+}
+
+/// An open store file.
+pub(crate) struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+/// A waiting task found by the open-time scan.
+#[derive(Debug, Clone)]
+pub(crate) struct WaitingEntry {
+    pub(crate) queue: String,
+    pub(crate) order: ReadyOrder,
+    pub(crate) id: TaskId,
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
+impl Store {
+    /// Opens the store at `path`, creating it (and its folder) when the file does not exist.
+    ///
+    /// A file that exists is never initialized over: an empty file, another program's file or a
+    /// redb database without fq's tables is refused with [`StoreError::NotFqStore`].
+    pub(crate) fn open(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
+        let path_buf = path.to_path_buf();
+        let io_error = |detail: &str, source: std::io::Error| StoreError::Io {
+            path: path_buf.clone(),
+            detail: detail.to_owned(),
+            source,
+        };
+        let exists = match std::fs::metadata(path) {
+            Ok(meta) if meta.is_dir() => {
+                return Err(StoreError::NotFqStore {
+                    path: path_buf,
+                    detail: "it is a directory".into(),
+                });
+            }
+            Ok(meta) if meta.len() == 0 => {
+                return Err(StoreError::NotFqStore {
+                    path: path_buf,
+                    detail: "the file is empty (fq creates its store itself; remove the empty file or name a new path)".into(),
+                });
+            }
+            Ok(_) => true,
+            Err(e) if e.kind() == ErrorKind::NotFound => false,
+            Err(e) => return Err(io_error("cannot inspect the store file", e)),
+        };
+        if !exists && let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| io_error("cannot create the store's folder", e))?;
+        }
+        let mut builder = Database::builder();
+        builder
+            .set_cache_size(options.cache_bytes)
+            .set_check_integrity_on_open(options.verify_on_open);
+        // redb's consistency checks can panic on a damaged file in debug builds; a damaged
+        // file is bad input, and must come back as an error naming it.
+        let opened = catch_unwind(AssertUnwindSafe(|| {
+            if exists {
+                builder.open(path)
+            } else {
+                builder.create(path)
+            }
+        }));
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(e)) => return Err(map_open_error(path, e)),
+            Err(panic) => {
+                return Err(StoreError::Corrupt {
+                    path: path_buf,
+                    detail: format!("the storage engine failed on it: {}", panic_text(&*panic)),
+                });
+            }
+        };
+        let store = Self { db, path: path_buf };
+        store.check_identity(!exists)?;
+        Ok(store)
+    }
+
+    /// The store file's path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn storage(&self, action: &'static str) -> impl Fn(redb::Error) -> StoreError + '_ {
+        move |e| map_storage_error(&self.path, action, e)
+    }
+
+    /// Checks the META table; initializes it for a store created by this open.
+    fn check_identity(&self, created: bool) -> Result<(), StoreError> {
+        let read_err = self.storage("reading the store's identity");
+        let txn = self.db.begin_read().map_err(|e| read_err(e.into()))?;
+        let table_names: Vec<String> = txn
+            .list_tables()
+            .map_err(|e| read_err(e.into()))?
+            .map(|t| t.name().to_owned())
+            .collect();
+        if !table_names.iter().any(|n| n == META.name()) {
+            if created || table_names.is_empty() {
+                drop(txn);
+                return self.initialize();
+            }
+            return Err(StoreError::NotFqStore {
+                path: self.path.clone(),
+                detail: format!(
+                    "it is a redb database with other tables ({})",
+                    table_names.join(", ")
+                ),
+            });
+        }
+        let meta = txn.open_table(META).map_err(|e| read_err(e.into()))?;
+        let magic = meta.get(META_MAGIC).map_err(|e| read_err(e.into()))?;
+        if magic.as_ref().map(|m| m.value()) != Some(MAGIC) {
+            return Err(StoreError::NotFqStore {
+                path: self.path.clone(),
+                detail: "its meta table does not carry fq's mark".into(),
+            });
+        }
+        let schema = meta.get(META_SCHEMA).map_err(|e| read_err(e.into()))?;
+        let found = schema
+            .as_ref()
+            .and_then(|v| <[u8; 4]>::try_from(v.value()).ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(|| StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: "the schema version is missing or malformed".into(),
+            })?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                path: self.path.clone(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        Ok(())
+    }
+
+    fn initialize(&self) -> Result<(), StoreError> {
+        self.write(|tables| {
+            tables.set_meta(META_MAGIC, MAGIC)?;
+            tables.set_meta(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())
+        })
+    }
+
+    /// Runs `apply` in one write transaction and commits it durably (fsync) before returning.
+    /// An `Err` from `apply` aborts the transaction: nothing of it is written.
+    pub(crate) fn write<R>(
+        &self,
+        apply: impl FnOnce(&mut WriteTables<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let err = self.storage("writing");
+        let mut txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| err(e.into()))?;
+        let result = {
+            let mut tables = WriteTables {
+                path: &self.path,
+                tasks: txn.open_table(TASKS).map_err(|e| err(e.into()))?,
+                waiting: txn.open_table(WAITING).map_err(|e| err(e.into()))?,
+                leases: txn.open_table(LEASES).map_err(|e| err(e.into()))?,
+                finished: txn.open_table(FINISHED).map_err(|e| err(e.into()))?,
+                meta: txn.open_table(META).map_err(|e| err(e.into()))?,
+            };
+            apply(&mut tables)?
+        };
+        txn.commit()
+            .map_err(|e| self.storage("committing")(e.into()))?;
+        Ok(result)
+    }
+
+    /// Reads one task.
+    pub(crate) fn read_task(&self, id: TaskId) -> Result<Option<StoredTask>, StoreError> {
+        let err = self.storage("reading a task");
+        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let tasks = txn.open_table(TASKS).map_err(|e| err(e.into()))?;
+        let bytes = tasks.get(id.as_u128()).map_err(|e| err(e.into()))?;
+        bytes
+            .map(|guard| {
+                codec::decode(guard.value()).map_err(|e| StoreError::CorruptRecord {
+                    id,
+                    detail: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    /// Every task, in id (creation) order, for which `keep` holds, up to `limit`.
+    pub(crate) fn scan_tasks(
+        &self,
+        limit: usize,
+        mut keep: impl FnMut(&StoredTask) -> bool,
+    ) -> Result<Vec<(TaskId, StoredTask)>, StoreError> {
+        let err = self.storage("listing tasks");
+        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let tasks = txn.open_table(TASKS).map_err(|e| err(e.into()))?;
+        let mut found = Vec::new();
+        for item in tasks.iter().map_err(|e| err(e.into()))? {
+            if found.len() >= limit {
+                break;
+            }
+            let (key, value) = item.map_err(|e| err(e.into()))?;
+            let id = TaskId::from_u128(key.value());
+            let task = codec::decode(value.value()).map_err(|e| StoreError::CorruptRecord {
+                id,
+                detail: e.to_string(),
+            })?;
+            if keep(&task) {
+                found.push((id, task));
+            }
+        }
+        Ok(found)
+    }
+
+    /// The ids of RUNNING tasks left by the previous process, with their attempt numbers.
+    pub(crate) fn running(&self) -> Result<Vec<(TaskId, u32)>, StoreError> {
+        let err = self.storage("scanning running tasks");
+        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let leases = txn.open_table(LEASES).map_err(|e| err(e.into()))?;
+        let mut running = Vec::new();
+        for item in leases.iter().map_err(|e| err(e.into()))? {
+            let (key, value) = item.map_err(|e| err(e.into()))?;
+            running.push((TaskId::from_u128(key.value()), value.value()));
+        }
+        Ok(running)
+    }
+
+    /// Every waiting task, from the WAITING index alone (no record is read).
+    pub(crate) fn waiting(&self) -> Result<Vec<WaitingEntry>, StoreError> {
+        let err = self.storage("scanning the waiting index");
+        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let waiting = txn.open_table(WAITING).map_err(|e| err(e.into()))?;
+        let mut entries = Vec::with_capacity(
+            usize::try_from(waiting.len().map_err(|e| err(e.into()))?).unwrap_or(0),
+        );
+        for item in waiting.iter().map_err(|e| err(e.into()))? {
+            let (key, value) = item.map_err(|e| err(e.into()))?;
+            let id = TaskId::from_u128(value.value());
+            let (queue, order) =
+                keys::parse_waiting_key(key.value()).ok_or_else(|| StoreError::Corrupt {
+                    path: self.path.clone(),
+                    detail: format!("malformed waiting-index key for task {id}"),
+                })?;
+            entries.push(WaitingEntry {
+                queue: queue.to_owned(),
+                order,
+                id,
+            });
+        }
+        Ok(entries)
+    }
+
+    /// Counts of tasks per (queue, status), by reading every record.
+    pub(crate) fn count_by_queue_and_status(
+        &self,
+    ) -> Result<std::collections::BTreeMap<(String, TaskStatus), u64>, StoreError> {
+        let mut counts = std::collections::BTreeMap::new();
+        self.scan_tasks(usize::MAX, |task| {
+            *counts.entry((task.queue.clone(), task.status)).or_insert(0) += 1;
+            false
+        })?;
+        Ok(counts)
+    }
+}
+
+/// The open tables of one write transaction.
+pub(crate) struct WriteTables<'txn> {
+    path: &'txn Path,
+    tasks: redb::Table<'txn, u128, &'static [u8]>,
+    waiting: redb::Table<'txn, &'static [u8], u128>,
+    leases: redb::Table<'txn, u128, u32>,
+    finished: redb::Table<'txn, &'static [u8], ()>,
+    meta: redb::Table<'txn, &'static str, &'static [u8]>,
+}
+
+impl WriteTables<'_> {
+    fn err(&self, action: &'static str) -> impl Fn(redb::StorageError) -> StoreError + '_ {
+        move |e| map_storage_error(self.path, action, e.into())
+    }
+
+    fn set_meta(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let path = self.path;
+        self.meta
+            .insert(key, value)
+            .map_err(|e| map_storage_error(path, "writing meta", e.into()))?;
+        Ok(())
+    }
+
+    /// Reads one task inside the transaction.
+    pub(crate) fn get_task(&self, id: TaskId) -> Result<Option<StoredTask>, StoreError> {
+        let bytes = self
+            .tasks
+            .get(id.as_u128())
+            .map_err(self.err("reading a task"))?;
+        bytes
+            .map(|guard| {
+                codec::decode(guard.value()).map_err(|e| StoreError::CorruptRecord {
+                    id,
+                    detail: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    /// Writes (inserts or replaces) one task record.
+    pub(crate) fn put_task(&mut self, id: TaskId, task: &StoredTask) -> Result<(), StoreError> {
+        let bytes = codec::encode(task);
+        let path = self.path;
+        self.tasks
+            .insert(id.as_u128(), bytes.as_slice())
+            .map_err(|e| map_storage_error(path, "writing a task", e.into()))?;
+        Ok(())
+    }
+
+    /// Deletes one task record.
+    pub(crate) fn delete_task(&mut self, id: TaskId) -> Result<(), StoreError> {
+        let path = self.path;
+        self.tasks
+            .remove(id.as_u128())
+            .map_err(|e| map_storage_error(path, "deleting a task", e.into()))?;
+        Ok(())
+    }
+
+    /// Adds a task to the waiting index.
+    pub(crate) fn insert_waiting(
+        &mut self,
+        queue: &str,
+        order: ReadyOrder,
+        id: TaskId,
+    ) -> Result<(), StoreError> {
+        let key = keys::waiting_key(queue, order);
+        let path = self.path;
+        self.waiting
+            .insert(key.as_slice(), id.as_u128())
+            .map_err(|e| map_storage_error(path, "indexing a waiting task", e.into()))?;
+        Ok(())
+    }
+
+    /// Removes a task from the waiting index.
+    pub(crate) fn remove_waiting(
+        &mut self,
+        queue: &str,
+        order: ReadyOrder,
+    ) -> Result<(), StoreError> {
+        let key = keys::waiting_key(queue, order);
+        let path = self.path;
+        self.waiting
+            .remove(key.as_slice())
+            .map_err(|e| map_storage_error(path, "unindexing a waiting task", e.into()))?;
+        Ok(())
+    }
+
+    /// Marks a task RUNNING at `attempt` in the running set.
+    pub(crate) fn insert_lease(&mut self, id: TaskId, attempt: u32) -> Result<(), StoreError> {
+        let path = self.path;
+        self.leases
+            .insert(id.as_u128(), attempt)
+            .map_err(|e| map_storage_error(path, "recording a lease", e.into()))?;
+        Ok(())
+    }
+
+    /// Removes a task from the running set.
+    pub(crate) fn remove_lease(&mut self, id: TaskId) -> Result<(), StoreError> {
+        let path = self.path;
+        self.leases
+            .remove(id.as_u128())
+            .map_err(|e| map_storage_error(path, "releasing a lease", e.into()))?;
+        Ok(())
+    }
+
+    /// Adds a finished task to the retention index.
+    pub(crate) fn insert_finished(
+        &mut self,
+        status: TaskStatus,
+        finished_at: Millis,
+        id: TaskId,
+    ) -> Result<(), StoreError> {
+        let key = keys::finished_key(status, finished_at, id);
+        let path = self.path;
+        self.finished
+            .insert(key.as_slice(), ())
+            .map_err(|e| map_storage_error(path, "indexing a finished task", e.into()))?;
+        Ok(())
+    }
+
+    /// Removes a finished task from the retention index.
+    pub(crate) fn remove_finished(
+        &mut self,
+        status: TaskStatus,
+        finished_at: Millis,
+        id: TaskId,
+    ) -> Result<(), StoreError> {
+        let key = keys::finished_key(status, finished_at, id);
+        let path = self.path;
+        self.finished
+            .remove(key.as_slice())
+            .map_err(|e| map_storage_error(path, "unindexing a finished task", e.into()))?;
+        Ok(())
+    }
+
+    /// Deletes up to `limit` tasks of `status` that finished before `cutoff`, oldest first;
+    /// returns their ids.
+    pub(crate) fn delete_finished_before(
+        &mut self,
+        status: TaskStatus,
+        cutoff: Millis,
+        limit: usize,
+    ) -> Result<Vec<TaskId>, StoreError> {
+        let start = keys::finished_range_start(status);
+        let end = keys::finished_key(status, cutoff, TaskId::from_u128(0));
+        let mut doomed = Vec::new();
+        {
+            let range = self
+                .finished
+                .range(start.as_slice()..end.as_slice())
+                .map_err(self.err("scanning finished tasks"))?;
+            for item in range.take(limit) {
+                let (key, _) = item.map_err(self.err("scanning finished tasks"))?;
+                let parsed =
+                    keys::parse_finished_key(key.value()).ok_or_else(|| StoreError::Corrupt {
+                        path: self.path.to_path_buf(),
+                        detail: "malformed finished-index key".into(),
+                    })?;
+                doomed.push(parsed);
+            }
+        }
+        for (status, finished_at, id) in &doomed {
+            self.remove_finished(*status, *finished_at, *id)?;
+            self.delete_task(*id)?;
+        }
+        Ok(doomed.into_iter().map(|(_, _, id)| id).collect())
+    }
+}
+
+fn map_open_error(path: &Path, error: redb::DatabaseError) -> StoreError {
+    match error {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+            path: path.to_path_buf(),
+        },
+        redb::DatabaseError::UpgradeRequired(version) => StoreError::NotFqStore {
+            path: path.to_path_buf(),
+            detail: format!("it uses redb file format {version}, which this build does not read"),
+        },
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if matches!(io.kind(), ErrorKind::UnexpectedEof | ErrorKind::InvalidData) =>
+        {
+            StoreError::NotFqStore {
+                path: path.to_path_buf(),
+                detail: format!("it is not a redb database ({io})"),
+            }
+        }
+        redb::DatabaseError::Storage(storage) => {
+            let mapped = map_storage_error(path, "opening", storage.into());
+            match mapped {
+                StoreError::Storage { source, .. } => StoreError::NotFqStore {
+                    path: path.to_path_buf(),
+                    detail: format!("it is not a readable redb database ({source})"),
+                },
+                other => other,
+            }
+        }
+        other => StoreError::Storage {
+            path: path.to_path_buf(),
+            action: "opening",
+            source: Box::new(other),
+        },
+    }
+}
+
+fn map_storage_error(path: &Path, action: &'static str, error: redb::Error) -> StoreError {
+    match error {
+        redb::Error::Corrupted(detail) => StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail,
+        },
+        redb::Error::Io(io)
+            if io.raw_os_error() == Some(28) || io.kind() == ErrorKind::StorageFull =>
+        {
+            StoreError::Full {
+                path: path.to_path_buf(),
+            }
+        }
+        redb::Error::Io(io) => StoreError::Io {
+            path: path.to_path_buf(),
+            detail: format!("i/o error while {action}"),
+            source: io,
+        },
+        redb::Error::DatabaseAlreadyOpen => StoreError::Locked {
+            path: path.to_path_buf(),
+        },
+        other => StoreError::Storage {
+            path: path.to_path_buf(),
+            action,
+            source: Box::new(other),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,30 @@
+//! The redb tables of an fq store. Keys are big-endian (see `keys.rs`) so byte order is sort order.
+
+use redb::TableDefinition;
+
+/// task id (UUID v7 as a number) → task record (`codec.rs`).
+pub(crate) const TASKS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("tasks");
+
+/// ready key (queue, inverted priority, due time, sequence) → task id, for every PENDING or
+/// RETRYING task: the persisted priority/ready-time index that rebuilds the ready heap and the
+/// delay index on open.
+pub(crate) const WAITING: TableDefinition<'_, &[u8], u128> = TableDefinition::new("waiting");
+
+/// task id → attempt number, for every RUNNING task: the orphans to recover on open.
+pub(crate) const LEASES: TableDefinition<'_, u128, u32> = TableDefinition::new("leases");
+
+/// finished key (status code, finished time, task id) → (), for every COMPLETED, FAILED or
+/// CANCELLED task: what retention cleanup deletes, oldest first.
+pub(crate) const FINISHED: TableDefinition<'_, &[u8], ()> = TableDefinition::new("finished");
+
+/// setting name → bytes: the store's identity and schema version.
+pub(crate) const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+
+/// META key whose value marks a file as an fq store.
+pub(crate) const META_MAGIC: &str = "magic";
+/// The value under [`META_MAGIC`].
+pub(crate) const MAGIC: &[u8] = b"fq task store";
+/// META key holding the schema version as a big-endian u32.
+pub(crate) const META_SCHEMA: &str = "schema_version";
+/// The schema this build reads and writes.
+pub(crate) const SCHEMA_VERSION: u32 = 1;

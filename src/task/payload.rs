@@ -1,0 +1,291 @@
+//! Task arguments in Framefox's shape, `{"args": [...], "kwargs": {...}}`, kept as JSON text so
+//! they are stored and handed to a handler without being parsed on the way.
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+/// Why a payload was refused or could not be decoded into a task's arguments.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum PayloadError {
+    /// The text is not JSON.
+    #[error("payload is not valid JSON: {0}")]
+    NotJson(String),
+    /// The JSON is not `{"args": [...], "kwargs": {...}}`.
+    #[error("payload must be an object {{\"args\": [...], \"kwargs\": {{...}}}}: {0}")]
+    Shape(String),
+    /// The arguments do not fit the task's argument type.
+    #[error("arguments do not match the task: {0}")]
+    Arguments(String),
+}
+
+/// The arguments of one task: positional `args` and keyword `kwargs`, as JSON text.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Payload {
+    json: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PayloadShape<'a> {
+    #[serde(default, borrow)]
+    args: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    kwargs: Option<&'a RawValue>,
+}
+
+impl Payload {
+    /// No arguments at all.
+    pub fn empty() -> Self {
+        Self {
+            json: r#"{"args":[],"kwargs":{}}"#.to_owned(),
+        }
+    }
+
+    /// A payload whose kwargs are `kwargs` serialized (a Rust task's struct is its kwargs).
+    ///
+    /// # Errors
+    /// When `kwargs` does not serialize to a JSON object.
+    pub fn from_kwargs<T: Serialize + ?Sized>(kwargs: &T) -> Result<Self, PayloadError> {
+        let text =
+            serde_json::to_string(kwargs).map_err(|e| PayloadError::Arguments(e.to_string()))?;
+        if !text.starts_with('{') {
+            return Err(PayloadError::Shape(
+                "a task's kwargs must serialize to a JSON object (a struct or a map)".into(),
+            ));
+        }
+        Ok(Self {
+            json: format!(r#"{{"args":[],"kwargs":{text}}}"#),
+        })
+    }
+
+    /// A payload from positional and keyword arguments.
+    pub fn from_parts(args: Vec<Value>, kwargs: Map<String, Value>) -> Self {
+        let mut shape = Map::new();
+        shape.insert("args".into(), Value::Array(args));
+        shape.insert("kwargs".into(), Value::Object(kwargs));
+        let json = Value::Object(shape).to_string();
+        Self { json }
+    }
+
+    /// Checks and normalizes a payload given as JSON text.
+    ///
+    /// # Errors
+    /// When the text is not JSON, or not an object holding only `args` (an array) and `kwargs`
+    /// (an object); either may be left out.
+    pub fn from_json_str(text: &str) -> Result<Self, PayloadError> {
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| PayloadError::NotJson(e.to_string()))?;
+        Self::from_value(&value)
+    }
+
+    /// Checks a payload given as a JSON value (see [`Payload::from_json_str`]).
+    ///
+    /// # Errors
+    /// As [`Payload::from_json_str`].
+    pub fn from_value(value: &Value) -> Result<Self, PayloadError> {
+        let Value::Object(fields) = value else {
+            return Err(PayloadError::Shape(format!(
+                "got {}",
+                json_kind(value)
+            )));
+        };
+        if let Some(unknown) = fields.keys().find(|k| *k != "args" && *k != "kwargs") {
+            return Err(PayloadError::Shape(format!(
+                "unknown key {unknown:?}; put keyword arguments under \"kwargs\""
+            )));
+        }
+        let args = match fields.get("args") {
+            None | Some(Value::Null) => Value::Array(Vec::new()),
+            Some(args @ Value::Array(_)) => args.clone(),
+            Some(other) => {
+                return Err(PayloadError::Shape(format!(
+                    "\"args\" must be an array, got {}",
+                    json_kind(other)
+                )));
+            }
+        };
+        let kwargs = match fields.get("kwargs") {
+            None | Some(Value::Null) => Value::Object(Map::new()),
+            Some(kwargs @ Value::Object(_)) => kwargs.clone(),
+            Some(other) => {
+                return Err(PayloadError::Shape(format!(
+                    "\"kwargs\" must be an object, got {}",
+                    json_kind(other)
+                )));
+            }
+        };
+        let mut shape = Map::new();
+        shape.insert("args".into(), args);
+        shape.insert("kwargs".into(), kwargs);
+        Ok(Self {
+            json: Value::Object(shape).to_string(),
+        })
+    }
+
+    /// Rebuilds a payload from text this crate produced and stored.
+    pub(crate) fn from_trusted(json: String) -> Self {
+        Self { json }
+    }
+
+    /// The payload as JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.json
+    }
+
+    /// The payload's size in bytes, as counted against the payload limit.
+    pub fn len(&self) -> usize {
+        self.json.len()
+    }
+
+    /// True when the payload text is empty (never for a checked payload).
+    pub fn is_empty(&self) -> bool {
+        self.json.is_empty()
+    }
+
+    /// The payload as a JSON value.
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(&self.json).unwrap_or(Value::Null)
+    }
+
+    /// Decodes the arguments into a task's type: from kwargs, or from args when only
+    /// positional arguments were given.
+    ///
+    /// # Errors
+    /// When the arguments do not deserialize into `T`, naming the field serde complains about.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, PayloadError> {
+        let shape: PayloadShape<'_> =
+            serde_json::from_str(&self.json).map_err(|e| PayloadError::Shape(e.to_string()))?;
+        let args = shape.args.map_or("[]", RawValue::get);
+        let kwargs = shape.kwargs.map_or("{}", RawValue::get);
+        let has_args = args.trim() != "[]";
+        let has_kwargs = kwargs.trim() != "{}";
+        let source = match (has_args, has_kwargs) {
+            (true, true) => {
+                return Err(PayloadError::Arguments(
+                    "a typed task takes either positional args or kwargs, not both".into(),
+                ));
+            }
+            (true, false) => args,
+            _ => kwargs,
+        };
+        serde_json::from_str(source).map_err(|e| PayloadError::Arguments(e.to_string()))
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Payload").field(&self.json).finish()
+    }
+}
+
+impl fmt::Display for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.json)
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match RawValue::from_string(self.json.clone()) {
+            Ok(raw) => raw.serialize(serializer),
+            Err(e) => Err(serde::ser::Error::custom(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    struct Email {
+        to: String,
+        subject: String,
+    }
+
+    #[test]
+    fn kwargs_round_trip_through_a_struct() {
+        let email = Email {
+            to: "a@example.com".into(),
+            subject: "hi".into(),
+        };
+        let payload = Payload::from_kwargs(&email).unwrap();
+        assert_eq!(
+            payload.to_value(),
+            json!({"args": [], "kwargs": {"to": "a@example.com", "subject": "hi"}})
+        );
+        assert_eq!(payload.decode::<Email>().unwrap(), email);
+    }
+
+    #[test]
+    fn positional_args_fill_a_struct_in_order() {
+        let payload = Payload::from_json_str(r#"{"args": ["b@example.com", "yo"]}"#).unwrap();
+        let email: Email = payload.decode().unwrap();
+        assert_eq!(email.to, "b@example.com");
+        assert_eq!(email.subject, "yo");
+    }
+
+    #[test]
+    fn bad_shapes_and_bad_arguments_are_named() {
+        assert!(matches!(
+            Payload::from_json_str("{not json"),
+            Err(PayloadError::NotJson(_))
+        ));
+        assert!(matches!(
+            Payload::from_json_str(r#"{"kwarg": {}}"#),
+            Err(PayloadError::Shape(_))
+        ));
+        assert!(matches!(
+            Payload::from_json_str(r#"{"args": {}}"#),
+            Err(PayloadError::Shape(_))
+        ));
+        assert!(matches!(
+            Payload::from_json_str(r#"{"kwargs": [1]}"#),
+            Err(PayloadError::Shape(_))
+        ));
+        assert!(matches!(
+            Payload::from_json_str("[1,2]"),
+            Err(PayloadError::Shape(_))
+        ));
+        assert!(Payload::from_kwargs(&5).is_err());
+        let wrong = Payload::from_json_str(r#"{"kwargs": {"to": 5, "subject": "x"}}"#).unwrap();
+        let err = wrong.decode::<Email>().unwrap_err().to_string();
+        assert!(err.contains("invalid type"), "{err}");
+        let missing = Payload::from_json_str(r#"{"kwargs": {"to": "x"}}"#).unwrap();
+        assert!(
+            missing
+                .decode::<Email>()
+                .unwrap_err()
+                .to_string()
+                .contains("subject")
+        );
+    }
+
+    #[test]
+    fn serializes_as_embedded_json() {
+        let payload = Payload::from_json_str(r#"{"kwargs": {"n": 1}}"#).unwrap();
+        let text = serde_json::to_string(&json!({"p": payload.to_value()})).unwrap();
+        assert_eq!(text, r#"{"p":{"args":[],"kwargs":{"n":1}}}"#);
+        assert_eq!(
+            serde_json::to_string(&payload).unwrap(),
+            r#"{"args":[],"kwargs":{"n":1}}"#
+        );
+    }
+}

@@ -1,0 +1,379 @@
+//! The worker manager: claims tasks from its queues into `concurrency` slots, runs them, runs
+//! retention cleanup on its interval, and shuts down gracefully on a signal or a handle.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::runner::{RunnerEnv, Tally, run_attempt};
+use crate::broker::{Broker, EnqueueDefaults, Outcome, RetentionPolicy, Settlement};
+use crate::task::{Registry, TaskId, check_name};
+use crate::{Error, Result};
+
+/// How often a running attempt renews its lease.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+/// How long to wait before claiming again after a transient claim error.
+const CLAIM_ERROR_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Stops a running [`WorkerManager`] from another task or thread.
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle {
+    token: CancellationToken,
+}
+
+impl ShutdownHandle {
+    /// Asks the worker to stop: it claims nothing new, waits for running tasks up to its
+    /// shutdown timeout, then releases the rest to PENDING.
+    pub fn shutdown(&self) {
+        self.token.cancel();
+    }
+
+    /// True once shutdown was asked for.
+    pub fn is_shutdown(&self) -> bool {
+        self.token.is_cancelled()
+    }
+}
+
+/// What a worker did between `start` and its return.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WorkerReport {
+    /// Attempts that completed their task.
+    pub completed: u64,
+    /// Attempts that failed and will be retried.
+    pub retried: u64,
+    /// Attempts that failed their task for good.
+    pub failed: u64,
+    /// Attempts still running at the shutdown timeout, released to PENDING.
+    pub released: u64,
+    /// Attempts whose outcome could not be recorded (lost lease, storage failure).
+    pub unrecorded: u64,
+}
+
+/// Processes tasks from a set of queues, as Framefox's `WorkerManager`.
+#[derive(Debug)]
+pub struct WorkerManager {
+    broker: Arc<dyn Broker>,
+    registry: Arc<Registry>,
+    defaults: Arc<EnqueueDefaults>,
+    queues: Vec<String>,
+    concurrency: usize,
+    polling_interval: Duration,
+    cleanup_interval: Option<Duration>,
+    retention: RetentionPolicy,
+    shutdown_timeout: Duration,
+    handle_signals: bool,
+    heartbeat_every: Duration,
+    shutdown: CancellationToken,
+}
+
+impl WorkerManager {
+    /// A worker over any broker, with the given defaults.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn with_broker(
+        broker: Arc<dyn Broker>,
+        registry: Registry,
+        defaults: EnqueueDefaults,
+        queues: Vec<String>,
+        concurrency: usize,
+        polling_interval: Duration,
+        retention: RetentionPolicy,
+        shutdown_timeout: Duration,
+    ) -> Self {
+        Self {
+            broker,
+            registry: Arc::new(registry),
+            defaults: Arc::new(defaults),
+            queues,
+            concurrency,
+            polling_interval,
+            cleanup_interval: None,
+            retention,
+            shutdown_timeout,
+            handle_signals: true,
+            heartbeat_every: DEFAULT_HEARTBEAT,
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// The queues to serve (default: the configured `worker.queues`, else `["default"]`).
+    pub fn set_queues<I, S>(&mut self, queues: I) -> &mut Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.queues = queues.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How many tasks run at once (default: the configured `worker.concurrency`, else 10).
+    pub fn set_concurrent_tasks(&mut self, concurrency: usize) -> &mut Self {
+        self.concurrency = concurrency;
+        self
+    }
+
+    /// The longest an idle worker waits before looking again (default 5 s). Workers are woken
+    /// by new work at once; this only bounds idle rechecks.
+    pub fn set_polling_interval(&mut self, interval: Duration) -> &mut Self {
+        self.polling_interval = interval;
+        self
+    }
+
+    /// Deletes finished tasks every `interval_hours`: FAILED and CANCELLED ones older than
+    /// `retain_days`, COMPLETED ones older than the configured `completed_retention` (default
+    /// 1 day). Off unless called or configured.
+    pub fn set_cleanup_config(&mut self, interval_hours: u64, retain_days: u64) -> &mut Self {
+        self.cleanup_interval = Some(Duration::from_secs(interval_hours.saturating_mul(3600)));
+        self.retention.failed = Duration::from_secs(retain_days.saturating_mul(86_400));
+        self
+    }
+
+    /// How long shutdown waits for running tasks before releasing them (default 30 s).
+    pub fn set_shutdown_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Whether SIGINT/SIGTERM stop the worker (default true).
+    pub fn set_handle_signals(&mut self, handle: bool) -> &mut Self {
+        self.handle_signals = handle;
+        self
+    }
+
+    /// How often running attempts renew their lease (default 10 s).
+    pub fn set_heartbeat_interval(&mut self, every: Duration) -> &mut Self {
+        self.heartbeat_every = every;
+        self
+    }
+
+    /// A handle that stops this worker.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            token: self.shutdown.clone(),
+        }
+    }
+
+    fn validate(&self) -> Result<Vec<Arc<str>>> {
+        if !self.registry.rejected().is_empty() {
+            return Err(Error::InvalidRegistration(
+                self.registry.rejected().to_vec(),
+            ));
+        }
+        if self.queues.is_empty() {
+            return Err(Error::invalid(
+                "queues",
+                "a worker needs at least one queue",
+            ));
+        }
+        for queue in &self.queues {
+            check_name(queue).map_err(|problem| {
+                Error::invalid("queues", format!("queue {queue:?} {problem}"))
+            })?;
+        }
+        if self.concurrency == 0 || self.concurrency > 10_000 {
+            return Err(Error::invalid(
+                "concurrency",
+                format!("must be between 1 and 10000, got {}", self.concurrency),
+            ));
+        }
+        if self.polling_interval.is_zero() {
+            return Err(Error::invalid(
+                "polling_interval",
+                "must be greater than zero",
+            ));
+        }
+        if self.heartbeat_every.is_zero() {
+            return Err(Error::invalid(
+                "heartbeat_interval",
+                "must be greater than zero",
+            ));
+        }
+        Ok(self.queues.iter().map(|q| Arc::from(q.as_str())).collect())
+    }
+
+    /// Runs until shutdown (a [`ShutdownHandle`], or SIGINT/SIGTERM unless disabled).
+    ///
+    /// # Errors
+    /// Invalid settings or registrations, before anything runs; [`Error::Poisoned`] or
+    /// [`Error::ShutDown`] when the engine stops accepting work.
+    pub async fn start(&mut self) -> Result<WorkerReport> {
+        let queues = self.validate()?;
+        let shutdown = self.shutdown.clone();
+        if self.handle_signals {
+            spawn_signal_listener(shutdown.clone());
+        }
+        let cleanup = self.cleanup_interval.map(|every| {
+            let broker = Arc::clone(&self.broker);
+            let retention = self.retention;
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(every);
+                loop {
+                    tokio::select! {
+                        _ = ticker.tick() => {
+                            if let Err(error) = broker.cleanup(retention).await {
+                                tracing::error!(%error, "retention cleanup failed");
+                            }
+                        }
+                        () = stop.cancelled() => break,
+                    }
+                }
+            })
+        });
+        let env = Arc::new(RunnerEnv {
+            broker: Arc::clone(&self.broker),
+            registry: Arc::clone(&self.registry),
+            defaults: Arc::clone(&self.defaults),
+            heartbeat_every: self.heartbeat_every,
+        });
+        tracing::info!(queues = ?self.queues, concurrency = self.concurrency, "worker started");
+        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let mut running: JoinSet<Tally> = JoinSet::new();
+        let mut in_flight: HashMap<tokio::task::Id, (TaskId, u32)> = HashMap::new();
+        let mut report = WorkerReport::default();
+        let mut fatal = None;
+
+        loop {
+            let first = tokio::select! {
+                permit = Arc::clone(&slots).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                () = shutdown.cancelled() => break,
+            };
+            let mut permits = vec![first];
+            while let Ok(permit) = Arc::clone(&slots).try_acquire_owned() {
+                permits.push(permit);
+            }
+            match self
+                .broker
+                .claim(&queues, permits.len(), self.polling_interval, &shutdown)
+                .await
+            {
+                Ok(claimed) => {
+                    for record in claimed {
+                        let Some(permit) = permits.pop() else {
+                            tracing::error!("claimed more tasks than free slots");
+                            break;
+                        };
+                        let key = (record.id, record.attempts);
+                        let env = Arc::clone(&env);
+                        let handle = running.spawn(async move {
+                            let tally = run_attempt(record, env).await;
+                            drop(permit);
+                            tally
+                        });
+                        in_flight.insert(handle.id(), key);
+                    }
+                }
+                Err(error @ (Error::Poisoned { .. } | Error::ShutDown)) => {
+                    fatal = Some(error);
+                    break;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "claiming tasks failed; retrying");
+                    tokio::time::sleep(CLAIM_ERROR_BACKOFF).await;
+                }
+            }
+            while let Some(joined) = running.try_join_next_with_id() {
+                tally(&mut report, &mut in_flight, joined);
+            }
+        }
+
+        tracing::info!(
+            running = running.len(),
+            "worker stopping; waiting for running tasks"
+        );
+        let drained = tokio::time::timeout(self.shutdown_timeout, async {
+            while let Some(joined) = running.join_next_with_id().await {
+                tally(&mut report, &mut in_flight, joined);
+            }
+        })
+        .await;
+        if drained.is_err() {
+            running.abort_all();
+            while let Some(joined) = running.join_next_with_id().await {
+                tally(&mut report, &mut in_flight, joined);
+            }
+            for (id, attempt) in in_flight.drain().map(|(_, key)| key) {
+                let released = self
+                    .broker
+                    .settle(Settlement {
+                        id,
+                        attempt,
+                        outcome: Outcome::Released,
+                    })
+                    .await;
+                match released {
+                    Ok(_) => report.released += 1,
+                    Err(Error::StaleAttempt { .. }) => {}
+                    Err(error) => {
+                        tracing::error!(task.id = %id, %error, "could not release a running task at shutdown; it will be recovered on the next open")
+                    }
+                }
+            }
+        }
+        if let Some(cleanup) = cleanup {
+            cleanup.abort();
+        }
+        tracing::info!(?report, "worker stopped");
+        match fatal {
+            Some(error) => Err(error),
+            None => Ok(report),
+        }
+    }
+}
+
+fn tally(
+    report: &mut WorkerReport,
+    in_flight: &mut HashMap<tokio::task::Id, (TaskId, u32)>,
+    joined: std::result::Result<(tokio::task::Id, Tally), tokio::task::JoinError>,
+) {
+    match joined {
+        Ok((id, tally)) => {
+            in_flight.remove(&id);
+            match tally {
+                Tally::Completed => report.completed += 1,
+                Tally::Retrying => report.retried += 1,
+                Tally::Failed => report.failed += 1,
+                Tally::Unrecorded => report.unrecorded += 1,
+            }
+        }
+        // A cancelled runner stays in `in_flight`, to be released.
+        Err(error) if error.is_cancelled() => {}
+        Err(error) => {
+            in_flight.remove(&error.id());
+            report.unrecorded += 1;
+            tracing::error!(%error, "a task runner panicked");
+        }
+    }
+}
+
+fn spawn_signal_listener(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+                tracing::warn!("cannot listen for SIGTERM");
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
+                _ = terminate.recv() => tracing::info!("SIGTERM received; shutting down"),
+                () = shutdown.cancelled() => return,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => tracing::info!("ctrl-c received; shutting down"),
+                () = shutdown.cancelled() => return,
+            }
+        }
+        shutdown.cancel();
+    });
+}
