@@ -157,7 +157,7 @@ impl EngineBuilder {
 /// Counts of one queue's tasks by status.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct QueueStats {
-    /// PENDING tasks that may run now.
+    /// PENDING tasks that may run now (their scheduled time has come).
     pub ready: u64,
     /// PENDING tasks waiting for their scheduled time.
     pub scheduled: u64,
@@ -296,23 +296,21 @@ impl Engine {
     /// A storage failure or a corrupt record.
     pub async fn stats(&self) -> Result<Stats> {
         let local = Arc::clone(&self.inner.local);
+        let now = self.inner.broker.now_ms();
         tokio::task::spawn_blocking(move || {
-            let counts = local.store().count_by_queue_and_status()?;
+            let counts = local.store().count_by_queue_and_status(now)?;
             let mut stats = Stats::default();
-            for ((queue, status), n) in counts {
+            for ((queue, status, due), n) in counts {
                 let entry = stats.queues.entry(queue).or_default();
                 match status {
-                    TaskStatus::Pending => {}
+                    TaskStatus::Pending if due => entry.ready += n,
+                    TaskStatus::Pending => entry.scheduled += n,
                     TaskStatus::Running => entry.running = n,
                     TaskStatus::Retrying => entry.retrying = n,
                     TaskStatus::Completed => entry.completed = n,
                     TaskStatus::Failed => entry.failed = n,
                     TaskStatus::Cancelled => entry.cancelled = n,
                 }
-            }
-            for (queue, entry) in &mut stats.queues {
-                entry.ready = local.ready_len(queue) as u64;
-                entry.scheduled = (local.delayed_len(queue) as u64).saturating_sub(entry.retrying);
             }
             Ok(stats)
         })

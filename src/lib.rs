@@ -76,7 +76,7 @@ pub use broker::{
     SettleReport, Settlement,
 };
 pub use clock::{Clock, ManualClock, Millis, SystemClock};
-pub use config::{Config, ConfigError};
+pub use config::{BrokerKind, Config, ConfigError, DurationError, parse_duration};
 pub use engine::{Engine, EngineBuilder, QueueStats, Stats};
 pub use error::{Error, Result};
 pub use events::{Event, EventBus, EventKind, EventStream, UnknownEvent};

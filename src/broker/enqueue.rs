@@ -8,7 +8,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::{Broker, NewTask};
-use crate::task::{Payload, Task, TaskId, check_name};
+use crate::config::check_name;
+use crate::task::{Payload, Task, TaskId};
 use crate::{Error, Result};
 
 /// The most retries a task may ask for.
@@ -76,7 +77,9 @@ pub struct QueueTask {
 }
 
 impl QueueTask {
-    /// A typed task with the defaults of its definition.
+    /// A typed task with the defaults of its definition. Takes the task by value, as the
+    /// callers' `queue_task(task)` does, so a queued task cannot be mutated afterwards.
+    #[allow(clippy::needless_pass_by_value)]
     pub(crate) fn typed<T: Task>(broker: Arc<dyn Broker>, task: T) -> Self {
         let draft = Payload::from_kwargs(&task)
             .map_err(|e| Error::invalid("payload", e.to_string()))

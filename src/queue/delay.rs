@@ -72,6 +72,7 @@ impl DelayIndex {
     }
 
     /// Tasks waiting in `queue`.
+    #[cfg(test)]
     pub(crate) fn queue_len(&self, queue: &str) -> usize {
         self.entries
             .iter()

@@ -115,6 +115,7 @@ impl ReadyHeap {
     }
 
     /// Ready tasks in one queue.
+    #[cfg(test)]
     pub(crate) fn queue_len(&self, queue: &str) -> usize {
         self.queues.get(queue).map_or(0, |heap| heap.value().len())
     }

@@ -304,13 +304,15 @@ impl Store {
         Ok(entries)
     }
 
-    /// Counts of tasks per (queue, status), by reading every record.
+    /// Counts of tasks per (queue, status, due by `now`), by reading every record.
     pub(crate) fn count_by_queue_and_status(
         &self,
-    ) -> Result<std::collections::BTreeMap<(String, TaskStatus), u64>, StoreError> {
+        now: Millis,
+    ) -> Result<std::collections::BTreeMap<(String, TaskStatus, bool), u64>, StoreError> {
         let mut counts = std::collections::BTreeMap::new();
         self.scan_tasks(usize::MAX, |task| {
-            *counts.entry((task.queue.clone(), task.status)).or_insert(0) += 1;
+            let key = (task.queue.clone(), task.status, task.due_at <= now);
+            *counts.entry(key).or_insert(0) += 1;
             false
         })?;
         Ok(counts)

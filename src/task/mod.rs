@@ -3,7 +3,6 @@
 
 mod handler;
 mod id;
-mod name;
 mod payload;
 mod record;
 mod registry;
@@ -12,7 +11,6 @@ mod status;
 
 pub use handler::{Task, TaskError, TaskErrorKind};
 pub use id::TaskId;
-pub(crate) use name::check_name;
 pub use payload::Payload;
 pub use record::{FailureKind, TaskFailure, TaskRecord};
 pub use registry::Registry;

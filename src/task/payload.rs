@@ -89,10 +89,7 @@ impl Payload {
     /// As [`Payload::from_json_str`].
     pub fn from_value(value: &Value) -> Result<Self, PayloadError> {
         let Value::Object(fields) = value else {
-            return Err(PayloadError::Shape(format!(
-                "got {}",
-                json_kind(value)
-            )));
+            return Err(PayloadError::Shape(format!("got {}", json_kind(value))));
         };
         if let Some(unknown) = fields.keys().find(|k| *k != "args" && *k != "kwargs") {
             return Err(PayloadError::Shape(format!(

@@ -11,7 +11,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::{Payload, Task, TaskError, check_name};
+use super::{Payload, Task, TaskError};
+use crate::config::check_name;
 use crate::worker::TaskContext;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;

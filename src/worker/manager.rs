@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::runner::{RunnerEnv, Tally, run_attempt};
 use crate::broker::{Broker, EnqueueDefaults, Outcome, RetentionPolicy, Settlement};
-use crate::task::{Registry, TaskId, check_name};
+use crate::config::check_name;
+use crate::task::{Registry, TaskId};
 use crate::{Error, Result};
 
 /// How often a running attempt renews its lease.

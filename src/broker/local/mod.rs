@@ -215,16 +215,6 @@ impl LocalBroker {
         &self.store
     }
 
-    /// Ready tasks in memory, per queue name given.
-    pub(crate) fn ready_len(&self, queue: &str) -> usize {
-        self.shared.ready.queue_len(queue)
-    }
-
-    /// Scheduled (not yet due) tasks in memory, for one queue.
-    pub(crate) fn delayed_len(&self, queue: &str) -> usize {
-        self.shared.delayed.queue_len(queue)
-    }
-
     async fn request<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command,

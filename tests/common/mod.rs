@@ -1,0 +1,97 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use fq::{Engine, EventStream, ManualClock, Registry, ShutdownHandle, WorkerReport};
+use tokio::task::JoinHandle;
+
+/// How long a test waits for something that should happen at once before it fails.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A fresh engine in a temp dir, on the system clock.
+pub fn engine() -> (tempfile::TempDir, Engine) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let engine = Engine::open(dir.path().join("fq.redb")).expect("open engine");
+    (dir, engine)
+}
+
+/// A fresh engine in a temp dir on a manual clock standing at 2026-01-01T09:00:00Z.
+pub fn manual_engine() -> (tempfile::TempDir, Engine, Arc<ManualClock>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 9, 0, 0).unwrap());
+    let engine = Engine::builder(dir.path().join("fq.redb"))
+        .clock(clock.clone())
+        .open()
+        .expect("open engine");
+    (dir, engine, clock)
+}
+
+/// A running worker and the means to stop it.
+pub struct RunningWorker {
+    pub stop: ShutdownHandle,
+    pub handle: JoinHandle<fq::Result<WorkerReport>>,
+}
+
+impl RunningWorker {
+    pub async fn stop(self) -> WorkerReport {
+        self.stop.shutdown();
+        tokio::time::timeout(PATIENCE, self.handle)
+            .await
+            .expect("worker stops in time")
+            .expect("worker task joins")
+            .expect("worker ends without error")
+    }
+}
+
+/// Starts a worker on `queues` with `concurrency` slots, signals off.
+pub fn start_worker(
+    engine: &Engine,
+    registry: Registry,
+    queues: &[&str],
+    concurrency: usize,
+) -> RunningWorker {
+    let mut worker = engine.worker(registry);
+    worker
+        .set_queues(queues.iter().copied())
+        .set_concurrent_tasks(concurrency)
+        .set_handle_signals(false)
+        .set_polling_interval(Duration::from_millis(500));
+    let stop = worker.shutdown_handle();
+    let handle = tokio::spawn(async move { worker.start().await });
+    RunningWorker { stop, handle }
+}
+
+/// Waits for the next event named `name` matching `keep`, failing the test after [`PATIENCE`].
+pub async fn next_event(
+    events: &mut EventStream,
+    name: &str,
+    keep: impl Fn(&fq::Event) -> bool,
+) -> Arc<fq::Event> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let event = events
+            .recv_timeout(left)
+            .await
+            .unwrap_or_else(|| panic!("no {name} event within {PATIENCE:?}"));
+        if event.name() == name && keep(&event) {
+            return event;
+        }
+    }
+}
+
+/// Waits for `count` events named `name`, returning them in order.
+pub async fn collect_events(
+    events: &mut EventStream,
+    name: &str,
+    count: usize,
+) -> Vec<Arc<fq::Event>> {
+    let mut found = Vec::with_capacity(count);
+    while found.len() < count {
+        found.push(next_event(events, name, |_| true).await);
+    }
+    found
+}
