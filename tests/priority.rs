@@ -1,5 +1,7 @@
 //! Tasks run highest priority first, FIFO among equals, across the queues a worker serves.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::{Arc, Mutex};

@@ -48,7 +48,9 @@ pub trait Task: Serialize + DeserializeOwned + Send + 'static {
     /// The task's body. An `Err` (or a panic, or a timeout) is a failed attempt.
     fn run(self, ctx: TaskContext) -> impl Future<Output = Result<Self::Output, TaskError>> + Send;
 
-    /// Queues the task now with its defaults, as Framefox's `task.delay(...)`.
+    /// Queues the task now with its defaults, as Framefox's `task.delay(...)`. (Framefox's
+    /// `delay=3600` keyword, a postponement, is [`crate::QueueTask::delay`]:
+    /// `engine.queue_task(task).delay(3600).send()`.)
     ///
     /// # Errors
     /// As [`crate::Engine::queue_task`]'s `send`.

@@ -33,6 +33,11 @@ impl ShutdownHandle {
         self.token.cancel();
     }
 
+    /// Resolves once shutdown was asked for: lets a web server stop with its workers.
+    pub async fn cancelled(&self) {
+        self.token.cancelled().await;
+    }
+
     /// True once shutdown was asked for.
     pub fn is_shutdown(&self) -> bool {
         self.token.is_cancelled()
