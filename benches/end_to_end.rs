@@ -4,6 +4,7 @@
 //! `cargo bench --bench end_to_end`; each scenario reports tasks/s as criterion throughput.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -49,28 +50,25 @@ async fn enqueue_concurrently(engine: &Engine, producers: u64, tasks: u64) {
 }
 
 async fn drain(engine: &Engine, concurrency: usize, tasks: u64) {
+    let done = Arc::new(AtomicU64::new(0));
+    let all_ran = Arc::new(tokio::sync::Notify::new());
     let mut registry = Registry::new();
-    registry.register_fn(
-        "bench.noop",
-        |_: serde_json::Value| -> Result<(), TaskError> { Ok(()) },
-    );
-    let mut events = engine.events().subscribe();
+    let (counter, wake) = (Arc::clone(&done), Arc::clone(&all_ran));
+    registry.register_fn("bench.noop", move |_: serde_json::Value| -> Result<(), TaskError> {
+        if counter.fetch_add(1, Ordering::SeqCst) + 1 == tasks {
+            wake.notify_one();
+        }
+        Ok(())
+    });
     let mut worker = engine.worker(registry);
-    worker
-        .set_concurrent_tasks(concurrency)
-        .set_handle_signals(false);
+    worker.set_concurrent_tasks(concurrency).set_handle_signals(false);
     let stop = worker.shutdown_handle();
     let running = tokio::spawn(async move { worker.start().await });
-    let mut done = 0;
-    while done < tasks {
-        match events.recv().await {
-            Some(event) if event.name() == "worker.task.after_execution" => done += 1,
-            Some(_) => {}
-            None => break,
-        }
-    }
+    all_ran.notified().await;
+    // Shutdown waits for every running attempt's settlement to commit.
     stop.shutdown();
-    running.await.expect("worker").expect("worker run");
+    let report = running.await.expect("worker").expect("worker run");
+    assert_eq!(report.completed, tasks, "not every task completed");
 }
 
 fn enqueue(c: &mut Criterion) {

@@ -356,7 +356,7 @@ impl WorkerManager {
     #[allow(clippy::needless_pass_by_value)] // takes the handle as Framefox's WorkerManager(broker) does
     pub fn new(engine: Engine, registry: Registry) -> Self {
         let config = &engine.inner.config;
-        WorkerManager::with_broker(
+        let mut worker = WorkerManager::with_broker(
             engine.broker(),
             registry,
             engine.inner.defaults.clone(),
@@ -365,6 +365,8 @@ impl WorkerManager {
             config.worker.polling_interval,
             engine.retention(),
             config.worker.shutdown_timeout,
-        )
+        );
+        worker.set_cleanup_config(config.cleanup.interval_hours, config.cleanup.retain_days);
+        worker
     }
 }

@@ -65,6 +65,8 @@ pub mod config;
 mod engine;
 mod error;
 mod events;
+#[doc(hidden)]
+pub mod internals;
 mod queue;
 mod store;
 mod task;
@@ -72,7 +74,7 @@ mod worker;
 
 pub use broker::local::RecoveryReport;
 pub use broker::{
-    BoxFuture, Broker, CleanupReport, IntoDelay, NewTask, Outcome, QueueTask, RetentionPolicy,
+    BoxFuture, Broker, Chained, CleanupReport, IntoDelay, NewTask, Outcome, QueueTask, RetentionPolicy,
     SettleReport, Settlement,
 };
 pub use clock::{Clock, ManualClock, Millis, SystemClock};

@@ -8,12 +8,10 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::{Broker, NewTask};
-use crate::config::check_name;
+use crate::config::{MAX_RETRIES as MAX_RETRIES_LIMIT, check_name};
 use crate::task::{Payload, Task, TaskId};
 use crate::{Error, Result};
 
-/// The most retries a task may ask for.
-pub(crate) const MAX_RETRIES_LIMIT: u32 = 1_000;
 /// The latest time a task may be scheduled for: 9999-12-31T23:59:59Z.
 const LATEST_SCHEDULE_MS: i64 = 253_402_300_799_000;
 

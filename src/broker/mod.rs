@@ -91,6 +91,16 @@ pub struct SettleReport {
     pub record: Option<Arc<TaskRecord>>,
 }
 
+/// What [`Broker::settle_and_claim`] did: the settlement's result, and the tasks claimed in
+/// the same commit.
+#[derive(Debug)]
+pub struct Chained {
+    /// The settlement's result; a stale attempt is rejected here without failing the claim.
+    pub settled: Result<SettleReport>,
+    /// Tasks now RUNNING for the caller.
+    pub claimed: Vec<TaskRecord>,
+}
+
 /// How long finished tasks are kept (DESIGN §2 "Retention").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetentionPolicy {
@@ -140,6 +150,24 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// Records how an attempt ended. A settlement under a stale attempt is rejected with
     /// [`crate::Error::StaleAttempt`].
     fn settle(&self, settlement: Settlement) -> BoxFuture<'_, Result<SettleReport>>;
+
+    /// Settles an attempt and, in the same commit, claims up to `max` due tasks from `queues`
+    /// without waiting, so that a worker slot goes from one task to the next with one commit.
+    /// The default settles and claims nothing.
+    fn settle_and_claim<'a>(
+        &'a self,
+        settlement: Settlement,
+        queues: &'a [Arc<str>],
+        max: usize,
+    ) -> BoxFuture<'a, Result<Chained>> {
+        let _ = (queues, max);
+        Box::pin(async move {
+            Ok(Chained {
+                settled: self.settle(settlement).await,
+                claimed: Vec::new(),
+            })
+        })
+    }
 
     /// Extends the lease of a running attempt.
     fn heartbeat(&self, id: TaskId, attempt: u32) -> BoxFuture<'_, Result<()>>;

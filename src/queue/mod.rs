@@ -6,4 +6,4 @@ mod delay;
 mod ready;
 
 pub(crate) use delay::DelayIndex;
-pub(crate) use ready::{ReadyHeap, ReadyTask};
+pub(crate) use ready::{QueueSelection, ReadyHeap, ReadyTask};

@@ -14,7 +14,7 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableHandle,
 };
 
-pub(crate) use codec::{StoredFailure, StoredTask};
+pub(crate) use codec::{StoredFailure, StoredTask, decode as codec_decode, encode as codec_encode};
 pub use error::StoreError;
 pub(crate) use keys::ReadyOrder;
 use tables::{

@@ -9,10 +9,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::runner::{RunnerEnv, Tally, run_attempt};
+use super::runner::{RunnerEnv, SlotTally, run_slot};
 use crate::broker::{Broker, EnqueueDefaults, Outcome, RetentionPolicy, Settlement};
 use crate::config::check_name;
-use crate::task::{Registry, TaskId};
+use crate::task::Registry;
 use crate::{Error, Result};
 
 /// How often a running attempt renews its lease.
@@ -128,9 +128,10 @@ impl WorkerManager {
         self
     }
 
-    /// Deletes finished tasks every `interval_hours`: FAILED and CANCELLED ones older than
-    /// `retain_days`, COMPLETED ones older than the configured `completed_retention` (default
-    /// 1 day). Off unless called or configured.
+    /// Deletes finished tasks when the worker starts and every `interval_hours` after:
+    /// FAILED and CANCELLED ones older than `retain_days`, COMPLETED ones older than the
+    /// configured `completed_retention` (defaults from the `cleanup` configuration: every
+    /// hour, 7 days, 1 day).
     pub fn set_cleanup_config(&mut self, interval_hours: u64, retain_days: u64) -> &mut Self {
         self.cleanup_interval = Some(Duration::from_secs(interval_hours.saturating_mul(3600)));
         self.retention.failed = Duration::from_secs(retain_days.saturating_mul(86_400));
@@ -234,11 +235,13 @@ impl WorkerManager {
             registry: Arc::clone(&self.registry),
             defaults: Arc::clone(&self.defaults),
             heartbeat_every: self.heartbeat_every,
+            queues: queues.clone(),
+            shutdown: shutdown.clone(),
+            running: std::sync::Mutex::new(HashMap::new()),
         });
         tracing::info!(queues = ?self.queues, concurrency = self.concurrency, "worker started");
         let slots = Arc::new(Semaphore::new(self.concurrency));
-        let mut running: JoinSet<Tally> = JoinSet::new();
-        let mut in_flight: HashMap<tokio::task::Id, (TaskId, u32)> = HashMap::new();
+        let mut running: JoinSet<SlotTally> = JoinSet::new();
         let mut report = WorkerReport::default();
         let mut fatal = None;
 
@@ -265,14 +268,7 @@ impl WorkerManager {
                             tracing::error!("claimed more tasks than free slots");
                             break;
                         };
-                        let key = (record.id, record.attempts);
-                        let env = Arc::clone(&env);
-                        let handle = running.spawn(async move {
-                            let tally = run_attempt(record, env).await;
-                            drop(permit);
-                            tally
-                        });
-                        in_flight.insert(handle.id(), key);
+                        running.spawn(run_slot(record, Arc::clone(&env), permit));
                     }
                 }
                 Err(error @ (Error::Poisoned { .. } | Error::ShutDown)) => {
@@ -284,8 +280,8 @@ impl WorkerManager {
                     tokio::time::sleep(CLAIM_ERROR_BACKOFF).await;
                 }
             }
-            while let Some(joined) = running.try_join_next_with_id() {
-                tally(&mut report, &mut in_flight, joined);
+            while let Some(joined) = running.try_join_next() {
+                tally(&mut report, joined);
             }
         }
 
@@ -294,17 +290,17 @@ impl WorkerManager {
             "worker stopping; waiting for running tasks"
         );
         let drained = tokio::time::timeout(self.shutdown_timeout, async {
-            while let Some(joined) = running.join_next_with_id().await {
-                tally(&mut report, &mut in_flight, joined);
+            while let Some(joined) = running.join_next().await {
+                tally(&mut report, joined);
             }
         })
         .await;
         if drained.is_err() {
             running.abort_all();
-            while let Some(joined) = running.join_next_with_id().await {
-                tally(&mut report, &mut in_flight, joined);
+            while let Some(joined) = running.join_next().await {
+                tally(&mut report, joined);
             }
-            for (id, attempt) in in_flight.drain().map(|(_, key)| key) {
+            for (id, attempt) in env.take_held() {
                 let released = self
                     .broker
                     .settle(Settlement {
@@ -333,27 +329,19 @@ impl WorkerManager {
     }
 }
 
-fn tally(
-    report: &mut WorkerReport,
-    in_flight: &mut HashMap<tokio::task::Id, (TaskId, u32)>,
-    joined: std::result::Result<(tokio::task::Id, Tally), tokio::task::JoinError>,
-) {
+fn tally(report: &mut WorkerReport, joined: std::result::Result<SlotTally, tokio::task::JoinError>) {
     match joined {
-        Ok((id, tally)) => {
-            in_flight.remove(&id);
-            match tally {
-                Tally::Completed => report.completed += 1,
-                Tally::Retrying => report.retried += 1,
-                Tally::Failed => report.failed += 1,
-                Tally::Unrecorded => report.unrecorded += 1,
-            }
+        Ok(slot) => {
+            report.completed += slot.completed;
+            report.retried += slot.retried;
+            report.failed += slot.failed;
+            report.unrecorded += slot.unrecorded;
         }
-        // A cancelled runner stays in `in_flight`, to be released.
+        // A slot aborted at the shutdown timeout: its attempt is released from the held set.
         Err(error) if error.is_cancelled() => {}
         Err(error) => {
-            in_flight.remove(&error.id());
             report.unrecorded += 1;
-            tracing::error!(%error, "a task runner panicked");
+            tracing::error!(%error, "a worker slot panicked");
         }
     }
 }

@@ -2,19 +2,22 @@
 //! the blocking pool) under its timeout with heartbeats, turn an error, a panic or a timeout
 //! into a failed attempt, settle it, and emit the lifecycle events in order.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::task::JoinError;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::TaskContext;
 use crate::Error;
-use crate::broker::{Broker, EnqueueDefaults, Outcome, Settlement};
+use crate::broker::{Broker, Chained, EnqueueDefaults, Outcome, Settlement};
 use crate::clock::millis_to_datetime;
 use crate::events::{Event, EventKind};
 use crate::task::{
-    FailureKind, HandlerFn, Registry, RunError, TaskErrorKind, TaskFailure, TaskRecord, TaskStatus,
+    FailureKind, HandlerFn, Registry, RunError, TaskErrorKind, TaskFailure, TaskId, TaskRecord,
+    TaskStatus,
 };
 
 /// What every attempt of one worker shares.
@@ -24,16 +27,75 @@ pub(super) struct RunnerEnv {
     pub(super) registry: Arc<Registry>,
     pub(super) defaults: Arc<EnqueueDefaults>,
     pub(super) heartbeat_every: Duration,
+    pub(super) queues: Vec<Arc<str>>,
+    pub(super) shutdown: CancellationToken,
+    /// The attempts this worker holds: released to PENDING if shutdown times out.
+    pub(super) running: Mutex<HashMap<TaskId, u32>>,
+}
+
+impl RunnerEnv {
+    fn hold(&self, id: TaskId, attempt: u32) {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner).insert(id, attempt);
+    }
+
+    fn drop_hold(&self, id: TaskId) {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+    }
+
+    /// Takes every attempt still held.
+    pub(super) fn take_held(&self) -> Vec<(TaskId, u32)> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner).drain().collect()
+    }
 }
 
 /// How an attempt ended, for the worker's tally.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Tally {
+enum Tally {
     Completed,
     Retrying,
     Failed,
     /// The outcome could not be recorded (stale attempt, storage failure).
     Unrecorded,
+}
+
+/// What one slot did: its attempts, by outcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct SlotTally {
+    pub(super) completed: u64,
+    pub(super) retried: u64,
+    pub(super) failed: u64,
+    pub(super) unrecorded: u64,
+}
+
+impl SlotTally {
+    fn add(&mut self, tally: Tally) {
+        match tally {
+            Tally::Completed => self.completed += 1,
+            Tally::Retrying => self.retried += 1,
+            Tally::Failed => self.failed += 1,
+            Tally::Unrecorded => self.unrecorded += 1,
+        }
+    }
+}
+
+/// Runs a claimed task in one worker slot, then, for as long as tasks are ready, the next ones:
+/// each settlement claims the slot's next task in the same commit, so a busy slot costs one
+/// commit per task. The slot is given back when no task is ready (the dispatcher takes over).
+pub(super) async fn run_slot(
+    first: TaskRecord,
+    env: Arc<RunnerEnv>,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) -> SlotTally {
+    let mut tally = SlotTally::default();
+    env.hold(first.id, first.attempts);
+    let mut next = Some(first);
+    while let Some(record) = next.take() {
+        let (outcome, chained) = run_attempt(record, &env).await;
+        tally.add(outcome);
+        next = chained;
+    }
+    drop(slot);
+    tally
 }
 
 fn panic_message(error: JoinError) -> String {
@@ -117,8 +179,8 @@ async fn execute(record: &TaskRecord, env: &RunnerEnv) -> Option<Outcome> {
     }
 }
 
-/// Runs one claimed attempt to its settlement.
-pub(super) async fn run_attempt(record: TaskRecord, env: Arc<RunnerEnv>) -> Tally {
+/// Runs one claimed attempt to its settlement; returns the next task claimed with it.
+async fn run_attempt(record: TaskRecord, env: &RunnerEnv) -> (Tally, Option<TaskRecord>) {
     let span = tracing::debug_span!(
         "task",
         task.id = %record.id,
@@ -132,23 +194,45 @@ pub(super) async fn run_attempt(record: TaskRecord, env: Arc<RunnerEnv>) -> Tall
         let now = || millis_to_datetime(env.broker.now_ms());
         events.emit(|| Event::new(EventKind::BeforeExecution, Arc::clone(&record), now()));
         tracing::debug!("running");
-        let Some(outcome) = execute(&record, &env).await else {
-            return Tally::Unrecorded;
+        let Some(outcome) = execute(&record, env).await else {
+            env.drop_hold(record.id);
+            return (Tally::Unrecorded, None);
         };
         let settlement = Settlement {
             id: record.id,
             attempt: record.attempts,
             outcome: outcome.clone(),
         };
-        let report = match env.broker.settle(settlement).await {
+        let chained = if env.shutdown.is_cancelled() {
+            env.broker.settle(settlement).await.map(|report| Chained {
+                settled: Ok(report),
+                claimed: Vec::new(),
+            })
+        } else {
+            env.broker.settle_and_claim(settlement, &env.queues, 1).await
+        };
+        // No await between the answer and these lines: a shutdown abort cannot lose track of
+        // a task claimed with it.
+        let (settled, next) = match chained {
+            Ok(Chained { settled, claimed }) => {
+                let next = claimed.into_iter().next();
+                if let Some(next) = &next {
+                    env.hold(next.id, next.attempts);
+                }
+                (settled, next)
+            }
+            Err(error) => (Err(error), None),
+        };
+        env.drop_hold(record.id);
+        let report = match settled {
             Ok(report) => report,
             Err(error @ Error::StaleAttempt { .. }) => {
                 tracing::warn!(%error, "outcome of a stale attempt rejected");
-                return Tally::Unrecorded;
+                return (Tally::Unrecorded, next);
             }
             Err(error) => {
                 tracing::error!(%error, "could not record the attempt's outcome");
-                return Tally::Unrecorded;
+                return (Tally::Unrecorded, next);
             }
         };
         let snapshot = report.record.clone().unwrap_or_else(|| Arc::clone(&record));
@@ -189,12 +273,13 @@ pub(super) async fn run_attempt(record: TaskRecord, env: Arc<RunnerEnv>) -> Tall
             }
             Outcome::Released => {}
         }
-        match report.status {
+        let tally = match report.status {
             TaskStatus::Completed => Tally::Completed,
             TaskStatus::Retrying => Tally::Retrying,
             TaskStatus::Failed => Tally::Failed,
             _ => Tally::Unrecorded,
-        }
+        };
+        (tally, next)
     }
     .instrument(span)
     .await

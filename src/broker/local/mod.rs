@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use self::lease::LeaseTable;
 use self::timer::TimerSignal;
 use self::writer::{Command, Writer, WriterSettings};
-use super::{BoxFuture, Broker, CleanupReport, NewTask, RetentionPolicy, SettleReport, Settlement};
+use super::{
+    BoxFuture, Broker, Chained, CleanupReport, NewTask, RetentionPolicy, SettleReport, Settlement,
+};
 use crate::clock::{Clock, Millis, millis_to_datetime};
 use crate::events::{Event, EventBus, EventKind};
 use crate::queue::{DelayIndex, ReadyHeap};
@@ -346,7 +348,38 @@ impl Broker for LocalBroker {
     }
 
     fn settle(&self, settlement: Settlement) -> BoxFuture<'_, Result<SettleReport>> {
-        Box::pin(self.request(|reply| Command::Settle { settlement, reply }))
+        Box::pin(async move {
+            let lease_until = self.lease_deadline();
+            let chained = self
+                .request(|reply| Command::Settle {
+                    settlement,
+                    next: Vec::new(),
+                    lease_until,
+                    reply,
+                })
+                .await?;
+            chained.settled
+        })
+    }
+
+    fn settle_and_claim<'a>(
+        &'a self,
+        settlement: Settlement,
+        queues: &'a [Arc<str>],
+        max: usize,
+    ) -> BoxFuture<'a, Result<Chained>> {
+        Box::pin(async move {
+            let selection = self.shared.ready.select(queues);
+            let next: Vec<_> = std::iter::from_fn(|| selection.pop()).take(max).collect();
+            let lease_until = self.lease_deadline();
+            self.request(|reply| Command::Settle {
+                settlement,
+                next,
+                lease_until,
+                reply,
+            })
+            .await
+        })
     }
 
     fn heartbeat(&self, id: TaskId, attempt: u32) -> BoxFuture<'_, Result<()>> {

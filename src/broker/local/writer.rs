@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::Shared;
-use crate::broker::{CleanupReport, NewTask, Outcome, SettleReport, Settlement};
+use crate::broker::{Chained, CleanupReport, NewTask, Outcome, SettleReport, Settlement};
 use crate::clock::{Millis, millis_to_datetime};
 use crate::events::{Event, EventKind};
 use crate::queue::ReadyTask;
@@ -37,9 +37,12 @@ pub(crate) enum Command {
         lease_until: Millis,
         reply: Reply<Vec<TaskRecord>>,
     },
+    /// Settles an attempt and, in the same transaction, claims `next` (possibly none).
     Settle {
         settlement: Settlement,
-        reply: Reply<SettleReport>,
+        next: Vec<ReadyTask>,
+        lease_until: Millis,
+        reply: Reply<Chained>,
     },
     Cancel {
         id: TaskId,
@@ -81,7 +84,7 @@ enum Effect {
 enum Answer {
     Enqueue(Reply<Vec<Queued>>, Result<Vec<Queued>>),
     Claim(Reply<Vec<TaskRecord>>, Result<Vec<TaskRecord>>),
-    Settle(Reply<SettleReport>, Result<SettleReport>),
+    Settle(Reply<Chained>, Result<Chained>),
     Cancel(Reply<TaskRecord>, Result<TaskRecord>),
     Cleanup(Reply<CleanupReport>, Result<CleanupReport>),
     None,
@@ -283,9 +286,21 @@ impl Writer {
                 let result = self.claim(tables, tasks, lease_until, batch)?;
                 batch.answers.push(Answer::Claim(reply, Ok(result)));
             }
-            Command::Settle { settlement, reply } => {
-                let result = self.settle(tables, &settlement, batch)?;
-                batch.answers.push(Answer::Settle(reply, result));
+            Command::Settle {
+                settlement,
+                next,
+                lease_until,
+                reply,
+            } => {
+                let settled = self.settle(tables, &settlement, batch)?;
+                let claimed = if next.is_empty() {
+                    Vec::new()
+                } else {
+                    self.claim(tables, next, lease_until, batch)?
+                };
+                batch
+                    .answers
+                    .push(Answer::Settle(reply, Ok(Chained { settled, claimed })));
             }
             Command::Cancel { id, reply } => {
                 let result = self.cancel(tables, id, batch)?;
