@@ -54,14 +54,19 @@ async fn drain(engine: &Engine, concurrency: usize, tasks: u64) {
     let all_ran = Arc::new(tokio::sync::Notify::new());
     let mut registry = Registry::new();
     let (counter, wake) = (Arc::clone(&done), Arc::clone(&all_ran));
-    registry.register_fn("bench.noop", move |_: serde_json::Value| -> Result<(), TaskError> {
-        if counter.fetch_add(1, Ordering::SeqCst) + 1 == tasks {
-            wake.notify_one();
-        }
-        Ok(())
-    });
+    registry.register_fn(
+        "bench.noop",
+        move |_: serde_json::Value| -> Result<(), TaskError> {
+            if counter.fetch_add(1, Ordering::SeqCst) + 1 == tasks {
+                wake.notify_one();
+            }
+            Ok(())
+        },
+    );
     let mut worker = engine.worker(registry);
-    worker.set_concurrent_tasks(concurrency).set_handle_signals(false);
+    worker
+        .set_concurrent_tasks(concurrency)
+        .set_handle_signals(false);
     let stop = worker.shutdown_handle();
     let running = tokio::spawn(async move { worker.start().await });
     all_ran.notified().await;

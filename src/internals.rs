@@ -23,8 +23,11 @@ impl Heap {
 
     /// Makes task `id` ready in `queue`.
     pub fn push(&self, queue: &str, priority: i32, due_at: i64, seq: u64, id: u128) {
-        self.heap
-            .push(queue, ReadyOrder::new(priority, due_at, seq), TaskId::from_u128(id));
+        self.heap.push(
+            queue,
+            ReadyOrder::new(priority, due_at, seq),
+            TaskId::from_u128(id),
+        );
     }
 
     /// A popper over `queues`.

@@ -74,8 +74,8 @@ mod worker;
 
 pub use broker::local::RecoveryReport;
 pub use broker::{
-    BoxFuture, Broker, Chained, CleanupReport, IntoDelay, NewTask, Outcome, QueueTask, RetentionPolicy,
-    SettleReport, Settlement,
+    BoxFuture, Broker, Chained, CleanupReport, IntoDelay, NewTask, Outcome, QueueTask,
+    RetentionPolicy, SettleReport, Settlement,
 };
 pub use clock::{Clock, ManualClock, Millis, SystemClock};
 pub use config::{BrokerKind, Config, ConfigError, DurationError, parse_duration};

@@ -13,7 +13,10 @@ struct Args {}
 fn main() -> ExitCode {
     match Args::try_parse() {
         Ok(Args {}) => {
-            println!("fq {}: no command given; see `fq --help`", env!("CARGO_PKG_VERSION"));
+            println!(
+                "fq {}: no command given; see `fq --help`",
+                env!("CARGO_PKG_VERSION")
+            );
             ExitCode::SUCCESS
         }
         Err(error) => {

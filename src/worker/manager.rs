@@ -329,7 +329,10 @@ impl WorkerManager {
     }
 }
 
-fn tally(report: &mut WorkerReport, joined: std::result::Result<SlotTally, tokio::task::JoinError>) {
+fn tally(
+    report: &mut WorkerReport,
+    joined: std::result::Result<SlotTally, tokio::task::JoinError>,
+) {
     match joined {
         Ok(slot) => {
             report.completed += slot.completed;

@@ -35,16 +35,26 @@ pub(super) struct RunnerEnv {
 
 impl RunnerEnv {
     fn hold(&self, id: TaskId, attempt: u32) {
-        self.running.lock().unwrap_or_else(PoisonError::into_inner).insert(id, attempt);
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, attempt);
     }
 
     fn drop_hold(&self, id: TaskId) {
-        self.running.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
     }
 
     /// Takes every attempt still held.
     pub(super) fn take_held(&self) -> Vec<(TaskId, u32)> {
-        self.running.lock().unwrap_or_else(PoisonError::into_inner).drain().collect()
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+            .collect()
     }
 }
 
@@ -147,9 +157,13 @@ async fn execute(record: &TaskRecord, env: &RunnerEnv) -> Option<Outcome> {
         }
     };
     tokio::pin!(expiry);
-    let mut heartbeat = tokio::time::interval(env.heartbeat_every);
+    // The first beat is one period away: an interval's immediate first tick still goes through
+    // the timer wheel, which would cost every attempt a millisecond.
+    let mut heartbeat = tokio::time::interval_at(
+        tokio::time::Instant::now() + env.heartbeat_every,
+        env.heartbeat_every,
+    );
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    heartbeat.tick().await;
     loop {
         tokio::select! {
             joined = &mut join => {
@@ -209,7 +223,9 @@ async fn run_attempt(record: TaskRecord, env: &RunnerEnv) -> (Tally, Option<Task
                 claimed: Vec::new(),
             })
         } else {
-            env.broker.settle_and_claim(settlement, &env.queues, 1).await
+            env.broker
+                .settle_and_claim(settlement, &env.queues, 1)
+                .await
         };
         // No await between the answer and these lines: a shutdown abort cannot lose track of
         // a task claimed with it.

@@ -183,6 +183,9 @@ impl LocalBroker {
                 retry: settings.retry,
                 max_pending: settings.max_pending,
             },
+            follow_ups: 0,
+            answered_at: None,
+            last_commit: Duration::ZERO,
         };
         let spawn_error =
             |e: std::io::Error| Error::Internal(format!("cannot start an engine thread: {e}"));

@@ -20,6 +20,9 @@ use crate::{Error, Result};
 
 /// The most commands applied in one transaction.
 const MAX_BATCH: usize = 4096;
+/// Bounds of the wait for follow-up requests after a commit (see `gather_follow_ups`).
+const MIN_GATHER: Duration = Duration::from_micros(50);
+const MAX_GATHER: Duration = Duration::from_millis(2);
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -91,6 +94,17 @@ enum Answer {
 }
 
 impl Answer {
+    /// How many requests this answer is likely to cause at once: a producer's next enqueue, a
+    /// settlement for each claimed task.
+    fn follow_ups(&self) -> usize {
+        match self {
+            Answer::Enqueue(_, _) => 1,
+            Answer::Claim(_, Ok(claimed)) => claimed.len(),
+            Answer::Settle(_, Ok(chained)) => chained.claimed.len(),
+            _ => 0,
+        }
+    }
+
     fn send(self) {
         // A closed reply channel means the caller stopped waiting; the change is committed
         // regardless, exactly as if the answer had been read.
@@ -152,6 +166,13 @@ pub(crate) struct Writer {
     pub(crate) next_seq: u64,
     pub(crate) waiting: u64,
     pub(crate) settings: WriterSettings,
+    /// Requests expected right after the last batch: those already queued when it was
+    /// answered, plus those its answers are expected to cause.
+    pub(crate) follow_ups: usize,
+    /// When the last batch was answered; `None` once a batch has used it.
+    pub(crate) answered_at: Option<std::time::Instant>,
+    /// How long the last commit took.
+    pub(crate) last_commit: Duration,
 }
 
 /// The per-transaction scratch state.
@@ -175,6 +196,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            self.gather_follow_ups(commands, &mut pending);
             if let Some(reason) = self.shared.poisoned() {
                 for command in pending {
                     fail_command(command, &|| Error::Poisoned {
@@ -184,6 +206,34 @@ impl Writer {
                 continue;
             }
             self.apply_batch(pending);
+            // What was already queued when the answers went out is not a follow-up.
+            self.follow_ups += commands.len();
+        }
+    }
+
+    /// Waits briefly for the requests the previous batch's answers are about to cause.
+    ///
+    /// Workers answered by a commit come straight back (a finished task's settlement, a
+    /// producer's next enqueue) a few dozen microseconds later. Committing without them splits
+    /// the busy callers into two groups that alternate between commits, so each waits for two
+    /// fsyncs per operation. Waiting up to half a commit's duration for them, and only right
+    /// after a commit that answered them, lets one fsync serve them all; an idle engine never
+    /// waits, so a lone request still costs one fsync.
+    fn gather_follow_ups(
+        &mut self,
+        commands: &crossbeam_channel::Receiver<Command>,
+        pending: &mut Vec<Command>,
+    ) {
+        let Some(answered_at) = self.answered_at.take() else {
+            return;
+        };
+        let window = (self.last_commit / 2).clamp(MIN_GATHER, MAX_GATHER);
+        let deadline = answered_at + window;
+        while pending.len() < self.follow_ups.min(MAX_BATCH) {
+            match commands.recv_deadline(deadline) {
+                Ok(command) => pending.push(command),
+                Err(_) => break,
+            }
         }
     }
 
@@ -197,6 +247,7 @@ impl Writer {
         let seq_before = self.next_seq;
         let waiting_before = self.waiting;
         let store = Arc::clone(&self.store);
+        let started = std::time::Instant::now();
         let committed = store.write(|tables| {
             for command in commands {
                 self.apply(tables, command, &mut batch)?;
@@ -205,10 +256,13 @@ impl Writer {
         });
         match committed {
             Ok(()) => {
+                self.last_commit = started.elapsed();
                 self.publish(batch.effects, batch.now);
+                self.follow_ups = batch.answers.iter().map(Answer::follow_ups).sum();
                 for answer in batch.answers {
                     answer.send();
                 }
+                self.answered_at = Some(std::time::Instant::now());
             }
             Err(error) => {
                 self.next_seq = seq_before;
