@@ -112,7 +112,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?
         .queues
         .values()
-        .map(|queue| queue.ready + queue.scheduled + queue.retrying)
+        .map(|queue| queue.pending + queue.retrying)
         .sum::<u64>();
     println!("\nAfter report #{RUNS} nothing else is scheduled ({pending} tasks waiting).");
     if pending != 0 {

@@ -1,16 +1,16 @@
 //! The composition root: [`Engine`] opens the store through the embedded broker, wires events,
 //! clock and configuration together, and hands out the queuing API and workers.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use serde_json::Value;
 
 use crate::broker::local::{LocalBroker, LocalSettings, RecoveryReport};
-use crate::broker::{Broker, CleanupReport, EnqueueDefaults, QueueTask, RetentionPolicy};
+use crate::broker::{
+    Broker, CleanupReport, EnqueueDefaults, ListQuery, QueueTask, RetentionPolicy, Stats,
+};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{BrokerKind, Config};
 use crate::events::EventBus;
@@ -154,32 +154,6 @@ impl EngineBuilder {
     }
 }
 
-/// Counts of one queue's tasks by status.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct QueueStats {
-    /// PENDING tasks that may run now (their scheduled time has come).
-    pub ready: u64,
-    /// PENDING tasks waiting for their scheduled time.
-    pub scheduled: u64,
-    /// RUNNING tasks.
-    pub running: u64,
-    /// RETRYING tasks.
-    pub retrying: u64,
-    /// COMPLETED tasks still retained.
-    pub completed: u64,
-    /// FAILED tasks still retained.
-    pub failed: u64,
-    /// CANCELLED tasks still retained.
-    pub cancelled: u64,
-}
-
-/// Per-queue counts.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Stats {
-    /// Counts by queue name.
-    pub queues: BTreeMap<String, QueueStats>,
-}
-
 impl Engine {
     /// Opens (or creates) the store at `path` with default settings.
     ///
@@ -290,32 +264,50 @@ impl Engine {
         }
     }
 
-    /// Counts of tasks by queue and status.
+    /// Counts of tasks by queue and status, with ready/scheduled split, the age of the
+    /// longest-waiting ready task and recent throughput. Reads no task records.
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub async fn stats(&self) -> Result<Stats> {
+        self.inner.broker.stats().await
+    }
+
+    /// Tasks matching `query`, oldest first.
     ///
     /// # Errors
     /// A storage failure or a corrupt record.
-    pub async fn stats(&self) -> Result<Stats> {
-        let local = Arc::clone(&self.inner.local);
-        let now = self.inner.broker.now_ms();
-        tokio::task::spawn_blocking(move || {
-            let counts = local.store().count_by_queue_and_status(now)?;
-            let mut stats = Stats::default();
-            for ((queue, status, due), n) in counts {
-                let entry = stats.queues.entry(queue).or_default();
-                match status {
-                    TaskStatus::Pending if due => entry.ready += n,
-                    TaskStatus::Pending => entry.scheduled += n,
-                    TaskStatus::Running => entry.running = n,
-                    TaskStatus::Retrying => entry.retrying = n,
-                    TaskStatus::Completed => entry.completed = n,
-                    TaskStatus::Failed => entry.failed = n,
-                    TaskStatus::Cancelled => entry.cancelled = n,
-                }
-            }
-            Ok(stats)
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("stats failed: {e}")))?
+    pub async fn list(&self, query: ListQuery) -> Result<Vec<TaskRecord>> {
+        self.inner.broker.list(query).await
+    }
+
+    /// Puts a FAILED or CANCELLED task back to PENDING with a fresh retry budget.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::WrongState`] for any other status.
+    pub async fn retry(&self, id: TaskId) -> Result<TaskRecord> {
+        self.inner.broker.retry(id).await
+    }
+
+    /// Retries every FAILED task, of `queue` if given; returns how many.
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub async fn retry_failed(&self, queue: Option<&str>) -> Result<u64> {
+        self.inner
+            .broker
+            .retry_failed(queue.map(str::to_owned))
+            .await
+    }
+
+    /// Deletes the tasks of `queue` (only those in `status`, if given), except RUNNING ones;
+    /// returns how many.
+    ///
+    /// # Errors
+    /// A bad queue name, `status` RUNNING, or a storage failure.
+    pub async fn purge(&self, queue: &str, status: Option<TaskStatus>) -> Result<u64> {
+        crate::config::check_name(queue).map_err(|problem| Error::invalid("queue", problem))?;
+        self.inner.broker.purge(queue.to_owned(), status).await
     }
 
     /// The lifecycle events: `add_listener(name, fn)` or `subscribe()`.

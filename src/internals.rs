@@ -137,7 +137,7 @@ impl RawStore {
                     error: None,
                 };
                 let id = TaskId::from_u128(u128::from(seq) + 1);
-                tables.put_task(id, &task)?;
+                tables.put_task(id, &task, None)?;
                 tables.insert_waiting(&task.queue, ReadyOrder::new(0, 0, seq), id)?;
             }
             Ok(())

@@ -74,12 +74,12 @@ mod worker;
 
 pub use broker::local::RecoveryReport;
 pub use broker::{
-    BoxFuture, Broker, Chained, CleanupReport, IntoDelay, NewTask, Outcome, QueueTask,
-    RetentionPolicy, SettleReport, Settlement,
+    BoxFuture, Broker, Chained, CleanupReport, IntoDelay, ListQuery, NewTask, Outcome, QueueStats,
+    QueueTask, RetentionPolicy, SettleReport, Settlement, Stats,
 };
 pub use clock::{Clock, ManualClock, Millis, SystemClock};
 pub use config::{BrokerKind, Config, ConfigError, DurationError, parse_duration};
-pub use engine::{Engine, EngineBuilder, QueueStats, Stats};
+pub use engine::{Engine, EngineBuilder};
 pub use error::{Error, Result};
 pub use events::{Event, EventBus, EventKind, EventStream, UnknownEvent};
 pub use store::StoreError;

@@ -9,14 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 async fn total_tasks(engine: &Engine) -> fq::Result<u64> {
-    let stats = engine.stats().await?;
-    Ok(stats
-        .queues
-        .values()
-        .map(|q| {
-            q.ready + q.scheduled + q.running + q.retrying + q.completed + q.failed + q.cancelled
-        })
-        .sum())
+    Ok(engine.stats().await?.total())
 }
 
 #[tokio::test]

@@ -178,11 +178,12 @@ async fn a_killed_process_loses_nothing_and_reruns_only_its_orphan() -> fq::Resu
     }
     let orphan = orphan.expect("the killed task is RETRYING");
     let stats = engine.stats().await?;
-    let total: u64 = stats
-        .queues
-        .values()
-        .map(|q| q.ready + q.retrying + q.completed + q.running)
-        .sum();
+    let total = stats.total();
+    let default = &stats.queues["default"];
+    assert_eq!(
+        (default.completed, default.retrying, default.running),
+        (u64::from(TASKS) - 1, 1, 0)
+    );
     assert_eq!(
         total,
         u64::from(TASKS),

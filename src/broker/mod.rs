@@ -130,6 +130,65 @@ pub struct CleanupReport {
     pub cancelled: u64,
 }
 
+/// Which tasks `list` returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Only this queue.
+    pub queue: Option<String>,
+    /// Only this status.
+    pub status: Option<TaskStatus>,
+    /// At most this many (0 means the default, 100).
+    pub limit: usize,
+    /// Only tasks created after this one (ids sort by creation): the previous page's last id.
+    pub after: Option<TaskId>,
+}
+
+/// Counts of one queue's tasks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct QueueStats {
+    /// PENDING or RETRYING tasks whose time has come: what workers would run now.
+    pub ready: u64,
+    /// PENDING or RETRYING tasks waiting for their scheduled or retry time.
+    pub scheduled: u64,
+    /// PENDING tasks (due or not).
+    pub pending: u64,
+    /// RUNNING tasks.
+    pub running: u64,
+    /// RETRYING tasks (due or not).
+    pub retrying: u64,
+    /// COMPLETED tasks still retained.
+    pub completed: u64,
+    /// FAILED tasks still retained.
+    pub failed: u64,
+    /// CANCELLED tasks still retained.
+    pub cancelled: u64,
+    /// How long the longest-waiting ready task has been due, in milliseconds.
+    pub oldest_ready_ms: Option<u64>,
+    /// Tasks completed by this engine in the last 60 seconds.
+    pub completed_last_minute: u64,
+}
+
+impl QueueStats {
+    /// Every task of the queue, whatever its status.
+    pub fn total(&self) -> u64 {
+        self.pending + self.running + self.retrying + self.completed + self.failed + self.cancelled
+    }
+}
+
+/// Per-queue counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Stats {
+    /// Counts by queue name.
+    pub queues: std::collections::BTreeMap<String, QueueStats>,
+}
+
+impl Stats {
+    /// Every task in the store.
+    pub fn total(&self) -> u64 {
+        self.queues.values().map(QueueStats::total).sum()
+    }
+}
+
 /// A transport that queues, hands out and settles tasks. Object-safe, so workers can run over
 /// the embedded engine, a remote one or RabbitMQ alike.
 pub trait Broker: Send + Sync + fmt::Debug + 'static {
@@ -180,6 +239,22 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 
     /// Deletes finished tasks past their retention.
     fn cleanup(&self, policy: RetentionPolicy) -> BoxFuture<'_, Result<CleanupReport>>;
+
+    /// Tasks matching `query`, oldest first.
+    fn list(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<TaskRecord>>>;
+
+    /// Puts a FAILED or CANCELLED task back to PENDING with a fresh retry budget.
+    fn retry(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>>;
+
+    /// Retries every FAILED task (of `queue`, if given); returns how many.
+    fn retry_failed(&self, queue: Option<String>) -> BoxFuture<'_, Result<u64>>;
+
+    /// Deletes the tasks of `queue` (in `status`, if given), except RUNNING ones; returns how
+    /// many.
+    fn purge(&self, queue: String, status: Option<TaskStatus>) -> BoxFuture<'_, Result<u64>>;
+
+    /// Per-queue counts.
+    fn stats(&self) -> BoxFuture<'_, Result<Stats>>;
 
     /// The lifecycle event bus.
     fn events(&self) -> &EventBus;

@@ -114,6 +114,15 @@ impl ReadyHeap {
         }
     }
 
+    /// Ready tasks in one queue, and the earliest due time among them.
+    pub(crate) fn queue_summary(&self, queue: &str) -> (u64, Option<crate::clock::Millis>) {
+        self.queues.get(queue).map_or((0, None), |heap| {
+            let heap = heap.value();
+            let oldest = heap.iter().map(|e| e.key().due_at).min();
+            (heap.len() as u64, oldest)
+        })
+    }
+
     /// Ready tasks in one queue.
     #[cfg(test)]
     pub(crate) fn queue_len(&self, queue: &str) -> usize {

@@ -107,6 +107,28 @@ pub(crate) fn parse_finished_key(key: &[u8]) -> Option<(TaskStatus, Millis, Task
     Some((status, finished_at, id))
 }
 
+/// The COUNTS key of (queue, status): queue name, 0, status code.
+pub(crate) fn count_key(queue: &str, status: TaskStatus) -> Vec<u8> {
+    let mut key = Vec::with_capacity(queue.len() + 2);
+    key.extend_from_slice(queue.as_bytes());
+    key.push(0);
+    key.push(status.code());
+    key
+}
+
+/// Splits a COUNTS key; `None` when it is not one this crate wrote.
+pub(crate) fn parse_count_key(key: &[u8]) -> Option<(&str, TaskStatus)> {
+    let (&code, rest) = key.split_last()?;
+    let (&zero, queue) = rest.split_last()?;
+    if zero != 0 {
+        return None;
+    }
+    Some((
+        std::str::from_utf8(queue).ok()?,
+        TaskStatus::from_code(code)?,
+    ))
+}
+
 /// The first FINISHED key of `status` (inclusive lower bound of its range).
 pub(crate) fn finished_range_start(status: TaskStatus) -> [u8; 25] {
     let mut key = [0u8; 25];

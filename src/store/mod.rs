@@ -18,7 +18,7 @@ pub(crate) use codec::{StoredFailure, StoredTask, decode as codec_decode, encode
 pub use error::StoreError;
 pub(crate) use keys::ReadyOrder;
 use tables::{
-    FINISHED, LEASES, MAGIC, META, META_MAGIC, META_SCHEMA, SCHEMA_VERSION, TASKS, WAITING,
+    COUNTS, FINISHED, LEASES, MAGIC, META, META_MAGIC, META_SCHEMA, SCHEMA_VERSION, TASKS, WAITING,
 };
 
 use crate::clock::Millis;
@@ -210,13 +210,17 @@ impl Store {
         let result = {
             let mut tables = WriteTables {
                 path: &self.path,
+                counts: txn.open_table(COUNTS).map_err(|e| err(e.into()))?,
+                count_deltas: std::collections::HashMap::new(),
                 tasks: txn.open_table(TASKS).map_err(|e| err(e.into()))?,
                 waiting: txn.open_table(WAITING).map_err(|e| err(e.into()))?,
                 leases: txn.open_table(LEASES).map_err(|e| err(e.into()))?,
                 finished: txn.open_table(FINISHED).map_err(|e| err(e.into()))?,
                 meta: txn.open_table(META).map_err(|e| err(e.into()))?,
             };
-            apply(&mut tables)?
+            let result = apply(&mut tables)?;
+            tables.flush_counts()?;
+            result
         };
         txn.commit()
             .map_err(|e| self.storage("committing")(e.into()))?;
@@ -239,9 +243,11 @@ impl Store {
             .transpose()
     }
 
-    /// Every task, in id (creation) order, for which `keep` holds, up to `limit`.
+    /// Tasks created after `after`, in id (creation) order, for which `keep` holds, up to
+    /// `limit`.
     pub(crate) fn scan_tasks(
         &self,
+        after: Option<TaskId>,
         limit: usize,
         mut keep: impl FnMut(&StoredTask) -> bool,
     ) -> Result<Vec<(TaskId, StoredTask)>, StoreError> {
@@ -249,7 +255,13 @@ impl Store {
         let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
         let tasks = txn.open_table(TASKS).map_err(|e| err(e.into()))?;
         let mut found = Vec::new();
-        for item in tasks.iter().map_err(|e| err(e.into()))? {
+        let lower = after.map_or(std::ops::Bound::Unbounded, |id| {
+            std::ops::Bound::Excluded(id.as_u128())
+        });
+        let range = tasks
+            .range::<u128>((lower, std::ops::Bound::Unbounded))
+            .map_err(|e| err(e.into()))?;
+        for item in range {
             if found.len() >= limit {
                 break;
             }
@@ -304,17 +316,23 @@ impl Store {
         Ok(entries)
     }
 
-    /// Counts of tasks per (queue, status, due by `now`), by reading every record.
-    pub(crate) fn count_by_queue_and_status(
+    /// Tasks per (queue, status), from the counts table (no record is read).
+    pub(crate) fn counts(
         &self,
-        now: Millis,
-    ) -> Result<std::collections::BTreeMap<(String, TaskStatus, bool), u64>, StoreError> {
+    ) -> Result<std::collections::BTreeMap<(String, TaskStatus), u64>, StoreError> {
+        let err = self.storage("reading counts");
+        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let table = txn.open_table(COUNTS).map_err(|e| err(e.into()))?;
         let mut counts = std::collections::BTreeMap::new();
-        self.scan_tasks(usize::MAX, |task| {
-            let key = (task.queue.clone(), task.status, task.due_at <= now);
-            *counts.entry(key).or_insert(0) += 1;
-            false
-        })?;
+        for item in table.iter().map_err(|e| err(e.into()))? {
+            let (key, value) = item.map_err(|e| err(e.into()))?;
+            let (queue, status) =
+                keys::parse_count_key(key.value()).ok_or_else(|| StoreError::Corrupt {
+                    path: self.path.clone(),
+                    detail: "malformed counts key".into(),
+                })?;
+            counts.insert((queue.to_owned(), status), value.value());
+        }
         Ok(counts)
     }
 }
@@ -322,6 +340,9 @@ impl Store {
 /// The open tables of one write transaction.
 pub(crate) struct WriteTables<'txn> {
     path: &'txn Path,
+    counts: redb::Table<'txn, &'static [u8], u64>,
+    /// Count changes of this transaction, written once per (queue, status) at its end.
+    count_deltas: std::collections::HashMap<(String, TaskStatus), i64>,
     tasks: redb::Table<'txn, u128, &'static [u8]>,
     waiting: redb::Table<'txn, &'static [u8], u128>,
     leases: redb::Table<'txn, u128, u32>,
@@ -358,8 +379,55 @@ impl WriteTables<'_> {
             .transpose()
     }
 
-    /// Writes (inserts or replaces) one task record.
-    pub(crate) fn put_task(&mut self, id: TaskId, task: &StoredTask) -> Result<(), StoreError> {
+    fn count(&mut self, queue: &str, status: TaskStatus, delta: i64) {
+        if let Some(entry) = self.count_deltas.get_mut(&(queue.to_owned(), status)) {
+            *entry += delta;
+        } else {
+            self.count_deltas.insert((queue.to_owned(), status), delta);
+        }
+    }
+
+    fn flush_counts(&mut self) -> Result<(), StoreError> {
+        let path = self.path;
+        let deltas = std::mem::take(&mut self.count_deltas);
+        for ((queue, status), delta) in deltas {
+            if delta == 0 {
+                continue;
+            }
+            let key = keys::count_key(&queue, status);
+            let current = self
+                .counts
+                .get(key.as_slice())
+                .map_err(|e| map_storage_error(path, "reading a count", e.into()))?
+                .map_or(0, |v| v.value());
+            let updated = current.saturating_add_signed(delta);
+            if updated == 0 {
+                self.counts
+                    .remove(key.as_slice())
+                    .map_err(|e| map_storage_error(path, "writing a count", e.into()))?;
+            } else {
+                self.counts
+                    .insert(key.as_slice(), updated)
+                    .map_err(|e| map_storage_error(path, "writing a count", e.into()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes (inserts or replaces) one task record; `previous` is the status it had before
+    /// (`None` for a new task), so the per-queue counts follow.
+    pub(crate) fn put_task(
+        &mut self,
+        id: TaskId,
+        task: &StoredTask,
+        previous: Option<TaskStatus>,
+    ) -> Result<(), StoreError> {
+        if previous != Some(task.status) {
+            if let Some(previous) = previous {
+                self.count(&task.queue, previous, -1);
+            }
+            self.count(&task.queue, task.status, 1);
+        }
         let bytes = codec::encode(task);
         let path = self.path;
         self.tasks
@@ -369,7 +437,8 @@ impl WriteTables<'_> {
     }
 
     /// Deletes one task record.
-    pub(crate) fn delete_task(&mut self, id: TaskId) -> Result<(), StoreError> {
+    pub(crate) fn delete_task(&mut self, id: TaskId, task: &StoredTask) -> Result<(), StoreError> {
+        self.count(&task.queue, task.status, -1);
         let path = self.path;
         self.tasks
             .remove(id.as_u128())
@@ -454,6 +523,86 @@ impl WriteTables<'_> {
         Ok(())
     }
 
+    /// Up to `limit` WAITING entries of `queue` after the key `after`: (key, task id).
+    pub(crate) fn waiting_page(
+        &self,
+        queue: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, TaskId)>, StoreError> {
+        let mut start = queue.as_bytes().to_vec();
+        start.push(0);
+        let mut end = queue.as_bytes().to_vec();
+        end.push(1);
+        self.page(&self.waiting, &start, &end, after, limit, |key, value| {
+            let _ = key;
+            Some(TaskId::from_u128(value))
+        })
+    }
+
+    /// Up to `limit` FINISHED entries of `status` after the key `after`: (key, task id).
+    pub(crate) fn finished_page(
+        &self,
+        status: TaskStatus,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, TaskId)>, StoreError> {
+        let start = keys::finished_range_start(status).to_vec();
+        let mut end = start.clone();
+        end[0] += 1;
+        self.page(&self.finished, &start, &end, after, limit, |key, ()| {
+            keys::parse_finished_key(key).map(|(_, _, id)| id)
+        })
+    }
+
+    fn page<V: redb::Value + 'static>(
+        &self,
+        table: &redb::Table<'_, &'static [u8], V>,
+        start: &[u8],
+        end: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+        id_of: impl Fn(&[u8], V::SelfType<'_>) -> Option<TaskId>,
+    ) -> Result<Vec<(Vec<u8>, TaskId)>, StoreError> {
+        use std::ops::Bound;
+        let lower = match after {
+            Some(after) => Bound::Excluded(after),
+            None => Bound::Included(start),
+        };
+        let range = table
+            .range::<&[u8]>((lower, Bound::Excluded(end)))
+            .map_err(self.err("scanning an index"))?;
+        let mut page = Vec::new();
+        for item in range.take(limit) {
+            let (key, value) = item.map_err(self.err("scanning an index"))?;
+            let id = id_of(key.value(), value.value()).ok_or_else(|| StoreError::Corrupt {
+                path: self.path.to_path_buf(),
+                detail: "malformed index key".into(),
+            })?;
+            page.push((key.value().to_vec(), id));
+        }
+        Ok(page)
+    }
+
+    /// Deletes a task whatever its state, with its index entries.
+    pub(crate) fn purge_task(&mut self, id: TaskId, task: &StoredTask) -> Result<(), StoreError> {
+        if task.status.is_waiting() {
+            self.remove_waiting(
+                &task.queue,
+                ReadyOrder::new(task.priority, task.due_at, task.seq),
+            )?;
+        }
+        if task.status.is_terminal()
+            && let Some(finished_at) = task.finished_at
+        {
+            self.remove_finished(task.status, finished_at, id)?;
+        }
+        if task.status == TaskStatus::Running {
+            self.remove_lease(id)?;
+        }
+        self.delete_task(id, task)
+    }
+
     /// Deletes up to `limit` tasks of `status` that finished before `cutoff`, oldest first;
     /// returns their ids.
     pub(crate) fn delete_finished_before(
@@ -482,7 +631,19 @@ impl WriteTables<'_> {
         }
         for (status, finished_at, id) in &doomed {
             self.remove_finished(*status, *finished_at, *id)?;
-            self.delete_task(*id)?;
+            match self.get_task(*id) {
+                Ok(Some(task)) => self.delete_task(*id, &task)?,
+                Ok(None) => {}
+                // A record that no longer decodes is past its retention all the same; its
+                // count cannot be corrected without it, which `verify` would report.
+                Err(StoreError::CorruptRecord { .. }) => {
+                    let path = self.path;
+                    self.tasks
+                        .remove(id.as_u128())
+                        .map_err(|e| map_storage_error(path, "deleting a task", e.into()))?;
+                }
+                Err(other) => return Err(other),
+            }
         }
         Ok(doomed.into_iter().map(|(_, _, id)| id).collect())
     }

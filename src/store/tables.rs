@@ -17,6 +17,10 @@ pub(crate) const LEASES: TableDefinition<'_, u128, u32> = TableDefinition::new("
 /// CANCELLED task: what retention cleanup deletes, oldest first.
 pub(crate) const FINISHED: TableDefinition<'_, &[u8], ()> = TableDefinition::new("finished");
 
+/// (queue name, 0, status code) → number of tasks of that queue in that status: kept in the
+/// same transactions as the records, so counts are exact and `stats` reads no records.
+pub(crate) const COUNTS: TableDefinition<'_, &[u8], u64> = TableDefinition::new("counts");
+
 /// setting name → bytes: the store's identity and schema version.
 pub(crate) const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 

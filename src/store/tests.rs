@@ -15,7 +15,7 @@ fn creates_reopens_and_keeps_tasks() {
     let task = sample_task();
     store
         .write(|t| {
-            t.put_task(id, &task)?;
+            t.put_task(id, &task, None)?;
             t.insert_waiting(
                 &task.queue,
                 ReadyOrder::new(task.priority, task.due_at, task.seq),
@@ -38,7 +38,7 @@ fn a_failed_apply_writes_nothing() {
     let (_dir, _path, store) = temp_store();
     let id = TaskId::new();
     let res: Result<(), StoreError> = store.write(|t| {
-        t.put_task(id, &sample_task())?;
+        t.put_task(id, &sample_task(), None)?;
         Err(StoreError::CorruptRecord {
             id,
             detail: "forced".into(),
@@ -134,7 +134,7 @@ fn deletes_only_finished_tasks_past_the_cutoff() {
                 (young, TaskStatus::Completed, 300),
                 (failed_old, TaskStatus::Failed, 100),
             ] {
-                t.put_task(id, &sample_task())?;
+                t.put_task(id, &sample_task(), None)?;
                 t.insert_finished(status, at, id)?;
             }
             Ok(())

@@ -19,7 +19,8 @@ use self::lease::LeaseTable;
 use self::timer::TimerSignal;
 use self::writer::{Command, Writer, WriterSettings};
 use super::{
-    BoxFuture, Broker, Chained, CleanupReport, NewTask, RetentionPolicy, SettleReport, Settlement,
+    BoxFuture, Broker, Chained, CleanupReport, ListQuery, NewTask, RetentionPolicy, SettleReport,
+    Settlement, Stats,
 };
 use crate::clock::{Clock, Millis, millis_to_datetime};
 use crate::events::{Event, EventBus, EventKind};
@@ -41,6 +42,45 @@ pub(crate) struct LocalSettings {
     pub(crate) max_payload_bytes: usize,
 }
 
+/// Completions per queue over the last minute, in one-second buckets.
+#[derive(Debug, Default)]
+pub(crate) struct CompletionRate {
+    buckets: Mutex<std::collections::HashMap<String, std::collections::VecDeque<(i64, u64)>>>,
+}
+
+impl CompletionRate {
+    const WINDOW_SECONDS: i64 = 60;
+
+    pub(crate) fn record(&self, now: Millis, completed: &std::collections::HashMap<String, u64>) {
+        let second = now.div_euclid(1000);
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        for (queue, count) in completed {
+            let ring = buckets.entry(queue.clone()).or_default();
+            match ring.back_mut() {
+                Some((at, n)) if *at == second => *n += count,
+                _ => ring.push_back((second, *count)),
+            }
+            while ring
+                .front()
+                .is_some_and(|(at, _)| *at <= second - Self::WINDOW_SECONDS)
+            {
+                ring.pop_front();
+            }
+        }
+    }
+
+    pub(crate) fn last_minute(&self, queue: &str, now: Millis) -> u64 {
+        let second = now.div_euclid(1000);
+        let buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        buckets.get(queue).map_or(0, |ring| {
+            ring.iter()
+                .filter(|(at, _)| *at > second - Self::WINDOW_SECONDS)
+                .map(|(_, n)| n)
+                .sum()
+        })
+    }
+}
+
 /// State shared by the broker handle, the writer thread and the timer thread.
 pub(crate) struct Shared {
     pub(crate) ready: ReadyHeap,
@@ -52,6 +92,7 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) events: EventBus,
     pub(crate) stopping: AtomicBool,
+    pub(crate) completions: CompletionRate,
     poisoned_flag: AtomicBool,
     poison: Mutex<Option<String>>,
 }
@@ -130,7 +171,7 @@ impl LocalBroker {
                         task.finished_at = Some(now);
                         tables.insert_finished(TaskStatus::Failed, now, *id)?;
                     }
-                    tables.put_task(*id, &task)?;
+                    tables.put_task(*id, &task, Some(TaskStatus::Running))?;
                 }
                 Ok(requeued)
             })?;
@@ -155,6 +196,7 @@ impl LocalBroker {
             clock,
             events,
             stopping: AtomicBool::new(false),
+            completions: CompletionRate::default(),
             poisoned_flag: AtomicBool::new(false),
             poison: Mutex::new(None),
         });
@@ -213,11 +255,6 @@ impl LocalBroker {
     /// What recovery at open found.
     pub(crate) fn recovery(&self) -> RecoveryReport {
         self.recovery
-    }
-
-    /// The store, for reads.
-    pub(crate) fn store(&self) -> &Arc<Store> {
-        &self.store
     }
 
     async fn request<T>(
@@ -451,6 +488,107 @@ impl Broker for LocalBroker {
                 );
             }
             Ok(total)
+        })
+    }
+
+    fn list(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<TaskRecord>>> {
+        Box::pin(self.read(move |store| {
+            let limit = if query.limit == 0 { 100 } else { query.limit };
+            let found = store.scan_tasks(query.after, limit, |task| {
+                query.queue.as_deref().is_none_or(|q| q == task.queue)
+                    && query.status.is_none_or(|s| s == task.status)
+            })?;
+            Ok(found
+                .into_iter()
+                .map(|(id, task)| task.to_record(id))
+                .collect())
+        }))
+    }
+
+    fn retry(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
+        Box::pin(self.request(move |reply| Command::Retry { id, reply }))
+    }
+
+    fn retry_failed(&self, queue: Option<String>) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            let mut total = 0;
+            let mut after = None;
+            loop {
+                let page = self
+                    .request(|reply| Command::RetryFailed {
+                        queue: queue.clone(),
+                        after: after.take(),
+                        limit: CLEANUP_CHUNK,
+                        reply,
+                    })
+                    .await?;
+                total += page.changed;
+                match page.next {
+                    Some((_, key)) => after = Some(key),
+                    None => return Ok(total),
+                }
+            }
+        })
+    }
+
+    fn purge(&self, queue: String, status: Option<TaskStatus>) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            if status == Some(TaskStatus::Running) {
+                return Err(Error::invalid(
+                    "status",
+                    "RUNNING tasks cannot be purged; stop their workers or wait for them",
+                ));
+            }
+            let mut total = 0;
+            let (mut phase, mut after) = (0, None);
+            loop {
+                let page = self
+                    .request(|reply| Command::Purge {
+                        queue: queue.clone(),
+                        status,
+                        phase,
+                        after: after.take(),
+                        limit: CLEANUP_CHUNK,
+                        reply,
+                    })
+                    .await?;
+                total += page.changed;
+                match page.next {
+                    Some((next_phase, key)) => {
+                        phase = next_phase;
+                        after = (!key.is_empty()).then_some(key);
+                    }
+                    None => return Ok(total),
+                }
+            }
+        })
+    }
+
+    fn stats(&self) -> BoxFuture<'_, Result<Stats>> {
+        Box::pin(async move {
+            let counts = self.read(|store| Ok(store.counts()?)).await?;
+            let now = self.now_ms();
+            let mut stats = Stats::default();
+            for ((queue, status), n) in counts {
+                let entry = stats.queues.entry(queue).or_default();
+                match status {
+                    TaskStatus::Pending => entry.pending = n,
+                    TaskStatus::Running => entry.running = n,
+                    TaskStatus::Retrying => entry.retrying = n,
+                    TaskStatus::Completed => entry.completed = n,
+                    TaskStatus::Failed => entry.failed = n,
+                    TaskStatus::Cancelled => entry.cancelled = n,
+                }
+            }
+            for (queue, entry) in &mut stats.queues {
+                let (ready, oldest_due) = self.shared.ready.queue_summary(queue);
+                entry.ready = ready;
+                entry.scheduled = (entry.pending + entry.retrying).saturating_sub(ready);
+                entry.oldest_ready_ms =
+                    oldest_due.map(|due| u64::try_from(now.saturating_sub(due)).unwrap_or(0));
+                entry.completed_last_minute = self.shared.completions.last_minute(queue, now);
+            }
+            Ok(stats)
         })
     }
 

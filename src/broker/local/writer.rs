@@ -26,6 +26,22 @@ const MAX_GATHER: Duration = Duration::from_millis(2);
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
+/// One chunk of a long admin operation: how many tasks it changed, and where to go on
+/// (`None` when the scan is done).
+#[derive(Debug, Default)]
+pub(crate) struct Page {
+    pub(crate) changed: u64,
+    pub(crate) next: Option<(usize, Vec<u8>)>,
+}
+
+/// The statuses a purge scans, in order: the waiting index, then each finished status.
+const PURGE_PHASES: [Option<TaskStatus>; 4] = [
+    None,
+    Some(TaskStatus::Completed),
+    Some(TaskStatus::Failed),
+    Some(TaskStatus::Cancelled),
+];
+
 /// A committed new task, with its record when events are being listened to.
 pub(crate) type Queued = (TaskId, Option<Arc<TaskRecord>>);
 
@@ -56,6 +72,28 @@ pub(crate) enum Command {
         failed_before: Millis,
         limit: usize,
         reply: Reply<CleanupReport>,
+    },
+    /// Puts a FAILED or CANCELLED task back to PENDING with a fresh retry budget.
+    Retry {
+        id: TaskId,
+        reply: Reply<TaskRecord>,
+    },
+    /// Retries up to `limit` FAILED tasks (of `queue`, if given) after the cursor `after`.
+    RetryFailed {
+        queue: Option<String>,
+        after: Option<Vec<u8>>,
+        limit: usize,
+        reply: Reply<Page>,
+    },
+    /// Deletes up to `limit` tasks of `queue` (in `status`, if given) from scan phase `phase`
+    /// after the cursor `after`. RUNNING tasks are never purged.
+    Purge {
+        queue: String,
+        status: Option<TaskStatus>,
+        phase: usize,
+        after: Option<Vec<u8>>,
+        limit: usize,
+        reply: Reply<Page>,
     },
     /// A lease ran out: the attempt counts as failed (its worker is presumed dead).
     Expire { id: TaskId, attempt: u32 },
@@ -90,6 +128,8 @@ enum Answer {
     Settle(Reply<Chained>, Result<Chained>),
     Cancel(Reply<TaskRecord>, Result<TaskRecord>),
     Cleanup(Reply<CleanupReport>, Result<CleanupReport>),
+    Record(Reply<TaskRecord>, Result<TaskRecord>),
+    Page(Reply<Page>, Result<Page>),
     None,
 }
 
@@ -114,6 +154,8 @@ impl Answer {
             Answer::Settle(r, v) => drop(r.send(v)),
             Answer::Cancel(r, v) => drop(r.send(v)),
             Answer::Cleanup(r, v) => drop(r.send(v)),
+            Answer::Record(r, v) => drop(r.send(v)),
+            Answer::Page(r, v) => drop(r.send(v)),
             Answer::None => {}
         }
     }
@@ -125,6 +167,8 @@ impl Answer {
             Answer::Settle(r, _) => drop(r.send(Err(error()))),
             Answer::Cancel(r, _) => drop(r.send(Err(error()))),
             Answer::Cleanup(r, _) => drop(r.send(Err(error()))),
+            Answer::Record(r, _) => drop(r.send(Err(error()))),
+            Answer::Page(r, _) => drop(r.send(Err(error()))),
             Answer::None => {}
         }
     }
@@ -137,6 +181,10 @@ fn fail_command(command: Command, error: &dyn Fn() -> Error) {
         Command::Settle { reply, .. } => drop(reply.send(Err(error()))),
         Command::Cancel { reply, .. } => drop(reply.send(Err(error()))),
         Command::Cleanup { reply, .. } => drop(reply.send(Err(error()))),
+        Command::Retry { reply, .. } => drop(reply.send(Err(error()))),
+        Command::RetryFailed { reply, .. } | Command::Purge { reply, .. } => {
+            drop(reply.send(Err(error())));
+        }
         Command::Expire { .. } => {}
     }
 }
@@ -181,6 +229,8 @@ struct Batch {
     effects: Vec<Effect>,
     answers: Vec<Answer>,
     audience: bool,
+    /// Completions per queue, for the engine's throughput figures.
+    completed: std::collections::HashMap<String, u64>,
 }
 
 impl Writer {
@@ -243,6 +293,7 @@ impl Writer {
             effects: Vec::new(),
             answers: Vec::with_capacity(commands.len()),
             audience: self.shared.events.has_audience(),
+            completed: std::collections::HashMap::new(),
         };
         let seq_before = self.next_seq;
         let waiting_before = self.waiting;
@@ -258,6 +309,9 @@ impl Writer {
             Ok(()) => {
                 self.last_commit = started.elapsed();
                 self.publish(batch.effects, batch.now);
+                if !batch.completed.is_empty() {
+                    self.shared.completions.record(batch.now, &batch.completed);
+                }
                 self.follow_ups = batch.answers.iter().map(Answer::follow_ups).sum();
                 for answer in batch.answers {
                     answer.send();
@@ -384,6 +438,31 @@ impl Writer {
                     .len() as u64;
                 batch.answers.push(Answer::Cleanup(reply, Ok(report)));
             }
+            Command::Retry { id, reply } => {
+                let result = self.retry(tables, id, batch)?;
+                batch.answers.push(Answer::Record(reply, result));
+            }
+            Command::RetryFailed {
+                queue,
+                after,
+                limit,
+                reply,
+            } => {
+                let result =
+                    self.retry_failed(tables, queue.as_deref(), after.as_deref(), limit, batch)?;
+                batch.answers.push(Answer::Page(reply, Ok(result)));
+            }
+            Command::Purge {
+                queue,
+                status,
+                phase,
+                after,
+                limit,
+                reply,
+            } => {
+                let result = self.purge(tables, &queue, status, phase, after, limit, batch)?;
+                batch.answers.push(Answer::Page(reply, Ok(result)));
+            }
             Command::Expire { id, attempt } => {
                 let failure = TaskFailure {
                     message: format!(
@@ -459,7 +538,7 @@ impl Writer {
                 error: None,
             };
             let order = ReadyOrder::new(task.priority, due_at, seq);
-            tables.put_task(new.id, &task)?;
+            tables.put_task(new.id, &task, None)?;
             tables.insert_waiting(&task.queue, order, new.id)?;
             self.waiting += 1;
             ids.push((new.id, Self::snapshot(batch, new.id, &task)));
@@ -497,10 +576,11 @@ impl Writer {
             }
             tables.remove_waiting(&task.queue, ready.order)?;
             self.waiting = self.waiting.saturating_sub(1);
+            let previous = task.status;
             task.status = TaskStatus::Running;
             task.attempts += 1;
             task.started_at = Some(batch.now);
-            tables.put_task(ready.id, &task)?;
+            tables.put_task(ready.id, &task, Some(previous))?;
             tables.insert_lease(ready.id, task.attempts)?;
             batch.effects.push(Effect::Lease {
                 id: ready.id,
@@ -537,6 +617,7 @@ impl Writer {
         match &settlement.outcome {
             Outcome::Completed { result } => {
                 task.status = TaskStatus::Completed;
+                *batch.completed.entry(task.queue.clone()).or_insert(0) += 1;
                 task.result = Some(result_text(result));
                 task.error = None;
                 task.finished_at = Some(batch.now);
@@ -575,7 +656,7 @@ impl Writer {
                 self.requeue(tables, id, &mut task, TaskStatus::Pending, batch.now, batch)?;
             }
         }
-        tables.put_task(id, &task)?;
+        tables.put_task(id, &task, Some(TaskStatus::Running))?;
         tables.remove_lease(id)?;
         batch.effects.push(Effect::Unlease { id });
         Ok(Ok(SettleReport {
@@ -631,15 +712,140 @@ impl Writer {
         let order = ReadyOrder::new(task.priority, task.due_at, task.seq);
         tables.remove_waiting(&task.queue, order)?;
         self.waiting = self.waiting.saturating_sub(1);
+        let previous = task.status;
         task.status = TaskStatus::Cancelled;
         task.finished_at = Some(batch.now);
-        tables.put_task(id, &task)?;
+        tables.put_task(id, &task, Some(previous))?;
         tables.insert_finished(TaskStatus::Cancelled, batch.now, id)?;
         batch.effects.push(Effect::Unwait {
             queue: task.queue.clone(),
             order,
         });
         Ok(Ok(task.to_record(id)))
+    }
+}
+
+impl Writer {
+    fn retry(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        id: TaskId,
+        batch: &mut Batch,
+    ) -> Result<Result<TaskRecord>, StoreError> {
+        let mut task = match tables.get_task(id) {
+            Ok(Some(task)) => task,
+            Ok(None) => return Ok(Err(Error::NotFound(id))),
+            Err(e @ StoreError::CorruptRecord { .. }) => return Ok(Err(e.into())),
+            Err(other) => return Err(other),
+        };
+        if !matches!(task.status, TaskStatus::Failed | TaskStatus::Cancelled) {
+            return Ok(Err(Error::WrongState {
+                id,
+                status: task.status,
+                operation: "retry",
+                allowed: "FAILED or CANCELLED tasks",
+            }));
+        }
+        let previous = task.status;
+        if let Some(finished_at) = task.finished_at {
+            tables.remove_finished(previous, finished_at, id)?;
+        }
+        task.attempts = 0;
+        task.error = None;
+        task.result = None;
+        task.started_at = None;
+        task.finished_at = None;
+        self.requeue(tables, id, &mut task, TaskStatus::Pending, batch.now, batch)?;
+        tables.put_task(id, &task, Some(previous))?;
+        Ok(Ok(task.to_record(id)))
+    }
+
+    fn retry_failed(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        queue: Option<&str>,
+        after: Option<&[u8]>,
+        limit: usize,
+        batch: &mut Batch,
+    ) -> Result<Page, StoreError> {
+        let page = tables.finished_page(TaskStatus::Failed, after, limit)?;
+        let mut result = Page {
+            changed: 0,
+            next: (page.len() == limit)
+                .then(|| page.last().map(|(key, _)| (0, key.clone())))
+                .flatten(),
+        };
+        for (_, id) in page {
+            let in_queue = match tables.get_task(id) {
+                Ok(Some(task)) => queue.is_none_or(|q| q == task.queue),
+                Ok(None) | Err(StoreError::CorruptRecord { .. }) => false,
+                Err(other) => return Err(other),
+            };
+            if in_queue && self.retry(tables, id, batch)?.is_ok() {
+                result.changed += 1;
+            }
+        }
+        Ok(result)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn purge(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        queue: &str,
+        status: Option<TaskStatus>,
+        mut phase: usize,
+        mut after: Option<Vec<u8>>,
+        limit: usize,
+        batch: &mut Batch,
+    ) -> Result<Page, StoreError> {
+        let mut changed = 0;
+        let mut budget = limit;
+        while phase < PURGE_PHASES.len() && budget > 0 {
+            let phase_status = PURGE_PHASES[phase];
+            let applies = match (phase_status, status) {
+                (None, None) => true,
+                (None, Some(wanted)) => wanted.is_waiting(),
+                (Some(finished), wanted) => wanted.is_none_or(|w| w == finished),
+            };
+            if !applies {
+                phase += 1;
+                after = None;
+                continue;
+            }
+            let page = match phase_status {
+                None => tables.waiting_page(queue, after.as_deref(), budget)?,
+                Some(finished) => tables.finished_page(finished, after.as_deref(), budget)?,
+            };
+            let full = page.len() == budget;
+            budget -= page.len();
+            after = page.last().map(|(key, _)| key.clone());
+            for (_, id) in page {
+                let task = match tables.get_task(id) {
+                    Ok(Some(task)) => task,
+                    Ok(None) | Err(StoreError::CorruptRecord { .. }) => continue,
+                    Err(other) => return Err(other),
+                };
+                if task.queue != queue || status.is_some_and(|s| s != task.status) {
+                    continue;
+                }
+                if task.status.is_waiting() {
+                    self.waiting = self.waiting.saturating_sub(1);
+                    batch.effects.push(Effect::Unwait {
+                        queue: task.queue.clone(),
+                        order: ReadyOrder::new(task.priority, task.due_at, task.seq),
+                    });
+                }
+                tables.purge_task(id, &task)?;
+                changed += 1;
+            }
+            if !full {
+                phase += 1;
+                after = None;
+            }
+        }
+        let next = (phase < PURGE_PHASES.len()).then(|| (phase, after.unwrap_or_default()));
+        Ok(Page { changed, next })
     }
 }
 
