@@ -24,7 +24,8 @@ const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
 struct EngineInner {
     broker: Arc<dyn Broker>,
-    local: Arc<LocalBroker>,
+    /// The embedded broker, when this engine owns the store (not for `Engine::connect`).
+    local: Option<Arc<LocalBroker>>,
     config: Config,
     defaults: EnqueueDefaults,
     events: EventBus,
@@ -133,16 +134,11 @@ impl EngineBuilder {
             events.clone(),
         )?);
         let broker: Arc<dyn Broker> = local.clone();
-        let defaults = EnqueueDefaults {
-            queue: config.defaults.queue.clone(),
-            priority: config.defaults.priority,
-            max_retries: config.defaults.max_retries,
-            timeout: config.defaults.timeout,
-        };
+        let defaults = EnqueueDefaults::from_config(&config);
         Ok(Engine {
             inner: Arc::new(EngineInner {
                 broker,
-                local,
+                local: Some(local),
                 config: Config {
                     database: self.path,
                     ..config
@@ -320,9 +316,33 @@ impl Engine {
         Arc::clone(&self.inner.broker)
     }
 
-    /// What recovery found when the store was opened.
+    /// An engine over another broker (a remote engine's control socket, RabbitMQ), with
+    /// `config` for task defaults and worker settings.
+    #[allow(dead_code)] // used by the transports that build on it
+    pub(crate) fn from_broker(broker: Arc<dyn Broker>, config: Config) -> Engine {
+        let defaults = EnqueueDefaults::from_config(&config);
+        Engine {
+            inner: Arc::new(EngineInner {
+                events: broker.events().clone(),
+                broker,
+                local: None,
+                config,
+                defaults,
+            }),
+        }
+    }
+
+    /// True when this engine owns its store file (opened, not connected).
+    pub fn is_embedded(&self) -> bool {
+        self.inner.local.is_some()
+    }
+
+    /// What recovery found when the store was opened (all zero for a connected engine).
     pub fn recovery(&self) -> RecoveryReport {
-        self.inner.local.recovery()
+        self.inner
+            .local
+            .as_ref()
+            .map_or_else(RecoveryReport::default, |local| local.recovery())
     }
 
     /// The configuration the engine runs with.

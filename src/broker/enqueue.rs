@@ -24,6 +24,18 @@ pub(crate) struct EnqueueDefaults {
     pub(crate) timeout: Option<Duration>,
 }
 
+impl EnqueueDefaults {
+    /// The `defaults` section of a configuration.
+    pub(crate) fn from_config(config: &crate::Config) -> Self {
+        Self {
+            queue: config.defaults.queue.clone(),
+            priority: config.defaults.priority,
+            max_retries: config.defaults.max_retries,
+            timeout: config.defaults.timeout,
+        }
+    }
+}
+
 impl Default for EnqueueDefaults {
     fn default() -> Self {
         Self {
