@@ -332,6 +332,18 @@ impl Engine {
         }
     }
 
+    /// Connects to the engine serving a store (its control socket), for producing, workers and
+    /// inspection from another process: `unix:PATH`, a socket path, or `tcp:HOST:PORT`.
+    ///
+    /// # Errors
+    /// Not available yet in this build.
+    pub async fn connect(addr: &str) -> Result<Engine> {
+        Err(Error::invalid(
+            "connect",
+            format!("cannot connect to {addr}: the control socket is not available in this build yet"),
+        ))
+    }
+
     /// True when this engine owns its store file (opened, not connected).
     pub fn is_embedded(&self) -> bool {
         self.inner.local.is_some()
