@@ -1,6 +1,8 @@
 //! The delay index: scheduled and retrying tasks ordered by due time. A data structure only;
 //! the loop that sleeps until the next due time lives with the engine's timer.
 
+use std::sync::Arc;
+
 use crossbeam_skiplist::SkipMap;
 
 use crate::clock::Millis;
@@ -10,7 +12,7 @@ use crate::task::TaskId;
 /// A task waiting for its due time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct DelayedTask {
-    pub(crate) queue: String,
+    pub(crate) queue: Arc<str>,
     pub(crate) order: ReadyOrder,
     pub(crate) id: TaskId,
 }
@@ -35,16 +37,11 @@ impl DelayIndex {
         Self::default()
     }
 
-    /// Adds a task due at `order.due_at`.
-    pub(crate) fn insert(&self, queue: &str, order: ReadyOrder, id: TaskId) {
-        self.entries.insert(
-            (order.due_at, order.seq),
-            DelayedTask {
-                queue: queue.to_owned(),
-                order,
-                id,
-            },
-        );
+    /// Adds a task due at `order.due_at`; `queue` is shared with every other entry of the
+    /// queue (see `ReadyHeap::intern`), so a million delayed tasks hold one copy of its name.
+    pub(crate) fn insert(&self, queue: Arc<str>, order: ReadyOrder, id: TaskId) {
+        self.entries
+            .insert((order.due_at, order.seq), DelayedTask { queue, order, id });
     }
 
     /// Removes a task (cancelled); true when it was there.
@@ -76,7 +73,7 @@ impl DelayIndex {
     pub(crate) fn queue_len(&self, queue: &str) -> usize {
         self.entries
             .iter()
-            .filter(|e| e.value().queue == queue)
+            .filter(|e| &*e.value().queue == queue)
             .count()
     }
 
@@ -96,9 +93,9 @@ mod tests {
         let late = TaskId::new();
         let early = TaskId::new();
         let tie = TaskId::new();
-        index.insert("q", ReadyOrder::new(0, 300, 1), late);
-        index.insert("q", ReadyOrder::new(9, 100, 2), early);
-        index.insert("r", ReadyOrder::new(0, 100, 3), tie);
+        index.insert(Arc::from("q"), ReadyOrder::new(0, 300, 1), late);
+        index.insert(Arc::from("q"), ReadyOrder::new(9, 100, 2), early);
+        index.insert(Arc::from("r"), ReadyOrder::new(0, 100, 3), tie);
         assert_eq!(index.next_due(), Some(100));
         assert!(index.pop_due(99).is_empty());
         let due: Vec<TaskId> = index.pop_due(100).into_iter().map(|t| t.id).collect();

@@ -92,6 +92,17 @@ impl ReadyHeap {
         Arc::clone(entry.value())
     }
 
+    /// The shared name of `queue` (creating its heap if needed): one allocation per queue.
+    pub(crate) fn intern(&self, queue: &str) -> Arc<str> {
+        if let Some(entry) = self.queues.get(queue) {
+            return Arc::clone(entry.key());
+        }
+        let entry = self
+            .queues
+            .get_or_insert_with(Arc::from(queue), || Arc::new(SkipMap::new()));
+        Arc::clone(entry.key())
+    }
+
     /// Makes a task available to workers.
     pub(crate) fn push(&self, queue: &str, order: ReadyOrder, id: TaskId) {
         self.queue(queue).insert(order, id);

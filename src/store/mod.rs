@@ -10,9 +10,7 @@ use std::io::ErrorKind;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
-use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableHandle,
-};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableHandle};
 
 pub(crate) use codec::{StoredFailure, StoredTask, decode as codec_decode, encode as codec_encode};
 pub use error::StoreError;
@@ -53,14 +51,6 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").field("path", &self.path).finish()
     }
-}
-
-/// A waiting task found by the open-time scan.
-#[derive(Debug, Clone)]
-pub(crate) struct WaitingEntry {
-    pub(crate) queue: String,
-    pub(crate) order: ReadyOrder,
-    pub(crate) id: TaskId,
 }
 
 fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
@@ -291,14 +281,17 @@ impl Store {
         Ok(running)
     }
 
-    /// Every waiting task, from the WAITING index alone (no record is read).
-    pub(crate) fn waiting(&self) -> Result<Vec<WaitingEntry>, StoreError> {
+    /// Calls `visit` with every waiting task (queue, order, id), from the WAITING index alone:
+    /// no record is read and nothing is collected, so a million waiting tasks cost only what
+    /// `visit` keeps.
+    pub(crate) fn for_each_waiting(
+        &self,
+        mut visit: impl FnMut(&str, ReadyOrder, TaskId),
+    ) -> Result<u64, StoreError> {
         let err = self.storage("scanning the waiting index");
         let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
         let waiting = txn.open_table(WAITING).map_err(|e| err(e.into()))?;
-        let mut entries = Vec::with_capacity(
-            usize::try_from(waiting.len().map_err(|e| err(e.into()))?).unwrap_or(0),
-        );
+        let mut visited = 0;
         for item in waiting.iter().map_err(|e| err(e.into()))? {
             let (key, value) = item.map_err(|e| err(e.into()))?;
             let id = TaskId::from_u128(value.value());
@@ -307,13 +300,10 @@ impl Store {
                     path: self.path.clone(),
                     detail: format!("malformed waiting-index key for task {id}"),
                 })?;
-            entries.push(WaitingEntry {
-                queue: queue.to_owned(),
-                order,
-                id,
-            });
+            visit(queue, order, id);
+            visited += 1;
         }
-        Ok(entries)
+        Ok(visited)
     }
 
     /// Tasks per (queue, status), from the counts table (no record is read).

@@ -26,11 +26,14 @@ fn creates_reopens_and_keeps_tasks() {
     drop(store);
     let store = Store::open(&path, &StoreOptions::default()).unwrap();
     assert_eq!(store.read_task(id).unwrap(), Some(task.clone()));
-    let waiting = store.waiting().unwrap();
-    assert_eq!(waiting.len(), 1);
-    assert_eq!(waiting[0].id, id);
-    assert_eq!(waiting[0].queue, "emails");
-    assert_eq!(waiting[0].order.priority(), 5);
+    let mut waiting = Vec::new();
+    let visited = store
+        .for_each_waiting(|queue, order, id| waiting.push((queue.to_owned(), order, id)))
+        .unwrap();
+    assert_eq!(visited, 1);
+    assert_eq!(waiting[0].2, id);
+    assert_eq!(waiting[0].0, "emails");
+    assert_eq!(waiting[0].1.priority(), 5);
 }
 
 #[test]

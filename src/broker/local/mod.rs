@@ -139,10 +139,24 @@ impl LocalBroker {
         events: EventBus,
     ) -> Result<Self> {
         let store = Arc::new(Store::open(path, &settings.store)?);
-        let mut waiting = store.waiting()?;
-        let mut next_seq = waiting.iter().map(|w| w.order.seq + 1).max().unwrap_or(0);
         let now = clock.now_ms();
-        let mut recovery = RecoveryReport::default();
+        let ready = ReadyHeap::new();
+        let delayed = DelayIndex::new();
+        let place = |queue: &str, order: ReadyOrder, id: TaskId| {
+            if order.due_at <= now {
+                ready.push(queue, order, id);
+            } else {
+                delayed.insert(ready.intern(queue), order, id);
+            }
+        };
+        let mut next_seq = 0;
+        let mut recovery = RecoveryReport {
+            waiting: store.for_each_waiting(|queue, order, id| {
+                next_seq = next_seq.max(order.seq + 1);
+                place(queue, order, id);
+            })?,
+            ..RecoveryReport::default()
+        };
 
         let orphans = store.running()?;
         if !orphans.is_empty() {
@@ -165,7 +179,7 @@ impl LocalBroker {
                         next_seq += 1;
                         let order = ReadyOrder::new(task.priority, now, task.seq);
                         tables.insert_waiting(&task.queue, order, *id)?;
-                        requeued.push(crate::store::WaitingEntry { queue: task.queue.clone(), order, id: *id });
+                        requeued.push((task.queue.clone(), order, *id));
                     } else {
                         task.status = TaskStatus::Failed;
                         task.finished_at = Some(now);
@@ -177,19 +191,20 @@ impl LocalBroker {
             })?;
             recovery.orphans_retrying = requeued.len() as u64;
             recovery.orphans_failed = orphans.len() as u64 - recovery.orphans_retrying;
-            if !orphans.is_empty() {
-                tracing::warn!(
-                    retrying = recovery.orphans_retrying,
-                    failed = recovery.orphans_failed,
-                    "recovered tasks left running by a previous process"
-                );
+            recovery.waiting += recovery.orphans_retrying;
+            tracing::warn!(
+                retrying = recovery.orphans_retrying,
+                failed = recovery.orphans_failed,
+                "recovered tasks left running by a previous process"
+            );
+            for (queue, order, id) in requeued {
+                place(&queue, order, id);
             }
-            waiting.extend(requeued);
         }
 
         let shared = Arc::new(Shared {
-            ready: ReadyHeap::new(),
-            delayed: DelayIndex::new(),
+            ready,
+            delayed,
             leases: LeaseTable::default(),
             work: Notify::new(),
             timer: TimerSignal::default(),
@@ -200,14 +215,6 @@ impl LocalBroker {
             poisoned_flag: AtomicBool::new(false),
             poison: Mutex::new(None),
         });
-        recovery.waiting = waiting.len() as u64;
-        for entry in waiting {
-            if entry.order.due_at <= now {
-                shared.ready.push(&entry.queue, entry.order, entry.id);
-            } else {
-                shared.delayed.insert(&entry.queue, entry.order, entry.id);
-            }
-        }
         let weak = Arc::downgrade(&shared);
         shared.clock.on_advance(Box::new(move || {
             if let Some(shared) = weak.upgrade() {

@@ -343,7 +343,9 @@ impl Writer {
                         self.shared.ready.push(&queue, order, id);
                         woke = true;
                     } else {
-                        self.shared.delayed.insert(&queue, order, id);
+                        self.shared
+                            .delayed
+                            .insert(self.shared.ready.intern(&queue), order, id);
                         poke = true;
                     }
                 }
