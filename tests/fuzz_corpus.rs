@@ -1,0 +1,80 @@
+//! Replays the committed fuzz corpus (`fuzz/corpus/<target>/`) through the same checks the
+//! fuzz targets run, so `cargo test` keeps every interesting input found so far passing without
+//! libFuzzer or a nightly toolchain.
+
+#[path = "../fuzz/fuzz_targets/checks.rs"]
+mod checks;
+
+use std::fs;
+use std::panic;
+use std::path::{Path, PathBuf};
+
+/// Every file of the target's corpus, in name order. Fails on an empty or missing directory,
+/// so the replay cannot pass on nothing.
+fn corpus(target: &str) -> std::io::Result<Vec<(PathBuf, Vec<u8>)>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
+    let mut paths = Vec::new();
+    for entry in fs::read_dir(&dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            paths.push(entry.path());
+        }
+    }
+    paths.sort();
+    assert!(
+        !paths.is_empty(),
+        "the corpus {} is empty; it must hold at least the hand-written seeds",
+        dir.display()
+    );
+    paths
+        .into_iter()
+        .map(|path| fs::read(&path).map(|bytes| (path, bytes)))
+        .collect()
+}
+
+/// Runs `check` on every corpus file of `target` and fails naming each input that broke it
+/// (each panic message is printed above the failure).
+fn replay(target: &str, check: fn(&[u8])) -> std::io::Result<()> {
+    let inputs = corpus(target)?;
+    let failed: Vec<String> = inputs
+        .iter()
+        .filter(|(_, bytes)| panic::catch_unwind(|| check(bytes)).is_err())
+        .map(|(path, _)| path.display().to_string())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} {target} corpus inputs fail their check:\n{}",
+        failed.len(),
+        inputs.len(),
+        failed.join("\n")
+    );
+    Ok(())
+}
+
+#[test]
+fn decode_record_corpus_round_trips() -> std::io::Result<()> {
+    replay("decode_record", checks::decode_record_check)
+}
+
+#[test]
+fn payload_parse_corpus_normalizes_idempotently() -> std::io::Result<()> {
+    replay("payload_parse", checks::payload_parse_check)
+}
+
+#[test]
+fn config_parse_corpus_parses_without_panicking() -> std::io::Result<()> {
+    replay("config_parse", checks::config_parse_check)
+}
+
+/// Regression: `payload_parse` found that `{"args":[184467440737047758083]}` normalized to a
+/// float text that parsed one ULP away on the next pass, so a stored payload could differ from
+/// the one sent. Fixed by serde_json's `float_roundtrip` feature.
+#[test]
+fn payload_normalization_is_stable_for_misrounded_floats() {
+    let once =
+        fq::Payload::from_json_str(r#"{"args":[184467440737047758083]}"#).expect("a valid payload");
+    let twice = fq::Payload::from_json_str(once.as_str()).expect("its own normal form");
+    assert_eq!(once, twice);
+}
