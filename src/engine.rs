@@ -340,7 +340,9 @@ impl Engine {
     pub async fn connect(addr: &str) -> Result<Engine> {
         Err(Error::invalid(
             "connect",
-            format!("cannot connect to {addr}: the control socket is not available in this build yet"),
+            format!(
+                "cannot connect to {addr}: the control socket is not available in this build yet"
+            ),
         ))
     }
 
