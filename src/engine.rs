@@ -1,6 +1,7 @@
 //! The composition root: [`Engine`] opens the store through the embedded broker, wires events,
 //! clock and configuration together, and hands out the queuing API and workers.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use crate::broker::{
 };
 use crate::clock::{Clock, SystemClock};
 use crate::config::{BrokerKind, Config};
+use crate::control::{ConnectOptions, ControlServer, RemoteBroker, ServerSettings};
 use crate::events::EventBus;
 use crate::store::StoreOptions;
 use crate::task::{Registry, RetryPolicy, Task, TaskId, TaskRecord, TaskStatus};
@@ -21,14 +23,23 @@ use crate::{Error, Result};
 
 /// How long a claimed attempt stays leased without a heartbeat.
 const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+/// How often workers renew their leases when the lease leaves room for it (as the worker's own
+/// default).
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 
 struct EngineInner {
+    /// The control server, first so that it drops first: it holds the broker until its thread
+    /// has stopped, and the store closes only after that.
+    control: Option<ControlServer>,
     broker: Arc<dyn Broker>,
     /// The embedded broker, when this engine owns the store (not for `Engine::connect`).
     local: Option<Arc<LocalBroker>>,
     config: Config,
     defaults: EnqueueDefaults,
     events: EventBus,
+    /// How long a claimed attempt stays leased (the serving engine's, when connected): workers
+    /// heartbeat well within it.
+    lease: Duration,
 }
 
 /// A handle to an open fq engine: cheap to clone, shared by producers and workers. The store
@@ -54,6 +65,7 @@ pub struct EngineBuilder {
     clock: Arc<dyn Clock>,
     store: StoreOptions,
     lease: Duration,
+    control: bool,
 }
 
 impl std::fmt::Debug for EngineBuilder {
@@ -62,6 +74,7 @@ impl std::fmt::Debug for EngineBuilder {
             .field("path", &self.path)
             .field("clock", &self.clock)
             .field("lease", &self.lease)
+            .field("control", &self.control)
             .finish_non_exhaustive()
     }
 }
@@ -94,18 +107,30 @@ impl EngineBuilder {
     }
 
     /// How long a claimed attempt stays leased without a heartbeat before it is presumed dead
-    /// and retried (default 60 s; workers heartbeat every 10 s).
+    /// and retried (default 60 s; workers heartbeat every 10 s, or every third of a shorter
+    /// lease).
     pub fn lease_duration(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self
     }
 
+    /// Whether the engine serves its control socket, so other processes (the `fq` CLI,
+    /// `Engine::connect`) can reach it (default true). The socket and TCP listener come from
+    /// the configuration's `control` section.
+    pub fn control(mut self, serve: bool) -> Self {
+        self.control = serve;
+        self
+    }
+
     /// Opens the store (creating it if missing), recovers what a previous process left
-    /// running, and starts the engine's threads.
+    /// running, starts the engine's threads, and (unless turned off with
+    /// [`EngineBuilder::control`]) serves the control socket.
     ///
     /// # Errors
     /// An invalid configuration; a store that is not fq's, corrupt, newer, locked by another
-    /// process or unreadable ([`crate::StoreError`]).
+    /// process or unreadable ([`crate::StoreError`]); a control socket already served by a
+    /// live engine, a socket path that is too long, or a TCP address that cannot be bound
+    /// ([`crate::ControlError`]).
     pub fn open(self) -> Result<Engine> {
         let config = self.config;
         config.validate()?;
@@ -114,6 +139,11 @@ impl EngineBuilder {
                 "broker",
                 "\"rabbitmq\" is not available in this build; use \"database\"",
             ));
+        }
+        let socket = config.control.socket_path(&self.path);
+        if self.control {
+            // Before the store: a live engine on it is reported by pid, not as a locked file.
+            ControlServer::probe(&socket)?;
         }
         let settings = LocalSettings {
             store: self.store,
@@ -135,16 +165,36 @@ impl EngineBuilder {
         )?);
         let broker: Arc<dyn Broker> = local.clone();
         let defaults = EnqueueDefaults::from_config(&config);
+        let config = Config {
+            database: self.path,
+            ..config
+        };
+        let control = if self.control {
+            let settings = ServerSettings {
+                socket,
+                listen: config.control.listen,
+                token: config.control.token.clone(),
+                max_connections: config.control.max_connections,
+                max_frame_bytes: config.limits.max_frame_bytes,
+                max_payload_bytes: config.limits.max_payload_bytes,
+                store: config.database.clone(),
+                defaults: defaults.clone(),
+                retention: retention_of(&config),
+                lease: self.lease,
+            };
+            Some(ControlServer::start(Arc::clone(&broker), settings)?)
+        } else {
+            None
+        };
         Ok(Engine {
             inner: Arc::new(EngineInner {
+                control,
                 broker,
                 local: Some(local),
-                config: Config {
-                    database: self.path,
-                    ..config
-                },
+                config,
                 defaults,
                 events,
+                lease: self.lease,
             }),
         })
     }
@@ -167,6 +217,7 @@ impl Engine {
             clock: Arc::new(SystemClock),
             store: StoreOptions::default(),
             lease: DEFAULT_LEASE,
+            control: true,
         }
     }
 
@@ -253,11 +304,7 @@ impl Engine {
     }
 
     fn retention(&self) -> RetentionPolicy {
-        let cleanup = &self.inner.config.cleanup;
-        RetentionPolicy {
-            completed: cleanup.completed_retention,
-            failed: Duration::from_secs(cleanup.retain_days.saturating_mul(86_400)),
-        }
+        retention_of(&self.inner.config)
     }
 
     /// Counts of tasks by queue and status, with ready/scheduled split, the age of the
@@ -318,32 +365,80 @@ impl Engine {
 
     /// An engine over another broker (a remote engine's control socket, RabbitMQ), with
     /// `config` for task defaults and worker settings.
-    #[allow(dead_code)] // used by the transports that build on it
-    pub(crate) fn from_broker(broker: Arc<dyn Broker>, config: Config) -> Engine {
+    pub(crate) fn from_broker(broker: Arc<dyn Broker>, config: Config, lease: Duration) -> Engine {
         let defaults = EnqueueDefaults::from_config(&config);
         Engine {
             inner: Arc::new(EngineInner {
+                control: None,
                 events: broker.events().clone(),
                 broker,
                 local: None,
                 config,
                 defaults,
+                lease,
             }),
         }
     }
 
-    /// Connects to the engine serving a store (its control socket), for producing, workers and
-    /// inspection from another process: `unix:PATH`, a socket path, or `tcp:HOST:PORT`.
+    /// Connects to the engine serving a store through its control socket, for producing,
+    /// remote workers and inspection from another process: the same API as an embedded engine.
+    ///
+    /// `addr` is `unix:PATH`, a socket path, a store path ending in `.redb` (meaning its
+    /// default socket, the path plus `.sock`), or `tcp:HOST:PORT`. Over TCP the token comes
+    /// from the `FQ_TOKEN` environment variable; [`Engine::connect_with`] takes it directly.
+    ///
+    /// The connected engine queues with the serving engine's task defaults and cleans up with
+    /// its retention. If the serving engine restarts, the connection is re-established in the
+    /// background (backoff up to 1 s): requests made meanwhile wait for it up to
+    /// [`ConnectOptions::reconnect_wait`] (10 s) and then fail with [`Error::Connect`];
+    /// requests in flight when it broke fail with [`Error::Connect`] (they may or may not have
+    /// taken effect); a worker's claims simply find nothing until it is back. The connection's
+    /// tasks run on the tokio runtime that called `connect`.
+    ///
+    /// Events: a connected engine's own workers emit `worker.task.*`, `task.retrying` and
+    /// `task.failed` on its [`Engine::events`], and its cancels emit `task.cancelled`; events
+    /// of the serving engine (`task.queued`, expired leases) are not streamed over the socket.
     ///
     /// # Errors
-    /// Not available yet in this build.
+    /// [`Error::InvalidInput`] (field `connect`) for a malformed address; [`Error::Connect`]
+    /// when nothing answers there; [`Error::Remote`] when the engine refuses the handshake
+    /// (`unauthorized`, `unsupported_protocol`, `too_many_connections`).
     pub async fn connect(addr: &str) -> Result<Engine> {
-        Err(Error::invalid(
-            "connect",
-            format!(
-                "cannot connect to {addr}: the control socket is not available in this build yet"
-            ),
-        ))
+        Self::connect_with(addr, ConnectOptions::from_env()).await
+    }
+
+    /// [`Engine::connect`] with explicit options (token, client name, reconnection wait).
+    ///
+    /// # Errors
+    /// As [`Engine::connect`].
+    pub async fn connect_with(addr: &str, options: ConnectOptions) -> Result<Engine> {
+        let (broker, info) = RemoteBroker::connect(addr, options).await?;
+        let mut config = Config {
+            database: info.store,
+            ..Config::default()
+        };
+        config.defaults.queue = info.queue;
+        config.defaults.priority = info.priority;
+        config.defaults.max_retries = info.max_retries;
+        config.defaults.timeout = info.timeout;
+        config.cleanup.completed_retention = info.retention.completed;
+        config.cleanup.retain_days = info.retention.failed.as_secs().div_ceil(86_400).max(1);
+        Ok(Engine::from_broker(Arc::new(broker), config, info.lease))
+    }
+
+    /// The control socket this engine serves, `None` for a connected engine or one opened with
+    /// the control server turned off.
+    pub fn control_socket(&self) -> Option<&Path> {
+        self.inner.control.as_ref().map(ControlServer::socket_path)
+    }
+
+    /// The TCP address the control server listens on (`control.listen`, with the port the
+    /// system chose for port 0), if any.
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.inner
+            .control
+            .as_ref()
+            .and_then(ControlServer::tcp_addr)
     }
 
     /// True when this engine owns its store file (opened, not connected).
@@ -376,9 +471,20 @@ impl Engine {
     }
 }
 
+/// The retention a configuration asks for.
+fn retention_of(config: &Config) -> RetentionPolicy {
+    let cleanup = &config.cleanup;
+    RetentionPolicy {
+        completed: cleanup.completed_retention,
+        failed: Duration::from_secs(cleanup.retain_days.saturating_mul(86_400)),
+    }
+}
+
 impl WorkerManager {
     /// A worker for `engine` running the tasks in `registry`, configured from the engine's
-    /// `worker` and `cleanup` settings.
+    /// `worker` and `cleanup` settings. Running attempts heartbeat every 10 s, or every third
+    /// of the engine's lease when that is shorter (for a connected engine, the serving
+    /// engine's lease).
     #[allow(clippy::needless_pass_by_value)] // takes the handle as Framefox's WorkerManager(broker) does
     pub fn new(engine: Engine, registry: Registry) -> Self {
         let config = &engine.inner.config;
@@ -393,6 +499,10 @@ impl WorkerManager {
             config.worker.shutdown_timeout,
         );
         worker.set_cleanup_config(config.cleanup.interval_hours, config.cleanup.retain_days);
+        let beat = (engine.inner.lease / 3).max(Duration::from_millis(1));
+        if beat < DEFAULT_HEARTBEAT {
+            worker.set_heartbeat_interval(beat);
+        }
         worker
     }
 }

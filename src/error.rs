@@ -78,13 +78,37 @@ pub enum Error {
     /// A background thread or task of the engine failed.
     #[error("internal failure: {0}")]
     Internal(String),
+    /// The engine's control server could not start: its socket is served by another engine,
+    /// the path is unusable, or a listener could not bind.
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
+    /// No engine answers at a control address (`Engine::connect`), or the connection to it was
+    /// lost while a request waited for its answer.
+    #[error("cannot reach the fq engine at {addr}: {message}")]
+    Connect {
+        /// The address as given (`unix:PATH`, a path, `tcp:HOST:PORT`).
+        addr: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The engine at the other end of a control connection refused a request (or the
+    /// connection) with an error that has no closer variant here: a store failure on its side,
+    /// a refused handshake (`unauthorized`, `unsupported_protocol`, `too_many_connections`) or
+    /// a protocol violation. `kind` is the protocol's error kind (docs/protocol.md).
+    #[error("remote engine: {message} ({kind})")]
+    Remote {
+        /// The error kind on the wire, e.g. `store`, `unauthorized`.
+        kind: String,
+        /// The remote engine's message.
+        message: String,
+    },
 }
 
 impl Error {
     /// True when trying the same call again later may succeed (the engine was busy or shut
     /// down, not the request wrong).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::QueueFull { .. })
+        matches!(self, Error::QueueFull { .. } | Error::Connect { .. })
     }
 
     pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> Self {

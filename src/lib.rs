@@ -10,9 +10,10 @@
 //! commits in groups (one fsync serves hundreds of operations); a lock-free ready heap feeds
 //! tokio workers that are woken by new work, not by polling.
 //!
-//! **What it is not**: a distributed system. One process owns a store file. Delivery is
-//! *at least once*: a task whose worker dies mid-run runs again, so handlers must be
-//! idempotent.
+//! **What it is not**: a distributed system. One process owns a store file; other processes on
+//! the machine (producers, remote workers, the `fq` CLI) reach it through its control socket
+//! with [`Engine::connect`] (protocol: `docs/protocol.md`). Delivery is *at least once*: a task
+//! whose worker dies mid-run runs again, so handlers must be idempotent.
 //!
 //! ```
 //! use fq::{Engine, Registry, Task, TaskContext, TaskError, TaskStatus};
@@ -57,11 +58,15 @@
 //! ## Layout
 //! `task` (definitions, records, retry policy) · `store` (the redb file) · `queue` (ready heap,
 //! delay index) · `broker` (the transport seam; `local` is the embedded engine) · `events` ·
-//! `worker` (manager, runner) · `config` · `engine` (wiring). See ARCHITECTURE.md.
+//! `worker` (manager, runner) · `control` (the control socket: protocol, server, remote
+//! broker) · `config` · `engine` (wiring). See ARCHITECTURE.md.
 
 mod broker;
+#[cfg(feature = "cli")]
+pub mod cli;
 mod clock;
 pub mod config;
+mod control;
 mod engine;
 mod error;
 mod events;
@@ -78,7 +83,8 @@ pub use broker::{
     QueueTask, RetentionPolicy, SettleReport, Settlement, Stats,
 };
 pub use clock::{Clock, ManualClock, Millis, SystemClock};
-pub use config::{BrokerKind, Config, ConfigError, DurationError, parse_duration};
+pub use config::{BrokerKind, Config, ConfigError, ControlConfig, DurationError, parse_duration};
+pub use control::{ConnectOptions, ControlError};
 pub use engine::{Engine, EngineBuilder};
 pub use error::{Error, Result};
 pub use events::{Event, EventBus, EventKind, EventStream, UnknownEvent};

@@ -8,8 +8,8 @@ use std::time::Duration;
 use super::duration::parse_duration;
 use super::env::{ExpandError, Lookup, expand};
 use super::{
-    BrokerKind, CleanupConfig, Config, ConfigError, Limits, RabbitConfig, TaskDefaults,
-    WorkerConfig,
+    BrokerKind, CleanupConfig, Config, ConfigError, ControlConfig, Limits, RabbitConfig,
+    TaskDefaults, WorkerConfig, parse_listen,
 };
 
 /// A parsed value, whichever format it came from. Tables keep the parser's key order (file order
@@ -46,7 +46,7 @@ impl Node {
 }
 
 const TOP_KEYS: &[&str] = &[
-    "broker", "database", "defaults", "worker", "cleanup", "rabbitmq", "limits",
+    "broker", "database", "defaults", "worker", "cleanup", "rabbitmq", "limits", "control",
 ];
 const DEFAULTS_KEYS: &[&str] = &[
     "queue",
@@ -67,6 +67,7 @@ const RABBITMQ_KEYS: &[&str] = &[
     "host", "port", "username", "password", "vhost", "url", "prefetch",
 ];
 const LIMITS_KEYS: &[&str] = &["max_payload_bytes", "max_frame_bytes", "max_pending"];
+const CONTROL_KEYS: &[&str] = &["socket", "listen", "token", "max_connections"];
 
 /// Builds a `Config` from the entries of fq's section, starting from the defaults.
 ///
@@ -92,6 +93,7 @@ pub(super) fn decode(
             "cleanup" => cx.cleanup(node, &mut config.cleanup)?,
             "rabbitmq" => cx.rabbitmq(node, &mut config.rabbitmq)?,
             "limits" => cx.limits(node, &mut config.limits)?,
+            "control" => cx.control(node, &mut config.control)?,
             _ => return Err(cx.unknown("", &key, TOP_KEYS)),
         }
     }
@@ -190,6 +192,27 @@ impl Decoder<'_> {
                 "max_frame_bytes" => out.max_frame_bytes = self.integer(&path, node)?,
                 "max_pending" => out.max_pending = optional(node, |n| self.integer(&path, n))?,
                 _ => return Err(self.unknown("limits", &key, LIMITS_KEYS)),
+            }
+        }
+        Ok(())
+    }
+
+    fn control(&self, node: Node, out: &mut ControlConfig) -> Result<(), ConfigError> {
+        for (key, node) in self.table("control", node)? {
+            let path = format!("control.{key}");
+            match key.as_str() {
+                "socket" => {
+                    out.socket = optional(node, |n| self.string(&path, n))?.map(PathBuf::from);
+                }
+                "listen" => {
+                    out.listen = optional(node, |n| {
+                        let text = self.string(&path, n)?;
+                        parse_listen(&text).map_err(|message| self.invalid(&path, message))
+                    })?;
+                }
+                "token" => out.token = optional(node, |n| self.string(&path, n))?,
+                "max_connections" => out.max_connections = self.integer(&path, node)?,
+                _ => return Err(self.unknown("control", &key, CONTROL_KEYS)),
             }
         }
         Ok(())

@@ -14,6 +14,7 @@ mod file;
 mod names;
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -40,6 +41,8 @@ pub(crate) const MAX_TASK_DELAY: Duration = Duration::from_secs(365 * 86_400);
 pub(crate) const MAX_RETAIN_DAYS: u64 = 36_500;
 /// Longest `cleanup.interval_hours` (one year).
 pub(crate) const MAX_CLEANUP_INTERVAL_HOURS: u64 = 8_760;
+/// Most connections `control.max_connections` may allow.
+pub(crate) const MAX_CONTROL_CONNECTIONS: usize = 65_536;
 
 /// fq's validated settings: which broker, where the store lives, task defaults, worker, cleanup,
 /// RabbitMQ and limits.
@@ -64,6 +67,8 @@ pub struct Config {
     pub rabbitmq: RabbitConfig,
     /// Size and count limits enforced on producers and the control socket.
     pub limits: Limits,
+    /// Where the engine listens for other processes (CLI, remote producers and workers).
+    pub control: ControlConfig,
     /// The file this configuration came from, for messages; `None` for [`Config::default`] or
     /// when no file was found.
     pub source: Option<PathBuf>,
@@ -79,6 +84,7 @@ impl Default for Config {
             cleanup: CleanupConfig::default(),
             rabbitmq: RabbitConfig::default(),
             limits: Limits::default(),
+            control: ControlConfig::default(),
             source: None,
         }
     }
@@ -305,6 +311,76 @@ impl Default for Limits {
     }
 }
 
+/// The control socket (config section `control`): how other processes reach the engine that
+/// owns the store. `Debug` redacts the token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ControlConfig {
+    /// The Unix socket; `None` (default) means the store path plus `.sock`
+    /// (`var/fq.redb.sock`). Created with mode 0600, so only the store's owner can connect.
+    pub socket: Option<PathBuf>,
+    /// A TCP address to listen on as well, e.g. `127.0.0.1:7878`; `None` (default) means no
+    /// TCP. `localhost:PORT` means `127.0.0.1:PORT`. Any address other than a loopback one
+    /// requires `token`.
+    pub listen: Option<SocketAddr>,
+    /// The secret a TCP client must present (`FQ_TOKEN` on the client side); `None` (default)
+    /// means none, allowed only for a loopback `listen`. Usually `${FQ_CONTROL_TOKEN}` in files.
+    /// Unix-socket clients are authenticated by the socket's file mode instead.
+    pub token: Option<String>,
+    /// Most connections served at once (Unix and TCP together), default 256; a client beyond
+    /// it gets an error and is disconnected.
+    pub max_connections: usize,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            socket: None,
+            listen: None,
+            token: None,
+            max_connections: 256,
+        }
+    }
+}
+
+impl ControlConfig {
+    /// The socket path for a store at `database`: `socket` when set, else `database` + `.sock`.
+    #[must_use]
+    pub fn socket_path(&self, database: &Path) -> PathBuf {
+        self.socket.clone().unwrap_or_else(|| {
+            let mut path = database.as_os_str().to_owned();
+            path.push(".sock");
+            PathBuf::from(path)
+        })
+    }
+}
+
+impl fmt::Debug for ControlConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControlConfig")
+            .field("socket", &self.socket)
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| REDACTED))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// Parses a `control.listen` value: `IP:PORT`, `[IPv6]:PORT` or `localhost:PORT`.
+pub(crate) fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    let text = text.trim();
+    if let Some(port) = text.strip_prefix("localhost:") {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("invalid port in {text:?}: expected 0 to 65535"))?;
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse().map_err(|_| {
+        format!(
+            "expected an address such as \"127.0.0.1:7878\", \"[::1]:7878\" or \"localhost:7878\", got {text:?}"
+        )
+    })
+}
+
 impl Config {
     /// Loads the configuration for this process.
     ///
@@ -400,7 +476,10 @@ impl Config {
     /// `cleanup.completed_retention` ≤ 36 500 days (0 allowed); `rabbitmq.host` non-empty;
     /// `rabbitmq.port` ≥ 1; `rabbitmq.url`, when set, `amqp://` or `amqps://`;
     /// `rabbitmq.prefetch`, when set, ≥ 1; `limits.max_payload_bytes` ≥ 1,
-    /// `limits.max_frame_bytes` > `max_payload_bytes`; `limits.max_pending`, when set, ≥ 1.
+    /// `limits.max_frame_bytes` > `max_payload_bytes`; `limits.max_pending`, when set, ≥ 1;
+    /// `control.socket`, when set, non-empty; `control.token`, when set, non-empty;
+    /// `control.listen` other than a loopback address only with `control.token`;
+    /// `control.max_connections` 1 to 65 536.
     ///
     /// # Errors
     ///
@@ -564,6 +643,42 @@ impl Config {
                 "must be at least 1, got 0 (leave it out for no limit)",
             );
         }
+
+        let control = &self.control;
+        if control
+            .socket
+            .as_ref()
+            .is_some_and(|socket| socket.as_os_str().is_empty())
+        {
+            return fail(
+                "control.socket",
+                "must not be empty (leave it out for the store path plus .sock)",
+            );
+        }
+        if control.token.as_ref().is_some_and(String::is_empty) {
+            return fail(
+                "control.token",
+                "must not be empty (leave it out for no token)",
+            );
+        }
+        if let Some(listen) = control.listen
+            && !listen.ip().is_loopback()
+            && control.token.is_none()
+        {
+            return fail(
+                "control.listen",
+                format!(
+                    "{listen} is not a loopback address: set control.token so that only clients \
+                     holding it can connect, or listen on 127.0.0.1"
+                ),
+            );
+        }
+        at_least("control.max_connections", control.max_connections, 1)?;
+        at_most(
+            "control.max_connections",
+            control.max_connections,
+            MAX_CONTROL_CONNECTIONS,
+        )?;
         Ok(())
     }
 }

@@ -46,6 +46,12 @@ prefetch = 50
 max_payload_bytes = 65536
 max_frame_bytes = 131072
 max_pending = 100000
+
+[control]
+socket = "/run/fq/${STORE_NAME}.sock"
+listen = "0.0.0.0:7878"
+token = "${CONTROL_TOKEN}"
+max_connections = 32
 "#;
 
 /// The same settings as [`FULL_TOML`], in a Framefox services.yaml among other sections.
@@ -89,12 +95,21 @@ task:
     max_payload_bytes: 65536
     max_frame_bytes: 131072
     max_pending: 100000
+  control:
+    socket: /run/fq/${STORE_NAME}.sock
+    listen: 0.0.0.0:7878
+    token: ${CONTROL_TOKEN}
+    max_connections: 32
 database:
   url: sqlite:///app.db
 "#;
 
 fn full_env() -> impl Fn(&str) -> Option<String> {
-    env_of(&[("STORE_NAME", "tasks"), ("RABBIT_PASSWORD", "s3cret")])
+    env_of(&[
+        ("STORE_NAME", "tasks"),
+        ("RABBIT_PASSWORD", "s3cret"),
+        ("CONTROL_TOKEN", "t0ken"),
+    ])
 }
 
 fn full_config() -> Config {
@@ -133,6 +148,12 @@ fn full_config() -> Config {
             max_payload_bytes: 65_536,
             max_frame_bytes: 131_072,
             max_pending: Some(100_000),
+        },
+        control: ControlConfig {
+            socket: Some(PathBuf::from("/run/fq/tasks.sock")),
+            listen: Some(SocketAddr::from(([0, 0, 0, 0], 7878))),
+            token: Some("t0ken".into()),
+            max_connections: 32,
         },
         source: None,
     }
@@ -186,6 +207,16 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(limits.max_payload_bytes, 1_048_576);
     assert_eq!(limits.max_frame_bytes, 2_097_152);
     assert_eq!(limits.max_pending, None);
+
+    let control = &config.control;
+    assert_eq!(control.socket, None);
+    assert_eq!(control.listen, None);
+    assert_eq!(control.token, None);
+    assert_eq!(control.max_connections, 256);
+    assert_eq!(
+        control.socket_path(Path::new("var/fq.redb")),
+        PathBuf::from("var/fq.redb.sock")
+    );
 }
 
 #[test]
@@ -617,6 +648,36 @@ fn each_validation_rule_names_its_key() -> TestResult {
             "limits.max_pending",
             "must be at least 1, got 0",
         ),
+        (
+            |c| c.control.socket = Some(PathBuf::new()),
+            "control.socket",
+            "must not be empty",
+        ),
+        (
+            |c| c.control.token = Some(String::new()),
+            "control.token",
+            "must not be empty",
+        ),
+        (
+            |c| c.control.listen = Some(SocketAddr::from(([0, 0, 0, 0], 7878))),
+            "control.listen",
+            "0.0.0.0:7878 is not a loopback address: set control.token",
+        ),
+        (
+            |c| c.control.listen = Some(SocketAddr::from(([192, 168, 1, 4], 0))),
+            "control.listen",
+            "is not a loopback address",
+        ),
+        (
+            |c| c.control.max_connections = 0,
+            "control.max_connections",
+            "must be at least 1, got 0",
+        ),
+        (
+            |c| c.control.max_connections = MAX_CONTROL_CONNECTIONS + 1,
+            "control.max_connections",
+            "must be at most 65536, got 65537",
+        ),
     ];
     for (index, (breaks, want_key, want_message)) in rules.iter().enumerate() {
         let mut config = Config::default();
@@ -651,7 +712,89 @@ fn validation_boundaries_are_inclusive() -> TestResult {
     config.limits.max_payload_bytes = 1;
     config.limits.max_frame_bytes = 2;
     config.limits.max_pending = Some(1);
+    config.control.max_connections = MAX_CONTROL_CONNECTIONS;
+    config.control.listen = Some("[::1]:0".parse()?);
     config.validate()?;
+    config.control.max_connections = 1;
+    config.control.listen = Some("0.0.0.0:7878".parse()?);
+    config.control.token = Some("t".into());
+    config.validate()?;
+    Ok(())
+}
+
+// --- control --------------------------------------------------------------------------
+
+#[test]
+fn control_listen_accepts_ip_and_localhost_addresses() -> TestResult {
+    assert_eq!(
+        parse_listen("127.0.0.1:7878")?,
+        SocketAddr::from(([127, 0, 0, 1], 7878))
+    );
+    assert_eq!(
+        parse_listen("localhost:0")?,
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    );
+    assert_eq!(parse_listen("[::1]:9")?.port(), 9);
+    for bad in ["7878", "example.com:80", "127.0.0.1", "localhost:99999", ""] {
+        let err = parse_listen(bad).expect_err(bad);
+        assert!(
+            err.contains("expected") || err.contains("port"),
+            "{bad}: {err}"
+        );
+    }
+    let config = Config::from_toml_str(
+        "[control]\nlisten = \"localhost:7000\"",
+        Path::new("fq.toml"),
+    )?;
+    assert_eq!(
+        config.control.listen,
+        Some(SocketAddr::from(([127, 0, 0, 1], 7000)))
+    );
+    Ok(())
+}
+
+#[test]
+fn control_section_errors_name_the_key() {
+    let cases = [
+        (
+            "[control]\nlisten = \"nowhere\"",
+            "control.listen: expected an address",
+        ),
+        (
+            "[control]\nlisten = 7878",
+            "control.listen: expected a string",
+        ),
+        (
+            "[control]\nmax_connections = -1",
+            "control.max_connections: must not be negative",
+        ),
+        ("[control]\nsokcet = \"x\"", "unknown key control.sokcet"),
+        (
+            "[control]\nlisten = \"0.0.0.0:1\"",
+            "control.listen: 0.0.0.0:1 is not a loopback",
+        ),
+    ];
+    for (text, want) in cases {
+        let err = Config::from_toml_str(text, Path::new("fq.toml"))
+            .expect_err(text)
+            .to_string();
+        assert!(err.contains(want), "{text}: {err}");
+    }
+}
+
+#[test]
+fn control_token_expands_and_debug_hides_it() -> TestResult {
+    let env = env_of(&[("TOK", "hunter2")]);
+    let config = Config::from_str_in(
+        "[control]\ntoken = \"${TOK}\"",
+        Format::Toml,
+        Path::new("fq.toml"),
+        &env,
+    )?;
+    assert_eq!(config.control.token.as_deref(), Some("hunter2"));
+    let shown = format!("{config:?} {config:#?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("<redacted>"), "{shown}");
     Ok(())
 }
 

@@ -206,6 +206,15 @@ impl Serialize for Payload {
     }
 }
 
+/// Checks the shape as [`Payload::from_value`] does: a payload read from JSON is always
+/// `{"args": [...], "kwargs": {...}}`.
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(deserializer)?;
+        Self::from_value(&value).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,5 +293,8 @@ mod tests {
             serde_json::to_string(&payload).unwrap(),
             r#"{"args":[],"kwargs":{"n":1}}"#
         );
+        let back: Payload = serde_json::from_str(r#"{"kwargs": {"n": 1}}"#).unwrap();
+        assert_eq!(back, payload);
+        assert!(serde_json::from_str::<Payload>(r#"{"kwarg": {}}"#).is_err());
     }
 }

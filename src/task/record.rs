@@ -74,8 +74,9 @@ impl fmt::Display for TaskFailure {
     }
 }
 
-/// Everything known about one task.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// Everything known about one task. Serialized with these field names (the CLI's `--json` and
+/// the control protocol); deserializes from the same shape.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct TaskRecord {
     /// The task's id.
@@ -95,7 +96,7 @@ pub struct TaskRecord {
     /// Retries allowed after the first run: up to `max_retries + 1` runs.
     pub max_retries: u32,
     /// Per-attempt time limit, if any.
-    #[serde(with = "opt_duration_ms", rename = "timeout_ms")]
+    #[serde(with = "opt_duration_ms", rename = "timeout_ms", default)]
     pub timeout: Option<Duration>,
     /// When it was queued.
     pub created_at: DateTime<Utc>,
@@ -116,7 +117,7 @@ pub struct TaskRecord {
 mod opt_duration_ms {
     use std::time::Duration;
 
-    use serde::Serializer;
+    use serde::{Deserialize, Deserializer, Serializer};
 
     #[allow(clippy::ref_option)] // serde's `with` hands us a reference
     pub(super) fn serialize<S: Serializer>(
@@ -127,5 +128,11 @@ mod opt_duration_ms {
             Some(d) => serializer.serialize_some(&u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             None => serializer.serialize_none(),
         }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(deserializer)?.map(Duration::from_millis))
     }
 }

@@ -1,0 +1,134 @@
+//! `fq bench [--tasks N] [--producers P] [--concurrency C] [--payload BYTES]`: runs the load
+//! generator on fresh stores (in a temporary folder, or beside `--db`, kept) and prints its
+//! figures as a table or one JSON object.
+
+use std::sync::Mutex;
+
+use crate::cli::Context;
+use crate::cli::args::BenchArgs;
+use crate::cli::error::CliError;
+use crate::cli::loadgen::{self, BenchParams, BenchReport};
+
+/// Runs every phase with a progress bar per phase on stderr, then prints the report.
+pub(crate) async fn run(ctx: &Context, args: &BenchArgs) -> Result<(), CliError> {
+    if ctx.db().is_some_and(|db| db.is_dir()) {
+        return Err(CliError::usage(
+            "--db names a store file; bench keeps its stores beside it",
+        ));
+    }
+    let params = BenchParams {
+        tasks: args.tasks,
+        producers: usize::from(args.producers),
+        concurrency: usize::from(args.concurrency),
+        payload_bytes: args.payload as usize,
+        dir: ctx.db().map(|db| {
+            db.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| ".".into(), std::path::Path::to_path_buf)
+        }),
+    };
+    let out = ctx.out();
+    let current: Mutex<Option<(String, indicatif::ProgressBar)>> = Mutex::new(None);
+    let progress = |phase: &str, done: u64, total: u64| {
+        let mut current = current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.as_ref().is_none_or(|(name, _)| name != phase) {
+            if let Some((_, bar)) = current.take() {
+                bar.finish_and_clear();
+            }
+            *current = Some((phase.to_owned(), out.bar(total, phase.to_owned())));
+        }
+        if let Some((_, bar)) = current.as_ref() {
+            bar.set_length(total);
+            bar.set_position(done);
+        }
+    };
+    let report = loadgen::run(&params, &progress).await;
+    if let Some((_, bar)) = current
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+    {
+        bar.finish_and_clear();
+    }
+    let report = report?;
+    if out.is_json() {
+        out.document(&report)
+    } else {
+        out.text(&table(&report))
+    }
+}
+
+fn table(report: &BenchReport) -> String {
+    let rows = [
+        (
+            "fsync rate (4 KiB write + fdatasync)",
+            format!("{:.0} /s", report.fsync_per_sec),
+        ),
+        (
+            "enqueue, 1 producer",
+            format!(
+                "{:.0} tasks/s ({:.0}% of the fsync rate)",
+                report.enqueue_sequential_per_sec,
+                report.sequential_to_fsync_ratio * 100.0
+            ),
+        ),
+        (
+            "enqueue, concurrent producers",
+            format!(
+                "{:.0} tasks/s ({} producers)",
+                report.enqueue_concurrent_per_sec, report.producers
+            ),
+        ),
+        (
+            "enqueue, batch API (1,000 per call)",
+            format!("{:.0} tasks/s", report.enqueue_batch_per_sec),
+        ),
+        (
+            "drain, no-op tasks",
+            format!(
+                "{:.0} tasks/s (concurrency {})",
+                report.drain_per_sec, report.concurrency
+            ),
+        ),
+        (
+            "mixed steady state",
+            format!(
+                "{:.0} offered, {:.0} done tasks/s; enqueue->start p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                report.mixed.offered_per_sec,
+                report.mixed.achieved_per_sec,
+                report.mixed.latency_p50_ms,
+                report.mixed.latency_p99_ms,
+                report.mixed.latency_max_ms
+            ),
+        ),
+        (
+            "store size",
+            format!("{:.0} bytes/task", report.store_bytes_per_task),
+        ),
+        (
+            "reopen",
+            format!(
+                "{:.3} s with {} pending tasks",
+                report.reopen_seconds, report.tasks
+            ),
+        ),
+        (
+            "peak memory (RSS)",
+            report
+                .peak_rss_mib
+                .map_or_else(|| "unknown".to_owned(), |mib| format!("{mib:.0} MiB")),
+        ),
+    ];
+    let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+    let mut text = format!(
+        "fq bench: {} tasks per phase, {}-byte payloads, durable (fsync per commit)\n",
+        report.tasks, report.payload_bytes
+    );
+    for (name, value) in rows {
+        text.push_str(&format!("  {name:<width$}  {value}\n"));
+    }
+    text.pop();
+    text
+}

@@ -1,0 +1,59 @@
+//! `fq enqueue NAME`: queues a task by name with JSON arguments and the options Framefox's
+//! `queue_task` takes; prints the new task (its record with `--json`).
+
+use chrono::Utc;
+use serde_json::{Value, json};
+
+use crate::cli::args::EnqueueArgs;
+use crate::cli::error::{CliError, usage_if_invalid};
+use crate::cli::output::relative;
+use crate::cli::{Context, Store};
+
+/// Checks the task against the engine's limits (a refusal is a usage error), queues it, and
+/// prints it.
+pub(crate) async fn run(ctx: &Context, args: EnqueueArgs) -> Result<(), CliError> {
+    let engine = ctx.engine(Store::CreateIfMissing).await?;
+    let payload = json!({
+        "args": args.args.map(|args| args.0).unwrap_or_default(),
+        "kwargs": Value::Object(args.kwargs.unwrap_or_default()),
+    });
+    let mut task = engine.queue_task_named(&args.name, &payload);
+    if let Some(queue) = args.queue {
+        task = task.queue(queue);
+    }
+    if let Some(priority) = args.priority {
+        task = task.priority(priority);
+    }
+    if let Some(max_retries) = args.max_retries {
+        task = task.max_retries(max_retries);
+    }
+    if let Some(delay) = args.delay {
+        task = task.delay(delay);
+    }
+    if let Some(at) = args.at {
+        task = task.schedule_at(at);
+    }
+    if let Some(timeout) = args.timeout {
+        task = task.timeout(timeout);
+    }
+    // Build first, so that what the engine refuses about the flags is a usage error and
+    // only the commit itself can fail at run time.
+    let task = task.build().map_err(usage_if_invalid)?;
+    let id = task.id();
+    engine.broker().enqueue(vec![task]).await?;
+    let record = engine.task(id).await?.ok_or(crate::Error::NotFound(id))?;
+    let out = ctx.out();
+    if out.is_json() {
+        return out.document(&record);
+    }
+    let now = Utc::now();
+    let due = if record.due_at > now {
+        format!("runs {}", relative(record.due_at, now))
+    } else {
+        "due now".to_owned()
+    };
+    out.text(&format!(
+        "queued {} as {} (queue {}, priority {}, {due})",
+        record.name, record.id, record.queue, record.priority
+    ))
+}

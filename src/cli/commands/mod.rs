@@ -1,0 +1,38 @@
+//! One file per subcommand; this file only routes a parsed command line to its command.
+
+mod bench;
+mod cancel;
+mod cleanup;
+mod demo;
+mod enqueue;
+mod list;
+mod purge;
+mod retry;
+mod serve;
+mod show;
+mod stats;
+mod worker;
+
+use super::Context;
+use super::args::{Cli, Command, WorkerCommand};
+use super::error::CliError;
+use crate::Registry;
+
+/// Runs the command `cli` names; `registry` holds the tasks `worker start` can run.
+pub(crate) async fn dispatch(cli: Cli, registry: Registry) -> Result<(), CliError> {
+    let ctx = Context::new(cli.global);
+    match cli.command {
+        Command::Serve(args) => serve::run(&ctx, &args).await,
+        Command::Worker(WorkerCommand::Start(args)) => worker::start(&ctx, args, registry).await,
+        Command::Enqueue(args) => enqueue::run(&ctx, args).await,
+        Command::Stats => stats::run(&ctx).await,
+        Command::List(args) => list::run(&ctx, args).await,
+        Command::Show(args) => show::run(&ctx, &args).await,
+        Command::Retry(args) => retry::run(&ctx, args).await,
+        Command::Cancel(args) => cancel::run(&ctx, &args).await,
+        Command::Purge(args) => purge::run(&ctx, args).await,
+        Command::Cleanup => cleanup::run(&ctx).await,
+        Command::Demo(args) => demo::run(&ctx, args).await,
+        Command::Bench(args) => bench::run(&ctx, &args).await,
+    }
+}

@@ -1,0 +1,409 @@
+//! The load generator behind `fq bench`: measures this machine's fsync rate, then enqueue
+//! (sequential, concurrent, batched), drain, a mixed steady state with enqueue→start latency,
+//! store size per task, reopen time and peak memory, on fresh stores in a temporary folder.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::{Engine, Error, Registry, Result, TaskContext, TaskError};
+
+const NOOP: &str = "fq.bench.noop";
+/// How many tasks the one-producer phase enqueues at most: it runs at the disk's fsync rate.
+const SEQUENTIAL_CAP: u64 = 2_000;
+/// How long the mixed phase offers load.
+const MIXED_DURATION: Duration = Duration::from_secs(3);
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub(crate) struct BenchParams {
+    /// Tasks per phase.
+    pub(crate) tasks: u64,
+    /// Concurrent producers for the concurrent-enqueue phase.
+    pub(crate) producers: usize,
+    /// Worker concurrency for the drain and mixed phases.
+    pub(crate) concurrency: usize,
+    /// Approximate payload size of each task, in bytes.
+    pub(crate) payload_bytes: usize,
+    /// Folder for the stores (default: a fresh temporary folder, removed afterwards).
+    pub(crate) dir: Option<PathBuf>,
+}
+
+/// Latency of the mixed steady state.
+#[derive(Clone, Debug, Default, Serialize)]
+pub(crate) struct MixedReport {
+    /// Enqueue rate offered (half the measured drain rate), tasks/s.
+    pub(crate) offered_per_sec: f64,
+    /// Tasks completed per second while the load was offered.
+    pub(crate) achieved_per_sec: f64,
+    /// Enqueue→start latency percentiles, milliseconds.
+    pub(crate) latency_p50_ms: f64,
+    /// 99th percentile.
+    pub(crate) latency_p99_ms: f64,
+    /// Worst.
+    pub(crate) latency_max_ms: f64,
+}
+
+/// Everything `fq bench` measured.
+#[derive(Clone, Debug, Default, Serialize)]
+pub(crate) struct BenchReport {
+    /// Tasks per phase.
+    pub(crate) tasks: u64,
+    /// Concurrent producers.
+    pub(crate) producers: usize,
+    /// Worker concurrency.
+    pub(crate) concurrency: usize,
+    /// Payload bytes per task.
+    pub(crate) payload_bytes: usize,
+    /// Single durable writes per second on this disk (4 KiB write + fdatasync).
+    pub(crate) fsync_per_sec: f64,
+    /// One producer, each enqueue awaited, tasks/s.
+    pub(crate) enqueue_sequential_per_sec: f64,
+    /// `enqueue_sequential_per_sec / fsync_per_sec`.
+    pub(crate) sequential_to_fsync_ratio: f64,
+    /// `producers` concurrent producers, tasks/s.
+    pub(crate) enqueue_concurrent_per_sec: f64,
+    /// Batch API, 1,000 tasks per call, tasks/s.
+    pub(crate) enqueue_batch_per_sec: f64,
+    /// Draining pre-queued no-op tasks at `concurrency`, tasks/s.
+    pub(crate) drain_per_sec: f64,
+    /// Producers and workers at once.
+    pub(crate) mixed: MixedReport,
+    /// Store file size divided by the tasks it holds (after the batch phase).
+    pub(crate) store_bytes_per_task: f64,
+    /// Time to reopen the store holding `tasks` pending tasks, seconds.
+    pub(crate) reopen_seconds: f64,
+    /// Peak resident memory of this process, MiB (Linux only).
+    pub(crate) peak_rss_mib: Option<f64>,
+}
+
+/// Progress of a phase: its name, work done, work in total.
+pub(crate) type Progress<'a> = &'a (dyn Fn(&str, u64, u64) + Sync);
+
+fn payload(size: usize, extra: &serde_json::Value) -> serde_json::Value {
+    let overhead = r#"{"args":[],"kwargs":{"pad":""}}"#.len() + extra.to_string().len();
+    json!({"kwargs": {"pad": "x".repeat(size.saturating_sub(overhead)), "t": extra}})
+}
+
+fn rate(count: u64, elapsed: Duration) -> f64 {
+    count as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+fn open(path: &Path) -> Result<Engine> {
+    Engine::builder(path).verify_on_open(false).open()
+}
+
+/// Runs every phase.
+///
+/// # Errors
+/// A store that cannot be created or written, or a task that does not complete.
+pub(crate) async fn run(params: &BenchParams, progress: Progress<'_>) -> Result<BenchReport> {
+    let temp;
+    let dir = match &params.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::invalid("dir", format!("cannot create {}: {e}", dir.display()))
+            })?;
+            dir.clone()
+        }
+        None => {
+            temp = TempDir::new()?;
+            temp.path.clone()
+        }
+    };
+    let mut report = BenchReport {
+        tasks: params.tasks,
+        producers: params.producers,
+        concurrency: params.concurrency,
+        payload_bytes: params.payload_bytes,
+        ..BenchReport::default()
+    };
+    report.fsync_per_sec = fsync_rate(&dir.join("fsync.probe"), progress)?;
+
+    let sequential = params.tasks.min(SEQUENTIAL_CAP);
+    let engine = open(&dir.join("sequential.redb"))?;
+    let started = Instant::now();
+    for n in 0..sequential {
+        engine
+            .queue_task_named(NOOP, &payload(params.payload_bytes, &json!(n)))
+            .send()
+            .await?;
+        progress("enqueue, 1 producer", n + 1, sequential);
+    }
+    report.enqueue_sequential_per_sec = rate(sequential, started.elapsed());
+    report.sequential_to_fsync_ratio =
+        report.enqueue_sequential_per_sec / report.fsync_per_sec.max(1e-9);
+    drop(engine);
+
+    let engine = open(&dir.join("concurrent.redb"))?;
+    report.enqueue_concurrent_per_sec = enqueue_concurrently(&engine, params, progress).await?;
+    drop(engine);
+
+    let batch_path = dir.join("batch.redb");
+    let engine = open(&batch_path)?;
+    let started = Instant::now();
+    let mut queued = 0;
+    while queued < params.tasks {
+        let chunk = (params.tasks - queued).min(1_000);
+        let batch = (0..chunk).map(|n| {
+            engine.queue_task_named(NOOP, &payload(params.payload_bytes, &json!(queued + n)))
+        });
+        engine.queue_batch(batch).await?;
+        queued += chunk;
+        progress("enqueue, batch API", queued, params.tasks);
+    }
+    report.enqueue_batch_per_sec = rate(params.tasks, started.elapsed());
+    drop(engine);
+    let size = std::fs::metadata(&batch_path).map(|m| m.len()).unwrap_or(0);
+    report.store_bytes_per_task = size as f64 / params.tasks.max(1) as f64;
+
+    progress("reopen", 0, 1);
+    let started = Instant::now();
+    let engine = open(&batch_path)?;
+    report.reopen_seconds = started.elapsed().as_secs_f64();
+    progress("reopen", 1, 1);
+
+    report.drain_per_sec = drain(&engine, params, progress).await?;
+    drop(engine);
+
+    report.mixed = mixed(
+        &dir.join("mixed.redb"),
+        params,
+        report.drain_per_sec / 2.0,
+        progress,
+    )
+    .await?;
+    report.peak_rss_mib = peak_rss_mib();
+    Ok(report)
+}
+
+fn fsync_rate(path: &Path, progress: Progress<'_>) -> Result<f64> {
+    use std::io::{Seek, SeekFrom, Write};
+    let io = |e: std::io::Error| {
+        Error::invalid(
+            "dir",
+            format!("cannot measure fsync in {}: {e}", path.display()),
+        )
+    };
+    let mut file = std::fs::File::create(path).map_err(io)?;
+    let block = [0x5au8; 4096];
+    let started = Instant::now();
+    let mut syncs = 0u64;
+    while started.elapsed() < Duration::from_secs(1) {
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+        file.write_all(&block).map_err(io)?;
+        file.sync_data().map_err(io)?;
+        syncs += 1;
+        progress(
+            "fsync rate",
+            u64::try_from(started.elapsed().as_millis())
+                .unwrap_or(1000)
+                .min(1000),
+            1000,
+        );
+    }
+    drop(file);
+    let _ = std::fs::remove_file(path);
+    Ok(rate(syncs, started.elapsed()))
+}
+
+async fn enqueue_concurrently(
+    engine: &Engine,
+    params: &BenchParams,
+    progress: Progress<'_>,
+) -> Result<f64> {
+    let producers = params.producers.max(1) as u64;
+    let per_producer = params.tasks / producers;
+    let total = per_producer * producers;
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for producer in 0..producers {
+        let engine = engine.clone();
+        let done = Arc::clone(&done);
+        let size = params.payload_bytes;
+        handles.push(tokio::spawn(async move {
+            for n in 0..per_producer {
+                engine
+                    .queue_task_named(NOOP, &payload(size, &json!([producer, n])))
+                    .send()
+                    .await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<(), Error>(())
+        }));
+    }
+    while !handles.iter().all(tokio::task::JoinHandle::is_finished) {
+        progress(
+            "enqueue, concurrent producers",
+            done.load(Ordering::Relaxed),
+            total,
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for handle in handles {
+        handle
+            .await
+            .map_err(|e| Error::Internal(format!("a producer failed: {e}")))??;
+    }
+    progress("enqueue, concurrent producers", total, total);
+    Ok(rate(total, started.elapsed()))
+}
+
+async fn drain(engine: &Engine, params: &BenchParams, progress: Progress<'_>) -> Result<f64> {
+    let done = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&done);
+    let mut registry = Registry::new();
+    registry.register_async(NOOP, move |_: serde_json::Value, _ctx: TaskContext| {
+        counter.fetch_add(1, Ordering::Relaxed);
+        async { Ok::<(), TaskError>(()) }
+    });
+    let mut worker = engine.worker(registry);
+    worker
+        .set_concurrent_tasks(params.concurrency)
+        .set_handle_signals(false);
+    let stop = worker.shutdown_handle();
+    let started = Instant::now();
+    let running = tokio::spawn(async move { worker.start().await });
+    while done.load(Ordering::Relaxed) < params.tasks && !running.is_finished() {
+        progress("drain", done.load(Ordering::Relaxed), params.tasks);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    stop.shutdown();
+    let report = running
+        .await
+        .map_err(|e| Error::Internal(format!("the worker failed: {e}")))??;
+    progress("drain", params.tasks, params.tasks);
+    if report.completed < params.tasks {
+        return Err(Error::Internal(format!(
+            "only {} of {} tasks completed",
+            report.completed, params.tasks
+        )));
+    }
+    Ok(rate(params.tasks, elapsed))
+}
+
+async fn mixed(
+    path: &Path,
+    params: &BenchParams,
+    offered: f64,
+    progress: Progress<'_>,
+) -> Result<MixedReport> {
+    let engine = open(path)?;
+    let epoch = Instant::now();
+    let latencies = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let sink = Arc::clone(&latencies);
+    let mut registry = Registry::new();
+    registry.register_async(NOOP, move |args: serde_json::Value, _ctx: TaskContext| {
+        if let Some(queued_us) = args.get("t").and_then(serde_json::Value::as_u64) {
+            let now_us = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+            sink.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(now_us.saturating_sub(queued_us));
+        }
+        async { Ok::<(), TaskError>(()) }
+    });
+    let mut worker = engine.worker(registry);
+    worker
+        .set_concurrent_tasks(params.concurrency)
+        .set_handle_signals(false);
+    let stop = worker.shutdown_handle();
+    let running = tokio::spawn(async move { worker.start().await });
+
+    // Producers send on a fixed schedule (not as fast as they can), each its share of the rate.
+    let producers = 8u64;
+    let total = (offered * MIXED_DURATION.as_secs_f64()).max(1.0) as u64;
+    let interval = Duration::from_secs_f64(producers as f64 / offered.max(1.0));
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..producers {
+        let engine = engine.clone();
+        let size = params.payload_bytes;
+        handles.push(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            for _ in 0..total / producers {
+                ticker.tick().await;
+                let queued_us = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+                engine
+                    .queue_task_named(NOOP, &payload(size, &json!(queued_us)))
+                    .send()
+                    .await?;
+            }
+            Ok::<(), Error>(())
+        }));
+    }
+    let expected = (total / producers) * producers;
+    loop {
+        let seen = latencies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len() as u64;
+        progress("mixed steady state", seen, expected);
+        if seen >= expected || started.elapsed() > MIXED_DURATION * 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = started.elapsed();
+    for handle in handles {
+        handle
+            .await
+            .map_err(|e| Error::Internal(format!("a producer failed: {e}")))??;
+    }
+    stop.shutdown();
+    running
+        .await
+        .map_err(|e| Error::Internal(format!("the worker failed: {e}")))??;
+    let mut latencies =
+        std::mem::take(&mut *latencies.lock().unwrap_or_else(PoisonError::into_inner));
+    latencies.sort_unstable();
+    let percentile = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |us| *us as f64 / 1000.0)
+    };
+    Ok(MixedReport {
+        offered_per_sec: offered,
+        achieved_per_sec: rate(latencies.len() as u64, elapsed),
+        latency_p50_ms: percentile(0.50),
+        latency_p99_ms: percentile(0.99),
+        latency_max_ms: latencies.last().map_or(0.0, |us| *us as f64 / 1000.0),
+    })
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    let kib: f64 = line.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// A temporary folder removed on drop (the `tempfile` crate is only a dev-dependency).
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn new() -> Result<Self> {
+        let path = std::env::temp_dir().join(format!(
+            "fq-bench-{}-{}",
+            std::process::id(),
+            crate::TaskId::new()
+        ));
+        std::fs::create_dir_all(&path)
+            .map_err(|e| Error::invalid("dir", format!("cannot create {}: {e}", path.display())))?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}

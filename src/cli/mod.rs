@@ -1,0 +1,236 @@
+//! The `fq` command line as a library: [`run`] parses the arguments, sets up logging and a
+//! tokio runtime, finds the engine a command works on (a live one through its control socket,
+//! else the store file itself), runs the command and turns the outcome into an exit code.
+//! An application's own binary gets the whole CLI, with its tasks registered, from one call.
+//!
+//! Layout: `args` (clap types), `commands/` (one file per subcommand), `output` (text, JSON,
+//! progress), `error` (exit codes), `signals`, `tasks` (the built-in `fq.demo.*` tasks).
+
+mod args;
+mod commands;
+mod error;
+mod loadgen;
+mod output;
+mod signals;
+mod tasks;
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{CommandFactory, FromArgMatches};
+
+pub use tasks::{demo_registry, register_demo_tasks};
+
+use crate::{Config, ConnectOptions, Engine, Registry};
+use args::{Cli, Command, GlobalArgs};
+use error::CliError;
+use output::Output;
+
+/// How long the runtime waits, after a command returns, for blocking handlers still running.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
+
+/// Runs the command line given to this process, with `registry`'s tasks available to
+/// `worker start`, and returns the exit code: 0 on success, 2 for a usage error (bad flags or
+/// values, a bad configuration, a missing `--yes`), 1 for a failure (store errors, an unknown
+/// task, a task in the wrong state). Errors are printed once on stderr, with their causes.
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     let mut registry = fq::Registry::new();
+///     registry.register_fn("myapp.tasks.resize", |args: serde_json::Value| {
+///         Ok::<_, fq::TaskError>(args)
+///     });
+///     // `myapp worker start --queues default,urgent --concurrent 20 --interval 10`
+///     fq::cli::run(registry)
+/// }
+/// ```
+pub fn run(registry: Registry) -> ExitCode {
+    run_from(registry, std::env::args_os())
+}
+
+/// [`run`] with the arguments given (the first one is the program's name), for wrappers and
+/// tests.
+pub fn run_from<I, T>(registry: Registry, args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let program = args
+        .first()
+        .and_then(|first| Path::new(first).file_stem())
+        .and_then(|stem| stem.to_str())
+        .unwrap_or("fq")
+        .to_owned();
+    let command = Cli::command()
+        .name(program.clone())
+        .bin_name(program.clone());
+    let parsed = command
+        .try_get_matches_from(args)
+        .and_then(|matches| Cli::from_arg_matches(&matches));
+    let cli = match parsed {
+        Ok(cli) => cli,
+        // clap prints help and version itself, and its errors are usage errors (exit code 2).
+        Err(error) => {
+            let _ = error.print();
+            return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(error::EXIT_USAGE));
+        }
+    };
+    init_tracing(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let error = CliError::from(error).context("cannot start the async runtime");
+            eprintln!("{program}: {error}");
+            return error.exit_code();
+        }
+    };
+    let res = runtime.block_on(commands::dispatch(cli, registry));
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.is_broken_pipe() => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{program}: {error}");
+            error.exit_code()
+        }
+    }
+}
+
+/// Logs to stderr: `RUST_LOG` when set, else `warn` (`info` for `serve` and `worker`, whose
+/// logs are their story), one level more per `-v`. An application that installed its own
+/// subscriber keeps it.
+fn init_tracing(cli: &Cli) {
+    const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+    let base: usize = match cli.command {
+        Command::Serve(_) | Command::Worker(_) => 2,
+        // The demo fails a task on purpose; its events already tell the story.
+        Command::Demo(_) => 0,
+        _ => 1,
+    };
+    let level = LEVELS
+        .get(base + usize::from(cli.global.verbose))
+        .copied()
+        .unwrap_or("trace");
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// How a command that finds no live engine opens the store itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Store {
+    /// Long-running commands (`worker start`) create the store when missing and serve its
+    /// control socket, so producers and the CLI in other processes reach it meanwhile.
+    Serve,
+    /// Producers (`enqueue`) create the store when missing; a one-shot command does not serve.
+    CreateIfMissing,
+    /// Inspection and admin commands refuse a missing store rather than create an empty one
+    /// where a path was mistyped.
+    MustExist,
+}
+
+/// What every command gets: the global flags and the output settings.
+#[derive(Debug)]
+pub(crate) struct Context {
+    global: GlobalArgs,
+    out: Output,
+}
+
+impl Context {
+    fn new(global: GlobalArgs) -> Self {
+        let out = Output::new(global.json);
+        Self { global, out }
+    }
+
+    /// The `--db` flag, if given.
+    pub(crate) fn db(&self) -> Option<&std::path::Path> {
+        self.global.db.as_deref()
+    }
+
+    /// How to print.
+    pub(crate) fn out(&self) -> Output {
+        self.out
+    }
+
+    /// The configuration: `--config`, else `fq.toml`, else `config/services.yaml`, else the
+    /// defaults; `--db` overrides its store path.
+    pub(crate) fn config(&self) -> Result<Config, CliError> {
+        let mut config = Config::load(self.global.config.as_deref())?;
+        if let Some(db) = &self.global.db {
+            config.database.clone_from(db);
+        }
+        Ok(config)
+    }
+
+    /// The engine a command works on: the one at `--connect`; else the live engine serving
+    /// the store (its control socket answers); else the store file, opened here.
+    pub(crate) async fn engine(&self, store: Store) -> Result<Engine, CliError> {
+        let config = self.config()?;
+        if let Some(addr) = &self.global.connect {
+            return Engine::connect_with(addr, connect_options())
+                .await
+                .map_err(|error| {
+                    let error = CliError::from(error);
+                    if error.render().contains(addr.as_str()) {
+                        error
+                    } else {
+                        error.context(format!("cannot connect to {addr}"))
+                    }
+                });
+        }
+        let path = config.database.clone();
+        let socket = config.control.socket_path(&path);
+        let mut unanswered = None;
+        if std::fs::symlink_metadata(&socket).is_ok()
+            && let Some(socket_text) = socket.to_str()
+        {
+            match Engine::connect_with(&format!("unix:{socket_text}"), connect_options()).await {
+                Ok(engine) => return Ok(engine),
+                Err(error) => {
+                    tracing::debug!(socket = %socket.display(), %error, "control socket did not answer; opening the store directly");
+                    unanswered = Some(error);
+                }
+            }
+        }
+        if store == Store::MustExist && !path.exists() {
+            return Err(CliError::runtime(format!(
+                "no store at {}: nothing has been queued there yet (pass --db PATH, or set `database` in fq.toml)",
+                path.display()
+            )));
+        }
+        open_store(config, store == Store::Serve).map_err(|error| match (error, unanswered) {
+            (error @ crate::Error::Store(crate::StoreError::Locked { .. }), Some(connect)) => {
+                CliError::runtime(format!(
+                    "{error}; its control socket {} did not answer: {connect}",
+                    socket.display()
+                ))
+            }
+            (error, _) => CliError::from(error),
+        })
+    }
+}
+
+/// Opens the store a configuration names, in this process; with `serve_control`, the engine
+/// also serves its control socket (and `control.listen`) to other processes.
+pub(crate) fn open_store(config: Config, serve_control: bool) -> crate::Result<Engine> {
+    Engine::builder(config.database.clone())
+        .config(config)
+        .control(serve_control)
+        .open()
+}
+
+/// How the CLI connects: the token from `FQ_TOKEN`, named for the server's logs.
+fn connect_options() -> ConnectOptions {
+    ConnectOptions::from_env().client_name(format!("fq-cli/{}", env!("CARGO_PKG_VERSION")))
+}

@@ -1,0 +1,834 @@
+//! The `fq` binary, driven as a user drives it: each test runs the debug binary in a temporary
+//! folder of its own (no config file, no `FQ_*` overrides) and checks what the commands print
+//! and change, with `--json` reads before and after.
+#![cfg(feature = "cli")]
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+/// How long a test waits for a line from a long-running child before failing.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// What one run of the binary did.
+#[derive(Debug)]
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// Asserts success and parses stdout as one JSON document.
+    fn json(&self) -> Value {
+        assert_eq!(self.code, Some(0), "{self:#?}");
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
+    }
+
+    /// Asserts success and returns stdout.
+    fn ok(&self) -> &str {
+        assert_eq!(self.code, Some(0), "{self:#?}");
+        &self.stdout
+    }
+
+    /// Asserts a failure with `code` whose message (on stderr) contains `needle`.
+    fn fails(&self, code: i32, needle: &str) {
+        assert_eq!(self.code, Some(code), "{self:#?}");
+        assert!(
+            self.stderr.contains(needle),
+            "stderr should mention {needle:?}: {self:#?}"
+        );
+        assert!(self.stdout.is_empty(), "{self:#?}");
+    }
+}
+
+/// A temporary folder with a store path in it.
+struct Fq {
+    dir: tempfile::TempDir,
+    db: PathBuf,
+}
+
+impl Fq {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("var").join("fq.redb");
+        Self { dir, db }
+    }
+
+    /// The binary, run in the temporary folder with a clean environment, without `--db`.
+    fn bare(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fq"));
+        command
+            .current_dir(self.dir.path())
+            .env_remove("RUST_LOG")
+            .env_remove("FQ_DATABASE")
+            .env_remove("FQ_BROKER")
+            .env_remove("FQ_RABBITMQ_URL")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// The binary with `--db` set to this folder's store.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = self.bare();
+        command.arg("--db").arg(&self.db).args(args);
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        output(&mut self.command(args))
+    }
+
+    /// Queues a task and returns its record.
+    fn enqueue(&self, args: &[&str]) -> Value {
+        let mut all = vec!["enqueue", "--json"];
+        all.extend_from_slice(args);
+        self.run(&all).json()
+    }
+
+    /// Every task in the store, as `list --json` prints them.
+    fn all_tasks(&self) -> Vec<Value> {
+        let list = self.run(&["list", "--json", "--limit", "1000"]).json();
+        list.as_array().unwrap().clone()
+    }
+
+    /// The status of each task, by id.
+    fn statuses(&self) -> Vec<(String, String)> {
+        self.all_tasks()
+            .iter()
+            .map(|t| (id_of(t), t["status"].as_str().unwrap().to_owned()))
+            .collect()
+    }
+
+    /// Starts `worker start --interval 1` with `args`, once it says it is ready.
+    fn spawn_worker(&self, args: &[&str]) -> Running {
+        let mut all = vec!["worker", "start", "--interval", "1"];
+        all.extend_from_slice(args);
+        self.spawn(&all)
+    }
+
+    /// Starts a long-running command; returns once it says it is ready ("stop with ...").
+    fn spawn(&self, args: &[&str]) -> Running {
+        let mut child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut running = Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        };
+        running.wait_for("stop with Ctrl-C or SIGTERM");
+        running
+    }
+
+    /// Runs a worker until `n` tasks have finished (completed or failed for good), then stops it.
+    fn work_off(&self, queues: &str, n: usize) {
+        let mut worker = self.spawn_worker(&["--queues", queues]);
+        let mut finished = 0;
+        while finished < n {
+            let line = worker.next_line();
+            if line.contains(" COMPLETED") || line.contains(" FAILED ") {
+                finished += 1;
+            }
+        }
+        let (code, _) = worker.terminate();
+        assert_eq!(code, Some(0));
+    }
+}
+
+fn output(command: &mut Command) -> Run {
+    let out = command.output().unwrap();
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+fn id_of(task: &Value) -> String {
+    task["id"].as_str().unwrap().to_owned()
+}
+
+/// A running `worker start` or `serve`, its stdout read line by line.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn next_line(&mut self) -> String {
+        match self.lines.recv_timeout(PATIENCE) {
+            Ok(line) => {
+                self.seen.push(line.clone());
+                line
+            }
+            Err(e) => {
+                let _ = self.child.kill();
+                panic!("no line from the child ({e}); so far: {:#?}", self.seen)
+            }
+        }
+    }
+
+    /// The first line containing `needle`, among those already seen or the next ones.
+    fn wait_for(&mut self, needle: &str) -> String {
+        if let Some(line) = self.seen.iter().find(|line| line.contains(needle)) {
+            return line.clone();
+        }
+        loop {
+            let line = self.next_line();
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    /// Sends SIGTERM, waits for the exit; returns the exit code and the rest of stdout.
+    fn terminate(mut self) -> (Option<i32>, String) {
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let status = self.child.wait().unwrap();
+        let rest: Vec<String> = self.lines.iter().collect();
+        (status.code(), rest.join("\n"))
+    }
+}
+
+#[test]
+fn enqueue_list_show_and_stats_report_the_store() {
+    let fq = Fq::new();
+    let email = fq.enqueue(&[
+        "fq.demo.send_email",
+        "--kwargs",
+        r#"{"to": "ada@example.com", "subject": "Welcome!"}"#,
+        "--queue",
+        "emails",
+        "--priority",
+        "7",
+        "--max-retries",
+        "5",
+        "--timeout",
+        "30s",
+    ]);
+    assert_eq!(email["name"], "fq.demo.send_email");
+    assert_eq!(email["queue"], "emails");
+    assert_eq!(email["priority"], 7);
+    assert_eq!(email["status"], "PENDING");
+    assert_eq!(email["attempts"], 0);
+    assert_eq!(email["max_retries"], 5);
+    assert_eq!(email["timeout_ms"], 30_000);
+    assert_eq!(
+        email["payload"],
+        json!({"args": [], "kwargs": {"to": "ada@example.com", "subject": "Welcome!"}})
+    );
+    assert_eq!(email["result"], Value::Null);
+    assert_eq!(email["error"], Value::Null);
+
+    let positional = fq.enqueue(&[
+        "fq.demo.echo",
+        "--args",
+        r#"[1, "two"]"#,
+        "--priority",
+        "-2",
+    ]);
+    assert_eq!(positional["queue"], "default");
+    assert_eq!(positional["priority"], -2);
+    assert_eq!(positional["max_retries"], 3);
+    assert_eq!(
+        positional["payload"],
+        json!({"args": [1, "two"], "kwargs": {}})
+    );
+
+    let delayed = fq.enqueue(&["fq.demo.echo", "--delay", "1h30m"]);
+    let created =
+        chrono::DateTime::parse_from_rfc3339(delayed["created_at"].as_str().unwrap()).unwrap();
+    let due =
+        chrono::DateTime::parse_from_rfc3339(delayed["scheduled_at"].as_str().unwrap()).unwrap();
+    let delay = (due - created).num_seconds();
+    assert!((5_399..=5_401).contains(&delay), "delay {delay}s");
+
+    let scheduled = fq.enqueue(&["fq.demo.echo", "--at", "2030-06-01T11:30:00+02:00"]);
+    assert_eq!(scheduled["scheduled_at"], "2030-06-01T09:30:00Z");
+
+    // list: every task, oldest first, with the records' own field names.
+    let all = fq.all_tasks();
+    let ids: Vec<String> = all.iter().map(id_of).collect();
+    assert_eq!(
+        ids,
+        [&email, &positional, &delayed, &scheduled]
+            .map(id_of)
+            .to_vec()
+    );
+    assert_eq!(all[0], email);
+    let emails = fq.run(&["list", "--json", "--queue", "emails"]).json();
+    assert_eq!(emails, json!([email]));
+    let pending = fq.run(&["list", "--json", "--status", "pending"]).json();
+    assert_eq!(pending.as_array().unwrap().len(), 4);
+    let none = fq.run(&["list", "--json", "--status", "FAILED"]).json();
+    assert_eq!(none, json!([]));
+    // Paging: --limit, then --after the last id of the page.
+    let page = fq.run(&["list", "--json", "--limit", "2"]).json();
+    assert_eq!(page, json!([all[0], all[1]]));
+    let next = fq
+        .run(&["list", "--json", "--limit", "2", "--after", &ids[1]])
+        .json();
+    assert_eq!(next, json!([all[2], all[3]]));
+    let table = fq.run(&["list", "--queue", "emails"]);
+    let lines: Vec<&str> = table.ok().lines().collect();
+    assert_eq!(lines.len(), 2, "{table:#?}");
+    assert!(lines[0].starts_with("ID "), "{table:#?}");
+    assert!(lines[1].starts_with(&ids[0]), "{table:#?}");
+    assert!(lines[1].contains("PENDING") && lines[1].contains("fq.demo.send_email"));
+
+    // show: the same record.
+    let shown = fq.run(&["show", "--json", &ids[2]]).json();
+    assert_eq!(shown, delayed);
+    let text = fq.run(&["show", &ids[0]]);
+    assert!(text.ok().contains("ada@example.com"), "{text:#?}");
+    assert!(text.ok().contains("status       PENDING"), "{text:#?}");
+
+    // stats: ready now vs scheduled for later, per queue.
+    let stats = fq.run(&["stats", "--json"]).json();
+    let default = &stats["queues"]["default"];
+    assert_eq!(default["ready"], 1);
+    assert_eq!(default["scheduled"], 2);
+    assert_eq!(default["pending"], 3);
+    assert_eq!(default["running"], 0);
+    assert_eq!(default["completed"], 0);
+    assert!(default["oldest_ready_ms"].is_u64());
+    let emails = &stats["queues"]["emails"];
+    assert_eq!(emails["ready"], 1);
+    assert_eq!(emails["scheduled"], 0);
+    assert_eq!(stats["queues"].as_object().unwrap().len(), 2);
+    let table = fq.run(&["stats"]);
+    let lines: Vec<&str> = table.ok().lines().collect();
+    assert!(lines[0].starts_with("QUEUE") && lines[0].contains("OLDEST WAITING"));
+    let default_row: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        &default_row[..8],
+        ["default", "1", "2", "0", "0", "0", "0", "0"]
+    );
+    assert!(lines[3].starts_with("(all)"), "{table:#?}");
+}
+
+#[test]
+fn retry_cancel_purge_and_cleanup_change_exactly_what_they_say_on_a_closed_store() {
+    admin_commands_change_exactly_what_they_say(false);
+}
+
+#[test]
+fn retry_cancel_purge_and_cleanup_change_exactly_what_they_say_through_the_socket() {
+    admin_commands_change_exactly_what_they_say(true);
+}
+
+/// With `live`, `fq serve` owns the store throughout, so every command (and the workers) can
+/// only have reached it through its control socket.
+fn admin_commands_change_exactly_what_they_say(live: bool) {
+    let fq = Fq::new();
+    // COMPLETED tasks are kept 0s, FAILED and CANCELLED ones 7 days (the default).
+    std::fs::write(
+        fq.dir.path().join("fq.toml"),
+        "[cleanup]\ncompleted_retention = \"0s\"\n",
+    )
+    .unwrap();
+    let server = live.then(|| fq.spawn(&["serve"]));
+    // Queue a: two tasks that fail for good, one that completes, one waiting for later.
+    // Queue b: one that fails for good.
+    let fail = ["fq.demo.fail", "--max-retries", "0"];
+    let a_failed: Vec<String> = (0..2)
+        .map(|_| id_of(&fq.enqueue(&[&fail[..], &["--queue", "a"]].concat())))
+        .collect();
+    let a_done = id_of(&fq.enqueue(&["fq.demo.echo", "--queue", "a", "--kwargs", "{}"]));
+    let a_later = id_of(&fq.enqueue(&["fq.demo.echo", "--queue", "a", "--delay", "1h"]));
+    let b_failed = id_of(&fq.enqueue(&[&fail[..], &["--queue", "b"]].concat()));
+    fq.work_off("a,b", 4);
+    let before = fq.statuses();
+    let status = |statuses: &[(String, String)], id: &str| {
+        statuses.iter().find(|(i, _)| i == id).unwrap().1.clone()
+    };
+    assert_eq!(status(&before, &a_failed[0]), "FAILED");
+    assert_eq!(status(&before, &a_failed[1]), "FAILED");
+    assert_eq!(status(&before, &a_done), "COMPLETED");
+    assert_eq!(status(&before, &a_later), "PENDING");
+    assert_eq!(status(&before, &b_failed), "FAILED");
+    let failed = fq.run(&["show", "--json", &b_failed]).json();
+    assert_eq!(failed["attempts"], 1);
+    assert_eq!(failed["error"]["message"], "this task always fails");
+
+    // retry ID: that task only, back to PENDING with a fresh budget.
+    let retried = fq.run(&["retry", "--json", &a_failed[0]]).json();
+    assert_eq!(retried["id"], a_failed[0].as_str());
+    assert_eq!(retried["status"], "PENDING");
+    let mut expected = before.clone();
+    for (id, status) in &mut expected {
+        if *id == a_failed[0] {
+            *status = "PENDING".into();
+        }
+    }
+    assert_eq!(fq.statuses(), expected);
+    // Retrying a task that is not FAILED or CANCELLED is refused.
+    fq.run(&["retry", &a_done]).fails(1, "COMPLETED");
+
+    // retry --failed --queue b: only b's failed task.
+    let report = fq
+        .run(&["retry", "--failed", "--queue", "b", "--json"])
+        .json();
+    assert_eq!(report["retried"], 1);
+    for (id, status) in &mut expected {
+        if *id == b_failed {
+            *status = "PENDING".into();
+        }
+    }
+    assert_eq!(fq.statuses(), expected);
+    assert_eq!(status(&fq.statuses(), &a_failed[1]), "FAILED");
+
+    // cancel: the waiting task only; cancelling it again is refused.
+    let cancelled = fq.run(&["cancel", "--json", &a_later]).json();
+    assert_eq!(cancelled["status"], "CANCELLED");
+    for (id, status) in &mut expected {
+        if *id == a_later {
+            *status = "CANCELLED".into();
+        }
+    }
+    assert_eq!(fq.statuses(), expected);
+    fq.run(&["cancel", &a_later]).fails(1, "CANCELLED");
+    let text = fq.run(&["cancel", &b_failed]);
+    assert!(
+        text.ok().starts_with(&format!("cancelled {b_failed}")),
+        "{text:#?}"
+    );
+    for (id, status) in &mut expected {
+        if *id == b_failed {
+            *status = "CANCELLED".into();
+        }
+    }
+
+    // purge --queue a --status failed: a's one remaining FAILED task, nothing else.
+    let purged = fq
+        .run(&[
+            "purge", "--queue", "a", "--status", "failed", "--yes", "--json",
+        ])
+        .json();
+    assert_eq!(purged["purged"], 1);
+    expected.retain(|(id, _)| *id != a_failed[1]);
+    assert_eq!(fq.statuses(), expected);
+
+    // cleanup: the one COMPLETED task goes; FAILED and CANCELLED ones are recent and stay.
+    let report = fq.run(&["cleanup", "--json"]).json();
+    assert_eq!(report, json!({"completed": 1, "failed": 0, "cancelled": 0}));
+    expected.retain(|(id, _)| *id != a_done);
+    assert_eq!(fq.statuses(), expected);
+    let text = fq.run(&["cleanup"]);
+    assert!(text.ok().starts_with("deleted 0 task(s)"), "{text:#?}");
+    let stats = fq.run(&["stats", "--json"]).json();
+    assert_eq!(stats["queues"]["a"]["completed"], 0);
+    assert_eq!(stats["queues"]["a"]["pending"], 1);
+    assert_eq!(stats["queues"]["a"]["cancelled"], 1);
+    assert_eq!(stats["queues"]["b"]["cancelled"], 1);
+
+    // purge of a whole queue, in text.
+    let text = fq.run(&["purge", "--queue", "a", "--yes"]);
+    assert!(text.ok().starts_with("purged 2 task(s)"), "{text:#?}");
+    assert!(fq.statuses().iter().all(|(id, _)| *id == b_failed));
+    if let Some(server) = server {
+        let (code, rest) = server.terminate();
+        assert_eq!(code, Some(0), "{rest}");
+        assert_eq!(rest, "stopped (SIGTERM)");
+    }
+}
+
+#[test]
+fn malformed_input_is_refused_with_a_clear_message_and_no_change() {
+    let fq = Fq::new();
+    // Read commands do not create a store where a path was mistyped.
+    fq.run(&["stats"]).fails(1, "no store at");
+    assert!(!fq.db.exists());
+    let task = fq.enqueue(&["fq.demo.echo", "--queue", "q"]);
+    let id = id_of(&task);
+    let before = fq.all_tasks();
+    let unknown = "0190c3a2-7d4e-7b1a-9c2f-1e2d3c4b5a69";
+
+    let usage: &[(&[&str], &str)] = &[
+        (&["enqueue", "t", "--kwargs", "{bad"], "not valid JSON"),
+        (
+            &["enqueue", "t", "--kwargs", "[1]"],
+            "expected a JSON object",
+        ),
+        (&["enqueue", "t", "--args", "{}"], "expected a JSON array"),
+        (&["enqueue", "t", "--bogus"], "--bogus"),
+        (&["frobnicate"], "frobnicate"),
+        (&["enqueue", "t", "--delay", "5x"], "unknown unit \"x\""),
+        (&["enqueue", "t", "--delay", "-5s"], "negative"),
+        (&["enqueue", "t", "--timeout", "0s"], "greater than zero"),
+        (&["enqueue", "t", "--at", "tomorrow"], "RFC 3339"),
+        (
+            &[
+                "enqueue",
+                "t",
+                "--at",
+                "2030-06-01T09:30:00Z",
+                "--delay",
+                "1s",
+            ],
+            "--delay",
+        ),
+        (&["enqueue", "bad name"], "invalid task name"),
+        (&["enqueue", "t", "--queue", "a/b"], "invalid queue"),
+        (
+            &["enqueue", "t", "--max-retries", "5000"],
+            "the limit is 1000",
+        ),
+        (&["enqueue", "t", "--priority", "high"], "--priority"),
+        (&["show", "not-a-uuid"], "invalid task id"),
+        (&["cancel", "42"], "invalid task id"),
+        (&["list", "--status", "done"], "unknown status \"done\""),
+        (&["list", "--limit", "0"], "--limit"),
+        (&["purge", "--queue", "q"], "add --yes"),
+        (
+            &["purge", "--queue", "q", "--status", "bogus", "--yes"],
+            "unknown status",
+        ),
+        (
+            &["purge", "--queue", "q", "--status", "running", "--yes"],
+            "RUNNING",
+        ),
+        (&["retry"], "required"),
+        (&["worker", "start", "--concurrent", "0"], "--concurrent"),
+        (&["worker", "start", "--interval", "soon"], "--interval"),
+    ];
+    for (args, needle) in usage {
+        let run = fq.run(args);
+        assert_eq!(run.code, Some(2), "{args:?}: {run:#?}");
+        assert!(
+            run.stderr.contains(needle),
+            "{args:?} should say {needle:?}: {run:#?}"
+        );
+        assert!(run.stdout.is_empty(), "{args:?}: {run:#?}");
+    }
+    // Errors are printed once, as `fq: error: cause`.
+    let run = fq.run(&["purge", "--queue", "q"]);
+    assert_eq!(
+        run.stderr.trim(),
+        "fq: purge deletes every task of queue q except running ones for good; add --yes to confirm"
+    );
+
+    let failures: &[(&[&str], &str)] = &[
+        (&["show", unknown], "no task with id"),
+        (&["cancel", unknown], "no task with id"),
+        (&["retry", unknown], "no task with id"),
+        (&["retry", &id], "PENDING"),
+    ];
+    for (args, needle) in failures {
+        let run = fq.run(args);
+        assert_eq!(run.code, Some(1), "{args:?}: {run:#?}");
+        assert!(
+            run.stderr.contains(needle),
+            "{args:?} should say {needle:?}: {run:#?}"
+        );
+        assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {run:#?}");
+    }
+    let run = fq.run(&["show", unknown]);
+    assert_eq!(run.stderr.trim(), format!("fq: no task with id {unknown}"));
+
+    // A bad configuration file is refused, naming the file and the key.
+    std::fs::write(fq.dir.path().join("fq.toml"), "[worker]\nconcurency = 3\n").unwrap();
+    let run = fq.run(&["stats"]);
+    run.fails(2, "unknown key worker.concurency");
+    // ... and never prints a secret it holds.
+    std::fs::write(
+        fq.dir.path().join("fq.toml"),
+        "[rabbitmq]\nurl = \"http://guest:s3cret@localhost/\"\n",
+    )
+    .unwrap();
+    let run = fq.run(&["stats"]);
+    run.fails(2, "rabbitmq.url");
+    assert!(!run.stderr.contains("s3cret"), "{run:#?}");
+    std::fs::remove_file(fq.dir.path().join("fq.toml")).unwrap();
+
+    assert_eq!(fq.all_tasks(), before);
+    assert_eq!(fq.statuses(), [(id, "PENDING".to_owned())]);
+}
+
+#[test]
+fn help_and_version_succeed() {
+    let fq = Fq::new();
+    let help = output(fq.bare().arg("--help"));
+    for command in [
+        "serve", "worker", "enqueue", "stats", "list", "show", "retry", "cancel", "purge",
+        "cleanup", "demo",
+    ] {
+        assert!(help.ok().contains(command), "{help:#?}");
+    }
+    let help = output(fq.bare().args(["worker", "start", "--help"]));
+    for flag in ["--queues", "--concurrent", "--interval"] {
+        assert!(help.ok().contains(flag), "{help:#?}");
+    }
+    let version = output(fq.bare().arg("--version"));
+    assert_eq!(
+        version.ok().trim(),
+        format!("fq {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn worker_runs_tasks_queued_by_another_process_and_stops_on_sigterm() {
+    let fq = Fq::new();
+    let first = fq.enqueue(&[
+        "fq.demo.echo",
+        "--kwargs",
+        r#"{"n": 1}"#,
+        "--queue",
+        "urgent",
+    ]);
+    let ignored = fq.enqueue(&["fq.demo.echo", "--queue", "elsewhere"]);
+    let unknown = fq.enqueue(&["myapp.tasks.not_registered", "--queue", "urgent"]);
+    let mut worker = fq.spawn_worker(&["--queues", "default,urgent", "--concurrent", "2"]);
+    let line = worker.wait_for(&id_of(&first));
+    assert!(
+        line.contains("fq.demo.echo") && line.contains("COMPLETED"),
+        "{line}"
+    );
+    let line = worker.wait_for(&id_of(&unknown));
+    assert!(
+        line.contains("FAILED") && line.contains("unknown_task"),
+        "{line}"
+    );
+
+    // While the worker owns the store, other processes inspect it through its control socket
+    // and see the live state...
+    assert!(fq.db.with_extension("redb.sock").exists());
+    let record = fq.run(&["show", "--json", &id_of(&first)]).json();
+    assert_eq!(record["status"], "COMPLETED");
+    assert_eq!(record["attempts"], 1);
+    assert_eq!(record["result"], json!({"n": 1}));
+    let failed = fq.run(&["list", "--json", "--status", "failed"]).json();
+    assert_eq!(failed.as_array().unwrap().len(), 1);
+    assert_eq!(failed[0]["id"], unknown["id"]);
+    assert_eq!(failed[0]["error"]["kind"], "unknown_task");
+    let stats = fq.run(&["stats", "--json"]).json();
+    assert_eq!(stats["queues"]["urgent"]["completed"], 1);
+    assert_eq!(stats["queues"]["urgent"]["failed"], 1);
+    assert_eq!(stats["queues"]["elsewhere"]["ready"], 1);
+    // ... and a task queued by another process runs on this worker.
+    let second = fq.enqueue(&["fq.demo.echo", "--kwargs", r#"{"n": 2}"#]);
+    let line = worker.wait_for(&id_of(&second));
+    assert!(line.contains("COMPLETED"), "{line}");
+
+    let (code, rest) = worker.terminate();
+    assert_eq!(code, Some(0), "{rest}");
+    assert!(
+        rest.contains("worker stopped: 2 completed, 0 retried, 1 failed"),
+        "{rest}"
+    );
+    // Closed again: the same answers from the file itself.
+    assert!(!fq.db.with_extension("redb.sock").exists());
+    let record = fq.run(&["show", "--json", &id_of(&second)]).json();
+    assert_eq!(record["status"], "COMPLETED");
+    assert_eq!(record["result"], json!({"n": 2}));
+    let record = fq.run(&["show", "--json", &id_of(&ignored)]).json();
+    assert_eq!(record["status"], "PENDING");
+}
+
+#[test]
+fn worker_json_output_is_one_object_per_line() {
+    let fq = Fq::new();
+    let task = fq.enqueue(&["fq.demo.flaky", "--kwargs", r#"{"fail_times": 0}"#]);
+    let mut child = fq
+        .command(&["worker", "start", "--interval", "1", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let started: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(started["worker"], "started");
+    assert_eq!(started["queues"], json!(["default"]));
+    let event: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(event["event"], "worker.task.after_execution");
+    assert_eq!(event["task"]["id"], task["id"]);
+    assert_eq!(
+        event["result"],
+        json!({"status": "ok", "succeeded_on_run": 1})
+    );
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let stopped: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(stopped["worker"], "stopped");
+    assert_eq!(stopped["report"]["completed"], 1);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn serve_owns_the_store_and_serves_it_until_sigterm() {
+    let fq = Fq::new();
+    let refused = fq.run(&["serve", "--listen", "0.0.0.0:7878"]);
+    refused.fails(2, "control.token");
+    let mut child = fq
+        .command(&["serve", "--json", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(ready["serving"], fq.db.to_str().unwrap());
+    assert_eq!(ready["pid"], child.id());
+    let socket = format!("{}.sock", fq.db.display());
+    assert_eq!(ready["socket"], socket.as_str());
+    let tcp = ready["listen"].as_str().unwrap().to_owned();
+    assert!(tcp.starts_with("127.0.0.1:"), "{ready}");
+
+    // A second engine on the same store is refused, clearly.
+    let second = fq.run(&["serve"]);
+    assert_eq!(second.code, Some(1), "{second:#?}");
+    assert!(
+        second.stderr.contains("already") && second.stderr.lines().count() == 1,
+        "{second:#?}"
+    );
+    // Producers and inspectors reach it through the socket (found next to the store, or
+    // named with --connect) and over TCP.
+    let task = fq.enqueue(&["fq.demo.echo", "--queue", "served"]);
+    let shown = fq.run(&["show", "--json", &id_of(&task)]).json();
+    assert_eq!(shown, task);
+    for addr in [format!("unix:{socket}"), format!("tcp:{tcp}")] {
+        let stats = output(fq.bare().args(["--connect", &addr, "stats", "--json"])).json();
+        assert_eq!(stats["queues"]["served"]["ready"], 1, "{addr}");
+    }
+    let nowhere = fq.dir.path().join("nowhere.sock");
+    let unreachable = output(
+        fq.bare()
+            .arg("--connect")
+            .arg(&nowhere)
+            .args(["stats", "--json"]),
+    );
+    unreachable.fails(1, "nowhere.sock");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let stopped: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(stopped, json!({"stopped": "SIGTERM"}));
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    // The store was released with what it was given, and the socket removed.
+    assert!(!Path::new(&socket).exists());
+    let stats = fq.run(&["stats", "--json"]).json();
+    assert_eq!(stats["queues"]["served"]["ready"], 1);
+}
+
+/// The demo's mix: 7 tasks that run (one flaky twice, one failing twice), one cancelled.
+fn check_demo_stats(stats: &Value) {
+    let default = &stats["queues"]["default"];
+    assert_eq!(default["completed"], 4, "{stats}");
+    assert_eq!(default["failed"], 1, "{stats}");
+    assert_eq!(default["pending"], 0, "{stats}");
+    let emails = &stats["queues"]["emails"];
+    assert_eq!(emails["completed"], 2, "{stats}");
+    assert_eq!(emails["cancelled"], 1, "{stats}");
+}
+
+#[test]
+fn demo_runs_a_mix_and_ends_with_the_stats_table() {
+    let fq = Fq::new();
+    let run = output(fq.bare().arg("demo"));
+    let text = run.ok();
+    assert!(
+        text.contains("worker stopped: 6 completed, 3 retried, 1 failed"),
+        "{text}"
+    );
+    for event in [
+        "task.queued",
+        "worker.task.before_execution",
+        "worker.task.after_execution",
+        "worker.task.execution_error",
+        "task.retrying",
+        "task.failed",
+        "task.cancelled",
+    ] {
+        assert!(text.contains(event), "{event} missing: {text}");
+    }
+    let table: Vec<&str> = text
+        .lines()
+        .skip_while(|line| !line.starts_with("QUEUE"))
+        .collect();
+    assert!(table.len() >= 4, "{text}");
+    let row = |queue: &str| -> Vec<String> {
+        table
+            .iter()
+            .find(|line| line.starts_with(queue))
+            .unwrap()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    // QUEUE READY SCHEDULED RUNNING RETRYING COMPLETED FAILED CANCELLED ...
+    assert_eq!(row("default")[1..8], ["0", "0", "0", "0", "4", "1", "0"]);
+    assert_eq!(row("emails")[1..8], ["0", "0", "0", "0", "2", "0", "1"]);
+    assert!(run.stderr.is_empty(), "{run:#?}");
+}
+
+#[test]
+fn demo_json_streams_events_and_keeps_its_store_with_dir() {
+    let fq = Fq::new();
+    let dir = fq.dir.path().join("demo");
+    let run = output(fq.bare().args(["demo", "--json", "--dir"]).arg(&dir));
+    let lines: Vec<Value> = run
+        .ok()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let last = lines.last().unwrap();
+    check_demo_stats(&last["stats"]);
+    assert_eq!(last["report"]["completed"], 6);
+    let events = &lines[..lines.len() - 1];
+    let queued = events
+        .iter()
+        .filter(|e| e["event"] == "task.queued")
+        .count();
+    assert_eq!(queued, 8);
+    let finished = events
+        .iter()
+        .filter(|e| e["event"] == "worker.task.after_execution")
+        .count();
+    assert_eq!(finished, 6);
+    let flaky = events
+        .iter()
+        .find(|e| {
+            e["event"] == "worker.task.after_execution" && e["task"]["name"] == "fq.demo.flaky"
+        })
+        .unwrap();
+    assert_eq!(flaky["result"]["succeeded_on_run"], 3);
+
+    // The store stays for a look around.
+    let store: PathBuf = dir.join("fq.redb");
+    assert!(Path::new(&store).exists());
+    let mut list = fq.bare();
+    list.arg("--db").arg(&store).args(["list", "--json"]);
+    let tasks = output(&mut list).json();
+    assert_eq!(tasks.as_array().unwrap().len(), 8);
+}
