@@ -164,3 +164,32 @@ async fn an_expired_lease_retries_the_task_and_fences_out_its_old_worker() -> fq
     assert_eq!(engine.task(id).await?.unwrap().result, Some(json!("fresh")));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_task_id_already_in_use_is_refused_without_overwriting() -> fq::Result<()> {
+    let (_dir, engine) = common::engine();
+    let broker = engine.broker();
+    let first = engine
+        .queue_task_named("test.any", &json!({"kwargs": {"n": 1}}))
+        .build()?;
+    let id = first.id();
+    broker.enqueue(vec![first.clone()]).await?;
+    let err = broker.enqueue(vec![first.clone()]).await.unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidInput { field: "id", .. }),
+        "{err}"
+    );
+    let other = engine.queue_task_named("test.any", &json!({})).build()?;
+    let err = broker
+        .enqueue(vec![other.clone(), other])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidInput { field: "id", .. }),
+        "{err}"
+    );
+    let record = engine.task(id).await?.unwrap();
+    assert_eq!(record.payload.to_value()["kwargs"]["n"], 1);
+    assert_eq!(engine.stats().await?.total(), 1);
+    Ok(())
+}

@@ -315,8 +315,9 @@ async fn mixed(
     let stop = worker.shutdown_handle();
     let running = tokio::spawn(async move { worker.start().await });
 
-    // Producers send on a fixed schedule (not as fast as they can), each its share of the rate.
-    let producers = 8u64;
+    // Producers send on a fixed schedule (not as fast as they can), each its share of the rate;
+    // as many as the concurrent phase used, since each waits for its own commit.
+    let producers = params.producers.max(1) as u64;
     let total = (offered * MIXED_DURATION.as_secs_f64()).max(1.0) as u64;
     let interval = Duration::from_secs_f64(producers as f64 / offered.max(1.0));
     let started = Instant::now();

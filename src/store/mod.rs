@@ -404,6 +404,15 @@ impl WriteTables<'_> {
         Ok(())
     }
 
+    /// True when a task with this id exists.
+    pub(crate) fn contains_task(&self, id: TaskId) -> Result<bool, StoreError> {
+        Ok(self
+            .tasks
+            .get(id.as_u128())
+            .map_err(self.err("reading a task"))?
+            .is_some())
+    }
+
     /// Writes (inserts or replaces) one task record; `previous` is the status it had before
     /// (`None` for a new task), so the per-queue counts follow.
     pub(crate) fn put_task(

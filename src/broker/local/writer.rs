@@ -516,6 +516,17 @@ impl Writer {
         {
             return Ok(Err(Error::QueueFull { limit }));
         }
+        // Ids come from callers (remote clients choose theirs): an id in use would overwrite
+        // another task, so the whole request is refused before anything is written.
+        let mut fresh = std::collections::HashSet::with_capacity(tasks.len());
+        for new in &tasks {
+            if !fresh.insert(new.id) || tables.contains_task(new.id)? {
+                return Ok(Err(Error::invalid(
+                    "id",
+                    format!("task id {} is already in use", new.id),
+                )));
+            }
+        }
         let mut ids = Vec::with_capacity(tasks.len());
         for new in tasks {
             let due_at = new.run_at.unwrap_or(batch.now);
