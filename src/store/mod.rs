@@ -45,6 +45,9 @@ impl Default for StoreOptions {
 pub(crate) struct Store {
     db: Database,
     path: PathBuf,
+    /// Makes every commit fail, so tests can see what a failed fsync does to the engine.
+    #[cfg(test)]
+    pub(crate) fail_commits: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -117,7 +120,12 @@ impl Store {
                 });
             }
         };
-        let store = Self { db, path: path_buf };
+        let store = Self {
+            db,
+            path: path_buf,
+            #[cfg(test)]
+            fail_commits: std::sync::atomic::AtomicBool::new(false),
+        };
         store.check_identity(!exists)?;
         Ok(store)
     }
@@ -212,6 +220,15 @@ impl Store {
             tables.flush_counts()?;
             result
         };
+        #[cfg(test)]
+        if self.fail_commits.load(std::sync::atomic::Ordering::SeqCst) {
+            drop(txn);
+            return Err(StoreError::Io {
+                path: self.path.clone(),
+                detail: "i/o error while committing".into(),
+                source: std::io::Error::other("injected commit failure"),
+            });
+        }
         txn.commit()
             .map_err(|e| self.storage("committing")(e.into()))?;
         Ok(result)

@@ -611,3 +611,75 @@ impl Broker for LocalBroker {
         self.settings.max_payload_bytes
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::task::Payload;
+
+    fn settings() -> LocalSettings {
+        LocalSettings {
+            store: StoreOptions::default(),
+            retry: RetryPolicy::default(),
+            lease: Duration::from_secs(60),
+            max_pending: None,
+            max_payload_bytes: 1 << 20,
+        }
+    }
+
+    fn new_task() -> NewTask {
+        NewTask {
+            id: TaskId::new(),
+            name: "t".into(),
+            queue: "default".into(),
+            priority: 0,
+            payload: Payload::empty(),
+            max_retries: 3,
+            timeout: None,
+            retry_delay: None,
+            run_at: None,
+        }
+    }
+
+    /// A failed commit must never be acknowledged, and the engine must refuse every later write
+    /// (even once the disk recovers) until it is reopened, while reads keep working.
+    #[tokio::test]
+    async fn a_failed_commit_poisons_the_engine_until_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fq.redb");
+        let broker =
+            LocalBroker::open(&path, settings(), Arc::new(SystemClock), EventBus::new()).unwrap();
+        let kept = broker.enqueue(vec![new_task()]).await.unwrap()[0];
+
+        broker.store.fail_commits.store(true, Ordering::SeqCst);
+        let lost = new_task();
+        let lost_id = lost.id;
+        let err = broker.enqueue(vec![lost]).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Poisoned { reason } if reason.contains("committing")),
+            "{err}"
+        );
+
+        broker.store.fail_commits.store(false, Ordering::SeqCst);
+        let err = broker.enqueue(vec![new_task()]).await.unwrap_err();
+        assert!(matches!(err, Error::Poisoned { .. }), "{err}");
+        assert!(
+            broker.task(kept).await.unwrap().is_some(),
+            "reads stopped working"
+        );
+        assert!(broker.task(lost_id).await.unwrap().is_none());
+        drop(broker);
+
+        let broker =
+            LocalBroker::open(&path, settings(), Arc::new(SystemClock), EventBus::new()).unwrap();
+        assert_eq!(
+            broker.recovery().waiting,
+            1,
+            "the unacknowledged task was stored"
+        );
+        broker.enqueue(vec![new_task()]).await.unwrap();
+    }
+}

@@ -612,11 +612,9 @@ impl Writer {
         batch: &mut Batch,
     ) -> Result<Result<SettleReport>, StoreError> {
         let id = settlement.id;
-        let mut task = match tables.get_task(id) {
-            Ok(Some(task)) => task,
-            Ok(None) => return Ok(Err(Error::NotFound(id))),
-            Err(e @ StoreError::CorruptRecord { .. }) => return Ok(Err(e.into())),
-            Err(other) => return Err(other),
+        let mut task = match load(tables, id)? {
+            Ok(task) => task,
+            Err(error) => return Ok(Err(error)),
         };
         if task.status != TaskStatus::Running || task.attempts != settlement.attempt {
             return Ok(Err(Error::StaleAttempt {
@@ -708,11 +706,9 @@ impl Writer {
         id: TaskId,
         batch: &mut Batch,
     ) -> Result<Result<TaskRecord>, StoreError> {
-        let mut task = match tables.get_task(id) {
-            Ok(Some(task)) => task,
-            Ok(None) => return Ok(Err(Error::NotFound(id))),
-            Err(e @ StoreError::CorruptRecord { .. }) => return Ok(Err(e.into())),
-            Err(other) => return Err(other),
+        let mut task = match load(tables, id)? {
+            Ok(task) => task,
+            Err(error) => return Ok(Err(error)),
         };
         if !task.status.is_waiting() {
             return Ok(Err(Error::WrongState {
@@ -745,11 +741,9 @@ impl Writer {
         id: TaskId,
         batch: &mut Batch,
     ) -> Result<Result<TaskRecord>, StoreError> {
-        let mut task = match tables.get_task(id) {
-            Ok(Some(task)) => task,
-            Ok(None) => return Ok(Err(Error::NotFound(id))),
-            Err(e @ StoreError::CorruptRecord { .. }) => return Ok(Err(e.into())),
-            Err(other) => return Err(other),
+        let mut task = match load(tables, id)? {
+            Ok(task) => task,
+            Err(error) => return Ok(Err(error)),
         };
         if !matches!(task.status, TaskStatus::Failed | TaskStatus::Cancelled) {
             return Ok(Err(Error::WrongState {
@@ -859,6 +853,17 @@ impl Writer {
         }
         let next = (phase < PURGE_PHASES.len()).then(|| (phase, after.unwrap_or_default()));
         Ok(Page { changed, next })
+    }
+}
+
+/// The task `id` for a command: a missing or corrupt record is that command's error, any other
+/// storage failure aborts the whole transaction.
+fn load(tables: &WriteTables<'_>, id: TaskId) -> Result<Result<StoredTask>, StoreError> {
+    match tables.get_task(id) {
+        Ok(Some(task)) => Ok(Ok(task)),
+        Ok(None) => Ok(Err(Error::NotFound(id))),
+        Err(error @ StoreError::CorruptRecord { .. }) => Ok(Err(error.into())),
+        Err(other) => Err(other),
     }
 }
 
