@@ -1017,6 +1017,26 @@ fn spawn_child(dir: &Path, role: &str, env: &[(&str, String)]) -> ChildGuard {
     ChildGuard(command.spawn().expect("spawn a child"))
 }
 
+/// The server role played by the real `fq serve` (the plain engine child without the CLI).
+fn spawn_fq_serve(dir: &Path) -> ChildGuard {
+    #[cfg(feature = "cli")]
+    {
+        let log = std::fs::File::create(dir.join("fq-serve.stderr")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_fq"))
+            .arg("serve")
+            .arg("--db")
+            .arg(dir.join("fq.redb"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn fq serve");
+        ChildGuard(child)
+    }
+    #[cfg(not(feature = "cli"))]
+    spawn_child(dir, "server", &[])
+}
+
 /// Connects once the server child listens.
 async fn connect_when_up(socket: &Path) -> Engine {
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -1106,7 +1126,7 @@ async fn all_records(producer: &Engine) -> HashMap<TaskId, fq::TaskRecord> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_and_two_remote_workers_drain_10000_tasks_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = spawn_child(dir.path(), "server", &[]);
+    let mut server = spawn_fq_serve(dir.path());
     let producer = connect_when_up(&socket_of(&dir)).await;
     let ids = enqueue_work(&producer).await;
     let mut workers = [
