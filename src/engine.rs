@@ -9,6 +9,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::broker::local::{LocalBroker, LocalSettings, RecoveryReport};
+#[cfg(feature = "rabbitmq")]
+use crate::broker::rabbitmq::{RabbitBroker, RabbitSettings};
 use crate::broker::{
     Broker, CleanupReport, EnqueueDefaults, ListQuery, QueueTask, RetentionPolicy, Stats,
 };
@@ -34,6 +36,9 @@ struct EngineInner {
     broker: Arc<dyn Broker>,
     /// The embedded broker, when this engine owns the store (not for `Engine::connect`).
     local: Option<Arc<LocalBroker>>,
+    /// The RabbitMQ bridge, when the configuration says `broker: rabbitmq`.
+    #[cfg(feature = "rabbitmq")]
+    rabbit: Option<Arc<RabbitBroker>>,
     config: Config,
     defaults: EnqueueDefaults,
     events: EventBus,
@@ -126,20 +131,29 @@ impl EngineBuilder {
     /// running, starts the engine's threads, and (unless turned off with
     /// [`EngineBuilder::control`]) serves the control socket.
     ///
+    /// With `broker: rabbitmq` (cargo feature `rabbitmq`) the store is the durable outbox of
+    /// a RabbitMQ bridge: the engine must be opened inside a tokio runtime, and it connects to
+    /// RabbitMQ in the background (reconnecting with backoff), so opening and queuing succeed
+    /// while RabbitMQ is down. [`Engine::ready`] waits for the connection.
+    ///
     /// # Errors
     /// An invalid configuration; a store that is not fq's, corrupt, newer, locked by another
     /// process or unreadable ([`crate::StoreError`]); a control socket already served by a
     /// live engine, a socket path that is too long, or a TCP address that cannot be bound
-    /// ([`crate::ControlError`]).
+    /// ([`crate::ControlError`]); for `broker: rabbitmq`, [`Error::Rabbit`] for an unusable
+    /// URL, no tokio runtime, or a build without the `rabbitmq` feature.
     pub fn open(self) -> Result<Engine> {
         let config = self.config;
         config.validate()?;
+        #[cfg(not(feature = "rabbitmq"))]
         if config.broker == BrokerKind::Rabbitmq {
-            return Err(Error::invalid(
-                "broker",
-                "\"rabbitmq\" is not available in this build; use \"database\"",
-            ));
+            return Err(crate::broker::RabbitError::NotBuilt.into());
         }
+        #[cfg(feature = "rabbitmq")]
+        let rabbit_settings = match config.broker {
+            BrokerKind::Rabbitmq => Some(RabbitSettings::from_config(&config, self.lease)?),
+            BrokerKind::Database => None,
+        };
         let socket = config.control.socket_path(&self.path);
         if self.control {
             // Before the store: a live engine on it is reported by pid, not as a locked file.
@@ -156,6 +170,14 @@ impl EngineBuilder {
             max_pending: config.limits.max_pending,
             max_payload_bytes: config.limits.max_payload_bytes,
         };
+        // In rabbitmq mode the waiting tasks are the outbox, which is always bounded.
+        #[cfg(feature = "rabbitmq")]
+        let settings = LocalSettings {
+            max_pending: rabbit_settings
+                .as_ref()
+                .map_or(settings.max_pending, |rabbit| Some(rabbit.outbox_limit)),
+            ..settings
+        };
         let events = EventBus::new();
         let local = Arc::new(LocalBroker::open(
             &self.path,
@@ -163,6 +185,17 @@ impl EngineBuilder {
             self.clock,
             events.clone(),
         )?);
+        #[cfg(feature = "rabbitmq")]
+        let rabbit = match rabbit_settings {
+            Some(rabbit) => Some(Arc::new(RabbitBroker::start(Arc::clone(&local), rabbit)?)),
+            None => None,
+        };
+        #[cfg(feature = "rabbitmq")]
+        let broker: Arc<dyn Broker> = match &rabbit {
+            Some(rabbit) => rabbit.clone(),
+            None => local.clone(),
+        };
+        #[cfg(not(feature = "rabbitmq"))]
         let broker: Arc<dyn Broker> = local.clone();
         let defaults = EnqueueDefaults::from_config(&config);
         let config = Config {
@@ -191,6 +224,8 @@ impl EngineBuilder {
                 control,
                 broker,
                 local: Some(local),
+                #[cfg(feature = "rabbitmq")]
+                rabbit,
                 config,
                 defaults,
                 events,
@@ -319,8 +354,12 @@ impl Engine {
     /// Tasks matching `query`, oldest first.
     ///
     /// # Errors
-    /// A storage failure or a corrupt record.
+    /// A malformed queue name ([`Error::InvalidInput`]), a storage failure or a corrupt record.
     pub async fn list(&self, query: ListQuery) -> Result<Vec<TaskRecord>> {
+        // As the control socket does: a malformed queue is an error, not an empty page.
+        if let Some(queue) = &query.queue {
+            crate::config::check_name(queue).map_err(|problem| Error::invalid("queue", problem))?;
+        }
         self.inner.broker.list(query).await
     }
 
@@ -335,8 +374,11 @@ impl Engine {
     /// Retries every FAILED task, of `queue` if given; returns how many.
     ///
     /// # Errors
-    /// A storage failure.
+    /// A malformed queue name ([`Error::InvalidInput`]) or a storage failure.
     pub async fn retry_failed(&self, queue: Option<&str>) -> Result<u64> {
+        if let Some(queue) = queue {
+            crate::config::check_name(queue).map_err(|problem| Error::invalid("queue", problem))?;
+        }
         self.inner
             .broker
             .retry_failed(queue.map(str::to_owned))
@@ -373,6 +415,8 @@ impl Engine {
                 events: broker.events().clone(),
                 broker,
                 local: None,
+                #[cfg(feature = "rabbitmq")]
+                rabbit: None,
                 config,
                 defaults,
                 lease,
@@ -452,6 +496,24 @@ impl Engine {
             .local
             .as_ref()
             .map_or_else(RecoveryReport::default, |local| local.recovery())
+    }
+
+    /// Waits until the engine's transport is ready: at once for the embedded store and a
+    /// connected engine; with `broker: rabbitmq`, until the bridge is connected to RabbitMQ
+    /// (it connects in the background from [`EngineBuilder::open`] on, and again after every
+    /// outage). Queuing does not need this: tasks wait in the outbox meanwhile.
+    ///
+    /// # Errors
+    /// [`Error::Rabbit`] with the last connection failure ([`crate::RabbitError::Unreachable`]
+    /// when nothing answers, [`crate::RabbitError::Refused`] for bad credentials or vhost) when
+    /// not connected within `timeout`.
+    pub async fn ready(&self, timeout: Duration) -> Result<()> {
+        #[cfg(feature = "rabbitmq")]
+        if let Some(rabbit) = &self.inner.rabbit {
+            return Ok(rabbit.ready(timeout).await?);
+        }
+        let _ = timeout;
+        Ok(())
     }
 
     /// The configuration the engine runs with.

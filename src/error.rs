@@ -102,13 +102,21 @@ pub enum Error {
         /// The remote engine's message.
         message: String,
     },
+    /// The RabbitMQ bridge (config `broker: rabbitmq`) failed: RabbitMQ unreachable or
+    /// refusing, a topology conflict, a full outbox.
+    #[error(transparent)]
+    Rabbit(#[from] crate::broker::RabbitError),
 }
 
 impl Error {
     /// True when trying the same call again later may succeed (the engine was busy or shut
     /// down, not the request wrong).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::QueueFull { .. } | Error::Connect { .. })
+        match self {
+            Error::QueueFull { .. } | Error::Connect { .. } => true,
+            Error::Rabbit(error) => error.is_retryable(),
+            _ => false,
+        }
     }
 
     pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> Self {

@@ -80,7 +80,8 @@ mod worker;
 pub use broker::local::RecoveryReport;
 pub use broker::{
     BoxFuture, Broker, Chained, CleanupReport, IntoDelay, ListQuery, NewTask, Outcome, QueueStats,
-    QueueTask, RetentionPolicy, SettleReport, Settlement, Stats,
+    QueueTask, RabbitError, RabbitQueueStats, RabbitStats, RetentionPolicy, SettleReport,
+    Settlement, Stats,
 };
 pub use clock::{Clock, ManualClock, Millis, SystemClock};
 pub use config::{BrokerKind, Config, ConfigError, ControlConfig, DurationError, parse_duration};

@@ -4,6 +4,7 @@
 
 mod enqueue;
 pub(crate) mod local;
+pub(crate) mod rabbitmq;
 
 use std::fmt;
 use std::future::Future;
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) use enqueue::EnqueueDefaults;
 pub use enqueue::{IntoDelay, QueueTask};
+pub use rabbitmq::RabbitError;
 
 use crate::Result;
 use crate::clock::Millis;
@@ -162,6 +164,9 @@ pub struct QueueStats {
     pub failed: u64,
     /// CANCELLED tasks still retained.
     pub cancelled: u64,
+    /// FORWARDED tasks still retained: handed to RabbitMQ (config `broker: rabbitmq`).
+    #[serde(default)]
+    pub forwarded: u64,
     /// How long the longest-waiting ready task has been due, in milliseconds.
     pub oldest_ready_ms: Option<u64>,
     /// Tasks completed by this engine in the last 60 seconds.
@@ -171,7 +176,13 @@ pub struct QueueStats {
 impl QueueStats {
     /// Every task of the queue, whatever its status.
     pub fn total(&self) -> u64 {
-        self.pending + self.running + self.retrying + self.completed + self.failed + self.cancelled
+        self.pending
+            + self.running
+            + self.retrying
+            + self.completed
+            + self.failed
+            + self.cancelled
+            + self.forwarded
     }
 }
 
@@ -180,6 +191,35 @@ impl QueueStats {
 pub struct Stats {
     /// Counts by queue name.
     pub queues: std::collections::BTreeMap<String, QueueStats>,
+    /// RabbitMQ's own view, for an engine with `broker: rabbitmq`: beside the local store
+    /// (the outbox, and the runs this engine's workers made) it shows what waits in RabbitMQ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rabbitmq: Option<RabbitStats>,
+}
+
+/// RabbitMQ's queue depths and consumers, as `fq stats` shows them in rabbitmq mode.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RabbitStats {
+    /// Where the engine connects, without the password.
+    pub endpoint: String,
+    /// Whether the engine is connected right now.
+    pub connected: bool,
+    /// Why the numbers are missing or incomplete (not connected, a failed query).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Per fq queue: RabbitMQ's counts of `<queue>` and `<queue>.dead`.
+    pub queues: std::collections::BTreeMap<String, RabbitQueueStats>,
+}
+
+/// RabbitMQ's counts for one fq queue; `None` when the queue does not exist in RabbitMQ.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RabbitQueueStats {
+    /// Messages ready in `<queue>` (not counting those delivered and not yet acknowledged).
+    pub messages: Option<u64>,
+    /// Consumers of `<queue>`.
+    pub consumers: Option<u64>,
+    /// Messages in `<queue>.dead`.
+    pub dead: Option<u64>,
 }
 
 impl Stats {

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use clap::{ArgAction, Args, Parser, Subcommand};
 use serde_json::{Map, Value};
 
-use crate::config::{parse_duration, parse_listen};
+use crate::config::{MAX_WORKER_WAIT, check_name, format_duration, parse_duration, parse_listen};
 use crate::{TaskId, TaskStatus};
 
 /// Durable background tasks: run workers, queue tasks, inspect and operate queues.
@@ -103,17 +103,18 @@ pub(crate) enum WorkerCommand {
 #[derive(Debug, Args)]
 pub(crate) struct WorkerStartArgs {
     /// Queues to serve, comma-separated, highest priority first across all of them
-    #[arg(long, value_name = "A,B", value_delimiter = ',', num_args = 1..)]
+    #[arg(long, value_name = "A,B", value_delimiter = ',', num_args = 1..,
+          value_parser = parse_queue)]
     pub(crate) queues: Vec<String>,
     /// Tasks run at once
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=10_000))]
     pub(crate) concurrent: Option<u16>,
     /// Longest idle wait before looking for work again, in seconds or as a duration
     /// ("10", "500ms"); new work wakes the worker at once
-    #[arg(long, value_name = "SECS", value_parser = parse_positive_duration)]
+    #[arg(long, value_name = "SECS", value_parser = parse_worker_interval)]
     pub(crate) interval: Option<Duration>,
     /// How long shutdown waits for running tasks before releasing them ("30s")
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_worker_wait)]
     pub(crate) shutdown_timeout: Option<Duration>,
     /// Print no line per finished task, only the summary
     #[arg(short, long)]
@@ -279,6 +280,36 @@ fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     let duration = parse_duration_arg(text)?;
     if duration.is_zero() {
         return Err("must be greater than zero".to_owned());
+    }
+    Ok(duration)
+}
+
+/// A queue name, checked before anything is opened or announced.
+fn parse_queue(text: &str) -> Result<String, String> {
+    check_name(text).map_err(|problem| format!("queue {problem}"))?;
+    Ok(text.to_owned())
+}
+
+/// A duration up to one day, the bound `worker.shutdown_timeout` has in the configuration.
+fn parse_worker_wait(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration_arg(text)?;
+    if duration > MAX_WORKER_WAIT {
+        return Err(format!(
+            "must be at most {}, as worker.shutdown_timeout",
+            format_duration(MAX_WORKER_WAIT)
+        ));
+    }
+    Ok(duration)
+}
+
+/// A duration greater than zero and up to one day, as `worker.polling_interval`.
+fn parse_worker_interval(text: &str) -> Result<Duration, String> {
+    let duration = parse_positive_duration(text)?;
+    if duration > MAX_WORKER_WAIT {
+        return Err(format!(
+            "must be at most {}, as worker.polling_interval",
+            format_duration(MAX_WORKER_WAIT)
+        ));
     }
     Ok(duration)
 }

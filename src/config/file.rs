@@ -184,6 +184,7 @@ fn parse_yaml(text: &str, origin: &Path) -> Result<Vec<(String, Node)>, ConfigEr
             message,
         }
     };
+    check_flow_depth(text, origin)?;
     let document: serde_norway::Value = serde_norway::from_str(text).map_err(syntax)?;
     // Only fq's section is looked at: the rest of services.yaml belongs to the web framework.
     let section = match document {
@@ -206,6 +207,58 @@ fn parse_yaml(text: &str, origin: &Path) -> Result<Vec<(String, Node)>, ConfigEr
             format!("expected a mapping of fq settings, got {}", other.kind()),
         )),
     }
+}
+
+/// The deepest nesting of YAML flow collections (`[...]`, `{...}`) read. The YAML parser
+/// refuses deeper documents itself ("recursion limit exceeded"), but only after a scan whose
+/// time grows with the square of the depth: a 1 MiB file of brackets took minutes.
+const MAX_FLOW_DEPTH: usize = 128;
+
+/// Refuses a document whose flow collections nest deeper than [`MAX_FLOW_DEPTH`], in one pass
+/// that skips quoted scalars and comments.
+fn check_flow_depth(text: &str, origin: &Path) -> Result<(), ConfigError> {
+    let mut depth = 0usize;
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    let mut comment = false;
+    let mut previous = '\n';
+    for (offset, c) in text.char_indices() {
+        if comment {
+            comment = c != '\n';
+        } else if let Some(open) = quote {
+            if escaped {
+                escaped = false;
+            } else if open == '"' && c == '\\' {
+                escaped = true;
+            } else if c == open {
+                quote = None;
+            }
+        } else {
+            let boundary = previous.is_whitespace() || matches!(previous, '[' | '{' | ',');
+            match c {
+                '#' if previous.is_whitespace() => comment = true,
+                '"' | '\'' if boundary => quote = Some(c),
+                '[' | '{' => {
+                    depth += 1;
+                    if depth > MAX_FLOW_DEPTH {
+                        let (line, column) = line_column(text, offset);
+                        return Err(ConfigError::Syntax {
+                            path: origin.to_path_buf(),
+                            line: Some(line),
+                            column: Some(column),
+                            message: format!(
+                                "recursion limit exceeded: flow collections nested deeper than {MAX_FLOW_DEPTH} levels"
+                            ),
+                        });
+                    }
+                }
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        previous = c;
+    }
+    Ok(())
 }
 
 fn yaml_node(value: serde_norway::Value) -> Node {

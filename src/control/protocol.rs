@@ -567,6 +567,7 @@ pub(crate) fn error_to_wire(error: &Error) -> WireError {
         Error::Internal(_) => WireError::new("internal", message),
         Error::Control(_) => WireError::new("control", message),
         Error::Connect { .. } => WireError::new("connect", message),
+        Error::Rabbit(_) => WireError::new("rabbitmq", message),
         Error::Remote { kind, message } => WireError::new(kind, message.clone()),
     }
 }
@@ -895,6 +896,12 @@ pub(crate) struct AbortArgs {
 /// An empty object, the result of `heartbeat` and `abort`.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Empty {}
+
+/// The arguments of an op that takes none (`stats`): an empty object, and unknown keys are
+/// errors as for every other op. (Not [`Empty`], which clients read leniently in answers.)
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NoArgs {}
 
 #[cfg(test)]
 mod tests {

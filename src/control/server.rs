@@ -23,7 +23,7 @@ use super::ControlError;
 use super::protocol::{
     AbortArgs, AttemptArgs, ClaimArgs, CleanupArgs, CleanupOk, ClientHello, CountOk, Empty,
     EnqueueArgs, EnqueueOk, ErrorOut, FrameError, HelloFrame, IdArgs, ListArgs, MAX_CLAIM,
-    MAX_IN_FLIGHT, MAX_LIST_BYTES, MAX_WAIT_MS, OkOut, Op, PROTOCOL_VERSION, ParsedRequest,
+    MAX_IN_FLIGHT, MAX_LIST_BYTES, MAX_WAIT_MS, NoArgs, OkOut, Op, PROTOCOL_VERSION, ParsedRequest,
     PurgeArgs, RetryFailedArgs, ServerHello, SettleAndClaimArgs, SettleAndClaimOk, SettleArgs,
     SettleOk, Settled, TaskOk, TasksOk, WireDefaults, WireError, WireRetention, WireTask,
     decode_args, encode_frame, error_to_wire, parse_request, read_frame,
@@ -1159,7 +1159,7 @@ async fn dispatch(
             ok_frame(id, &CountOk { count })
         }
         Op::Stats => {
-            let _: Empty = decode_args(op, args)?;
+            let _: NoArgs = decode_args(op, args)?;
             let stats = broker.stats().await?;
             ok_frame(id, &stats)
         }

@@ -115,6 +115,14 @@ impl ReadyHeap {
             .is_some_and(|heap| heap.value().remove(&order).is_some())
     }
 
+    /// The names of every queue that has had a heap, shared.
+    pub(crate) fn names(&self) -> Vec<Arc<str>> {
+        self.queues
+            .iter()
+            .map(|entry| Arc::clone(entry.key()))
+            .collect()
+    }
+
     /// Resolves queue names once, so that a worker's pops do no map look-ups.
     pub(crate) fn select(&self, queues: &[Arc<str>]) -> QueueSelection {
         QueueSelection {

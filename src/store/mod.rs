@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableHandle};
 
+#[cfg(all(test, feature = "rabbitmq"))]
+pub(crate) use codec::sample_task as codec_sample_task;
 pub(crate) use codec::{StoredFailure, StoredTask, decode as codec_decode, encode as codec_encode};
 pub use error::StoreError;
 pub(crate) use keys::ReadyOrder;
@@ -201,10 +203,26 @@ impl Store {
         &self,
         apply: impl FnOnce(&mut WriteTables<'_>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
+        self.write_with(true, apply)
+    }
+
+    /// As [`Store::write`]; with `durable` false the commit is visible to every later read at
+    /// once but reaches the disk only with the next durable commit (no fsync of its own): for
+    /// changes that may be lost in a crash (the record of a run RabbitMQ already has the ack
+    /// for). The writer makes a durable commit soon after any such commit.
+    pub(crate) fn write_with<R>(
+        &self,
+        durable: bool,
+        apply: impl FnOnce(&mut WriteTables<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
         let err = self.storage("writing");
         let mut txn = self.db.begin_write().map_err(|e| err(e.into()))?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(|e| err(e.into()))?;
+        let durability = if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        txn.set_durability(durability).map_err(|e| err(e.into()))?;
         let result = {
             let mut tables = WriteTables {
                 path: &self.path,
@@ -248,6 +266,32 @@ impl Store {
                 })
             })
             .transpose()
+    }
+
+    /// Reads several tasks in one read transaction, in the order asked; `None` for a missing
+    /// one. A record that no longer decodes is an error for that task only.
+    pub(crate) fn read_tasks(
+        &self,
+        ids: &[TaskId],
+    ) -> Result<Vec<Result<Option<StoredTask>, StoreError>>, StoreError> {
+        let err = self.storage("reading tasks");
+        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let tasks = txn.open_table(TASKS).map_err(|e| err(e.into()))?;
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            let bytes = tasks.get(id.as_u128()).map_err(|e| err(e.into()))?;
+            found.push(
+                bytes
+                    .map(|guard| {
+                        codec::decode(guard.value()).map_err(|e| StoreError::CorruptRecord {
+                            id: *id,
+                            detail: e.to_string(),
+                        })
+                    })
+                    .transpose(),
+            );
+        }
+        Ok(found)
     }
 
     /// Tasks created after `after`, in id (creation) order, for which `keep` holds, up to

@@ -25,17 +25,22 @@ pub enum TaskStatus {
     Retrying,
     /// Cancelled before it ran.
     Cancelled,
+    /// Handed to RabbitMQ (config `broker: rabbitmq`): the producer's store keeps it, with the
+    /// time of RabbitMQ's publisher confirm as `finished_at`, until retention removes it. The
+    /// runs are recorded by the stores of the workers that consume it.
+    Forwarded,
 }
 
 impl TaskStatus {
     /// Every status, in lifecycle order.
-    pub const ALL: [TaskStatus; 6] = [
+    pub const ALL: [TaskStatus; 7] = [
         TaskStatus::Pending,
         TaskStatus::Running,
         TaskStatus::Completed,
         TaskStatus::Failed,
         TaskStatus::Retrying,
         TaskStatus::Cancelled,
+        TaskStatus::Forwarded,
     ];
 
     /// The name Framefox uses (`PENDING`, `RUNNING`, ...).
@@ -47,14 +52,19 @@ impl TaskStatus {
             TaskStatus::Failed => "FAILED",
             TaskStatus::Retrying => "RETRYING",
             TaskStatus::Cancelled => "CANCELLED",
+            TaskStatus::Forwarded => "FORWARDED",
         }
     }
 
-    /// True for states a task never leaves (COMPLETED, FAILED, CANCELLED).
+    /// True for states that end a task's life in this store (COMPLETED, FAILED, CANCELLED, and
+    /// FORWARDED: handed to RabbitMQ), the ones retention deletes.
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled
+            TaskStatus::Completed
+                | TaskStatus::Failed
+                | TaskStatus::Cancelled
+                | TaskStatus::Forwarded
         )
     }
 
@@ -72,6 +82,7 @@ impl TaskStatus {
             TaskStatus::Failed => 3,
             TaskStatus::Retrying => 4,
             TaskStatus::Cancelled => 5,
+            TaskStatus::Forwarded => 6,
         }
     }
 
@@ -90,7 +101,7 @@ impl fmt::Display for TaskStatus {
 /// The text is not one of the status names.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(
-    "unknown status {0:?}: expected one of pending, running, completed, failed, retrying, cancelled"
+    "unknown status {0:?}: expected one of pending, running, completed, failed, retrying, cancelled, forwarded"
 )]
 pub struct ParseStatusError(String);
 

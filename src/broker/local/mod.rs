@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::lease::LeaseTable;
 use self::timer::TimerSignal;
+pub(crate) use self::writer::RunRecord;
 use self::writer::{Command, Writer, WriterSettings};
 use super::{
     BoxFuture, Broker, Chained, CleanupReport, ListQuery, NewTask, RetentionPolicy, SettleReport,
@@ -24,8 +25,8 @@ use super::{
 };
 use crate::clock::{Clock, Millis, millis_to_datetime};
 use crate::events::{Event, EventBus, EventKind};
-use crate::queue::{DelayIndex, ReadyHeap};
-use crate::store::{ReadyOrder, Store, StoreOptions, StoredFailure};
+use crate::queue::{DelayIndex, ReadyHeap, ReadyTask};
+use crate::store::{ReadyOrder, Store, StoreError, StoreOptions, StoredFailure, StoredTask};
 use crate::task::{FailureKind, RetryPolicy, TaskId, TaskRecord, TaskStatus};
 use crate::{Error, Result};
 
@@ -164,7 +165,17 @@ impl LocalBroker {
                 let mut requeued = Vec::new();
                 for (id, attempt) in &orphans {
                     tables.remove_lease(*id)?;
-                    let Some(mut task) = tables.get_task(*id)? else { continue };
+                    let mut task = match tables.get_task(*id) {
+                        Ok(Some(task)) => task,
+                        Ok(None) => continue,
+                        // As a claim does: one damaged record must not keep the whole store
+                        // from opening; it stays in place and reads as corrupt.
+                        Err(StoreError::CorruptRecord { id, detail }) => {
+                            tracing::error!(task.id = %id, %detail, "cannot recover a task left running: its record is corrupt");
+                            continue;
+                        }
+                        Err(other) => return Err(other),
+                    };
                     if task.status != TaskStatus::Running {
                         continue;
                     }
@@ -235,6 +246,7 @@ impl LocalBroker {
             follow_ups: 0,
             answered_at: None,
             last_commit: Duration::ZERO,
+            unflushed_since: None,
         };
         let spawn_error =
             |e: std::io::Error| Error::Internal(format!("cannot start an engine thread: {e}"));
@@ -299,6 +311,110 @@ impl LocalBroker {
             .clock
             .now_ms()
             .saturating_add(i64::try_from(self.settings.lease.as_millis()).unwrap_or(i64::MAX))
+    }
+}
+
+/// The outbox side of the store, for the RabbitMQ bridge: in rabbitmq mode the waiting tasks
+/// are the outbox, the ready heap holds those due to be forwarded, and nobody claims locally.
+#[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
+impl LocalBroker {
+    /// Takes up to `max` due tasks of every queue off the ready heap, best first. They stay
+    /// waiting in the store until [`LocalBroker::mark_forwarded`] or a [`LocalBroker::put_back`].
+    pub(crate) fn take_due(&self, max: usize) -> Vec<ReadyTask> {
+        let selection = self.shared.ready.select(&self.shared.ready.names());
+        std::iter::from_fn(|| selection.pop()).take(max).collect()
+    }
+
+    /// Notified after every commit or timer tick that made tasks due.
+    pub(crate) fn due_signal(&self) -> &Notify {
+        &self.shared.work
+    }
+
+    /// Puts taken tasks back on the ready heap (their forwarding failed), waking the forwarder.
+    pub(crate) fn put_back(&self, tasks: impl IntoIterator<Item = ReadyTask>) {
+        for task in tasks {
+            self.shared.ready.push(&task.queue, task.order, task.id);
+        }
+        self.shared.work.notify_waiters();
+    }
+
+    /// The records of taken tasks that still wait under the order they were taken with; tasks
+    /// cancelled (or otherwise moved on) since are dropped, corrupt ones logged and dropped.
+    pub(crate) async fn read_taken(
+        &self,
+        taken: Vec<ReadyTask>,
+    ) -> Result<Vec<(ReadyTask, StoredTask)>> {
+        self.read(move |store| {
+            let ids: Vec<TaskId> = taken.iter().map(|task| task.id).collect();
+            let records = store.read_tasks(&ids)?;
+            let mut found = Vec::with_capacity(taken.len());
+            for (task, record) in taken.into_iter().zip(records) {
+                match record {
+                    Ok(Some(record))
+                        if record.status.is_waiting() && record.seq == task.order.seq =>
+                    {
+                        found.push((task, record));
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::error!(task.id = %task.id, %error, "cannot forward a task whose record is corrupt");
+                    }
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    /// Marks confirmed tasks FORWARDED at `at` (one commit); returns how many were still
+    /// waiting under their order.
+    pub(crate) async fn mark_forwarded(
+        &self,
+        tasks: Vec<(TaskId, ReadyOrder)>,
+        at: Millis,
+    ) -> Result<u64> {
+        self.request(|reply| Command::Forwarded { tasks, at, reply })
+            .await
+    }
+
+    /// Records a finished run of a task delivered by RabbitMQ (see `writer::RunRecord`).
+    pub(crate) async fn record_run(&self, run: RunRecord) -> Result<SettleReport> {
+        self.request(|reply| Command::RecordRun {
+            run: Box::new(run),
+            lazy: false,
+            reply,
+        })
+        .await
+    }
+
+    /// Queues the record of a successful run for the writer's next group commit without
+    /// waiting for it: the request is in the writer's queue when this returns, so later
+    /// requests commit after it. The commit may skip its fsync (the run's delivery is
+    /// acknowledged already, so nothing is lost but the record itself in a crash): it is
+    /// visible at once and durable within `writer::LAZY_FLUSH`. The receiver tells how the
+    /// commit went.
+    pub(crate) fn record_run_detached(
+        &self,
+        run: RunRecord,
+    ) -> Result<oneshot::Receiver<Result<SettleReport>>> {
+        if let Some(reason) = self.shared.poisoned() {
+            return Err(Error::Poisoned { reason });
+        }
+        let commands = self.commands.as_ref().ok_or(Error::ShutDown)?;
+        let (reply, answer) = oneshot::channel();
+        commands
+            .send(Command::RecordRun {
+                run: Box::new(run),
+                lazy: true,
+                reply,
+            })
+            .map_err(|_| Error::ShutDown)?;
+        Ok(answer)
+    }
+
+    /// The clock of this store.
+    pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
+        &self.shared.clock
     }
 }
 
@@ -585,6 +701,7 @@ impl Broker for LocalBroker {
                     TaskStatus::Completed => entry.completed = n,
                     TaskStatus::Failed => entry.failed = n,
                     TaskStatus::Cancelled => entry.cancelled = n,
+                    TaskStatus::Forwarded => entry.forwarded = n,
                 }
             }
             for (queue, entry) in &mut stats.queues {

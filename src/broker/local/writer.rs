@@ -35,11 +35,12 @@ pub(crate) struct Page {
 }
 
 /// The statuses a purge scans, in order: the waiting index, then each finished status.
-const PURGE_PHASES: [Option<TaskStatus>; 4] = [
+const PURGE_PHASES: [Option<TaskStatus>; 5] = [
     None,
     Some(TaskStatus::Completed),
     Some(TaskStatus::Failed),
     Some(TaskStatus::Cancelled),
+    Some(TaskStatus::Forwarded),
 ];
 
 /// A committed new task, with its record when events are being listened to.
@@ -97,6 +98,57 @@ pub(crate) enum Command {
     },
     /// A lease ran out: the attempt counts as failed (its worker is presumed dead).
     Expire { id: TaskId, attempt: u32 },
+    /// RabbitMQ confirmed these tasks (id, the order they were taken from the heap under):
+    /// each still waiting under that order becomes FORWARDED at `at`.
+    #[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
+    Forwarded {
+        tasks: Vec<(TaskId, ReadyOrder)>,
+        at: Millis,
+        reply: Reply<u64>,
+    },
+    /// A run of a task delivered by RabbitMQ ended: record it (creating the record when this
+    /// store has not seen the task), retrying it through the waiting index when retries remain.
+    ///
+    /// A `lazy` record (a successful run, already acknowledged to RabbitMQ) may be committed
+    /// without an fsync of its own: it is visible at once and made durable by the next durable
+    /// commit, at most [`LAZY_FLUSH`] later.
+    #[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
+    RecordRun {
+        run: Box<RunRecord>,
+        lazy: bool,
+        reply: Reply<SettleReport>,
+    },
+}
+
+impl Command {
+    /// True when the command's commit may skip the fsync (see [`Command::RecordRun`]).
+    fn is_lazy(&self) -> bool {
+        matches!(self, Command::RecordRun { lazy: true, .. })
+    }
+}
+
+/// The longest a lazily committed change waits for a durable commit.
+pub(crate) const LAZY_FLUSH: Duration = Duration::from_millis(100);
+
+/// One finished run of a task delivered by RabbitMQ, as the worker saw it.
+#[derive(Clone, Debug)]
+#[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
+pub(crate) struct RunRecord {
+    pub(crate) id: TaskId,
+    pub(crate) name: String,
+    pub(crate) queue: String,
+    pub(crate) priority: i32,
+    pub(crate) payload: String,
+    pub(crate) max_retries: u32,
+    pub(crate) timeout_ms: Option<u64>,
+    pub(crate) retry_delay_ms: Option<u64>,
+    pub(crate) created_at: Millis,
+    pub(crate) scheduled_at: Millis,
+    pub(crate) started_at: Millis,
+    /// The run's number (1 for the first run).
+    pub(crate) attempt: u32,
+    /// Completed or Failed; a Released run is never recorded.
+    pub(crate) outcome: Outcome,
 }
 
 /// A change to the in-memory structures, made only after the commit that backs it.
@@ -130,6 +182,8 @@ enum Answer {
     Cleanup(Reply<CleanupReport>, Result<CleanupReport>),
     Record(Reply<TaskRecord>, Result<TaskRecord>),
     Page(Reply<Page>, Result<Page>),
+    Count(Reply<u64>, Result<u64>),
+    Report(Reply<SettleReport>, Result<SettleReport>),
     None,
 }
 
@@ -156,6 +210,8 @@ impl Answer {
             Answer::Cleanup(r, v) => drop(r.send(v)),
             Answer::Record(r, v) => drop(r.send(v)),
             Answer::Page(r, v) => drop(r.send(v)),
+            Answer::Count(r, v) => drop(r.send(v)),
+            Answer::Report(r, v) => drop(r.send(v)),
             Answer::None => {}
         }
     }
@@ -169,6 +225,8 @@ impl Answer {
             Answer::Cleanup(r, _) => drop(r.send(Err(error()))),
             Answer::Record(r, _) => drop(r.send(Err(error()))),
             Answer::Page(r, _) => drop(r.send(Err(error()))),
+            Answer::Count(r, _) => drop(r.send(Err(error()))),
+            Answer::Report(r, _) => drop(r.send(Err(error()))),
             Answer::None => {}
         }
     }
@@ -185,6 +243,8 @@ fn fail_command(command: Command, error: &dyn Fn() -> Error) {
         Command::RetryFailed { reply, .. } | Command::Purge { reply, .. } => {
             drop(reply.send(Err(error())));
         }
+        Command::Forwarded { reply, .. } => drop(reply.send(Err(error()))),
+        Command::RecordRun { reply, .. } => drop(reply.send(Err(error()))),
         Command::Expire { .. } => {}
     }
 }
@@ -221,6 +281,8 @@ pub(crate) struct Writer {
     pub(crate) answered_at: Option<std::time::Instant>,
     /// How long the last commit took.
     pub(crate) last_commit: Duration,
+    /// When a lazy (non-durable) commit is waiting for a durable one: since when.
+    pub(crate) unflushed_since: Option<std::time::Instant>,
 }
 
 /// The per-transaction scratch state.
@@ -237,7 +299,19 @@ impl Writer {
     pub(crate) fn run(mut self, commands: &crossbeam_channel::Receiver<Command>) {
         let shared = Arc::clone(&self.shared);
         let _guard = PoisonOnPanic(&shared);
-        while let Ok(first) = commands.recv() {
+        loop {
+            let received = match self.unflushed_since {
+                None => commands.recv().map_err(|_| ()),
+                Some(since) => match commands.recv_deadline(since + LAZY_FLUSH) {
+                    Ok(command) => Ok(command),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        self.flush();
+                        continue;
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(()),
+                },
+            };
+            let Ok(first) = received else { break };
             let mut pending = Vec::with_capacity(64);
             pending.push(first);
             while pending.len() < MAX_BATCH {
@@ -258,6 +332,20 @@ impl Writer {
             self.apply_batch(pending);
             // What was already queued when the answers went out is not a follow-up.
             self.follow_ups += commands.len();
+        }
+        // Closing: what was committed lazily reaches the disk before the file closes.
+        self.flush();
+    }
+
+    /// Makes lazily committed changes durable with an empty durable commit.
+    fn flush(&mut self) {
+        if self.unflushed_since.take().is_none() || self.shared.poisoned().is_some() {
+            return;
+        }
+        if let Err(error) = self.store.write(|_| Ok(())) {
+            let reason = error.to_string();
+            tracing::error!(error = %reason, "commit failed; the engine refuses writes until reopened");
+            self.shared.poison(reason);
         }
     }
 
@@ -299,7 +387,13 @@ impl Writer {
         let waiting_before = self.waiting;
         let store = Arc::clone(&self.store);
         let started = std::time::Instant::now();
-        let committed = store.write(|tables| {
+        // A batch of lazy commands only skips the fsync, unless lazy changes have waited
+        // long enough: then this commit makes them durable too.
+        let lazy = commands.iter().all(Command::is_lazy)
+            && self
+                .unflushed_since
+                .is_none_or(|since| since.elapsed() < LAZY_FLUSH);
+        let committed = store.write_with(!lazy, |tables| {
             for command in commands {
                 self.apply(tables, command, &mut batch)?;
             }
@@ -307,6 +401,11 @@ impl Writer {
         });
         match committed {
             Ok(()) => {
+                if lazy {
+                    self.unflushed_since.get_or_insert(started);
+                } else {
+                    self.unflushed_since = None;
+                }
                 self.last_commit = started.elapsed();
                 self.publish(batch.effects, batch.now);
                 if !batch.completed.is_empty() {
@@ -438,6 +537,13 @@ impl Writer {
                 report.cancelled = tables
                     .delete_finished_before(TaskStatus::Cancelled, failed_before, room)?
                     .len() as u64;
+                // FORWARDED records (rabbitmq mode) follow the COMPLETED retention and are
+                // counted with them: both are tasks whose local life ended well.
+                let room =
+                    room.saturating_sub(usize::try_from(report.cancelled).unwrap_or(usize::MAX));
+                report.completed += tables
+                    .delete_finished_before(TaskStatus::Forwarded, completed_before, room)?
+                    .len() as u64;
                 batch.answers.push(Answer::Cleanup(reply, Ok(report)));
             }
             Command::Retry { id, reply } => {
@@ -465,6 +571,14 @@ impl Writer {
                 let result = self.purge(tables, &queue, status, phase, after, limit, batch)?;
                 batch.answers.push(Answer::Page(reply, Ok(result)));
             }
+            Command::Forwarded { tasks, at, reply } => {
+                let marked = self.forwarded(tables, tasks, at, batch)?;
+                batch.answers.push(Answer::Count(reply, Ok(marked)));
+            }
+            Command::RecordRun { run, reply, .. } => {
+                let result = self.record_run(tables, *run, batch)?;
+                batch.answers.push(Answer::Report(reply, result));
+            }
             Command::Expire { id, attempt } => {
                 let failure = TaskFailure {
                     message: format!(
@@ -472,12 +586,14 @@ impl Writer {
                     ),
                     kind: FailureKind::WorkerLost,
                 };
+                // Swept as recovery at open does (DESIGN §2): RETRYING at once, the attempt
+                // counted; the lease already made the task wait, so no backoff on top.
                 let settlement = Settlement {
                     id,
                     attempt,
                     outcome: Outcome::Failed {
                         failure,
-                        retry_after: None,
+                        retry_after: Some(Duration::ZERO),
                     },
                 };
                 // A settlement that raced the expiry makes this stale: nothing to do then.
@@ -624,8 +740,36 @@ impl Writer {
                 status: task.status,
             }));
         }
-        let mut retry_at = None;
-        match &settlement.outcome {
+        let retry_at = match &settlement.outcome {
+            Outcome::Released => {
+                task.attempts -= 1;
+                task.started_at = None;
+                self.requeue(tables, id, &mut task, TaskStatus::Pending, batch.now, batch)?;
+                None
+            }
+            outcome => self.conclude(tables, id, &mut task, outcome, batch)?,
+        };
+        tables.put_task(id, &task, Some(TaskStatus::Running))?;
+        tables.remove_lease(id)?;
+        batch.effects.push(Effect::Unlease { id });
+        Ok(Ok(SettleReport {
+            status: task.status,
+            retry_at,
+            record: Self::snapshot(batch, id, &task),
+        }))
+    }
+
+    /// Applies a Completed or Failed outcome to a task that was running: COMPLETED with its
+    /// result, RETRYING in the waiting index (returning the retry time), or FAILED.
+    fn conclude(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        id: TaskId,
+        task: &mut StoredTask,
+        outcome: &Outcome,
+        batch: &mut Batch,
+    ) -> Result<Option<Millis>, StoreError> {
+        match outcome {
             Outcome::Completed { result } => {
                 task.status = TaskStatus::Completed;
                 *batch.completed.entry(task.queue.clone()).or_insert(0) += 1;
@@ -633,6 +777,7 @@ impl Writer {
                 task.error = None;
                 task.finished_at = Some(batch.now);
                 tables.insert_finished(TaskStatus::Completed, batch.now, id)?;
+                Ok(None)
             }
             Outcome::Failed {
                 failure,
@@ -653,23 +798,116 @@ impl Writer {
                     let due_at = batch
                         .now
                         .saturating_add(duration_ms(delay).try_into().unwrap_or(i64::MAX));
-                    self.requeue(tables, id, &mut task, TaskStatus::Retrying, due_at, batch)?;
-                    retry_at = Some(due_at);
+                    self.requeue(tables, id, task, TaskStatus::Retrying, due_at, batch)?;
+                    Ok(Some(due_at))
                 } else {
                     task.status = TaskStatus::Failed;
                     task.finished_at = Some(batch.now);
                     tables.insert_finished(TaskStatus::Failed, batch.now, id)?;
+                    Ok(None)
                 }
             }
-            Outcome::Released => {
-                task.attempts -= 1;
-                task.started_at = None;
-                self.requeue(tables, id, &mut task, TaskStatus::Pending, batch.now, batch)?;
-            }
+            // Settle handles a release itself; a release is never recorded as a run.
+            Outcome::Released => Ok(None),
         }
-        tables.put_task(id, &task, Some(TaskStatus::Running))?;
-        tables.remove_lease(id)?;
-        batch.effects.push(Effect::Unlease { id });
+    }
+
+    /// Marks confirmed tasks FORWARDED; returns how many were. A task whose record moved on
+    /// since it was taken (cancelled, or already run by a worker sharing this store) is left
+    /// as it is.
+    fn forwarded(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        tasks: Vec<(TaskId, ReadyOrder)>,
+        at: Millis,
+        batch: &mut Batch,
+    ) -> Result<u64, StoreError> {
+        let mut marked = 0;
+        for (id, order) in tasks {
+            let mut task = match tables.get_task(id) {
+                Ok(Some(task)) => task,
+                Ok(None) | Err(StoreError::CorruptRecord { .. }) => continue,
+                Err(other) => return Err(other),
+            };
+            if !task.status.is_waiting() || task.seq != order.seq {
+                continue;
+            }
+            tables.remove_waiting(&task.queue, order)?;
+            self.waiting = self.waiting.saturating_sub(1);
+            let previous = task.status;
+            task.status = TaskStatus::Forwarded;
+            task.finished_at = Some(at);
+            tables.put_task(id, &task, Some(previous))?;
+            tables.insert_finished(TaskStatus::Forwarded, at, id)?;
+            // Taken from the heap already; this only matters if it was put back meanwhile.
+            batch.effects.push(Effect::Unwait {
+                queue: task.queue.clone(),
+                order,
+            });
+            marked += 1;
+        }
+        Ok(marked)
+    }
+
+    /// Records a finished run of a task delivered by RabbitMQ. The record is created, or
+    /// replaced when this store already has the task (it queued it, or ran it before), with
+    /// its old index entries removed first so counts and indexes stay exact.
+    fn record_run(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        run: RunRecord,
+        batch: &mut Batch,
+    ) -> Result<Result<SettleReport>, StoreError> {
+        let id = run.id;
+        let existing = match tables.get_task(id) {
+            Ok(existing) => existing,
+            Err(StoreError::CorruptRecord { id, detail }) => {
+                tracing::error!(task.id = %id, %detail, "replacing a corrupt record with the run delivered by RabbitMQ");
+                None
+            }
+            Err(other) => return Err(other),
+        };
+        if let Some(old) = &existing {
+            if old.status.is_waiting() {
+                let order = ReadyOrder::new(old.priority, old.due_at, old.seq);
+                tables.remove_waiting(&old.queue, order)?;
+                self.waiting = self.waiting.saturating_sub(1);
+                batch.effects.push(Effect::Unwait {
+                    queue: old.queue.clone(),
+                    order,
+                });
+            } else if old.status == TaskStatus::Running {
+                tables.remove_lease(id)?;
+                batch.effects.push(Effect::Unlease { id });
+            } else if let Some(finished_at) = old.finished_at {
+                tables.remove_finished(old.status, finished_at, id)?;
+            }
+            tables.delete_task(id, old)?;
+        }
+        let seq = self.take_seq();
+        let mut task = StoredTask {
+            name: run.name,
+            queue: run.queue,
+            priority: run.priority,
+            payload: run.payload,
+            status: TaskStatus::Running,
+            attempts: run.attempt,
+            max_retries: run.max_retries,
+            timeout_ms: run.timeout_ms,
+            retry_delay_ms: run.retry_delay_ms,
+            created_at: existing
+                .as_ref()
+                .map_or(run.created_at, |old| old.created_at),
+            scheduled_at: run.scheduled_at,
+            due_at: run.started_at,
+            seq,
+            started_at: Some(run.started_at),
+            finished_at: None,
+            result: None,
+            error: None,
+        };
+        let retry_at = self.conclude(tables, id, &mut task, &run.outcome, batch)?;
+        tables.put_task(id, &task, None)?;
         Ok(Ok(SettleReport {
             status: task.status,
             retry_at,

@@ -4,7 +4,7 @@ use chrono::Utc;
 
 use crate::ListQuery;
 use crate::cli::args::ListArgs;
-use crate::cli::error::CliError;
+use crate::cli::error::{CliError, usage_if_invalid};
 use crate::cli::output::task_table;
 use crate::cli::{Context, Store};
 
@@ -19,7 +19,8 @@ pub(crate) async fn run(ctx: &Context, args: ListArgs) -> Result<(), CliError> {
             limit,
             after: args.after,
         })
-        .await?;
+        .await
+        .map_err(usage_if_invalid)?;
     let out = ctx.out();
     if out.is_json() {
         return out.document(&records);

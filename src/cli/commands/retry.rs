@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use crate::cli::args::RetryArgs;
-use crate::cli::error::CliError;
+use crate::cli::error::{CliError, usage_if_invalid};
 use crate::cli::{Context, Store};
 
 /// Retries one task, or every failed one.
@@ -21,7 +21,7 @@ pub(crate) async fn run(ctx: &Context, args: RetryArgs) -> Result<(), CliError> 
         let spinner = out.spinner(format!("retrying {what}"));
         let retried = engine.retry_failed(queue).await;
         spinner.finish_and_clear();
-        let retried = retried?;
+        let retried = retried.map_err(usage_if_invalid)?;
         return if out.is_json() {
             out.document(&json!({"retried": retried, "queue": queue}))
         } else {

@@ -1,0 +1,716 @@
+//! The consuming side: one consumer channel per set of queues a worker serves (prefetch =
+//! concurrency, manual acks), deliveries buffered until a worker claims them, and the rules
+//! that settle a delivery. The outcome is committed to the local store *before* RabbitMQ is
+//! told: success is recorded then acked; a retry is committed (it waits in the local delay
+//! index and is forwarded again when due) then acked; a final failure, an undecodable message
+//! or an unknown task goes to `<queue>.dead` with the reason in its headers.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Confirmation, Consumer};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::link::{Session, bounded, operation};
+use super::message::{Incoming, dead_letter_properties, decode};
+use super::topology::{DEAD_EXCHANGE, dead_queue, short};
+use super::{Bridge, RabbitError};
+use crate::broker::local::RunRecord;
+use crate::broker::{Outcome, SettleReport, Settlement};
+use crate::clock::{Millis, millis_to_datetime};
+use crate::task::{TaskId, TaskRecord, TaskStatus};
+use crate::{Error, Result};
+
+/// How long an ack, nack or reject may take: one on a connection that died without closing
+/// must not hold a worker slot (RabbitMQ redelivers the message once it notices).
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends an ack, nack or reject; false when it did not reach RabbitMQ.
+async fn acknowledge(
+    what: &'static str,
+    request: impl std::future::Future<Output = lapin::Result<bool>>,
+) -> bool {
+    match tokio::time::timeout(ACK_TIMEOUT, request).await {
+        Ok(Ok(sent)) => sent,
+        Ok(Err(error)) => {
+            tracing::debug!(%error, what, "acknowledgement failed");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(
+                what,
+                "RabbitMQ did not take an acknowledgement within {ACK_TIMEOUT:?}"
+            );
+            false
+        }
+    }
+}
+
+fn requeue() -> BasicNackOptions {
+    BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
+    }
+}
+
+/// How long a dead letter's publisher confirm may take before fq falls back to a plain reject.
+const DEAD_LETTER_CONFIRM: Duration = Duration::from_secs(10);
+/// How long after a failed consumer start a claim tries again.
+const START_RETRY: Duration = Duration::from_secs(5);
+
+/// A delivery waiting in the buffer for a worker.
+struct Received {
+    generation: u64,
+    queue: Arc<str>,
+    delivery: Delivery,
+}
+
+/// When the set's consumers last started, so each session starts them once.
+#[derive(Default)]
+struct StartState {
+    generation: u64,
+    retry_after: Option<tokio::time::Instant>,
+}
+
+/// The consumers of one set of queues (one worker's `queues`), on one channel.
+pub(crate) struct ConsumerSet {
+    queues: Vec<Arc<str>>,
+    buffer: Mutex<VecDeque<Received>>,
+    signal: Notify,
+    started: tokio::sync::Mutex<StartState>,
+}
+
+/// A delivery handed to a worker and not yet settled.
+struct InFlight {
+    generation: u64,
+    attempt: u32,
+    deadline: Millis,
+    queue: Arc<str>,
+    delivery: Delivery,
+    incoming: Incoming,
+    started_at: Millis,
+}
+
+/// Every consumer set and every delivery a worker holds.
+#[derive(Default)]
+pub(crate) struct Consumers {
+    sets: Mutex<HashMap<Vec<Arc<str>>, Arc<ConsumerSet>>>,
+    inflight: Mutex<HashMap<TaskId, InFlight>>,
+}
+
+impl std::fmt::Debug for Consumers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumers")
+            .field(
+                "sets",
+                &self
+                    .sets
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .len(),
+            )
+            .field(
+                "inflight",
+                &self
+                    .inflight
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .len(),
+            )
+            .finish()
+    }
+}
+
+impl Consumers {
+    fn set(&self, queues: &[Arc<str>]) -> Arc<ConsumerSet> {
+        let mut sets = self.sets.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(sets.entry(queues.to_vec()).or_insert_with(|| {
+            Arc::new(ConsumerSet {
+                queues: queues.to_vec(),
+                buffer: Mutex::new(VecDeque::new()),
+                signal: Notify::new(),
+                started: tokio::sync::Mutex::new(StartState::default()),
+            })
+        }))
+    }
+
+    pub(crate) fn all_sets(&self) -> Vec<Arc<ConsumerSet>> {
+        self.sets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn take(&self, id: TaskId) -> Option<InFlight> {
+        self.inflight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id)
+    }
+}
+
+/// The next item of a lapin consumer stream.
+async fn next_delivery(consumer: &mut Consumer) -> Option<lapin::Result<Delivery>> {
+    std::future::poll_fn(|cx| {
+        futures_core::Stream::poll_next(std::pin::Pin::new(&mut *consumer), cx)
+    })
+    .await
+}
+
+/// Starts `set`'s consumers on `session`, once per session.
+pub(crate) async fn start_set(
+    bridge: &Arc<Bridge>,
+    session: &Arc<Session>,
+    set: &Arc<ConsumerSet>,
+) -> std::result::Result<(), RabbitError> {
+    let mut state = set.started.lock().await;
+    if state.generation == session.generation {
+        return Ok(());
+    }
+    if state
+        .retry_after
+        .is_some_and(|at| tokio::time::Instant::now() < at)
+    {
+        return Ok(());
+    }
+    let started = async {
+        for queue in &set.queues {
+            if let Err(error) = session.ensure_queue(queue).await {
+                bridge.note_conflict_for(queue, &error);
+                return Err(error);
+            }
+        }
+        let channel = session.open_channel("open a consumer channel").await?;
+        // RabbitMQ reads `global` as "shared by the channel's consumers": one limit for the
+        // worker however many queues it serves.
+        let global = set.queues.len() > 1;
+        bounded("basic.qos", async {
+            channel
+                .basic_qos(bridge.settings.prefetch, BasicQosOptions { global })
+                .await
+                .map_err(|e| operation("basic.qos", e))
+        })
+        .await?;
+        for queue in &set.queues {
+            let name = short(queue, queue)?;
+            let consumer = bounded("basic.consume", async {
+                channel
+                    .basic_consume(
+                        name,
+                        "".into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(|e| operation("basic.consume", e))
+            })
+            .await?;
+            tokio::spawn(read_deliveries(
+                consumer,
+                channel.clone(),
+                Arc::clone(set),
+                Arc::clone(queue),
+                Arc::clone(session),
+            ));
+        }
+        Ok::<(), RabbitError>(())
+    }
+    .await;
+    match started {
+        Ok(()) => {
+            state.generation = session.generation;
+            state.retry_after = None;
+            tracing::debug!(queues = ?set.queues, prefetch = bridge.settings.prefetch, "consuming from RabbitMQ");
+            Ok(())
+        }
+        Err(error) => {
+            state.retry_after = Some(tokio::time::Instant::now() + START_RETRY);
+            Err(error)
+        }
+    }
+}
+
+async fn read_deliveries(
+    mut consumer: Consumer,
+    channel: lapin::Channel,
+    set: Arc<ConsumerSet>,
+    queue: Arc<str>,
+    session: Arc<Session>,
+) {
+    loop {
+        let next = tokio::select! {
+            next = next_delivery(&mut consumer) => next,
+            () = session.lost.cancelled() => break,
+        };
+        match next {
+            Some(Ok(delivery)) => {
+                set.buffer
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push_back(Received {
+                        generation: session.generation,
+                        queue: Arc::clone(&queue),
+                        delivery,
+                    });
+                set.signal.notify_waiters();
+            }
+            Some(Err(error)) => {
+                tracing::warn!(%error, queue = %queue, "the RabbitMQ consumer failed; reconnecting");
+                session.lost.cancel();
+                break;
+            }
+            None => {
+                tracing::warn!(queue = %queue, "RabbitMQ cancelled the consumer (queue deleted?); reconnecting");
+                session.lost.cancel();
+                break;
+            }
+        }
+    }
+    // Deliveries of a lost session cannot be acknowledged any more: RabbitMQ redelivers them.
+    set.buffer
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .retain(|received| received.generation != session.generation);
+    drop(channel);
+}
+
+fn record_of(incoming: &Incoming, queue: &str, started_at: Millis) -> TaskRecord {
+    TaskRecord {
+        id: incoming.id,
+        name: incoming.name.clone(),
+        queue: queue.to_owned(),
+        priority: incoming.priority,
+        payload: incoming.payload.clone(),
+        status: TaskStatus::Running,
+        attempts: incoming.attempt,
+        max_retries: incoming.max_retries,
+        timeout: incoming.timeout,
+        created_at: millis_to_datetime(incoming.created_at),
+        scheduled_at: millis_to_datetime(incoming.scheduled_at),
+        due_at: millis_to_datetime(incoming.scheduled_at),
+        started_at: Some(millis_to_datetime(started_at)),
+        finished_at: None,
+        result: None,
+        error: None,
+    }
+}
+
+/// Takes up to `max` buffered deliveries of `set` and hands them to the caller as RUNNING
+/// tasks; undecodable ones are dead-lettered on the way.
+fn take_ready(bridge: &Arc<Bridge>, set: &ConsumerSet, max: usize) -> Vec<TaskRecord> {
+    let live = bridge.link.current();
+    let generation = live.as_ref().map_or(0, |s| s.generation);
+    let mut picked = Vec::new();
+    {
+        let mut buffer = set.buffer.lock().unwrap_or_else(PoisonError::into_inner);
+        while picked.len() < max.max(1) {
+            let Some(received) = buffer.pop_front() else {
+                break;
+            };
+            if received.generation == generation {
+                picked.push(received);
+            }
+        }
+    }
+    let now = bridge.local.clock().now_ms();
+    let mut records = Vec::with_capacity(picked.len());
+    let mut held_back = Vec::new();
+    for received in picked {
+        let Some(session) = live.clone() else { break };
+        match decode(
+            &received.delivery.data,
+            &received.delivery.properties,
+            &bridge.settings.decode,
+            now,
+        ) {
+            Ok(incoming) => {
+                let mut inflight = bridge
+                    .consumers
+                    .inflight
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if inflight.contains_key(&incoming.id) {
+                    // The same task delivered again while a run of it is in progress (it was
+                    // published twice): it waits until that run is settled, then runs again
+                    // (at-least-once), instead of two runs sharing one settlement.
+                    held_back.push(received);
+                    continue;
+                }
+                records.push(record_of(&incoming, &received.queue, now));
+                inflight.insert(
+                    incoming.id,
+                    InFlight {
+                        generation: received.generation,
+                        attempt: incoming.attempt,
+                        deadline: now.saturating_add(bridge.lease_ms()),
+                        queue: received.queue,
+                        delivery: received.delivery,
+                        incoming,
+                        started_at: now,
+                    },
+                );
+            }
+            Err(reason) => {
+                tracing::warn!(queue = %received.queue, %reason, "dead-lettering a message fq cannot decode");
+                let bridge = Arc::clone(bridge);
+                tokio::spawn(async move {
+                    let now = bridge.local.clock().now_ms();
+                    dead_letter(
+                        &session,
+                        &received.queue,
+                        &received.delivery,
+                        &format!("undecodable message: {reason}"),
+                        "undecodable",
+                        None,
+                        now,
+                    )
+                    .await;
+                });
+            }
+        }
+    }
+    if !held_back.is_empty() {
+        let mut buffer = set.buffer.lock().unwrap_or_else(PoisonError::into_inner);
+        buffer.extend(held_back);
+    }
+    records
+}
+
+/// The Broker's `claim` over RabbitMQ.
+pub(crate) async fn claim(
+    bridge: &Arc<Bridge>,
+    queues: &[Arc<str>],
+    max: usize,
+    wait: Duration,
+    cancel: &CancellationToken,
+) -> Result<Vec<TaskRecord>> {
+    for queue in queues {
+        bridge.check_queue(queue)?;
+    }
+    let set = bridge.consumers.set(queues);
+    bridge.remember_queues(queues.iter().map(|q| q.to_string()));
+    if let Some(session) = bridge.link.current() {
+        // Raced with shutdown and the connection: a declaration on a connection that died
+        // without closing must not keep the worker from stopping.
+        tokio::select! {
+            started = start_set(bridge, &session, &set) => started?,
+            () = cancel.cancelled() => return Ok(Vec::new()),
+            () = session.lost.cancelled() => {}
+        }
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let notified = set.signal.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let records = take_ready(bridge, &set, max);
+        if !records.is_empty() {
+            return Ok(records);
+        }
+        if cancel.is_cancelled() {
+            return Ok(Vec::new());
+        }
+        tokio::select! {
+            () = &mut notified => {}
+            () = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+            () = cancel.cancelled() => return Ok(Vec::new()),
+        }
+    }
+}
+
+/// The Broker's non-waiting claim after a settlement: whatever is buffered already.
+pub(crate) fn claim_buffered(
+    bridge: &Arc<Bridge>,
+    queues: &[Arc<str>],
+    max: usize,
+) -> Vec<TaskRecord> {
+    if max == 0 {
+        return Vec::new();
+    }
+    let set = bridge.consumers.set(queues);
+    take_ready(bridge, &set, max)
+}
+
+fn stale(id: TaskId, attempt: u32) -> Error {
+    Error::StaleAttempt {
+        id,
+        attempt,
+        current: attempt,
+        status: TaskStatus::Running,
+    }
+}
+
+/// Extends a delivery's lease; a delivery whose connection was lost is stale (RabbitMQ gives
+/// it to another worker), so the runner abandons the attempt.
+pub(crate) fn heartbeat(bridge: &Arc<Bridge>, id: TaskId, attempt: u32) -> Result<()> {
+    let generation = bridge.link.current().map_or(0, |s| s.generation);
+    let deadline = bridge
+        .local
+        .clock()
+        .now_ms()
+        .saturating_add(bridge.lease_ms());
+    let mut inflight = bridge
+        .consumers
+        .inflight
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    match inflight.get_mut(&id) {
+        Some(entry) if entry.attempt == attempt && entry.generation == generation => {
+            entry.deadline = deadline;
+            Ok(())
+        }
+        _ => Err(stale(id, attempt)),
+    }
+}
+
+/// Settles a delivery: records the outcome locally first, then tells RabbitMQ.
+pub(crate) async fn settle(bridge: &Arc<Bridge>, settlement: Settlement) -> Result<SettleReport> {
+    let Settlement {
+        id,
+        attempt,
+        outcome,
+    } = settlement;
+    let entry = match bridge.consumers.take(id) {
+        Some(entry) if entry.attempt == attempt => entry,
+        Some(other) => {
+            bridge
+                .consumers
+                .inflight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(id, other);
+            return Err(stale(id, attempt));
+        }
+        None => return Err(stale(id, attempt)),
+    };
+    let session = bridge
+        .link
+        .current()
+        .filter(|s| s.generation == entry.generation);
+    let Some(session) = session else {
+        // Its connection is gone: RabbitMQ has requeued the message, and recording a retry
+        // here would run it twice.
+        return Err(stale(id, attempt));
+    };
+    if matches!(outcome, Outcome::Released) {
+        if !acknowledge("nack", entry.delivery.acker.nack(requeue())).await {
+            tracing::warn!(task.id = %id, "could not release a delivery; RabbitMQ redelivers it when the connection closes");
+        }
+        return Ok(SettleReport {
+            status: TaskStatus::Pending,
+            retry_at: None,
+            record: None,
+        });
+    }
+    let failure = match &outcome {
+        Outcome::Failed { failure, .. } => Some(failure.clone()),
+        _ => None,
+    };
+    let run = RunRecord {
+        id,
+        name: entry.incoming.name.clone(),
+        queue: entry.queue.to_string(),
+        priority: entry.incoming.priority,
+        payload: entry.incoming.payload.as_str().to_owned(),
+        max_retries: entry.incoming.max_retries,
+        timeout_ms: entry.incoming.timeout.map(millis_u64),
+        retry_delay_ms: entry.incoming.retry_delay.map(millis_u64),
+        created_at: entry.incoming.created_at,
+        scheduled_at: entry.incoming.scheduled_at,
+        started_at: entry.started_at,
+        attempt,
+        outcome,
+    };
+    if matches!(run.outcome, Outcome::Completed { .. }) {
+        // Success needs no local commit before the ack (DESIGN §5: "Success: ack"): the run's
+        // record joins the writer's queue first and the ack goes out while it commits. That
+        // commit skips its own fsync (the writer makes it durable within 100 ms): the worker
+        // slot waits only until the record is visible, so events still follow the record,
+        // and a busy disk does not bound how fast a worker drains its queue.
+        let pending = match bridge.local.record_run_detached(run) {
+            Ok(pending) => pending,
+            Err(error) => {
+                acknowledge("nack", entry.delivery.acker.nack(requeue())).await;
+                return Err(error);
+            }
+        };
+        if !acknowledge("ack", entry.delivery.acker.ack(BasicAckOptions::default())).await {
+            tracing::warn!(
+                task.id = %id,
+                "the run succeeded but its acknowledgement did not reach RabbitMQ; it will be delivered again (at-least-once)"
+            );
+        }
+        return match pending.await {
+            Ok(report) => report,
+            Err(_) => Err(Error::ShutDown),
+        };
+    }
+    let report = match bridge.local.record_run(run).await {
+        Ok(report) => report,
+        Err(error) => {
+            // Not recorded, so not acknowledged: RabbitMQ delivers it again.
+            acknowledge("nack", entry.delivery.acker.nack(requeue())).await;
+            return Err(error);
+        }
+    };
+    if report.status == TaskStatus::Failed {
+        let (reason, kind) = match &failure {
+            Some(failure) if failure.kind.is_retryable() => (
+                format!(
+                    "failed on run {attempt} of {} (retries exhausted): {}",
+                    entry.incoming.max_retries + 1,
+                    failure.message
+                ),
+                failure.kind.as_str(),
+            ),
+            Some(failure) => (failure.message.clone(), failure.kind.as_str()),
+            None => ("failed".to_owned(), "error"),
+        };
+        let now = bridge.local.clock().now_ms();
+        dead_letter(
+            &session,
+            &entry.queue,
+            &entry.delivery,
+            &reason,
+            kind,
+            Some(attempt),
+            now,
+        )
+        .await;
+    } else {
+        if !acknowledge("ack", entry.delivery.acker.ack(BasicAckOptions::default())).await {
+            tracing::warn!(
+                task.id = %id,
+                "the run was recorded but its acknowledgement did not reach RabbitMQ; it will be delivered again (at-least-once)"
+            );
+        }
+    }
+    Ok(report)
+}
+
+fn millis_u64(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Publishes the message to `tasks.dead` under `<queue>.dead` with the reason in its headers
+/// and, once RabbitMQ confirms it, acks the original. Should that fail, the original is
+/// rejected without requeue, so RabbitMQ's own dead-lettering (the queue's arguments) still
+/// moves it to `<queue>.dead`, without fq's headers.
+pub(crate) async fn dead_letter(
+    session: &Session,
+    queue: &str,
+    delivery: &Delivery,
+    reason: &str,
+    kind: &str,
+    attempt: Option<u32>,
+    now: Millis,
+) {
+    let properties = dead_letter_properties(&delivery.properties, reason, kind, attempt, now);
+    let published = async {
+        session.ensure_queue(queue).await?;
+        let routing = short(queue, &dead_queue(queue))?;
+        let confirm = bounded("dead-letter publish", async {
+            session
+                .publish
+                .basic_publish(
+                    DEAD_EXCHANGE.into(),
+                    routing,
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &delivery.data,
+                    properties,
+                )
+                .await
+                .map_err(|e| operation("dead-letter publish", e))
+        })
+        .await?;
+        match tokio::time::timeout(DEAD_LETTER_CONFIRM, confirm).await {
+            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+            Ok(Ok(other)) => Err(RabbitError::Operation {
+                action: "dead-letter publish",
+                reason: format!("RabbitMQ did not take it ({other:?})"),
+                source: None,
+            }),
+            Ok(Err(error)) => Err(operation("dead-letter publish", error)),
+            Err(_) => Err(RabbitError::Operation {
+                action: "dead-letter publish",
+                reason: format!("no confirm within {DEAD_LETTER_CONFIRM:?}"),
+                source: None,
+            }),
+        }
+    }
+    .await;
+    match published {
+        Ok(()) => {
+            if !acknowledge("ack", delivery.acker.ack(BasicAckOptions::default())).await {
+                tracing::warn!(
+                    queue,
+                    "dead letter published; acknowledging the original failed, so it may be dead-lettered twice"
+                );
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, queue, "could not publish the dead letter; rejecting the message so RabbitMQ dead-letters it");
+            acknowledge(
+                "reject",
+                delivery.acker.reject(BasicRejectOptions { requeue: false }),
+            )
+            .await;
+        }
+    }
+}
+
+/// Settles deliveries whose lease ran out (their worker stopped heartbeating, e.g. a remote
+/// worker that died) as failed attempts, and forgets those of lost connections.
+pub(crate) async fn sweep(bridge: &Arc<Bridge>) {
+    let now = bridge.local.clock().now_ms();
+    let generation = bridge.link.current().map_or(0, |s| s.generation);
+    let expired: Vec<(TaskId, u32)> = {
+        let mut inflight = bridge
+            .consumers
+            .inflight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        inflight.retain(|_, entry| entry.generation == generation);
+        inflight
+            .iter()
+            .filter(|(_, entry)| entry.deadline <= now)
+            .map(|(id, entry)| (*id, entry.attempt))
+            .collect()
+    };
+    for (id, attempt) in expired {
+        let failure = crate::task::TaskFailure {
+            message: format!(
+                "the worker running attempt {attempt} stopped renewing its lease (presumed dead)"
+            ),
+            kind: crate::task::FailureKind::WorkerLost,
+        };
+        let settled = settle(
+            bridge,
+            Settlement {
+                id,
+                attempt,
+                outcome: Outcome::Failed {
+                    failure,
+                    retry_after: None,
+                },
+            },
+        )
+        .await;
+        if let Err(error) = settled {
+            tracing::debug!(task.id = %id, %error, "settling an expired delivery");
+        }
+    }
+}

@@ -1,0 +1,595 @@
+//! The connection to RabbitMQ: connecting (with the password kept out of lapin's URI, so not
+//! even lapin's trace logs can show it), one [`Session`] per connection, and the loop that
+//! reconnects with backoff when it breaks. Sessions are published on a watch channel; every
+//! other part of the bridge waits for one and stops using it when its `lost` token fires.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use lapin::auth::AuthProvider;
+use lapin::options::ConfirmSelectOptions;
+use lapin::protocol::AMQPErrorKind;
+use lapin::types::{LongString, ShortString};
+use lapin::uri::AMQPUri;
+use lapin::{Channel, Connection, ConnectionProperties};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::RabbitError;
+use super::topology::{declare_exchanges, declare_queue};
+use crate::clock::{Millis, millis_to_datetime};
+
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first and the longest wait between connection attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How often a session checks that its connection is still up.
+const WATCH_EVERY: Duration = Duration::from_millis(100);
+/// Failed attempts are logged at warn level at most this often.
+const LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// Where and how to connect: the URL without its password, and the password apart.
+#[derive(Clone)]
+pub(crate) struct Target {
+    uri: AMQPUri,
+    username: String,
+    password: String,
+    /// `amqp://user@host:port/vhost`, for messages.
+    pub(crate) endpoint: String,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Percent-encodes a vhost for display the way RabbitMQ's docs write it (`/` as `%2f`).
+fn encode_vhost(vhost: &str) -> String {
+    let mut out = String::new();
+    for byte in vhost.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02x}"));
+        }
+    }
+    out
+}
+
+impl Target {
+    /// Parses an `amqp://` URL. Errors never show the password.
+    pub(crate) fn parse(url: &str) -> Result<Self, RabbitError> {
+        let shown = redacted(url);
+        if url.to_ascii_lowercase().starts_with("amqps://") {
+            return Err(RabbitError::InvalidUrl {
+                endpoint: shown,
+                reason: "amqps:// needs TLS, which this build of fq leaves out (use amqp://, or \
+                         a TLS-terminating proxy on this machine)"
+                    .to_owned(),
+            });
+        }
+        let mut uri: AMQPUri = url.parse().map_err(|_| RabbitError::InvalidUrl {
+            endpoint: shown.clone(),
+            reason: "not an amqp://user:password@host:port/vhost URL".to_owned(),
+        })?;
+        let username = uri.authority.userinfo.username.clone();
+        let password = std::mem::take(&mut uri.authority.userinfo.password);
+        let endpoint = format!(
+            "amqp://{}@{}:{}/{}",
+            username,
+            uri.authority.host,
+            uri.authority.port,
+            encode_vhost(&uri.vhost)
+        );
+        Ok(Self {
+            uri,
+            username,
+            password,
+            endpoint,
+        })
+    }
+}
+
+/// `url` with the password of its user info replaced, for errors about unparsable URLs.
+fn redacted(url: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[start..];
+    match rest.rfind('@') {
+        Some(at) => match rest[..at].find(':') {
+            Some(colon) => format!(
+                "{}{}:<redacted>{}",
+                &url[..start],
+                &rest[..colon],
+                &rest[at..]
+            ),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// SASL PLAIN with credentials lapin never sees in a URI.
+struct PlainAuth {
+    username: String,
+    password: String,
+}
+
+impl AuthProvider for PlainAuth {
+    fn mechanism(&self) -> ShortString {
+        "PLAIN".into()
+    }
+
+    fn auth_starter(&self) -> Result<LongString, String> {
+        Ok(format!("\0{}\0{}", self.username, self.password).into())
+    }
+}
+
+/// Maps a failed connection attempt: an answer that refuses is `Refused`, anything else
+/// (nothing listening, a broken handshake) is `Unreachable`.
+pub(crate) fn connect_error(endpoint: &str, error: lapin::Error) -> RabbitError {
+    let reason = match error.kind() {
+        lapin::ErrorKind::IOError(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            "connection refused".to_owned()
+        }
+        lapin::ErrorKind::IOError(io) => io.to_string(),
+        lapin::ErrorKind::ProtocolError(amqp) => {
+            let refused = matches!(amqp.kind(), AMQPErrorKind::Hard(_) | AMQPErrorKind::Soft(_));
+            if refused {
+                return RabbitError::Refused {
+                    endpoint: endpoint.to_owned(),
+                    reason: amqp.get_message().as_str().to_owned(),
+                    source: Some(Box::new(error)),
+                };
+            }
+            amqp.get_message().as_str().to_owned()
+        }
+        _ => error.to_string(),
+    };
+    RabbitError::Unreachable {
+        endpoint: endpoint.to_owned(),
+        reason,
+        source: Some(Box::new(error)),
+    }
+}
+
+/// One connection to RabbitMQ and what lives on it.
+pub(crate) struct Session {
+    pub(crate) generation: u64,
+    pub(crate) connection: Connection,
+    /// Publisher-confirm channel for the forwarder and dead letters.
+    pub(crate) publish: Channel,
+    /// Fires when the connection is lost (or the bridge stops): everything using this
+    /// session gives up on it.
+    pub(crate) lost: CancellationToken,
+    /// Queues declared on this connection.
+    declared: Mutex<HashSet<String>>,
+    /// The channel declarations run on; a failed declaration closes it, so it is replaced.
+    topology: tokio::sync::Mutex<Option<Channel>>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("generation", &self.generation)
+            .field("lost", &self.lost.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Declares `queue`'s topology once per connection.
+    pub(crate) async fn ensure_queue(&self, queue: &str) -> Result<(), RabbitError> {
+        bounded("declare", self.declare_once(queue)).await
+    }
+
+    async fn declare_once(&self, queue: &str) -> Result<(), RabbitError> {
+        let known = |declared: &Mutex<HashSet<String>>| {
+            declared
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(queue)
+        };
+        if known(&self.declared) {
+            return Ok(());
+        }
+        let mut slot = self.topology.lock().await;
+        if known(&self.declared) {
+            return Ok(());
+        }
+        let channel = match slot.take() {
+            Some(channel) if channel.status().connected() => channel,
+            _ => {
+                let channel = self.open_channel("open a channel").await?;
+                declare_exchanges(&channel).await?;
+                channel
+            }
+        };
+        declare_queue(&channel, queue).await?;
+        *slot = Some(channel);
+        self.declared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(queue.to_owned());
+        Ok(())
+    }
+
+    /// Forgets that `queue` was declared (a publish to it was returned unroutable).
+    pub(crate) fn forget_queue(&self, queue: &str) {
+        self.declared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(queue);
+    }
+
+    /// A new channel on this connection.
+    pub(crate) async fn open_channel(&self, action: &'static str) -> Result<Channel, RabbitError> {
+        bounded(action, async {
+            self.connection
+                .create_channel()
+                .await
+                .map_err(|e| operation(action, e))
+        })
+        .await
+    }
+}
+
+/// How long any single AMQP request may take before fq gives up on it (a connection that
+/// died without closing must never hold a worker slot or the forwarder).
+pub(crate) const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `request`, failing with an `Operation` error when RabbitMQ does not answer within
+/// [`RPC_TIMEOUT`].
+pub(crate) async fn bounded<T>(
+    action: &'static str,
+    request: impl std::future::Future<Output = Result<T, RabbitError>>,
+) -> Result<T, RabbitError> {
+    tokio::time::timeout(RPC_TIMEOUT, request)
+        .await
+        .unwrap_or_else(|_| {
+            Err(RabbitError::Operation {
+                action,
+                reason: format!("no answer from RabbitMQ within {RPC_TIMEOUT:?}"),
+                source: None,
+            })
+        })
+}
+
+/// An AMQP operation's failure.
+pub(crate) fn operation(action: &'static str, error: lapin::Error) -> RabbitError {
+    RabbitError::Operation {
+        action,
+        reason: error.to_string(),
+        source: Some(Box::new(error)),
+    }
+}
+
+/// What the link knows about its connection, for stats and errors.
+#[derive(Debug, Default)]
+struct LinkState {
+    connected_since: Option<Millis>,
+    down_since: Option<Millis>,
+    last_error: Option<LastError>,
+}
+
+#[derive(Debug, Clone)]
+struct LastError {
+    refused: bool,
+    reason: String,
+    source: Option<lapin::Error>,
+}
+
+/// The current session, if any, and the connection's history.
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub(crate) target: Target,
+    session: watch::Sender<Option<Arc<Session>>>,
+    state: Mutex<LinkState>,
+    generation: AtomicU64,
+}
+
+impl Link {
+    pub(crate) fn new(target: Target, now: Millis) -> Self {
+        Self {
+            target,
+            session: watch::Sender::new(None),
+            state: Mutex::new(LinkState {
+                down_since: Some(now),
+                ..LinkState::default()
+            }),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// The live session, if connected.
+    pub(crate) fn current(&self) -> Option<Arc<Session>> {
+        self.session
+            .borrow()
+            .as_ref()
+            .filter(|s| !s.lost.is_cancelled())
+            .cloned()
+    }
+
+    /// Waits for a live session; `None` once `stop` fires.
+    pub(crate) async fn wait(&self, stop: &CancellationToken) -> Option<Arc<Session>> {
+        let mut updates = self.session.subscribe();
+        loop {
+            // Checked first: a stopping bridge keeps its session open for a moment (for the
+            // forwarder's last confirms), and must not hand it out again meanwhile.
+            if stop.is_cancelled() {
+                return None;
+            }
+            if let Some(session) = self.current() {
+                return Some(session);
+            }
+            tokio::select! {
+                changed = updates.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                }
+                () = stop.cancelled() => return None,
+                // A session can be lost between the update and the look; look again soon.
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for a connection; the error is the last failure (or a timeout).
+    pub(crate) async fn ready(&self, timeout: Duration) -> Result<(), RabbitError> {
+        let stop = CancellationToken::new();
+        if tokio::time::timeout(timeout, self.wait(&stop))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        Err(self
+            .last_error()
+            .unwrap_or_else(|| RabbitError::Unreachable {
+                endpoint: self.target.endpoint.clone(),
+                reason: format!("not connected within {timeout:?}"),
+                source: None,
+            }))
+    }
+
+    /// True once a connection attempt has succeeded or failed.
+    pub(crate) fn has_tried(&self) -> bool {
+        self.generation.load(Ordering::SeqCst) > 0
+            || self
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .last_error
+                .is_some()
+    }
+
+    /// The last connection failure, as an error.
+    pub(crate) fn last_error(&self) -> Option<RabbitError> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let last = state.last_error.clone()?;
+        let endpoint = self.target.endpoint.clone();
+        let source = last.source.map(|e| Box::new(e) as super::error::BoxError);
+        Some(if last.refused {
+            RabbitError::Refused {
+                endpoint,
+                reason: last.reason,
+                source,
+            }
+        } else {
+            RabbitError::Unreachable {
+                endpoint,
+                reason: last.reason,
+                source,
+            }
+        })
+    }
+
+    /// One line about the connection: connected, or down since when and why.
+    pub(crate) fn describe(&self) -> String {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.current().is_some() {
+            return format!("connected to {}", self.target.endpoint);
+        }
+        let since = state
+            .down_since
+            .map(|at| {
+                format!(
+                    " since {}",
+                    millis_to_datetime(at).format("%Y-%m-%dT%H:%M:%SZ")
+                )
+            })
+            .unwrap_or_default();
+        match &state.last_error {
+            Some(last) => format!(
+                "RabbitMQ at {} is unreachable{since}: {}",
+                self.target.endpoint, last.reason
+            ),
+            None => format!("not yet connected to {}", self.target.endpoint),
+        }
+    }
+
+    fn record_failure(&self, error: &RabbitError, now: Millis) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (refused, reason, source) = match error {
+            RabbitError::Refused { reason, source, .. } => (true, reason.clone(), source),
+            RabbitError::Unreachable { reason, source, .. } => (false, reason.clone(), source),
+            other => (false, other.to_string(), &None),
+        };
+        let source = source
+            .as_ref()
+            .and_then(|s| s.downcast_ref::<lapin::Error>())
+            .cloned();
+        let first = state.last_error.is_none();
+        state.last_error = Some(LastError {
+            refused,
+            reason,
+            source,
+        });
+        state.down_since.get_or_insert(now);
+        state.connected_since = None;
+        first
+    }
+
+    async fn open(&self) -> Result<Session, RabbitError> {
+        let endpoint = &self.target.endpoint;
+        let properties = ConnectionProperties::default()
+            .with_connection_name(format!("fq (pid {})", std::process::id()).into())
+            .with_auth_provider(PlainAuth {
+                username: self.target.username.clone(),
+                password: self.target.password.clone(),
+            });
+        let connection = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Connection::connect_uri(self.target.uri.clone(), properties),
+        )
+        .await
+        .map_err(|_| RabbitError::Unreachable {
+            endpoint: endpoint.clone(),
+            reason: format!("no answer within {CONNECT_TIMEOUT:?}"),
+            source: None,
+        })?
+        .map_err(|e| connect_error(endpoint, e))?;
+        let publish = connection
+            .create_channel()
+            .await
+            .map_err(|e| connect_error(endpoint, e))?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| connect_error(endpoint, e))?;
+        Ok(Session {
+            generation: self.generation.fetch_add(1, Ordering::SeqCst) + 1,
+            connection,
+            publish,
+            lost: CancellationToken::new(),
+            declared: Mutex::new(HashSet::new()),
+            topology: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// Connects, publishes the session, watches it, and reconnects with backoff when it is
+    /// lost, until `stop` fires. `on_session` runs for each new session before it is
+    /// published (declaring the known queues, starting consumers).
+    ///
+    /// On `stop`, the connection stays open until `drained` fires (the forwarder has its last
+    /// confirms) or 3 seconds pass, then closes cleanly.
+    pub(crate) async fn run<F, Fut>(
+        self: Arc<Self>,
+        stop: CancellationToken,
+        drained: CancellationToken,
+        now: impl Fn() -> Millis,
+        on_session: F,
+    ) where
+        F: Fn(Arc<Session>) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let mut backoff = BACKOFF_MIN;
+        let mut last_log: Option<std::time::Instant> = None;
+        while !stop.is_cancelled() {
+            let opened = tokio::select! {
+                opened = self.open() => opened,
+                () = stop.cancelled() => break,
+            };
+            let session = match opened {
+                Ok(session) => Arc::new(session),
+                Err(error) => {
+                    let first = self.record_failure(&error, now());
+                    if first || last_log.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
+                        tracing::warn!(%error, "cannot connect to RabbitMQ; tasks wait in the outbox and fq keeps trying");
+                        last_log = Some(std::time::Instant::now());
+                    } else {
+                        tracing::debug!(%error, "RabbitMQ connection attempt failed");
+                    }
+                    let jitter =
+                        Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 4));
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff + jitter) => {}
+                        () = stop.cancelled() => break,
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            };
+            backoff = BACKOFF_MIN;
+            last_log = None;
+            {
+                let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                state.connected_since = Some(now());
+                state.down_since = None;
+                state.last_error = None;
+            }
+            tracing::info!(endpoint = %self.target.endpoint, generation = session.generation, "connected to RabbitMQ");
+            // Published first, so deliveries of consumers started by `on_session` are seen
+            // as belonging to the live session.
+            self.session.send_replace(Some(Arc::clone(&session)));
+            on_session(Arc::clone(&session)).await;
+            loop {
+                tokio::select! {
+                    () = session.lost.cancelled() => break,
+                    () = stop.cancelled() => {
+                        let _ = tokio::time::timeout(Duration::from_secs(3), drained.cancelled()).await;
+                        session.lost.cancel();
+                        break;
+                    }
+                    () = tokio::time::sleep(WATCH_EVERY) => {
+                        if !session.connection.status().connected() {
+                            session.lost.cancel();
+                        }
+                    }
+                }
+            }
+            self.session.send_replace(None);
+            if stop.is_cancelled() {
+                // A clean close tells RabbitMQ to requeue unacknowledged deliveries at once.
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    session.connection.close(200, "fq engine stopped".into()),
+                )
+                .await;
+                break;
+            }
+            {
+                let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                state.connected_since = None;
+                state.down_since = Some(now());
+            }
+            tracing::warn!(endpoint = %self.target.endpoint, "lost the connection to RabbitMQ; reconnecting");
+            let _ = tokio::time::timeout(
+                Duration::from_millis(200),
+                session.connection.close(200, "fq reconnecting".into()),
+            )
+            .await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_password_never_reaches_the_uri_or_the_endpoint() {
+        let target = Target::parse("amqp://app:s3cr%2Ft@rabbit.example:5673/prod").unwrap();
+        assert_eq!(target.endpoint, "amqp://app@rabbit.example:5673/prod");
+        assert_eq!(target.password, "s3cr/t");
+        assert!(target.uri.authority.userinfo.password.is_empty());
+        assert!(!format!("{target:?}").contains("s3cr"));
+        let default_vhost = Target::parse("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
+        assert_eq!(default_vhost.endpoint, "amqp://guest@127.0.0.1:5672/%2f");
+    }
+
+    #[test]
+    fn bad_urls_are_refused_without_the_password() {
+        let err = Target::parse("amqps://u:hunter2@h/").unwrap_err();
+        assert!(err.to_string().contains("TLS"), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = Target::parse("amqp://u:hunter2@h:notaport/").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+}

@@ -1,0 +1,1208 @@
+//! The RabbitMQ bridge against a real server on 127.0.0.1:5672 (guest/guest; `FQ_RABBITMQ_URL`
+//! points elsewhere). When no broker answers, each test prints a notice and passes, unless
+//! `FQ_REQUIRE_RABBITMQ=1` (as `.ci/run` sets), which makes it fail. The unreachable-broker
+//! and full-outbox tests need no server and always run.
+//!
+//! Every test uses its own uniquely named queues and deletes them (and their `.dead`
+//! siblings) at the end, even when it fails. Tests that stop RabbitMQ (`rabbitmqctl
+//! stop_app`) hold a guard that starts it again whatever happens, and a lock so that they never
+//! overlap each other.
+//!
+//! The outage tests run the issue's full sizes (10,000 tasks queued during an outage, 20,000
+//! with two restarts); in a debug build the whole file takes well under a minute.
+#![cfg(feature = "rabbitmq")]
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fq::{
+    BrokerKind, Config, Engine, Error, RabbitError, Registry, TaskContext, TaskError, TaskId,
+    TaskStatus,
+};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// How long a test waits for something that should happen soon.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn url() -> String {
+    std::env::var("FQ_RABBITMQ_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// True when RabbitMQ answers; otherwise prints a skip notice, or panics under
+/// `FQ_REQUIRE_RABBITMQ=1`.
+fn rabbitmq_available() -> bool {
+    let addr: SocketAddr = ([127, 0, 0, 1], 5672).into();
+    if std::env::var("FQ_RABBITMQ_URL").is_ok()
+        || TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
+    {
+        return true;
+    }
+    assert!(
+        std::env::var("FQ_REQUIRE_RABBITMQ").as_deref() != Ok("1"),
+        "RabbitMQ is not reachable on 127.0.0.1:5672 and FQ_REQUIRE_RABBITMQ=1 (start it with \
+         `rabbitmq-server -detached`)"
+    );
+    eprintln!(
+        "skipping: RabbitMQ is not reachable on 127.0.0.1:5672 (set FQ_REQUIRE_RABBITMQ=1 to \
+         fail instead)"
+    );
+    false
+}
+
+macro_rules! require_rabbitmq {
+    () => {
+        if !rabbitmq_available() {
+            return Ok(());
+        }
+    };
+}
+
+/// A queue name no other test (or earlier run) uses.
+fn unique_queue(label: &str) -> String {
+    format!("fqtest.{label}.{}", &TaskId::new().to_string()[24..])
+}
+
+/// Deletes the test's queues when dropped, from a thread of its own (drop may run in a
+/// panicking async test).
+struct Queues(Vec<String>);
+
+impl Drop for Queues {
+    fn drop(&mut self) {
+        let names = std::mem::take(&mut self.0);
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let Ok(conn) = plain_connection().await else {
+                    return;
+                };
+                for queue in names {
+                    for name in [queue.clone(), format!("{queue}.dead")] {
+                        if let Ok(channel) = conn.create_channel().await {
+                            let _ = channel
+                                .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                                .await;
+                        }
+                    }
+                }
+                let _ = conn.close(200, "bye".into()).await;
+            });
+        })
+        .join();
+    }
+}
+
+async fn plain_connection() -> lapin::Result<Connection> {
+    Connection::connect(&url(), ConnectionProperties::default()).await
+}
+
+/// A configuration for `broker: rabbitmq` with its store in `dir`, serving `queue`.
+fn rabbit_config(dir: &Path, queue: &str, concurrency: usize) -> Config {
+    let mut config = Config {
+        broker: BrokerKind::Rabbitmq,
+        database: dir.join("fq.redb"),
+        ..Config::default()
+    };
+    config.rabbitmq.url = Some(url());
+    config.defaults.queue = queue.to_owned();
+    config.defaults.retry_delay = Duration::from_millis(200);
+    config.defaults.retry_max_delay = Duration::from_secs(1);
+    config.worker.queues = vec![queue.to_owned()];
+    config.worker.concurrency = concurrency;
+    config
+}
+
+fn open(config: Config) -> fq::Result<Engine> {
+    Engine::builder(config.database.clone())
+        .config(config)
+        .control(false)
+        .open()
+}
+
+/// Waits for `check` to hold, polling.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// RabbitMQ's ready-message count of `queue` (via the engine's stats).
+async fn depth(engine: &Engine, queue: &str) -> Option<u64> {
+    let stats = engine.stats().await.ok()?;
+    stats.rabbitmq?.queues.get(queue)?.messages
+}
+
+/// Takes one message off `queue` with a plain client.
+async fn get_one(queue: &str) -> Option<lapin::message::BasicGetMessage> {
+    let conn = plain_connection().await.ok()?;
+    let mut channel = conn.create_channel().await.ok()?;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+        {
+            Ok(Some(message)) => {
+                let _ = message.delivery.acker.ack(BasicAckOptions::default()).await;
+                return Some(message);
+            }
+            Ok(None) => {}
+            // A missing queue closes the channel: open another one.
+            Err(_) => channel = conn.create_channel().await.ok()?,
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn header<'a>(properties: &'a BasicProperties, key: &str) -> Option<&'a AMQPValue> {
+    properties.headers().as_ref()?.inner().get(key)
+}
+
+fn header_text(properties: &BasicProperties, key: &str) -> String {
+    match header(properties, key) {
+        Some(AMQPValue::LongString(text)) => String::from_utf8_lossy(text.as_bytes()).into_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn header_int(properties: &BasicProperties, key: &str) -> Option<i64> {
+    match header(properties, key)? {
+        AMQPValue::LongLongInt(v) => Some(*v),
+        AMQPValue::LongInt(v) => Some(i64::from(*v)),
+        _ => None,
+    }
+}
+
+/// Publishes `body` to the `tasks` exchange under `queue`, as another language's client would.
+async fn publish_plain(queue: &str, body: &[u8], properties: BasicProperties) {
+    let conn = plain_connection().await.expect("plain connection");
+    let channel = conn.create_channel().await.expect("channel");
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .expect("confirm mode");
+    let confirm = channel
+        .basic_publish(
+            "tasks".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(confirm.is_ack());
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+#[derive(Deserialize)]
+struct Work {
+    n: u64,
+}
+
+/// A registry whose `test.work` handler logs each run's task id into `runs`.
+fn counting_registry(runs: Arc<Mutex<Vec<(TaskId, u32)>>>) -> Registry {
+    let mut registry = Registry::new();
+    registry.register_async("test.work", move |work: Work, ctx: TaskContext| {
+        let runs = Arc::clone(&runs);
+        async move {
+            runs.lock().unwrap().push((ctx.id(), ctx.attempt()));
+            Ok::<_, TaskError>(json!(work.n))
+        }
+    });
+    registry
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// No broker at the address: opening and queuing still work (the outbox), and waiting for the
+/// connection fails with a typed error that names the endpoint and never the password.
+#[tokio::test]
+async fn an_unreachable_broker_is_a_typed_error() -> fq::Result<()> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = rabbit_config(dir.path(), "fqtest.unreachable", 2);
+    config.rabbitmq.url = Some("amqp://guest:not-the-password@127.0.0.1:1/%2f".to_owned());
+    let engine = open(config)?;
+    let id = engine
+        .queue_task_named("test.work", &json!({"kwargs": {"n": 1}}))
+        .send()
+        .await?;
+    assert_eq!(engine.task(id).await?.unwrap().status, TaskStatus::Pending);
+    let err = engine.ready(Duration::from_secs(3)).await.unwrap_err();
+    let text = err.to_string();
+    match &err {
+        Error::Rabbit(rabbit @ RabbitError::Unreachable { endpoint, .. }) => {
+            assert!(rabbit.is_connection_refused(), "{text}");
+            assert_eq!(endpoint, "amqp://guest@127.0.0.1:1/%2f");
+        }
+        other => panic!("expected Error::Rabbit(Unreachable), got {other:?}"),
+    }
+    assert!(err.is_retryable());
+    assert!(!text.contains("not-the-password"), "{text}");
+    assert!(!format!("{err:?}").contains("not-the-password"));
+    let stats = engine.stats().await?;
+    let rabbit = stats.rabbitmq.expect("rabbitmq section");
+    assert!(!rabbit.connected);
+    assert!(rabbit.error.unwrap().contains("unreachable"));
+    Ok(())
+}
+
+/// With RabbitMQ down the outbox fills up to `limits.max_pending`, then refuses with a clear
+/// error naming the limit and the connection's state.
+#[tokio::test]
+async fn a_full_outbox_refuses_with_a_clear_error() -> fq::Result<()> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = rabbit_config(dir.path(), "fqtest.full", 2);
+    config.rabbitmq.url = Some("amqp://guest:guest@127.0.0.1:1/%2f".to_owned());
+    config.limits.max_pending = Some(5);
+    let engine = open(config)?;
+    for n in 0..5 {
+        engine
+            .queue_task_named("test.work", &json!({"kwargs": {"n": n}}))
+            .send()
+            .await?;
+    }
+    let err = engine
+        .queue_task_named("test.work", &json!({"kwargs": {"n": 5}}))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Rabbit(RabbitError::OutboxFull { limit: 5, .. })),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("limits.max_pending") && text.contains("127.0.0.1:1"),
+        "{text}"
+    );
+    Ok(())
+}
+
+/// A task queued by fq can be read and decoded by a plain AMQP client, in the documented
+/// format.
+#[tokio::test]
+async fn an_fq_task_is_readable_by_a_plain_client() -> fq::Result<()> {
+    require_rabbitmq!();
+    let _shared = BROKER.read().await;
+    let queue = unique_queue("readable");
+    let _cleanup = Queues(vec![queue.clone()]);
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(rabbit_config(dir.path(), &queue, 2))?;
+    let id = engine
+        .queue_task_named(
+            "app.send_email",
+            &json!({"args": [1], "kwargs": {"to": "ada@example.com"}}),
+        )
+        .priority(7)
+        .max_retries(4)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await?;
+    let message = get_one(&queue).await.expect("a message in the queue");
+    let body: Value = serde_json::from_slice(&message.delivery.data).expect("JSON body");
+    assert_eq!(body["task_id"], id.to_string());
+    assert_eq!(body["name"], "app.send_email");
+    assert_eq!(
+        body["payload"],
+        json!({"args": [1], "kwargs": {"to": "ada@example.com"}})
+    );
+    let props = &message.delivery.properties;
+    assert_eq!(
+        props.content_type().as_ref().map(|c| c.as_str()),
+        Some("application/json")
+    );
+    assert_eq!(props.delivery_mode(), &Some(2), "persistent");
+    assert_eq!(props.priority(), &Some(7));
+    assert_eq!(
+        props.message_id().as_ref().map(|m| m.to_string()),
+        Some(id.to_string())
+    );
+    assert_eq!(header_int(props, "attempt"), Some(1));
+    assert_eq!(header_int(props, "max_retries"), Some(4));
+    assert_eq!(header_int(props, "priority"), Some(7));
+    assert_eq!(header_int(props, "timeout_ms"), Some(30_000));
+    assert_eq!(header_text(props, "queue"), queue);
+    // The producer's store shows it as forwarded, with the time of the confirm.
+    eventually("the task to be marked forwarded", || async {
+        engine
+            .task(id)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|t| t.status == TaskStatus::Forwarded)
+    })
+    .await;
+    assert!(engine.task(id).await?.unwrap().finished_at.is_some());
+    Ok(())
+}
+
+/// A task published by a plain AMQP client in the documented format (no fq headers at all)
+/// runs on an fq worker, which records the run in its own store.
+#[tokio::test]
+async fn a_plain_client_task_runs_on_an_fq_worker() -> fq::Result<()> {
+    require_rabbitmq!();
+    let _shared = BROKER.read().await;
+    let queue = unique_queue("plain");
+    let _cleanup = Queues(vec![queue.clone()]);
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(rabbit_config(dir.path(), &queue, 2))?;
+    engine.ready(PATIENCE).await?;
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let worker = common::start_worker(&engine, counting_registry(Arc::clone(&runs)), &[&queue], 2);
+    let id = TaskId::new();
+    let body = json!({"task_id": id.to_string(), "name": "test.work", "payload": {"args": [], "kwargs": {"n": 42}}});
+    eventually("the queue to exist", || async {
+        depth(&engine, &queue).await.is_some()
+    })
+    .await;
+    publish_plain(
+        &queue,
+        body.to_string().as_bytes(),
+        BasicProperties::default().with_content_type("application/json".into()),
+    )
+    .await;
+    eventually("the task to run", || async {
+        runs.lock().unwrap().iter().any(|(r, _)| *r == id)
+    })
+    .await;
+    eventually("the run to be recorded", || async {
+        engine
+            .task(id)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|t| t.status == TaskStatus::Completed)
+    })
+    .await;
+    let record = engine.task(id).await?.unwrap();
+    assert_eq!(record.result, Some(json!(42)));
+    assert_eq!(record.attempts, 1);
+    assert_eq!(record.queue, queue);
+    worker.stop().await;
+    Ok(())
+}
+
+/// Serializes the tests that stop RabbitMQ against all others: they take it for writing, the
+/// rest for reading.
+static BROKER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// Stops the RabbitMQ application (`rabbitmqctl stop_app`) and always starts it again when
+/// dropped, even when the test fails, waiting until it accepts connections.
+struct Stopped;
+
+fn rabbitmqctl(command: &str) {
+    let status = Command::new("rabbitmqctl")
+        .arg(command)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("rabbitmqctl runs");
+    assert!(status.success(), "rabbitmqctl {command} failed");
+}
+
+impl Stopped {
+    fn stop() -> Self {
+        rabbitmqctl("stop_app");
+        Stopped
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        rabbitmqctl("start_app");
+        let addr: SocketAddr = ([127, 0, 0, 1], 5672).into();
+        let deadline = Instant::now() + PATIENCE;
+        while TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Restarts the RabbitMQ application (the guard makes sure it comes back).
+async fn restart_rabbitmq() {
+    tokio::task::spawn_blocking(|| {
+        let stopped = Stopped::stop();
+        std::thread::sleep(Duration::from_millis(500));
+        drop(stopped);
+    })
+    .await
+    .expect("restart");
+}
+
+/// The topology is what the README documents, checked with passive declarations, an
+/// equivalent redeclaration (accepted) and a different one (refused), and mandatory
+/// publishes through both exchanges (routed).
+#[tokio::test]
+async fn the_declared_topology_matches() -> fq::Result<()> {
+    require_rabbitmq!();
+    let _shared = BROKER.read().await;
+    let queue = unique_queue("topology");
+    let _cleanup = Queues(vec![queue.clone()]);
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(rabbit_config(dir.path(), &queue, 2))?;
+    engine.ready(PATIENCE).await?;
+    eventually("the queue to be declared", || async {
+        depth(&engine, &queue).await.is_some()
+    })
+    .await;
+
+    let conn = plain_connection().await.expect("plain connection");
+    let channel = conn.create_channel().await.expect("channel");
+    let passive_exchange = lapin::options::ExchangeDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    for exchange in ["tasks", "tasks.dead"] {
+        channel
+            .exchange_declare(
+                exchange.into(),
+                lapin::ExchangeKind::Direct,
+                passive_exchange,
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("exchange {exchange} exists: {e}"));
+    }
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    for name in [queue.clone(), format!("{queue}.dead")] {
+        channel
+            .queue_declare(name.as_str().into(), passive, FieldTable::default())
+            .await
+            .unwrap_or_else(|e| panic!("queue {name} exists: {e}"));
+    }
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let mut documented = FieldTable::default();
+    documented.insert("x-max-priority".into(), AMQPValue::LongInt(10));
+    documented.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(LongString::from("tasks.dead")),
+    );
+    documented.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(LongString::from(format!("{queue}.dead").as_str())),
+    );
+    channel
+        .queue_declare(queue.as_str().into(), durable, documented.clone())
+        .await
+        .expect("the documented arguments are the queue's arguments");
+    let mut other = documented;
+    other.insert("x-max-priority".into(), AMQPValue::LongInt(5));
+    assert!(
+        channel
+            .queue_declare(queue.as_str().into(), durable, other)
+            .await
+            .is_err(),
+        "a different x-max-priority was accepted"
+    );
+
+    let channel = conn.create_channel().await.expect("channel");
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .expect("confirm mode");
+    for (exchange, routing) in [
+        ("tasks", queue.clone()),
+        ("tasks.dead", format!("{queue}.dead")),
+    ] {
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                routing.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                b"{}",
+                BasicProperties::default(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert_eq!(
+            confirm,
+            lapin::Confirmation::Ack(None),
+            "{exchange} routes {routing}"
+        );
+    }
+    let _ = conn.close(200, "bye".into()).await;
+    Ok(())
+}
+
+/// A queue that exists with other arguments is never changed: queuing to it fails with an
+/// error saying what conflicts and what to do.
+#[tokio::test]
+async fn a_conflicting_queue_is_a_clear_error() -> fq::Result<()> {
+    require_rabbitmq!();
+    let _shared = BROKER.read().await;
+    let queue = unique_queue("conflict");
+    let _cleanup = Queues(vec![queue.clone()]);
+    {
+        let conn = plain_connection().await.expect("plain connection");
+        let channel = conn.create_channel().await.expect("channel");
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-max-priority".into(), AMQPValue::LongInt(5));
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                arguments,
+            )
+            .await
+            .expect("declare a queue of another application");
+        let _ = conn.close(200, "bye".into()).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(rabbit_config(dir.path(), &queue, 2))?;
+    engine.ready(PATIENCE).await?;
+    let deadline = Instant::now() + PATIENCE;
+    let error = loop {
+        match engine
+            .queue_task_named("test.work", &json!({"kwargs": {"n": 1}}))
+            .send()
+            .await
+        {
+            Err(error) => break error,
+            Ok(_) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "queuing to a conflicting queue kept working"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert!(
+        matches!(error, Error::Rabbit(RabbitError::TopologyConflict { .. })),
+        "{error:?}"
+    );
+    let text = error.to_string();
+    for needle in [
+        queue.as_str(),
+        "x-max-priority",
+        "Delete it",
+        "another queue name",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from: {text}");
+    }
+    Ok(())
+}
+
+/// With no consumer running, 100 priority-0 tasks then one priority-9 task: the priority-9
+/// task is consumed first.
+#[tokio::test]
+async fn priority_nine_is_consumed_before_a_hundred_zeros() -> fq::Result<()> {
+    require_rabbitmq!();
+    let _shared = BROKER.read().await;
+    let queue = unique_queue("priority");
+    let _cleanup = Queues(vec![queue.clone()]);
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(rabbit_config(dir.path(), &queue, 1))?;
+    let mut batch = Vec::new();
+    for n in 0..100 {
+        batch.push(
+            engine
+                .queue_task_named("test.work", &json!({"kwargs": {"n": n}}))
+                .priority(0),
+        );
+    }
+    engine.queue_batch(batch).await?;
+    let urgent = engine
+        .queue_task_named("test.work", &json!({"kwargs": {"n": 999}}))
+        .priority(9)
+        .send()
+        .await?;
+    eventually("all 101 to wait in RabbitMQ", || async {
+        depth(&engine, &queue).await == Some(101)
+    })
+    .await;
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let worker = common::start_worker(&engine, counting_registry(Arc::clone(&runs)), &[&queue], 1);
+    eventually("all to run", || async { runs.lock().unwrap().len() >= 101 }).await;
+    worker.stop().await;
+    let order = runs.lock().unwrap().clone();
+    assert_eq!(order[0].0, urgent, "the priority-9 task ran first");
+    Ok(())
+}
+
+/// A task that fails its first run succeeds on the second, after the backoff.
+#[tokio::test]
+async fn a_flaky_task_succeeds_on_its_second_run_after_the_backoff() -> fq::Result<()> {
+    require_rabbitmq!();
+    let _shared = BROKER.read().await;
+    let queue = unique_queue("flaky");
+    let _cleanup = Queues(vec![queue.clone()]);
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(rabbit_config(dir.path(), &queue, 2))?;
+    let starts = Arc::new(Mutex::new(Vec::new()));
+    let mut registry = Registry::new();
+    let seen = Arc::clone(&starts);
+    registry.register_async("test.flaky", move |_: Value, ctx: TaskContext| {
+        let seen = Arc::clone(&seen);
+        async move {
+            seen.lock()
+                .unwrap()
+                .push((ctx.attempt(), chrono::Utc::now()));
+            if ctx.attempt() == 1 {
+                return Err(TaskError::new("first run fails"));
+            }
+            Ok(json!("second run works"))
+        }
+    });
+    let mut events = engine.events().subscribe();
+    let worker = common::start_worker(&engine, registry, &[&queue], 2);
+    let id = engine
+        .queue_task_named("test.flaky", &json!({}))
+        .send()
+        .await?;
+    let retrying = common::next_event(&mut events, "task.retrying", |e| e.task.id == id).await;
+    let retry_at = retrying.retry_at.expect("a retry time");
+    common::next_event(&mut events, "worker.task.after_execution", |e| {
+        e.task.id == id
+    })
+    .await;
+    worker.stop().await;
+    let record = engine.task(id).await?.unwrap();
+    assert_eq!(record.status, TaskStatus::Completed);
+    assert_eq!(record.attempts, 2);
+    assert_eq!(record.result, Some(json!("second run works")));
+    let starts = starts.lock().unwrap().clone();
+    assert_eq!(starts.len(), 2);
+    assert!(
+        starts[1].1 >= retry_at,
+        "the second run started before its retry time"
+    );
+    assert!(retry_at > starts[0].1, "no backoff");
+    Ok(())
+}
+
+/// A task that always fails runs max_retries + 1 times, then lands in `<queue>.dead` with the
+/// reason in its headers.
+#[tokio::test]
+async fn an_always_failing_task_ends_in_the_dead_queue() -> fq::Result<()> {
+    require_rabbitmq!();
+    let _shared = BROKER.read().await;
+    let queue = unique_queue("failing");
+    let _cleanup = Queues(vec![queue.clone()]);
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(rabbit_config(dir.path(), &queue, 2))?;
+    let runs = Arc::new(Mutex::new(0u32));
+    let mut registry = Registry::new();
+    let counted = Arc::clone(&runs);
+    registry.register_async("test.broken", move |_: Value, _ctx: TaskContext| {
+        let counted = Arc::clone(&counted);
+        async move {
+            *counted.lock().unwrap() += 1;
+            Err::<Value, _>(TaskError::new("the disk is on fire"))
+        }
+    });
+    let mut events = engine.events().subscribe();
+    let worker = common::start_worker(&engine, registry, &[&queue], 2);
+    let id = engine
+        .queue_task_named("test.broken", &json!({}))
+        .max_retries(2)
+        .send()
+        .await?;
+    common::next_event(&mut events, "task.failed", |e| e.task.id == id).await;
+    let dead = get_one(&format!("{queue}.dead"))
+        .await
+        .expect("a dead letter");
+    worker.stop().await;
+    assert_eq!(*runs.lock().unwrap(), 3, "max_retries + 1 runs");
+    let body: Value = serde_json::from_slice(&dead.delivery.data).unwrap();
+    assert_eq!(body["task_id"], id.to_string());
+    let props = &dead.delivery.properties;
+    let reason = header_text(props, "dead_reason");
+    assert!(
+        reason.contains("the disk is on fire") && reason.contains("retries exhausted"),
+        "{reason}"
+    );
+    assert_eq!(header_text(props, "error_kind"), "error");
+    assert_eq!(header_int(props, "attempt"), Some(3));
+    let record = engine.task(id).await?.unwrap();
+    assert_eq!((record.status, record.attempts), (TaskStatus::Failed, 3));
+    Ok(())
+}
+
+/// A malformed message and one naming a task nobody registered, published by a plain
+/// client, end in `<queue>.dead` with their reasons; the worker keeps going.
+#[tokio::test]
+async fn malformed_and_unknown_messages_are_dead_lettered_and_the_worker_goes_on() -> fq::Result<()>
+{
+    require_rabbitmq!();
+    let _shared = BROKER.read().await;
+    let queue = unique_queue("malformed");
+    let _cleanup = Queues(vec![queue.clone()]);
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(rabbit_config(dir.path(), &queue, 2))?;
+    engine.ready(PATIENCE).await?;
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let worker = common::start_worker(&engine, counting_registry(Arc::clone(&runs)), &[&queue], 2);
+    eventually("the queue to exist", || async {
+        depth(&engine, &queue).await.is_some()
+    })
+    .await;
+    publish_plain(&queue, b"this is not json", BasicProperties::default()).await;
+    let unknown = TaskId::new();
+    publish_plain(
+        &queue,
+        json!({"task_id": unknown.to_string(), "name": "nobody.knows.this", "payload": {}})
+            .to_string()
+            .as_bytes(),
+        BasicProperties::default(),
+    )
+    .await;
+    let good = TaskId::new();
+    publish_plain(
+        &queue,
+        json!({"task_id": good.to_string(), "name": "test.work", "payload": {"kwargs": {"n": 7}}})
+            .to_string()
+            .as_bytes(),
+        BasicProperties::default(),
+    )
+    .await;
+    eventually("the good task to run", || async {
+        runs.lock().unwrap().iter().any(|(id, _)| *id == good)
+    })
+    .await;
+    let mut kinds = HashMap::new();
+    for _ in 0..2 {
+        let dead = get_one(&format!("{queue}.dead"))
+            .await
+            .expect("a dead letter");
+        let props = &dead.delivery.properties;
+        kinds.insert(
+            header_text(props, "error_kind"),
+            (header_text(props, "dead_reason"), dead.delivery.data),
+        );
+    }
+    worker.stop().await;
+    let (reason, body) = &kinds["undecodable"];
+    assert!(reason.contains("not an fq task"), "{reason}");
+    assert_eq!(body, b"this is not json");
+    let (reason, _) = &kinds["unknown_task"];
+    assert!(reason.contains("nobody.knows.this"), "{reason}");
+    Ok(())
+}
+
+/// How many times each task ran, from a run log.
+fn run_counts(runs: &[(TaskId, u32)]) -> HashMap<TaskId, usize> {
+    let mut counts = HashMap::new();
+    for (id, _) in runs {
+        *counts.entry(*id).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Queues `n` tasks in batches of 500; returns their ids.
+async fn queue_many(engine: &Engine, n: u64) -> fq::Result<Vec<TaskId>> {
+    let mut ids = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+    let mut next = 0;
+    while next < n {
+        let end = (next + 500).min(n);
+        let batch = (next..end)
+            .map(|i| engine.queue_task_named("test.work", &json!({"kwargs": {"n": i}})))
+            .collect::<Vec<_>>();
+        ids.extend(engine.queue_batch(batch).await?);
+        next = end;
+    }
+    Ok(ids)
+}
+
+/// Tasks queued while RabbitMQ is stopped wait in the outbox; once it is started again they
+/// are forwarded and each runs exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_queued_while_rabbitmq_is_stopped_all_run_exactly_once() -> fq::Result<()> {
+    require_rabbitmq!();
+    let _exclusive = BROKER.write().await;
+    let n: u64 = 10_000;
+    let queue = unique_queue("outage");
+    let _cleanup = Queues(vec![queue.clone()]);
+    let producer_dir = tempfile::tempdir().unwrap();
+    let producer = open(rabbit_config(producer_dir.path(), &queue, 32))?;
+    producer.ready(PATIENCE).await?;
+
+    let stopped = tokio::task::spawn_blocking(Stopped::stop)
+        .await
+        .expect("stop_app");
+    let ids = queue_many(&producer, n).await?;
+    let outbox = producer.stats().await?;
+    assert_eq!(
+        outbox.queues[&queue].pending, n,
+        "all {n} wait in the outbox"
+    );
+    assert!(!outbox.rabbitmq.unwrap().connected);
+    tokio::task::spawn_blocking(move || drop(stopped))
+        .await
+        .expect("start_app");
+
+    let worker_dir = tempfile::tempdir().unwrap();
+    let worker_engine = open(rabbit_config(worker_dir.path(), &queue, 32))?;
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let worker = common::start_worker(
+        &worker_engine,
+        counting_registry(Arc::clone(&runs)),
+        &[&queue],
+        32,
+    );
+    eventually("every task to run", || async {
+        run_counts(&runs.lock().unwrap()).len() as u64 >= n
+    })
+    .await;
+    eventually("the outbox to be empty", || async {
+        producer
+            .stats()
+            .await
+            .is_ok_and(|s| s.queues[&queue].forwarded == n)
+    })
+    .await;
+    // Room for a duplicate to show up before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    worker.stop().await;
+    let counts = run_counts(&runs.lock().unwrap());
+    for id in &ids {
+        assert_eq!(
+            counts.get(id),
+            Some(&1),
+            "task {id} ran {:?} times",
+            counts.get(id)
+        );
+    }
+    assert_eq!(counts.len(), ids.len());
+    Ok(())
+}
+
+/// RabbitMQ restarted twice in the middle of a run: no task is lost. Deliveries in flight at
+/// a restart may run twice (at-least-once); the test counts and prints them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_restarts_mid_run_lose_nothing() -> fq::Result<()> {
+    require_rabbitmq!();
+    let _exclusive = BROKER.write().await;
+    let n: u64 = 20_000;
+    let queue = unique_queue("restarts");
+    let _cleanup = Queues(vec![queue.clone()]);
+    let producer_dir = tempfile::tempdir().unwrap();
+    let producer = open(rabbit_config(producer_dir.path(), &queue, 32))?;
+    let worker_dir = tempfile::tempdir().unwrap();
+    let worker_engine = open(rabbit_config(worker_dir.path(), &queue, 32))?;
+    producer.ready(PATIENCE).await?;
+    worker_engine.ready(PATIENCE).await?;
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let worker = common::start_worker(
+        &worker_engine,
+        counting_registry(Arc::clone(&runs)),
+        &[&queue],
+        32,
+    );
+    let ids = queue_many(&producer, n).await?;
+    for restart in 1..=2u64 {
+        let at = n * restart / 3;
+        eventually("the run to progress", || async {
+            runs.lock().unwrap().len() as u64 >= at
+        })
+        .await;
+        restart_rabbitmq().await;
+        println!(
+            "restarted RabbitMQ after {} runs",
+            runs.lock().unwrap().len()
+        );
+    }
+    eventually("every task to run", || async {
+        run_counts(&runs.lock().unwrap()).len() as u64 >= n
+    })
+    .await;
+    eventually("the outbox to be empty", || async {
+        producer
+            .stats()
+            .await
+            .is_ok_and(|s| s.queues[&queue].forwarded == n)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    worker.stop().await;
+    let runs = runs.lock().unwrap().clone();
+    let counts = run_counts(&runs);
+    let lost: Vec<_> = ids.iter().filter(|id| !counts.contains_key(id)).collect();
+    assert!(lost.is_empty(), "{} tasks never ran", lost.len());
+    let duplicates: usize = counts.values().map(|c| c - 1).sum();
+    println!(
+        "{n} tasks, 2 RabbitMQ restarts: {} runs, {duplicates} duplicate runs (at-least-once), 0 lost",
+        runs.len()
+    );
+    assert!(
+        duplicates < usize::try_from(n).unwrap_or(usize::MAX) / 2,
+        "implausibly many duplicates: {duplicates}"
+    );
+    Ok(())
+}
+
+/// The child worker of `a_killed_worker_s_task_runs_on_another_worker`: consumes the queue
+/// named by `FQ_RABBITMQ_CHILD_QUEUE` and hangs in every task after logging its start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_worker() -> fq::Result<()> {
+    let (Ok(dir), Ok(queue)) = (
+        std::env::var("FQ_RABBITMQ_CHILD"),
+        std::env::var("FQ_RABBITMQ_CHILD_QUEUE"),
+    ) else {
+        return Ok(()); // only meaningful as the child of the SIGKILL test
+    };
+    let dir = PathBuf::from(dir);
+    let engine = open(rabbit_config(&dir.join("child"), &queue, 4))?;
+    let log = dir.join("starts.log");
+    let mut registry = Registry::new();
+    registry.register_async("test.slow", move |_: Value, ctx: TaskContext| {
+        let log = log.clone();
+        async move {
+            append_line(&log, &format!("{} {}", ctx.id(), std::process::id()));
+            std::future::pending::<()>().await;
+            Ok::<_, TaskError>(Value::Null)
+        }
+    });
+    let mut worker = engine.worker(registry);
+    worker.set_handle_signals(false);
+    worker.start().await?;
+    Ok(())
+}
+
+fn append_line(path: &Path, line: &str) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open log");
+    writeln!(file, "{line}").expect("append");
+}
+
+/// A worker process killed with SIGKILL mid-task leaves its delivery unacknowledged;
+/// RabbitMQ gives it to another worker, which runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_s_task_runs_on_another_worker() -> fq::Result<()> {
+    require_rabbitmq!();
+    let _shared = BROKER.read().await;
+    let queue = unique_queue("sigkill");
+    let _cleanup = Queues(vec![queue.clone()]);
+    let dir = tempfile::tempdir().unwrap();
+    // Queued first: nothing fallible may return between spawning the child and reaping it.
+    let producer = open(rabbit_config(&dir.path().join("producer"), &queue, 2))?;
+    let id = producer
+        .queue_task_named("test.slow", &json!({}))
+        .send()
+        .await?;
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_worker",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("FQ_RABBITMQ_CHILD", dir.path())
+        .env("FQ_RABBITMQ_CHILD_QUEUE", &queue)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let log = dir.path().join("starts.log");
+    let child_pid = child.id().to_string();
+    let started_in = |pid: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .any(|line| line == format!("{id} {pid}"))
+    };
+    // Killed and reaped whatever happens, so no child outlives a failed wait.
+    let started = tokio::time::timeout(PATIENCE, async {
+        while !started_in(&child_pid) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    child.kill().expect("SIGKILL the child");
+    let _ = child.wait();
+    assert!(started.is_ok(), "the child never started the task");
+
+    let worker_engine = open(rabbit_config(&dir.path().join("worker"), &queue, 2))?;
+    let log_for_handler = log.clone();
+    let mut registry = Registry::new();
+    registry.register_async("test.slow", move |_: Value, ctx: TaskContext| {
+        let log = log_for_handler.clone();
+        async move {
+            append_line(&log, &format!("{} {}", ctx.id(), std::process::id()));
+            Ok::<_, TaskError>(json!("done"))
+        }
+    });
+    let mut events = worker_engine.events().subscribe();
+    let worker = common::start_worker(&worker_engine, registry, &[&queue], 2);
+    common::next_event(&mut events, "worker.task.after_execution", |e| {
+        e.task.id == id
+    })
+    .await;
+    worker.stop().await;
+    assert!(
+        started_in(&std::process::id().to_string()),
+        "the task ran again here"
+    );
+    let record = worker_engine.task(id).await?.unwrap();
+    assert_eq!(record.status, TaskStatus::Completed);
+    Ok(())
+}
+
+#[derive(Debug, serde::Serialize, Deserialize)]
+struct SendEmail {
+    to: String,
+}
+
+impl fq::Task for SendEmail {
+    const NAME: &'static str = "myapp.tasks.send_email";
+    type Output = Value;
+
+    async fn run(self, _ctx: TaskContext) -> Result<Value, TaskError> {
+        Ok(json!({"status": "sent", "recipient": self.to}))
+    }
+}
+
+/// The quickstart's logic as an application: open the engine its configuration describes,
+/// queue a typed task and one by name, run a worker until both are done, and return their
+/// results. Nothing here names a broker.
+async fn quickstart_app(config: Config) -> fq::Result<Vec<Value>> {
+    let queues = config.worker.queues.clone();
+    let engine = Engine::from_config(config)?;
+    let mut registry = Registry::new();
+    registry.register::<SendEmail>().register_fn(
+        "myapp.tasks.process_payment",
+        |args: Value| -> Result<Value, TaskError> {
+            Ok(json!({"status": "completed", "order_id": args["order_id"]}))
+        },
+    );
+    let mut events = engine.events().subscribe();
+    let mut worker = engine.worker(registry);
+    worker.set_handle_signals(false);
+    let stop = worker.shutdown_handle();
+    let running = tokio::spawn(async move { worker.start().await });
+    let email = engine
+        .queue_task(SendEmail {
+            to: "ada@example.com".into(),
+        })
+        .queue(queues[0].clone())
+        .send()
+        .await?;
+    let payment = engine
+        .queue_task_named(
+            "myapp.tasks.process_payment",
+            &json!({"kwargs": {"order_id": "A-1001"}}),
+        )
+        .queue(queues[1].clone())
+        .priority(10)
+        .send()
+        .await?;
+    let mut pending = vec![email, payment];
+    while !pending.is_empty() {
+        let done = common::next_event(&mut events, "worker.task.after_execution", |_| true).await;
+        pending.retain(|id| *id != done.task.id);
+    }
+    stop.shutdown();
+    running.await.expect("worker task")?;
+    let mut results = Vec::new();
+    for id in [email, payment] {
+        results.push(
+            engine
+                .task(id)
+                .await?
+                .and_then(|t| t.result)
+                .unwrap_or(Value::Null),
+        );
+    }
+    Ok(results)
+}
+
+/// Switching the app from `database` to `rabbitmq` is a configuration change only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_to_rabbitmq_is_a_config_change_only() -> fq::Result<()> {
+    require_rabbitmq!();
+    let _shared = BROKER.read().await;
+    let emails = unique_queue("emails");
+    let payments = unique_queue("payments");
+    let _cleanup = Queues(vec![emails.clone(), payments.clone()]);
+    let file = |dir: &Path, broker: &str| {
+        format!(
+            "broker = \"{broker}\"\ndatabase = \"{}\"\n[defaults]\nqueue = \"{emails}\"\n[worker]\nqueues = [\"{emails}\", \"{payments}\"]\nconcurrency = 4\n[rabbitmq]\nurl = \"{}\"\n",
+            dir.join("fq.redb").display(),
+            url()
+        )
+    };
+    let load = |dir: &Path, broker: &str| {
+        let path = dir.join("fq.toml");
+        std::fs::write(&path, file(dir, broker)).expect("write fq.toml");
+        Config::load(Some(&path))
+    };
+    let database_dir = tempfile::tempdir().unwrap();
+    let database = load(database_dir.path(), "database")?;
+    let rabbit_dir = tempfile::tempdir().unwrap();
+    let rabbitmq = load(rabbit_dir.path(), "rabbitmq")?;
+    // The two files differ in the broker line only.
+    let differing: Vec<(String, String)> = file(database_dir.path(), "database")
+        .replace(&database_dir.path().display().to_string(), "DIR")
+        .lines()
+        .zip(
+            file(rabbit_dir.path(), "rabbitmq")
+                .replace(&rabbit_dir.path().display().to_string(), "DIR")
+                .lines(),
+        )
+        .filter(|(a, b)| a != b)
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .collect();
+    assert_eq!(
+        differing,
+        vec![(
+            "broker = \"database\"".to_owned(),
+            "broker = \"rabbitmq\"".to_owned()
+        )]
+    );
+    let on_database = quickstart_app(database).await?;
+    let on_rabbitmq = quickstart_app(rabbitmq).await?;
+    assert_eq!(on_database, on_rabbitmq);
+    assert_eq!(on_rabbitmq[0]["recipient"], "ada@example.com");
+    Ok(())
+}
