@@ -193,3 +193,40 @@ async fn a_task_id_already_in_use_is_refused_without_overwriting() -> fq::Result
     assert_eq!(engine.stats().await?.total(), 1);
     Ok(())
 }
+
+/// DESIGN §2: expired leases are swept as recovery at open does, RETRYING at once with the
+/// attempt counted. They used to wait out the retry backoff (`retry_delay`, 5 s by default), so
+/// the orphans of a dead remote worker sat idle for seconds after their lease ran out.
+#[tokio::test]
+async fn regression_an_expired_lease_waited_out_the_retry_backoff() -> fq::Result<()> {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = fq::ManualClock::new(chrono::Utc::now());
+    let engine = fq::Engine::builder(dir.path().join("fq.redb"))
+        .clock(clock.clone())
+        .lease_duration(Duration::from_secs(30))
+        .control(false)
+        .open()?;
+    let broker = engine.broker();
+    let mut events = engine.events().subscribe();
+    let id = engine
+        .queue_task_named("test.any", &json!({}))
+        .send()
+        .await?;
+    let never = CancellationToken::new();
+    let claimed = broker
+        .claim(&queues(), 1, Duration::from_secs(5), &never)
+        .await?;
+    assert_eq!(claimed[0].attempts, 1);
+    clock.advance(Duration::from_secs(31));
+    common::next_event(&mut events, "task.retrying", |e| e.task.id == id).await;
+    let record = engine.task(id).await?.unwrap();
+    assert_eq!(record.status, TaskStatus::Retrying);
+    assert_eq!(record.error.unwrap().kind, FailureKind::WorkerLost);
+    assert!(record.due_at <= clock.now(), "it waits out a backoff");
+    // Claimable at once, without the clock moving on.
+    let again = broker
+        .claim(&queues(), 1, Duration::from_secs(5), &never)
+        .await?;
+    assert_eq!((again[0].id, again[0].attempts), (id, 2));
+    Ok(())
+}
