@@ -11,9 +11,11 @@
 //!    recorded in its store, then the ack.
 //!
 //! ```text
-//! cargo run --release --features rabbitmq --example rabbitmq_load -- [N] [P]
+//! cargo run --release --features rabbitmq --example rabbitmq_load -- [N] [P] [ROUNDS]
 //! ```
-//! N defaults to 20,000 and P to 64. `FQ_RABBITMQ_URL` overrides the server
+//! N defaults to 20,000, P to 64 and ROUNDS to 3: each round runs the four phases on fresh
+//! queues, and the last line gives the medians (the shared disk and CPU make single runs
+//! noisy). `FQ_RABBITMQ_URL` overrides the server
 //! (default `amqp://guest:guest@127.0.0.1:5672/%2f`). Queues are deleted afterwards.
 
 use std::collections::VecDeque;
@@ -34,7 +36,7 @@ use serde_json::{Value, json};
 type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Unconfirmed messages the raw publisher allows, as the bridge's forwarder does.
-const WINDOW: usize = 2048;
+const WINDOW: usize = 1024;
 
 fn url() -> String {
     std::env::var("FQ_RABBITMQ_URL")
@@ -321,44 +323,67 @@ fn rate(n: u64, took: Duration) -> f64 {
     n as f64 / took.as_secs_f64()
 }
 
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
 #[tokio::main]
 async fn main() -> BoxResult<()> {
     let mut args = std::env::args().skip(1);
     let n: u64 = args.next().map_or(Ok(20_000), |a| a.parse())?;
     let prefetch: u16 = args.next().map_or(Ok(64), |a| a.parse())?;
-    let tag = &TaskId::new().to_string()[24..];
-    let raw_queue = format!("fqload.raw.{tag}");
-    let bridge_queue = format!("fqload.bridge.{tag}");
-    println!("{n} persistent messages, publish window {WINDOW}, prefetch/concurrency {prefetch}");
-
-    let outcome = async {
-        let (publish, consume) = raw(&raw_queue, n, prefetch)
-            .await
-            .map_err(|e| format!("raw lapin: {e}"))?;
-        let (forward, drain) = bridge(&bridge_queue, n, prefetch)
-            .await
-            .map_err(|e| format!("bridge: {e}"))?;
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((publish, consume, forward, drain))
-    }
-    .await;
-    delete_queues(&[&raw_queue, &bridge_queue]).await?;
-    let (publish, consume, forward, drain) = outcome?;
-
-    let row = |label: &str, took: Duration| {
-        println!(
-            "{label:<48} {:>8.0}/s  ({:.2} s)",
-            rate(n, took),
-            took.as_secs_f64()
-        );
-    };
-    row("raw lapin publish, pipelined confirms", publish);
-    row("fq bridge forwarding (publish + confirm + mark)", forward);
-    row("raw lapin consume with acks", consume);
-    row("fq bridge drain (worker: run + record + ack)", drain);
+    let rounds: usize = args.next().map_or(Ok(3), |a| a.parse())?;
     println!(
-        "bridge / raw: forwarding {:.0}%, drain {:.0}%",
-        100.0 * rate(n, forward) / rate(n, publish),
-        100.0 * rate(n, drain) / rate(n, consume)
+        "{n} persistent messages per phase, publish window {WINDOW}, prefetch/concurrency \
+         {prefetch}, {rounds} rounds (raw, then bridge, in each)"
+    );
+    println!(
+        "{:>5} {:>12} {:>12} {:>6} {:>12} {:>12} {:>6}",
+        "round", "raw publish", "forwarding", "ratio", "raw consume", "drain", "ratio"
+    );
+    let mut results = Vec::new();
+    for round in 1..=rounds {
+        let tag = &TaskId::new().to_string()[24..];
+        let raw_queue = format!("fqload.raw.{tag}");
+        let bridge_queue = format!("fqload.bridge.{tag}");
+        let outcome = async {
+            let (publish, consume) = raw(&raw_queue, n, prefetch)
+                .await
+                .map_err(|e| format!("raw lapin: {e}"))?;
+            let (forward, drain) = bridge(&bridge_queue, n, prefetch)
+                .await
+                .map_err(|e| format!("bridge: {e}"))?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((publish, consume, forward, drain))
+        }
+        .await;
+        delete_queues(&[&raw_queue, &bridge_queue]).await?;
+        let (publish, consume, forward, drain) = outcome?;
+        let rates = [
+            rate(n, publish),
+            rate(n, forward),
+            rate(n, consume),
+            rate(n, drain),
+        ];
+        println!(
+            "{round:>5} {:>10.0}/s {:>10.0}/s {:>5.0}% {:>10.0}/s {:>10.0}/s {:>5.0}%",
+            rates[0],
+            rates[1],
+            100.0 * rates[1] / rates[0],
+            rates[2],
+            rates[3],
+            100.0 * rates[3] / rates[2]
+        );
+        results.push(rates);
+    }
+    let column = |i: usize| median(results.iter().map(|r| r[i]).collect());
+    let (publish, forward, consume, drain) = (column(0), column(1), column(2), column(3));
+    println!(
+        "{:>5} {publish:>10.0}/s {forward:>10.0}/s {:>5.0}% {consume:>10.0}/s {drain:>10.0}/s \
+         {:>5.0}%",
+        "median",
+        100.0 * forward / publish,
+        100.0 * drain / consume
     );
     Ok(())
 }

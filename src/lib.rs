@@ -55,11 +55,31 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## RabbitMQ
+//! With `broker: rabbitmq` in the configuration (cargo feature `rabbitmq`), the same API runs
+//! over RabbitMQ: the store becomes a durable outbox that is forwarded with publisher confirms,
+//! and workers consume with manual acks. Nothing else changes in the application:
+//!
+//! ```no_run
+//! # #[tokio::main] async fn main() -> fq::Result<()> {
+//! let mut config = fq::Config::default();
+//! config.broker = fq::BrokerKind::Rabbitmq;
+//! config.rabbitmq.url = Some("amqp://guest:guest@127.0.0.1:5672/%2f".into());
+//! let engine = fq::Engine::from_config(config)?; // connects in the background
+//! engine.ready(std::time::Duration::from_secs(10)).await?; // optional: wait for it
+//! # Ok(()) }
+//! ```
+//!
+//! ## Features
+//! `cli` (default): the `fq` binary and `fq::cli::run`. `rabbitmq`: the RabbitMQ bridge
+//! (lapin, on tokio, without TLS); without it, `broker: rabbitmq` is refused with
+//! [`RabbitError::NotBuilt`].
+//!
 //! ## Layout
 //! `task` (definitions, records, retry policy) · `store` (the redb file) · `queue` (ready heap,
-//! delay index) · `broker` (the transport seam; `local` is the embedded engine) · `events` ·
-//! `worker` (manager, runner) · `control` (the control socket: protocol, server, remote
-//! broker) · `config` · `engine` (wiring). See ARCHITECTURE.md.
+//! delay index) · `broker` (the transport seam; `local` is the embedded engine, `rabbitmq` the
+//! RabbitMQ bridge) · `events` · `worker` (manager, runner) · `control` (the control socket:
+//! protocol, server, remote broker) · `config` · `engine` (wiring). See ARCHITECTURE.md.
 
 mod broker;
 #[cfg(feature = "cli")]

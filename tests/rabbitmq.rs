@@ -246,7 +246,7 @@ fn counting_registry(runs: Arc<Mutex<Vec<(TaskId, u32)>>>) -> Registry {
 
 /// No broker at the address: opening and queuing still work (the outbox), and waiting for the
 /// connection fails with a typed error that names the endpoint and never the password.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_broker_is_a_typed_error() -> fq::Result<()> {
     let dir = tempfile::tempdir().unwrap();
     let mut config = rabbit_config(dir.path(), "fqtest.unreachable", 2);
@@ -278,7 +278,7 @@ async fn an_unreachable_broker_is_a_typed_error() -> fq::Result<()> {
 
 /// With RabbitMQ down the outbox fills up to `limits.max_pending`, then refuses with a clear
 /// error naming the limit and the connection's state.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_outbox_refuses_with_a_clear_error() -> fq::Result<()> {
     let dir = tempfile::tempdir().unwrap();
     let mut config = rabbit_config(dir.path(), "fqtest.full", 2);
@@ -310,7 +310,7 @@ async fn a_full_outbox_refuses_with_a_clear_error() -> fq::Result<()> {
 
 /// A task queued by fq can be read and decoded by a plain AMQP client, in the documented
 /// format.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_fq_task_is_readable_by_a_plain_client() -> fq::Result<()> {
     require_rabbitmq!();
     let _shared = BROKER.read().await;
@@ -368,7 +368,7 @@ async fn an_fq_task_is_readable_by_a_plain_client() -> fq::Result<()> {
 
 /// A task published by a plain AMQP client in the documented format (no fq headers at all)
 /// runs on an fq worker, which records the run in its own store.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_client_task_runs_on_an_fq_worker() -> fq::Result<()> {
     require_rabbitmq!();
     let _shared = BROKER.read().await;
@@ -464,7 +464,7 @@ async fn restart_rabbitmq() {
 /// The topology is what the README documents, checked with passive declarations, an
 /// equivalent redeclaration (accepted) and a different one (refused), and mandatory
 /// publishes through both exchanges (routed).
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_declared_topology_matches() -> fq::Result<()> {
     require_rabbitmq!();
     let _shared = BROKER.read().await;
@@ -569,7 +569,7 @@ async fn the_declared_topology_matches() -> fq::Result<()> {
 
 /// A queue that exists with other arguments is never changed: queuing to it fails with an
 /// error saying what conflicts and what to do.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conflicting_queue_is_a_clear_error() -> fq::Result<()> {
     require_rabbitmq!();
     let _shared = BROKER.read().await;
@@ -631,7 +631,7 @@ async fn a_conflicting_queue_is_a_clear_error() -> fq::Result<()> {
 
 /// With no consumer running, 100 priority-0 tasks then one priority-9 task: the priority-9
 /// task is consumed first.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn priority_nine_is_consumed_before_a_hundred_zeros() -> fq::Result<()> {
     require_rabbitmq!();
     let _shared = BROKER.read().await;
@@ -667,7 +667,7 @@ async fn priority_nine_is_consumed_before_a_hundred_zeros() -> fq::Result<()> {
 }
 
 /// A task that fails its first run succeeds on the second, after the backoff.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flaky_task_succeeds_on_its_second_run_after_the_backoff() -> fq::Result<()> {
     require_rabbitmq!();
     let _shared = BROKER.read().await;
@@ -719,7 +719,7 @@ async fn a_flaky_task_succeeds_on_its_second_run_after_the_backoff() -> fq::Resu
 
 /// A task that always fails runs max_retries + 1 times, then lands in `<queue>.dead` with the
 /// reason in its headers.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_always_failing_task_ends_in_the_dead_queue() -> fq::Result<()> {
     require_rabbitmq!();
     let _shared = BROKER.read().await;
@@ -767,7 +767,7 @@ async fn an_always_failing_task_ends_in_the_dead_queue() -> fq::Result<()> {
 
 /// A malformed message and one naming a task nobody registered, published by a plain
 /// client, end in `<queue>.dead` with their reasons; the worker keeps going.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_unknown_messages_are_dead_lettered_and_the_worker_goes_on() -> fq::Result<()>
 {
     require_rabbitmq!();
@@ -1204,5 +1204,87 @@ async fn switching_to_rabbitmq_is_a_config_change_only() -> fq::Result<()> {
     let on_rabbitmq = quickstart_app(rabbitmq).await?;
     assert_eq!(on_database, on_rabbitmq);
     assert_eq!(on_rabbitmq[0]["recipient"], "ada@example.com");
+    Ok(())
+}
+
+/// A worker that stops hands back what RabbitMQ had prefetched for it, while its engine goes
+/// on (producing, say): after a short idle period the messages are ready for other workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_worker_hands_back_its_prefetched_messages() -> fq::Result<()> {
+    require_rabbitmq!();
+    let _shared = BROKER.read().await;
+    let queue = unique_queue("handback");
+    let _cleanup = Queues(vec![queue.clone()]);
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(rabbit_config(dir.path(), &queue, 4))?;
+    let total = 20;
+    queue_many(&engine, total).await?;
+    eventually("all to wait in RabbitMQ", || async {
+        depth(&engine, &queue).await == Some(total)
+    })
+    .await;
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let mut registry = Registry::new();
+    let seen = Arc::clone(&runs);
+    registry.register_async("test.work", move |_: Value, ctx: TaskContext| {
+        let seen = Arc::clone(&seen);
+        async move {
+            seen.lock().unwrap().push((ctx.id(), ctx.attempt()));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok::<_, TaskError>(Value::Null)
+        }
+    });
+    let worker = common::start_worker(&engine, registry, &[&queue], 4);
+    eventually("a first run", || async { !runs.lock().unwrap().is_empty() }).await;
+    worker.stop().await;
+    let ran = runs.lock().unwrap().len() as u64;
+    assert!(ran < total, "the worker ran everything before it stopped");
+    eventually(
+        "the prefetched messages to be back in the queue",
+        || async { depth(&engine, &queue).await == Some(total - ran) },
+    )
+    .await;
+    Ok(())
+}
+
+/// A delayed task waits in the producer's local delay index, not in RabbitMQ, and is forwarded
+/// (and run) when it is due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_task_waits_locally_and_is_forwarded_when_due() -> fq::Result<()> {
+    require_rabbitmq!();
+    let _shared = BROKER.read().await;
+    let queue = unique_queue("delayed");
+    let _cleanup = Queues(vec![queue.clone()]);
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(rabbit_config(dir.path(), &queue, 2))?;
+    engine.ready(PATIENCE).await?;
+    let id = engine
+        .queue_task_named("test.work", &json!({"kwargs": {"n": 1}}))
+        .delay(Duration::from_millis(1500))
+        .send()
+        .await?;
+    let due_at = engine.task(id).await?.unwrap().due_at;
+    eventually("the queue to be declared", || async {
+        depth(&engine, &queue).await.is_some()
+    })
+    .await;
+    let stats = engine.stats().await?;
+    // Only meaningful when the answer came before the due time (a slow machine may be later).
+    if chrono::Utc::now() < due_at {
+        assert_eq!(
+            stats.rabbitmq.unwrap().queues[&queue].messages,
+            Some(0),
+            "published before it was due"
+        );
+        assert_eq!(stats.queues[&queue].scheduled, 1);
+    }
+    let message = get_one(&queue).await.expect("the task once it is due");
+    let published_after = chrono::Utc::now();
+    let body: Value = serde_json::from_slice(&message.delivery.data).unwrap();
+    assert_eq!(body["task_id"], id.to_string());
+    assert!(
+        published_after >= due_at,
+        "taken at {published_after}, due at {due_at}"
+    );
     Ok(())
 }

@@ -412,6 +412,14 @@ impl LocalBroker {
         Ok(answer)
     }
 
+    /// `Err(Poisoned)` once a failed commit made the store refuse writes.
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        match self.shared.poisoned() {
+            Some(reason) => Err(Error::Poisoned { reason }),
+            None => Ok(()),
+        }
+    }
+
     /// The clock of this store.
     pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
         &self.shared.clock

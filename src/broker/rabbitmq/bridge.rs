@@ -428,6 +428,7 @@ impl RabbitBroker {
                     () = for_sweep.shutdown.cancelled() => break,
                 }
                 consumer::sweep(&for_sweep).await;
+                consumer::stop_idle_sets(&for_sweep).await;
             }
         });
         tracing::info!(endpoint = %bridge.settings.target.endpoint, "RabbitMQ bridge started");

@@ -65,6 +65,9 @@ fn requeue() -> BasicNackOptions {
 const DEAD_LETTER_CONFIRM: Duration = Duration::from_secs(10);
 /// How long after a failed consumer start a claim tries again.
 const START_RETRY: Duration = Duration::from_secs(5);
+/// How long a consumer set may go without a claim (and without a delivery held by a worker)
+/// before it is stopped and its prefetched messages go back to RabbitMQ: its worker stopped.
+const IDLE_SET: Duration = Duration::from_secs(30);
 
 /// A delivery waiting in the buffer for a worker.
 struct Received {
@@ -86,10 +89,44 @@ pub(crate) struct ConsumerSet {
     buffer: Mutex<VecDeque<Received>>,
     signal: Notify,
     started: tokio::sync::Mutex<StartState>,
+    /// The running consumers' channel and the token that stops their readers.
+    running: Mutex<Option<(lapin::Channel, CancellationToken)>>,
+    /// Claims waiting on this set right now.
+    claiming: std::sync::atomic::AtomicUsize,
+    /// Deliveries of this set held by workers (not yet settled).
+    held: std::sync::atomic::AtomicUsize,
+    /// When the last claim on this set ended.
+    last_claim: Mutex<tokio::time::Instant>,
+}
+
+/// Counts a claim in progress on a set, and when it ended.
+struct Claiming<'a>(&'a ConsumerSet);
+
+impl<'a> Claiming<'a> {
+    fn new(set: &'a ConsumerSet) -> Self {
+        set.claiming
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(set)
+    }
+}
+
+impl Drop for Claiming<'_> {
+    fn drop(&mut self) {
+        *self
+            .0
+            .last_claim
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = tokio::time::Instant::now();
+        self.0
+            .claiming
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// A delivery handed to a worker and not yet settled.
 struct InFlight {
+    /// The set it came from; dropping the entry releases its count there.
+    set: Arc<ConsumerSet>,
     generation: u64,
     attempt: u32,
     deadline: Millis,
@@ -97,6 +134,14 @@ struct InFlight {
     delivery: Delivery,
     incoming: Incoming,
     started_at: Millis,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.set
+            .held
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Every consumer set and every delivery a worker holds.
@@ -138,6 +183,10 @@ impl Consumers {
                 buffer: Mutex::new(VecDeque::new()),
                 signal: Notify::new(),
                 started: tokio::sync::Mutex::new(StartState::default()),
+                running: Mutex::new(None),
+                claiming: std::sync::atomic::AtomicUsize::new(0),
+                held: std::sync::atomic::AtomicUsize::new(0),
+                last_claim: Mutex::new(tokio::time::Instant::now()),
             })
         }))
     }
@@ -191,6 +240,7 @@ pub(crate) async fn start_set(
             }
         }
         let channel = session.open_channel("open a consumer channel").await?;
+        let stop = CancellationToken::new();
         // RabbitMQ reads `global` as "shared by the channel's consumers": one limit for the
         // worker however many queues it serves.
         let global = set.queues.len() > 1;
@@ -221,8 +271,10 @@ pub(crate) async fn start_set(
                 Arc::clone(set),
                 Arc::clone(queue),
                 Arc::clone(session),
+                stop.clone(),
             ));
         }
+        *set.running.lock().unwrap_or_else(PoisonError::into_inner) = Some((channel, stop));
         Ok::<(), RabbitError>(())
     }
     .await;
@@ -246,11 +298,14 @@ async fn read_deliveries(
     set: Arc<ConsumerSet>,
     queue: Arc<str>,
     session: Arc<Session>,
+    stop: CancellationToken,
 ) {
     loop {
         let next = tokio::select! {
             next = next_delivery(&mut consumer) => next,
             () = session.lost.cancelled() => break,
+            // The set was stopped on purpose (see `stop_idle_sets`): not a failure.
+            () = stop.cancelled() => return,
         };
         match next {
             Some(Ok(delivery)) => {
@@ -307,7 +362,7 @@ fn record_of(incoming: &Incoming, queue: &str, started_at: Millis) -> TaskRecord
 
 /// Takes up to `max` buffered deliveries of `set` and hands them to the caller as RUNNING
 /// tasks; undecodable ones are dead-lettered on the way.
-fn take_ready(bridge: &Arc<Bridge>, set: &ConsumerSet, max: usize) -> Vec<TaskRecord> {
+fn take_ready(bridge: &Arc<Bridge>, set: &Arc<ConsumerSet>, max: usize) -> Vec<TaskRecord> {
     let live = bridge.link.current();
     let generation = live.as_ref().map_or(0, |s| s.generation);
     let mut picked = Vec::new();
@@ -347,9 +402,11 @@ fn take_ready(bridge: &Arc<Bridge>, set: &ConsumerSet, max: usize) -> Vec<TaskRe
                     continue;
                 }
                 records.push(record_of(&incoming, &received.queue, now));
+                set.held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 inflight.insert(
                     incoming.id,
                     InFlight {
+                        set: Arc::clone(set),
                         generation: received.generation,
                         attempt: incoming.attempt,
                         deadline: now.saturating_add(bridge.lease_ms()),
@@ -394,10 +451,13 @@ pub(crate) async fn claim(
     wait: Duration,
     cancel: &CancellationToken,
 ) -> Result<Vec<TaskRecord>> {
+    // A store that refuses writes cannot record runs: running tasks would only be redelivered.
+    bridge.local.check_writable()?;
     for queue in queues {
         bridge.check_queue(queue)?;
     }
     let set = bridge.consumers.set(queues);
+    let _claiming = Claiming::new(&set);
     bridge.remember_queues(queues.iter().map(|q| q.to_string()));
     if let Some(session) = bridge.link.current() {
         // Raced with shutdown and the connection: a declaration on a connection that died
@@ -669,6 +729,46 @@ pub(crate) async fn dead_letter(
             )
             .await;
         }
+    }
+}
+
+/// Stops the consumers of sets nobody claims from any more (their worker stopped): after
+/// [`IDLE_SET`] without a claim and with no delivery held by a worker, the set's channel is
+/// closed, so RabbitMQ requeues what it had prefetched at once; the next claim starts it again.
+pub(crate) async fn stop_idle_sets(bridge: &Arc<Bridge>) {
+    use std::sync::atomic::Ordering;
+    for set in bridge.consumers.all_sets() {
+        let idle = set.claiming.load(Ordering::SeqCst) == 0
+            && set.held.load(Ordering::SeqCst) == 0
+            && set
+                .last_claim
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .elapsed()
+                >= IDLE_SET;
+        if !idle {
+            continue;
+        }
+        let running = set
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some((channel, stop)) = running else {
+            continue;
+        };
+        set.started.lock().await.generation = 0;
+        stop.cancel();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            channel.close(200, "fq worker stopped consuming".into()),
+        )
+        .await;
+        set.buffer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        tracing::debug!(queues = ?set.queues, "stopped consuming for a worker that stopped claiming");
     }
 }
 

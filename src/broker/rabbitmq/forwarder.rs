@@ -25,7 +25,7 @@ use crate::task::TaskId;
 /// Tasks taken off the heap at once.
 const BATCH: usize = 256;
 /// Published messages whose confirm may be outstanding, beyond those being awaited.
-const WINDOW: usize = 2048;
+const WINDOW: usize = 1024;
 /// How long an idle forwarder sleeps before looking again (new work wakes it sooner).
 const IDLE: Duration = Duration::from_secs(1);
 /// How long a nacked message waits before it is published again.
