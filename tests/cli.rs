@@ -832,3 +832,55 @@ fn demo_json_streams_events_and_keeps_its_store_with_dir() {
     let tasks = output(&mut list).json();
     assert_eq!(tasks.as_array().unwrap().len(), 8);
 }
+
+#[test]
+fn bench_json_reports_every_metric_of_a_small_run() {
+    let fq = Fq::new();
+    let run = output(fq.bare().args([
+        "bench",
+        "--tasks",
+        "300",
+        "--producers",
+        "4",
+        "--concurrency",
+        "4",
+        "--json",
+    ]));
+    let report = run.json();
+    assert_eq!(report["tasks"], 300, "{report:#}");
+    let positive = |key: &str| {
+        let value = report[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} missing: {report:#}"));
+        assert!(value.is_finite() && value > 0.0, "{key} = {value}");
+        value
+    };
+    for key in [
+        "fsync_per_sec",
+        "fsync_commit_pages_per_sec",
+        "redb_commit_per_sec",
+        "enqueue_concurrent_per_sec",
+        "enqueue_batch_per_sec",
+        "drain_per_sec",
+        "store_bytes_per_task",
+        "reopen_seconds",
+    ] {
+        positive(key);
+    }
+    let sequential = positive("enqueue_sequential_per_sec");
+    let ratio = positive("sequential_to_redb_ratio");
+    let expected = sequential / positive("redb_commit_per_sec");
+    assert!(
+        (ratio - expected).abs() < 1e-9 * expected.max(1.0),
+        "{report:#}"
+    );
+    let mixed = &report["mixed"];
+    for key in ["offered_per_sec", "achieved_per_sec", "latency_p99_ms"] {
+        let value = mixed[key].as_f64().unwrap_or(-1.0);
+        assert!(value.is_finite() && value > 0.0, "mixed.{key}: {report:#}");
+    }
+    assert!(
+        mixed["latency_p50_ms"].as_f64() <= mixed["latency_p99_ms"].as_f64(),
+        "{report:#}"
+    );
+}

@@ -15,6 +15,12 @@ use crate::{Engine, Error, Registry, Result, TaskContext, TaskError};
 const NOOP: &str = "fq.bench.noop";
 /// How many tasks the one-producer phase enqueues at most: it runs at the disk's fsync rate.
 const SEQUENTIAL_CAP: u64 = 2_000;
+/// Pages a one-task enqueue commit writes besides redb's header (counted with strace: the
+/// task table, the ready index and the counters with their tree paths, the table tree and
+/// redb's own allocator tree).
+const COMMIT_PAGES: u64 = 9;
+/// How long each disk probe runs.
+const PROBE: Duration = Duration::from_secs(1);
 /// How long the mixed phase offers load.
 const MIXED_DURATION: Duration = Duration::from_secs(3);
 
@@ -61,10 +67,19 @@ pub(crate) struct BenchReport {
     pub(crate) payload_bytes: usize,
     /// Single durable writes per second on this disk (4 KiB write + fdatasync).
     pub(crate) fsync_per_sec: f64,
+    /// Durable writes per second of what one small redb commit puts on the disk: as many
+    /// scattered 4 KiB pages as an enqueue's commit writes ([`COMMIT_PAGES`]), then one
+    /// fdatasync. The disk's own price for a copy-on-write B-tree commit.
+    pub(crate) fsync_commit_pages_per_sec: f64,
+    /// redb alone, no fq: one enqueue's three inserts (record, ready index, counter) per
+    /// `Durability::Immediate` commit, commits/s.
+    pub(crate) redb_commit_per_sec: f64,
     /// One producer, each enqueue awaited, tasks/s.
     pub(crate) enqueue_sequential_per_sec: f64,
     /// `enqueue_sequential_per_sec / fsync_per_sec`.
     pub(crate) sequential_to_fsync_ratio: f64,
+    /// `enqueue_sequential_per_sec / redb_commit_per_sec`: what fq keeps of its store's limit.
+    pub(crate) sequential_to_redb_ratio: f64,
     /// `producers` concurrent producers, tasks/s.
     pub(crate) enqueue_concurrent_per_sec: f64,
     /// Batch API, 1,000 tasks per call, tasks/s.
@@ -122,7 +137,12 @@ pub(crate) async fn run(params: &BenchParams, progress: Progress<'_>) -> Result<
         payload_bytes: params.payload_bytes,
         ..BenchReport::default()
     };
-    report.fsync_per_sec = fsync_rate(&dir.join("fsync.probe"), progress)?;
+    // The probes run right before the sequential phase: the disk's speed drifts with the
+    // machine's load, and the ratios only mean something between neighbouring measurements.
+    report.fsync_per_sec = fsync_rate(&dir.join("fsync.probe"), 0, progress)?;
+    report.fsync_commit_pages_per_sec =
+        fsync_rate(&dir.join("pages.probe"), COMMIT_PAGES, progress)?;
+    report.redb_commit_per_sec = redb_commit_rate(&dir.join("redb.probe"), progress)?;
 
     let sequential = params.tasks.min(SEQUENTIAL_CAP);
     let engine = open(&dir.join("sequential.redb"))?;
@@ -137,6 +157,8 @@ pub(crate) async fn run(params: &BenchParams, progress: Progress<'_>) -> Result<
     report.enqueue_sequential_per_sec = rate(sequential, started.elapsed());
     report.sequential_to_fsync_ratio =
         report.enqueue_sequential_per_sec / report.fsync_per_sec.max(1e-9);
+    report.sequential_to_redb_ratio =
+        report.enqueue_sequential_per_sec / report.redb_commit_per_sec.max(1e-9);
     drop(engine);
 
     let engine = open(&dir.join("concurrent.redb"))?;
@@ -181,34 +203,105 @@ pub(crate) async fn run(params: &BenchParams, progress: Progress<'_>) -> Result<
     Ok(report)
 }
 
-fn fsync_rate(path: &Path, progress: Progress<'_>) -> Result<f64> {
-    use std::io::{Seek, SeekFrom, Write};
+/// Durable writes per second: `scattered_pages` 4 KiB pages at pseudo-random places of a
+/// preallocated file plus a small write at its start (a commit's header), then one fdatasync.
+/// With no scattered pages, the disk's plain single-fsync rate.
+fn fsync_rate(path: &Path, scattered_pages: u64, progress: Progress<'_>) -> Result<f64> {
+    use std::os::unix::fs::FileExt;
+    /// Spread of the scattered pages: a store of a few MiB.
+    const SPAN_PAGES: u64 = 2048;
     let io = |e: std::io::Error| {
         Error::invalid(
             "dir",
             format!("cannot measure fsync in {}: {e}", path.display()),
         )
     };
-    let mut file = std::fs::File::create(path).map_err(io)?;
+    let phase = if scattered_pages == 0 {
+        "fsync rate"
+    } else {
+        "fsync rate of a commit's pages"
+    };
+    let file = std::fs::File::create(path).map_err(io)?;
     let block = [0x5au8; 4096];
+    if scattered_pages > 0 {
+        // Written, not sparse: holes would add the file system's block allocation to every
+        // write, which a store that has grown to its size does not pay.
+        for page in 0..SPAN_PAGES {
+            file.write_all_at(&block, page * 4096).map_err(io)?;
+        }
+        file.sync_all().map_err(io)?;
+    }
+    let mut place = fastrand::Rng::with_seed(7);
     let started = Instant::now();
     let mut syncs = 0u64;
-    while started.elapsed() < Duration::from_secs(1) {
-        file.seek(SeekFrom::Start(0)).map_err(io)?;
-        file.write_all(&block).map_err(io)?;
+    while started.elapsed() < PROBE {
+        for _ in 0..scattered_pages {
+            file.write_all_at(&block, place.u64(1..SPAN_PAGES) * 4096)
+                .map_err(io)?;
+        }
+        file.write_all_at(&block[..512], 0).map_err(io)?;
         file.sync_data().map_err(io)?;
         syncs += 1;
-        progress(
-            "fsync rate",
-            u64::try_from(started.elapsed().as_millis())
-                .unwrap_or(1000)
-                .min(1000),
-            1000,
-        );
+        progress(phase, elapsed_ms(started), probe_ms());
     }
     drop(file);
     let _ = std::fs::remove_file(path);
     Ok(rate(syncs, started.elapsed()))
+}
+
+/// Durable commits per second of redb alone, each holding what one enqueue writes: a record
+/// in a task table, a key in an index, a counter.
+fn redb_commit_rate(path: &Path, progress: Progress<'_>) -> Result<f64> {
+    use redb::{Durability, TableDefinition};
+    const RECORDS: TableDefinition<u128, &[u8]> = TableDefinition::new("records");
+    const INDEX: TableDefinition<&[u8], u128> = TableDefinition::new("index");
+    const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+    let fail = |e: redb::Error| {
+        Error::invalid(
+            "dir",
+            format!("cannot measure redb commits in {}: {e}", path.display()),
+        )
+    };
+    let db = redb::Database::create(path).map_err(|e| fail(e.into()))?;
+    let record = [0x5au8; 240];
+    let started = Instant::now();
+    let mut commits: u64 = 0;
+    while started.elapsed() < PROBE {
+        let id = u128::from(commits);
+        let mut txn = db.begin_write().map_err(|e| fail(e.into()))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| fail(e.into()))?;
+        {
+            let mut records = txn.open_table(RECORDS).map_err(|e| fail(e.into()))?;
+            records
+                .insert(id, &record[..])
+                .map_err(|e| fail(e.into()))?;
+            let mut index = txn.open_table(INDEX).map_err(|e| fail(e.into()))?;
+            index
+                .insert(&id.to_be_bytes()[..], id)
+                .map_err(|e| fail(e.into()))?;
+            let mut counters = txn.open_table(COUNTERS).map_err(|e| fail(e.into()))?;
+            counters
+                .insert("default", commits)
+                .map_err(|e| fail(e.into()))?;
+        }
+        txn.commit().map_err(|e| fail(e.into()))?;
+        commits += 1;
+        progress("redb commit rate", elapsed_ms(started), probe_ms());
+    }
+    drop(db);
+    let _ = std::fs::remove_file(path);
+    Ok(rate(commits, started.elapsed()))
+}
+
+fn elapsed_ms(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .min(probe_ms())
+}
+
+fn probe_ms() -> u64 {
+    u64::try_from(PROBE.as_millis()).unwrap_or(1000)
 }
 
 async fn enqueue_concurrently(

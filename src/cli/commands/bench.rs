@@ -67,11 +67,20 @@ fn table(report: &BenchReport) -> String {
             format!("{:.0} /s", report.fsync_per_sec),
         ),
         (
+            "fsync after a commit's 9 scattered pages",
+            format!("{:.0} /s", report.fsync_commit_pages_per_sec),
+        ),
+        (
+            "redb alone, 1 enqueue per durable commit",
+            format!("{:.0} commits/s", report.redb_commit_per_sec),
+        ),
+        (
             "enqueue, 1 producer",
             format!(
-                "{:.0} tasks/s ({:.0}% of the fsync rate)",
+                "{:.0} tasks/s ({:.0}% of the fsync rate, {:.0}% of redb alone)",
                 report.enqueue_sequential_per_sec,
-                report.sequential_to_fsync_ratio * 100.0
+                report.sequential_to_fsync_ratio * 100.0,
+                report.sequential_to_redb_ratio * 100.0
             ),
         ),
         (
