@@ -119,6 +119,16 @@ impl EngineBuilder {
         self
     }
 
+    /// Keeps the store's bytes in `backend` instead of the file at the builder's path (which
+    /// then only names the store in errors and places the control socket). For fq's own
+    /// power-loss and I/O-error tests; not a stable API. The free-space watermark
+    /// (`limits.min_free_bytes`) does not apply: the backend's free space is unknown.
+    #[doc(hidden)]
+    pub fn storage_backend(mut self, backend: impl redb::StorageBackend) -> Self {
+        self.store.backend = Some(crate::store::SharedBackend::new(backend));
+        self
+    }
+
     /// Whether the engine serves its control socket, so other processes (the `fq` CLI,
     /// `Engine::connect`) can reach it (default true). The socket and TCP listener come from
     /// the configuration's `control` section.
@@ -169,6 +179,7 @@ impl EngineBuilder {
             lease: self.lease,
             max_pending: config.limits.max_pending,
             max_payload_bytes: config.limits.max_payload_bytes,
+            min_free_bytes: config.limits.min_free_bytes,
         };
         // In rabbitmq mode the waiting tasks are the outbox, which is always bounded.
         #[cfg(feature = "rabbitmq")]
@@ -488,6 +499,21 @@ impl Engine {
     /// True when this engine owns its store file (opened, not connected).
     pub fn is_embedded(&self) -> bool {
         self.inner.local.is_some()
+    }
+
+    /// Checks that the store's waiting, running and finished indexes and its counts agree with
+    /// the task records (one read snapshot). For fq's own reliability tests; not a stable API.
+    ///
+    /// # Errors
+    /// A storage failure; [`Error::Internal`] for a connected engine, which has no store.
+    #[doc(hidden)]
+    pub async fn check_integrity(&self) -> Result<crate::store::IntegrityReport> {
+        match &self.inner.local {
+            Some(local) => local.check_integrity().await,
+            None => Err(Error::Internal(
+                "a connected engine cannot check the store of another process".into(),
+            )),
+        }
     }
 
     /// What recovery found when the store was opened (all zero for a connected engine).

@@ -114,6 +114,12 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::QueueFull { .. } | Error::Connect { .. } => true,
+            // Refused by the free-space watermark: accepted again once space is freed. (A
+            // commit that failed for want of space poisons the engine instead.)
+            Error::Store(crate::store::StoreError::Full {
+                needed_bytes: Some(_),
+                ..
+            }) => true,
             Error::Rabbit(error) => error.is_retryable(),
             _ => false,
         }

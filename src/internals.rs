@@ -145,3 +145,309 @@ impl RawStore {
         Ok(())
     }
 }
+
+// --- control-socket frames --------------------------------------------------------------------
+
+/// What one read of the control-socket frame decoder gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FrameStep {
+    /// A frame's body.
+    Frame(Vec<u8>),
+    /// The stream ended cleanly between frames.
+    End,
+    /// A zero length prefix.
+    Empty,
+    /// A length prefix over the limit.
+    TooLarge {
+        /// The announced length.
+        len: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// The stream ended inside a frame.
+    Truncated {
+        /// Bytes received.
+        got: usize,
+        /// Bytes announced.
+        expected: usize,
+    },
+    /// The reader failed (never, for the in-memory reader).
+    Io(String),
+    /// The decoder kept asking for more without the reader having anything new to give: a hang.
+    Stalled,
+}
+
+/// An in-memory byte stream delivered in chunks of chosen sizes, cycling through them, with a
+/// `Pending` before a chunk wherever a size of 0 stands, as a socket does between packets.
+#[derive(Debug)]
+struct ChunkedReader {
+    stream: Vec<u8>,
+    chunks: Vec<usize>,
+    /// Bytes delivered so far.
+    at: usize,
+    /// Index of the current chunk size, and what is left of that chunk.
+    chunk: usize,
+    left_in_chunk: usize,
+    /// The largest read buffer the decoder offered since the last reset, and the count of reads.
+    largest_offer: usize,
+    reads: usize,
+}
+
+impl ChunkedReader {
+    /// Moves to the next chunk; `true` when a pause (one or more sizes of 0) comes before it.
+    /// Only pauses, or no sizes at all, mean one chunk of everything.
+    fn next_chunk(&mut self) -> bool {
+        let mut pause = false;
+        for _ in 0..self.chunks.len() {
+            let size = self.chunks[self.chunk % self.chunks.len()];
+            self.chunk = self.chunk.wrapping_add(1);
+            if size == 0 {
+                pause = true;
+            } else {
+                self.left_in_chunk = size;
+                return pause;
+            }
+        }
+        self.left_in_chunk = usize::MAX;
+        pause
+    }
+}
+
+impl tokio::io::AsyncRead for ChunkedReader {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        this.reads += 1;
+        this.largest_offer = this.largest_offer.max(buf.remaining());
+        if this.at >= this.stream.len() || buf.remaining() == 0 {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        if this.left_in_chunk == 0 && this.next_chunk() {
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        let n = this
+            .left_in_chunk
+            .min(buf.remaining())
+            .min(this.stream.len() - this.at);
+        buf.put_slice(&this.stream[this.at..this.at + n]);
+        this.at += n;
+        this.left_in_chunk -= n;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// The control socket's frame decoder over a chunked in-memory stream, driven without a
+/// runtime (a no-op waker; the reader is never pending for long).
+#[derive(Debug)]
+pub struct FrameDecoder {
+    reader: ChunkedReader,
+    max: usize,
+}
+
+impl FrameDecoder {
+    /// Decodes `stream` delivered in chunks of `chunks` bytes in turn (cycling; a 0 is a
+    /// `Pending` pause; no chunks means one chunk), refusing frames over `max` bytes.
+    pub fn new(stream: Vec<u8>, chunks: Vec<usize>, max: usize) -> Self {
+        Self {
+            reader: ChunkedReader {
+                stream,
+                chunks,
+                at: 0,
+                chunk: 0,
+                left_in_chunk: 0,
+                largest_offer: 0,
+                reads: 0,
+            },
+            max,
+        }
+    }
+
+    /// Reads the next frame.
+    pub fn next_frame(&mut self) -> FrameStep {
+        use crate::control::protocol::{FrameError, read_frame};
+        use std::task::{Context, Poll, Waker};
+
+        // Every poll delivers a byte or passes a pause, so more polls than that is a hang.
+        let budget = (self.reader.stream.len() - self.reader.at)
+            .saturating_mul(2)
+            .saturating_add(self.reader.chunks.len().saturating_mul(2))
+            .saturating_add(16);
+        let mut context = Context::from_waker(Waker::noop());
+        let max = self.max;
+        let mut read = std::pin::pin!(read_frame(&mut self.reader, max));
+        for _ in 0..budget {
+            if let Poll::Ready(result) = read.as_mut().poll(&mut context) {
+                return match result {
+                    Ok(Some(body)) => FrameStep::Frame(body),
+                    Ok(None) => FrameStep::End,
+                    Err(FrameError::Empty) => FrameStep::Empty,
+                    Err(FrameError::TooLarge { len, max }) => FrameStep::TooLarge { len, max },
+                    Err(FrameError::Truncated { got, expected }) => {
+                        FrameStep::Truncated { got, expected }
+                    }
+                    Err(FrameError::Io(error)) => FrameStep::Io(error.to_string()),
+                };
+            }
+        }
+        FrameStep::Stalled
+    }
+
+    /// Bytes of the stream the decoder has taken so far.
+    pub fn consumed(&self) -> usize {
+        self.reader.at
+    }
+
+    /// The largest read buffer the decoder offered the reader since the last
+    /// [`FrameDecoder::reset_probe`], and how many reads it made: what a lying length prefix
+    /// made it set aside.
+    pub fn probe(&self) -> (usize, usize) {
+        (self.reader.largest_offer, self.reader.reads)
+    }
+
+    /// Starts a new measurement for [`FrameDecoder::probe`].
+    pub fn reset_probe(&mut self) {
+        self.reader.largest_offer = 0;
+        self.reader.reads = 0;
+    }
+}
+
+/// The frame (length prefix included) the control protocol writes for `value`.
+///
+/// # Errors
+/// As the protocol's encoder: a value over 4 GiB.
+pub fn encode_frame(value: &serde_json::Value) -> Result<Vec<u8>> {
+    crate::control::protocol::encode_frame(value)
+}
+
+/// The bytes of a frame's length prefix.
+pub const FRAME_HEADER_BYTES: usize = crate::control::protocol::HEADER_BYTES;
+
+/// The frame limits in use: the server's default request limit, and the client's response
+/// limit.
+pub fn frame_limits() -> [usize; 2] {
+    [
+        crate::Config::default().limits.max_frame_bytes,
+        crate::control::protocol::MAX_RESPONSE_BYTES,
+    ]
+}
+
+// --- an engine for model-based tests ----------------------------------------------------------
+
+/// A real engine on a fresh store in a private temp directory (in `/dev/shm` when there is one,
+/// so a step costs no disk sync), on a manual clock, driven synchronously; the directory is
+/// removed on drop. For the model-based fuzz target and its corpus replay.
+#[derive(Debug)]
+pub struct ModelEngine {
+    engine: Option<crate::Engine>,
+    runtime: tokio::runtime::Runtime,
+    clock: Arc<crate::ManualClock>,
+    dir: std::path::PathBuf,
+    lease: std::time::Duration,
+}
+
+impl ModelEngine {
+    /// Opens a fresh store with the control socket off, the given lease, and the clock at
+    /// 2026-01-01T00:00:00Z.
+    ///
+    /// # Errors
+    /// The temp directory or the store cannot be created.
+    pub fn create(lease: std::time::Duration) -> Result<Self> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let shm = Path::new("/dev/shm");
+        let base = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = base.join(format!(
+            "fq-model-{}-{}-{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&dir)
+            .map_err(|e| crate::Error::Internal(format!("cannot create {}: {e}", dir.display())))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| crate::Error::Internal(format!("cannot start a runtime: {e}")))?;
+        let start = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(1_767_225_600_000)
+            .unwrap_or_default();
+        let mut model = Self {
+            engine: None,
+            runtime,
+            clock: crate::ManualClock::new(start),
+            dir,
+            lease,
+        };
+        model.engine = Some(model.open()?);
+        Ok(model)
+    }
+
+    fn open(&self) -> Result<crate::Engine> {
+        let _guard = self.runtime.enter();
+        crate::Engine::builder(self.dir.join("fq.redb"))
+            .clock(Arc::clone(&self.clock) as Arc<dyn crate::Clock>)
+            .lease_duration(self.lease)
+            .control(false)
+            .open()
+    }
+
+    /// The engine.
+    ///
+    /// # Panics
+    /// Never: the engine is only absent inside [`ModelEngine::crash_and_reopen`].
+    pub fn engine(&self) -> &crate::Engine {
+        self.engine.as_ref().expect("the engine is open")
+    }
+
+    /// The manual clock.
+    pub fn clock(&self) -> &crate::ManualClock {
+        &self.clock
+    }
+
+    /// Runs a future of the engine's API to completion.
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
+    /// Claims up to `max` tasks of `queues` without waiting.
+    ///
+    /// # Errors
+    /// As [`crate::Broker::claim`].
+    pub fn claim(&self, queues: &[&str], max: usize) -> Result<Vec<crate::TaskRecord>> {
+        let names: Vec<Arc<str>> = queues.iter().map(|q| Arc::from(*q)).collect();
+        let broker = self.engine().broker();
+        let never = tokio_util::sync::CancellationToken::new();
+        self.block_on(broker.claim(&names, max, std::time::Duration::ZERO, &never))
+    }
+
+    /// Drops the engine without any shutdown (what was running is left RUNNING in the store)
+    /// and opens the same store again, as a restarted process would.
+    ///
+    /// # Errors
+    /// As [`crate::EngineBuilder::open`].
+    pub fn crash_and_reopen(&mut self) -> Result<crate::RecoveryReport> {
+        drop(self.engine.take());
+        let engine = self.open()?;
+        let report = engine.recovery();
+        self.engine = Some(engine);
+        Ok(report)
+    }
+}
+
+impl Drop for ModelEngine {
+    fn drop(&mut self) {
+        drop(self.engine.take());
+        if let Err(error) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), %error, "cannot remove a model engine's store");
+        }
+    }
+}

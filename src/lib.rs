@@ -94,6 +94,7 @@ mod events;
 pub mod internals;
 mod queue;
 mod store;
+mod sync;
 mod task;
 mod worker;
 
@@ -109,6 +110,8 @@ pub use control::{ConnectOptions, ControlError};
 pub use engine::{Engine, EngineBuilder};
 pub use error::{Error, Result};
 pub use events::{Event, EventBus, EventKind, EventStream, UnknownEvent};
+#[doc(hidden)]
+pub use store::IntegrityReport;
 pub use store::StoreError;
 pub use task::{
     FailureKind, Payload, Registry, RetryPolicy, Task, TaskError, TaskErrorKind, TaskFailure,

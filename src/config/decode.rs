@@ -66,7 +66,12 @@ const CLEANUP_KEYS: &[&str] = &["interval_hours", "retain_days", "completed_rete
 const RABBITMQ_KEYS: &[&str] = &[
     "host", "port", "username", "password", "vhost", "url", "prefetch",
 ];
-const LIMITS_KEYS: &[&str] = &["max_payload_bytes", "max_frame_bytes", "max_pending"];
+const LIMITS_KEYS: &[&str] = &[
+    "max_payload_bytes",
+    "max_frame_bytes",
+    "max_pending",
+    "min_free_bytes",
+];
 const CONTROL_KEYS: &[&str] = &["socket", "listen", "token", "max_connections"];
 
 /// Builds a `Config` from the entries of fq's section, starting from the defaults.
@@ -191,6 +196,7 @@ impl Decoder<'_> {
                 "max_payload_bytes" => out.max_payload_bytes = self.integer(&path, node)?,
                 "max_frame_bytes" => out.max_frame_bytes = self.integer(&path, node)?,
                 "max_pending" => out.max_pending = optional(node, |n| self.integer(&path, n))?,
+                "min_free_bytes" => out.min_free_bytes = self.integer(&path, node)?,
                 _ => return Err(self.unknown("limits", &key, LIMITS_KEYS)),
             }
         }
@@ -590,6 +596,11 @@ mod tests {
                 "limits.max_pending",
                 "expected an integer, got a list",
             ),
+            (
+                "[limits]\nmin_free_bytes = \"64MiB\"",
+                "limits.min_free_bytes",
+                "expected an integer, got a string",
+            ),
         ];
         for (text, want_key, want_message) in cases {
             let (key, message) = invalid(decode_toml(text))?;
@@ -611,6 +622,11 @@ mod tests {
                 "[rabbitmq]\nport = 70000",
                 "rabbitmq.port",
                 "must be at most 65535, got 70000",
+            ),
+            (
+                "[limits]\nmin_free_bytes = -1",
+                "limits.min_free_bytes",
+                "must not be negative, got -1",
             ),
             (
                 "[rabbitmq]\nprefetch = -5",

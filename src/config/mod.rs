@@ -289,6 +289,10 @@ impl fmt::Debug for RabbitConfig {
     }
 }
 
+/// The default `limits.min_free_bytes`: room for many settlements' copy-on-write pages, small
+/// beside any disk meant to hold a task store.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 << 20;
+
 /// Size and count limits (config section `limits`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -299,6 +303,11 @@ pub struct Limits {
     pub max_frame_bytes: usize,
     /// Most PENDING/RETRYING tasks a store may hold; `None` (default) means no limit.
     pub max_pending: Option<u64>,
+    /// Free space, in bytes, that the store's file system must keep: below it enqueues are
+    /// refused with a storage-full error (reads, claims and settlements go on, so running
+    /// tasks can finish), and they are accepted again once space is freed. Default 64 MiB;
+    /// 0 turns the check off.
+    pub min_free_bytes: u64,
 }
 
 impl Default for Limits {
@@ -307,6 +316,7 @@ impl Default for Limits {
             max_payload_bytes: 1 << 20,
             max_frame_bytes: 2 << 20,
             max_pending: None,
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
         }
     }
 }
@@ -316,7 +326,8 @@ impl Default for Limits {
 #[derive(Clone, PartialEq, Eq)]
 pub struct ControlConfig {
     /// The Unix socket; `None` (default) means the store path plus `.sock`
-    /// (`var/fq.redb.sock`). Created with mode 0600, so only the store's owner can connect.
+    /// (`var/fq.redb.sock`). A link to the socket (mode 0600) in a directory of its own,
+    /// `<socket>.d/` (mode 0700), so only the engine's owner can connect.
     pub socket: Option<PathBuf>,
     /// A TCP address to listen on as well, e.g. `127.0.0.1:7878`; `None` (default) means no
     /// TCP. `localhost:PORT` means `127.0.0.1:PORT`. Any address other than a loopback one

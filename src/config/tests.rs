@@ -46,6 +46,7 @@ prefetch = 50
 max_payload_bytes = 65536
 max_frame_bytes = 131072
 max_pending = 100000
+min_free_bytes = 1048576
 
 [control]
 socket = "/run/fq/${STORE_NAME}.sock"
@@ -95,6 +96,7 @@ task:
     max_payload_bytes: 65536
     max_frame_bytes: 131072
     max_pending: 100000
+    min_free_bytes: 1048576
   control:
     socket: /run/fq/${STORE_NAME}.sock
     listen: 0.0.0.0:7878
@@ -148,6 +150,7 @@ fn full_config() -> Config {
             max_payload_bytes: 65_536,
             max_frame_bytes: 131_072,
             max_pending: Some(100_000),
+            min_free_bytes: 1 << 20,
         },
         control: ControlConfig {
             socket: Some(PathBuf::from("/run/fq/tasks.sock")),

@@ -316,7 +316,9 @@ impl ClientShared {
                 "nothing listens on the socket (the engine that created it is gone)".to_owned()
             }
             (Endpoint::Unix(_), ErrorKind::PermissionDenied) => {
-                "permission denied: the socket (mode 0600) belongs to another user".to_owned()
+                "permission denied: the control socket and its directory (modes 0600 and 0700) \
+                 belong to another user; only the engine's owner (or root) can connect"
+                    .to_owned()
             }
             (_, ErrorKind::ConnectionRefused) => "connection refused".to_owned(),
             _ => error.to_string(),
@@ -351,7 +353,12 @@ impl ClientShared {
                 hello: ClientHello {
                     protocol: PROTOCOL_VERSION,
                     client: self.options.client.clone(),
-                    token: self.options.token.clone(),
+                    // Only TCP servers check it; whatever listens on a Unix socket path (not
+                    // necessarily the engine, if someone put their own there) never sees it.
+                    token: match self.endpoint {
+                        Endpoint::Tcp(_) => self.options.token.clone(),
+                        Endpoint::Unix(_) => None,
+                    },
                 },
             })?;
             let sent_at = chrono::Utc::now().timestamp_millis();

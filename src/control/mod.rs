@@ -5,7 +5,7 @@
 //! internals.
 
 mod client;
-mod protocol;
+pub(crate) mod protocol;
 mod server;
 
 use std::net::SocketAddr;
@@ -53,15 +53,30 @@ pub enum ControlError {
         /// The path.
         path: PathBuf,
     },
+    /// The socket's private directory (`<socket>.d`) holds something fq did not put there, or
+    /// is not a directory; fq never deletes it.
+    #[error(
+        "{} is in the way of control socket {}: {reason}; remove it or set control.socket to another path",
+        path.display(),
+        socket.display()
+    )]
+    ForeignDirectory {
+        /// The directory's path.
+        path: PathBuf,
+        /// The socket it is for.
+        socket: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The path does not fit a Unix socket address (107 bytes).
     #[error(
-        "control socket path {} is {len} bytes, over the 107-byte limit of Unix socket paths; set control.socket to a shorter path",
+        "control socket path {} is bound as <path>.d/s, {len} bytes, over the 107-byte limit of Unix socket paths; set control.socket to a shorter path",
         path.display()
     )]
     PathTooLong {
         /// The path.
         path: PathBuf,
-        /// Its length in bytes (or that of the temporary path used while creating it).
+        /// The length in bytes of the socket actually bound, `<socket>.d/s`.
         len: usize,
     },
     /// A TCP listener on an address other than loopback without a token.

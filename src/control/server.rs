@@ -1,7 +1,8 @@
 //! The control server: serves an engine's [`Broker`] on its Unix socket (and on TCP when
 //! configured) from a thread of its own with its own tokio runtime, so an engine opened outside
-//! any runtime serves all the same. It owns the socket file's life (race-free creation, stale
-//! replacement, removal), handshakes, connection limits, and answering pipelined requests;
+//! any runtime serves all the same. It owns the socket file's life (a private 0700 directory
+//! with a link to it, race-free creation, stale replacement, removal), handshakes (the
+//! constant-time token check), connection limits, and answering pipelined requests;
 //! it knows nothing of the engine beyond the `Broker` trait.
 
 use std::collections::HashMap;
@@ -99,36 +100,37 @@ impl ControlServer {
     /// a file that is not a socket. A stale socket (nobody answers) is left for `start` to
     /// replace.
     pub(crate) fn probe(socket: &Path) -> std::result::Result<(), ControlError> {
-        check_path_length(socket)?;
+        let layout = Layout::of(socket)?;
         let meta = match std::fs::symlink_metadata(socket) {
             Ok(meta) => meta,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            // No link; but an engine whose link was deleted by hand may still serve in its
+            // directory, and must be named, not have its socket taken away.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return match std::fs::symlink_metadata(&layout.real) {
+                    Ok(meta) if meta.file_type().is_socket() => probe_live(&layout.real),
+                    _ => Ok(()),
+                };
+            }
             Err(e) => return Err(ControlError::io("inspect the control socket", socket, e)),
+        };
+        // The path is fq's link into the private directory (or, left by an older fq, the
+        // socket itself); anything else is somebody's file.
+        let meta = if meta.file_type().is_symlink() {
+            match std::fs::metadata(socket) {
+                Ok(meta) => meta,
+                // A dangling link: the private directory went away; `start` replaces it.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(ControlError::io("inspect the control socket", socket, e)),
+            }
+        } else {
+            meta
         };
         if !meta.file_type().is_socket() {
             return Err(ControlError::NotASocket {
                 path: socket.to_path_buf(),
             });
         }
-        let stream = match std::os::unix::net::UnixStream::connect(socket) {
-            Ok(stream) => stream,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                tracing::info!(socket = %socket.display(), "replacing a stale control socket (no engine answers on it)");
-                return Ok(());
-            }
-            Err(e) => return Err(ControlError::io("probe the control socket", socket, e)),
-        };
-        match probe_hello(stream) {
-            Ok(hello) => Err(ControlError::AlreadyServed {
-                socket: socket.to_path_buf(),
-                pid: hello.pid,
-                store: hello.store,
-            }),
-            Err(reason) => Err(ControlError::SocketInUse {
-                socket: socket.to_path_buf(),
-                reason,
-            }),
-        }
+        probe_live(socket)
     }
 
     /// Binds the listeners and starts serving `broker` on a thread of its own.
@@ -260,17 +262,83 @@ impl Drop for ControlServer {
     }
 }
 
-/// Refuses paths the kernel cannot bind, naming the setting to change. The temporary path used
-/// while binding is never longer than the final one (see [`bind_unix`]).
-fn check_path_length(socket: &Path) -> std::result::Result<(), ControlError> {
-    let len = socket.as_os_str().len();
-    if len > MAX_SOCKET_PATH {
-        return Err(ControlError::PathTooLong {
-            path: socket.to_path_buf(),
-            len,
-        });
+/// Where the pieces of one control socket live. The socket is bound inside a directory of
+/// its own, `<socket>.d/` (mode 0700), and `<socket>` is a symbolic link to it: a client
+/// connecting through the link must be able to enter the directory, so only its owner (and
+/// root) can, whatever the mode of the directory `<socket>` sits in (the store's, usually
+/// shared) and even on systems that ignore a socket's own mode. The link keeps the
+/// documented path (`var/fq.redb.sock`) working.
+#[derive(Debug)]
+struct Layout {
+    /// `<socket>.d`, the private directory.
+    dir: PathBuf,
+    /// `<socket>.d/s`, the socket itself.
+    real: PathBuf,
+    /// What the link at `<socket>` points to: `<name>.d/s`, relative so that the whole can be
+    /// moved with its directory.
+    target: PathBuf,
+}
+
+/// The socket's name inside its private directory: short, as the whole path must fit in
+/// a Unix socket address.
+const SOCKET_NAME: &str = "s";
+
+impl Layout {
+    /// Refuses paths the kernel cannot bind, naming the setting to change: the socket bound is
+    /// `<socket>.d/s`, 4 bytes longer than `<socket>`.
+    fn of(socket: &Path) -> std::result::Result<Self, ControlError> {
+        let Some(name) = socket.file_name() else {
+            return Err(ControlError::io(
+                "use as the control socket",
+                socket,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "the path names no file (set control.socket to a file path)",
+                ),
+            ));
+        };
+        let mut dir_name = name.to_owned();
+        dir_name.push(".d");
+        let dir = socket.with_file_name(&dir_name);
+        let real = dir.join(SOCKET_NAME);
+        let len = real.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(ControlError::PathTooLong {
+                path: socket.to_path_buf(),
+                len,
+            });
+        }
+        Ok(Self {
+            dir,
+            real,
+            target: Path::new(&dir_name).join(SOCKET_NAME),
+        })
     }
-    Ok(())
+}
+
+/// Whether anything answers on the socket file at `socket`: `Ok` when nobody does (a stale
+/// socket, replaced by `start`), else an error naming the live engine or what answered.
+fn probe_live(socket: &Path) -> std::result::Result<(), ControlError> {
+    let stream = match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(stream) => stream,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            tracing::info!(socket = %socket.display(), "replacing a stale control socket (no engine answers on it)");
+            return Ok(());
+        }
+        Err(e) => return Err(ControlError::io("probe the control socket", socket, e)),
+    };
+    match probe_hello(stream) {
+        Ok(hello) => Err(ControlError::AlreadyServed {
+            socket: socket.to_path_buf(),
+            pid: hello.pid,
+            store: hello.store,
+        }),
+        Err(reason) => Err(ControlError::SocketInUse {
+            socket: socket.to_path_buf(),
+            reason,
+        }),
+    }
 }
 
 /// Says hello to whatever listens on an existing socket; its hello, or why it is not an fq
@@ -319,61 +387,128 @@ fn probe_hello(
     }
 }
 
-/// Creates the Unix socket at `path` with mode 0600, without a window in which anyone else
-/// could connect: binding creates the file with the process umask's mode, so the socket is
-/// bound inside a fresh directory of mode 0700 next to `path` (on the same file system),
-/// chmod'ed to 0600 there, then renamed into place, which is atomic and replaces a stale socket.
-/// Changing the umask instead would race with files other threads create meanwhile.
+/// Creates the Unix socket for `path` (see [`Layout`]): a fresh directory `<path>.d` of mode
+/// 0700, the socket inside it chmod'ed to 0600 (binding creates it with the umask's mode, but
+/// nobody else can enter the directory meanwhile), then a link at `path` put in place by an
+/// atomic rename, which replaces a stale socket or link. Changing the umask instead would race
+/// with files other threads create meanwhile. The directory is made anew each time, so it is
+/// this process's, with this mode, whoever left one there before.
 fn bind_unix(
     path: &Path,
 ) -> std::result::Result<(std::os::unix::net::UnixListener, (u64, u64)), ControlError> {
-    check_path_length(path)?;
-    let parent = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    // `.fqXXXXXX/s` is 11 bytes after the parent's separator; a final name of fewer than 11
-    // bytes could make it longer than `path`, so the temporary path is checked too.
-    let temp_dir = parent.join(format!(".fq{:06x}", fastrand::u32(..0x0100_0000)));
-    let temp_socket = temp_dir.join("s");
-    if temp_socket.as_os_str().len() > MAX_SOCKET_PATH {
-        return Err(ControlError::PathTooLong {
-            path: path.to_path_buf(),
-            len: temp_socket.as_os_str().len(),
-        });
-    }
+    let layout = Layout::of(path)?;
+    clear_stale_dir(path, &layout.dir)?;
     std::fs::DirBuilder::new()
         .mode(0o700)
-        .create(&temp_dir)
-        .map_err(|e| ControlError::io("create a directory for the control socket", &temp_dir, e))?;
+        .create(&layout.dir)
+        .map_err(|e| ControlError::io("create the control socket's directory", &layout.dir, e))?;
     let bound = (|| {
-        let listener = std::os::unix::net::UnixListener::bind(&temp_socket)
-            .map_err(|e| ControlError::io("bind the control socket", &temp_socket, e))?;
-        std::fs::set_permissions(&temp_socket, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| ControlError::io("set the control socket's mode", &temp_socket, e))?;
+        // The umask may have taken the owner's bits too; it cannot have added any.
+        std::fs::set_permissions(&layout.dir, std::fs::Permissions::from_mode(0o700)).map_err(
+            |e| ControlError::io("set the control socket directory's mode", &layout.dir, e),
+        )?;
+        let listener = std::os::unix::net::UnixListener::bind(&layout.real)
+            .map_err(|e| ControlError::io("bind the control socket", &layout.real, e))?;
+        std::fs::set_permissions(&layout.real, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| ControlError::io("set the control socket's mode", &layout.real, e))?;
         listener
             .set_nonblocking(true)
-            .map_err(|e| ControlError::io("configure the control socket", &temp_socket, e))?;
-        std::fs::rename(&temp_socket, path)
-            .map_err(|e| ControlError::io("move the control socket into place", path, e))?;
-        let meta = std::fs::symlink_metadata(path)
-            .map_err(|e| ControlError::io("inspect the control socket", path, e))?;
+            .map_err(|e| ControlError::io("configure the control socket", &layout.real, e))?;
+        let meta = std::fs::symlink_metadata(&layout.real)
+            .map_err(|e| ControlError::io("inspect the control socket", &layout.real, e))?;
+        // A fixed name, so that one left by an engine killed right here is reused, not
+        // accumulated; it is only ever a link of ours.
+        let mut link_name = std::ffi::OsString::from(".");
+        link_name.push(path.file_name().unwrap_or_default());
+        link_name.push(".link");
+        let temp_link = path.with_file_name(link_name);
+        if std::fs::symlink_metadata(&temp_link).is_ok_and(|meta| meta.file_type().is_symlink()) {
+            drop(std::fs::remove_file(&temp_link));
+        }
+        std::os::unix::fs::symlink(&layout.target, &temp_link)
+            .map_err(|e| ControlError::io("link the control socket", &temp_link, e))?;
+        if let Err(e) = std::fs::rename(&temp_link, path) {
+            drop(std::fs::remove_file(&temp_link));
+            return Err(ControlError::io(
+                "move the control socket into place",
+                path,
+                e,
+            ));
+        }
         Ok((listener, (meta.dev(), meta.ino())))
     })();
     if bound.is_err() {
-        drop(std::fs::remove_file(&temp_socket));
+        drop(std::fs::remove_file(&layout.real));
+        drop(std::fs::remove_dir(&layout.dir));
     }
-    drop(std::fs::remove_dir(&temp_dir));
     bound
 }
 
-/// Removes the socket file if it is still the one with `id`.
+/// Removes what a previous engine left at `<path>.d` (it was killed, or a stale socket was
+/// found): the directory and its socket, nothing else. A directory holding anything more, or
+/// a file or link in its place, is somebody else's and is refused, never deleted.
+fn clear_stale_dir(path: &Path, dir: &Path) -> std::result::Result<(), ControlError> {
+    let foreign = |reason: String| ControlError::ForeignDirectory {
+        path: dir.to_path_buf(),
+        socket: path.to_path_buf(),
+        reason,
+    };
+    let meta = match std::fs::symlink_metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(ControlError::io(
+                "inspect the control socket's directory",
+                dir,
+                e,
+            ));
+        }
+    };
+    if !meta.file_type().is_dir() {
+        return Err(foreign("it is not a directory".to_owned()));
+    }
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| ControlError::io("read the control socket's directory", dir, e))?;
+    for entry in entries {
+        let entry =
+            entry.map_err(|e| ControlError::io("read the control socket's directory", dir, e))?;
+        let is_socket = entry.file_type().is_ok_and(|kind| kind.is_socket());
+        if entry.file_name() != SOCKET_NAME || !is_socket {
+            return Err(foreign(format!(
+                "it holds {:?}, which fq did not put there",
+                entry.file_name()
+            )));
+        }
+        // Stale only if nobody answers: an engine whose link was deleted still serves here.
+        probe_live(&entry.path())?;
+        std::fs::remove_file(entry.path())
+            .map_err(|e| ControlError::io("remove a stale control socket", &entry.path(), e))?;
+    }
+    std::fs::remove_dir(dir)
+        .map_err(|e| ControlError::io("remove the stale control socket directory", dir, e))
+}
+
+/// Removes the socket, its directory and the link to it, if the socket is still the one with
+/// `id`: a later engine that has put its own in place keeps it.
 fn remove_if_ours(path: &Path, id: (u64, u64)) {
-    if let Ok(meta) = std::fs::symlink_metadata(path)
-        && (meta.dev(), meta.ino()) == id
+    let Ok(layout) = Layout::of(path) else {
+        return;
+    };
+    let ours =
+        std::fs::symlink_metadata(&layout.real).is_ok_and(|meta| (meta.dev(), meta.ino()) == id);
+    if !ours {
+        return;
+    }
+    if std::fs::read_link(path).is_ok_and(|target| target == layout.target)
         && let Err(e) = std::fs::remove_file(path)
     {
-        tracing::warn!(socket = %path.display(), error = %e, "cannot remove the control socket");
+        tracing::warn!(socket = %path.display(), error = %e, "cannot remove the control socket's link");
+    }
+    if let Err(e) = std::fs::remove_file(&layout.real) {
+        tracing::warn!(socket = %layout.real.display(), error = %e, "cannot remove the control socket");
+    }
+    if let Err(e) = std::fs::remove_dir(&layout.dir) {
+        tracing::warn!(dir = %layout.dir.display(), error = %e, "cannot remove the control socket's directory");
     }
 }
 
@@ -738,15 +873,19 @@ async fn handshake<R: AsyncRead + Unpin>(
     Ok(hello)
 }
 
-/// Compares in time that depends only on `expected`'s length, so a client cannot find the
-/// token byte by byte by timing refusals.
+/// Compares in time that depends only on `expected`'s length (the server's own token), so a
+/// client can find neither the token byte by byte nor its length by timing refusals. `subtle`
+/// keeps the optimizer from turning the loop into an early exit; its slice comparison is not
+/// used because it returns at once on a length mismatch.
 fn same_token(expected: &str, given: &str) -> bool {
+    use subtle::ConstantTimeEq;
     let (expected, given) = (expected.as_bytes(), given.as_bytes());
-    let mut diff = expected.len() ^ given.len();
+    let mut equal = expected.len().ct_eq(&given.len());
     for (index, byte) in expected.iter().enumerate() {
-        diff |= usize::from(byte ^ given.get(index).copied().unwrap_or(0));
+        // Past the end of `given` the lengths already differ; 0 only keeps the work the same.
+        equal &= byte.ct_eq(&given.get(index).copied().unwrap_or(0));
     }
-    diff == 0
+    bool::from(equal)
 }
 
 fn duration_ms(duration: Duration) -> u64 {
@@ -1193,6 +1332,49 @@ mod tests {
         assert!(!same_token("s3cret", "s3cret!"));
         assert!(!same_token("s3cret", "S3cret"));
         assert!(!same_token("s3cret", ""));
+    }
+
+    /// Every wrong token is refused: each proper prefix (the empty one too), the token with
+    /// anything appended, every single-byte change at every position (to every other byte
+    /// value), a NUL-padded token (the comparison pads the shorter side with 0 internally),
+    /// and tokens of every length up to twice the real one.
+    #[test]
+    fn wrong_tokens_of_every_length_and_prefix_are_refused() {
+        let token = "k7#Qx9-v\u{e9}t\u{2603}z";
+        let bytes = token.as_bytes();
+        let mut refused = 0usize;
+        let mut check = |given: &[u8]| {
+            if given == bytes {
+                return;
+            }
+            let given = String::from_utf8_lossy(given);
+            if given.as_bytes() == bytes {
+                return;
+            }
+            assert!(!same_token(token, &given), "accepted {given:?}");
+            refused += 1;
+        };
+        for len in 0..bytes.len() {
+            check(&bytes[..len]);
+            check(&bytes[len + 1..]);
+        }
+        for extra in [&b"\0"[..], b"x", b"\0\0\0", bytes] {
+            check(&[bytes, extra].concat());
+        }
+        for index in 0..bytes.len() {
+            for value in 0..=u8::MAX {
+                let mut changed = bytes.to_vec();
+                changed[index] = value;
+                check(&changed);
+            }
+        }
+        for len in 0..=2 * bytes.len() {
+            check(&vec![b'a'; len]);
+            check(&vec![0; len]);
+        }
+        assert!(same_token(token, token));
+        assert!(refused > 255 * bytes.len(), "{refused}");
+        println!("same_token: {refused} wrong tokens refused");
     }
 
     #[test]

@@ -224,3 +224,130 @@ mod tests {
         assert_eq!(all, expected);
     }
 }
+
+/// The claim hand-off (`LocalBroker::claim` against `Writer::publish`, `timer::run` and
+/// `LocalBroker::put_back`): a worker registers for a wake-up, then pops, and sleeps only if
+/// the pop found nothing; a producer pushes, then wakes every registered waiter. The heap
+/// here is the real one; tokio's `Notify` is outside loom's reach, so `NotifyModel` stands in
+/// for the part of its contract the engine relies on: `notify_waiters` wakes every
+/// `Notified` created before the call, polled or not, and stores no permit for later ones.
+/// The skiplist's atomics are invisible to loom, which then never orders a pop against a push;
+/// each heap operation is therefore preceded by a touch of one loom atomic (`Linearized`),
+/// so loom explores every order of the heap operations as well.
+/// `RUSTFLAGS="--cfg fq_loom" cargo test --release --lib loom`.
+#[cfg(all(test, fq_loom))]
+mod loom_tests {
+    use std::sync::Arc;
+
+    use loom::sync::atomic::{AtomicUsize, Ordering};
+    use loom::sync::{Condvar, Mutex};
+
+    use super::*;
+
+    /// Makes the heap operation that follows visible to loom (see the module comment).
+    #[derive(Default)]
+    struct Linearized(AtomicUsize);
+
+    impl Linearized {
+        fn then<T>(&self, operation: impl FnOnce() -> T) -> T {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            operation()
+        }
+    }
+
+    #[derive(Default)]
+    struct NotifyModel {
+        calls: Mutex<u64>,
+        woken: Condvar,
+    }
+
+    impl NotifyModel {
+        /// `Notify::notified()`: remembers how many `notify_waiters` calls came before.
+        fn notified(&self) -> u64 {
+            *self.calls.lock().expect("no panic under the lock")
+        }
+
+        /// Awaiting that `Notified`.
+        fn wait(&self, registered: u64) {
+            let mut calls = self.calls.lock().expect("no panic under the lock");
+            while *calls == registered {
+                calls = self.woken.wait(calls).expect("no panic under the lock");
+            }
+        }
+
+        fn notify_waiters(&self) {
+            *self.calls.lock().expect("no panic under the lock") += 1;
+            self.woken.notify_all();
+        }
+    }
+
+    /// `workers` workers claim while a producer pushes as many tasks: `register_first` is the
+    /// engine's order; otherwise a worker pops, then registers.
+    fn claim_model(workers: u64, register_first: bool) {
+        // Three preemptions cover every lost wake-up of this protocol (one worker preempted
+        // between its look and its registration is enough) in seconds instead of minutes.
+        let mut builder = loom::model::Builder::new();
+        if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
+            builder.preemption_bound = Some(3);
+        }
+        builder.check(move || {
+            let heap = Arc::new(ReadyHeap::new());
+            let notify = Arc::new(NotifyModel::default());
+            let linearized = Arc::new(Linearized::default());
+            let queues: Vec<Arc<str>> = vec![Arc::from("q")];
+            let claimers: Vec<_> = (0..workers)
+                .map(|_| {
+                    let selection = heap.select(&queues);
+                    let notify = Arc::clone(&notify);
+                    let linearized = Arc::clone(&linearized);
+                    loom::thread::spawn(move || {
+                        loop {
+                            let mut registered = None;
+                            if register_first {
+                                registered = Some(notify.notified());
+                            }
+                            if let Some(task) = linearized.then(|| selection.pop()) {
+                                return task.id;
+                            }
+                            let registered = registered.unwrap_or_else(|| notify.notified());
+                            notify.wait(registered);
+                        }
+                    })
+                })
+                .collect();
+            for seq in 0..workers {
+                linearized.then(|| {
+                    heap.push(
+                        "q",
+                        ReadyOrder::new(0, 0, seq),
+                        TaskId::from_u128(seq.into()),
+                    );
+                });
+                notify.notify_waiters();
+            }
+            let mut got: Vec<u128> = claimers
+                .into_iter()
+                .map(|w| w.join().expect("a worker ends").as_u128())
+                .collect();
+            got.sort_unstable();
+            assert_eq!(got, (0..u128::from(workers)).collect::<Vec<_>>());
+        });
+    }
+
+    /// The engine's order never leaves a worker asleep beside a ready task.
+    #[test]
+    fn loom_a_worker_that_registers_before_it_looks_never_misses_a_push() {
+        claim_model(2, true);
+    }
+
+    /// The model has teeth: registering after the look loses a wake-up in some interleaving,
+    /// and loom reports the sleeping worker as a deadlock.
+    #[test]
+    fn loom_a_worker_that_looks_before_it_registers_can_miss_a_push() {
+        let caught = std::panic::catch_unwind(|| claim_model(2, false));
+        assert!(
+            caught.is_err(),
+            "loom found no lost wake-up in the wrong order"
+        );
+    }
+}

@@ -55,11 +55,18 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    /// The disk is full.
-    #[error("{}: storage full: the disk has no room for the write", path.display())]
+    /// The disk is full, or its free space fell below the watermark (`limits.min_free_bytes`)
+    /// that fq keeps so that running tasks can still be settled. Enqueues refused by the
+    /// watermark work again as soon as space is freed; a commit that failed for want of space
+    /// poisons the engine (see [`crate::Error::Poisoned`]) until it is reopened.
+    #[error("{}: storage full: {}", path.display(), full_detail(*free_bytes, *needed_bytes))]
     Full {
         /// The file.
         path: PathBuf,
+        /// Free bytes on its file system when this was found, if known.
+        free_bytes: Option<u64>,
+        /// The free space fq wanted: the `limits.min_free_bytes` watermark, if that refused.
+        needed_bytes: Option<u64>,
     },
     /// A read or write inside the store failed.
     #[error("{}: storage error while {action}", path.display())]
@@ -80,4 +87,17 @@ pub enum StoreError {
         /// What the decoder found.
         detail: String,
     },
+}
+
+fn full_detail(free: Option<u64>, needed: Option<u64>) -> String {
+    match (free, needed) {
+        (Some(free), Some(needed)) => format!(
+            "{free} bytes free, below the {needed} bytes fq keeps free (limits.min_free_bytes); \
+             free some space (or lower the limit) and try again"
+        ),
+        (Some(free), None) => {
+            format!("the disk has no room for the write ({free} bytes free)")
+        }
+        _ => "the disk has no room for the write".to_owned(),
+    }
 }

@@ -1,21 +1,26 @@
 //! The durable store: one redb file holding every task, the waiting index (priority and due
 //! time), the running set and the finished index. Only this module imports redb.
 
+mod backend;
 mod codec;
 mod error;
+mod integrity;
 mod keys;
 mod tables;
 
 use std::io::ErrorKind;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+use std::sync::{PoisonError, RwLock};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableHandle};
 
+pub(crate) use backend::SharedBackend;
 #[cfg(all(test, feature = "rabbitmq"))]
 pub(crate) use codec::sample_task as codec_sample_task;
 pub(crate) use codec::{StoredFailure, StoredTask, decode as codec_decode, encode as codec_encode};
 pub use error::StoreError;
+pub use integrity::IntegrityReport;
 pub(crate) use keys::ReadyOrder;
 use tables::{
     COUNTS, FINISHED, LEASES, MAGIC, META, META_MAGIC, META_SCHEMA, SCHEMA_VERSION, TASKS, WAITING,
@@ -32,6 +37,9 @@ pub(crate) struct StoreOptions {
     /// Verify every page's checksum when opening, so a damaged file is refused at open
     /// instead of failing (or panicking inside redb) at some later read.
     pub(crate) verify_on_open: bool,
+    /// Where the bytes live instead of the file at the store's path (tests simulating power
+    /// loss and failing disks); the path then only names the store in errors.
+    pub(crate) backend: Option<SharedBackend>,
 }
 
 impl Default for StoreOptions {
@@ -39,14 +47,21 @@ impl Default for StoreOptions {
         Self {
             cache_bytes: 64 * 1024 * 1024,
             verify_on_open: true,
+            backend: None,
         }
     }
 }
 
 /// An open store file.
 pub(crate) struct Store {
-    db: Database,
+    /// The open database; replaced by [`Store::reopen`] after a failed commit (redb then fails
+    /// every later access, reads included), `None` only if that reopen failed.
+    db: RwLock<Option<Database>>,
     path: PathBuf,
+    options: StoreOptions,
+    /// True when the bytes live in a custom backend: the path's file system says nothing about
+    /// their free space.
+    custom_backend: bool,
     /// Makes every commit fail, so tests can see what a failed fsync does to the engine.
     #[cfg(test)]
     pub(crate) fail_commits: std::sync::atomic::AtomicBool,
@@ -72,6 +87,9 @@ impl Store {
     /// A file that exists is never initialized over: an empty file, another program's file or a
     /// redb database without fq's tables is refused with [`StoreError::NotFqStore`].
     pub(crate) fn open(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
+        if let Some(backend) = &options.backend {
+            return Self::open_backend(path, options, backend);
+        }
         let path_buf = path.to_path_buf();
         let io_error = |detail: &str, source: std::io::Error| StoreError::Io {
             path: path_buf.clone(),
@@ -99,32 +117,38 @@ impl Store {
             std::fs::create_dir_all(parent)
                 .map_err(|e| io_error("cannot create the store's folder", e))?;
         }
-        let mut builder = Database::builder();
-        builder
-            .set_cache_size(options.cache_bytes)
-            .set_check_integrity_on_open(options.verify_on_open);
-        // redb's consistency checks can panic on a damaged file in debug builds; a damaged
-        // file is bad input, and must come back as an error naming it.
-        let opened = catch_unwind(AssertUnwindSafe(|| {
-            if exists {
-                builder.open(path)
-            } else {
-                builder.create(path)
-            }
-        }));
-        let db = match opened {
-            Ok(Ok(db)) => db,
-            Ok(Err(e)) => return Err(map_open_error(path, e)),
-            Err(panic) => {
-                return Err(StoreError::Corrupt {
-                    path: path_buf,
-                    detail: format!("the storage engine failed on it: {}", panic_text(&*panic)),
-                });
-            }
-        };
+        let db = open_database(path, options, exists)?;
         let store = Self {
-            db,
+            db: RwLock::new(Some(db)),
             path: path_buf,
+            options: options.clone(),
+            custom_backend: false,
+            #[cfg(test)]
+            fail_commits: std::sync::atomic::AtomicBool::new(false),
+        };
+        store.check_identity(!exists)?;
+        Ok(store)
+    }
+
+    /// Opens a store kept in `backend`, creating it when the backend is empty; `path` only
+    /// names it in errors.
+    fn open_backend(
+        path: &Path,
+        options: &StoreOptions,
+        backend: &SharedBackend,
+    ) -> Result<Self, StoreError> {
+        let path_buf = path.to_path_buf();
+        let exists = redb::StorageBackend::len(backend).map_err(|source| StoreError::Io {
+            path: path_buf.clone(),
+            detail: "cannot read the store's length".into(),
+            source,
+        })? > 0;
+        let db = open_database(path, options, exists)?;
+        let store = Self {
+            db: RwLock::new(Some(db)),
+            path: path_buf,
+            options: options.clone(),
+            custom_backend: true,
             #[cfg(test)]
             fail_commits: std::sync::atomic::AtomicBool::new(false),
         };
@@ -137,6 +161,49 @@ impl Store {
         &self.path
     }
 
+    /// Closes and reopens the database. After a failed commit redb refuses every later
+    /// access, reads included, until the database is reopened; the engine refuses writes
+    /// then (it is poisoned) but keeps answering reads from what the file holds.
+    pub(crate) fn reopen(&self) -> Result<(), StoreError> {
+        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        // Closed first: redb locks the file, and the new handle needs that lock.
+        drop(slot.take());
+        *slot = Some(open_database(&self.path, &self.options, true)?);
+        Ok(())
+    }
+
+    fn closed(&self) -> StoreError {
+        StoreError::Io {
+            path: self.path.clone(),
+            detail: "the store could not be reopened after a failed commit; reopen the engine"
+                .into(),
+            source: std::io::Error::other("store closed"),
+        }
+    }
+
+    fn begin_read(&self, action: &'static str) -> Result<redb::ReadTransaction, StoreError> {
+        let slot = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        let db = slot.as_ref().ok_or_else(|| self.closed())?;
+        db.begin_read()
+            .map_err(|e| map_storage_error(&self.path, action, e.into()))
+    }
+
+    fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        let slot = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        let db = slot.as_ref().ok_or_else(|| self.closed())?;
+        db.begin_write()
+            .map_err(|e| map_storage_error(&self.path, "writing", e.into()))
+    }
+
+    /// Free bytes (for unprivileged users) on the file system holding the store, or `None`
+    /// when that cannot be known (a custom backend, a platform without `statvfs`, an error).
+    pub(crate) fn free_bytes(&self) -> Option<u64> {
+        if self.custom_backend {
+            return None;
+        }
+        free_bytes_at(&self.path)
+    }
+
     fn storage(&self, action: &'static str) -> impl Fn(redb::Error) -> StoreError + '_ {
         move |e| map_storage_error(&self.path, action, e)
     }
@@ -144,7 +211,7 @@ impl Store {
     /// Checks the META table; initializes it for a store created by this open.
     fn check_identity(&self, created: bool) -> Result<(), StoreError> {
         let read_err = self.storage("reading the store's identity");
-        let txn = self.db.begin_read().map_err(|e| read_err(e.into()))?;
+        let txn = self.begin_read("reading the store's identity")?;
         let table_names: Vec<String> = txn
             .list_tables()
             .map_err(|e| read_err(e.into()))?
@@ -216,7 +283,7 @@ impl Store {
         apply: impl FnOnce(&mut WriteTables<'_>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let err = self.storage("writing");
-        let mut txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+        let mut txn = self.begin_write()?;
         let durability = if durable {
             Durability::Immediate
         } else {
@@ -255,7 +322,7 @@ impl Store {
     /// Reads one task.
     pub(crate) fn read_task(&self, id: TaskId) -> Result<Option<StoredTask>, StoreError> {
         let err = self.storage("reading a task");
-        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let txn = self.begin_read("reading a task")?;
         let tasks = txn.open_table(TASKS).map_err(|e| err(e.into()))?;
         let bytes = tasks.get(id.as_u128()).map_err(|e| err(e.into()))?;
         bytes
@@ -275,7 +342,7 @@ impl Store {
         ids: &[TaskId],
     ) -> Result<Vec<Result<Option<StoredTask>, StoreError>>, StoreError> {
         let err = self.storage("reading tasks");
-        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let txn = self.begin_read("reading tasks")?;
         let tasks = txn.open_table(TASKS).map_err(|e| err(e.into()))?;
         let mut found = Vec::with_capacity(ids.len());
         for id in ids {
@@ -303,7 +370,7 @@ impl Store {
         mut keep: impl FnMut(&StoredTask) -> bool,
     ) -> Result<Vec<(TaskId, StoredTask)>, StoreError> {
         let err = self.storage("listing tasks");
-        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let txn = self.begin_read("listing tasks")?;
         let tasks = txn.open_table(TASKS).map_err(|e| err(e.into()))?;
         let mut found = Vec::new();
         let lower = after.map_or(std::ops::Bound::Unbounded, |id| {
@@ -332,7 +399,7 @@ impl Store {
     /// The ids of RUNNING tasks left by the previous process, with their attempt numbers.
     pub(crate) fn running(&self) -> Result<Vec<(TaskId, u32)>, StoreError> {
         let err = self.storage("scanning running tasks");
-        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let txn = self.begin_read("scanning running tasks")?;
         let leases = txn.open_table(LEASES).map_err(|e| err(e.into()))?;
         let mut running = Vec::new();
         for item in leases.iter().map_err(|e| err(e.into()))? {
@@ -350,7 +417,7 @@ impl Store {
         mut visit: impl FnMut(&str, ReadyOrder, TaskId),
     ) -> Result<u64, StoreError> {
         let err = self.storage("scanning the waiting index");
-        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let txn = self.begin_read("scanning the waiting index")?;
         let waiting = txn.open_table(WAITING).map_err(|e| err(e.into()))?;
         let mut visited = 0;
         for item in waiting.iter().map_err(|e| err(e.into()))? {
@@ -372,7 +439,7 @@ impl Store {
         &self,
     ) -> Result<std::collections::BTreeMap<(String, TaskStatus), u64>, StoreError> {
         let err = self.storage("reading counts");
-        let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+        let txn = self.begin_read("reading counts")?;
         let table = txn.open_table(COUNTS).map_err(|e| err(e.into()))?;
         let mut counts = std::collections::BTreeMap::new();
         for item in table.iter().map_err(|e| err(e.into()))? {
@@ -744,6 +811,65 @@ fn map_open_error(path: &Path, error: redb::DatabaseError) -> StoreError {
     }
 }
 
+/// Opens (or, for a new store, creates) the redb database of a store.
+fn open_database(
+    path: &Path,
+    options: &StoreOptions,
+    exists: bool,
+) -> Result<Database, StoreError> {
+    let mut builder = Database::builder();
+    builder
+        .set_cache_size(options.cache_bytes)
+        .set_check_integrity_on_open(options.verify_on_open);
+    // redb's consistency checks can panic on a damaged file in debug builds; a damaged file
+    // is bad input, and must come back as an error naming it.
+    let opened = catch_unwind(AssertUnwindSafe(|| match &options.backend {
+        Some(backend) => builder.create_with_backend(backend.clone()),
+        None if exists => builder.open(path),
+        None => create_private(path)
+            .map_err(redb::DatabaseError::from)
+            .and_then(redb::backends::FileBackend::new)
+            .and_then(|backend| builder.create_with_backend(backend)),
+    }));
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e)) => Err(map_open_error(path, e)),
+        Err(panic) => Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("the storage engine failed on it: {}", panic_text(&*panic)),
+        }),
+    }
+}
+
+/// Creates a new store file readable and writable by its owner only: it holds every task's
+/// arguments, which other local users have no business reading.
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
+/// Free bytes for unprivileged users on the file system holding `path` (the file, or its
+/// folder when the file does not exist yet).
+#[cfg(unix)]
+pub(crate) fn free_bytes_at(path: &Path) -> Option<u64> {
+    let probe = if path.exists() {
+        path
+    } else {
+        path.parent().filter(|p| !p.as_os_str().is_empty())?
+    };
+    let stats = rustix::fs::statvfs(probe).ok()?;
+    Some(stats.f_bavail.saturating_mul(stats.f_frsize))
+}
+
+/// Free space is not probed on this platform: the watermark never refuses.
+#[cfg(not(unix))]
+pub(crate) fn free_bytes_at(_path: &Path) -> Option<u64> {
+    None
+}
+
 fn map_storage_error(path: &Path, action: &'static str, error: redb::Error) -> StoreError {
     match error {
         redb::Error::Corrupted(detail) => StoreError::Corrupt {
@@ -755,6 +881,8 @@ fn map_storage_error(path: &Path, action: &'static str, error: redb::Error) -> S
         {
             StoreError::Full {
                 path: path.to_path_buf(),
+                free_bytes: free_bytes_at(path),
+                needed_bytes: None,
             }
         }
         redb::Error::Io(io) => StoreError::Io {

@@ -7,8 +7,7 @@ mod timer;
 mod writer;
 
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -27,6 +26,7 @@ use crate::clock::{Clock, Millis, millis_to_datetime};
 use crate::events::{Event, EventBus, EventKind};
 use crate::queue::{DelayIndex, ReadyHeap, ReadyTask};
 use crate::store::{ReadyOrder, Store, StoreError, StoreOptions, StoredFailure, StoredTask};
+use crate::sync::{AtomicBool, Mutex};
 use crate::task::{FailureKind, RetryPolicy, TaskId, TaskRecord, TaskStatus};
 use crate::{Error, Result};
 
@@ -41,6 +41,9 @@ pub(crate) struct LocalSettings {
     pub(crate) lease: Duration,
     pub(crate) max_pending: Option<u64>,
     pub(crate) max_payload_bytes: usize,
+    /// Enqueues are refused while the store's file system has less free space than this
+    /// (`limits.min_free_bytes`; 0 turns the check off).
+    pub(crate) min_free_bytes: u64,
 }
 
 /// Completions per queue over the last minute, in one-second buckets.
@@ -242,6 +245,7 @@ impl LocalBroker {
             settings: WriterSettings {
                 retry: settings.retry,
                 max_pending: settings.max_pending,
+                min_free_bytes: settings.min_free_bytes,
             },
             follow_ups: 0,
             answered_at: None,
@@ -274,6 +278,11 @@ impl LocalBroker {
     /// What recovery at open found.
     pub(crate) fn recovery(&self) -> RecoveryReport {
         self.recovery
+    }
+
+    /// Checks that the store's indexes and counts agree with its task records.
+    pub(crate) async fn check_integrity(&self) -> Result<crate::store::IntegrityReport> {
+        self.read(|store| Ok(store.check_integrity()?)).await
     }
 
     async fn request<T>(
@@ -752,6 +761,7 @@ mod tests {
             lease: Duration::from_secs(60),
             max_pending: None,
             max_payload_bytes: 1 << 20,
+            min_free_bytes: 0,
         }
     }
 

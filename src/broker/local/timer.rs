@@ -2,11 +2,12 @@
 //! moves due tasks into the ready heap and hands expired leases to the writer.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use super::Shared;
 use super::writer::Command;
+use crate::sync::{Condvar, Mutex};
 
 /// The longest the timer sleeps without looking, so that a jump of the system clock is noticed.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
@@ -37,11 +38,7 @@ impl TimerSignal {
 pub(super) fn run(shared: &Arc<Shared>, commands: &crossbeam_channel::Sender<Command>) {
     while !shared.stopping.load(Ordering::SeqCst) {
         let now = shared.clock.now_ms();
-        let due = shared.delayed.pop_due(now);
-        if !due.is_empty() {
-            for task in due {
-                shared.ready.push(&task.queue, task.order, task.id);
-            }
+        if shared.delayed.promote_due(now, &shared.ready) > 0 {
             shared.work.notify_waiters();
         }
         for (id, attempt) in shared.leases.take_expired(now) {
@@ -59,5 +56,151 @@ pub(super) fn run(shared: &Arc<Shared>, commands: &crossbeam_channel::Sender<Com
         if !sleep.is_zero() {
             shared.timer.wait(sleep);
         }
+    }
+}
+
+/// Loom models of the timer's hand-offs, running the real `run` loop and `TimerSignal` on
+/// loom's Mutex, Condvar and AtomicBool (see `crate::sync`). Under loom a timed wait never
+/// times out, so each model passes only if every wake-up the timer needs comes from a poke:
+/// a lost one leaves the timer asleep and loom reports the deadlock.
+/// `RUSTFLAGS="--cfg fq_loom" cargo test --release --lib loom`.
+#[cfg(all(test, fq_loom))]
+mod loom_tests {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use chrono::{TimeZone, Utc};
+
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use crate::events::EventBus;
+    use crate::queue::{DelayIndex, ReadyHeap};
+    use crate::store::ReadyOrder;
+    use crate::sync::{AtomicBool, Mutex};
+    use crate::task::TaskId;
+
+    fn shared(clock: Arc<ManualClock>) -> Arc<Shared> {
+        let shared = Arc::new(Shared {
+            ready: ReadyHeap::new(),
+            delayed: DelayIndex::new(),
+            leases: super::super::LeaseTable::default(),
+            work: tokio::sync::Notify::new(),
+            timer: TimerSignal::default(),
+            clock,
+            events: EventBus::new(),
+            stopping: AtomicBool::new(false),
+            completions: super::super::CompletionRate::default(),
+            poisoned_flag: AtomicBool::new(false),
+            poison: Mutex::new(None),
+        });
+        // As `LocalBroker::open` wires it.
+        let weak = Arc::downgrade(&shared);
+        shared.clock.on_advance(Box::new(move || {
+            if let Some(shared) = weak.upgrade() {
+                shared.timer.poke();
+            }
+        }));
+        shared
+    }
+
+    fn clock() -> Arc<ManualClock> {
+        ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 9, 0, 0).unwrap())
+    }
+
+    fn spawn_timer(shared: &Arc<Shared>) -> loom::thread::JoinHandle<()> {
+        let shared = Arc::clone(shared);
+        let (commands, _) = crossbeam_channel::unbounded();
+        loom::thread::spawn(move || run(&shared, &commands))
+    }
+
+    /// `LocalBroker::drop`'s protocol.
+    fn stop(shared: &Shared) {
+        shared.stopping.store(true, Ordering::SeqCst);
+        shared.timer.poke();
+    }
+
+    fn model(f: impl Fn() + Sync + Send + 'static) {
+        let mut builder = loom::model::Builder::new();
+        if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
+            builder.preemption_bound = Some(3);
+        }
+        builder.check(f);
+    }
+
+    /// Stopping the engine wakes a timer that sleeps with nothing to do, wherever in its loop
+    /// the stop lands.
+    #[test]
+    fn loom_stop_wakes_an_idle_timer() {
+        model(|| {
+            let shared = shared(clock());
+            let timer = spawn_timer(&shared);
+            stop(&shared);
+            timer.join().unwrap();
+        });
+    }
+
+    /// A task inserted into the delay index (due by the time the timer looks) followed by a
+    /// poke, as `Writer::publish` does, reaches the ready heap even when the timer computed
+    /// its sleep before the insert.
+    #[test]
+    fn loom_a_new_due_time_wakes_the_timer() {
+        model(|| {
+            let clock = clock();
+            let now = clock.now_ms();
+            let shared = shared(clock);
+            let timer = spawn_timer(&shared);
+            let ready = shared.ready.intern("q");
+            shared
+                .delayed
+                .insert(ready, ReadyOrder::new(0, now, 1), TaskId::from_u128(1));
+            shared.timer.poke();
+            while shared.ready.len() == 0 {
+                loom::thread::yield_now();
+            }
+            stop(&shared);
+            timer.join().unwrap();
+            assert_eq!(shared.delayed.len(), 0);
+        });
+    }
+
+    /// A manual clock's advance wakes a timer sleeping towards a later due time (the sleep
+    /// it computed would never end under loom), and the task becomes ready.
+    #[test]
+    fn loom_a_clock_advance_wakes_the_timer() {
+        model(|| {
+            let clock = clock();
+            let due = clock.now_ms() + 1_000;
+            let shared = shared(Arc::clone(&clock));
+            let queue = shared.ready.intern("q");
+            shared
+                .delayed
+                .insert(queue, ReadyOrder::new(0, due, 1), TaskId::from_u128(1));
+            let timer = spawn_timer(&shared);
+            clock.advance(Duration::from_millis(1_000));
+            while shared.ready.len() == 0 {
+                loom::thread::yield_now();
+            }
+            stop(&shared);
+            timer.join().unwrap();
+        });
+    }
+
+    /// Whoever sees the poison flag also finds the reason (`Shared::poison` writes the
+    /// reason, then raises the flag).
+    #[test]
+    fn loom_a_raised_poison_flag_always_has_its_reason() {
+        model(|| {
+            let shared = shared(clock());
+            let writer = {
+                let shared = Arc::clone(&shared);
+                loom::thread::spawn(move || shared.poison("disk gone".into()))
+            };
+            if shared.poisoned_flag.load(Ordering::SeqCst) {
+                assert_eq!(shared.poisoned().as_deref(), Some("disk gone"));
+            }
+            writer.join().unwrap();
+            assert_eq!(shared.poisoned().as_deref(), Some("disk gone"));
+        });
     }
 }

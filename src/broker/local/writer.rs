@@ -254,6 +254,8 @@ fn fail_command(command: Command, error: &dyn Fn() -> Error) {
 pub(crate) struct WriterSettings {
     pub(crate) retry: RetryPolicy,
     pub(crate) max_pending: Option<u64>,
+    /// Free bytes below which enqueues are refused (0: never).
+    pub(crate) min_free_bytes: u64,
 }
 
 /// Poisons the engine if the writer thread unwinds, so callers get an error instead of a
@@ -266,6 +268,25 @@ impl Drop for PoisonOnPanic<'_> {
             self.0.poison("the writer thread panicked".into());
         }
     }
+}
+
+/// Unwraps a command's result; on a storage failure (which aborts the whole batch) the reply is
+/// kept in the batch's answers before returning the error, so the caller is answered with the
+/// batch's failure after the engine is poisoned, instead of seeing its reply dropped (which
+/// reads as "engine is shut down").
+macro_rules! keep_reply {
+    ($batch:expr, $variant:path, $reply:ident, $result:expr) => {
+        match $result {
+            Ok(value) => value,
+            Err(error) => {
+                $batch.answers.push($variant(
+                    $reply,
+                    Err(Error::Internal("the batch was aborted".into())),
+                ));
+                return Err(error);
+            }
+        }
+    };
 }
 
 pub(crate) struct Writer {
@@ -293,6 +314,8 @@ struct Batch {
     audience: bool,
     /// Completions per queue, for the engine's throughput figures.
     completed: std::collections::HashMap<String, u64>,
+    /// The store's free space, probed once per batch by its first enqueue.
+    free_bytes: Option<Option<u64>>,
 }
 
 impl Writer {
@@ -346,6 +369,16 @@ impl Writer {
             let reason = error.to_string();
             tracing::error!(error = %reason, "commit failed; the engine refuses writes until reopened");
             self.shared.poison(reason);
+            self.reopen_for_reads();
+        }
+    }
+
+    /// After a failed commit redb refuses every access, reads included, until its database is
+    /// reopened. The engine is poisoned first, so nothing writes to the reopened database; it
+    /// serves reads of what the file holds (a full disk must not stop reads).
+    fn reopen_for_reads(&self) {
+        if let Err(error) = self.store.reopen() {
+            tracing::error!(%error, "cannot reopen the store for reads after a failed commit");
         }
     }
 
@@ -382,6 +415,7 @@ impl Writer {
             answers: Vec::with_capacity(commands.len()),
             audience: self.shared.events.has_audience(),
             completed: std::collections::HashMap::new(),
+            free_bytes: None,
         };
         let seq_before = self.next_seq;
         let waiting_before = self.waiting;
@@ -393,9 +427,16 @@ impl Writer {
             && self
                 .unflushed_since
                 .is_none_or(|since| since.elapsed() < LAZY_FLUSH);
+        // Commands not applied when a storage failure aborts the batch (or the transaction
+        // never opened) stay here, to be answered with that failure rather than dropped.
+        let mut unapplied = commands;
         let committed = store.write_with(!lazy, |tables| {
-            for command in commands {
-                self.apply(tables, command, &mut batch)?;
+            let mut commands = std::mem::take(&mut unapplied).into_iter();
+            while let Some(command) = commands.next() {
+                if let Err(error) = self.apply(tables, command, &mut batch) {
+                    unapplied.extend(commands);
+                    return Err(error);
+                }
             }
             Ok(())
         });
@@ -423,10 +464,29 @@ impl Writer {
                 let reason = error.to_string();
                 tracing::error!(error = %reason, "commit failed; the engine refuses writes until reopened");
                 self.shared.poison(reason.clone());
-                for answer in batch.answers {
-                    answer.fail(&|| Error::Poisoned {
+                self.reopen_for_reads();
+                // The batch's own callers learn why their commit failed: a full disk is
+                // something they can act on, and must not read as a bug. Later writes see
+                // the poisoning, which names the same cause.
+                let answer_error = || match &error {
+                    StoreError::Full {
+                        path,
+                        free_bytes,
+                        needed_bytes,
+                    } => Error::Store(StoreError::Full {
+                        path: path.clone(),
+                        free_bytes: *free_bytes,
+                        needed_bytes: *needed_bytes,
+                    }),
+                    _ => Error::Poisoned {
                         reason: reason.clone(),
-                    });
+                    },
+                };
+                for answer in batch.answers {
+                    answer.fail(&answer_error);
+                }
+                for command in unapplied {
+                    fail_command(command, &answer_error);
                 }
             }
         }
@@ -449,9 +509,9 @@ impl Writer {
                     }
                 }
                 Effect::Unwait { queue, order } => {
-                    if !self.shared.ready.remove(&queue, order) {
-                        self.shared.delayed.remove(order);
-                    }
+                    self.shared
+                        .delayed
+                        .withdraw(&self.shared.ready, &queue, order);
                 }
                 Effect::Lease { id, attempt, until } => {
                     self.shared.leases.grant(id, attempt, until)
@@ -476,6 +536,36 @@ impl Writer {
 
     /// Applies one command. An `Err` is a storage failure that aborts the whole transaction;
     /// a problem with the command alone becomes its answer.
+    /// Deletes finished tasks past their retention, at most `limit` in all.
+    fn cleanup(
+        tables: &mut WriteTables<'_>,
+        completed_before: Millis,
+        failed_before: Millis,
+        limit: usize,
+    ) -> Result<CleanupReport, StoreError> {
+        let mut report = CleanupReport {
+            completed: tables
+                .delete_finished_before(TaskStatus::Completed, completed_before, limit)?
+                .len() as u64,
+            ..CleanupReport::default()
+        };
+        let room = limit.saturating_sub(usize::try_from(report.completed).unwrap_or(usize::MAX));
+        report.failed = tables
+            .delete_finished_before(TaskStatus::Failed, failed_before, room)?
+            .len() as u64;
+        let room = room.saturating_sub(usize::try_from(report.failed).unwrap_or(usize::MAX));
+        report.cancelled = tables
+            .delete_finished_before(TaskStatus::Cancelled, failed_before, room)?
+            .len() as u64;
+        // FORWARDED records (rabbitmq mode) follow the COMPLETED retention and are
+        // counted with them: both are tasks whose local life ended well.
+        let room = room.saturating_sub(usize::try_from(report.cancelled).unwrap_or(usize::MAX));
+        report.completed += tables
+            .delete_finished_before(TaskStatus::Forwarded, completed_before, room)?
+            .len() as u64;
+        Ok(report)
+    }
+
     fn apply(
         &mut self,
         tables: &mut WriteTables<'_>,
@@ -484,7 +574,12 @@ impl Writer {
     ) -> Result<(), StoreError> {
         match command {
             Command::Enqueue { tasks, reply } => {
-                let result = self.enqueue(tables, tasks, batch)?;
+                let result = keep_reply!(
+                    batch,
+                    Answer::Enqueue,
+                    reply,
+                    self.enqueue(tables, tasks, batch)
+                );
                 batch.answers.push(Answer::Enqueue(reply, result));
             }
             Command::Claim {
@@ -492,7 +587,12 @@ impl Writer {
                 lease_until,
                 reply,
             } => {
-                let result = self.claim(tables, tasks, lease_until, batch)?;
+                let result = keep_reply!(
+                    batch,
+                    Answer::Claim,
+                    reply,
+                    self.claim(tables, tasks, lease_until, batch)
+                );
                 batch.answers.push(Answer::Claim(reply, Ok(result)));
             }
             Command::Settle {
@@ -501,18 +601,29 @@ impl Writer {
                 lease_until,
                 reply,
             } => {
-                let settled = self.settle(tables, &settlement, batch)?;
+                let settled = keep_reply!(
+                    batch,
+                    Answer::Settle,
+                    reply,
+                    self.settle(tables, &settlement, batch)
+                );
                 let claimed = if next.is_empty() {
                     Vec::new()
                 } else {
-                    self.claim(tables, next, lease_until, batch)?
+                    keep_reply!(
+                        batch,
+                        Answer::Settle,
+                        reply,
+                        self.claim(tables, next, lease_until, batch)
+                    )
                 };
                 batch
                     .answers
                     .push(Answer::Settle(reply, Ok(Chained { settled, claimed })));
             }
             Command::Cancel { id, reply } => {
-                let result = self.cancel(tables, id, batch)?;
+                let result =
+                    keep_reply!(batch, Answer::Cancel, reply, self.cancel(tables, id, batch));
                 batch.answers.push(Answer::Cancel(reply, result));
             }
             Command::Cleanup {
@@ -521,33 +632,17 @@ impl Writer {
                 limit,
                 reply,
             } => {
-                let mut report = CleanupReport {
-                    completed: tables
-                        .delete_finished_before(TaskStatus::Completed, completed_before, limit)?
-                        .len() as u64,
-                    ..CleanupReport::default()
-                };
-                let room =
-                    limit.saturating_sub(usize::try_from(report.completed).unwrap_or(usize::MAX));
-                report.failed = tables
-                    .delete_finished_before(TaskStatus::Failed, failed_before, room)?
-                    .len() as u64;
-                let room =
-                    room.saturating_sub(usize::try_from(report.failed).unwrap_or(usize::MAX));
-                report.cancelled = tables
-                    .delete_finished_before(TaskStatus::Cancelled, failed_before, room)?
-                    .len() as u64;
-                // FORWARDED records (rabbitmq mode) follow the COMPLETED retention and are
-                // counted with them: both are tasks whose local life ended well.
-                let room =
-                    room.saturating_sub(usize::try_from(report.cancelled).unwrap_or(usize::MAX));
-                report.completed += tables
-                    .delete_finished_before(TaskStatus::Forwarded, completed_before, room)?
-                    .len() as u64;
+                let report = keep_reply!(
+                    batch,
+                    Answer::Cleanup,
+                    reply,
+                    Self::cleanup(tables, completed_before, failed_before, limit)
+                );
                 batch.answers.push(Answer::Cleanup(reply, Ok(report)));
             }
             Command::Retry { id, reply } => {
-                let result = self.retry(tables, id, batch)?;
+                let result =
+                    keep_reply!(batch, Answer::Record, reply, self.retry(tables, id, batch));
                 batch.answers.push(Answer::Record(reply, result));
             }
             Command::RetryFailed {
@@ -556,8 +651,12 @@ impl Writer {
                 limit,
                 reply,
             } => {
-                let result =
-                    self.retry_failed(tables, queue.as_deref(), after.as_deref(), limit, batch)?;
+                let result = keep_reply!(
+                    batch,
+                    Answer::Page,
+                    reply,
+                    self.retry_failed(tables, queue.as_deref(), after.as_deref(), limit, batch)
+                );
                 batch.answers.push(Answer::Page(reply, Ok(result)));
             }
             Command::Purge {
@@ -568,15 +667,30 @@ impl Writer {
                 limit,
                 reply,
             } => {
-                let result = self.purge(tables, &queue, status, phase, after, limit, batch)?;
+                let result = keep_reply!(
+                    batch,
+                    Answer::Page,
+                    reply,
+                    self.purge(tables, &queue, status, phase, after, limit, batch)
+                );
                 batch.answers.push(Answer::Page(reply, Ok(result)));
             }
             Command::Forwarded { tasks, at, reply } => {
-                let marked = self.forwarded(tables, tasks, at, batch)?;
+                let marked = keep_reply!(
+                    batch,
+                    Answer::Count,
+                    reply,
+                    self.forwarded(tables, tasks, at, batch)
+                );
                 batch.answers.push(Answer::Count(reply, Ok(marked)));
             }
             Command::RecordRun { run, reply, .. } => {
-                let result = self.record_run(tables, *run, batch)?;
+                let result = keep_reply!(
+                    batch,
+                    Answer::Report,
+                    reply,
+                    self.record_run(tables, *run, batch)
+                );
                 batch.answers.push(Answer::Report(reply, result));
             }
             Command::Expire { id, attempt } => {
@@ -631,6 +745,23 @@ impl Writer {
             && self.waiting.saturating_add(tasks.len() as u64) > limit
         {
             return Ok(Err(Error::QueueFull { limit }));
+        }
+        // Refused before the disk is exhausted, so that claims and settlements (which need a
+        // few copy-on-write pages each) can still commit and drain the queue; no commit is
+        // attempted, so nothing is poisoned and enqueues work again once space is freed.
+        let watermark = self.settings.min_free_bytes;
+        if watermark > 0 {
+            let store = &self.store;
+            if let Some(free) = *batch.free_bytes.get_or_insert_with(|| store.free_bytes())
+                && free < watermark
+            {
+                return Ok(Err(StoreError::Full {
+                    path: store.path().to_path_buf(),
+                    free_bytes: Some(free),
+                    needed_bytes: Some(watermark),
+                }
+                .into()));
+            }
         }
         // Ids come from callers (remote clients choose theirs): an id in use would overwrite
         // another task, so the whole request is refused before anything is written.

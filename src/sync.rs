@@ -1,0 +1,56 @@
+//! The synchronisation primitives of the engine's own hand-offs that loom checks: the timer's
+//! wake flag and stop flag, the poison flag, and the delay index's transfer lock. A normal
+//! build re-exports std; `RUSTFLAGS="--cfg fq_loom" cargo test --release --lib loom` swaps in
+//! loom's types (as tokio's internal `loom` module does), so the `loom_*` models run the real
+//! code. The cfg is our own: `--cfg loom` would also put tokio into its loom mode, which has
+//! no `net`. Only what a model exercises goes through here: crossbeam's skiplists and
+//! channels and tokio's `Notify` and `oneshot` are out of loom's reach.
+
+#[cfg(not(all(test, fq_loom)))]
+pub(crate) use std::sync::atomic::AtomicBool;
+#[cfg(not(all(test, fq_loom)))]
+pub(crate) use std::sync::{Condvar, Mutex};
+
+#[cfg(all(test, fq_loom))]
+pub(crate) use loom::sync::Mutex;
+#[cfg(all(test, fq_loom))]
+pub(crate) use loom::sync::atomic::AtomicBool;
+#[cfg(all(test, fq_loom))]
+pub(crate) use loom_condvar::Condvar;
+
+/// loom's condition variable lacks `wait_timeout_while`; this one has it. Under loom a
+/// timeout never fires, so a model whose sleeper is woken only by its timeout deadlocks and
+/// fails: every wake-up the engine relies on must come from a notification.
+#[cfg(all(test, fq_loom))]
+mod loom_condvar {
+    use std::sync::LockResult;
+    use std::time::Duration;
+
+    use loom::sync::MutexGuard;
+
+    #[derive(Debug, Default)]
+    pub(crate) struct Condvar(loom::sync::Condvar);
+
+    impl Condvar {
+        pub(crate) fn notify_one(&self) {
+            self.0.notify_one();
+        }
+
+        /// As std's: waits while `condition` holds; the second value is "timed out" (never).
+        pub(crate) fn wait_timeout_while<'a, T, F: FnMut(&mut T) -> bool>(
+            &self,
+            mut guard: MutexGuard<'a, T>,
+            _timeout: Duration,
+            mut condition: F,
+        ) -> LockResult<(MutexGuard<'a, T>, bool)> {
+            while condition(&mut *guard) {
+                // loom never poisons a lock: nothing panics inside one in a model.
+                guard = self
+                    .0
+                    .wait(guard)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            Ok((guard, false))
+        }
+    }
+}

@@ -1,0 +1,865 @@
+//! Simulated power loss and I/O errors (issue 6, item 2), through redb's `StorageBackend`.
+//!
+//! Power loss: a workload (enqueue, claim, complete, fail, retry, cancel through the engine's
+//! API, in three sessions whose reopens recover the tasks left RUNNING) runs on a backend that
+//! records every write, length change and sync. Crash images are built at random points of
+//! that log: the synced state only, plus a random subset of the unsynced operations, plus a
+//! torn write (a prefix of one of them). Each image is opened by the engine under a timeout.
+//! A control image (the synced state halfway, judged against the whole run) must fail the check.
+//!
+//! I/O errors: the same kind of workload (100 operations) runs on an in-memory backend that
+//! fails the Nth operation, for every N: persistently (every operation after it fails too),
+//! transiently (only the Nth; every 8th N at smoke size, every N at full size), and only the
+//! Nth `sync_data`. After the first error the engine must refuse writes with a clear error
+//! until reopened, and the failed operation is never acknowledged; then the backend heals and
+//! the store is reopened.
+//!
+//! Pass: no panic on any thread, no hang; every image and every healed store opens; every
+//! acknowledged operation is there, and each task's state is one it went through at or after
+//! its last acknowledged state (a RUNNING one may have been recovered to RETRYING or FAILED);
+//! `Engine::check_integrity` finds each task in exactly one state, with the waiting, running
+//! and finished indexes and the counts agreeing with the records; the store takes writes again.
+//!
+//! Smoke size under `cargo test`; `FQ_FULL=1` runs the full size; `FQ_SEED=<n>` replays a
+//! run. The figures are printed (`cargo test --test power_loss -- --nocapture`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "common/backend.rs"]
+mod backend;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use backend::{CrashWalker, FailMode, FailingBackend, ImageKind, RecordingBackend, crash_image};
+use fq::{
+    Config, Engine, Error, FailureKind, ListQuery, Outcome, Settlement, TaskFailure, TaskId,
+    TaskStatus,
+};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+/// How long opening and checking one image (or one sweep run) may take before it is a hang.
+const PATIENCE: Duration = Duration::from_secs(60);
+const QUEUES: [&str; 2] = ["alpha", "beta"];
+
+// --- seeds, sizes, panics -------------------------------------------------------------------
+
+fn seed() -> u64 {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SEED.get_or_init(|| {
+        std::env::var("FQ_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            })
+    })
+}
+
+fn full() -> bool {
+    std::env::var("FQ_FULL").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Every panic on any thread, caught or not, is counted: none is allowed.
+fn panics() -> &'static AtomicUsize {
+    static PANICS: AtomicUsize = AtomicUsize::new(0);
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, Ordering::SeqCst);
+            previous(info);
+        }));
+    });
+    &PANICS
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn open_on(backend: impl redb::StorageBackend) -> fq::Result<Engine> {
+    let mut config = Config::default();
+    config.limits.min_free_bytes = 0;
+    Engine::builder("/power-loss/simulated.redb")
+        .config(config)
+        .control(false)
+        .lease_duration(Duration::from_secs(3600))
+        .storage_backend(backend)
+        .open()
+}
+
+/// Runs `work` on its own thread; `None` if it did not finish within [`PATIENCE`].
+fn with_patience<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(work());
+    });
+    receiver.recv_timeout(PATIENCE).ok()
+}
+
+// --- the model of what was acknowledged -----------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct State {
+    status: TaskStatus,
+    attempts: u32,
+}
+
+#[derive(Clone, Debug)]
+struct Step {
+    state: State,
+    /// The backend position when the operation was acknowledged; `None` for an operation that
+    /// failed (it may or may not have reached the disk).
+    acked_at: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Model {
+    tasks: BTreeMap<TaskId, (u32, Vec<Step>)>,
+    acked_ops: u64,
+}
+
+impl Model {
+    fn current(&self, id: TaskId) -> State {
+        self.tasks[&id].1.last().unwrap().state
+    }
+
+    fn ids_in(&self, wanted: impl Fn(TaskStatus) -> bool) -> Vec<TaskId> {
+        self.tasks
+            .iter()
+            .filter(|(_, (_, steps))| steps.last().is_some_and(|s| wanted(s.state.status)))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn push(&mut self, id: TaskId, state: State, acked_at: Option<u64>) {
+        self.tasks
+            .get_mut(&id)
+            .unwrap()
+            .1
+            .push(Step { state, acked_at });
+    }
+
+    /// Problems with the tasks found after opening a store that crashed (or was healed) at
+    /// backend position `crash_point` (`None`: after everything).
+    fn check(&self, found: &HashMap<TaskId, State>, crash_point: Option<u64>) -> Vec<String> {
+        let acked = |step: &Step| {
+            step.acked_at
+                .is_some_and(|at| crash_point.is_none_or(|point| at <= point))
+        };
+        let mut problems = Vec::new();
+        for (id, (max_retries, steps)) in &self.tasks {
+            let last_acked = steps.iter().rposition(acked);
+            let Some(observed) = found.get(id) else {
+                if let Some(at) = last_acked {
+                    problems.push(format!(
+                        "task {id} lost: acknowledged as {:?}",
+                        steps[at].state
+                    ));
+                }
+                continue;
+            };
+            let allowed = &steps[last_acked.unwrap_or(0)..];
+            let matches = allowed.iter().any(|step| {
+                let s = step.state;
+                *observed == s
+                    || (s.status == TaskStatus::Running
+                        && observed.attempts == s.attempts
+                        && (observed.status == TaskStatus::Retrying && s.attempts <= *max_retries
+                            || observed.status == TaskStatus::Failed && s.attempts > *max_retries))
+            });
+            if !matches {
+                problems.push(format!(
+                    "task {id} is {observed:?}, not a state at or after its last acknowledged one \
+                     (history {:?}, last acknowledged {last_acked:?})",
+                    steps
+                        .iter()
+                        .map(|s| (s.state, s.acked_at))
+                        .collect::<Vec<_>>()
+                ));
+            }
+        }
+        for id in found.keys() {
+            if !self.tasks.contains_key(id) {
+                problems.push(format!("task {id} was never queued"));
+            }
+        }
+        problems
+    }
+}
+
+/// Drives a random workload through the engine's API, recording what was acknowledged.
+struct Workload {
+    rng: fastrand::Rng,
+    model: Model,
+    token: CancellationToken,
+    position: Box<dyn Fn() -> u64>,
+}
+
+impl Workload {
+    fn new(seed: u64, position: Box<dyn Fn() -> u64>) -> Self {
+        Self {
+            rng: fastrand::Rng::with_seed(seed),
+            model: Model::default(),
+            token: CancellationToken::new(),
+            position,
+        }
+    }
+
+    /// One operation. `Ok(true)` when it was acknowledged, `Ok(false)` when none applied,
+    /// `Err` when the engine refused it (the model then holds its possible effects unacknowledged).
+    async fn step(&mut self, engine: &Engine) -> Result<bool, Error> {
+        let waiting = self.model.ids_in(TaskStatus::is_waiting);
+        let running = self.model.ids_in(|s| s == TaskStatus::Running);
+        let failed = self.model.ids_in(|s| s == TaskStatus::Failed);
+        let roll = self.rng.u32(0..100);
+        let broker = engine.broker();
+        if roll < 30 || waiting.len() + running.len() + failed.len() == 0 {
+            let queue = QUEUES[self.rng.usize(..QUEUES.len())];
+            let max_retries = self.rng.u32(0..3);
+            let task = engine
+                .queue_task_named(
+                    "power.loss",
+                    &json!({"args": [self.rng.u32(..)], "kwargs": {}}),
+                )
+                .queue(queue)
+                .priority(self.rng.i32(0..3))
+                .max_retries(max_retries)
+                .build()?;
+            let id = task.id();
+            self.model.tasks.insert(id, (max_retries, Vec::new()));
+            let pending = State {
+                status: TaskStatus::Pending,
+                attempts: 0,
+            };
+            let result = broker.enqueue(vec![task]).await;
+            self.settle_model(id, pending, result.map(|_| ()))
+        } else if roll < 55 && !waiting.is_empty() {
+            let queues: Vec<Arc<str>> = QUEUES.iter().map(|q| Arc::from(*q)).collect();
+            match broker.claim(&queues, 1, Duration::ZERO, &self.token).await {
+                Ok(claimed) => {
+                    let at = (self.position)();
+                    for record in &claimed {
+                        let state = State {
+                            status: record.status,
+                            attempts: record.attempts,
+                        };
+                        assert_eq!(state.status, TaskStatus::Running);
+                        self.model.push(record.id, state, Some(at));
+                    }
+                    self.model.acked_ops += 1;
+                    Ok(!claimed.is_empty())
+                }
+                Err(error) => {
+                    // Any waiting task might have been the one claimed.
+                    for id in waiting {
+                        let current = self.model.current(id);
+                        let state = State {
+                            status: TaskStatus::Running,
+                            attempts: current.attempts + 1,
+                        };
+                        self.model.push(id, state, None);
+                    }
+                    Err(error)
+                }
+            }
+        } else if roll < 90 && !running.is_empty() {
+            let id = running[self.rng.usize(..running.len())];
+            let current = self.model.current(id);
+            let max_retries = self.model.tasks[&id].0;
+            let (outcome, next) = if self.rng.u32(0..100) < 55 {
+                (
+                    Outcome::Completed {
+                        result: json!({"ok": true}),
+                    },
+                    TaskStatus::Completed,
+                )
+            } else {
+                let failure = TaskFailure {
+                    message: "simulated failure".into(),
+                    kind: FailureKind::Error,
+                };
+                let next = if current.attempts <= max_retries {
+                    TaskStatus::Retrying
+                } else {
+                    TaskStatus::Failed
+                };
+                (
+                    Outcome::Failed {
+                        failure,
+                        retry_after: Some(Duration::ZERO),
+                    },
+                    next,
+                )
+            };
+            let settlement = Settlement {
+                id,
+                attempt: current.attempts,
+                outcome,
+            };
+            let state = State {
+                status: next,
+                attempts: current.attempts,
+            };
+            let result = broker.settle(settlement).await;
+            if let Ok(report) = &result {
+                assert_eq!(report.status, next, "settled {id} unexpectedly");
+            }
+            self.settle_model(id, state, result.map(|_| ()))
+        } else if !failed.is_empty() && self.rng.bool() {
+            let id = failed[self.rng.usize(..failed.len())];
+            let state = State {
+                status: TaskStatus::Pending,
+                attempts: 0,
+            };
+            let result = engine.retry(id).await;
+            self.settle_model(id, state, result.map(|_| ()))
+        } else if !waiting.is_empty() {
+            let id = waiting[self.rng.usize(..waiting.len())];
+            let state = State {
+                status: TaskStatus::Cancelled,
+                attempts: self.model.current(id).attempts,
+            };
+            let result = engine.cancel(id).await;
+            self.settle_model(id, state, result.map(|_| ()))
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// Claims up to `max` tasks in one request, recording them.
+    async fn claim_many(&mut self, engine: &Engine, max: usize) -> fq::Result<usize> {
+        let queues: Vec<Arc<str>> = QUEUES.iter().map(|q| Arc::from(*q)).collect();
+        let claimed = engine
+            .broker()
+            .claim(&queues, max, Duration::ZERO, &self.token)
+            .await?;
+        let at = (self.position)();
+        for record in &claimed {
+            let state = State {
+                status: record.status,
+                attempts: record.attempts,
+            };
+            self.model.push(record.id, state, Some(at));
+        }
+        self.model.acked_ops += 1;
+        Ok(claimed.len())
+    }
+
+    fn settle_model(
+        &mut self,
+        id: TaskId,
+        state: State,
+        result: fq::Result<()>,
+    ) -> fq::Result<bool> {
+        match result {
+            Ok(()) => {
+                let at = (self.position)();
+                self.model.push(id, state, Some(at));
+                self.model.acked_ops += 1;
+                Ok(true)
+            }
+            Err(error) => {
+                self.model.push(id, state, None);
+                Err(error)
+            }
+        }
+    }
+}
+
+/// Every task in the store, with its state.
+async fn all_tasks(engine: &Engine) -> fq::Result<HashMap<TaskId, State>> {
+    let mut found = HashMap::new();
+    let mut after = None;
+    loop {
+        let page = engine
+            .list(ListQuery {
+                limit: 500,
+                after,
+                ..ListQuery::default()
+            })
+            .await?;
+        let Some(last) = page.last() else {
+            return Ok(found);
+        };
+        after = Some(last.id);
+        for record in page {
+            found.insert(
+                record.id,
+                State {
+                    status: record.status,
+                    attempts: record.attempts,
+                },
+            );
+        }
+    }
+}
+
+/// Opens a store, checks it against the model, then checks it still takes writes.
+async fn verify_store(engine: &Engine, model: &Model, crash_point: Option<u64>) -> Vec<String> {
+    let mut problems = Vec::new();
+    match all_tasks(engine).await {
+        Ok(found) => problems.extend(model.check(&found, crash_point)),
+        Err(error) => problems.push(format!("listing the tasks failed: {error}")),
+    }
+    match engine.check_integrity().await {
+        Ok(report) => problems.extend(report.problems),
+        Err(error) => problems.push(format!("the integrity check failed: {error}")),
+    }
+    match engine
+        .queue_task_named("power.loss.after", &json!({"args": [], "kwargs": {}}))
+        .send()
+        .await
+    {
+        Ok(_) => match engine.check_integrity().await {
+            Ok(report) => problems.extend(report.problems),
+            Err(error) => problems.push(format!("the integrity check failed: {error}")),
+        },
+        Err(error) => problems.push(format!("an enqueue after reopening failed: {error}")),
+    }
+    problems
+}
+
+// --- power loss -------------------------------------------------------------------------------
+
+#[test]
+fn crash_images_open_with_every_acknowledged_operation_and_sound_indexes() {
+    let seed = seed();
+    let panics_before = panics().load(Ordering::SeqCst);
+    let (operations, images) = if full() { (1_000, 5_000) } else { (150, 500) };
+    println!(
+        "power_loss crash images: seed {seed} (FQ_SEED={seed} replays), full={}",
+        full()
+    );
+
+    // The recorded run.
+    let started = Instant::now();
+    let recording = RecordingBackend::new();
+    let position = {
+        let recording = recording.clone();
+        Box::new(move || recording.position() as u64)
+    };
+    let mut workload = Workload::new(seed, position);
+    let runtime = runtime();
+    // Three sessions: each reopen recovers the tasks the previous session left RUNNING, so
+    // some crash points land inside a recovery.
+    let mut reopens: Vec<(u64, u64)> = Vec::new();
+    let mut first_ack = 0;
+    let mut recovered = 0;
+    for session in 0..3 {
+        let opened_at = recording.position() as u64;
+        let engine = open_on(recording.clone()).unwrap();
+        let ready_at = recording.position() as u64;
+        if session == 0 {
+            first_ack = ready_at;
+        } else {
+            reopens.push((opened_at, ready_at));
+            let report = engine.recovery();
+            recovered += report.orphans_retrying + report.orphans_failed;
+            // Recovery is an acknowledged change once the open returned.
+            let orphans = workload.model.ids_in(|s| s == TaskStatus::Running);
+            for id in orphans {
+                let current = workload.model.current(id);
+                let max_retries = workload.model.tasks[&id].0;
+                let status = if current.attempts <= max_retries {
+                    TaskStatus::Retrying
+                } else {
+                    TaskStatus::Failed
+                };
+                let state = State {
+                    status,
+                    attempts: current.attempts,
+                };
+                workload.model.push(id, state, Some(ready_at));
+            }
+        }
+        runtime.block_on(async {
+            for _ in 0..operations / 3 {
+                workload.step(&engine).await.unwrap();
+            }
+            // Leave tasks RUNNING for the next reopen to recover.
+            workload.claim_many(&engine, 6).await.unwrap();
+        });
+        drop(engine);
+    }
+    let log = recording.log();
+    let syncs = log
+        .iter()
+        .filter(|op| matches!(op, backend::Op::Sync))
+        .count();
+    println!(
+        "  recorded {operations} operations in 3 sessions ({} acknowledged, {} tasks, {recovered} \
+         orphans recovered by the reopens): {} storage operations, {syncs} syncs, in {:.1?}",
+        workload.model.acked_ops,
+        workload.model.tasks.len(),
+        log.len(),
+        started.elapsed()
+    );
+
+    // Crash points over the whole log, sorted so the walker replays it once.
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x9e37_79b9);
+    // One point in ten is aimed inside a reopen (recovery and its commit).
+    let mut points: Vec<usize> = (0..images)
+        .map(|at| {
+            if at % 10 == 0 && !reopens.is_empty() {
+                let (from, to) = reopens[rng.usize(..reopens.len())];
+                rng.usize(from as usize..=to as usize)
+            } else {
+                rng.usize(0..=log.len())
+            }
+        })
+        .collect();
+    points.sort_unstable();
+    let in_reopen = points
+        .iter()
+        .filter(|p| {
+            reopens
+                .iter()
+                .any(|(from, to)| (*from..*to).contains(&(**p as u64)))
+        })
+        .count();
+    let model = Arc::new(workload.model);
+    let mut walker = CrashWalker::new(&log);
+    let mut opened = 0;
+    let mut refused_before_first_ack = 0;
+    let mut by_kind: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    let mut pending_total = 0;
+    let mut max_ms = 0u128;
+    let mut problems = Vec::new();
+    let started = Instant::now();
+    for (at, point) in points.into_iter().enumerate() {
+        let kind = [ImageKind::Durable, ImageKind::Subset, ImageKind::Torn][at % 3];
+        let (durable, pending) = walker.crash_state(point);
+        let (image, applied) = crash_image(&durable, &pending, kind, &mut rng);
+        pending_total += pending.len();
+        let entry = by_kind.entry(format!("{kind:?}").leak()).or_default();
+        entry.0 += 1;
+        entry.1 += applied as u64;
+        let model = Arc::clone(&model);
+        let image_started = Instant::now();
+        let outcome = with_patience(move || {
+            let engine = match open_on(FailingBackend::healthy(image)) {
+                Ok(engine) => engine,
+                Err(error) => return Err(error.to_string()),
+            };
+            Ok(runtime_verify(&engine, &model, point as u64))
+        });
+        max_ms = max_ms.max(image_started.elapsed().as_millis());
+        match outcome {
+            None => panic!(
+                "image {at} (crash after operation {point} of {}, {kind:?}) hung: no answer in \
+                 {PATIENCE:?}; FQ_SEED={seed}",
+                log.len()
+            ),
+            Some(Ok(found)) => {
+                opened += 1;
+                for problem in found {
+                    problems.push(format!("image {at} (point {point}, {kind:?}): {problem}"));
+                }
+            }
+            Some(Err(error)) if (point as u64) < first_ack => {
+                // The store's creation itself was cut off: nothing was acknowledged yet.
+                refused_before_first_ack += 1;
+                println!("  image {at} (point {point}, before the store existed) refused: {error}");
+            }
+            Some(Err(error)) => problems.push(format!(
+                "image {at} (point {point}, {kind:?}) does not open: {error}"
+            )),
+        }
+    }
+    let panicked = panics().load(Ordering::SeqCst) - panics_before;
+    println!(
+        "  {images} crash images in {:.1?} (slowest {max_ms} ms): {opened} opened, \
+         {refused_before_first_ack} refused (cut before the store was created); \
+         {pending_total} unsynced operations in all",
+        started.elapsed()
+    );
+    for (kind, (count, applied)) in &by_kind {
+        println!("    {kind}: {count} images, {applied} unsynced operations applied");
+    }
+    println!("    {in_reopen} crash points inside a reopen (recovery and its commit)");
+
+    // Control: the same check must fail on an image that lost acknowledged work, here the
+    // durable state halfway through the log judged against everything acknowledged.
+    let (halfway, _) = CrashWalker::new(&log).crash_state(log.len() / 2);
+    let control_model = Arc::clone(&model);
+    let control = with_patience(move || {
+        let engine = open_on(FailingBackend::healthy(halfway)).unwrap();
+        runtime_verify_all(&engine, &control_model)
+    })
+    .expect("the control image hung");
+    println!(
+        "  control (halfway image judged against the whole run): {} problems found",
+        control.len()
+    );
+    assert!(!control.is_empty(), "the check cannot see lost work");
+    println!("  problems: {}, panics: {panicked}", problems.len());
+    for problem in problems.iter().take(20) {
+        println!("    {problem}");
+    }
+    assert!(problems.is_empty(), "FQ_SEED={seed}: {problems:#?}");
+    assert_eq!(panicked, 0, "FQ_SEED={seed}: a thread panicked");
+}
+
+fn runtime_verify_all(engine: &Engine, model: &Model) -> Vec<String> {
+    runtime().block_on(verify_store(engine, model, None))
+}
+
+fn runtime_verify(engine: &Engine, model: &Model, point: u64) -> Vec<String> {
+    runtime().block_on(verify_store(engine, model, Some(point)))
+}
+
+// --- I/O errors -------------------------------------------------------------------------------
+
+/// What one sweep run saw.
+#[derive(Debug, Default)]
+struct SweepFigures {
+    runs: u64,
+    never_fired: u64,
+    failed_open: u64,
+    surfaced: u64,
+    absorbed: u64,
+    refused_after: u64,
+    /// Runs whose engine still listed every task after the failure.
+    read_after: u64,
+    acked_before_failure: u64,
+}
+
+/// Opens a store on a failing backend, runs the workload until the first refused operation,
+/// checks that the engine then refuses writes, heals the disk, reopens and checks the store.
+fn sweep_run(seed: u64, operations: usize, mode: FailMode) -> (SweepFigures, Vec<String>) {
+    let mut figures = SweepFigures {
+        runs: 1,
+        ..SweepFigures::default()
+    };
+    let mut problems = Vec::new();
+    let disk = FailingBackend::new(Vec::new(), mode);
+    let position = {
+        let disk = disk.clone();
+        Box::new(move || disk.ops())
+    };
+    let mut workload = Workload::new(seed, position);
+    let runtime = runtime();
+    match open_on(disk.clone()) {
+        Err(error) => {
+            figures.failed_open += 1;
+            if disk.failures() == 0 {
+                problems.push(format!("open failed without an injected failure: {error}"));
+            }
+        }
+        Ok(engine) => runtime.block_on(async {
+            for _ in 0..operations {
+                let failures_before = disk.failures();
+                match workload.step(&engine).await {
+                    Ok(_) => {
+                        if disk.failures() > failures_before {
+                            figures.absorbed += 1;
+                        }
+                    }
+                    Err(error) => {
+                        figures.surfaced += 1;
+                        if disk.failures() == failures_before && disk.failures() == 0 {
+                            problems.push(format!("refused without an injected failure: {error}"));
+                        }
+                        if !matches!(error, Error::Poisoned { .. } | Error::Store(_)) {
+                            problems.push(format!("unclear error for an i/o failure: {error:?}"));
+                        }
+                        // Whether the disk works again (transient) or not (persistent), the
+                        // engine must refuse without trying it.
+                        match engine
+                            .queue_task_named(
+                                "power.loss.after",
+                                &json!({"args": [], "kwargs": {}}),
+                            )
+                            .send()
+                            .await
+                        {
+                            Err(Error::Poisoned { reason }) if !reason.is_empty() => {
+                                figures.refused_after += 1;
+                            }
+                            Err(other) => problems.push(format!(
+                                "a write after the failure got an unclear error: {other:?}"
+                            )),
+                            Ok(id) => problems.push(format!(
+                                "a write after the failure ({error}) was acknowledged ({id})"
+                            )),
+                        }
+                        // Reads go on from what the file holds, where the disk still works.
+                        if matches!(mode, FailMode::Transient(_)) {
+                            match all_tasks(&engine).await {
+                                Ok(found) => {
+                                    figures.read_after += 1;
+                                    problems.extend(
+                                        workload
+                                            .model
+                                            .check(&found, None)
+                                            .into_iter()
+                                            .map(|p| format!("read after the failure: {p}")),
+                                    );
+                                }
+                                Err(error) => {
+                                    problems.push(format!("reads fail after the failure: {error}"))
+                                }
+                            }
+                        }
+                        break;
+                    }
+                }
+            }
+        }),
+    }
+    figures.acked_before_failure = workload.model.acked_ops;
+    if disk.failures() == 0 {
+        figures.never_fired += 1;
+    }
+    disk.heal();
+    match open_on(disk.clone()) {
+        Ok(engine) => {
+            problems.extend(runtime.block_on(verify_store(&engine, &workload.model, None)))
+        }
+        Err(error) if workload.model.acked_ops == 0 && disk.first_failure().is_some() => {
+            // Only a store whose creation failed may be unreadable, and then nothing was
+            // acknowledged; it must still be refused with an error naming it.
+            if !error.to_string().contains("simulated.redb") {
+                problems.push(format!(
+                    "a store cut during creation is refused unclearly: {error}"
+                ));
+            }
+        }
+        Err(error) => problems.push(format!("the healed store does not open: {error}")),
+    }
+    (figures, problems)
+}
+
+#[test]
+fn error_sweep_fails_every_operation_of_a_100_operation_workload() {
+    let seed = seed();
+    let panics_before = panics().load(Ordering::SeqCst);
+    let operations = if full() { 300 } else { 100 };
+    println!(
+        "power_loss error sweep: seed {seed} (FQ_SEED={seed} replays), full={}",
+        full()
+    );
+
+    let dry = FailingBackend::new(Vec::new(), FailMode::Never);
+    let position = {
+        let dry = dry.clone();
+        Box::new(move || dry.ops())
+    };
+    let mut workload = Workload::new(seed, position);
+    {
+        let engine = open_on(dry.clone()).unwrap();
+        runtime().block_on(async {
+            for _ in 0..operations {
+                workload.step(&engine).await.unwrap();
+            }
+        });
+    }
+    let (total_ops, total_syncs) = (dry.ops(), dry.syncs());
+    println!(
+        "  dry run: {operations} operations ({} acknowledged) made {total_ops} storage \
+         operations, {total_syncs} syncs",
+        workload.model.acked_ops
+    );
+
+    // Every operation fails in turn persistently and (at full size) transiently; the smoke
+    // run fails every 8th transiently (redb latches the first error either way, so the two
+    // differ only in what the disk does after it).
+    let transient_stride = if full() { 1 } else { 8 };
+    let mut plans = Vec::new();
+    for n in 1..=total_ops + 2 {
+        plans.push(FailMode::Persistent(n));
+        if n % transient_stride == 1 % transient_stride {
+            plans.push(FailMode::Transient(n));
+        }
+    }
+    for n in 1..=total_syncs + 1 {
+        plans.push(FailMode::SyncOnly(n));
+    }
+    let started = Instant::now();
+    let n_threads = 2;
+    let plans = Arc::new(plans);
+    let threads: Vec<_> = (0..n_threads)
+        .map(|thread| {
+            let plans = Arc::clone(&plans);
+            std::thread::spawn(move || {
+                let mut figures: BTreeMap<&'static str, SweepFigures> = BTreeMap::new();
+                let mut problems = Vec::new();
+                for plan in plans.iter().skip(thread).step_by(n_threads) {
+                    let plan = *plan;
+                    let Some((run, found)) =
+                        with_patience(move || sweep_run(seed, operations, plan))
+                    else {
+                        problems.push(format!("{plan:?}: hung (no answer in {PATIENCE:?})"));
+                        continue;
+                    };
+                    let name = match plan {
+                        FailMode::Persistent(_) => "persistent",
+                        FailMode::Transient(_) => "transient",
+                        FailMode::SyncOnly(_) => "sync_data only",
+                        FailMode::Never => "never",
+                    };
+                    let total = figures.entry(name).or_default();
+                    total.runs += run.runs;
+                    total.never_fired += run.never_fired;
+                    total.failed_open += run.failed_open;
+                    total.surfaced += run.surfaced;
+                    total.absorbed += run.absorbed;
+                    total.refused_after += run.refused_after;
+                    total.read_after += run.read_after;
+                    total.acked_before_failure += run.acked_before_failure;
+                    problems.extend(found.into_iter().map(|p| format!("{plan:?}: {p}")));
+                }
+                (figures, problems)
+            })
+        })
+        .collect();
+    let mut figures: BTreeMap<&'static str, SweepFigures> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for thread in threads {
+        let (part, found) = thread.join().unwrap();
+        for (name, run) in part {
+            let total = figures.entry(name).or_default();
+            total.runs += run.runs;
+            total.never_fired += run.never_fired;
+            total.failed_open += run.failed_open;
+            total.surfaced += run.surfaced;
+            total.absorbed += run.absorbed;
+            total.refused_after += run.refused_after;
+            total.read_after += run.read_after;
+            total.acked_before_failure += run.acked_before_failure;
+        }
+        problems.extend(found);
+    }
+    let panicked = panics().load(Ordering::SeqCst) - panics_before;
+    println!("  {} runs in {:.1?}:", plans.len(), started.elapsed());
+    for (name, f) in &figures {
+        println!(
+            "    {name}: {} runs; failure during open {}, refused an operation {} (then refused \
+             the next write {}, still listed every task {}), absorbed without an error {}, never \
+             reached {}; {} acknowledged operations checked after healing",
+            f.runs,
+            f.failed_open,
+            f.surfaced,
+            f.refused_after,
+            f.read_after,
+            f.absorbed,
+            f.never_fired,
+            f.acked_before_failure
+        );
+    }
+    println!("  problems: {}, panics: {panicked}", problems.len());
+    for problem in problems.iter().take(20) {
+        println!("    {problem}");
+    }
+    assert!(problems.is_empty(), "FQ_SEED={seed}: {problems:#?}");
+    assert_eq!(panicked, 0, "FQ_SEED={seed}: a thread panicked");
+}
