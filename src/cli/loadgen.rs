@@ -327,7 +327,9 @@ async fn enqueue_concurrently(
                     .await?;
                 done.fetch_add(1, Ordering::Relaxed);
             }
-            Ok::<(), Error>(())
+            // Each producer notes when it finished: the phase ends with the last of them, not
+            // at the progress loop's next look.
+            Ok::<Instant, Error>(Instant::now())
         }));
     }
     while !handles.iter().all(tokio::task::JoinHandle::is_finished) {
@@ -338,13 +340,15 @@ async fn enqueue_concurrently(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let mut finished = started;
     for handle in handles {
-        handle
+        let ended = handle
             .await
             .map_err(|e| Error::Internal(format!("a producer failed: {e}")))??;
+        finished = finished.max(ended);
     }
     progress("enqueue, concurrent producers", total, total);
-    Ok(rate(total, started.elapsed()))
+    Ok(rate(total, finished.duration_since(started)))
 }
 
 async fn drain(engine: &Engine, params: &BenchParams, progress: Progress<'_>) -> Result<f64> {
@@ -366,6 +370,11 @@ async fn drain(engine: &Engine, params: &BenchParams, progress: Progress<'_>) ->
         progress("drain", done.load(Ordering::Relaxed), params.tasks);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The last handlers have started; the phase ends when their completions are committed,
+    // looked for every millisecond so that the progress loop's period does not count.
+    while !running.is_finished() && completed(engine).await? < params.tasks {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let elapsed = started.elapsed();
     stop.shutdown();
     let report = running
@@ -379,6 +388,17 @@ async fn drain(engine: &Engine, params: &BenchParams, progress: Progress<'_>) ->
         )));
     }
     Ok(rate(params.tasks, elapsed))
+}
+
+/// COMPLETED tasks in the store, all queues.
+async fn completed(engine: &Engine) -> Result<u64> {
+    Ok(engine
+        .stats()
+        .await?
+        .queues
+        .values()
+        .map(|q| q.completed)
+        .sum())
 }
 
 async fn mixed(
