@@ -26,26 +26,15 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
+#[path = "common/run.rs"]
+mod run;
+use run::seed;
+
 /// How long anything in this file may take before it counts as a hang.
 const PATIENCE: Duration = Duration::from_secs(30);
 /// The default limits (Config::default()).
 const MAX_PAYLOAD: usize = 1 << 20;
 const MAX_FRAME: usize = 2 << 20;
-
-/// The run's seed: `FQ_SEED`, else the clock; the same for every test of the run.
-fn seed() -> u64 {
-    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *SEED.get_or_init(|| {
-        std::env::var("FQ_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-            })
-    })
-}
 
 // --- panics on engine threads -------------------------------------------------------------------
 

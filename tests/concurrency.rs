@@ -18,25 +18,13 @@ use std::time::Instant;
 
 use fq::internals::Heap;
 
+#[path = "common/run.rs"]
+mod run;
+use run::{full, seed};
+
 const QUEUES: [&str; 4] = ["q0", "q1", "q2", "q3"];
 const PRODUCERS: usize = 8;
 const CONSUMERS: usize = 8;
-
-/// The run's seed: `FQ_SEED`, else the clock.
-fn seed() -> u64 {
-    std::env::var("FQ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        })
-}
-
-fn full() -> bool {
-    std::env::var("FQ_FULL").is_ok_and(|v| !v.is_empty() && v != "0")
-}
 
 fn entries() -> usize {
     std::env::var("FQ_STRESS_ENTRIES")

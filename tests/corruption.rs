@@ -25,6 +25,10 @@ use fq::{Engine, Error, ListQuery, Outcome, Settlement, StoreError, TaskFailure}
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+#[path = "common/run.rs"]
+mod run;
+use run::{full, seed};
+
 /// Tasks in the base store (the figure, at both sizes).
 const TASKS: usize = 10_000;
 /// How long one mutant may take (open, check, close) before it counts as a hang.
@@ -35,25 +39,6 @@ const CLI_PATIENCE: Duration = Duration::from_secs(60);
 const PAGE: usize = 4096;
 
 // --- seeds and sizes ----------------------------------------------------------------------------
-
-/// The run's seed: `FQ_SEED`, else the clock; the same for every test of the run.
-fn seed() -> u64 {
-    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *SEED.get_or_init(|| {
-        std::env::var("FQ_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-            })
-    })
-}
-
-fn full() -> bool {
-    std::env::var("FQ_FULL").is_ok_and(|v| !v.is_empty() && v != "0")
-}
 
 // --- panic accounting ---------------------------------------------------------------------------
 

@@ -31,6 +31,10 @@ use std::time::{Duration, Instant};
 use fq::{Engine, ListQuery, Registry, TaskContext, TaskError, TaskId, TaskStatus};
 use serde_json::{Value, json};
 
+#[path = "common/run.rs"]
+mod run;
+use run::{full, seed};
+
 const NAME: &str = "kill_9_durability";
 /// Set in the child: the folder of the run.
 const CHILD_DIR: &str = "FQ_CRASH_DIR";
@@ -238,17 +242,6 @@ fn child(dir: &Path) {
 
 // --- the parent -----------------------------------------------------------------------------
 
-fn seed() -> u64 {
-    std::env::var("FQ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        })
-}
-
 fn env_number(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
@@ -341,7 +334,7 @@ async fn all_tasks(engine: &Engine) -> HashMap<TaskId, fq::TaskRecord> {
 #[allow(clippy::too_many_lines)]
 fn parent() {
     let seed = seed();
-    let full = std::env::var("FQ_FULL").is_ok_and(|v| !v.is_empty() && v != "0");
+    let full = full();
     let (tasks, kills) = if full { (50_000, 200) } else { (5_000, 20) };
     let tasks = env_number("FQ_CRASH_TASKS").unwrap_or(tasks);
     let kills = env_number("FQ_CRASH_KILLS").unwrap_or(kills);

@@ -38,6 +38,10 @@ use fq::{
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+#[path = "common/run.rs"]
+mod run;
+use run::{full, seed};
+
 const CHILD: &str = "FQ_POISON_CHILD";
 const CHILD_DIR: &str = "FQ_POISON_DIR";
 /// How long a test waits for something that should happen before it fails.
@@ -48,27 +52,8 @@ const SWEEP: Duration = Duration::from_secs(1);
 /// The tests here measure time and throughput: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The run's seed: `FQ_SEED`, else the clock; the same for every test of the run.
-fn seed() -> u64 {
-    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *SEED.get_or_init(|| {
-        std::env::var("FQ_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-            })
-    })
-}
-
 fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
-fn full() -> bool {
-    std::env::var("FQ_FULL").is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
 // --- effect logs ----------------------------------------------------------------------------

@@ -40,29 +40,15 @@ use fq::{
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+#[path = "common/run.rs"]
+mod run;
+use run::{full, seed};
+
 /// How long opening and checking one image (or one sweep run) may take before it is a hang.
 const PATIENCE: Duration = Duration::from_secs(60);
 const QUEUES: [&str; 2] = ["alpha", "beta"];
 
 // --- seeds, sizes, panics -------------------------------------------------------------------
-
-fn seed() -> u64 {
-    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *SEED.get_or_init(|| {
-        std::env::var("FQ_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-            })
-    })
-}
-
-fn full() -> bool {
-    std::env::var("FQ_FULL").is_ok_and(|v| !v.is_empty() && v != "0")
-}
 
 /// Every panic on any thread, caught or not, is counted: none is allowed.
 fn panics() -> &'static AtomicUsize {

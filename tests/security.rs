@@ -42,21 +42,11 @@ use serde_json::{Value, json};
 
 use common::PATIENCE;
 
+#[path = "common/run.rs"]
+mod run;
+use run::{full, seed};
+
 // --- seeds, secrets, captured logs ------------------------------------------------------------
-
-fn seed() -> u64 {
-    static SEED: OnceLock<u64> = OnceLock::new();
-    *SEED.get_or_init(|| {
-        std::env::var("FQ_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| fastrand::u64(..))
-    })
-}
-
-fn full() -> bool {
-    std::env::var("FQ_FULL").is_ok_and(|v| v == "1")
-}
 
 /// A random secret no other test uses: `<label>` plus 20 letters and digits.
 fn secret(rng: &mut fastrand::Rng, label: &str) -> String {

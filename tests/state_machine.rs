@@ -23,25 +23,18 @@ use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRu
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+#[path = "common/run.rs"]
+mod run;
+use run::{full, seed};
+
 const QUEUES: [&str; 3] = ["alpha", "beta", "gamma"];
 const LEASE: Duration = Duration::from_secs(86_400);
 /// The engine's default retry backoff: 5 s doubling, ±20%.
 const RETRY_BASE_MS: i64 = 5_000;
 const PATIENCE: Duration = Duration::from_secs(20);
 
-fn seed() -> u64 {
-    std::env::var("FQ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        })
-}
-
 fn cases() -> u32 {
-    let full = std::env::var("FQ_FULL").is_ok_and(|v| !v.is_empty() && v != "0");
+    let full = full();
     std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
