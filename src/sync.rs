@@ -1,5 +1,5 @@
 //! The synchronisation primitives of the engine's own hand-offs that loom checks: the timer's
-//! wake flag and stop flag, the poison flag, and the delay index's transfer lock. A normal
+//! wake flag and stop flag, the poison flag, the delay index's transfer lock, and the lease table's lock. A normal
 //! build re-exports std; `RUSTFLAGS="--cfg fq_loom" cargo test --release --lib loom` swaps in
 //! loom's types (as tokio's internal `loom` module does), so the `loom_*` models run the real
 //! code. The cfg is our own: `--cfg loom` would also put tokio into its loom mode, which has
@@ -9,12 +9,12 @@
 #[cfg(not(all(test, fq_loom)))]
 pub(crate) use std::sync::atomic::AtomicBool;
 #[cfg(not(all(test, fq_loom)))]
-pub(crate) use std::sync::{Condvar, Mutex};
+pub(crate) use std::sync::{Condvar, Mutex, MutexGuard};
 
 #[cfg(all(test, fq_loom))]
-pub(crate) use loom::sync::Mutex;
-#[cfg(all(test, fq_loom))]
 pub(crate) use loom::sync::atomic::AtomicBool;
+#[cfg(all(test, fq_loom))]
+pub(crate) use loom::sync::{Mutex, MutexGuard};
 #[cfg(all(test, fq_loom))]
 pub(crate) use loom_condvar::Condvar;
 

@@ -1,9 +1,11 @@
 //! In-flight attempts and their lease deadlines. Leases live in memory only: after a restart
 //! every RUNNING task is an orphan anyway, and a heartbeat must not cost a disk write.
 
-use crossbeam_skiplist::SkipMap;
+use std::collections::HashMap;
+use std::sync::PoisonError;
 
 use crate::clock::Millis;
+use crate::sync::Mutex;
 use crate::task::TaskId;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,30 +15,41 @@ struct Lease {
 }
 
 /// The running attempts of this engine's store.
+///
+/// One lock over the whole table: a renewal and the sweep that expires the same lease must
+/// not interleave (a renewal that read the lease, lost it to the sweep, then wrote it back
+/// would report success for an expired attempt and could overwrite the lease of the task's
+/// next attempt). Each operation holds the lock for a map update, or one pass of the sweep.
 #[derive(Default)]
 pub(crate) struct LeaseTable {
-    leases: SkipMap<TaskId, Lease>,
+    leases: Mutex<HashMap<TaskId, Lease>>,
 }
 
 impl std::fmt::Debug for LeaseTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LeaseTable")
-            .field("leases", &self.leases.len())
+            .field("leases", &self.len())
             .finish()
     }
 }
 
 impl LeaseTable {
+    fn table(&self) -> crate::sync::MutexGuard<'_, HashMap<TaskId, Lease>> {
+        // Nothing panics while the lock is held (map updates only), so a poisoned lock still
+        // guards a consistent table.
+        self.leases.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Records a claimed attempt.
     pub(crate) fn grant(&self, id: TaskId, attempt: u32, deadline: Millis) {
-        self.leases.insert(id, Lease { attempt, deadline });
+        self.table().insert(id, Lease { attempt, deadline });
     }
 
     /// Extends a lease; false when `attempt` does not hold it.
     pub(crate) fn renew(&self, id: TaskId, attempt: u32, deadline: Millis) -> bool {
-        match self.leases.get(&id) {
-            Some(entry) if entry.value().attempt == attempt => {
-                self.leases.insert(id, Lease { attempt, deadline });
+        match self.table().get_mut(&id) {
+            Some(lease) if lease.attempt == attempt => {
+                lease.deadline = deadline;
                 true
             }
             _ => false,
@@ -45,31 +58,31 @@ impl LeaseTable {
 
     /// Forgets a lease (the attempt was settled).
     pub(crate) fn release(&self, id: TaskId) {
-        self.leases.remove(&id);
+        self.table().remove(&id);
     }
 
     /// Removes and returns the leases whose deadline has passed.
     pub(crate) fn take_expired(&self, now: Millis) -> Vec<(TaskId, u32)> {
-        let expired: Vec<(TaskId, u32)> = self
-            .leases
-            .iter()
-            .filter(|e| e.value().deadline <= now)
-            .map(|e| (*e.key(), e.value().attempt))
-            .collect();
-        for (id, _) in &expired {
-            self.leases.remove(id);
-        }
+        let mut table = self.table();
+        let mut expired = Vec::new();
+        table.retain(|id, lease| {
+            let late = lease.deadline <= now;
+            if late {
+                expired.push((*id, lease.attempt));
+            }
+            !late
+        });
         expired
     }
 
     /// The earliest deadline.
     pub(crate) fn next_deadline(&self) -> Option<Millis> {
-        self.leases.iter().map(|e| e.value().deadline).min()
+        self.table().values().map(|lease| lease.deadline).min()
     }
 
     /// How many attempts are running.
     pub(crate) fn len(&self) -> usize {
-        self.leases.len()
+        self.table().len()
     }
 }
 
@@ -91,5 +104,79 @@ mod tests {
         assert_eq!(table.len(), 1);
         table.release(a);
         assert_eq!(table.next_deadline(), None);
+    }
+
+    /// The sweep took the lease between a renewal's read and its write: the renewal put the
+    /// expired attempt's lease back (reporting success), over the lease of the task's next
+    /// attempt when that was claimed in between.
+    #[test]
+    fn regression_a_renewal_racing_the_sweep_revived_an_expired_lease() {
+        use std::sync::{Arc, Barrier};
+        let rounds = 20_000;
+        let table = Arc::new(LeaseTable::default());
+        let start = Arc::new(Barrier::new(2));
+        let mut both = 0;
+        let mut ghosts = 0;
+        for _ in 0..rounds {
+            let id = TaskId::new();
+            table.grant(id, 1, 10);
+            let renewer = {
+                let table = Arc::clone(&table);
+                let start = Arc::clone(&start);
+                std::thread::spawn(move || {
+                    start.wait();
+                    table.renew(id, 1, 1_000_000)
+                })
+            };
+            start.wait();
+            // The sweep at t=10 and, when it expired attempt 1, the writer's next claim.
+            let expired = table.take_expired(10).contains(&(id, 1));
+            if expired {
+                table.grant(id, 2, 2_000_000);
+            }
+            let renewed = renewer.join().unwrap_or(false);
+            if renewed && expired {
+                both += 1;
+            }
+            if expired && !table.renew(id, 2, 2_000_000) {
+                ghosts += 1;
+            }
+            table.release(id);
+        }
+        assert_eq!(
+            (both, ghosts),
+            (0, 0),
+            "{rounds} rounds: a renewal succeeded for an expired attempt {both} times; \
+             the next attempt lost its lease {ghosts} times"
+        );
+    }
+}
+
+#[cfg(all(test, fq_loom))]
+mod loom_tests {
+    use super::*;
+
+    /// A renewal and the sweep of the same lease, in every interleaving: exactly one of them
+    /// wins, and an attempt claimed after the sweep keeps its lease.
+    #[test]
+    fn loom_a_renewal_and_the_sweep_never_both_win() {
+        loom::model(|| {
+            let table = loom::sync::Arc::new(LeaseTable::default());
+            let id = TaskId::from_u128(7);
+            table.grant(id, 1, 10);
+            let renewer = {
+                let table = loom::sync::Arc::clone(&table);
+                loom::thread::spawn(move || table.renew(id, 1, 1_000))
+            };
+            let expired = table.take_expired(10).contains(&(id, 1));
+            if expired {
+                table.grant(id, 2, 2_000);
+            }
+            let renewed = renewer.join().unwrap_or(false);
+            assert!(renewed != expired, "renewed {renewed}, expired {expired}");
+            if expired {
+                assert!(table.renew(id, 2, 2_000), "attempt 2 lost its lease");
+            }
+        });
     }
 }
