@@ -65,6 +65,9 @@ pub(crate) struct Store {
     /// Makes every commit fail, so tests can see what a failed fsync does to the engine.
     #[cfg(test)]
     pub(crate) fail_commits: std::sync::atomic::AtomicBool,
+    /// Makes the next write panic, as a bug in the engine would.
+    #[cfg(test)]
+    pub(crate) panic_on_write: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -125,6 +128,8 @@ impl Store {
             custom_backend: false,
             #[cfg(test)]
             fail_commits: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            panic_on_write: std::sync::atomic::AtomicBool::new(false),
         };
         store.check_identity(!exists)?;
         Ok(store)
@@ -151,6 +156,8 @@ impl Store {
             custom_backend: true,
             #[cfg(test)]
             fail_commits: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            panic_on_write: std::sync::atomic::AtomicBool::new(false),
         };
         store.check_identity(!exists)?;
         Ok(store)
@@ -305,6 +312,13 @@ impl Store {
             tables.flush_counts()?;
             result
         };
+        #[cfg(test)]
+        assert!(
+            !self
+                .panic_on_write
+                .swap(false, std::sync::atomic::Ordering::SeqCst),
+            "injected writer panic"
+        );
         #[cfg(test)]
         if self.fail_commits.load(std::sync::atomic::Ordering::SeqCst) {
             drop(txn);

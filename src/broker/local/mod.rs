@@ -32,6 +32,9 @@ use crate::{Error, Result};
 
 /// How many finished tasks one cleanup transaction deletes at most.
 const CLEANUP_CHUNK: usize = 10_000;
+/// How long a caller whose reply was dropped waits for the writer thread to end (it is
+/// unwinding a panic, or stopping) before it reports which.
+const WRITER_EXIT_WAIT: Duration = Duration::from_secs(1);
 
 /// Settings of an embedded broker.
 #[derive(Clone, Debug)]
@@ -99,6 +102,34 @@ pub(crate) struct Shared {
     pub(crate) completions: CompletionRate,
     poisoned_flag: AtomicBool,
     poison: Mutex<Option<String>>,
+    pub(crate) writer_exit: WriterExit,
+}
+
+/// Tells callers that the writer thread has ended, and so whether a dropped reply means
+/// "shut down" or "poisoned": a panicking writer drops the replies it holds while it unwinds,
+/// before its guard raises the poison flag.
+#[derive(Debug, Default)]
+pub(crate) struct WriterExit {
+    exited: std::sync::atomic::AtomicBool,
+    done: Notify,
+}
+
+impl WriterExit {
+    /// Called once, by the writer thread's guard, after any poisoning.
+    pub(crate) fn mark(&self) {
+        self.exited.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.done.notify_waiters();
+    }
+
+    /// Waits (at most `limit`) until the writer thread has ended.
+    async fn wait(&self, limit: Duration) {
+        let done = self.done.notified();
+        tokio::pin!(done);
+        done.as_mut().enable();
+        if !self.exited.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = tokio::time::timeout(limit, done).await;
+        }
+    }
 }
 
 /// What recovery at open found and did.
@@ -228,6 +259,7 @@ impl LocalBroker {
             completions: CompletionRate::default(),
             poisoned_flag: AtomicBool::new(false),
             poison: Mutex::new(None),
+            writer_exit: WriterExit::default(),
         });
         let weak = Arc::downgrade(&shared);
         shared.clock.on_advance(Box::new(move || {
@@ -297,10 +329,15 @@ impl LocalBroker {
         commands.send(make(reply)).map_err(|_| Error::ShutDown)?;
         match answer.await {
             Ok(result) => result,
-            Err(_) => Err(self
-                .shared
-                .poisoned()
-                .map_or(Error::ShutDown, |reason| Error::Poisoned { reason })),
+            Err(_) => {
+                // The writer dropped the reply: it stopped, or it panicked and is unwinding
+                // (the poison flag goes up only once it has dropped what it held).
+                self.shared.writer_exit.wait(WRITER_EXIT_WAIT).await;
+                Err(self
+                    .shared
+                    .poisoned()
+                    .map_or(Error::ShutDown, |reason| Error::Poisoned { reason }))
+            }
         }
     }
 
@@ -816,5 +853,24 @@ mod tests {
             "the unacknowledged task was stored"
         );
         broker.enqueue(vec![new_task()]).await.unwrap();
+    }
+
+    /// A panicking writer dropped the replies it held before its guard raised the poison
+    /// flag, so their callers were told "engine is shut down".
+    #[tokio::test]
+    async fn regression_a_writer_panic_was_reported_as_a_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fq.redb");
+        let broker =
+            LocalBroker::open(&path, settings(), Arc::new(SystemClock), EventBus::new()).unwrap();
+        broker.enqueue(vec![new_task()]).await.unwrap();
+        broker.store.panic_on_write.store(true, Ordering::SeqCst);
+        let err = broker.enqueue(vec![new_task()]).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Poisoned { reason } if reason.contains("panicked")),
+            "{err}"
+        );
+        let err = broker.enqueue(vec![new_task()]).await.unwrap_err();
+        assert!(matches!(err, Error::Poisoned { .. }), "{err}");
     }
 }

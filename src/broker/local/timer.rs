@@ -93,6 +93,7 @@ mod loom_tests {
             completions: super::super::CompletionRate::default(),
             poisoned_flag: AtomicBool::new(false),
             poison: Mutex::new(None),
+            writer_exit: super::super::WriterExit::default(),
         });
         // As `LocalBroker::open` wires it.
         let weak = Arc::downgrade(&shared);

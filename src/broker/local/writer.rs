@@ -259,7 +259,7 @@ pub(crate) struct WriterSettings {
 }
 
 /// Poisons the engine if the writer thread unwinds, so callers get an error instead of a
-/// silent hang (fjall's `PoisonDart`).
+/// silent hang (fjall's `PoisonDart`), then tells waiting callers the writer has ended.
 struct PoisonOnPanic<'a>(&'a Shared);
 
 impl Drop for PoisonOnPanic<'_> {
@@ -267,6 +267,7 @@ impl Drop for PoisonOnPanic<'_> {
         if std::thread::panicking() {
             self.0.poison("the writer thread panicked".into());
         }
+        self.0.writer_exit.mark();
     }
 }
 
