@@ -61,17 +61,18 @@ impl LeaseTable {
         self.table().remove(&id);
     }
 
-    /// Removes and returns the leases whose deadline has passed.
+    /// Removes and returns the leases whose deadline has passed, in task id order (creation
+    /// order: ids are time-ordered), the order their tasks are queued again in.
     pub(crate) fn take_expired(&self, now: Millis) -> Vec<(TaskId, u32)> {
-        let mut table = self.table();
         let mut expired = Vec::new();
-        table.retain(|id, lease| {
+        self.table().retain(|id, lease| {
             let late = lease.deadline <= now;
             if late {
                 expired.push((*id, lease.attempt));
             }
             !late
         });
+        expired.sort_unstable();
         expired
     }
 
@@ -104,6 +105,24 @@ mod tests {
         assert_eq!(table.len(), 1);
         table.release(a);
         assert_eq!(table.next_deadline(), None);
+    }
+
+    /// Found by the `engine_model` fuzz target: after the table became a hash map, leases that
+    /// expired together came back in hash order, so their tasks were queued again (and claimed)
+    /// in an order that changed from run to run.
+    #[test]
+    fn regression_leases_expiring_together_came_back_in_hash_order() {
+        let table = LeaseTable::default();
+        let ids: Vec<TaskId> = (1..=64u128).map(TaskId::from_u128).collect();
+        for (n, id) in ids.iter().enumerate().rev() {
+            table.grant(*id, u32::try_from(n).unwrap_or(0), 10);
+        }
+        let expired: Vec<TaskId> = table
+            .take_expired(10)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(expired, ids);
     }
 
     /// The sweep took the lease between a renewal's read and its write: the renewal put the
