@@ -349,32 +349,6 @@ impl Store {
             .transpose()
     }
 
-    /// Reads several tasks in one read transaction, in the order asked; `None` for a missing
-    /// one. A record that no longer decodes is an error for that task only.
-    pub(crate) fn read_tasks(
-        &self,
-        ids: &[TaskId],
-    ) -> Result<Vec<Result<Option<StoredTask>, StoreError>>, StoreError> {
-        let err = self.storage("reading tasks");
-        let txn = self.begin_read("reading tasks")?;
-        let tasks = txn.open_table(TASKS).map_err(|e| err(e.into()))?;
-        let mut found = Vec::with_capacity(ids.len());
-        for id in ids {
-            let bytes = tasks.get(id.as_u128()).map_err(|e| err(e.into()))?;
-            found.push(
-                bytes
-                    .map(|guard| {
-                        codec::decode(guard.value()).map_err(|e| StoreError::CorruptRecord {
-                            id: *id,
-                            detail: e.to_string(),
-                        })
-                    })
-                    .transpose(),
-            );
-        }
-        Ok(found)
-    }
-
     /// Tasks created after `after`, in id (creation) order, for which `keep` holds, up to
     /// `limit`.
     pub(crate) fn scan_tasks(

@@ -283,6 +283,7 @@ impl LocalBroker {
             answered_at: None,
             last_commit: Duration::ZERO,
             unflushed_since: None,
+            forwarding: std::collections::HashSet::new(),
         };
         let spawn_error =
             |e: std::io::Error| Error::Internal(format!("cannot start an engine thread: {e}"));
@@ -376,38 +377,45 @@ impl LocalBroker {
         &self.shared.work
     }
 
-    /// Puts taken tasks back on the ready heap (their forwarding failed), waking the forwarder.
+    /// Puts taken tasks back on the ready heap (their forwarding failed), waking the forwarder;
+    /// they can be cancelled again. Through the writer, so that the "being forwarded" mark
+    /// goes before the heap entry comes back.
     pub(crate) fn put_back(&self, tasks: impl IntoIterator<Item = ReadyTask>) {
-        for task in tasks {
-            self.shared.ready.push(&task.queue, task.order, task.id);
-        }
-        self.shared.work.notify_waiters();
+        self.untake(tasks.into_iter().collect(), true);
     }
 
-    /// The records of taken tasks that still wait under the order they were taken with; tasks
-    /// cancelled (or otherwise moved on) since are dropped, corrupt ones logged and dropped.
+    /// Tasks the forwarder holds back (their queue is parked): no longer being forwarded, so
+    /// they can be cancelled while they wait; they come back with [`LocalBroker::put_back`].
+    pub(crate) fn hold_back(&self, tasks: Vec<ReadyTask>) {
+        self.untake(tasks, false);
+    }
+
+    fn untake(&self, tasks: Vec<ReadyTask>, requeue: bool) {
+        if tasks.is_empty() {
+            return;
+        }
+        let sent = self
+            .commands
+            .as_ref()
+            .map(|commands| commands.send(Command::Untake { tasks, requeue }));
+        if !matches!(sent, Some(Ok(()))) {
+            // The writer is gone (the engine is closing): nothing will be forwarded or
+            // cancelled any more, and reopening rebuilds the heap from the store.
+            tracing::debug!("the writer is gone; taken tasks stay in the store for the next open");
+        }
+    }
+
+    /// The records of taken tasks that still wait under the order they were taken with, now
+    /// marked as being forwarded (a cancel is refused until they are confirmed or put back);
+    /// tasks cancelled (or otherwise moved on) since are dropped, corrupt ones logged and
+    /// dropped.
     pub(crate) async fn read_taken(
         &self,
         taken: Vec<ReadyTask>,
     ) -> Result<Vec<(ReadyTask, StoredTask)>> {
-        self.read(move |store| {
-            let ids: Vec<TaskId> = taken.iter().map(|task| task.id).collect();
-            let records = store.read_tasks(&ids)?;
-            let mut found = Vec::with_capacity(taken.len());
-            for (task, record) in taken.into_iter().zip(records) {
-                match record {
-                    Ok(Some(record))
-                        if record.status.is_waiting() && record.seq == task.order.seq =>
-                    {
-                        found.push((task, record));
-                    }
-                    Ok(_) => {}
-                    Err(error) => {
-                        tracing::error!(task.id = %task.id, %error, "cannot forward a task whose record is corrupt");
-                    }
-                }
-            }
-            Ok(found)
+        self.request(|reply| Command::TakeForForwarding {
+            tasks: taken,
+            reply,
         })
         .await
     }
@@ -872,5 +880,69 @@ mod tests {
         );
         let err = broker.enqueue(vec![new_task()]).await.unwrap_err();
         assert!(matches!(err, Error::Poisoned { .. }), "{err}");
+    }
+
+    /// RabbitMQ mode: a cancel that landed while the forwarder was publishing a task (after it
+    /// read the record, before RabbitMQ's confirm) reported CANCELLED although the message was
+    /// already published, so the "cancelled" task ran anyway.
+    #[tokio::test]
+    async fn regression_a_cancel_while_the_task_was_being_forwarded_was_reported_cancelled() {
+        use crate::broker::Broker;
+        let dir = tempfile::tempdir().unwrap();
+        let broker = LocalBroker::open(
+            &dir.path().join("fq.redb"),
+            settings(),
+            Arc::new(SystemClock),
+            EventBus::new(),
+        )
+        .unwrap();
+        let ids = broker
+            .enqueue(vec![new_task(), new_task(), new_task()])
+            .await
+            .unwrap();
+
+        // Being published: refused, and the task stays PENDING.
+        let taken = broker.take_due(1);
+        assert_eq!(taken.len(), 1);
+        let publishing = taken[0].id;
+        let read = broker.read_taken(taken.clone()).await.unwrap();
+        assert_eq!(read.len(), 1);
+        let err = broker.cancel(publishing).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::WrongState { status: TaskStatus::Pending, allowed, .. }
+                if allowed.contains("being published to RabbitMQ")),
+            "{err}"
+        );
+        // Publishing failed: the task is back in the outbox, and cancellable.
+        broker.put_back(taken);
+        let record = broker.cancel(publishing).await.unwrap();
+        assert_eq!(record.status, TaskStatus::Cancelled);
+
+        // Cancelled after the forwarder took it but before it read it: not published.
+        let taken = broker.take_due(1);
+        let cancelled = taken[0].id;
+        broker.cancel(cancelled).await.unwrap();
+        assert!(broker.read_taken(taken).await.unwrap().is_empty());
+
+        // Confirmed: FORWARDED, and cancel says so.
+        let taken = broker.take_due(1);
+        let forwarded = taken[0].id;
+        let read = broker.read_taken(taken).await.unwrap();
+        let marks = read.iter().map(|(t, _)| (t.id, t.order)).collect();
+        assert_eq!(broker.mark_forwarded(marks, 1).await.unwrap(), 1);
+        let err = broker.cancel(forwarded).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::WrongState {
+                    status: TaskStatus::Forwarded,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        for id in [publishing, cancelled, forwarded] {
+            assert!(ids.contains(&id), "{id} was not queued here");
+        }
     }
 }

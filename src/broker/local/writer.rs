@@ -106,6 +106,21 @@ pub(crate) enum Command {
         at: Millis,
         reply: Reply<u64>,
     },
+    /// The forwarder took these tasks off the ready heap to publish them: answers the records
+    /// of those still waiting under the order they were taken with, and marks them as being
+    /// forwarded, so that a cancel cannot slip in between their read and RabbitMQ's confirm.
+    #[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
+    TakeForForwarding {
+        tasks: Vec<ReadyTask>,
+        reply: Reply<Vec<(ReadyTask, StoredTask)>>,
+    },
+    /// The forwarder gave these tasks back (publishing failed, or their queue is parked): they
+    /// are no longer being forwarded, and, with `requeue`, go back on the ready heap.
+    #[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
+    Untake {
+        tasks: Vec<ReadyTask>,
+        requeue: bool,
+    },
     /// A run of a task delivered by RabbitMQ ended: record it (creating the record when this
     /// store has not seen the task), retrying it through the waiting index when retries remain.
     ///
@@ -123,7 +138,12 @@ pub(crate) enum Command {
 impl Command {
     /// True when the command's commit may skip the fsync (see [`Command::RecordRun`]).
     fn is_lazy(&self) -> bool {
-        matches!(self, Command::RecordRun { lazy: true, .. })
+        matches!(
+            self,
+            Command::RecordRun { lazy: true, .. }
+                | Command::TakeForForwarding { .. }
+                | Command::Untake { .. }
+        )
     }
 }
 
@@ -184,6 +204,10 @@ enum Answer {
     Page(Reply<Page>, Result<Page>),
     Count(Reply<u64>, Result<u64>),
     Report(Reply<SettleReport>, Result<SettleReport>),
+    Taken(
+        Reply<Vec<(ReadyTask, StoredTask)>>,
+        Result<Vec<(ReadyTask, StoredTask)>>,
+    ),
     None,
 }
 
@@ -212,6 +236,7 @@ impl Answer {
             Answer::Page(r, v) => drop(r.send(v)),
             Answer::Count(r, v) => drop(r.send(v)),
             Answer::Report(r, v) => drop(r.send(v)),
+            Answer::Taken(r, v) => drop(r.send(v)),
             Answer::None => {}
         }
     }
@@ -227,6 +252,7 @@ impl Answer {
             Answer::Page(r, _) => drop(r.send(Err(error()))),
             Answer::Count(r, _) => drop(r.send(Err(error()))),
             Answer::Report(r, _) => drop(r.send(Err(error()))),
+            Answer::Taken(r, _) => drop(r.send(Err(error()))),
             Answer::None => {}
         }
     }
@@ -245,7 +271,8 @@ fn fail_command(command: Command, error: &dyn Fn() -> Error) {
         }
         Command::Forwarded { reply, .. } => drop(reply.send(Err(error()))),
         Command::RecordRun { reply, .. } => drop(reply.send(Err(error()))),
-        Command::Expire { .. } => {}
+        Command::TakeForForwarding { reply, .. } => drop(reply.send(Err(error()))),
+        Command::Expire { .. } | Command::Untake { .. } => {}
     }
 }
 
@@ -305,6 +332,9 @@ pub(crate) struct Writer {
     pub(crate) last_commit: Duration,
     /// When a lazy (non-durable) commit is waiting for a durable one: since when.
     pub(crate) unflushed_since: Option<std::time::Instant>,
+    /// Tasks the RabbitMQ forwarder is publishing (read, not yet confirmed or given back):
+    /// cancelling one is refused, since its message may already be in RabbitMQ.
+    pub(crate) forwarding: std::collections::HashSet<TaskId>,
 }
 
 /// The per-transaction scratch state.
@@ -685,6 +715,28 @@ impl Writer {
                 );
                 batch.answers.push(Answer::Count(reply, Ok(marked)));
             }
+            Command::TakeForForwarding { tasks, reply } => {
+                let taken = keep_reply!(
+                    batch,
+                    Answer::Taken,
+                    reply,
+                    self.take_for_forwarding(tables, tasks)
+                );
+                batch.answers.push(Answer::Taken(reply, Ok(taken)));
+            }
+            Command::Untake { tasks, requeue } => {
+                for task in &tasks {
+                    self.forwarding.remove(&task.id);
+                }
+                if requeue {
+                    // Back on the heap only now that they are no longer marked: a forwarder
+                    // that takes them again marks them again, after this.
+                    for task in tasks {
+                        self.shared.ready.push(&task.queue, task.order, task.id);
+                    }
+                    self.shared.work.notify_waiters();
+                }
+            }
             Command::RecordRun { run, reply, .. } => {
                 let result = keep_reply!(
                     batch,
@@ -956,6 +1008,7 @@ impl Writer {
     ) -> Result<u64, StoreError> {
         let mut marked = 0;
         for (id, order) in tasks {
+            self.forwarding.remove(&id);
             let mut task = match tables.get_task(id) {
                 Ok(Some(task)) => task,
                 Ok(None) | Err(StoreError::CorruptRecord { .. }) => continue,
@@ -1088,6 +1141,16 @@ impl Writer {
                 allowed: "PENDING or RETRYING tasks",
             }));
         }
+        if self.forwarding.contains(&id) {
+            return Ok(Err(Error::WrongState {
+                id,
+                status: task.status,
+                operation: "cancel",
+                allowed: "tasks that are not being published to RabbitMQ at this moment \
+                          (try again: within seconds it is FORWARDED, or back in the outbox \
+                          and cancellable)",
+            }));
+        }
         let order = ReadyOrder::new(task.priority, task.due_at, task.seq);
         tables.remove_waiting(&task.queue, order)?;
         self.waiting = self.waiting.saturating_sub(1);
@@ -1105,6 +1168,29 @@ impl Writer {
 }
 
 impl Writer {
+    /// See [`Command::TakeForForwarding`]. Tasks cancelled (or otherwise moved on) since they
+    /// were taken are dropped; a damaged record is logged and dropped.
+    fn take_for_forwarding(
+        &mut self,
+        tables: &WriteTables<'_>,
+        tasks: Vec<ReadyTask>,
+    ) -> Result<Vec<(ReadyTask, StoredTask)>, StoreError> {
+        let mut found = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            match load(tables, task.id)? {
+                Ok(record) if record.status.is_waiting() && record.seq == task.order.seq => {
+                    self.forwarding.insert(task.id);
+                    found.push((task, record));
+                }
+                Ok(_) | Err(Error::NotFound(_)) => {}
+                Err(error) => {
+                    tracing::error!(task.id = %task.id, %error, "cannot forward a task whose record is corrupt");
+                }
+            }
+        }
+        Ok(found)
+    }
+
     fn retry(
         &mut self,
         tables: &mut WriteTables<'_>,

@@ -239,6 +239,7 @@ impl Bridge {
     }
 
     pub(crate) fn park(&self, task: ReadyTask) {
+        self.local.hold_back(vec![task.clone()]);
         self.parked
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
