@@ -1082,28 +1082,6 @@ async fn wait_all_completed(producer: &Engine, patience: Duration) {
     }
 }
 
-/// (task id, attempt, pid) of every execution logged in `dir`.
-fn executions(dir: &Path) -> Vec<(TaskId, u32, u32)> {
-    let mut runs = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if !name.starts_with("effects-") {
-            continue;
-        }
-        for line in std::fs::read_to_string(&path).unwrap().lines() {
-            let fields: Vec<&str> = line.split(' ').collect();
-            assert_eq!(fields.len(), 4, "torn effect line {line:?}");
-            runs.push((
-                fields[1].parse().unwrap(),
-                fields[2].parse().unwrap(),
-                fields[3].parse().unwrap(),
-            ));
-        }
-    }
-    runs
-}
-
 /// Every task's record, read through the socket page by page.
 async fn all_records(producer: &Engine) -> HashMap<TaskId, fq::TaskRecord> {
     let mut records = HashMap::new();
@@ -1142,7 +1120,7 @@ async fn a_server_and_two_remote_workers_drain_10000_tasks_exactly_once() {
     server.kill();
 
     assert_eq!(records.len(), TASKS);
-    let runs = executions(dir.path());
+    let runs = common::effects::runs(dir.path());
     assert_eq!(runs.len(), TASKS, "every task ran exactly once");
     let mut by_pid: HashMap<u32, usize> = HashMap::new();
     let mut seen = HashSet::new();
@@ -1179,7 +1157,7 @@ async fn a_killed_remote_worker_loses_nothing_and_its_stale_reports_are_rejected
     // Kill the doomed worker mid-run, with tasks in its hands.
     let deadline = std::time::Instant::now() + PATIENCE;
     loop {
-        let by_doomed: Vec<TaskId> = executions(dir.path())
+        let by_doomed: Vec<TaskId> = common::effects::runs(dir.path())
             .into_iter()
             .filter(|(_, _, pid)| *pid == doomed_pid)
             .map(|(id, _, _)| id)
@@ -1199,7 +1177,7 @@ async fn a_killed_remote_worker_loses_nothing_and_its_stale_reports_are_rejected
     wait_all_completed(&producer, Duration::from_secs(120)).await;
     let records = all_records(&producer).await;
     assert_eq!(records.len(), TASKS, "tasks lost or invented");
-    let runs = executions(dir.path());
+    let runs = common::effects::runs(dir.path());
     // Fencing: no attempt ever ran twice, even across the kill.
     let mut attempts_run = HashSet::new();
     for (id, attempt, pid) in &runs {

@@ -38,8 +38,11 @@ use fq::{
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+#[path = "common/effects.rs"]
+mod effects;
 #[path = "common/run.rs"]
 mod run;
+use effects::runs;
 use run::{full, seed};
 
 const CHILD: &str = "FQ_POISON_CHILD";
@@ -80,32 +83,6 @@ fn effect_logger(dir: &Path) -> impl Fn(&TaskContext) + Send + Sync + Clone + 's
             .write_all(line.as_bytes())
             .expect("log");
     }
-}
-
-/// Every run logged in `dir`: (task, attempt, pid).
-fn runs(dir: &Path) -> Vec<(TaskId, u32, u32)> {
-    let mut runs = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if !path
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("effects-")
-        {
-            continue;
-        }
-        for line in std::fs::read_to_string(&path).unwrap().lines() {
-            let fields: Vec<&str> = line.split(' ').collect();
-            assert_eq!(fields.len(), 4, "torn effect line {line:?}");
-            runs.push((
-                fields[1].parse().unwrap(),
-                fields[2].parse().unwrap(),
-                fields[3].parse().unwrap(),
-            ));
-        }
-    }
-    runs
 }
 
 // --- child processes ------------------------------------------------------------------------

@@ -120,19 +120,7 @@ impl Store {
             std::fs::create_dir_all(parent)
                 .map_err(|e| io_error("cannot create the store's folder", e))?;
         }
-        let db = open_database(path, options, exists)?;
-        let store = Self {
-            db: RwLock::new(Some(db)),
-            path: path_buf,
-            options: options.clone(),
-            custom_backend: false,
-            #[cfg(test)]
-            fail_commits: std::sync::atomic::AtomicBool::new(false),
-            #[cfg(test)]
-            panic_on_write: std::sync::atomic::AtomicBool::new(false),
-        };
-        store.check_identity(!exists)?;
-        Ok(store)
+        Self::finish_open(path_buf, options, exists, false)
     }
 
     /// Opens a store kept in `backend`, creating it when the backend is empty; `path` only
@@ -148,12 +136,22 @@ impl Store {
             detail: "cannot read the store's length".into(),
             source,
         })? > 0;
-        let db = open_database(path, options, exists)?;
+        Self::finish_open(path_buf, options, exists, true)
+    }
+
+    /// Opens (or, when `exists` is false, creates) the database and checks it is fq's.
+    fn finish_open(
+        path: PathBuf,
+        options: &StoreOptions,
+        exists: bool,
+        custom_backend: bool,
+    ) -> Result<Self, StoreError> {
+        let db = open_database(&path, options, exists)?;
         let store = Self {
             db: RwLock::new(Some(db)),
-            path: path_buf,
+            path,
             options: options.clone(),
-            custom_backend: true,
+            custom_backend,
             #[cfg(test)]
             fail_commits: std::sync::atomic::AtomicBool::new(false),
             #[cfg(test)]
