@@ -945,4 +945,31 @@ mod tests {
             assert!(ids.contains(&id), "{id} was not queued here");
         }
     }
+
+    /// RabbitMQ mode: purging a queue deleted a task the forwarder was publishing at that
+    /// moment and counted it purged, though its message could already be in RabbitMQ.
+    #[tokio::test]
+    async fn regression_a_purge_deleted_a_task_that_was_being_forwarded() {
+        use crate::broker::Broker;
+        let dir = tempfile::tempdir().unwrap();
+        let broker = LocalBroker::open(
+            &dir.path().join("fq.redb"),
+            settings(),
+            Arc::new(SystemClock),
+            EventBus::new(),
+        )
+        .unwrap();
+        broker
+            .enqueue(vec![new_task(), new_task(), new_task()])
+            .await
+            .unwrap();
+        let taken = broker.take_due(1);
+        let read = broker.read_taken(taken).await.unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(broker.purge("default".into(), None).await.unwrap(), 2);
+        let marks = read.iter().map(|(t, _)| (t.id, t.order)).collect();
+        assert_eq!(broker.mark_forwarded(marks, 1).await.unwrap(), 1);
+        let record = broker.task(read[0].0.id).await.unwrap().unwrap();
+        assert_eq!(record.status, TaskStatus::Forwarded);
+    }
 }

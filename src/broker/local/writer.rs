@@ -1292,6 +1292,11 @@ impl Writer {
                 if task.queue != queue || status.is_some_and(|s| s != task.status) {
                     continue;
                 }
+                // Being published to RabbitMQ (see `forwarding`): its message may be there
+                // already, so it is left to become FORWARDED rather than reported purged.
+                if self.forwarding.contains(&id) {
+                    continue;
+                }
                 if task.status.is_waiting() {
                     self.waiting = self.waiting.saturating_sub(1);
                     batch.effects.push(Effect::Unwait {
