@@ -810,6 +810,11 @@ mod tests {
         }
     }
 
+    /// A broker on a fresh store at `path`, on the system clock.
+    fn open_at(path: &std::path::Path) -> LocalBroker {
+        LocalBroker::open(path, settings(), Arc::new(SystemClock), EventBus::new()).unwrap()
+    }
+
     fn new_task() -> NewTask {
         NewTask {
             id: TaskId::new(),
@@ -830,8 +835,7 @@ mod tests {
     async fn a_failed_commit_poisons_the_engine_until_reopened() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fq.redb");
-        let broker =
-            LocalBroker::open(&path, settings(), Arc::new(SystemClock), EventBus::new()).unwrap();
+        let broker = open_at(&path);
         let kept = broker.enqueue(vec![new_task()]).await.unwrap()[0];
 
         broker.store.fail_commits.store(true, Ordering::SeqCst);
@@ -853,8 +857,7 @@ mod tests {
         assert!(broker.task(lost_id).await.unwrap().is_none());
         drop(broker);
 
-        let broker =
-            LocalBroker::open(&path, settings(), Arc::new(SystemClock), EventBus::new()).unwrap();
+        let broker = open_at(&path);
         assert_eq!(
             broker.recovery().waiting,
             1,
@@ -869,8 +872,7 @@ mod tests {
     async fn regression_a_writer_panic_was_reported_as_a_shutdown() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fq.redb");
-        let broker =
-            LocalBroker::open(&path, settings(), Arc::new(SystemClock), EventBus::new()).unwrap();
+        let broker = open_at(&path);
         broker.enqueue(vec![new_task()]).await.unwrap();
         broker.store.panic_on_write.store(true, Ordering::SeqCst);
         let err = broker.enqueue(vec![new_task()]).await.unwrap_err();
@@ -889,13 +891,7 @@ mod tests {
     async fn regression_a_cancel_while_the_task_was_being_forwarded_was_reported_cancelled() {
         use crate::broker::Broker;
         let dir = tempfile::tempdir().unwrap();
-        let broker = LocalBroker::open(
-            &dir.path().join("fq.redb"),
-            settings(),
-            Arc::new(SystemClock),
-            EventBus::new(),
-        )
-        .unwrap();
+        let broker = open_at(&dir.path().join("fq.redb"));
         let ids = broker
             .enqueue(vec![new_task(), new_task(), new_task()])
             .await
@@ -952,13 +948,7 @@ mod tests {
     async fn regression_a_purge_deleted_a_task_that_was_being_forwarded() {
         use crate::broker::Broker;
         let dir = tempfile::tempdir().unwrap();
-        let broker = LocalBroker::open(
-            &dir.path().join("fq.redb"),
-            settings(),
-            Arc::new(SystemClock),
-            EventBus::new(),
-        )
-        .unwrap();
+        let broker = open_at(&dir.path().join("fq.redb"));
         broker
             .enqueue(vec![new_task(), new_task(), new_task()])
             .await
