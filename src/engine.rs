@@ -369,7 +369,7 @@ impl Engine {
     pub async fn list(&self, query: ListQuery) -> Result<Vec<TaskRecord>> {
         // As the control socket does: a malformed queue is an error, not an empty page.
         if let Some(queue) = &query.queue {
-            crate::config::check_name(queue).map_err(|problem| Error::invalid("queue", problem))?;
+            crate::config::check_queue(queue)?;
         }
         self.inner.broker.list(query).await
     }
@@ -388,7 +388,7 @@ impl Engine {
     /// A malformed queue name ([`Error::InvalidInput`]) or a storage failure.
     pub async fn retry_failed(&self, queue: Option<&str>) -> Result<u64> {
         if let Some(queue) = queue {
-            crate::config::check_name(queue).map_err(|problem| Error::invalid("queue", problem))?;
+            crate::config::check_queue(queue)?;
         }
         self.inner
             .broker
@@ -402,7 +402,7 @@ impl Engine {
     /// # Errors
     /// A bad queue name, `status` RUNNING, or a storage failure.
     pub async fn purge(&self, queue: &str, status: Option<TaskStatus>) -> Result<u64> {
-        crate::config::check_name(queue).map_err(|problem| Error::invalid("queue", problem))?;
+        crate::config::check_queue(queue)?;
         self.inner.broker.purge(queue.to_owned(), status).await
     }
 

@@ -23,7 +23,7 @@ pub use duration::{DurationError, parse_duration};
 pub use error::ConfigError;
 
 pub(crate) use duration::format_duration;
-pub(crate) use names::check_name;
+pub(crate) use names::{check_name, check_queue};
 
 use env::Lookup;
 use file::Format;

@@ -30,6 +30,16 @@ pub(crate) fn check_name(value: &str) -> Result<(), String> {
     }
 }
 
+/// Checks a queue name given to the engine (API, control socket, worker options): the same
+/// rule as [`check_name`], as the engine's typed error naming the `queue` field.
+///
+/// # Errors
+///
+/// An [`crate::Error::InvalidInput`] for the `queue` field.
+pub(crate) fn check_queue(queue: &str) -> crate::Result<()> {
+    check_name(queue).map_err(|problem| crate::Error::invalid("queue", problem))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1270,7 +1270,7 @@ async fn dispatch(
         Op::List => {
             let mut args: ListArgs = decode_args(op, args)?;
             if let Some(queue) = &args.queue {
-                check_name(queue).map_err(|problem| Error::invalid("queue", problem))?;
+                crate::config::check_queue(queue)?;
             }
             args.limit = args.limit.min(MAX_CLAIM);
             let mut tasks = broker.list(args.into()).await?;
@@ -1286,14 +1286,14 @@ async fn dispatch(
         Op::RetryFailed => {
             let args: RetryFailedArgs = decode_args(op, args)?;
             if let Some(queue) = &args.queue {
-                check_name(queue).map_err(|problem| Error::invalid("queue", problem))?;
+                crate::config::check_queue(queue)?;
             }
             let count = broker.retry_failed(args.queue).await?;
             ok_frame(id, &CountOk { count })
         }
         Op::Purge => {
             let args: PurgeArgs = decode_args(op, args)?;
-            check_name(&args.queue).map_err(|problem| Error::invalid("queue", problem))?;
+            crate::config::check_queue(&args.queue)?;
             let count = broker.purge(args.queue, args.status).await?;
             ok_frame(id, &CountOk { count })
         }
