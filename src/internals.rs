@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use crate::Result;
 use crate::queue::ReadyHeap;
-use crate::store::{ReadyOrder, Store, StoreOptions, StoredTask};
+use crate::store::{Store, StoreOptions};
+use crate::task::{ReadyOrder, StoredTask};
 use crate::task::{TaskId, TaskStatus};
 
 /// The lock-free ready heap.

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use enqueue::EnqueueDefaults;
@@ -23,7 +22,7 @@ pub use rabbitmq::RabbitError;
 use crate::Result;
 use crate::clock::Millis;
 use crate::events::EventBus;
-use crate::task::{Payload, TaskFailure, TaskId, TaskRecord, TaskStatus};
+use crate::task::{Payload, TaskId, TaskRecord, TaskStatus};
 
 /// A boxed, sendable future: what the object-safe [`Broker`] methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -50,26 +49,7 @@ impl NewTask {
     }
 }
 
-/// How a claimed attempt ended, as reported by the worker that ran it.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub enum Outcome {
-    /// The handler returned a value.
-    Completed {
-        /// The value, stored with the COMPLETED task.
-        result: Value,
-    },
-    /// The attempt failed; the engine decides between RETRYING and FAILED.
-    Failed {
-        /// What went wrong.
-        failure: TaskFailure,
-        /// A delay asked for by the handler instead of the backoff formula.
-        retry_after: Option<Duration>,
-    },
-    /// The worker gives the task back without running it to the end (shutdown): it returns
-    /// to PENDING and the attempt is not counted.
-    Released,
-}
+pub use crate::task::Outcome;
 
 /// The report of one attempt, fenced by its attempt number.
 #[derive(Clone, Debug)]

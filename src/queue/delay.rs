@@ -9,7 +9,7 @@ use crossbeam_skiplist::SkipMap;
 
 use super::ReadyHeap;
 use crate::clock::Millis;
-use crate::store::ReadyOrder;
+use crate::task::ReadyOrder;
 use crate::sync::Mutex;
 use crate::task::TaskId;
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crossbeam_skiplist::SkipMap;
 
-use crate::store::ReadyOrder;
+use crate::task::ReadyOrder;
 use crate::task::TaskId;
 
 type QueueHeap = SkipMap<ReadyOrder, TaskId>;

@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, HashSet};
 use redb::ReadableTable;
 
 use super::tables::{COUNTS, FINISHED, LEASES, TASKS, WAITING};
-use super::{ReadyOrder, Store, StoreError, codec, keys};
+use super::{Store, StoreError, codec, keys};
+use crate::task::ReadyOrder;
 use crate::task::{TaskId, TaskStatus};
 
 /// What [`crate::Engine::check_integrity`] found. Not a stable API: for fq's own tests.

@@ -1,7 +1,7 @@
 //! Key encodings: fixed-width big-endian fields so that comparing bytes compares values.
 
 use crate::clock::Millis;
-use crate::task::{TaskId, TaskStatus};
+use crate::task::{ReadyOrder, TaskId, TaskStatus};
 
 /// An `i64` as 8 bytes that sort like the number (sign bit flipped).
 pub(crate) fn encode_i64(value: i64) -> [u8; 8] {
@@ -14,41 +14,15 @@ pub(crate) fn decode_i64(bytes: [u8; 8]) -> i64 {
 }
 
 /// A priority as 4 bytes that sort highest priority first.
+#[cfg(test)]
 pub(crate) fn encode_priority(priority: i32) -> [u8; 4] {
-    (!((priority as u32) ^ (1 << 31))).to_be_bytes()
+    ReadyOrder::invert_priority(priority).to_be_bytes()
 }
 
 /// The inverse of [`encode_priority`].
 #[cfg(test)]
 pub(crate) fn decode_priority(bytes: [u8; 4]) -> i32 {
     ((!u32::from_be_bytes(bytes)) ^ (1 << 31)) as i32
-}
-
-/// The order of waiting tasks within a queue: highest priority, then earliest due, then the
-/// order they were queued in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) struct ReadyOrder {
-    /// Inverted priority, so that ascending order puts the highest priority first.
-    pub(crate) inverted_priority: u32,
-    /// When the task became (or becomes) due.
-    pub(crate) due_at: Millis,
-    /// Engine-wide sequence number: FIFO among equal priority and due time.
-    pub(crate) seq: u64,
-}
-
-impl ReadyOrder {
-    pub(crate) fn new(priority: i32, due_at: Millis, seq: u64) -> Self {
-        Self {
-            inverted_priority: u32::from_be_bytes(encode_priority(priority)),
-            due_at,
-            seq,
-        }
-    }
-
-    #[cfg(test)]
-    pub(crate) fn priority(&self) -> i32 {
-        decode_priority(self.inverted_priority.to_be_bytes())
-    }
 }
 
 /// Length of the fixed part of a waiting key after the queue name and its 0 terminator.

@@ -18,16 +18,15 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableHandle};
 pub(crate) use backend::SharedBackend;
 #[cfg(all(test, feature = "rabbitmq"))]
 pub(crate) use codec::sample_task as codec_sample_task;
-pub(crate) use codec::{StoredFailure, StoredTask, decode as codec_decode, encode as codec_encode};
+pub(crate) use codec::{decode as codec_decode, encode as codec_encode};
 pub use error::StoreError;
 pub use integrity::IntegrityReport;
-pub(crate) use keys::ReadyOrder;
 use tables::{
     COUNTS, FINISHED, LEASES, MAGIC, META, META_MAGIC, META_SCHEMA, SCHEMA_VERSION, TASKS, WAITING,
 };
 
 use crate::clock::Millis;
-use crate::task::{TaskId, TaskStatus};
+use crate::task::{ReadyOrder, StoredTask, TaskId, TaskStatus};
 
 /// How to open a store.
 #[derive(Clone, Debug)]

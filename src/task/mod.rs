@@ -3,17 +3,23 @@
 
 mod handler;
 mod id;
+mod order;
+mod outcome;
 mod payload;
 mod record;
 mod registry;
 mod retry;
 mod status;
+mod stored;
 
 pub use handler::{Task, TaskError, TaskErrorKind};
 pub use id::TaskId;
+pub use outcome::Outcome;
 pub use payload::Payload;
 pub use record::{FailureKind, TaskFailure, TaskRecord};
 pub use registry::Registry;
 pub(crate) use registry::{HandlerFn, RunError};
 pub use retry::RetryPolicy;
 pub use status::TaskStatus;
+pub(crate) use order::ReadyOrder;
+pub(crate) use stored::{StoredFailure, StoredTask};

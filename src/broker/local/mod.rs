@@ -25,7 +25,8 @@ use super::{
 use crate::clock::{Clock, Millis, millis_to_datetime};
 use crate::events::{Event, EventBus, EventKind};
 use crate::queue::{DelayIndex, ReadyHeap, ReadyTask};
-use crate::store::{ReadyOrder, Store, StoreError, StoreOptions, StoredFailure, StoredTask};
+use crate::store::{Store, StoreError, StoreOptions};
+use crate::task::{ReadyOrder, StoredFailure, StoredTask};
 use crate::sync::{AtomicBool, Mutex};
 use crate::task::{FailureKind, RetryPolicy, TaskId, TaskRecord, TaskStatus};
 use crate::{Error, Result};

@@ -76,7 +76,7 @@ mod loom_tests {
     use crate::clock::{Clock, ManualClock};
     use crate::events::EventBus;
     use crate::queue::{DelayIndex, ReadyHeap};
-    use crate::store::ReadyOrder;
+    use crate::task::ReadyOrder;
     use crate::sync::{AtomicBool, Mutex};
     use crate::task::TaskId;
 

@@ -14,7 +14,8 @@ use crate::broker::{Chained, CleanupReport, NewTask, Outcome, SettleReport, Sett
 use crate::clock::{Millis, millis_to_datetime};
 use crate::events::{Event, EventKind};
 use crate::queue::ReadyTask;
-use crate::store::{ReadyOrder, Store, StoreError, StoredFailure, StoredTask, WriteTables};
+use crate::store::{Store, StoreError, WriteTables};
+use crate::task::{ReadyOrder, StoredFailure, StoredTask};
 use crate::task::{FailureKind, RetryPolicy, TaskFailure, TaskId, TaskRecord, TaskStatus};
 use crate::{Error, Result};
 

@@ -19,7 +19,7 @@ use super::message::encode;
 use super::topology::{EXCHANGE, short};
 use crate::clock::Millis;
 use crate::queue::ReadyTask;
-use crate::store::ReadyOrder;
+use crate::task::ReadyOrder;
 use crate::task::TaskId;
 
 /// Tasks taken off the heap at once.

@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 
 use crate::clock::Millis;
 use crate::config::check_name;
-use crate::store::StoredTask;
+use crate::task::StoredTask;
 use crate::task::{Payload, TaskId};
 
 /// The queues' `x-max-priority`, and the highest AMQP priority fq publishes.
