@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use crate::task::{TaskFailure, TaskRecord};
+use crate::task::{TaskFailure, TaskRecord, TaskStatus};
 
 /// How many events may wait for the listener thread before new ones are dropped.
 const LISTENER_BACKLOG: usize = 65_536;
@@ -107,6 +107,26 @@ impl Event {
             retry_at: None,
             at,
         }
+    }
+
+    /// The event a settled attempt's new status makes: `task.retrying` (with the retry time)
+    /// or `task.failed`, carrying the attempt's error; none for any other status.
+    pub(crate) fn settled(
+        status: TaskStatus,
+        task: Arc<TaskRecord>,
+        error: Option<TaskFailure>,
+        retry_at: Option<DateTime<Utc>>,
+        at: DateTime<Utc>,
+    ) -> Option<Self> {
+        let kind = match status {
+            TaskStatus::Retrying => EventKind::Retrying,
+            TaskStatus::Failed => EventKind::Failed,
+            _ => return None,
+        };
+        let mut event = Self::new(kind, task, at);
+        event.error = error;
+        event.retry_at = retry_at.filter(|_| kind == EventKind::Retrying);
+        Some(event)
     }
 
     /// The event's name (`worker.task.after_execution`, ...).
@@ -230,10 +250,16 @@ impl EventBus {
 
     /// Delivers an event built by `make`, which runs only when someone listens.
     pub(crate) fn emit(&self, make: impl FnOnce() -> Event) {
+        self.emit_some(|| Some(make()));
+    }
+
+    /// [`EventBus::emit`] for a change that may make no event.
+    pub(crate) fn emit_some(&self, make: impl FnOnce() -> Option<Event>) {
         if !self.has_audience() {
             return;
         }
-        let event = Arc::new(make());
+        let Some(event) = make() else { return };
+        let event = Arc::new(event);
         if self.inner.broadcast.receiver_count() > 0 {
             // An error only means every subscriber went away meanwhile.
             let _ = self.inner.broadcast.send(Arc::clone(&event));

@@ -9,8 +9,8 @@ use crossbeam_skiplist::SkipMap;
 
 use super::ReadyHeap;
 use crate::clock::Millis;
-use crate::task::ReadyOrder;
 use crate::sync::Mutex;
+use crate::task::ReadyOrder;
 use crate::task::TaskId;
 
 /// A task waiting for its due time.

@@ -1,9 +1,9 @@
 //! The stored form of a task record: a format-version byte, the postcard body, and a CRC-32 of
 //! both, so that a flipped byte is caught instead of decoded into a wrong task.
 
-use crate::task::StoredTask;
 #[cfg(test)]
 use crate::task::StoredFailure;
+use crate::task::StoredTask;
 #[cfg(test)]
 use crate::task::{FailureKind, TaskStatus};
 

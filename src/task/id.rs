@@ -23,7 +23,7 @@ impl TaskId {
     }
 
     /// The id stored as `value` by [`TaskId::as_u128`].
-    pub fn from_u128(value: u128) -> Self {
+    pub const fn from_u128(value: u128) -> Self {
         Self(Uuid::from_u128(value))
     }
 

@@ -3,6 +3,7 @@
 
 mod handler;
 mod id;
+pub(crate) mod lifecycle;
 mod order;
 mod outcome;
 mod payload;
@@ -14,6 +15,7 @@ mod stored;
 
 pub use handler::{Task, TaskError, TaskErrorKind};
 pub use id::TaskId;
+pub(crate) use order::ReadyOrder;
 pub use outcome::Outcome;
 pub use payload::Payload;
 pub use record::{FailureKind, TaskFailure, TaskRecord};
@@ -21,5 +23,4 @@ pub use registry::Registry;
 pub(crate) use registry::{HandlerFn, RunError};
 pub use retry::RetryPolicy;
 pub use status::TaskStatus;
-pub(crate) use order::ReadyOrder;
 pub(crate) use stored::{StoredFailure, StoredTask};

@@ -34,4 +34,3 @@ impl ReadyOrder {
         ((!self.inverted_priority) ^ (1 << 31)) as i32
     }
 }
-

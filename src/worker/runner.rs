@@ -271,21 +271,18 @@ async fn run_attempt(record: TaskRecord, env: &RunnerEnv) -> (Tally, Option<Task
                 });
                 if report.status == TaskStatus::Retrying {
                     tracing::debug!(error = %failure, "attempt failed; retrying");
-                    events.emit(|| {
-                        let mut event =
-                            Event::new(EventKind::Retrying, Arc::clone(&snapshot), now());
-                        event.error = Some(failure.clone());
-                        event.retry_at = report.retry_at.map(millis_to_datetime);
-                        event
-                    });
                 } else {
                     tracing::warn!(error = %failure, "task failed for good");
-                    events.emit(|| {
-                        let mut event = Event::new(EventKind::Failed, Arc::clone(&snapshot), now());
-                        event.error = Some(failure);
-                        event
-                    });
                 }
+                events.emit_some(|| {
+                    Event::settled(
+                        report.status,
+                        Arc::clone(&snapshot),
+                        Some(failure),
+                        report.retry_at.map(millis_to_datetime),
+                        now(),
+                    )
+                });
             }
             Outcome::Released => {}
         }

@@ -76,8 +76,8 @@ mod loom_tests {
     use crate::clock::{Clock, ManualClock};
     use crate::events::EventBus;
     use crate::queue::{DelayIndex, ReadyHeap};
-    use crate::task::ReadyOrder;
     use crate::sync::{AtomicBool, Mutex};
+    use crate::task::ReadyOrder;
     use crate::task::TaskId;
 
     fn shared(clock: Arc<ManualClock>) -> Arc<Shared> {

@@ -1,0 +1,296 @@
+//! The [`Broker`] API of the embedded broker: each call becomes a writer command (changes)
+//! or a read of the store (queries).
+
+use super::*;
+
+impl Broker for LocalBroker {
+    fn enqueue(&self, tasks: Vec<NewTask>) -> BoxFuture<'_, Result<Vec<TaskId>>> {
+        Box::pin(async move {
+            if tasks.is_empty() {
+                return Ok(Vec::new());
+            }
+            let queued = self
+                .request(|reply| Command::Enqueue { tasks, reply })
+                .await?;
+            let now = millis_to_datetime(self.now_ms());
+            let mut ids = Vec::with_capacity(queued.len());
+            for (id, record) in queued {
+                if let Some(record) = record {
+                    self.shared
+                        .events
+                        .emit(|| Event::new(EventKind::Queued, record, now));
+                }
+                ids.push(id);
+            }
+            Ok(ids)
+        })
+    }
+
+    fn claim<'a>(
+        &'a self,
+        queues: &'a [Arc<str>],
+        max: usize,
+        wait: Duration,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<Vec<TaskRecord>>> {
+        Box::pin(async move {
+            let selection = self.shared.ready.select(queues);
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                let notified = self.shared.work.notified();
+                tokio::pin!(notified);
+                // Registered before looking, so a push between the look and the wait wakes us.
+                notified.as_mut().enable();
+                let mut picked = Vec::new();
+                while picked.len() < max.max(1) {
+                    match selection.pop() {
+                        Some(task) => picked.push(task),
+                        None => break,
+                    }
+                }
+                if !picked.is_empty() {
+                    let lease_until = self.lease_deadline();
+                    // Not raced against `cancel`: once the claim is sent, its answer must reach a
+                    // worker, or the tasks would sit RUNNING with nobody running them.
+                    let claimed = self
+                        .request(|reply| Command::Claim {
+                            tasks: picked,
+                            lease_until,
+                            reply,
+                        })
+                        .await?;
+                    if !claimed.is_empty() {
+                        return Ok(claimed);
+                    }
+                    continue;
+                }
+                if cancel.is_cancelled() {
+                    return Ok(Vec::new());
+                }
+                tokio::select! {
+                    () = &mut notified => {}
+                    () = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+                    () = cancel.cancelled() => return Ok(Vec::new()),
+                }
+            }
+        })
+    }
+
+    fn settle(&self, settlement: Settlement) -> BoxFuture<'_, Result<SettleReport>> {
+        Box::pin(async move {
+            let lease_until = self.lease_deadline();
+            let chained = self
+                .request(|reply| Command::Settle {
+                    settlement,
+                    next: Vec::new(),
+                    lease_until,
+                    reply,
+                })
+                .await?;
+            chained.settled
+        })
+    }
+
+    fn settle_and_claim<'a>(
+        &'a self,
+        settlement: Settlement,
+        queues: &'a [Arc<str>],
+        max: usize,
+    ) -> BoxFuture<'a, Result<Chained>> {
+        Box::pin(async move {
+            let selection = self.shared.ready.select(queues);
+            let next: Vec<_> = std::iter::from_fn(|| selection.pop()).take(max).collect();
+            let lease_until = self.lease_deadline();
+            self.request(|reply| Command::Settle {
+                settlement,
+                next,
+                lease_until,
+                reply,
+            })
+            .await
+        })
+    }
+
+    fn heartbeat(&self, id: TaskId, attempt: u32) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            if self.shared.leases.renew(id, attempt, self.lease_deadline()) {
+                return Ok(());
+            }
+            let record = self.read(move |store| Ok(store.read_task(id)?)).await?;
+            let task = record.ok_or(Error::NotFound(id))?;
+            Err(Error::StaleAttempt {
+                id,
+                attempt,
+                current: task.attempts,
+                status: task.status,
+            })
+        })
+    }
+
+    fn task(&self, id: TaskId) -> BoxFuture<'_, Result<Option<TaskRecord>>> {
+        Box::pin(self.read(move |store| Ok(store.read_task(id)?.map(|task| task.to_record(id)))))
+    }
+
+    fn cancel(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
+        Box::pin(async move {
+            let record = self.request(|reply| Command::Cancel { id, reply }).await?;
+            let now = millis_to_datetime(self.now_ms());
+            let snapshot = Arc::new(record.clone());
+            self.shared
+                .events
+                .emit(|| Event::new(EventKind::Cancelled, snapshot, now));
+            Ok(record)
+        })
+    }
+
+    fn cleanup(&self, policy: RetentionPolicy) -> BoxFuture<'_, Result<CleanupReport>> {
+        Box::pin(async move {
+            let now = self.now_ms();
+            let before = |keep: Duration| {
+                now.saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX))
+            };
+            let (completed_before, failed_before) =
+                (before(policy.completed), before(policy.failed));
+            let mut total = CleanupReport::default();
+            loop {
+                let report = self
+                    .request(|reply| Command::Cleanup {
+                        completed_before,
+                        failed_before,
+                        limit: CLEANUP_CHUNK,
+                        reply,
+                    })
+                    .await?;
+                total.completed += report.completed;
+                total.failed += report.failed;
+                total.cancelled += report.cancelled;
+                if report.completed + report.failed + report.cancelled < CLEANUP_CHUNK as u64 {
+                    break;
+                }
+            }
+            if total != CleanupReport::default() {
+                tracing::info!(
+                    completed = total.completed,
+                    failed = total.failed,
+                    cancelled = total.cancelled,
+                    "retention cleanup deleted finished tasks"
+                );
+            }
+            Ok(total)
+        })
+    }
+
+    fn list(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<TaskRecord>>> {
+        Box::pin(self.read(move |store| {
+            let limit = if query.limit == 0 { 100 } else { query.limit };
+            let found = store.scan_tasks(query.after, limit, |task| {
+                query.queue.as_deref().is_none_or(|q| q == task.queue)
+                    && query.status.is_none_or(|s| s == task.status)
+            })?;
+            Ok(found
+                .into_iter()
+                .map(|(id, task)| task.to_record(id))
+                .collect())
+        }))
+    }
+
+    fn retry(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
+        Box::pin(self.request(move |reply| Command::Retry { id, reply }))
+    }
+
+    fn retry_failed(&self, queue: Option<String>) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            let mut total = 0;
+            let mut after = None;
+            loop {
+                let page = self
+                    .request(|reply| Command::RetryFailed {
+                        queue: queue.clone(),
+                        after: after.take(),
+                        limit: CLEANUP_CHUNK,
+                        reply,
+                    })
+                    .await?;
+                total += page.changed;
+                match page.next {
+                    Some((_, key)) => after = Some(key),
+                    None => return Ok(total),
+                }
+            }
+        })
+    }
+
+    fn purge(&self, queue: String, status: Option<TaskStatus>) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            if status == Some(TaskStatus::Running) {
+                return Err(Error::invalid(
+                    "status",
+                    "RUNNING tasks cannot be purged; stop their workers or wait for them",
+                ));
+            }
+            let mut total = 0;
+            let (mut phase, mut after) = (0, None);
+            loop {
+                let page = self
+                    .request(|reply| Command::Purge {
+                        queue: queue.clone(),
+                        status,
+                        phase,
+                        after: after.take(),
+                        limit: CLEANUP_CHUNK,
+                        reply,
+                    })
+                    .await?;
+                total += page.changed;
+                match page.next {
+                    Some((next_phase, key)) => {
+                        phase = next_phase;
+                        after = (!key.is_empty()).then_some(key);
+                    }
+                    None => return Ok(total),
+                }
+            }
+        })
+    }
+
+    fn stats(&self) -> BoxFuture<'_, Result<Stats>> {
+        Box::pin(async move {
+            let counts = self.read(|store| Ok(store.counts()?)).await?;
+            let now = self.now_ms();
+            let mut stats = Stats::default();
+            for ((queue, status), n) in counts {
+                let entry = stats.queues.entry(queue).or_default();
+                match status {
+                    TaskStatus::Pending => entry.pending = n,
+                    TaskStatus::Running => entry.running = n,
+                    TaskStatus::Retrying => entry.retrying = n,
+                    TaskStatus::Completed => entry.completed = n,
+                    TaskStatus::Failed => entry.failed = n,
+                    TaskStatus::Cancelled => entry.cancelled = n,
+                    TaskStatus::Forwarded => entry.forwarded = n,
+                }
+            }
+            for (queue, entry) in &mut stats.queues {
+                let (ready, oldest_due) = self.shared.ready.queue_summary(queue);
+                entry.ready = ready;
+                entry.scheduled = (entry.pending + entry.retrying).saturating_sub(ready);
+                entry.oldest_ready_ms =
+                    oldest_due.map(|due| u64::try_from(now.saturating_sub(due)).unwrap_or(0));
+                entry.completed_last_minute = self.shared.completions.last_minute(queue, now);
+            }
+            Ok(stats)
+        })
+    }
+
+    fn events(&self) -> &EventBus {
+        &self.shared.events
+    }
+
+    fn now_ms(&self) -> Millis {
+        self.shared.clock.now_ms()
+    }
+
+    fn max_payload_bytes(&self) -> usize {
+        self.settings.max_payload_bytes
+    }
+}

@@ -1,0 +1,452 @@
+//! The writer thread: the only owner of write transactions. It drains every waiting command
+//! into one transaction, commits it durably (one fsync for the whole batch), then publishes the
+//! changes to the in-memory structures and answers each command. What a command does to a task
+//! is a move of the state machine (`crate::task::lifecycle`); this module applies the moves'
+//! effects: rows in the transaction, the in-memory structures after the commit.
+
+mod admin;
+mod command;
+mod moves;
+mod outbox;
+mod step;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::Shared;
+use crate::broker::Chained;
+use crate::clock::Millis;
+use crate::events::Event;
+use crate::store::{Store, StoreError, WriteTables};
+
+use crate::task::{ReadyOrder, RetryPolicy, StoredTask, TaskId, TaskRecord};
+use crate::{Error, Result};
+
+use command::Answer;
+pub(crate) use command::{Command, LAZY_FLUSH, Page, Queued, RunRecord};
+pub(super) use step::write_step;
+
+/// The most commands applied in one transaction.
+const MAX_BATCH: usize = 4096;
+/// Bounds of the wait for follow-up requests after a commit (see `gather_follow_ups`).
+const MIN_GATHER: Duration = Duration::from_micros(50);
+const MAX_GATHER: Duration = Duration::from_millis(2);
+
+/// A change to the in-memory structures, made only after the commit that backs it.
+enum Publish {
+    Wait {
+        queue: String,
+        order: ReadyOrder,
+        id: TaskId,
+    },
+    Withdraw {
+        queue: String,
+        order: ReadyOrder,
+    },
+    Lease {
+        id: TaskId,
+        attempt: u32,
+        until: Millis,
+    },
+    Unlease {
+        id: TaskId,
+    },
+    Emit(Event),
+}
+
+/// Settings the writer applies.
+#[derive(Clone, Debug)]
+pub(crate) struct WriterSettings {
+    pub(crate) retry: RetryPolicy,
+    pub(crate) max_pending: Option<u64>,
+    /// Free bytes below which enqueues are refused (0: never).
+    pub(crate) min_free_bytes: u64,
+}
+
+/// Poisons the engine if the writer thread unwinds, so callers get an error instead of a
+/// silent hang (fjall's `PoisonDart`), then tells waiting callers the writer has ended.
+struct PoisonOnPanic<'a>(&'a Shared);
+
+impl Drop for PoisonOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.poison("the writer thread panicked".into());
+        }
+        self.0.writer_exit.mark();
+    }
+}
+
+/// Unwraps a command's result; on a storage failure (which aborts the whole batch) the reply is
+/// kept in the batch's answers before returning the error, so the caller is answered with the
+/// batch's failure after the engine is poisoned, instead of seeing its reply dropped (which
+/// reads as "engine is shut down").
+macro_rules! keep_reply {
+    ($batch:expr, $reply:ident, $result:expr) => {
+        match $result {
+            Ok(value) => value,
+            Err(error) => {
+                $batch.answers.push(Answer::failed($reply));
+                return Err(error);
+            }
+        }
+    };
+}
+
+pub(crate) struct Writer {
+    pub(crate) store: Arc<Store>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) next_seq: u64,
+    pub(crate) waiting: u64,
+    pub(crate) settings: WriterSettings,
+    /// Requests expected right after the last batch: those already queued when it was
+    /// answered, plus those its answers are expected to cause.
+    pub(crate) follow_ups: usize,
+    /// When the last batch was answered; `None` once a batch has used it.
+    pub(crate) answered_at: Option<std::time::Instant>,
+    /// How long the last commit took.
+    pub(crate) last_commit: Duration,
+    /// When a lazy (non-durable) commit is waiting for a durable one: since when.
+    pub(crate) unflushed_since: Option<std::time::Instant>,
+    /// Tasks the RabbitMQ forwarder is publishing (read, not yet confirmed or given back):
+    /// cancelling one is refused, since its message may already be in RabbitMQ.
+    pub(crate) forwarding: std::collections::HashSet<TaskId>,
+}
+
+/// The per-transaction scratch state.
+struct Batch {
+    now: Millis,
+    effects: Vec<Publish>,
+    answers: Vec<Answer>,
+    audience: bool,
+    /// Completions per queue, for the engine's throughput figures.
+    completed: std::collections::HashMap<String, u64>,
+    /// The store's free space, probed once per batch by its first enqueue.
+    free_bytes: Option<Option<u64>>,
+}
+
+impl Writer {
+    pub(crate) fn run(mut self, commands: &crossbeam_channel::Receiver<Command>) {
+        let shared = Arc::clone(&self.shared);
+        let _guard = PoisonOnPanic(&shared);
+        loop {
+            let received = match self.unflushed_since {
+                None => commands.recv().map_err(|_| ()),
+                Some(since) => match commands.recv_deadline(since + LAZY_FLUSH) {
+                    Ok(command) => Ok(command),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        self.flush();
+                        continue;
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(()),
+                },
+            };
+            let Ok(first) = received else { break };
+            let mut pending = Vec::with_capacity(64);
+            pending.push(first);
+            while pending.len() < MAX_BATCH {
+                match commands.try_recv() {
+                    Ok(command) => pending.push(command),
+                    Err(_) => break,
+                }
+            }
+            self.gather_follow_ups(commands, &mut pending);
+            if let Some(reason) = self.shared.poisoned() {
+                for command in pending {
+                    command.fail(Error::Poisoned {
+                        reason: reason.clone(),
+                    });
+                }
+                continue;
+            }
+            self.apply_batch(pending);
+            // What was already queued when the answers went out is not a follow-up.
+            self.follow_ups += commands.len();
+        }
+        // Closing: what was committed lazily reaches the disk before the file closes.
+        self.flush();
+    }
+
+    /// Makes lazily committed changes durable with an empty durable commit.
+    fn flush(&mut self) {
+        if self.unflushed_since.take().is_none() || self.shared.poisoned().is_some() {
+            return;
+        }
+        if let Err(error) = self.store.write(|_| Ok(())) {
+            let reason = error.to_string();
+            tracing::error!(error = %reason, "commit failed; the engine refuses writes until reopened");
+            self.shared.poison(reason);
+            self.reopen_for_reads();
+        }
+    }
+
+    /// After a failed commit redb refuses every access, reads included, until its database is
+    /// reopened. The engine is poisoned first, so nothing writes to the reopened database; it
+    /// serves reads of what the file holds (a full disk must not stop reads).
+    fn reopen_for_reads(&self) {
+        if let Err(error) = self.store.reopen() {
+            tracing::error!(%error, "cannot reopen the store for reads after a failed commit");
+        }
+    }
+
+    /// Waits briefly for the requests the previous batch's answers are about to cause.
+    ///
+    /// Workers answered by a commit come straight back (a finished task's settlement, a
+    /// producer's next enqueue) a few dozen microseconds later. Committing without them splits
+    /// the busy callers into two groups that alternate between commits, so each waits for two
+    /// fsyncs per operation. Waiting up to half a commit's duration for them, and only right
+    /// after a commit that answered them, lets one fsync serve them all; an idle engine never
+    /// waits, so a lone request still costs one fsync.
+    fn gather_follow_ups(
+        &mut self,
+        commands: &crossbeam_channel::Receiver<Command>,
+        pending: &mut Vec<Command>,
+    ) {
+        let Some(answered_at) = self.answered_at.take() else {
+            return;
+        };
+        let window = (self.last_commit / 2).clamp(MIN_GATHER, MAX_GATHER);
+        let deadline = answered_at + window;
+        while pending.len() < self.follow_ups.min(MAX_BATCH) {
+            match commands.recv_deadline(deadline) {
+                Ok(command) => pending.push(command),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn apply_batch(&mut self, commands: Vec<Command>) {
+        let mut batch = Batch {
+            now: self.shared.clock.now_ms(),
+            effects: Vec::new(),
+            answers: Vec::with_capacity(commands.len()),
+            audience: self.shared.events.has_audience(),
+            completed: std::collections::HashMap::new(),
+            free_bytes: None,
+        };
+        let seq_before = self.next_seq;
+        let waiting_before = self.waiting;
+        let store = Arc::clone(&self.store);
+        let started = std::time::Instant::now();
+        // A batch of lazy commands only skips the fsync, unless lazy changes have waited
+        // long enough: then this commit makes them durable too.
+        let lazy = commands.iter().all(Command::is_lazy)
+            && self
+                .unflushed_since
+                .is_none_or(|since| since.elapsed() < LAZY_FLUSH);
+        // Commands not applied when a storage failure aborts the batch (or the transaction
+        // never opened) stay here, to be answered with that failure rather than dropped.
+        let mut unapplied = commands;
+        let committed = store.write_with(!lazy, |tables| {
+            let mut commands = std::mem::take(&mut unapplied).into_iter();
+            while let Some(command) = commands.next() {
+                if let Err(error) = self.apply(tables, command, &mut batch) {
+                    unapplied.extend(commands);
+                    return Err(error);
+                }
+            }
+            Ok(())
+        });
+        match committed {
+            Ok(()) => {
+                if lazy {
+                    self.unflushed_since.get_or_insert(started);
+                } else {
+                    self.unflushed_since = None;
+                }
+                self.last_commit = started.elapsed();
+                self.publish(batch.effects, batch.now);
+                if !batch.completed.is_empty() {
+                    self.shared.completions.record(batch.now, &batch.completed);
+                }
+                self.follow_ups = batch.answers.iter().map(Answer::follow_ups).sum();
+                for answer in batch.answers {
+                    answer.send();
+                }
+                self.answered_at = Some(std::time::Instant::now());
+            }
+            Err(error) => {
+                self.next_seq = seq_before;
+                self.waiting = waiting_before;
+                let reason = error.to_string();
+                tracing::error!(error = %reason, "commit failed; the engine refuses writes until reopened");
+                self.shared.poison(reason.clone());
+                self.reopen_for_reads();
+                // The batch's own callers learn why their commit failed: a full disk is
+                // something they can act on, and must not read as a bug. Later writes see
+                // the poisoning, which names the same cause.
+                let answer_error = || match &error {
+                    StoreError::Full {
+                        path,
+                        free_bytes,
+                        needed_bytes,
+                    } => Error::Store(StoreError::Full {
+                        path: path.clone(),
+                        free_bytes: *free_bytes,
+                        needed_bytes: *needed_bytes,
+                    }),
+                    _ => Error::Poisoned {
+                        reason: reason.clone(),
+                    },
+                };
+                for answer in batch.answers {
+                    answer.fail(answer_error());
+                }
+                for command in unapplied {
+                    command.fail(answer_error());
+                }
+            }
+        }
+    }
+
+    /// Applies one command. An `Err` is a storage failure that aborts the whole transaction;
+    /// a problem with the command alone becomes its answer.
+    fn apply(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        command: Command,
+        batch: &mut Batch,
+    ) -> Result<(), StoreError> {
+        match command {
+            Command::Enqueue { tasks, reply } => {
+                let result = keep_reply!(batch, reply, self.enqueue(tables, tasks, batch));
+                batch.answers.push(Answer::new(reply, result, 1));
+            }
+            Command::Claim {
+                tasks,
+                lease_until,
+                reply,
+            } => {
+                let claimed =
+                    keep_reply!(batch, reply, self.claim(tables, tasks, lease_until, batch));
+                let follow_ups = claimed.len();
+                batch
+                    .answers
+                    .push(Answer::new(reply, Ok(claimed), follow_ups));
+            }
+            Command::Settle {
+                settlement,
+                next,
+                lease_until,
+                reply,
+            } => {
+                let settled = keep_reply!(batch, reply, self.settle(tables, &settlement, batch));
+                let claimed = if next.is_empty() {
+                    Vec::new()
+                } else {
+                    keep_reply!(batch, reply, self.claim(tables, next, lease_until, batch))
+                };
+                let follow_ups = claimed.len();
+                let chained = Chained { settled, claimed };
+                batch
+                    .answers
+                    .push(Answer::new(reply, Ok(chained), follow_ups));
+            }
+            Command::Cancel { id, reply } => {
+                let result = keep_reply!(batch, reply, self.cancel(tables, id, batch));
+                batch.answers.push(Answer::new(reply, result, 0));
+            }
+            Command::Cleanup {
+                completed_before,
+                failed_before,
+                limit,
+                reply,
+            } => {
+                let report = keep_reply!(
+                    batch,
+                    reply,
+                    admin::cleanup(tables, completed_before, failed_before, limit)
+                );
+                batch.answers.push(Answer::new(reply, Ok(report), 0));
+            }
+            Command::Retry { id, reply } => {
+                let result = keep_reply!(batch, reply, self.retry(tables, id, batch));
+                batch.answers.push(Answer::new(reply, result, 0));
+            }
+            Command::RetryFailed {
+                queue,
+                after,
+                limit,
+                reply,
+            } => {
+                let page = keep_reply!(
+                    batch,
+                    reply,
+                    self.retry_failed(tables, queue.as_deref(), after.as_deref(), limit, batch)
+                );
+                batch.answers.push(Answer::new(reply, Ok(page), 0));
+            }
+            Command::Purge {
+                queue,
+                status,
+                phase,
+                after,
+                limit,
+                reply,
+            } => {
+                let scan = admin::PurgeScan {
+                    queue,
+                    status,
+                    phase,
+                    after,
+                    limit,
+                };
+                let page = keep_reply!(batch, reply, self.purge(tables, scan, batch));
+                batch.answers.push(Answer::new(reply, Ok(page), 0));
+            }
+            Command::Forwarded { tasks, at, reply } => {
+                let marked = keep_reply!(batch, reply, self.forwarded(tables, tasks, at, batch));
+                batch.answers.push(Answer::new(reply, Ok(marked), 0));
+            }
+            Command::TakeForForwarding { tasks, reply } => {
+                let taken = keep_reply!(batch, reply, self.take_for_forwarding(tables, tasks));
+                batch.answers.push(Answer::new(reply, Ok(taken), 0));
+            }
+            Command::Untake { tasks, requeue } => self.untake(tasks, requeue),
+            Command::RecordRun { run, reply, .. } => {
+                let result = keep_reply!(batch, reply, self.record_run(tables, *run, batch));
+                batch.answers.push(Answer::new(reply, result, 0));
+            }
+            Command::Expire { id, attempt } => self.expire(tables, id, attempt, batch)?,
+        }
+        Ok(())
+    }
+
+    fn snapshot(batch: &Batch, id: TaskId, task: &StoredTask) -> Option<Arc<TaskRecord>> {
+        batch.audience.then(|| Arc::new(task.to_record(id)))
+    }
+}
+
+/// The task `id` for a command: a missing or corrupt record is that command's error, any other
+/// storage failure aborts the whole transaction.
+fn load(tables: &WriteTables<'_>, id: TaskId) -> Result<Result<StoredTask>, StoreError> {
+    match tables.get_task(id) {
+        Ok(Some(task)) => Ok(Ok(task)),
+        Ok(None) => Ok(Err(Error::NotFound(id))),
+        Err(error @ StoreError::CorruptRecord { .. }) => Ok(Err(error.into())),
+        Err(other) => Err(other),
+    }
+}
+
+impl Shared {
+    pub(crate) fn poison(&self, reason: String) {
+        let mut slot = self
+            .poison
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.is_none() {
+            *slot = Some(reason);
+        }
+        self.poisoned_flag.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn poisoned(&self) -> Option<String> {
+        if !self.poisoned_flag.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.poison
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}

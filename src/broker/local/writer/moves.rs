@@ -1,0 +1,215 @@
+//! The writer's task commands: each loads the task, makes its move of the state machine
+//! (`crate::task::lifecycle`) and commits the step; only enqueue has checks of its own
+//! (capacity, free space, ids in use).
+
+use std::sync::Arc;
+
+use super::{Batch, Queued, Writer, load};
+use crate::broker::{NewTask, SettleReport, Settlement};
+use crate::clock::{Millis, millis_to_datetime};
+use crate::events::Event;
+use crate::queue::ReadyTask;
+use crate::store::{StoreError, WriteTables};
+use crate::task::lifecycle::{self, Orphaned};
+use crate::task::{StoredTask, TaskId, TaskRecord, TaskStatus};
+use crate::{Error, Result};
+
+fn duration_ms(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Writer {
+    pub(super) fn enqueue(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        tasks: Vec<NewTask>,
+        batch: &mut Batch,
+    ) -> Result<Result<Vec<Queued>>, StoreError> {
+        if let Some(limit) = self.settings.max_pending
+            && self.waiting.saturating_add(tasks.len() as u64) > limit
+        {
+            return Ok(Err(Error::QueueFull { limit }));
+        }
+        // Refused before the disk is exhausted, so that claims and settlements (which need a
+        // few copy-on-write pages each) can still commit and drain the queue; no commit is
+        // attempted, so nothing is poisoned and enqueues work again once space is freed.
+        let watermark = self.settings.min_free_bytes;
+        if watermark > 0 {
+            let store = &self.store;
+            if let Some(free) = *batch.free_bytes.get_or_insert_with(|| store.free_bytes())
+                && free < watermark
+            {
+                return Ok(Err(StoreError::Full {
+                    path: store.path().to_path_buf(),
+                    free_bytes: Some(free),
+                    needed_bytes: Some(watermark),
+                }
+                .into()));
+            }
+        }
+        // Ids come from callers (remote clients choose theirs): an id in use would overwrite
+        // another task, so the whole request is refused before anything is written.
+        let mut fresh = std::collections::HashSet::with_capacity(tasks.len());
+        for new in &tasks {
+            if !fresh.insert(new.id) || tables.contains_task(new.id)? {
+                return Ok(Err(Error::invalid(
+                    "id",
+                    format!("task id {} is already in use", new.id),
+                )));
+            }
+        }
+        let mut ids = Vec::with_capacity(tasks.len());
+        for new in tasks {
+            let due_at = new.run_at.unwrap_or(batch.now);
+            let task = StoredTask {
+                name: new.name,
+                queue: new.queue,
+                priority: new.priority,
+                payload: new.payload.as_str().to_owned(),
+                status: TaskStatus::Pending,
+                attempts: 0,
+                max_retries: new.max_retries,
+                timeout_ms: new.timeout.map(duration_ms),
+                retry_delay_ms: new.retry_delay.map(duration_ms),
+                created_at: batch.now,
+                scheduled_at: due_at,
+                due_at,
+                seq: 0,
+                started_at: None,
+                finished_at: None,
+                result: None,
+                error: None,
+            };
+            let step = lifecycle::queue(task, &mut self.next_seq);
+            self.commit_step(tables, new.id, &step, batch.now, batch)?;
+            ids.push((new.id, Self::snapshot(batch, new.id, &step.task)));
+        }
+        Ok(Ok(ids))
+    }
+
+    pub(super) fn claim(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        tasks: Vec<ReadyTask>,
+        lease_until: Millis,
+        batch: &mut Batch,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        let mut claimed = Vec::with_capacity(tasks.len());
+        for ready in tasks {
+            let task = match tables.get_task(ready.id) {
+                Ok(Some(task)) => task,
+                Ok(None) => continue,
+                Err(StoreError::CorruptRecord { id, detail }) => {
+                    tracing::error!(task.id = %id, %detail, "skipping a task whose record is corrupt");
+                    continue;
+                }
+                Err(other) => return Err(other),
+            };
+            // The heap is a cache: an entry for a task that was cancelled or re-queued under
+            // another order since it was pushed is stale and simply dropped.
+            let Ok(step) = lifecycle::claim(task, ready.id, ready.order, batch.now) else {
+                continue;
+            };
+            self.commit_step(tables, ready.id, &step, lease_until, batch)?;
+            claimed.push(step.task.to_record(ready.id));
+        }
+        Ok(claimed)
+    }
+
+    pub(super) fn settle(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        settlement: &Settlement,
+        batch: &mut Batch,
+    ) -> Result<Result<SettleReport>, StoreError> {
+        let id = settlement.id;
+        let task = match load(tables, id)? {
+            Ok(task) => task,
+            Err(error) => return Ok(Err(error)),
+        };
+        let mut ctx = self.context(batch.now);
+        let step =
+            match lifecycle::settle(task, id, settlement.attempt, &settlement.outcome, &mut ctx) {
+                Ok(step) => step,
+                Err(error) => return Ok(Err(error)),
+            };
+        self.commit_step(tables, id, &step, batch.now, batch)?;
+        Ok(Ok(SettleReport {
+            status: step.task.status,
+            retry_at: step.retry_at,
+            record: Self::snapshot(batch, id, &step.task),
+        }))
+    }
+
+    /// A lease ran out: the same orphan move as recovery at open, and the event it makes.
+    /// A settlement that raced the expiry makes the move stale: nothing to do then.
+    pub(super) fn expire(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        id: TaskId,
+        attempt: u32,
+        batch: &mut Batch,
+    ) -> Result<(), StoreError> {
+        let Ok(task) = load(tables, id)? else {
+            return Ok(());
+        };
+        let mut ctx = self.context(batch.now);
+        let Ok(step) = lifecycle::orphan(task, id, attempt, Orphaned::LeaseExpired, &mut ctx)
+        else {
+            return Ok(());
+        };
+        self.commit_step(tables, id, &step, batch.now, batch)?;
+        if let Some(record) = Self::snapshot(batch, id, &step.task) {
+            let error = record.error.clone();
+            let event = Event::settled(
+                step.task.status,
+                Arc::clone(&record),
+                error,
+                step.retry_at.map(millis_to_datetime),
+                millis_to_datetime(batch.now),
+            );
+            batch.effects.extend(event.map(super::Publish::Emit));
+        }
+        Ok(())
+    }
+
+    pub(super) fn cancel(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        id: TaskId,
+        batch: &mut Batch,
+    ) -> Result<Result<TaskRecord>, StoreError> {
+        let task = match load(tables, id)? {
+            Ok(task) => task,
+            Err(error) => return Ok(Err(error)),
+        };
+        let being_forwarded = self.forwarding.contains(&id);
+        match lifecycle::cancel(task, id, being_forwarded, batch.now) {
+            Ok(step) => {
+                self.commit_step(tables, id, &step, batch.now, batch)?;
+                Ok(Ok(step.task.to_record(id)))
+            }
+            Err(error) => Ok(Err(error)),
+        }
+    }
+
+    pub(super) fn retry(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        id: TaskId,
+        batch: &mut Batch,
+    ) -> Result<Result<TaskRecord>, StoreError> {
+        let task = match load(tables, id)? {
+            Ok(task) => task,
+            Err(error) => return Ok(Err(error)),
+        };
+        let mut ctx = self.context(batch.now);
+        match lifecycle::retry(task, id, &mut ctx) {
+            Ok(step) => {
+                self.commit_step(tables, id, &step, batch.now, batch)?;
+                Ok(Ok(step.task.to_record(id)))
+            }
+            Err(error) => Ok(Err(error)),
+        }
+    }
+}

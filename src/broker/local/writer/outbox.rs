@@ -1,0 +1,138 @@
+//! The writer's side of the RabbitMQ bridge: the waiting tasks are the outbox the forwarder
+//! publishes from (take, forward, give back), and runs of tasks delivered by RabbitMQ are
+//! recorded here.
+
+use super::{Batch, RunRecord, Writer, load};
+use crate::broker::SettleReport;
+use crate::clock::Millis;
+use crate::queue::ReadyTask;
+use crate::store::{StoreError, WriteTables};
+use crate::task::lifecycle;
+use crate::task::{ReadyOrder, StoredTask, TaskId, TaskStatus};
+use crate::{Error, Result};
+
+impl Writer {
+    /// See [`super::Command::TakeForForwarding`]. Tasks cancelled (or otherwise moved on) since
+    /// they were taken are dropped; a damaged record is logged and dropped.
+    pub(super) fn take_for_forwarding(
+        &mut self,
+        tables: &WriteTables<'_>,
+        tasks: Vec<ReadyTask>,
+    ) -> Result<Vec<(ReadyTask, StoredTask)>, StoreError> {
+        let mut found = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            match load(tables, task.id)? {
+                Ok(record) if record.status.is_waiting() && record.seq == task.order.seq => {
+                    self.forwarding.insert(task.id);
+                    found.push((task, record));
+                }
+                Ok(_) | Err(Error::NotFound(_)) => {}
+                Err(error) => {
+                    tracing::error!(task.id = %task.id, %error, "cannot forward a task whose record is corrupt");
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// See [`super::Command::Untake`].
+    pub(super) fn untake(&mut self, tasks: Vec<ReadyTask>, requeue: bool) {
+        for task in &tasks {
+            self.forwarding.remove(&task.id);
+        }
+        if requeue {
+            // Back on the heap only now that they are no longer marked: a forwarder that takes
+            // them again marks them again, after this.
+            for task in tasks {
+                self.shared.ready.push(&task.queue, task.order, task.id);
+            }
+            self.shared.work.notify_waiters();
+        }
+    }
+
+    /// Marks confirmed tasks FORWARDED; returns how many were. A task whose record moved on
+    /// since it was taken (cancelled, or already run by a worker sharing this store) is left
+    /// as it is.
+    pub(super) fn forwarded(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        tasks: Vec<(TaskId, ReadyOrder)>,
+        at: Millis,
+        batch: &mut Batch,
+    ) -> Result<u64, StoreError> {
+        let mut marked = 0;
+        for (id, order) in tasks {
+            self.forwarding.remove(&id);
+            let task = match tables.get_task(id) {
+                Ok(Some(task)) => task,
+                Ok(None) | Err(StoreError::CorruptRecord { .. }) => continue,
+                Err(other) => return Err(other),
+            };
+            let Ok(step) = lifecycle::forward(task, id, order, at) else {
+                continue;
+            };
+            self.commit_step(tables, id, &step, at, batch)?;
+            marked += 1;
+        }
+        Ok(marked)
+    }
+
+    /// Records a finished run of a task delivered by RabbitMQ. The record is created, or
+    /// replaced when this store already has the task (it queued it, or ran it before), with
+    /// its old rows removed first so counts and indexes stay exact.
+    pub(super) fn record_run(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        run: RunRecord,
+        batch: &mut Batch,
+    ) -> Result<Result<SettleReport>, StoreError> {
+        let id = run.id;
+        let existing = match tables.get_task(id) {
+            Ok(existing) => existing,
+            Err(StoreError::CorruptRecord { id, detail }) => {
+                tracing::error!(task.id = %id, %detail, "replacing a corrupt record with the run delivered by RabbitMQ");
+                None
+            }
+            Err(other) => return Err(other),
+        };
+        if let Some(old) = &existing {
+            self.discard(tables, id, old, batch)?;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let task = StoredTask {
+            name: run.name,
+            queue: run.queue,
+            priority: run.priority,
+            payload: run.payload,
+            status: TaskStatus::Running,
+            attempts: run.attempt,
+            max_retries: run.max_retries,
+            timeout_ms: run.timeout_ms,
+            retry_delay_ms: run.retry_delay_ms,
+            created_at: existing
+                .as_ref()
+                .map_or(run.created_at, |old| old.created_at),
+            scheduled_at: run.scheduled_at,
+            due_at: run.started_at,
+            seq,
+            started_at: Some(run.started_at),
+            finished_at: None,
+            result: None,
+            error: None,
+        };
+        let mut ctx = self.context(batch.now);
+        let mut step = match lifecycle::finish_run(task, id, &run.outcome, &mut ctx) {
+            Ok(step) => step,
+            Err(error) => return Ok(Err(error)),
+        };
+        // The record is new to the store (any old one was discarded above).
+        step.previous = None;
+        self.commit_step(tables, id, &step, batch.now, batch)?;
+        Ok(Ok(SettleReport {
+            status: step.task.status,
+            retry_at: step.retry_at,
+            record: Self::snapshot(batch, id, &step.task),
+        }))
+    }
+}

@@ -1,0 +1,306 @@
+//! The tables of one write transaction, as typed operations that keep the indexes and the
+//! per-queue counts in step with the task records.
+
+use super::*;
+
+/// The open tables of one write transaction.
+pub(crate) struct WriteTables<'txn> {
+    pub(super) path: &'txn Path,
+    pub(super) counts: redb::Table<'txn, &'static [u8], u64>,
+    /// Count changes of this transaction, written once per (queue, status) at its end.
+    pub(super) count_deltas: std::collections::HashMap<(String, TaskStatus), i64>,
+    pub(super) tasks: redb::Table<'txn, u128, &'static [u8]>,
+    pub(super) waiting: redb::Table<'txn, &'static [u8], u128>,
+    pub(super) leases: redb::Table<'txn, u128, u32>,
+    pub(super) finished: redb::Table<'txn, &'static [u8], ()>,
+    pub(super) meta: redb::Table<'txn, &'static str, &'static [u8]>,
+}
+
+impl WriteTables<'_> {
+    fn err(&self, action: &'static str) -> impl Fn(redb::StorageError) -> StoreError + '_ {
+        move |e| map_storage_error(self.path, action, e.into())
+    }
+
+    pub(super) fn set_meta(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let path = self.path;
+        self.meta
+            .insert(key, value)
+            .map_err(|e| map_storage_error(path, "writing meta", e.into()))?;
+        Ok(())
+    }
+
+    /// Reads one task inside the transaction.
+    pub(crate) fn get_task(&self, id: TaskId) -> Result<Option<StoredTask>, StoreError> {
+        let bytes = self
+            .tasks
+            .get(id.as_u128())
+            .map_err(self.err("reading a task"))?;
+        bytes
+            .map(|guard| {
+                codec::decode(guard.value()).map_err(|e| StoreError::CorruptRecord {
+                    id,
+                    detail: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    fn count(&mut self, queue: &str, status: TaskStatus, delta: i64) {
+        if let Some(entry) = self.count_deltas.get_mut(&(queue.to_owned(), status)) {
+            *entry += delta;
+        } else {
+            self.count_deltas.insert((queue.to_owned(), status), delta);
+        }
+    }
+
+    pub(super) fn flush_counts(&mut self) -> Result<(), StoreError> {
+        let path = self.path;
+        let deltas = std::mem::take(&mut self.count_deltas);
+        for ((queue, status), delta) in deltas {
+            if delta == 0 {
+                continue;
+            }
+            let key = keys::count_key(&queue, status);
+            let current = self
+                .counts
+                .get(key.as_slice())
+                .map_err(|e| map_storage_error(path, "reading a count", e.into()))?
+                .map_or(0, |v| v.value());
+            let updated = current.saturating_add_signed(delta);
+            if updated == 0 {
+                self.counts
+                    .remove(key.as_slice())
+                    .map_err(|e| map_storage_error(path, "writing a count", e.into()))?;
+            } else {
+                self.counts
+                    .insert(key.as_slice(), updated)
+                    .map_err(|e| map_storage_error(path, "writing a count", e.into()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// True when a task with this id exists.
+    pub(crate) fn contains_task(&self, id: TaskId) -> Result<bool, StoreError> {
+        Ok(self
+            .tasks
+            .get(id.as_u128())
+            .map_err(self.err("reading a task"))?
+            .is_some())
+    }
+
+    /// Writes (inserts or replaces) one task record; `previous` is the status it had before
+    /// (`None` for a new task), so the per-queue counts follow.
+    pub(crate) fn put_task(
+        &mut self,
+        id: TaskId,
+        task: &StoredTask,
+        previous: Option<TaskStatus>,
+    ) -> Result<(), StoreError> {
+        if previous != Some(task.status) {
+            if let Some(previous) = previous {
+                self.count(&task.queue, previous, -1);
+            }
+            self.count(&task.queue, task.status, 1);
+        }
+        let bytes = codec::encode(task);
+        let path = self.path;
+        self.tasks
+            .insert(id.as_u128(), bytes.as_slice())
+            .map_err(|e| map_storage_error(path, "writing a task", e.into()))?;
+        Ok(())
+    }
+
+    /// Deletes one task record.
+    pub(crate) fn delete_task(&mut self, id: TaskId, task: &StoredTask) -> Result<(), StoreError> {
+        self.count(&task.queue, task.status, -1);
+        let path = self.path;
+        self.tasks
+            .remove(id.as_u128())
+            .map_err(|e| map_storage_error(path, "deleting a task", e.into()))?;
+        Ok(())
+    }
+
+    /// Adds a task to the waiting index.
+    pub(crate) fn insert_waiting(
+        &mut self,
+        queue: &str,
+        order: ReadyOrder,
+        id: TaskId,
+    ) -> Result<(), StoreError> {
+        let key = keys::waiting_key(queue, order);
+        let path = self.path;
+        self.waiting
+            .insert(key.as_slice(), id.as_u128())
+            .map_err(|e| map_storage_error(path, "indexing a waiting task", e.into()))?;
+        Ok(())
+    }
+
+    /// Removes a task from the waiting index.
+    pub(crate) fn remove_waiting(
+        &mut self,
+        queue: &str,
+        order: ReadyOrder,
+    ) -> Result<(), StoreError> {
+        let key = keys::waiting_key(queue, order);
+        let path = self.path;
+        self.waiting
+            .remove(key.as_slice())
+            .map_err(|e| map_storage_error(path, "unindexing a waiting task", e.into()))?;
+        Ok(())
+    }
+
+    /// Marks a task RUNNING at `attempt` in the running set.
+    pub(crate) fn insert_lease(&mut self, id: TaskId, attempt: u32) -> Result<(), StoreError> {
+        let path = self.path;
+        self.leases
+            .insert(id.as_u128(), attempt)
+            .map_err(|e| map_storage_error(path, "recording a lease", e.into()))?;
+        Ok(())
+    }
+
+    /// Removes a task from the running set.
+    pub(crate) fn remove_lease(&mut self, id: TaskId) -> Result<(), StoreError> {
+        let path = self.path;
+        self.leases
+            .remove(id.as_u128())
+            .map_err(|e| map_storage_error(path, "releasing a lease", e.into()))?;
+        Ok(())
+    }
+
+    /// Adds a finished task to the retention index.
+    pub(crate) fn insert_finished(
+        &mut self,
+        status: TaskStatus,
+        finished_at: Millis,
+        id: TaskId,
+    ) -> Result<(), StoreError> {
+        let key = keys::finished_key(status, finished_at, id);
+        let path = self.path;
+        self.finished
+            .insert(key.as_slice(), ())
+            .map_err(|e| map_storage_error(path, "indexing a finished task", e.into()))?;
+        Ok(())
+    }
+
+    /// Removes a finished task from the retention index.
+    pub(crate) fn remove_finished(
+        &mut self,
+        status: TaskStatus,
+        finished_at: Millis,
+        id: TaskId,
+    ) -> Result<(), StoreError> {
+        let key = keys::finished_key(status, finished_at, id);
+        let path = self.path;
+        self.finished
+            .remove(key.as_slice())
+            .map_err(|e| map_storage_error(path, "unindexing a finished task", e.into()))?;
+        Ok(())
+    }
+
+    /// Up to `limit` WAITING entries of `queue` after the key `after`: (key, task id).
+    pub(crate) fn waiting_page(
+        &self,
+        queue: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, TaskId)>, StoreError> {
+        let mut start = queue.as_bytes().to_vec();
+        start.push(0);
+        let mut end = queue.as_bytes().to_vec();
+        end.push(1);
+        self.page(&self.waiting, &start, &end, after, limit, |key, value| {
+            let _ = key;
+            Some(TaskId::from_u128(value))
+        })
+    }
+
+    /// Up to `limit` FINISHED entries of `status` after the key `after`: (key, task id).
+    pub(crate) fn finished_page(
+        &self,
+        status: TaskStatus,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, TaskId)>, StoreError> {
+        let start = keys::finished_range_start(status).to_vec();
+        let mut end = start.clone();
+        end[0] += 1;
+        self.page(&self.finished, &start, &end, after, limit, |key, ()| {
+            keys::parse_finished_key(key).map(|(_, _, id)| id)
+        })
+    }
+
+    fn page<V: redb::Value + 'static>(
+        &self,
+        table: &redb::Table<'_, &'static [u8], V>,
+        start: &[u8],
+        end: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+        id_of: impl Fn(&[u8], V::SelfType<'_>) -> Option<TaskId>,
+    ) -> Result<Vec<(Vec<u8>, TaskId)>, StoreError> {
+        use std::ops::Bound;
+        let lower = match after {
+            Some(after) => Bound::Excluded(after),
+            None => Bound::Included(start),
+        };
+        let range = table
+            .range::<&[u8]>((lower, Bound::Excluded(end)))
+            .map_err(self.err("scanning an index"))?;
+        let mut page = Vec::new();
+        for item in range.take(limit) {
+            let (key, value) = item.map_err(self.err("scanning an index"))?;
+            let id = id_of(key.value(), value.value()).ok_or_else(|| StoreError::Corrupt {
+                path: self.path.to_path_buf(),
+                detail: "malformed index key".into(),
+            })?;
+            page.push((key.value().to_vec(), id));
+        }
+        Ok(page)
+    }
+
+    /// Deletes up to `limit` tasks of `status` that finished before `cutoff`, oldest first;
+    /// returns their ids.
+    pub(crate) fn delete_finished_before(
+        &mut self,
+        status: TaskStatus,
+        cutoff: Millis,
+        limit: usize,
+    ) -> Result<Vec<TaskId>, StoreError> {
+        let start = keys::finished_range_start(status);
+        let end = keys::finished_key(status, cutoff, TaskId::from_u128(0));
+        let mut doomed = Vec::new();
+        {
+            let range = self
+                .finished
+                .range(start.as_slice()..end.as_slice())
+                .map_err(self.err("scanning finished tasks"))?;
+            for item in range.take(limit) {
+                let (key, _) = item.map_err(self.err("scanning finished tasks"))?;
+                let parsed =
+                    keys::parse_finished_key(key.value()).ok_or_else(|| StoreError::Corrupt {
+                        path: self.path.to_path_buf(),
+                        detail: "malformed finished-index key".into(),
+                    })?;
+                doomed.push(parsed);
+            }
+        }
+        for (status, finished_at, id) in &doomed {
+            self.remove_finished(*status, *finished_at, *id)?;
+            match self.get_task(*id) {
+                Ok(Some(task)) => self.delete_task(*id, &task)?,
+                Ok(None) => {}
+                // A record that no longer decodes is past its retention all the same; its
+                // count cannot be corrected without it, which `verify` would report.
+                Err(StoreError::CorruptRecord { .. }) => {
+                    let path = self.path;
+                    self.tasks
+                        .remove(id.as_u128())
+                        .map_err(|e| map_storage_error(path, "deleting a task", e.into()))?;
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(doomed.into_iter().map(|(_, _, id)| id).collect())
+    }
+}

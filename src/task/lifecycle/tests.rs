@@ -1,0 +1,344 @@
+//! Every (status, move) pair of the state machine: the allowed ones give the documented next
+//! status and effects, every other pair the documented error. No store, no runtime.
+
+use serde_json::json;
+
+use super::*;
+
+const ID: TaskId = TaskId::from_u128(42);
+const NOW: Millis = 1_000_000;
+const SEQ: u64 = 7;
+
+/// A task in `status`, as the store would hold it: waiting under (5, NOW - 10, SEQ), RUNNING
+/// under attempt 1, finished at NOW - 5.
+fn task_in(status: TaskStatus) -> StoredTask {
+    let finished = status.is_terminal();
+    StoredTask {
+        name: "t".into(),
+        queue: "q".into(),
+        priority: 5,
+        payload: r#"{"args":[],"kwargs":{}}"#.into(),
+        status,
+        attempts: u32::from(status != TaskStatus::Pending),
+        max_retries: 3,
+        timeout_ms: None,
+        retry_delay_ms: None,
+        created_at: NOW - 100,
+        scheduled_at: NOW - 10,
+        due_at: NOW - 10,
+        seq: SEQ,
+        started_at: (status == TaskStatus::Running).then_some(NOW - 20),
+        finished_at: finished.then_some(NOW - 5),
+        result: None,
+        error: None,
+    }
+}
+
+fn failed(kind: FailureKind) -> Outcome {
+    Outcome::Failed {
+        failure: TaskFailure {
+            message: "boom".into(),
+            kind,
+        },
+        retry_after: Some(Duration::from_secs(2)),
+    }
+}
+
+/// The moves of the table, each applied to a task in a given status.
+#[derive(Clone, Copy, Debug)]
+enum Move {
+    Claim,
+    Complete,
+    Fail,
+    FailPermanently,
+    Release,
+    Orphan,
+    Cancel,
+    CancelWhileForwarding,
+    Retry,
+    Forward,
+}
+
+const MOVES: [Move; 10] = [
+    Move::Claim,
+    Move::Complete,
+    Move::Fail,
+    Move::FailPermanently,
+    Move::Release,
+    Move::Orphan,
+    Move::Cancel,
+    Move::CancelWhileForwarding,
+    Move::Retry,
+    Move::Forward,
+];
+
+fn apply(task: StoredTask, mv: Move, next_seq: &mut u64) -> Result<Step, Error> {
+    let taken = order_of(&task);
+    let mut ctx = Context {
+        now: NOW,
+        retry: RetryPolicy::default(),
+        next_seq,
+    };
+    match mv {
+        Move::Claim => claim(task, ID, taken, NOW),
+        Move::Complete => settle(
+            task,
+            ID,
+            1,
+            &Outcome::Completed { result: json!(1) },
+            &mut ctx,
+        ),
+        Move::Fail => settle(task, ID, 1, &failed(FailureKind::Error), &mut ctx),
+        Move::FailPermanently => settle(task, ID, 1, &failed(FailureKind::Permanent), &mut ctx),
+        Move::Release => settle(task, ID, 1, &Outcome::Released, &mut ctx),
+        Move::Orphan => orphan(task, ID, 1, Orphaned::LeaseExpired, &mut ctx),
+        Move::Cancel => cancel(task, ID, false, NOW),
+        Move::CancelWhileForwarding => cancel(task, ID, true, NOW),
+        Move::Retry => retry(task, ID, &mut ctx),
+        Move::Forward => forward(task, ID, taken, NOW),
+    }
+}
+
+/// What the table expects of a pair.
+#[derive(Debug, PartialEq)]
+enum Expect {
+    Next(TaskStatus),
+    WrongState,
+    Stale,
+}
+
+fn expected(status: TaskStatus, mv: Move) -> Expect {
+    use Expect::{Next, Stale, WrongState};
+    use TaskStatus as S;
+    let waiting = status.is_waiting();
+    let running = status == S::Running;
+    match mv {
+        Move::Claim if waiting => Next(S::Running),
+        Move::Complete if running => Next(S::Completed),
+        Move::Fail | Move::Orphan if running => Next(S::Retrying),
+        Move::FailPermanently if running => Next(S::Failed),
+        Move::Release if running => Next(S::Pending),
+        Move::Complete | Move::Fail | Move::FailPermanently | Move::Release | Move::Orphan => Stale,
+        Move::Cancel if waiting => Next(S::Cancelled),
+        Move::Retry if matches!(status, S::Failed | S::Cancelled) => Next(S::Pending),
+        Move::Forward if waiting => Next(S::Forwarded),
+        _ => WrongState,
+    }
+}
+
+#[test]
+fn every_status_and_move_gives_the_documented_result() {
+    let mut checked = 0;
+    for status in TaskStatus::ALL {
+        for mv in MOVES {
+            let mut next_seq = 100;
+            let got = match apply(task_in(status), mv, &mut next_seq) {
+                Ok(step) => {
+                    assert_eq!(step.previous, Some(status), "{status:?} x {mv:?}");
+                    Expect::Next(step.task.status)
+                }
+                Err(Error::WrongState { status: s, id, .. }) => {
+                    assert_eq!((s, id), (status, ID), "{mv:?}");
+                    Expect::WrongState
+                }
+                Err(Error::StaleAttempt { status: s, .. }) => {
+                    assert_eq!(s, status, "{mv:?}");
+                    Expect::Stale
+                }
+                Err(other) => panic!("{status:?} x {mv:?}: unexpected {other}"),
+            };
+            assert_eq!(got, expected(status, mv), "{status:?} x {mv:?}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 7 * MOVES.len());
+}
+
+#[test]
+fn each_allowed_move_has_its_effects() {
+    let mut next_seq = 100;
+    let waiting = order_of(&task_in(TaskStatus::Pending));
+    let effects = |status, mv, next_seq: &mut u64| {
+        let step = apply(task_in(status), mv, next_seq).expect("allowed");
+        (step.effects.iter().collect::<Vec<_>>(), step)
+    };
+
+    let (claim, step) = effects(TaskStatus::Pending, Move::Claim, &mut next_seq);
+    assert_eq!(claim, [Effect::Dequeue(waiting), Effect::Lease(1)]);
+    assert_eq!((step.task.attempts, step.task.started_at), (1, Some(NOW)));
+
+    let (complete, step) = effects(TaskStatus::Running, Move::Complete, &mut next_seq);
+    assert_eq!(
+        complete,
+        [Effect::Unlease, Effect::Finish(TaskStatus::Completed, NOW)]
+    );
+    assert_eq!(step.task.result.as_deref(), Some("1"));
+
+    let (retry, step) = effects(TaskStatus::Running, Move::Fail, &mut next_seq);
+    let retry_order = ReadyOrder::new(5, NOW + 2_000, 100);
+    assert_eq!(retry, [Effect::Unlease, Effect::Wait(retry_order)]);
+    assert_eq!(step.retry_at, Some(NOW + 2_000));
+    assert_eq!(next_seq, 101, "a retry takes one sequence number");
+
+    let (fail, step) = effects(TaskStatus::Running, Move::FailPermanently, &mut next_seq);
+    assert_eq!(
+        fail,
+        [Effect::Unlease, Effect::Finish(TaskStatus::Failed, NOW)]
+    );
+    assert_eq!(
+        step.task.error.map(|e| e.kind),
+        Some(FailureKind::Permanent)
+    );
+
+    let (release, step) = effects(TaskStatus::Running, Move::Release, &mut next_seq);
+    assert_eq!(
+        release,
+        [Effect::Unlease, Effect::Wait(ReadyOrder::new(5, NOW, 101))]
+    );
+    assert_eq!(step.task.attempts, 0, "a released attempt is not counted");
+
+    let (orphan, step) = effects(TaskStatus::Running, Move::Orphan, &mut next_seq);
+    assert_eq!(
+        orphan,
+        [Effect::Unlease, Effect::Wait(ReadyOrder::new(5, NOW, 102))]
+    );
+    assert_eq!(
+        step.task.error.map(|e| e.kind),
+        Some(FailureKind::WorkerLost)
+    );
+
+    let (cancel, _) = effects(TaskStatus::Retrying, Move::Cancel, &mut next_seq);
+    assert_eq!(
+        cancel,
+        [
+            Effect::Withdraw(waiting),
+            Effect::Finish(TaskStatus::Cancelled, NOW)
+        ]
+    );
+
+    let (retry, step) = effects(TaskStatus::Failed, Move::Retry, &mut next_seq);
+    assert_eq!(
+        retry,
+        [
+            Effect::Unfinish(TaskStatus::Failed, NOW - 5),
+            Effect::Wait(ReadyOrder::new(5, NOW, 103))
+        ]
+    );
+    assert_eq!((step.task.attempts, step.task.finished_at), (0, None));
+
+    let (forward, _) = effects(TaskStatus::Pending, Move::Forward, &mut next_seq);
+    assert_eq!(
+        forward,
+        [
+            Effect::Withdraw(waiting),
+            Effect::Finish(TaskStatus::Forwarded, NOW)
+        ]
+    );
+}
+
+#[test]
+fn settlements_are_fenced_by_the_attempt() {
+    let mut next_seq = 0;
+    let mut ctx = Context {
+        now: NOW,
+        retry: RetryPolicy::default(),
+        next_seq: &mut next_seq,
+    };
+    let running = task_in(TaskStatus::Running);
+    let done = Outcome::Completed {
+        result: json!(null),
+    };
+    for attempt in [0, 2, 9] {
+        match settle(running.clone(), ID, attempt, &done, &mut ctx) {
+            Err(Error::StaleAttempt {
+                attempt: reported,
+                current: 1,
+                status: TaskStatus::Running,
+                ..
+            }) => assert_eq!(reported, attempt),
+            other => panic!("attempt {attempt}: {other:?}"),
+        }
+        assert!(matches!(
+            orphan(
+                running.clone(),
+                ID,
+                attempt,
+                Orphaned::ProcessEnded,
+                &mut ctx
+            ),
+            Err(Error::StaleAttempt { .. })
+        ));
+    }
+    assert!(settle(running, ID, 1, &done, &mut ctx).is_ok());
+}
+
+#[test]
+fn a_stale_heap_entry_cannot_be_claimed_or_forwarded() {
+    let task = task_in(TaskStatus::Pending);
+    let requeued_since = ReadyOrder::new(5, NOW - 10, SEQ - 1);
+    assert!(matches!(
+        claim(task.clone(), ID, requeued_since, NOW),
+        Err(Error::WrongState { .. })
+    ));
+    assert!(matches!(
+        forward(task, ID, requeued_since, NOW),
+        Err(Error::WrongState { .. })
+    ));
+}
+
+#[test]
+fn retries_run_out_into_failed() {
+    let mut next_seq = 0;
+    let mut ctx = Context {
+        now: NOW,
+        retry: RetryPolicy::default(),
+        next_seq: &mut next_seq,
+    };
+    let mut task = task_in(TaskStatus::Running);
+    task.attempts = 4; // max_retries 3: this was the last allowed attempt
+    let step = orphan(task, ID, 4, Orphaned::ProcessEnded, &mut ctx).expect("fenced right");
+    assert_eq!(step.task.status, TaskStatus::Failed);
+    let message = step.task.error.map(|e| e.message).unwrap_or_default();
+    assert!(message.contains("crash or kill"), "{message}");
+}
+
+#[test]
+fn a_released_run_is_never_recorded_as_finished() {
+    let mut next_seq = 0;
+    let mut ctx = Context {
+        now: NOW,
+        retry: RetryPolicy::default(),
+        next_seq: &mut next_seq,
+    };
+    let task = task_in(TaskStatus::Running);
+    assert!(matches!(
+        finish_run(task, ID, &Outcome::Released, &mut ctx),
+        Err(Error::WrongState { .. })
+    ));
+}
+
+#[test]
+fn discarding_removes_exactly_the_rows_a_status_has() {
+    for status in TaskStatus::ALL {
+        let task = task_in(status);
+        let got: Vec<_> = discard(&task).iter().collect();
+        let want = match status {
+            TaskStatus::Pending | TaskStatus::Retrying => vec![Effect::Withdraw(order_of(&task))],
+            TaskStatus::Running => vec![Effect::Unlease],
+            _ => vec![Effect::Unfinish(status, NOW - 5)],
+        };
+        assert_eq!(got, want, "{status:?}");
+    }
+}
+
+#[test]
+fn queueing_takes_the_next_sequence_number() {
+    let mut next_seq = 5;
+    let step = queue(task_in(TaskStatus::Pending), &mut next_seq);
+    assert_eq!(next_seq, 6);
+    assert_eq!(step.previous, None);
+    assert_eq!(
+        step.effects.iter().collect::<Vec<_>>(),
+        [Effect::Wait(ReadyOrder::new(5, NOW - 10, 5))]
+    );
+}
