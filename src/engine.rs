@@ -18,8 +18,9 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{BrokerKind, Config};
 use crate::control::{ConnectOptions, ControlServer, RemoteBroker, ServerSettings};
 use crate::events::EventBus;
+use crate::handler::{Registry, Task, TaskQueue, queue_typed};
 use crate::store::StoreOptions;
-use crate::task::{Registry, RetryPolicy, Task, TaskId, TaskRecord, TaskStatus};
+use crate::task::{RetryPolicy, TaskId, TaskRecord, TaskStatus};
 use crate::worker::WorkerManager;
 use crate::{Error, Result};
 
@@ -287,7 +288,7 @@ impl Engine {
     /// Queues a typed task (Framefox's `TaskManager.queue_task(task, ...)`); set options on the
     /// builder, then `.send().await`.
     pub fn queue_task<T: Task>(&self, task: T) -> QueueTask {
-        QueueTask::typed(Arc::clone(&self.inner.broker), task)
+        queue_typed(Arc::clone(&self.inner.broker), task)
     }
 
     /// Queues a task by name, for tasks this program does not define; `payload` is
@@ -592,5 +593,11 @@ impl WorkerManager {
             worker.set_heartbeat_interval(beat);
         }
         worker
+    }
+}
+
+impl TaskQueue for Engine {
+    fn queue_task<T: Task>(&self, task: T) -> QueueTask {
+        Engine::queue_task(self, task)
     }
 }

@@ -90,6 +90,7 @@ mod control;
 mod engine;
 mod error;
 mod events;
+mod handler;
 #[doc(hidden)]
 pub mod internals;
 mod queue;
@@ -110,11 +111,12 @@ pub use control::{ConnectOptions, ControlError};
 pub use engine::{Engine, EngineBuilder};
 pub use error::{Error, Result};
 pub use events::{Event, EventBus, EventKind, EventStream, UnknownEvent};
+pub use handler::{Registry, Task, TaskContext, TaskQueue};
 #[doc(hidden)]
 pub use store::IntegrityReport;
 pub use store::StoreError;
 pub use task::{
-    FailureKind, Payload, Registry, RetryPolicy, Task, TaskError, TaskErrorKind, TaskFailure,
-    TaskId, TaskRecord, TaskStatus,
+    FailureKind, Payload, RetryPolicy, TaskError, TaskErrorKind, TaskFailure, TaskId, TaskRecord,
+    TaskStatus,
 };
-pub use worker::{ShutdownHandle, TaskContext, WorkerManager, WorkerReport};
+pub use worker::{ShutdownHandle, WorkerManager, WorkerReport};

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{Broker, NewTask};
 use crate::config::{MAX_RETRIES as MAX_RETRIES_LIMIT, check_name};
-use crate::task::{Payload, Task, TaskId};
+use crate::task::{Payload, TaskId};
 use crate::{Error, Result};
 
 /// The latest time a task may be scheduled for: 9999-12-31T23:59:59Z.
@@ -87,23 +87,8 @@ pub struct QueueTask {
 }
 
 impl QueueTask {
-    /// A typed task with the defaults of its definition. Takes the task by value, as the
-    /// callers' `queue_task(task)` does, so a queued task cannot be mutated afterwards.
-    #[allow(clippy::needless_pass_by_value)]
-    pub(crate) fn typed<T: Task>(broker: Arc<dyn Broker>, task: T) -> Self {
-        let draft = Payload::from_kwargs(&task)
-            .map_err(|e| Error::invalid("payload", e.to_string()))
-            .map(|payload| NewTask {
-                id: TaskId::new(),
-                name: T::NAME.to_owned(),
-                queue: T::QUEUE.to_owned(),
-                priority: T::PRIORITY,
-                payload,
-                max_retries: T::MAX_RETRIES,
-                timeout: T::TIMEOUT,
-                retry_delay: None,
-                run_at: None,
-            });
+    /// A task already drafted (or the reason it could not be), sent to `broker`.
+    pub(crate) fn drafted(broker: Arc<dyn Broker>, draft: Result<NewTask>) -> Self {
         Self {
             broker,
             draft,

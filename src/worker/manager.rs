@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::runner::{RunnerEnv, SlotTally, run_slot};
 use crate::broker::{Broker, EnqueueDefaults, Outcome, RetentionPolicy, Settlement};
 use crate::config::check_name;
-use crate::task::Registry;
+use crate::handler::Registry;
 use crate::{Error, Result};
 
 /// How often a running attempt renews its lease.

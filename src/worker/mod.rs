@@ -1,10 +1,7 @@
 //! Running tasks: the [`WorkerManager`] (queues, concurrency, polling bound, cleanup,
-//! shutdown), the per-attempt runner (timeout, panic capture, heartbeats, settlement) and the
-//! [`TaskContext`] a handler receives.
+//! shutdown) and the per-attempt runner (timeout, panic capture, heartbeats, settlement).
 
-mod context;
 mod manager;
 mod runner;
 
-pub use context::TaskContext;
 pub use manager::{ShutdownHandle, WorkerManager, WorkerReport};

@@ -10,15 +10,12 @@ use tokio::task::JoinError;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::TaskContext;
 use crate::Error;
 use crate::broker::{Broker, Chained, EnqueueDefaults, Outcome, Settlement};
 use crate::clock::millis_to_datetime;
 use crate::events::{Event, EventKind};
-use crate::task::{
-    FailureKind, HandlerFn, Registry, RunError, TaskErrorKind, TaskFailure, TaskId, TaskRecord,
-    TaskStatus,
-};
+use crate::handler::{HandlerFn, Registry, RunError, TaskContext};
+use crate::task::{FailureKind, TaskErrorKind, TaskFailure, TaskId, TaskRecord, TaskStatus};
 
 /// What every attempt of one worker shares.
 #[derive(Debug)]

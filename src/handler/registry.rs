@@ -11,9 +11,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::{Payload, Task, TaskError};
+use super::{Task, TaskContext};
 use crate::config::check_name;
-use crate::worker::TaskContext;
+use crate::task::{Payload, TaskError};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 

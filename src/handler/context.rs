@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::{Task, TaskQueue, definition::queue_typed};
 use crate::Result;
 use crate::broker::{Broker, EnqueueDefaults, QueueTask};
-use crate::task::{Task, TaskId};
+use crate::task::TaskId;
 
 /// The context of one attempt, handed to the handler.
 #[derive(Clone, Debug)]
@@ -81,11 +82,17 @@ impl TaskContext {
 
     /// Queues a follow-up typed task (e.g. a recurring task rescheduling itself).
     pub fn queue_task<T: Task>(&self, task: T) -> QueueTask {
-        QueueTask::typed(Arc::clone(&self.broker), task)
+        queue_typed(Arc::clone(&self.broker), task)
     }
 
     /// Queues a follow-up task by name with `{"args": [...], "kwargs": {...}}` arguments.
     pub fn queue_task_named(&self, name: &str, payload: &Value) -> QueueTask {
         QueueTask::named(Arc::clone(&self.broker), &self.defaults, name, payload)
+    }
+}
+
+impl TaskQueue for TaskContext {
+    fn queue_task<T: Task>(&self, task: T) -> QueueTask {
+        TaskContext::queue_task(self, task)
     }
 }
