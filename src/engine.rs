@@ -19,6 +19,7 @@ use crate::config::{BrokerKind, Config};
 use crate::control::{ConnectOptions, ControlServer, RemoteBroker, ServerSettings};
 use crate::events::EventBus;
 use crate::handler::{Registry, Task, TaskQueue, queue_typed};
+use crate::store::CustomBackend;
 use crate::store::StoreOptions;
 use crate::task::{RetryPolicy, TaskId, TaskRecord, TaskStatus};
 use crate::worker::WorkerManager;
@@ -125,8 +126,8 @@ impl EngineBuilder {
     /// power-loss and I/O-error tests; not a stable API. The free-space watermark
     /// (`limits.min_free_bytes`) does not apply: the backend's free space is unknown.
     #[doc(hidden)]
-    pub fn storage_backend(mut self, backend: impl redb::StorageBackend) -> Self {
-        self.store.backend = Some(crate::store::SharedBackend::new(backend));
+    pub fn storage_backend(mut self, backend: impl Into<CustomBackend>) -> Self {
+        self.store.backend = Some(backend.into());
         self
     }
 

@@ -81,6 +81,13 @@
 //! RabbitMQ bridge) · `events` · `worker` (manager, runner) · `control` (the control socket:
 //! protocol, server, remote broker) · `config` · `engine` (wiring). See ARCHITECTURE.md.
 
+// fq runs on Unix only (the control socket is a Unix socket, the free-space watermark reads
+// statvfs): one clear error instead of a cascade of them elsewhere.
+#[cfg(not(unix))]
+compile_error!(
+    "fq builds on Unix only (Linux, macOS, the BSDs): its control socket is a Unix-domain socket"
+);
+
 mod broker;
 #[cfg(feature = "cli")]
 pub mod cli;
@@ -91,6 +98,7 @@ mod engine;
 mod error;
 mod events;
 mod handler;
+#[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod internals;
 mod queue;
@@ -113,8 +121,8 @@ pub use error::{Error, Result};
 pub use events::{Event, EventBus, EventKind, EventStream, UnknownEvent};
 pub use handler::{Registry, Task, TaskContext, TaskQueue};
 #[doc(hidden)]
-pub use store::IntegrityReport;
-pub use store::StoreError;
+pub use store::{CustomBackend, IntegrityReport};
+pub use store::{StoreError, store_commit_rate};
 pub use task::{
     FailureKind, Payload, RetryPolicy, TaskError, TaskErrorKind, TaskFailure, TaskId, TaskRecord,
     TaskStatus,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::{Engine, Error, Registry, Result, TaskContext, TaskError};
+use crate::{Engine, Error, Registry, Result, TaskContext, TaskError, store_commit_rate};
 
 const NOOP: &str = "fq.bench.noop";
 /// How many tasks the one-producer phase enqueues at most: it runs at the disk's fsync rate.
@@ -249,49 +249,13 @@ fn fsync_rate(path: &Path, scattered_pages: u64, progress: Progress<'_>) -> Resu
     Ok(rate(syncs, started.elapsed()))
 }
 
-/// Durable commits per second of redb alone, each holding what one enqueue writes: a record
-/// in a task table, a key in an index, a counter.
+/// Durable commits per second of the store's engine alone (see [`store_commit_rate`]).
 fn redb_commit_rate(path: &Path, progress: Progress<'_>) -> Result<f64> {
-    use redb::{Durability, TableDefinition};
-    const RECORDS: TableDefinition<u128, &[u8]> = TableDefinition::new("records");
-    const INDEX: TableDefinition<&[u8], u128> = TableDefinition::new("index");
-    const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
-    let fail = |e: redb::Error| {
-        Error::invalid(
-            "dir",
-            format!("cannot measure redb commits in {}: {e}", path.display()),
-        )
-    };
-    let db = redb::Database::create(path).map_err(|e| fail(e.into()))?;
-    let record = [0x5au8; 240];
-    let started = Instant::now();
-    let mut commits: u64 = 0;
-    while started.elapsed() < PROBE {
-        let id = u128::from(commits);
-        let mut txn = db.begin_write().map_err(|e| fail(e.into()))?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(|e| fail(e.into()))?;
-        {
-            let mut records = txn.open_table(RECORDS).map_err(|e| fail(e.into()))?;
-            records
-                .insert(id, &record[..])
-                .map_err(|e| fail(e.into()))?;
-            let mut index = txn.open_table(INDEX).map_err(|e| fail(e.into()))?;
-            index
-                .insert(&id.to_be_bytes()[..], id)
-                .map_err(|e| fail(e.into()))?;
-            let mut counters = txn.open_table(COUNTERS).map_err(|e| fail(e.into()))?;
-            counters
-                .insert("default", commits)
-                .map_err(|e| fail(e.into()))?;
-        }
-        txn.commit().map_err(|e| fail(e.into()))?;
-        commits += 1;
-        progress("redb commit rate", elapsed_ms(started), probe_ms());
-    }
-    drop(db);
-    let _ = std::fs::remove_file(path);
-    Ok(rate(commits, started.elapsed()))
+    let commits_per_sec = store_commit_rate(path, PROBE, |elapsed| {
+        let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        progress("redb commit rate", elapsed_ms.min(probe_ms()), probe_ms());
+    })?;
+    Ok(commits_per_sec)
 }
 
 fn elapsed_ms(started: Instant) -> u64 {

@@ -6,4 +6,6 @@ mod delay;
 mod ready;
 
 pub(crate) use delay::DelayIndex;
-pub(crate) use ready::{QueueSelection, ReadyHeap, ReadyTask};
+#[cfg(feature = "internals")]
+pub(crate) use ready::QueueSelection;
+pub(crate) use ready::{ReadyHeap, ReadyTask};

@@ -6,17 +6,32 @@ use std::sync::Arc;
 
 use redb::{BackendError, StorageBackend};
 
-/// A storage backend shared between the caller and the store.
+/// Storage for a store kept somewhere other than its file: any redb `StorageBackend`
+/// converts into it (`EngineBuilder::storage_backend`). Shared between the caller and the
+/// store, so store options stay cloneable and a test keeps its own handle. For fq's own
+/// power-loss and I/O-error tests; not a stable API.
 #[derive(Clone)]
-pub(crate) struct SharedBackend(Arc<dyn StorageBackend>);
+pub struct CustomBackend(Arc<dyn StorageBackend>);
 
-impl SharedBackend {
-    pub(crate) fn new(backend: impl StorageBackend) -> Self {
+impl<B: StorageBackend> From<B> for CustomBackend {
+    fn from(backend: B) -> Self {
         Self(Arc::new(backend))
     }
 }
 
-impl std::fmt::Debug for SharedBackend {
+impl CustomBackend {
+    /// The handle redb opens: another reference to the same storage.
+    pub(super) fn handle(&self) -> SharedBackend {
+        SharedBackend(Arc::clone(&self.0))
+    }
+}
+
+/// What redb is given of a [`CustomBackend`] (which cannot itself be a `StorageBackend`: that
+/// would make every backend's conversion into it ambiguous).
+#[derive(Debug)]
+pub(super) struct SharedBackend(Arc<dyn StorageBackend>);
+
+impl std::fmt::Debug for CustomBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)
     }

@@ -6,6 +6,7 @@ mod codec;
 mod error;
 mod integrity;
 mod keys;
+mod probe;
 mod tables;
 mod write_tables;
 
@@ -18,12 +19,14 @@ use std::sync::{PoisonError, RwLock};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableHandle};
 
-pub(crate) use backend::SharedBackend;
+pub use backend::CustomBackend;
 #[cfg(all(test, feature = "rabbitmq"))]
 pub(crate) use codec::sample_task as codec_sample_task;
+#[cfg(feature = "internals")]
 pub(crate) use codec::{decode as codec_decode, encode as codec_encode};
 pub use error::StoreError;
 pub use integrity::IntegrityReport;
+pub use probe::store_commit_rate;
 use tables::{
     COUNTS, FINISHED, LEASES, MAGIC, META, META_MAGIC, META_SCHEMA, SCHEMA_VERSION, TASKS, WAITING,
 };
@@ -41,7 +44,7 @@ pub(crate) struct StoreOptions {
     pub(crate) verify_on_open: bool,
     /// Where the bytes live instead of the file at the store's path (tests simulating power
     /// loss and failing disks); the path then only names the store in errors.
-    pub(crate) backend: Option<SharedBackend>,
+    pub(crate) backend: Option<CustomBackend>,
 }
 
 impl Default for StoreOptions {
@@ -130,14 +133,15 @@ impl Store {
     fn open_backend(
         path: &Path,
         options: &StoreOptions,
-        backend: &SharedBackend,
+        backend: &CustomBackend,
     ) -> Result<Self, StoreError> {
         let path_buf = path.to_path_buf();
-        let exists = redb::StorageBackend::len(backend).map_err(|source| StoreError::Io {
-            path: path_buf.clone(),
-            detail: "cannot read the store's length".into(),
-            source,
-        })? > 0;
+        let exists =
+            redb::StorageBackend::len(&backend.handle()).map_err(|source| StoreError::Io {
+                path: path_buf.clone(),
+                detail: "cannot read the store's length".into(),
+                source,
+            })? > 0;
         Self::finish_open(path_buf, options, exists, true)
     }
 
@@ -491,7 +495,7 @@ fn open_database(
     // redb's consistency checks can panic on a damaged file in debug builds; a damaged file
     // is bad input, and must come back as an error naming it.
     let opened = catch_unwind(AssertUnwindSafe(|| match &options.backend {
-        Some(backend) => builder.create_with_backend(backend.clone()),
+        Some(backend) => builder.create_with_backend(backend.handle()),
         None if exists => builder.open(path),
         None => create_private(path)
             .map_err(redb::DatabaseError::from)
