@@ -1,11 +1,12 @@
 //! The stored form of a task record: a format-version byte, the postcard body, and a CRC-32 of
 //! both, so that a flipped byte is caught instead of decoded into a wrong task.
 
+use super::StoreError;
 #[cfg(test)]
 use crate::task::StoredFailure;
-use crate::task::StoredTask;
 #[cfg(test)]
 use crate::task::{FailureKind, TaskStatus};
+use crate::task::{StoredTask, TaskId};
 
 /// The record format this build writes.
 pub(crate) const FORMAT_VERSION: u8 = 1;
@@ -64,6 +65,15 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<StoredTask, DecodeError> {
         )));
     }
     Ok(task)
+}
+
+/// Decodes the record of task `id`; a record that does not decode is that task's
+/// [`StoreError::CorruptRecord`].
+pub(crate) fn decode_task(id: TaskId, bytes: &[u8]) -> Result<StoredTask, StoreError> {
+    decode(bytes).map_err(|e| StoreError::CorruptRecord {
+        id,
+        detail: e.to_string(),
+    })
 }
 
 #[cfg(test)]

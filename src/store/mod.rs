@@ -344,12 +344,7 @@ impl Store {
         let tasks = txn.open_table(TASKS).map_err(|e| err(e.into()))?;
         let bytes = tasks.get(id.as_u128()).map_err(|e| err(e.into()))?;
         bytes
-            .map(|guard| {
-                codec::decode(guard.value()).map_err(|e| StoreError::CorruptRecord {
-                    id,
-                    detail: e.to_string(),
-                })
-            })
+            .map(|guard| codec::decode_task(id, guard.value()))
             .transpose()
     }
 
@@ -377,10 +372,7 @@ impl Store {
             }
             let (key, value) = item.map_err(|e| err(e.into()))?;
             let id = TaskId::from_u128(key.value());
-            let task = codec::decode(value.value()).map_err(|e| StoreError::CorruptRecord {
-                id,
-                detail: e.to_string(),
-            })?;
+            let task = codec::decode_task(id, value.value())?;
             if keep(&task) {
                 found.push((id, task));
             }

@@ -22,10 +22,9 @@ impl WriteTables<'_> {
     }
 
     pub(super) fn set_meta(&mut self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        let path = self.path;
         self.meta
             .insert(key, value)
-            .map_err(|e| map_storage_error(path, "writing meta", e.into()))?;
+            .map_err(storage(self.path, "writing meta"))?;
         Ok(())
     }
 
@@ -36,12 +35,7 @@ impl WriteTables<'_> {
             .get(id.as_u128())
             .map_err(self.err("reading a task"))?;
         bytes
-            .map(|guard| {
-                codec::decode(guard.value()).map_err(|e| StoreError::CorruptRecord {
-                    id,
-                    detail: e.to_string(),
-                })
-            })
+            .map(|guard| codec::decode_task(id, guard.value()))
             .transpose()
     }
 
@@ -104,20 +98,18 @@ impl WriteTables<'_> {
             self.count(&task.queue, task.status, 1);
         }
         let bytes = codec::encode(task);
-        let path = self.path;
         self.tasks
             .insert(id.as_u128(), bytes.as_slice())
-            .map_err(|e| map_storage_error(path, "writing a task", e.into()))?;
+            .map_err(storage(self.path, "writing a task"))?;
         Ok(())
     }
 
     /// Deletes one task record.
     pub(crate) fn delete_task(&mut self, id: TaskId, task: &StoredTask) -> Result<(), StoreError> {
         self.count(&task.queue, task.status, -1);
-        let path = self.path;
         self.tasks
             .remove(id.as_u128())
-            .map_err(|e| map_storage_error(path, "deleting a task", e.into()))?;
+            .map_err(storage(self.path, "deleting a task"))?;
         Ok(())
     }
 
@@ -129,10 +121,9 @@ impl WriteTables<'_> {
         id: TaskId,
     ) -> Result<(), StoreError> {
         let key = keys::waiting_key(queue, order);
-        let path = self.path;
         self.waiting
             .insert(key.as_slice(), id.as_u128())
-            .map_err(|e| map_storage_error(path, "indexing a waiting task", e.into()))?;
+            .map_err(storage(self.path, "indexing a waiting task"))?;
         Ok(())
     }
 
@@ -143,28 +134,25 @@ impl WriteTables<'_> {
         order: ReadyOrder,
     ) -> Result<(), StoreError> {
         let key = keys::waiting_key(queue, order);
-        let path = self.path;
         self.waiting
             .remove(key.as_slice())
-            .map_err(|e| map_storage_error(path, "unindexing a waiting task", e.into()))?;
+            .map_err(storage(self.path, "unindexing a waiting task"))?;
         Ok(())
     }
 
     /// Marks a task RUNNING at `attempt` in the running set.
     pub(crate) fn insert_lease(&mut self, id: TaskId, attempt: u32) -> Result<(), StoreError> {
-        let path = self.path;
         self.leases
             .insert(id.as_u128(), attempt)
-            .map_err(|e| map_storage_error(path, "recording a lease", e.into()))?;
+            .map_err(storage(self.path, "recording a lease"))?;
         Ok(())
     }
 
     /// Removes a task from the running set.
     pub(crate) fn remove_lease(&mut self, id: TaskId) -> Result<(), StoreError> {
-        let path = self.path;
         self.leases
             .remove(id.as_u128())
-            .map_err(|e| map_storage_error(path, "releasing a lease", e.into()))?;
+            .map_err(storage(self.path, "releasing a lease"))?;
         Ok(())
     }
 
@@ -176,10 +164,9 @@ impl WriteTables<'_> {
         id: TaskId,
     ) -> Result<(), StoreError> {
         let key = keys::finished_key(status, finished_at, id);
-        let path = self.path;
         self.finished
             .insert(key.as_slice(), ())
-            .map_err(|e| map_storage_error(path, "indexing a finished task", e.into()))?;
+            .map_err(storage(self.path, "indexing a finished task"))?;
         Ok(())
     }
 
@@ -191,10 +178,9 @@ impl WriteTables<'_> {
         id: TaskId,
     ) -> Result<(), StoreError> {
         let key = keys::finished_key(status, finished_at, id);
-        let path = self.path;
         self.finished
             .remove(key.as_slice())
-            .map_err(|e| map_storage_error(path, "unindexing a finished task", e.into()))?;
+            .map_err(storage(self.path, "unindexing a finished task"))?;
         Ok(())
     }
 
@@ -303,4 +289,12 @@ impl WriteTables<'_> {
         }
         Ok(doomed.into_iter().map(|(_, _, id)| id).collect())
     }
+}
+
+/// Maps a failed table operation to the store's error, naming the file and the action.
+fn storage<'p>(
+    path: &'p Path,
+    action: &'static str,
+) -> impl Fn(redb::StorageError) -> StoreError + 'p {
+    move |e| map_storage_error(path, action, e.into())
 }
