@@ -3,8 +3,9 @@
 //! validation. It only produces values; it never opens stores or connects to brokers.
 //!
 //! Loading is a short pipeline, one file per step: `file` finds, reads and parses a file into a
-//! format-neutral tree; `decode` turns fq's section of it into a `Config`, checking keys and
-//! types and expanding `${VAR}`; `env` applies the overrides; [`Config::validate`] checks ranges.
+//! format-neutral tree; `decode` expands `${VAR}` over it and deserialises fq's section into the
+//! `#[derive(Deserialize)]` types below, checking keys and types; `env` applies the overrides;
+//! [`Config::validate`] checks ranges.
 
 mod decode;
 mod duration;
@@ -18,6 +19,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
+
+use serde::Deserialize;
 
 pub use duration::{DurationError, parse_duration};
 pub use error::ConfigError;
@@ -50,12 +53,14 @@ pub(crate) const MAX_CONTROL_CONNECTIONS: usize = 65_536;
 /// Build one with [`Config::load`] (file plus environment), [`Config::from_toml_str`] /
 /// [`Config::from_yaml_str`], or [`Config::default`] and field updates followed by
 /// [`Config::validate`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table of settings")]
 pub struct Config {
     /// Which transport carries tasks: the local store (default) or RabbitMQ.
     pub broker: BrokerKind,
     /// The redb store file, default `var/fq.redb`. A relative path is relative to the process's
     /// working directory (the project root), not to the config file, as in Framefox.
+    #[serde(deserialize_with = "decode::path")]
     pub database: PathBuf,
     /// Defaults for tasks that do not set their own queue, priority, retries or timeout.
     pub defaults: TaskDefaults,
@@ -71,6 +76,7 @@ pub struct Config {
     pub control: ControlConfig,
     /// The file this configuration came from, for messages; `None` for [`Config::default`] or
     /// when no file was found.
+    #[serde(skip)]
     pub source: Option<PathBuf>,
 }
 
@@ -133,7 +139,8 @@ impl FromStr for BrokerKind {
 }
 
 /// Defaults for tasks that do not set their own (config section `defaults`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table of settings")]
 pub struct TaskDefaults {
     /// Queue for tasks that name none, default `default`.
     pub queue: String,
@@ -142,10 +149,13 @@ pub struct TaskDefaults {
     /// Retries after the first failed run, default 3 (so up to 4 runs).
     pub max_retries: u32,
     /// Delay before the first retry, default 5 s; doubles each retry.
+    #[serde(deserialize_with = "decode::duration")]
     pub retry_delay: Duration,
     /// Cap on the doubling retry delay, default 1 h.
+    #[serde(deserialize_with = "decode::duration")]
     pub retry_max_delay: Duration,
     /// How long one run may take before it counts as failed; default `None` (no limit).
+    #[serde(deserialize_with = "decode::optional_duration")]
     pub timeout: Option<Duration>,
 }
 
@@ -163,7 +173,8 @@ impl Default for TaskDefaults {
 }
 
 /// How a worker runs (config section `worker`, Framefox's `WorkerManager` setters).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table of settings")]
 pub struct WorkerConfig {
     /// Queues served, default `["default"]`; by priority across all of them.
     pub queues: Vec<String>,
@@ -171,9 +182,11 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     /// Longest idle wait before rechecking for work, default 5 s. Workers are woken by new
     /// work; this only bounds how stale an idle worker's view can get.
+    #[serde(deserialize_with = "decode::duration")]
     pub polling_interval: Duration,
     /// How long shutdown waits for running tasks before releasing them, default 30 s. Zero
     /// releases them at once.
+    #[serde(deserialize_with = "decode::duration")]
     pub shutdown_timeout: Duration,
 }
 
@@ -189,7 +202,8 @@ impl Default for WorkerConfig {
 }
 
 /// Retention of finished tasks (config section `cleanup`, Framefox's `set_cleanup_config`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table of settings")]
 pub struct CleanupConfig {
     /// Hours between cleanup runs, default 1.
     pub interval_hours: u64,
@@ -197,6 +211,7 @@ pub struct CleanupConfig {
     pub retain_days: u64,
     /// How long COMPLETED tasks (and their results) are kept, default 1 day. Zero means they
     /// are deleted by the next cleanup run.
+    #[serde(deserialize_with = "decode::duration")]
     pub completed_retention: Duration,
 }
 
@@ -211,7 +226,8 @@ impl Default for CleanupConfig {
 }
 
 /// Where RabbitMQ is (config section `rabbitmq`). `Debug` redacts the password, also inside `url`.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table of settings")]
 pub struct RabbitConfig {
     /// Default `localhost`.
     pub host: String,
@@ -294,7 +310,8 @@ impl fmt::Debug for RabbitConfig {
 pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 << 20;
 
 /// Size and count limits (config section `limits`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table of settings")]
 pub struct Limits {
     /// Largest task argument payload accepted, default 1 MiB.
     pub max_payload_bytes: usize,
@@ -323,15 +340,18 @@ impl Default for Limits {
 
 /// The control socket (config section `control`): how other processes reach the engine that
 /// owns the store. `Debug` redacts the token.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table of settings")]
 pub struct ControlConfig {
     /// The Unix socket; `None` (default) means the store path plus `.sock`
     /// (`var/fq.redb.sock`). A link to the socket (mode 0600) in a directory of its own,
     /// `<socket>.d/` (mode 0700), so only the engine's owner can connect.
+    #[serde(deserialize_with = "decode::optional_path")]
     pub socket: Option<PathBuf>,
     /// A TCP address to listen on as well, e.g. `127.0.0.1:7878`; `None` (default) means no
     /// TCP. `localhost:PORT` means `127.0.0.1:PORT`. Any address other than a loopback one
     /// requires `token`.
+    #[serde(deserialize_with = "decode::listen")]
     pub listen: Option<SocketAddr>,
     /// The secret a TCP client must present (`FQ_TOKEN` on the client side); `None` (default)
     /// means none, allowed only for a loopback `listen`. Usually `${FQ_CONTROL_TOKEN}` in files.
@@ -737,15 +757,19 @@ fn redact_url(url: &str) -> String {
 /// Percent-encodes everything but RFC 3986's unreserved characters, lowercase hex as in
 /// RabbitMQ's documentation (`/` becomes `%2f`).
 fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02x}"));
-        }
-    }
-    out
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    const RESERVED: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    // The crate writes `%2F`; each escape comes as a piece of its own.
+    utf8_percent_encode(text, RESERVED)
+        .map(|piece| match piece.starts_with('%') {
+            true => piece.to_ascii_lowercase(),
+            false => piece.to_owned(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
