@@ -139,9 +139,34 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     Ok(total)
 }
 
-/// Formats a duration the way [`parse_duration`] reads it (`"1h30m"`, `"500ms"`, `"0s"`), for
-/// messages. Durations finer than a millisecond fall back to `Debug` (`"1.5µs"`).
-pub(crate) fn format_duration(duration: Duration) -> String {
+/// How [`format_duration`] writes a duration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DurationStyle {
+    /// Exactly, the way [`parse_duration`] reads it (`1h30m`, `1s500ms`, `0s`), for messages
+    /// about settings. Durations finer than a millisecond fall back to `Debug` (`1.5µs`).
+    Exact,
+    /// Rounded to at most two units, for people scanning tables and banners: `750ms`, `4.2s`,
+    /// `3m 5s`, `2h 10m`, `3d 4h` (the smaller unit left out when zero).
+    Short,
+}
+
+/// Formats `duration` in `style`.
+pub(crate) fn format_duration(duration: Duration, style: DurationStyle) -> String {
+    if style == DurationStyle::Short {
+        let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        let two = |big: u64, big_unit: char, small: u64, small_unit: char| match small {
+            0 => format!("{big}{big_unit}"),
+            _ => format!("{big}{big_unit} {small}{small_unit}"),
+        };
+        return match ms / 1000 {
+            0 => format!("{ms}ms"),
+            secs @ 1..=59 if ms.is_multiple_of(1000) => format!("{secs}s"),
+            secs @ 1..=59 => format!("{secs}.{}s", (ms % 1000) / 100),
+            secs @ 60..=3_599 => two(secs / 60, 'm', secs % 60, 's'),
+            secs @ 3_600..=86_399 => two(secs / 3600, 'h', (secs % 3600) / 60, 'm'),
+            secs => two(secs / 86_400, 'd', (secs % 86_400) / 3600, 'h'),
+        };
+    }
     if !duration.subsec_nanos().is_multiple_of(1_000_000) {
         return format!("{duration:?}");
     }

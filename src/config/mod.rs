@@ -25,9 +25,10 @@ use serde::Deserialize;
 pub use duration::{DurationError, parse_duration};
 pub use error::ConfigError;
 
-pub(crate) use duration::format_duration;
+pub(crate) use duration::{DurationStyle, format_duration};
 pub(crate) use names::{check_name, check_queue};
 
+use DurationStyle::Exact;
 use env::Lookup;
 use file::Format;
 
@@ -441,7 +442,8 @@ impl Config {
             Some(path) => {
                 let format = Format::of(&path)?;
                 let text = file::read(&path)?;
-                Self::parse(&text, format, &path, env)?
+                // Not validated yet: the overrides may still change it.
+                decode::decode(file::parse(&text, format, &path)?, &path, env)?
             }
             None => Config::default(),
         };
@@ -474,26 +476,16 @@ impl Config {
         Self::from_str_in(text, Format::Yaml, origin, &env::process_env)
     }
 
+    /// Parses, decodes and validates a document of `format`.
     fn from_str_in(
         text: &str,
         format: Format,
         origin: &Path,
         env: &Lookup<'_>,
     ) -> Result<Config, ConfigError> {
-        let config = Self::parse(text, format, origin, env)?;
+        let config = decode::decode(file::parse(text, format, origin)?, origin, env)?;
         config.validate()?;
         Ok(config)
-    }
-
-    /// Parses and decodes without validating, so overrides can still change the result.
-    fn parse(
-        text: &str,
-        format: Format,
-        origin: &Path,
-        env: &Lookup<'_>,
-    ) -> Result<Config, ConfigError> {
-        let entries = file::parse(text, format, origin)?;
-        decode::decode(entries, origin, env)
     }
 
     /// Checks every value against its allowed range and the rules between them.
@@ -520,198 +512,157 @@ impl Config {
             .map_err(|(key, message)| ConfigError::invalid(self.source.as_deref(), key, message))
     }
 
-    /// The rules of [`Config::validate`]; the error is (key path, message).
-    fn check(&self) -> Result<(), (String, String)> {
-        fn fail(key: &str, message: impl Into<String>) -> Result<(), (String, String)> {
-            Err((key.to_owned(), message.into()))
-        }
-        fn at_least<T: Copy + PartialOrd + fmt::Display>(
-            key: &str,
-            value: T,
-            min: T,
-        ) -> Result<(), (String, String)> {
-            if value < min {
-                return fail(key, format!("must be at least {min}, got {value}"));
-            }
-            Ok(())
-        }
-        fn at_most<T: Copy + PartialOrd + fmt::Display>(
-            key: &str,
-            value: T,
-            max: T,
-        ) -> Result<(), (String, String)> {
-            if value > max {
-                return fail(key, format!("must be at most {max}, got {value}"));
-            }
-            Ok(())
-        }
-        fn duration_at_most(
-            key: &str,
-            value: Duration,
-            max: Duration,
-        ) -> Result<(), (String, String)> {
-            if value > max {
-                return fail(
-                    key,
-                    format!(
-                        "must be at most {}, got {}",
-                        format_duration(max),
-                        format_duration(value)
-                    ),
-                );
-            }
-            Ok(())
-        }
-        fn positive(key: &str, value: Duration, hint: &str) -> Result<(), (String, String)> {
-            if value.is_zero() {
-                return fail(key, format!("must be greater than 0{hint}"));
-            }
-            Ok(())
-        }
+    /// The rules of [`Config::validate`], in the order they are reported.
+    fn check(&self) -> Check {
+        let (d, w, c) = (&self.defaults, &self.worker, &self.cleanup);
+        let (r, l, k) = (&self.rabbitmq, &self.limits, &self.control);
         let name = |key: &str, value: &str| check_name(value).or_else(|reason| fail(key, reason));
+        let empty = "must not be empty";
+        let (greater, no_limit) = ("must be greater than 0", " (leave it out for no limit)");
 
-        if self.database.as_os_str().is_empty() {
-            return fail("database", "must not be empty");
-        }
-
-        let defaults = &self.defaults;
-        name("defaults.queue", &defaults.queue)?;
-        at_most("defaults.max_retries", defaults.max_retries, MAX_RETRIES)?;
-        positive("defaults.retry_delay", defaults.retry_delay, "")?;
-        if defaults.retry_max_delay < defaults.retry_delay {
-            return fail(
-                "defaults.retry_max_delay",
-                format!(
-                    "must be at least defaults.retry_delay ({}), got {}",
-                    format_duration(defaults.retry_delay),
-                    format_duration(defaults.retry_max_delay)
-                ),
+        when(self.database.as_os_str().is_empty(), "database", empty)?;
+        name("defaults.queue", &d.queue)?;
+        range("defaults.max_retries", d.max_retries, 0, MAX_RETRIES)?;
+        when(d.retry_delay.is_zero(), "defaults.retry_delay", greater)?;
+        if d.retry_max_delay < d.retry_delay {
+            let (min, got) = (
+                format_duration(d.retry_delay, Exact),
+                format_duration(d.retry_max_delay, Exact),
             );
+            let message = format!("must be at least defaults.retry_delay ({min}), got {got}");
+            return fail("defaults.retry_max_delay", message);
         }
-        duration_at_most(
+        at_most(
             "defaults.retry_max_delay",
-            defaults.retry_max_delay,
+            d.retry_max_delay,
             MAX_TASK_DELAY,
         )?;
-        if let Some(timeout) = defaults.timeout {
-            positive(
-                "defaults.timeout",
-                timeout,
-                " (leave it out for no timeout)",
-            )?;
-            duration_at_most("defaults.timeout", timeout, MAX_TASK_DELAY)?;
+        if let Some(timeout) = d.timeout {
+            let message = format!("{greater} (leave it out for no timeout)");
+            when(timeout.is_zero(), "defaults.timeout", message)?;
+            at_most("defaults.timeout", timeout, MAX_TASK_DELAY)?;
         }
 
-        let worker = &self.worker;
-        if worker.queues.is_empty() {
-            return fail("worker.queues", "must name at least one queue");
-        }
-        for (index, queue) in worker.queues.iter().enumerate() {
+        when(
+            w.queues.is_empty(),
+            "worker.queues",
+            "must name at least one queue",
+        )?;
+        for (index, queue) in w.queues.iter().enumerate() {
             let key = format!("worker.queues[{index}]");
             name(&key, queue)?;
-            if worker.queues[..index].contains(queue) {
-                return fail(&key, format!("{queue:?} is listed more than once"));
-            }
+            let twice = w.queues[..index].contains(queue);
+            when(twice, &key, format!("{queue:?} is listed more than once"))?;
         }
-        at_least("worker.concurrency", worker.concurrency, 1)?;
-        at_most("worker.concurrency", worker.concurrency, MAX_CONCURRENCY)?;
-        positive("worker.polling_interval", worker.polling_interval, "")?;
-        duration_at_most(
+        range("worker.concurrency", w.concurrency, 1, MAX_CONCURRENCY)?;
+        when(
+            w.polling_interval.is_zero(),
             "worker.polling_interval",
-            worker.polling_interval,
-            MAX_WORKER_WAIT,
+            greater,
         )?;
-        duration_at_most(
-            "worker.shutdown_timeout",
-            worker.shutdown_timeout,
-            MAX_WORKER_WAIT,
-        )?;
-
-        let cleanup = &self.cleanup;
-        at_least("cleanup.interval_hours", cleanup.interval_hours, 1)?;
         at_most(
-            "cleanup.interval_hours",
-            cleanup.interval_hours,
-            MAX_CLEANUP_INTERVAL_HOURS,
+            "worker.polling_interval",
+            w.polling_interval,
+            MAX_WORKER_WAIT,
         )?;
-        at_least("cleanup.retain_days", cleanup.retain_days, 1)?;
-        at_most("cleanup.retain_days", cleanup.retain_days, MAX_RETAIN_DAYS)?;
-        duration_at_most(
-            "cleanup.completed_retention",
-            cleanup.completed_retention,
-            Duration::from_secs(MAX_RETAIN_DAYS * 86_400),
+        at_most(
+            "worker.shutdown_timeout",
+            w.shutdown_timeout,
+            MAX_WORKER_WAIT,
         )?;
 
-        let rabbitmq = &self.rabbitmq;
-        if rabbitmq.host.is_empty() {
-            return fail("rabbitmq.host", "must not be empty");
-        }
-        at_least("rabbitmq.port", rabbitmq.port, 1)?;
-        if let Some(url) = &rabbitmq.url {
+        let max_interval = MAX_CLEANUP_INTERVAL_HOURS;
+        range("cleanup.interval_hours", c.interval_hours, 1, max_interval)?;
+        range("cleanup.retain_days", c.retain_days, 1, MAX_RETAIN_DAYS)?;
+        let max_retention = Duration::from_secs(MAX_RETAIN_DAYS * 86_400);
+        at_most(
+            "cleanup.completed_retention",
+            c.completed_retention,
+            max_retention,
+        )?;
+
+        when(r.host.is_empty(), "rabbitmq.host", empty)?;
+        range("rabbitmq.port", r.port, 1, u16::MAX)?;
+        if let Some(url) = &r.url {
             check_amqp_url(url).or_else(|reason| fail("rabbitmq.url", reason))?;
         }
-        if rabbitmq.prefetch == Some(0) {
-            return fail(
-                "rabbitmq.prefetch",
-                "must be at least 1, got 0 (leave it out to use worker.concurrency)",
-            );
-        }
+        let message = "must be at least 1, got 0 (leave it out to use worker.concurrency)";
+        when(r.prefetch == Some(0), "rabbitmq.prefetch", message)?;
 
-        let limits = &self.limits;
-        at_least("limits.max_payload_bytes", limits.max_payload_bytes, 1)?;
-        if limits.max_frame_bytes <= limits.max_payload_bytes {
-            return fail(
-                "limits.max_frame_bytes",
-                format!(
-                    "must be greater than limits.max_payload_bytes ({}), got {}",
-                    limits.max_payload_bytes, limits.max_frame_bytes
-                ),
-            );
-        }
-        if limits.max_pending == Some(0) {
-            return fail(
-                "limits.max_pending",
-                "must be at least 1, got 0 (leave it out for no limit)",
-            );
-        }
-
-        let control = &self.control;
-        if control
-            .socket
-            .as_ref()
-            .is_some_and(|socket| socket.as_os_str().is_empty())
-        {
-            return fail(
-                "control.socket",
-                "must not be empty (leave it out for the store path plus .sock)",
-            );
-        }
-        if control.token.as_ref().is_some_and(String::is_empty) {
-            return fail(
-                "control.token",
-                "must not be empty (leave it out for no token)",
-            );
-        }
-        if let Some(listen) = control.listen
-            && !listen.ip().is_loopback()
-            && control.token.is_none()
-        {
-            return fail(
-                "control.listen",
-                format!(
-                    "{listen} is not a loopback address: set control.token so that only clients \
-                     holding it can connect, or listen on 127.0.0.1"
-                ),
-            );
-        }
-        at_least("control.max_connections", control.max_connections, 1)?;
-        at_most(
-            "control.max_connections",
-            control.max_connections,
-            MAX_CONTROL_CONNECTIONS,
+        range(
+            "limits.max_payload_bytes",
+            l.max_payload_bytes,
+            1,
+            usize::MAX,
         )?;
-        Ok(())
+        if l.max_frame_bytes <= l.max_payload_bytes {
+            let (payload, frame) = (l.max_payload_bytes, l.max_frame_bytes);
+            let message =
+                format!("must be greater than limits.max_payload_bytes ({payload}), got {frame}");
+            return fail("limits.max_frame_bytes", message);
+        }
+        let message = format!("must be at least 1, got 0{no_limit}");
+        when(l.max_pending == Some(0), "limits.max_pending", message)?;
+
+        let empty_socket = k.socket.as_ref().is_some_and(|s| s.as_os_str().is_empty());
+        let message = "must not be empty (leave it out for the store path plus .sock)";
+        when(empty_socket, "control.socket", message)?;
+        let message = "must not be empty (leave it out for no token)";
+        when(
+            k.token.as_ref().is_some_and(String::is_empty),
+            "control.token",
+            message,
+        )?;
+        if let Some(listen) = k.listen
+            && !listen.ip().is_loopback()
+            && k.token.is_none()
+        {
+            let message = format!(
+                "{listen} is not a loopback address: set control.token so that only clients \
+                 holding it can connect, or listen on 127.0.0.1"
+            );
+            return fail("control.listen", message);
+        }
+        range(
+            "control.max_connections",
+            k.max_connections,
+            1,
+            MAX_CONTROL_CONNECTIONS,
+        )
     }
+}
+
+/// A broken rule: (key path, message).
+type Check = Result<(), (String, String)>;
+
+fn fail(key: &str, message: impl Into<String>) -> Check {
+    Err((key.to_owned(), message.into()))
+}
+
+fn when(broken: bool, key: &str, message: impl Into<String>) -> Check {
+    if broken { fail(key, message) } else { Ok(()) }
+}
+
+fn range<T: Copy + PartialOrd + fmt::Display>(key: &str, value: T, min: T, max: T) -> Check {
+    when(
+        value < min,
+        key,
+        format!("must be at least {min}, got {value}"),
+    )?;
+    when(
+        value > max,
+        key,
+        format!("must be at most {max}, got {value}"),
+    )
+}
+
+fn at_most(key: &str, value: Duration, max: Duration) -> Check {
+    let (max_text, got) = (format_duration(max, Exact), format_duration(value, Exact));
+    when(
+        value > max,
+        key,
+        format!("must be at most {max_text}, got {got}"),
+    )
 }
 
 /// What a redacted secret prints as.

@@ -1417,10 +1417,13 @@ mod duration {
             (Duration::from_millis(20), "20ms"),
         ];
         for (duration, text) in cases {
-            assert_eq!(format_duration(duration), text);
+            assert_eq!(format_duration(duration, DurationStyle::Exact), text);
             assert_eq!(parse_duration(text)?, duration);
         }
-        assert_eq!(format_duration(Duration::from_nanos(1_500)), "1.5µs");
+        assert_eq!(
+            format_duration(Duration::from_nanos(1_500), DurationStyle::Exact),
+            "1.5µs"
+        );
         Ok(())
     }
 }

@@ -5,6 +5,7 @@
 mod context;
 mod manager;
 mod runner;
+pub(crate) mod signals;
 
 pub use context::TaskContext;
 pub use manager::{ShutdownHandle, WorkerManager, WorkerReport};
