@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::de::value::{MapDeserializer, SeqDeserializer};
@@ -55,31 +55,33 @@ impl Node {
         let number = match self {
             Node::Int(number) => number,
             Node::Env(text) => text.trim().parse().map_err(|_| {
-                DeError::msg(format!(
+                DeError::Message(format!(
                     "expected an integer, got {text:?} (after expanding environment variables)"
                 ))
             })?,
             Node::Str(text) if text.trim().parse::<i128>().is_ok() => {
-                return Err(DeError::msg(format!(
+                return Err(DeError::Message(format!(
                     "expected an integer, got the string {text:?}: remove the quotes"
                 )));
             }
             other => {
-                return Err(DeError::msg(format!(
+                return Err(DeError::Message(format!(
                     "expected an integer, got {}",
                     other.kind()
                 )));
             }
         };
         if number < min {
-            return Err(DeError::msg(if min == 0 {
+            return Err(DeError::Message(if min == 0 {
                 format!("must not be negative, got {number}")
             } else {
                 format!("must be at least {min}, got {number}")
             }));
         }
         if number > max {
-            return Err(DeError::msg(format!("must be at most {max}, got {number}")));
+            return Err(DeError::Message(format!(
+                "must be at most {max}, got {number}"
+            )));
         }
         Ok(number)
     }
@@ -99,14 +101,7 @@ pub(super) fn decode(
     env: &Lookup<'_>,
 ) -> Result<Config, ConfigError> {
     let mut tree = Node::Table(entries);
-    expand_tree(&mut tree, "", env).map_err(|(key, err)| match err {
-        ExpandError::Unset(variable) => ConfigError::UnsetVariable {
-            path: origin.to_path_buf(),
-            key,
-            variable,
-        },
-        ExpandError::Malformed(message) => ConfigError::invalid(Some(origin), key, message),
-    })?;
+    expand_tree(&mut tree, "", origin, env)?;
     let mut config: Config = serde_path_to_error::deserialize(tree).map_err(|err| {
         let key = err.path().to_string();
         match err.into_inner() {
@@ -125,20 +120,32 @@ pub(super) fn decode(
     Ok(config)
 }
 
-/// Expands `${VAR}` in every string of the tree; the error carries the key path.
-fn expand_tree(node: &mut Node, key: &str, env: &Lookup<'_>) -> Result<(), (String, ExpandError)> {
+/// Expands `${VAR}` in every string of the tree at key path `key`.
+fn expand_tree(
+    node: &mut Node,
+    key: &str,
+    origin: &Path,
+    env: &Lookup<'_>,
+) -> Result<(), ConfigError> {
     match node {
-        Node::Str(text) => {
-            let (value, used_env) = expand(text, env).map_err(|err| (key.to_owned(), err))?;
-            *node = if used_env {
-                Node::Env(value)
-            } else {
-                Node::Str(value)
-            };
-        }
+        Node::Str(text) => match expand(text, env) {
+            Ok((value, true)) => *node = Node::Env(value),
+            Ok((value, false)) => *node = Node::Str(value),
+            Err(ExpandError::Unset(variable)) => {
+                let (path, key) = (origin.to_path_buf(), key.to_owned());
+                return Err(ConfigError::UnsetVariable {
+                    path,
+                    key,
+                    variable,
+                });
+            }
+            Err(ExpandError::Malformed(message)) => {
+                return Err(ConfigError::invalid(Some(origin), key, message));
+            }
+        },
         Node::List(items) => {
             for (index, item) in items.iter_mut().enumerate() {
-                expand_tree(item, &format!("{key}[{index}]"), env)?;
+                expand_tree(item, &format!("{key}[{index}]"), origin, env)?;
             }
         }
         Node::Table(entries) => {
@@ -148,7 +155,7 @@ fn expand_tree(node: &mut Node, key: &str, env: &Lookup<'_>) -> Result<(), (Stri
                 } else {
                     format!("{key}.{name}")
                 };
-                expand_tree(value, &path, env)?;
+                expand_tree(value, &path, origin, env)?;
             }
         }
         _ => {}
@@ -157,33 +164,18 @@ fn expand_tree(node: &mut Node, key: &str, env: &Lookup<'_>) -> Result<(), (Stri
 }
 
 /// A decoding error before the key path is attached.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub(super) enum DeError {
     /// What is wrong with the value.
+    #[error("{0}")]
     Message(String),
     /// A key no field has; `field` is the key as written.
+    #[error("unknown key {field}")]
     UnknownKey {
         field: String,
         suggestion: Option<&'static str>,
     },
 }
-
-impl DeError {
-    fn msg(message: String) -> Self {
-        Self::Message(message)
-    }
-}
-
-impl fmt::Display for DeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DeError::Message(message) => f.write_str(message),
-            DeError::UnknownKey { field, .. } => write!(f, "unknown key {field}"),
-        }
-    }
-}
-
-impl std::error::Error for DeError {}
 
 impl de::Error for DeError {
     fn custom<T: fmt::Display>(message: T) -> Self {
@@ -202,11 +194,12 @@ impl de::Error for DeError {
             Unexpected::Other(kind) => kind,
             _ => "a string",
         };
-        let mut expected = expected.to_string();
-        // `worker.queues` is the only list fq reads; serde calls it "a sequence".
-        if expected == "a sequence" {
-            expected = "a list of strings".to_owned();
-        }
+        // Serde's words for `worker.queues` (the only list fq reads) and `database`.
+        let expected = match expected.to_string() {
+            serde if serde == "a sequence" => "a list of strings".to_owned(),
+            serde if serde == "path string" => "a string".to_owned(),
+            expected => expected,
+        };
         // YAML reads an unquoted `password: 0123` as the integer 123: converting it back would
         // silently change it, so it is refused with the fix.
         let scalar = matches!(got, "a boolean" | "an integer" | "a float");
@@ -240,7 +233,7 @@ macro_rules! integers {
         fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
             let number = self.integer(<$ty>::MIN.into(), <$ty>::MAX.into())?;
             let number = <$ty>::try_from(number)
-                .map_err(|_| DeError::msg(format!("out of range: {number}")))?;
+                .map_err(|_| DeError::Message(format!("out of range: {number}")))?;
             visitor.$visit(number)
         }
     )*};
@@ -345,8 +338,8 @@ impl<'de> Deserialize<'de> for Secs {
     }
 }
 
-// Field adapters for `#[serde(deserialize_with)]`: fq's own reading of durations, paths and
-// addresses (serde's would say "path string", or read durations as `{secs, nanos}`).
+// Field adapters for `#[serde(deserialize_with)]`: fq's own reading of durations (serde's is a
+// `{secs, nanos}` table) and addresses (`localhost:PORT`).
 
 pub(super) fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     Secs::deserialize(deserializer).map(|secs| secs.0)
@@ -356,16 +349,6 @@ pub(super) fn optional_duration<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<Duration>, D::Error> {
     Option::<Secs>::deserialize(deserializer).map(|secs| secs.map(|secs| secs.0))
-}
-
-pub(super) fn path<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PathBuf, D::Error> {
-    String::deserialize(deserializer).map(PathBuf::from)
-}
-
-pub(super) fn optional_path<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<PathBuf>, D::Error> {
-    Option::<String>::deserialize(deserializer).map(|text| text.map(PathBuf::from))
 }
 
 pub(super) fn listen<'de, D: Deserializer<'de>>(

@@ -76,14 +76,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
         return Err(DurationError::Empty);
     }
     let owned = || input.to_owned();
+    let overflow = || DurationError::Overflow { input: owned() };
     if input.starts_with('-') {
         return Err(DurationError::Negative { input: owned() });
     }
     if input.bytes().all(|b| b.is_ascii_digit()) {
-        let secs = input
-            .parse::<u64>()
-            .map_err(|_| DurationError::Overflow { input: owned() })?;
-        return Ok(Duration::from_secs(secs));
+        return input
+            .parse()
+            .map(Duration::from_secs)
+            .map_err(|_| overflow());
     }
 
     let mut total = Duration::ZERO;
@@ -115,9 +116,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
                 input: owned(),
             });
         }
-        let value = number
-            .parse::<u64>()
-            .map_err(|_| DurationError::Overflow { input: owned() })?;
+        let value = number.parse::<u64>().map_err(|_| overflow())?;
         let part = match unit {
             "ms" => Some(Duration::from_millis(value)),
             "s" => Some(Duration::from_secs(value)),
@@ -133,7 +132,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
         };
         total = part
             .and_then(|part| total.checked_add(part))
-            .ok_or_else(|| DurationError::Overflow { input: owned() })?;
+            .ok_or_else(overflow)?;
         rest = after.trim_start();
     }
     Ok(total)

@@ -114,13 +114,3 @@ pub(super) fn apply_overrides(config: &mut Config, env: &Lookup<'_>) -> Result<(
     }
     Ok(())
 }
-
-/// A fake environment holding exactly `pairs`, for tests across the config module.
-#[cfg(test)]
-pub(super) fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
-    let map: std::collections::HashMap<String, String> = pairs
-        .iter()
-        .map(|&(name, value)| (name.to_owned(), value.to_owned()))
-        .collect();
-    move |name| map.get(name).cloned()
-}

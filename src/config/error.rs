@@ -1,7 +1,6 @@
 //! `ConfigError`: every way loading or validating the configuration can fail, each naming the
 //! file and key involved. It owns no parsing; parser errors arrive here already turned into text.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// Why a configuration could not be loaded, or why a loaded one is not valid.
@@ -28,7 +27,7 @@ pub enum ConfigError {
         path: PathBuf,
     },
     /// The file is not valid TOML or YAML (or not valid UTF-8).
-    #[error("{}{}: syntax error: {message}", path.display(), Location(*line, *column))]
+    #[error("{}{}: syntax error: {message}", path.display(), location(*line, *column))]
     Syntax {
         /// The file that failed to parse.
         path: PathBuf,
@@ -40,7 +39,7 @@ pub enum ConfigError {
         message: String,
     },
     /// fq's section has a key fq does not know, usually a typo.
-    #[error("{}: unknown key {key}{}", path.display(), Suggestion(suggestion.as_deref()))]
+    #[error("{}: unknown key {key}{}", path.display(), did_you_mean(suggestion.as_deref()))]
     UnknownKey {
         /// The file that holds the key.
         path: PathBuf,
@@ -50,7 +49,7 @@ pub enum ConfigError {
         suggestion: Option<String>,
     },
     /// A value has the wrong type or is out of range.
-    #[error("{}{key}: {message}", FilePrefix(path.as_deref()))]
+    #[error("{}{key}: {message}", file_prefix(path.as_deref()))]
     InvalidValue {
         /// The file the value came from; `None` for a `Config` built in code.
         path: Option<PathBuf>,
@@ -105,39 +104,23 @@ impl ConfigError {
     }
 }
 
-/// Displays `:line:column` when both are known, `:line` when only the line is.
-struct Location(Option<usize>, Option<usize>);
-
-impl fmt::Display for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.0, self.1) {
-            (Some(line), Some(column)) => write!(f, ":{line}:{column}"),
-            (Some(line), None) => write!(f, ":{line}"),
-            _ => Ok(()),
-        }
+/// `:line:column` when both are known, `:line` when only the line is.
+fn location(line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(line), Some(column)) => format!(":{line}:{column}"),
+        (Some(line), None) => format!(":{line}"),
+        _ => String::new(),
     }
 }
 
-/// Displays ` (did you mean X?)` when there is a suggestion.
-struct Suggestion<'a>(Option<&'a str>);
-
-impl fmt::Display for Suggestion<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(key) => write!(f, " (did you mean {key}?)"),
-            None => Ok(()),
-        }
-    }
+/// ` (did you mean X?)` when there is a suggestion.
+fn did_you_mean(key: Option<&str>) -> String {
+    key.map(|key| format!(" (did you mean {key}?)"))
+        .unwrap_or_default()
 }
 
-/// Displays `file: ` when there is a file.
-struct FilePrefix<'a>(Option<&'a Path>);
-
-impl fmt::Display for FilePrefix<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(path) => write!(f, "{}: ", path.display()),
-            None => Ok(()),
-        }
-    }
+/// `file: ` when there is a file.
+fn file_prefix(path: Option<&Path>) -> String {
+    path.map(|path| format!("{}: ", path.display()))
+        .unwrap_or_default()
 }

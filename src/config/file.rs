@@ -46,22 +46,14 @@ impl Format {
     }
 }
 
-/// The files `Config::load(None)` tries, in order, relative to `dir`.
-pub(super) fn candidates(dir: &Path) -> [PathBuf; 2] {
-    [
-        dir.join("fq.toml"),
-        dir.join("config").join("services.yaml"),
-    ]
-}
-
-/// The first of [`candidates`] that exists, if any.
+/// The first of `fq.toml` and `config/services.yaml` in `dir` that exists, if any.
 ///
 /// # Errors
 ///
 /// `Io` when a candidate's existence cannot be checked (e.g. permission denied): guessing
 /// "absent" there would silently run on defaults.
 pub(super) fn find(dir: &Path) -> Result<Option<PathBuf>, ConfigError> {
-    for path in candidates(dir) {
+    for path in [dir.join("fq.toml"), dir.join("config/services.yaml")] {
         match fs::metadata(&path) {
             Ok(_) => return Ok(Some(path)),
             Err(err)
@@ -109,12 +101,11 @@ pub(super) fn read(path: &Path) -> Result<String, ConfigError> {
         let text = String::from_utf8_lossy(err.as_bytes());
         // The lossy copy is identical up to `valid`, so the position is the same.
         let (line, column) = line_column(&text, valid);
-        ConfigError::Syntax {
-            path: path.to_path_buf(),
-            line: Some(line),
-            column: Some(column),
-            message: "the file is not valid UTF-8".to_owned(),
-        }
+        syntax(
+            path,
+            Some((line, column)),
+            "the file is not valid UTF-8".to_owned(),
+        )
     })
 }
 
@@ -130,21 +121,12 @@ pub(super) fn parse(
     format: Format,
     origin: &Path,
 ) -> Result<Vec<(String, Node)>, ConfigError> {
-    match format {
-        Format::Toml => parse_toml(text, origin),
-        Format::Yaml => parse_yaml(text, origin),
+    if format == Format::Yaml {
+        return parse_yaml(text, origin);
     }
-}
-
-fn parse_toml(text: &str, origin: &Path) -> Result<Vec<(String, Node)>, ConfigError> {
     let table = toml::from_str::<toml::Table>(text).map_err(|err| {
         let position = err.span().map(|span| line_column(text, span.start));
-        ConfigError::Syntax {
-            path: origin.to_path_buf(),
-            line: position.map(|(line, _)| line),
-            column: position.map(|(_, column)| column),
-            message: err.message().trim_end().to_owned(),
-        }
+        syntax(origin, position, err.message().trim_end().to_owned())
     })?;
     Ok(toml_entries(table))
 }
@@ -169,7 +151,7 @@ fn toml_node(value: toml::Value) -> Node {
 }
 
 fn parse_yaml(text: &str, origin: &Path) -> Result<Vec<(String, Node)>, ConfigError> {
-    let syntax = |err: serde_norway::Error| {
+    let yaml_error = |err: serde_norway::Error| {
         let location = err.location();
         let mut message = err.to_string();
         if let Some(location) = &location {
@@ -177,15 +159,11 @@ fn parse_yaml(text: &str, origin: &Path) -> Result<Vec<(String, Node)>, ConfigEr
             let suffix = format!(" at line {} column {}", location.line(), location.column());
             message = message.replacen(&suffix, "", 1);
         }
-        ConfigError::Syntax {
-            path: origin.to_path_buf(),
-            line: location.as_ref().map(serde_norway::Location::line),
-            column: location.as_ref().map(serde_norway::Location::column),
-            message,
-        }
+        let position = location.map(|location| (location.line(), location.column()));
+        syntax(origin, position, message)
     };
     check_flow_depth(text, origin)?;
-    let document: serde_norway::Value = serde_norway::from_str(text).map_err(syntax)?;
+    let document: serde_norway::Value = serde_norway::from_str(text).map_err(yaml_error)?;
     // Only fq's section is looked at: the rest of services.yaml belongs to the web framework.
     let section = match document {
         serde_norway::Value::Mapping(mut mapping) => mapping.remove(YAML_SECTION),
@@ -197,7 +175,7 @@ fn parse_yaml(text: &str, origin: &Path) -> Result<Vec<(String, Node)>, ConfigEr
             section: YAML_SECTION.to_owned(),
         });
     };
-    section.apply_merge().map_err(syntax)?;
+    section.apply_merge().map_err(yaml_error)?;
     match yaml_node(section) {
         Node::Table(entries) => Ok(entries),
         Node::Null => Ok(Vec::new()),
@@ -242,14 +220,11 @@ fn check_flow_depth(text: &str, origin: &Path) -> Result<(), ConfigError> {
                     depth += 1;
                     if depth > MAX_FLOW_DEPTH {
                         let (line, column) = line_column(text, offset);
-                        return Err(ConfigError::Syntax {
-                            path: origin.to_path_buf(),
-                            line: Some(line),
-                            column: Some(column),
-                            message: format!(
-                                "recursion limit exceeded: flow collections nested deeper than {MAX_FLOW_DEPTH} levels"
-                            ),
-                        });
+                        let message = format!(
+                            "recursion limit exceeded: flow collections nested deeper than \
+                             {MAX_FLOW_DEPTH} levels"
+                        );
+                        return Err(syntax(origin, Some((line, column)), message));
                     }
                 }
                 ']' | '}' => depth = depth.saturating_sub(1),
@@ -297,6 +272,16 @@ fn yaml_key(key: serde_norway::Value) -> String {
         Value::Bool(flag) => flag.to_string(),
         Value::Null => "null".to_owned(),
         Value::Sequence(_) | Value::Mapping(_) | Value::Tagged(_) => "(complex key)".to_owned(),
+    }
+}
+
+/// A `Syntax` error at an optional (line, column).
+fn syntax(path: &Path, position: Option<(usize, usize)>, message: String) -> ConfigError {
+    ConfigError::Syntax {
+        path: path.to_path_buf(),
+        line: position.map(|(line, _)| line),
+        column: position.map(|(_, column)| column),
+        message,
     }
 }
 

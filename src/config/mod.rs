@@ -61,7 +61,6 @@ pub struct Config {
     pub broker: BrokerKind,
     /// The redb store file, default `var/fq.redb`. A relative path is relative to the process's
     /// working directory (the project root), not to the config file, as in Framefox.
-    #[serde(deserialize_with = "decode::path")]
     pub database: PathBuf,
     /// Defaults for tasks that do not set their own queue, priority, retries or timeout.
     pub defaults: TaskDefaults,
@@ -287,18 +286,11 @@ impl RabbitConfig {
 
 impl fmt::Debug for RabbitConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        /// Debug-prints as a bare `<redacted>`.
-        struct Redacted;
-        impl fmt::Debug for Redacted {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(REDACTED)
-            }
-        }
         f.debug_struct("RabbitConfig")
             .field("host", &self.host)
             .field("port", &self.port)
             .field("username", &self.username)
-            .field("password", &Redacted)
+            .field("password", &format_args!("{REDACTED}"))
             .field("vhost", &self.vhost)
             .field("url", &self.url.as_deref().map(redact_url))
             .field("prefetch", &self.prefetch)
@@ -347,7 +339,6 @@ pub struct ControlConfig {
     /// The Unix socket; `None` (default) means the store path plus `.sock`
     /// (`var/fq.redb.sock`). A link to the socket (mode 0600) in a directory of its own,
     /// `<socket>.d/` (mode 0700), so only the engine's owner can connect.
-    #[serde(deserialize_with = "decode::optional_path")]
     pub socket: Option<PathBuf>,
     /// A TCP address to listen on as well, e.g. `127.0.0.1:7878`; `None` (default) means no
     /// TCP. `localhost:PORT` means `127.0.0.1:PORT`. Any address other than a loopback one

@@ -1,12 +1,20 @@
 //! Unit tests for `config/mod.rs`: defaults, whole files in both formats, `load`'s search
 //! order and overrides, every validation rule, and the RabbitMQ URL and redaction.
 
-use super::env::env_of;
 use super::*;
 use std::fs;
 use std::io;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// A fake environment holding exactly `pairs`, for tests across the config module.
+pub(super) fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+    let map: std::collections::HashMap<String, String> = pairs
+        .iter()
+        .map(|&(name, value)| (name.to_owned(), value.to_owned()))
+        .collect();
+    move |name| map.get(name).cloned()
+}
 
 /// Every key set, none to its default.
 const FULL_TOML: &str = r#"
@@ -1716,9 +1724,10 @@ mod names {
 
 mod decode {
     use super::super::decode::*;
-    use super::super::env::{Lookup, env_of};
+    use super::super::env::Lookup;
     use super::super::file::{Format, parse};
     use super::super::{Config, ConfigError, WorkerConfig};
+    use super::env_of;
     use std::path::{Path, PathBuf};
     use std::time::Duration;
 
