@@ -253,17 +253,9 @@ impl<'de> Deserializer<'de> for Node {
             },
             Node::Float(number) => visitor.visit_f64(number),
             Node::Str(text) | Node::Env(text) => visitor.visit_string(text),
-            Node::List(items) => {
-                let mut seq = SeqDeserializer::new(items.into_iter());
-                let value = visitor.visit_seq(&mut seq)?;
-                seq.end()?;
-                Ok(value)
-            }
+            Node::List(items) => SeqDeserializer::new(items.into_iter()).deserialize_any(visitor),
             Node::Table(entries) => {
-                let mut map = MapDeserializer::new(entries.into_iter());
-                let value = visitor.visit_map(&mut map)?;
-                map.end()?;
-                Ok(value)
+                MapDeserializer::new(entries.into_iter()).deserialize_any(visitor)
             }
             Node::Other(kind) => Err(de::Error::invalid_type(Unexpected::Other(kind), &visitor)),
         }

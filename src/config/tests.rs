@@ -2151,6 +2151,62 @@ mod decode {
     ];
 
     #[test]
+    fn serde_words_read_as_fq_words() {
+        // Pins the messages that serde's own visitors (Vec, PathBuf) would word differently.
+        let origin = Path::new("config/services.yaml");
+        let cases = [
+            (
+                "worker",
+                "queues",
+                Node::Null,
+                "expected a list of strings, got nothing (null)",
+            ),
+            (
+                "worker",
+                "queues",
+                Node::Table(vec![]),
+                "expected a list of strings, got a table",
+            ),
+            (
+                "",
+                "database",
+                Node::Null,
+                "expected a string, got nothing (null)",
+            ),
+            (
+                "",
+                "database",
+                Node::Int(5),
+                "expected a string, got an integer (quote the value to make it a string)",
+            ),
+            (
+                "control",
+                "socket",
+                Node::Bool(true),
+                "expected a string, got a boolean (quote",
+            ),
+            (
+                "worker",
+                "concurrency",
+                Node::Null,
+                "expected an integer, got nothing (null)",
+            ),
+        ];
+        for (section, key, node, want) in cases {
+            let entries = if section.is_empty() {
+                vec![(key.to_owned(), node)]
+            } else {
+                vec![(
+                    section.to_owned(),
+                    Node::Table(vec![(key.to_owned(), node)]),
+                )]
+            };
+            let err = decode(entries, origin, &env_of(&[])).expect_err(key);
+            assert!(err.to_string().contains(want), "{key}: {err}");
+        }
+    }
+
+    #[test]
     fn suggestions_only_for_near_misses() {
         assert_eq!(closest("concurency", WORKER_KEYS), Some("concurrency"));
         assert_eq!(closest("queue", WORKER_KEYS), Some("queues"));
