@@ -10,7 +10,9 @@ use chrono::{DateTime, Utc};
 use clap::{ArgAction, Args, Parser, Subcommand};
 use serde_json::{Map, Value};
 
-use crate::config::{MAX_WORKER_WAIT, check_name, format_duration, parse_duration, parse_listen};
+use crate::config::{
+    DurationStyle, MAX_WORKER_WAIT, check_name, format_duration, parse_duration, parse_listen,
+};
 use crate::{TaskId, TaskStatus};
 
 /// Durable background tasks: run workers, queue tasks, inspect and operate queues.
@@ -296,7 +298,7 @@ fn parse_worker_wait(text: &str) -> Result<Duration, String> {
     if duration > MAX_WORKER_WAIT {
         return Err(format!(
             "must be at most {}, as worker.shutdown_timeout",
-            format_duration(MAX_WORKER_WAIT)
+            format_duration(MAX_WORKER_WAIT, DurationStyle::Exact)
         ));
     }
     Ok(duration)
@@ -308,7 +310,7 @@ fn parse_worker_interval(text: &str) -> Result<Duration, String> {
     if duration > MAX_WORKER_WAIT {
         return Err(format!(
             "must be at most {}, as worker.polling_interval",
-            format_duration(MAX_WORKER_WAIT)
+            format_duration(MAX_WORKER_WAIT, DurationStyle::Exact)
         ));
     }
     Ok(duration)

@@ -166,6 +166,13 @@ impl From<std::io::Error> for CliError {
     }
 }
 
+impl From<crate::worker::signals::SignalError> for CliError {
+    fn from(error: crate::worker::signals::SignalError) -> Self {
+        let context = error.to_string();
+        Self::from(error.source).context(context)
+    }
+}
+
 impl From<serde_json::Error> for CliError {
     fn from(error: serde_json::Error) -> Self {
         Self::from_error(error)

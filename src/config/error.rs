@@ -1,7 +1,6 @@
 //! `ConfigError`: every way loading or validating the configuration can fail, each naming the
 //! file and key involved. It owns no parsing; parser errors arrive here already turned into text.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// Why a configuration could not be loaded, or why a loaded one is not valid.
@@ -28,7 +27,7 @@ pub enum ConfigError {
         path: PathBuf,
     },
     /// The file is not valid TOML or YAML (or not valid UTF-8).
-    #[error("{}{}: syntax error: {message}", path.display(), Location(*line, *column))]
+    #[error("{}{}: syntax error: {message}", path.display(), location(*line, *column))]
     Syntax {
         /// The file that failed to parse.
         path: PathBuf,
@@ -40,7 +39,7 @@ pub enum ConfigError {
         message: String,
     },
     /// fq's section has a key fq does not know, usually a typo.
-    #[error("{}: unknown key {key}{}", path.display(), Suggestion(suggestion.as_deref()))]
+    #[error("{}: unknown key {key}{}", path.display(), did_you_mean(suggestion.as_deref()))]
     UnknownKey {
         /// The file that holds the key.
         path: PathBuf,
@@ -50,7 +49,7 @@ pub enum ConfigError {
         suggestion: Option<String>,
     },
     /// A value has the wrong type or is out of range.
-    #[error("{}{key}: {message}", FilePrefix(path.as_deref()))]
+    #[error("{}{key}: {message}", file_prefix(path.as_deref()))]
     InvalidValue {
         /// The file the value came from; `None` for a `Config` built in code.
         path: Option<PathBuf>,
@@ -105,139 +104,23 @@ impl ConfigError {
     }
 }
 
-/// Displays `:line:column` when both are known, `:line` when only the line is.
-struct Location(Option<usize>, Option<usize>);
-
-impl fmt::Display for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.0, self.1) {
-            (Some(line), Some(column)) => write!(f, ":{line}:{column}"),
-            (Some(line), None) => write!(f, ":{line}"),
-            _ => Ok(()),
-        }
+/// `:line:column` when both are known, `:line` when only the line is.
+fn location(line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(line), Some(column)) => format!(":{line}:{column}"),
+        (Some(line), None) => format!(":{line}"),
+        _ => String::new(),
     }
 }
 
-/// Displays ` (did you mean X?)` when there is a suggestion.
-struct Suggestion<'a>(Option<&'a str>);
-
-impl fmt::Display for Suggestion<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(key) => write!(f, " (did you mean {key}?)"),
-            None => Ok(()),
-        }
-    }
+/// ` (did you mean X?)` when there is a suggestion.
+fn did_you_mean(key: Option<&str>) -> String {
+    key.map(|key| format!(" (did you mean {key}?)"))
+        .unwrap_or_default()
 }
 
-/// Displays `file: ` when there is a file.
-struct FilePrefix<'a>(Option<&'a Path>);
-
-impl fmt::Display for FilePrefix<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(path) => write!(f, "{}: ", path.display()),
-            None => Ok(()),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::error::Error as _;
-
-    #[test]
-    fn invalid_value_names_file_and_key() {
-        let err = ConfigError::invalid(
-            Some(Path::new("fq.toml")),
-            "worker.concurrency",
-            "must be at least 1, got 0",
-        );
-        assert_eq!(
-            err.to_string(),
-            "fq.toml: worker.concurrency: must be at least 1, got 0"
-        );
-    }
-
-    #[test]
-    fn invalid_value_without_file_names_the_key() {
-        let err = ConfigError::invalid(None, "database", "must not be empty");
-        assert_eq!(err.to_string(), "database: must not be empty");
-    }
-
-    #[test]
-    fn syntax_shows_the_position_it_has() {
-        let with = |line, column| ConfigError::Syntax {
-            path: PathBuf::from("fq.toml"),
-            line,
-            column,
-            message: "invalid key".into(),
-        };
-        assert_eq!(
-            with(Some(3), Some(7)).to_string(),
-            "fq.toml:3:7: syntax error: invalid key"
-        );
-        assert_eq!(
-            with(Some(3), None).to_string(),
-            "fq.toml:3: syntax error: invalid key"
-        );
-        assert_eq!(
-            with(None, None).to_string(),
-            "fq.toml: syntax error: invalid key"
-        );
-    }
-
-    #[test]
-    fn unknown_key_shows_the_suggestion() {
-        let err = ConfigError::UnknownKey {
-            path: PathBuf::from("fq.toml"),
-            key: "worker.concurency".into(),
-            suggestion: Some("worker.concurrency".into()),
-        };
-        assert_eq!(
-            err.to_string(),
-            "fq.toml: unknown key worker.concurency (did you mean worker.concurrency?)"
-        );
-    }
-
-    #[test]
-    fn io_keeps_the_reason_as_source() {
-        let err = ConfigError::Io {
-            path: PathBuf::from("missing.toml"),
-            source: std::io::Error::from(std::io::ErrorKind::NotFound),
-        };
-        assert_eq!(err.to_string(), "missing.toml: cannot read the config file");
-        assert!(err.source().is_some());
-    }
-
-    #[test]
-    fn other_messages_name_what_they_are_about() {
-        let missing = ConfigError::MissingSection {
-            path: PathBuf::from("config/services.yaml"),
-            section: "task".into(),
-        };
-        assert!(
-            missing
-                .to_string()
-                .starts_with("config/services.yaml: no `task:` section")
-        );
-        let unset = ConfigError::UnsetVariable {
-            path: PathBuf::from("fq.toml"),
-            key: "rabbitmq.password".into(),
-            variable: "RABBIT_PASSWORD".into(),
-        };
-        assert_eq!(
-            unset.to_string(),
-            "fq.toml: rabbitmq.password: environment variable RABBIT_PASSWORD is not set"
-        );
-        let bad = ConfigError::BadOverride {
-            variable: "FQ_BROKER".into(),
-            message: "expected \"database\" or \"rabbitmq\", got \"redis\"".into(),
-        };
-        assert_eq!(
-            bad.to_string(),
-            "environment variable FQ_BROKER: expected \"database\" or \"rabbitmq\", got \"redis\""
-        );
-    }
+/// `file: ` when there is a file.
+fn file_prefix(path: Option<&Path>) -> String {
+    path.map(|path| format!("{}: ", path.display()))
+        .unwrap_or_default()
 }

@@ -3,8 +3,9 @@
 //! validation. It only produces values; it never opens stores or connects to brokers.
 //!
 //! Loading is a short pipeline, one file per step: `file` finds, reads and parses a file into a
-//! format-neutral tree; `decode` turns fq's section of it into a `Config`, checking keys and
-//! types and expanding `${VAR}`; `env` applies the overrides; [`Config::validate`] checks ranges.
+//! format-neutral tree; `decode` expands `${VAR}` over it and deserialises fq's section into the
+//! `#[derive(Deserialize)]` types below, checking keys and types; `env` applies the overrides;
+//! [`Config::validate`] checks ranges.
 
 mod decode;
 mod duration;
@@ -19,12 +20,15 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use serde::Deserialize;
+
 pub use duration::{DurationError, parse_duration};
 pub use error::ConfigError;
 
-pub(crate) use duration::format_duration;
+pub(crate) use duration::{DurationStyle, format_duration};
 pub(crate) use names::{check_name, check_queue};
 
+use DurationStyle::Exact;
 use env::Lookup;
 use file::Format;
 
@@ -50,7 +54,8 @@ pub(crate) const MAX_CONTROL_CONNECTIONS: usize = 65_536;
 /// Build one with [`Config::load`] (file plus environment), [`Config::from_toml_str`] /
 /// [`Config::from_yaml_str`], or [`Config::default`] and field updates followed by
 /// [`Config::validate`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table of settings")]
 pub struct Config {
     /// Which transport carries tasks: the local store (default) or RabbitMQ.
     pub broker: BrokerKind,
@@ -71,6 +76,7 @@ pub struct Config {
     pub control: ControlConfig,
     /// The file this configuration came from, for messages; `None` for [`Config::default`] or
     /// when no file was found.
+    #[serde(skip)]
     pub source: Option<PathBuf>,
 }
 
@@ -133,7 +139,8 @@ impl FromStr for BrokerKind {
 }
 
 /// Defaults for tasks that do not set their own (config section `defaults`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table of settings")]
 pub struct TaskDefaults {
     /// Queue for tasks that name none, default `default`.
     pub queue: String,
@@ -142,10 +149,13 @@ pub struct TaskDefaults {
     /// Retries after the first failed run, default 3 (so up to 4 runs).
     pub max_retries: u32,
     /// Delay before the first retry, default 5 s; doubles each retry.
+    #[serde(deserialize_with = "decode::duration")]
     pub retry_delay: Duration,
     /// Cap on the doubling retry delay, default 1 h.
+    #[serde(deserialize_with = "decode::duration")]
     pub retry_max_delay: Duration,
     /// How long one run may take before it counts as failed; default `None` (no limit).
+    #[serde(deserialize_with = "decode::optional_duration")]
     pub timeout: Option<Duration>,
 }
 
@@ -163,7 +173,8 @@ impl Default for TaskDefaults {
 }
 
 /// How a worker runs (config section `worker`, Framefox's `WorkerManager` setters).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table of settings")]
 pub struct WorkerConfig {
     /// Queues served, default `["default"]`; by priority across all of them.
     pub queues: Vec<String>,
@@ -171,9 +182,11 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     /// Longest idle wait before rechecking for work, default 5 s. Workers are woken by new
     /// work; this only bounds how stale an idle worker's view can get.
+    #[serde(deserialize_with = "decode::duration")]
     pub polling_interval: Duration,
     /// How long shutdown waits for running tasks before releasing them, default 30 s. Zero
     /// releases them at once.
+    #[serde(deserialize_with = "decode::duration")]
     pub shutdown_timeout: Duration,
 }
 
@@ -189,7 +202,8 @@ impl Default for WorkerConfig {
 }
 
 /// Retention of finished tasks (config section `cleanup`, Framefox's `set_cleanup_config`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table of settings")]
 pub struct CleanupConfig {
     /// Hours between cleanup runs, default 1.
     pub interval_hours: u64,
@@ -197,6 +211,7 @@ pub struct CleanupConfig {
     pub retain_days: u64,
     /// How long COMPLETED tasks (and their results) are kept, default 1 day. Zero means they
     /// are deleted by the next cleanup run.
+    #[serde(deserialize_with = "decode::duration")]
     pub completed_retention: Duration,
 }
 
@@ -211,7 +226,8 @@ impl Default for CleanupConfig {
 }
 
 /// Where RabbitMQ is (config section `rabbitmq`). `Debug` redacts the password, also inside `url`.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table of settings")]
 pub struct RabbitConfig {
     /// Default `localhost`.
     pub host: String,
@@ -270,18 +286,11 @@ impl RabbitConfig {
 
 impl fmt::Debug for RabbitConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        /// Debug-prints as a bare `<redacted>`.
-        struct Redacted;
-        impl fmt::Debug for Redacted {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(REDACTED)
-            }
-        }
         f.debug_struct("RabbitConfig")
             .field("host", &self.host)
             .field("port", &self.port)
             .field("username", &self.username)
-            .field("password", &Redacted)
+            .field("password", &format_args!("{REDACTED}"))
             .field("vhost", &self.vhost)
             .field("url", &self.url.as_deref().map(redact_url))
             .field("prefetch", &self.prefetch)
@@ -294,7 +303,8 @@ impl fmt::Debug for RabbitConfig {
 pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 << 20;
 
 /// Size and count limits (config section `limits`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table of settings")]
 pub struct Limits {
     /// Largest task argument payload accepted, default 1 MiB.
     pub max_payload_bytes: usize,
@@ -323,7 +333,8 @@ impl Default for Limits {
 
 /// The control socket (config section `control`): how other processes reach the engine that
 /// owns the store. `Debug` redacts the token.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table of settings")]
 pub struct ControlConfig {
     /// The Unix socket; `None` (default) means the store path plus `.sock`
     /// (`var/fq.redb.sock`). A link to the socket (mode 0600) in a directory of its own,
@@ -332,6 +343,7 @@ pub struct ControlConfig {
     /// A TCP address to listen on as well, e.g. `127.0.0.1:7878`; `None` (default) means no
     /// TCP. `localhost:PORT` means `127.0.0.1:PORT`. Any address other than a loopback one
     /// requires `token`.
+    #[serde(deserialize_with = "decode::listen")]
     pub listen: Option<SocketAddr>,
     /// The secret a TCP client must present (`FQ_TOKEN` on the client side); `None` (default)
     /// means none, allowed only for a loopback `listen`. Usually `${FQ_CONTROL_TOKEN}` in files.
@@ -421,7 +433,8 @@ impl Config {
             Some(path) => {
                 let format = Format::of(&path)?;
                 let text = file::read(&path)?;
-                Self::parse(&text, format, &path, env)?
+                // Not validated yet: the overrides may still change it.
+                decode::decode(file::parse(&text, format, &path)?, &path, env)?
             }
             None => Config::default(),
         };
@@ -454,26 +467,16 @@ impl Config {
         Self::from_str_in(text, Format::Yaml, origin, &env::process_env)
     }
 
+    /// Parses, decodes and validates a document of `format`.
     fn from_str_in(
         text: &str,
         format: Format,
         origin: &Path,
         env: &Lookup<'_>,
     ) -> Result<Config, ConfigError> {
-        let config = Self::parse(text, format, origin, env)?;
+        let config = decode::decode(file::parse(text, format, origin)?, origin, env)?;
         config.validate()?;
         Ok(config)
-    }
-
-    /// Parses and decodes without validating, so overrides can still change the result.
-    fn parse(
-        text: &str,
-        format: Format,
-        origin: &Path,
-        env: &Lookup<'_>,
-    ) -> Result<Config, ConfigError> {
-        let entries = file::parse(text, format, origin)?;
-        decode::decode(entries, origin, env)
     }
 
     /// Checks every value against its allowed range and the rules between them.
@@ -500,198 +503,157 @@ impl Config {
             .map_err(|(key, message)| ConfigError::invalid(self.source.as_deref(), key, message))
     }
 
-    /// The rules of [`Config::validate`]; the error is (key path, message).
-    fn check(&self) -> Result<(), (String, String)> {
-        fn fail(key: &str, message: impl Into<String>) -> Result<(), (String, String)> {
-            Err((key.to_owned(), message.into()))
-        }
-        fn at_least<T: Copy + PartialOrd + fmt::Display>(
-            key: &str,
-            value: T,
-            min: T,
-        ) -> Result<(), (String, String)> {
-            if value < min {
-                return fail(key, format!("must be at least {min}, got {value}"));
-            }
-            Ok(())
-        }
-        fn at_most<T: Copy + PartialOrd + fmt::Display>(
-            key: &str,
-            value: T,
-            max: T,
-        ) -> Result<(), (String, String)> {
-            if value > max {
-                return fail(key, format!("must be at most {max}, got {value}"));
-            }
-            Ok(())
-        }
-        fn duration_at_most(
-            key: &str,
-            value: Duration,
-            max: Duration,
-        ) -> Result<(), (String, String)> {
-            if value > max {
-                return fail(
-                    key,
-                    format!(
-                        "must be at most {}, got {}",
-                        format_duration(max),
-                        format_duration(value)
-                    ),
-                );
-            }
-            Ok(())
-        }
-        fn positive(key: &str, value: Duration, hint: &str) -> Result<(), (String, String)> {
-            if value.is_zero() {
-                return fail(key, format!("must be greater than 0{hint}"));
-            }
-            Ok(())
-        }
+    /// The rules of [`Config::validate`], in the order they are reported.
+    fn check(&self) -> Check {
+        let (d, w, c) = (&self.defaults, &self.worker, &self.cleanup);
+        let (r, l, k) = (&self.rabbitmq, &self.limits, &self.control);
         let name = |key: &str, value: &str| check_name(value).or_else(|reason| fail(key, reason));
+        let empty = "must not be empty";
+        let (greater, no_limit) = ("must be greater than 0", " (leave it out for no limit)");
 
-        if self.database.as_os_str().is_empty() {
-            return fail("database", "must not be empty");
-        }
-
-        let defaults = &self.defaults;
-        name("defaults.queue", &defaults.queue)?;
-        at_most("defaults.max_retries", defaults.max_retries, MAX_RETRIES)?;
-        positive("defaults.retry_delay", defaults.retry_delay, "")?;
-        if defaults.retry_max_delay < defaults.retry_delay {
-            return fail(
-                "defaults.retry_max_delay",
-                format!(
-                    "must be at least defaults.retry_delay ({}), got {}",
-                    format_duration(defaults.retry_delay),
-                    format_duration(defaults.retry_max_delay)
-                ),
+        when(self.database.as_os_str().is_empty(), "database", empty)?;
+        name("defaults.queue", &d.queue)?;
+        range("defaults.max_retries", d.max_retries, 0, MAX_RETRIES)?;
+        when(d.retry_delay.is_zero(), "defaults.retry_delay", greater)?;
+        if d.retry_max_delay < d.retry_delay {
+            let (min, got) = (
+                format_duration(d.retry_delay, Exact),
+                format_duration(d.retry_max_delay, Exact),
             );
+            let message = format!("must be at least defaults.retry_delay ({min}), got {got}");
+            return fail("defaults.retry_max_delay", message);
         }
-        duration_at_most(
+        at_most(
             "defaults.retry_max_delay",
-            defaults.retry_max_delay,
+            d.retry_max_delay,
             MAX_TASK_DELAY,
         )?;
-        if let Some(timeout) = defaults.timeout {
-            positive(
-                "defaults.timeout",
-                timeout,
-                " (leave it out for no timeout)",
-            )?;
-            duration_at_most("defaults.timeout", timeout, MAX_TASK_DELAY)?;
+        if let Some(timeout) = d.timeout {
+            let message = format!("{greater} (leave it out for no timeout)");
+            when(timeout.is_zero(), "defaults.timeout", message)?;
+            at_most("defaults.timeout", timeout, MAX_TASK_DELAY)?;
         }
 
-        let worker = &self.worker;
-        if worker.queues.is_empty() {
-            return fail("worker.queues", "must name at least one queue");
-        }
-        for (index, queue) in worker.queues.iter().enumerate() {
+        when(
+            w.queues.is_empty(),
+            "worker.queues",
+            "must name at least one queue",
+        )?;
+        for (index, queue) in w.queues.iter().enumerate() {
             let key = format!("worker.queues[{index}]");
             name(&key, queue)?;
-            if worker.queues[..index].contains(queue) {
-                return fail(&key, format!("{queue:?} is listed more than once"));
-            }
+            let twice = w.queues[..index].contains(queue);
+            when(twice, &key, format!("{queue:?} is listed more than once"))?;
         }
-        at_least("worker.concurrency", worker.concurrency, 1)?;
-        at_most("worker.concurrency", worker.concurrency, MAX_CONCURRENCY)?;
-        positive("worker.polling_interval", worker.polling_interval, "")?;
-        duration_at_most(
+        range("worker.concurrency", w.concurrency, 1, MAX_CONCURRENCY)?;
+        when(
+            w.polling_interval.is_zero(),
             "worker.polling_interval",
-            worker.polling_interval,
-            MAX_WORKER_WAIT,
+            greater,
         )?;
-        duration_at_most(
-            "worker.shutdown_timeout",
-            worker.shutdown_timeout,
-            MAX_WORKER_WAIT,
-        )?;
-
-        let cleanup = &self.cleanup;
-        at_least("cleanup.interval_hours", cleanup.interval_hours, 1)?;
         at_most(
-            "cleanup.interval_hours",
-            cleanup.interval_hours,
-            MAX_CLEANUP_INTERVAL_HOURS,
+            "worker.polling_interval",
+            w.polling_interval,
+            MAX_WORKER_WAIT,
         )?;
-        at_least("cleanup.retain_days", cleanup.retain_days, 1)?;
-        at_most("cleanup.retain_days", cleanup.retain_days, MAX_RETAIN_DAYS)?;
-        duration_at_most(
-            "cleanup.completed_retention",
-            cleanup.completed_retention,
-            Duration::from_secs(MAX_RETAIN_DAYS * 86_400),
+        at_most(
+            "worker.shutdown_timeout",
+            w.shutdown_timeout,
+            MAX_WORKER_WAIT,
         )?;
 
-        let rabbitmq = &self.rabbitmq;
-        if rabbitmq.host.is_empty() {
-            return fail("rabbitmq.host", "must not be empty");
-        }
-        at_least("rabbitmq.port", rabbitmq.port, 1)?;
-        if let Some(url) = &rabbitmq.url {
+        let max_interval = MAX_CLEANUP_INTERVAL_HOURS;
+        range("cleanup.interval_hours", c.interval_hours, 1, max_interval)?;
+        range("cleanup.retain_days", c.retain_days, 1, MAX_RETAIN_DAYS)?;
+        let max_retention = Duration::from_secs(MAX_RETAIN_DAYS * 86_400);
+        at_most(
+            "cleanup.completed_retention",
+            c.completed_retention,
+            max_retention,
+        )?;
+
+        when(r.host.is_empty(), "rabbitmq.host", empty)?;
+        range("rabbitmq.port", r.port, 1, u16::MAX)?;
+        if let Some(url) = &r.url {
             check_amqp_url(url).or_else(|reason| fail("rabbitmq.url", reason))?;
         }
-        if rabbitmq.prefetch == Some(0) {
-            return fail(
-                "rabbitmq.prefetch",
-                "must be at least 1, got 0 (leave it out to use worker.concurrency)",
-            );
-        }
+        let message = "must be at least 1, got 0 (leave it out to use worker.concurrency)";
+        when(r.prefetch == Some(0), "rabbitmq.prefetch", message)?;
 
-        let limits = &self.limits;
-        at_least("limits.max_payload_bytes", limits.max_payload_bytes, 1)?;
-        if limits.max_frame_bytes <= limits.max_payload_bytes {
-            return fail(
-                "limits.max_frame_bytes",
-                format!(
-                    "must be greater than limits.max_payload_bytes ({}), got {}",
-                    limits.max_payload_bytes, limits.max_frame_bytes
-                ),
-            );
-        }
-        if limits.max_pending == Some(0) {
-            return fail(
-                "limits.max_pending",
-                "must be at least 1, got 0 (leave it out for no limit)",
-            );
-        }
-
-        let control = &self.control;
-        if control
-            .socket
-            .as_ref()
-            .is_some_and(|socket| socket.as_os_str().is_empty())
-        {
-            return fail(
-                "control.socket",
-                "must not be empty (leave it out for the store path plus .sock)",
-            );
-        }
-        if control.token.as_ref().is_some_and(String::is_empty) {
-            return fail(
-                "control.token",
-                "must not be empty (leave it out for no token)",
-            );
-        }
-        if let Some(listen) = control.listen
-            && !listen.ip().is_loopback()
-            && control.token.is_none()
-        {
-            return fail(
-                "control.listen",
-                format!(
-                    "{listen} is not a loopback address: set control.token so that only clients \
-                     holding it can connect, or listen on 127.0.0.1"
-                ),
-            );
-        }
-        at_least("control.max_connections", control.max_connections, 1)?;
-        at_most(
-            "control.max_connections",
-            control.max_connections,
-            MAX_CONTROL_CONNECTIONS,
+        range(
+            "limits.max_payload_bytes",
+            l.max_payload_bytes,
+            1,
+            usize::MAX,
         )?;
-        Ok(())
+        if l.max_frame_bytes <= l.max_payload_bytes {
+            let (payload, frame) = (l.max_payload_bytes, l.max_frame_bytes);
+            let message =
+                format!("must be greater than limits.max_payload_bytes ({payload}), got {frame}");
+            return fail("limits.max_frame_bytes", message);
+        }
+        let message = format!("must be at least 1, got 0{no_limit}");
+        when(l.max_pending == Some(0), "limits.max_pending", message)?;
+
+        let empty_socket = k.socket.as_ref().is_some_and(|s| s.as_os_str().is_empty());
+        let message = "must not be empty (leave it out for the store path plus .sock)";
+        when(empty_socket, "control.socket", message)?;
+        let message = "must not be empty (leave it out for no token)";
+        when(
+            k.token.as_ref().is_some_and(String::is_empty),
+            "control.token",
+            message,
+        )?;
+        if let Some(listen) = k.listen
+            && !listen.ip().is_loopback()
+            && k.token.is_none()
+        {
+            let message = format!(
+                "{listen} is not a loopback address: set control.token so that only clients \
+                 holding it can connect, or listen on 127.0.0.1"
+            );
+            return fail("control.listen", message);
+        }
+        range(
+            "control.max_connections",
+            k.max_connections,
+            1,
+            MAX_CONTROL_CONNECTIONS,
+        )
     }
+}
+
+/// A broken rule: (key path, message).
+type Check = Result<(), (String, String)>;
+
+fn fail(key: &str, message: impl Into<String>) -> Check {
+    Err((key.to_owned(), message.into()))
+}
+
+fn when(broken: bool, key: &str, message: impl Into<String>) -> Check {
+    if broken { fail(key, message) } else { Ok(()) }
+}
+
+fn range<T: Copy + PartialOrd + fmt::Display>(key: &str, value: T, min: T, max: T) -> Check {
+    when(
+        value < min,
+        key,
+        format!("must be at least {min}, got {value}"),
+    )?;
+    when(
+        value > max,
+        key,
+        format!("must be at most {max}, got {value}"),
+    )
+}
+
+fn at_most(key: &str, value: Duration, max: Duration) -> Check {
+    let (max_text, got) = (format_duration(max, Exact), format_duration(value, Exact));
+    when(
+        value > max,
+        key,
+        format!("must be at most {max_text}, got {got}"),
+    )
 }
 
 /// What a redacted secret prints as.
@@ -737,15 +699,19 @@ fn redact_url(url: &str) -> String {
 /// Percent-encodes everything but RFC 3986's unreserved characters, lowercase hex as in
 /// RabbitMQ's documentation (`/` becomes `%2f`).
 fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02x}"));
-        }
-    }
-    out
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    const RESERVED: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    // The crate writes `%2F`; each escape comes as a piece of its own.
+    utf8_percent_encode(text, RESERVED)
+        .map(|piece| match piece.starts_with('%') {
+            true => piece.to_ascii_lowercase(),
+            false => piece.to_owned(),
+        })
+        .collect()
 }
 
 #[cfg(test)]

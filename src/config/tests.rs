@@ -1,12 +1,20 @@
 //! Unit tests for `config/mod.rs`: defaults, whole files in both formats, `load`'s search
 //! order and overrides, every validation rule, and the RabbitMQ URL and redaction.
 
-use super::env::env_of;
 use super::*;
 use std::fs;
 use std::io;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// A fake environment holding exactly `pairs`, for tests across the config module.
+pub(super) fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+    let map: std::collections::HashMap<String, String> = pairs
+        .iter()
+        .map(|&(name, value)| (name.to_owned(), value.to_owned()))
+        .collect();
+    move |name| map.get(name).cloned()
+}
 
 /// Every key set, none to its default.
 const FULL_TOML: &str = r#"
@@ -913,4 +921,1309 @@ fn amqp_urls_need_an_amqp_scheme() {
     assert!(check_amqp_url("localhost:5672").is_err());
     assert!(check_amqp_url("http://h").is_err());
     assert!(check_amqp_url("amqp:/h").is_err());
+}
+
+// --- file.rs ----------------------------------------------------------------
+
+mod file {
+    use super::super::decode::Node;
+    use super::super::file::*;
+    use super::*;
+    use std::fs;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn toml(text: &str) -> Result<Vec<(String, Node)>, ConfigError> {
+        parse(text, Format::Toml, Path::new("fq.toml"))
+    }
+
+    fn yaml(text: &str) -> Result<Vec<(String, Node)>, ConfigError> {
+        parse(text, Format::Yaml, Path::new("config/services.yaml"))
+    }
+
+    #[test]
+    fn format_follows_the_extension() -> TestResult {
+        assert_eq!(Format::of(Path::new("fq.toml"))?, Format::Toml);
+        assert_eq!(Format::of(Path::new("dir.d/FQ.TOML"))?, Format::Toml);
+        assert_eq!(Format::of(Path::new("config/services.yaml"))?, Format::Yaml);
+        assert_eq!(Format::of(Path::new("services.yml"))?, Format::Yaml);
+        for name in ["fq", "fq.json", "fq.toml.bak", ".toml", "yaml"] {
+            let err = Format::of(Path::new(name)).expect_err(name);
+            assert!(
+                matches!(&err, ConfigError::UnknownFormat { path } if path == Path::new(name)),
+                "{name}: {err:?}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn find_prefers_fq_toml_then_services_yaml() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        assert_eq!(find(dir.path())?, None);
+
+        fs::create_dir(dir.path().join("config"))?;
+        let yaml = dir.path().join("config").join("services.yaml");
+        fs::write(&yaml, "task: {}\n")?;
+        assert_eq!(find(dir.path())?, Some(yaml));
+
+        let toml = dir.path().join("fq.toml");
+        fs::write(&toml, "")?;
+        assert_eq!(find(dir.path())?, Some(toml));
+        Ok(())
+    }
+
+    #[test]
+    fn find_treats_a_file_named_config_as_no_yaml() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        fs::write(dir.path().join("config"), "not a directory")?;
+        assert_eq!(find(dir.path())?, None);
+        Ok(())
+    }
+
+    #[test]
+    fn read_missing_file_names_the_path() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("absent.toml");
+        let err = read(&path).expect_err("file does not exist");
+        let ConfigError::Io {
+            path: reported,
+            source,
+        } = &err
+        else {
+            return Err(format!("expected Io, got {err:?}").into());
+        };
+        assert_eq!(reported, &path);
+        assert_eq!(source.kind(), io::ErrorKind::NotFound);
+        assert!(err.to_string().contains("absent.toml"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn read_refuses_a_directory() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("fq.toml");
+        fs::create_dir(&path)?;
+        let err = read(&path).expect_err("a directory is not a config file");
+        let ConfigError::Io {
+            path: reported,
+            source,
+        } = &err
+        else {
+            return Err(format!("expected Io, got {err:?}").into());
+        };
+        assert_eq!(reported, &path);
+        assert_eq!(source.kind(), io::ErrorKind::IsADirectory);
+        Ok(())
+    }
+
+    #[test]
+    fn read_refuses_huge_files() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("fq.toml");
+        fs::write(&path, vec![b'#'; MAX_FILE_BYTES as usize + 1])?;
+        let err = read(&path).expect_err("over the cap");
+        assert!(
+            matches!(&err, ConfigError::Io { source, .. } if source.kind() == io::ErrorKind::FileTooLarge),
+            "{err:?}"
+        );
+        // Exactly at the cap is fine.
+        fs::write(&path, vec![b'#'; MAX_FILE_BYTES as usize])?;
+        assert_eq!(read(&path)?.len(), MAX_FILE_BYTES as usize);
+        Ok(())
+    }
+
+    #[test]
+    fn read_reports_where_utf8_breaks() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("fq.toml");
+        fs::write(&path, b"broker = \"database\"\nqueue = \"d\xffx\"\n")?;
+        let err = read(&path).expect_err("not UTF-8");
+        assert!(
+            matches!(
+                &err,
+                ConfigError::Syntax {
+                    line: Some(2),
+                    column: Some(11),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn toml_syntax_error_has_line_and_column() -> TestResult {
+        let err =
+            toml("broker = \"database\"\n[worker]\nconcurrency = = 3\n").expect_err("bad TOML");
+        let ConfigError::Syntax {
+            path,
+            line,
+            column,
+            message,
+        } = &err
+        else {
+            return Err(format!("expected Syntax, got {err:?}").into());
+        };
+        assert_eq!(path, Path::new("fq.toml"));
+        assert_eq!(*line, Some(3));
+        assert!(column.is_some());
+        assert!(!message.is_empty());
+        assert!(err.to_string().starts_with("fq.toml:3:"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn toml_duplicate_key_is_a_syntax_error() {
+        let err = toml("broker = \"database\"\nbroker = \"rabbitmq\"\n").expect_err("duplicate");
+        assert!(
+            matches!(&err, ConfigError::Syntax { line: Some(2), .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn yaml_syntax_error_has_line_and_column() -> TestResult {
+        let err = yaml("task:\n  broker: database\n  worker: [unclosed\n").expect_err("bad YAML");
+        let ConfigError::Syntax {
+            line,
+            column,
+            message,
+            ..
+        } = &err
+        else {
+            return Err(format!("expected Syntax, got {err:?}").into());
+        };
+        assert!(line.is_some_and(|line| line >= 3), "{err:?}");
+        assert!(column.is_some());
+        // The position is reported once, in front, not again at the end of the message.
+        assert!(!message.ends_with("at line 4 column 1"), "{message}");
+        assert!(
+            err.to_string()
+                .starts_with("config/services.yaml:4:1: syntax error: "),
+            "{err}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn toml_values_convert() -> TestResult {
+        let entries = toml(
+            "database = \"a\"\nbroker = \"database\"\n[worker]\nqueues = [\"x\"]\nconcurrency = 4\n\
+             [defaults]\npriority = -2\nretry_delay = 1.5\nwhen = 1979-05-27\nflag = true\n",
+        )?;
+        // `toml::Table` is sorted by key (fq does not enable toml's `preserve_order`).
+        let keys: Vec<&str> = entries.iter().map(|(key, _)| key.as_str()).collect();
+        assert_eq!(keys, ["broker", "database", "defaults", "worker"]);
+        assert_eq!(
+            entries[2].1,
+            Node::Table(vec![
+                ("flag".into(), Node::Bool(true)),
+                ("priority".into(), Node::Int(-2)),
+                ("retry_delay".into(), Node::Float(1.5)),
+                ("when".into(), Node::Other("a datetime")),
+            ])
+        );
+        assert_eq!(
+            entries[3].1,
+            Node::Table(vec![
+                ("concurrency".into(), Node::Int(4)),
+                ("queues".into(), Node::List(vec![Node::Str("x".into())])),
+            ])
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn empty_toml_has_no_entries() -> TestResult {
+        assert!(toml("")?.is_empty());
+        assert!(toml("# only a comment\n\n")?.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn yaml_takes_only_the_task_section() -> TestResult {
+        // Everything outside `task:` belongs to Framefox, including tags and variables fq
+        // would reject.
+        let entries = yaml(
+            "database:\n  url: ${DATABASE_URL}\nservices:\n  app.mailer: !service {class: Mailer}\n\
+             task:\n  broker: database\n  defaults:\n    queue: default\n",
+        )?;
+        let keys: Vec<&str> = entries.iter().map(|(key, _)| key.as_str()).collect();
+        assert_eq!(keys, ["broker", "defaults"]);
+        Ok(())
+    }
+
+    #[test]
+    fn yaml_without_task_is_missing_section() {
+        for text in [
+            "services:\n  a: b\n",
+            "",
+            "# just a comment\n",
+            "- a list\n",
+            "tasks:\n  broker: database\n",
+        ] {
+            let err = yaml(text).expect_err("no task section");
+            assert!(
+                matches!(&err, ConfigError::MissingSection { section, .. } if section == "task"),
+                "{text:?}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn yaml_empty_task_section_has_no_entries() -> TestResult {
+        assert!(yaml("task:\n")?.is_empty());
+        assert!(yaml("task: ~\n")?.is_empty());
+        assert!(yaml("task: {}\n")?.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn yaml_task_must_be_a_mapping() {
+        let err = yaml("task: database\n").expect_err("scalar task");
+        assert!(
+            matches!(&err, ConfigError::InvalidValue { key, .. } if key == "task"),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "config/services.yaml: task: expected a mapping of fq settings, got a string"
+        );
+    }
+
+    #[test]
+    fn yaml_values_and_keys_convert() -> TestResult {
+        let entries = yaml(
+            "task:\n  big: 18446744073709551615\n  neg: -3\n  ratio: 0.5\n  none: ~\n  \
+             tagged: !custom 5\n  1: numeric key\n  list: [a, 2]\n",
+        )?;
+        assert_eq!(
+            entries,
+            vec![
+                ("big".into(), Node::Int(u64::MAX.into())),
+                ("neg".into(), Node::Int(-3)),
+                ("ratio".into(), Node::Float(0.5)),
+                ("none".into(), Node::Null),
+                ("tagged".into(), Node::Other("a tagged value")),
+                ("1".into(), Node::Str("numeric key".into())),
+                (
+                    "list".into(),
+                    Node::List(vec![Node::Str("a".into()), Node::Int(2)])
+                ),
+            ]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn yaml_merge_keys_are_applied_in_the_task_section() -> TestResult {
+        let entries = yaml(
+            "base: &base\n  concurrency: 4\n  queues: [default]\n\
+             task:\n  worker:\n    <<: *base\n    concurrency: 8\n",
+        )?;
+        let [(key, Node::Table(worker))] = entries.as_slice() else {
+            return Err(format!("unexpected entries {entries:?}").into());
+        };
+        assert_eq!(key, "worker");
+        assert!(worker.contains(&("concurrency".into(), Node::Int(8))));
+        assert!(worker.contains(&(
+            "queues".into(),
+            Node::List(vec![Node::Str("default".into())])
+        )));
+        assert!(!worker.iter().any(|(key, _)| key == "<<"));
+        Ok(())
+    }
+
+    #[test]
+    fn deep_nesting_is_a_syntax_error_not_a_stack_overflow() {
+        // Both parsers cap nesting depth, which also bounds the recursion of `toml_node` and
+        // `yaml_node` (the `config_parse` fuzz target relies on this).
+        let depth = 1_000;
+        let nested = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let err = toml(&format!("a = {nested}")).expect_err("too deep");
+        assert!(matches!(err, ConfigError::Syntax { .. }), "{err:?}");
+        let err = yaml(&format!("task:\n  a: {nested}")).expect_err("too deep");
+        assert!(matches!(err, ConfigError::Syntax { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn yaml_duplicate_key_is_a_syntax_error() {
+        // serde_norway points at the mapping that holds the duplicate, and names the key.
+        let err = yaml("task:\n  broker: database\n  broker: rabbitmq\n").expect_err("duplicate");
+        assert!(
+            matches!(&err, ConfigError::Syntax { line: Some(2), message, .. } if message.contains("\"broker\"")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn line_column_counts_characters_from_one() {
+        let text = "ab\ncdé\nf";
+        assert_eq!(line_column(text, 0), (1, 1));
+        assert_eq!(line_column(text, 2), (1, 3));
+        assert_eq!(line_column(text, 3), (2, 1));
+        assert_eq!(line_column(text, 5), (2, 3));
+        // Inside the two-byte 'é' clamps back to its start; past the end clamps to the end.
+        assert_eq!(line_column(text, 6), (2, 3));
+        assert_eq!(line_column(text, 8), (3, 1));
+        assert_eq!(line_column(text, 100), (3, 2));
+    }
+}
+
+// --- duration.rs ------------------------------------------------------------
+
+mod duration {
+    use super::super::duration::*;
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn parses_each_unit_and_combinations() -> TestResult {
+        let cases = [
+            ("90s", secs(90)),
+            ("90", secs(90)),
+            ("0", Duration::ZERO),
+            ("0s", Duration::ZERO),
+            ("500ms", Duration::from_millis(500)),
+            ("5m", secs(300)),
+            ("2h", secs(7_200)),
+            ("2d", secs(172_800)),
+            ("1h30m", secs(5_400)),
+            ("1h 30m", secs(5_400)),
+            ("1d2h3m4s5ms", secs(93_784) + Duration::from_millis(5)),
+            ("  45s  ", secs(45)),
+            ("5 s", secs(5)),
+            ("1s1500ms", Duration::from_millis(2_500)),
+            ("007s", secs(7)),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_duration(text)?, want, "{text:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_empty() {
+        assert_eq!(parse_duration(""), Err(DurationError::Empty));
+        assert_eq!(parse_duration("   "), Err(DurationError::Empty));
+    }
+
+    #[test]
+    fn rejects_negative() {
+        assert_eq!(
+            parse_duration("-5s"),
+            Err(DurationError::Negative {
+                input: "-5s".into()
+            })
+        );
+        assert_eq!(
+            parse_duration("-5"),
+            Err(DurationError::Negative { input: "-5".into() })
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_units_naming_them() {
+        let err = parse_duration("5x").expect_err("x is not a unit");
+        assert_eq!(
+            err,
+            DurationError::UnknownUnit {
+                unit: "x".into(),
+                input: "5x".into()
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "unknown unit \"x\" in \"5x\" (use ms, s, m, h or d)"
+        );
+        for text in ["3w", "1sec", "2 hours", "10us", "1H"] {
+            assert!(
+                matches!(parse_duration(text), Err(DurationError::UnknownUnit { .. })),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_a_number_without_unit_in_a_sum() {
+        assert_eq!(
+            parse_duration("1h 30"),
+            Err(DurationError::MissingUnit {
+                number: "30".into(),
+                input: "1h 30".into()
+            })
+        );
+        assert!(matches!(
+            parse_duration("1h30"),
+            Err(DurationError::MissingUnit { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_fractions() {
+        for text in ["1.5h", "0.5", "1,5s"] {
+            assert!(
+                matches!(parse_duration(text), Err(DurationError::Fraction { .. })),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_stray_characters() {
+        assert_eq!(
+            parse_duration("h5"),
+            Err(DurationError::Unexpected {
+                found: 'h',
+                input: "h5".into()
+            })
+        );
+        for text in ["five", "+5s", "5s-1s", "1h_30m", "ms"] {
+            assert!(
+                matches!(parse_duration(text), Err(DurationError::Unexpected { .. })),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_overflow() {
+        let too_many_digits = "99999999999999999999999";
+        for text in [
+            too_many_digits.to_owned(),
+            format!("{too_many_digits}s"),
+            format!("{}d", u64::MAX),
+            format!("{}s {}s", u64::MAX, u64::MAX),
+        ] {
+            assert!(
+                matches!(parse_duration(&text), Err(DurationError::Overflow { .. })),
+                "{text:?}"
+            );
+        }
+        // The largest whole number of seconds still fits.
+        assert_eq!(
+            parse_duration(&u64::MAX.to_string()),
+            Ok(Duration::from_secs(u64::MAX))
+        );
+    }
+
+    #[test]
+    fn formats_for_messages_and_round_trips() -> TestResult {
+        let cases = [
+            (Duration::ZERO, "0s"),
+            (secs(5), "5s"),
+            (secs(5_400), "1h30m"),
+            (secs(86_400), "1d"),
+            (Duration::from_millis(1_500), "1s500ms"),
+            (Duration::from_millis(20), "20ms"),
+        ];
+        for (duration, text) in cases {
+            assert_eq!(format_duration(duration, DurationStyle::Exact), text);
+            assert_eq!(parse_duration(text)?, duration);
+        }
+        assert_eq!(
+            format_duration(Duration::from_nanos(1_500), DurationStyle::Exact),
+            "1.5µs"
+        );
+        Ok(())
+    }
+}
+
+// --- env.rs -----------------------------------------------------------------
+
+mod env {
+    use super::super::env::*;
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    #[test]
+    fn text_without_references_is_unchanged() -> TestResult {
+        let env = env_of(&[]);
+        assert_eq!(expand("guest", &env)?, ("guest".to_owned(), false));
+        assert_eq!(expand("", &env)?, (String::new(), false));
+        assert_eq!(
+            expand("pa$$word $5 $X", &env)?,
+            ("pa$$word $5 $X".to_owned(), false)
+        );
+        assert_eq!(
+            expand("trailing $", &env)?,
+            ("trailing $".to_owned(), false)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn references_expand_in_place() -> TestResult {
+        let env = env_of(&[("USER", "fq"), ("HOST", "rabbit.local"), ("EMPTY", "")]);
+        assert_eq!(expand("${USER}", &env)?, ("fq".to_owned(), true));
+        assert_eq!(
+            expand("amqp://${USER}@${HOST}:5672/", &env)?,
+            ("amqp://fq@rabbit.local:5672/".to_owned(), true)
+        );
+        assert_eq!(expand("a${EMPTY}b", &env)?, ("ab".to_owned(), true));
+        assert_eq!(expand("é${USER}é", &env)?, ("éfqé".to_owned(), true));
+        Ok(())
+    }
+
+    #[test]
+    fn values_are_not_expanded_twice() -> TestResult {
+        let env = env_of(&[("A", "${B}"), ("B", "no")]);
+        assert_eq!(expand("${A}", &env)?, ("${B}".to_owned(), true));
+        Ok(())
+    }
+
+    #[test]
+    fn double_dollar_escapes_a_reference() -> TestResult {
+        let env = env_of(&[("X", "x")]);
+        assert_eq!(expand("$${X}", &env)?, ("${X}".to_owned(), false));
+        assert_eq!(expand("$${X}-${X}", &env)?, ("${X}-x".to_owned(), true));
+        Ok(())
+    }
+
+    #[test]
+    fn unset_variable_is_named() {
+        let env = env_of(&[]);
+        assert_eq!(
+            expand("pre-${RABBIT_PASSWORD}", &env),
+            Err(ExpandError::Unset("RABBIT_PASSWORD".to_owned()))
+        );
+    }
+
+    #[test]
+    fn malformed_references_are_errors() {
+        let env = env_of(&[("X", "x")]);
+        for text in ["${X", "${}", "${1X}", "${A-B}", "${ X }", "${X}${"] {
+            assert!(
+                matches!(expand(text, &env), Err(ExpandError::Malformed(_))),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_overrides_leave_the_config_alone() -> TestResult {
+        let mut config = Config::default();
+        apply_overrides(&mut config, &env_of(&[]))?;
+        assert_eq!(config, Config::default());
+        Ok(())
+    }
+
+    #[test]
+    fn overrides_win() -> TestResult {
+        let mut config = Config::default();
+        let env = env_of(&[
+            ("FQ_BROKER", "rabbitmq"),
+            ("FQ_DATABASE", "/data/q.redb"),
+            ("FQ_RABBITMQ_URL", "amqps://u:p@mq.example:5671/prod"),
+        ]);
+        apply_overrides(&mut config, &env)?;
+        assert_eq!(config.broker, BrokerKind::Rabbitmq);
+        assert_eq!(config.database, PathBuf::from("/data/q.redb"));
+        assert_eq!(
+            config.rabbitmq.url.as_deref(),
+            Some("amqps://u:p@mq.example:5671/prod")
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn bad_overrides_name_the_variable() {
+        let cases = [
+            ("FQ_BROKER", "redis"),
+            ("FQ_BROKER", "Database"),
+            ("FQ_BROKER", ""),
+            ("FQ_DATABASE", ""),
+            ("FQ_RABBITMQ_URL", "http://u:secret@host/"),
+            ("FQ_RABBITMQ_URL", ""),
+        ];
+        for (variable, value) in cases {
+            let mut config = Config::default();
+            let err = apply_overrides(&mut config, &env_of(&[(variable, value)]))
+                .expect_err("bad override");
+            assert!(
+                matches!(&err, ConfigError::BadOverride { variable: v, .. } if v == variable),
+                "{variable}={value:?}: {err:?}"
+            );
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("environment variable {variable}: ")),
+                "{err}"
+            );
+            assert!(!err.to_string().contains("secret"), "{err}");
+        }
+    }
+}
+
+// --- error.rs ---------------------------------------------------------------
+
+mod error {
+    use super::super::error::*;
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn invalid_value_names_file_and_key() {
+        let err = ConfigError::invalid(
+            Some(Path::new("fq.toml")),
+            "worker.concurrency",
+            "must be at least 1, got 0",
+        );
+        assert_eq!(
+            err.to_string(),
+            "fq.toml: worker.concurrency: must be at least 1, got 0"
+        );
+    }
+
+    #[test]
+    fn invalid_value_without_file_names_the_key() {
+        let err = ConfigError::invalid(None, "database", "must not be empty");
+        assert_eq!(err.to_string(), "database: must not be empty");
+    }
+
+    #[test]
+    fn syntax_shows_the_position_it_has() {
+        let with = |line, column| ConfigError::Syntax {
+            path: PathBuf::from("fq.toml"),
+            line,
+            column,
+            message: "invalid key".into(),
+        };
+        assert_eq!(
+            with(Some(3), Some(7)).to_string(),
+            "fq.toml:3:7: syntax error: invalid key"
+        );
+        assert_eq!(
+            with(Some(3), None).to_string(),
+            "fq.toml:3: syntax error: invalid key"
+        );
+        assert_eq!(
+            with(None, None).to_string(),
+            "fq.toml: syntax error: invalid key"
+        );
+    }
+
+    #[test]
+    fn unknown_key_shows_the_suggestion() {
+        let err = ConfigError::UnknownKey {
+            path: PathBuf::from("fq.toml"),
+            key: "worker.concurency".into(),
+            suggestion: Some("worker.concurrency".into()),
+        };
+        assert_eq!(
+            err.to_string(),
+            "fq.toml: unknown key worker.concurency (did you mean worker.concurrency?)"
+        );
+    }
+
+    #[test]
+    fn io_keeps_the_reason_as_source() {
+        let err = ConfigError::Io {
+            path: PathBuf::from("missing.toml"),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        assert_eq!(err.to_string(), "missing.toml: cannot read the config file");
+        assert!(err.source().is_some());
+    }
+
+    #[test]
+    fn other_messages_name_what_they_are_about() {
+        let missing = ConfigError::MissingSection {
+            path: PathBuf::from("config/services.yaml"),
+            section: "task".into(),
+        };
+        assert!(
+            missing
+                .to_string()
+                .starts_with("config/services.yaml: no `task:` section")
+        );
+        let unset = ConfigError::UnsetVariable {
+            path: PathBuf::from("fq.toml"),
+            key: "rabbitmq.password".into(),
+            variable: "RABBIT_PASSWORD".into(),
+        };
+        assert_eq!(
+            unset.to_string(),
+            "fq.toml: rabbitmq.password: environment variable RABBIT_PASSWORD is not set"
+        );
+        let bad = ConfigError::BadOverride {
+            variable: "FQ_BROKER".into(),
+            message: "expected \"database\" or \"rabbitmq\", got \"redis\"".into(),
+        };
+        assert_eq!(
+            bad.to_string(),
+            "environment variable FQ_BROKER: expected \"database\" or \"rabbitmq\", got \"redis\""
+        );
+    }
+}
+
+// --- names.rs ---------------------------------------------------------------
+
+mod names {
+    use super::super::names::*;
+
+    #[test]
+    fn accepts_the_allowed_alphabet() {
+        for name in [
+            "default",
+            "a",
+            "urgent-2",
+            "myapp.tasks.send_email",
+            "tenant:42",
+            "ALL_CAPS",
+            "0",
+        ] {
+            assert_eq!(check_name(name), Ok(()), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn rejects_empty() {
+        assert_eq!(check_name(""), Err("must not be empty".to_owned()));
+    }
+
+    #[test]
+    fn length_limit_is_255_bytes() {
+        assert_eq!(check_name(&"q".repeat(255)), Ok(()));
+        assert_eq!(
+            check_name(&"q".repeat(256)),
+            Err("must be at most 255 bytes, got 256 bytes".to_owned())
+        );
+    }
+
+    #[test]
+    fn rejects_other_characters_naming_them() {
+        assert_eq!(
+            check_name("a b"),
+            Err(
+                "\"a b\" contains ' ' at byte 1; only A-Z, a-z, 0-9 and . _ : - are allowed"
+                    .to_owned()
+            )
+        );
+        for name in ["a/b", "é", "tab\t", "semi;", "star*", "new\nline", "${X}"] {
+            assert!(check_name(name).is_err(), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn multibyte_characters_count_as_bytes() {
+        // 128 two-byte characters are 256 bytes: the length check fires first.
+        let err = check_name(&"é".repeat(128)).expect_err("too long");
+        assert!(err.contains("256 bytes"), "{err}");
+    }
+}
+
+// --- decode.rs --------------------------------------------------------------
+
+mod decode {
+    use super::super::decode::*;
+    use super::super::env::Lookup;
+    use super::super::file::{Format, parse};
+    use super::super::{Config, ConfigError, WorkerConfig};
+    use super::env_of;
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    const ORIGIN: &str = "fq.toml";
+
+    fn decode_toml_with(text: &str, env: &Lookup<'_>) -> Result<Config, ConfigError> {
+        let entries = parse(text, Format::Toml, Path::new(ORIGIN))?;
+        decode(entries, Path::new(ORIGIN), env)
+    }
+
+    fn decode_toml(text: &str) -> Result<Config, ConfigError> {
+        decode_toml_with(text, &env_of(&[]))
+    }
+
+    /// The (key, message) of an `InvalidValue`, after checking it names the file.
+    fn invalid(result: Result<Config, ConfigError>) -> Result<(String, String), String> {
+        match result {
+            Err(ConfigError::InvalidValue { path, key, message }) => {
+                if path.as_deref() != Some(Path::new(ORIGIN)) {
+                    return Err(format!("{key}: wrong path {path:?}"));
+                }
+                Ok((key, message))
+            }
+            other => Err(format!("expected InvalidValue, got {other:?}")),
+        }
+    }
+
+    #[test]
+    fn empty_document_gives_defaults_from_that_file() -> TestResult {
+        let config = decode_toml("")?;
+        assert_eq!(config.source.as_deref(), Some(Path::new(ORIGIN)));
+        assert_eq!(
+            Config {
+                source: None,
+                ..config
+            },
+            Config::default()
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_key_in_each_section_names_the_key_path() -> TestResult {
+        let cases = [
+            ("brokr = \"database\"", "brokr", Some("broker")),
+            ("[task]\nbroker = \"database\"", "task", None),
+            (
+                "[defaults]\nqueu = \"x\"",
+                "defaults.queu",
+                Some("defaults.queue"),
+            ),
+            ("[defaults]\nretries = 3", "defaults.retries", None),
+            (
+                "[worker]\nconcurency = 3",
+                "worker.concurency",
+                Some("worker.concurrency"),
+            ),
+            ("[worker.extra]\na = 1", "worker.extra", None),
+            (
+                "[cleanup]\nretain_day = 3",
+                "cleanup.retain_day",
+                Some("cleanup.retain_days"),
+            ),
+            (
+                "[rabbitmq]\npasword = \"x\"",
+                "rabbitmq.pasword",
+                Some("rabbitmq.password"),
+            ),
+            (
+                "[limits]\nmax_pendng = 1",
+                "limits.max_pendng",
+                Some("limits.max_pending"),
+            ),
+        ];
+        for (text, want_key, want_suggestion) in cases {
+            let err = decode_toml(text).expect_err(text);
+            let ConfigError::UnknownKey {
+                path,
+                key,
+                suggestion,
+            } = &err
+            else {
+                return Err(format!("{text:?}: expected UnknownKey, got {err:?}").into());
+            };
+            assert_eq!(path, Path::new(ORIGIN), "{text:?}");
+            assert_eq!(key, want_key, "{text:?}");
+            assert_eq!(suggestion.as_deref(), want_suggestion, "{text:?}");
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("fq.toml: unknown key {want_key}")),
+                "{err}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() -> TestResult {
+        let cases = [
+            ("broker = 1", "broker", "expected a string, got an integer"),
+            (
+                "broker = \"redis\"",
+                "broker",
+                "expected \"database\" or \"rabbitmq\"",
+            ),
+            (
+                "database = true",
+                "database",
+                "expected a string, got a boolean",
+            ),
+            (
+                "worker = 5",
+                "worker",
+                "expected a table of settings, got an integer",
+            ),
+            (
+                "defaults = [1]",
+                "defaults",
+                "expected a table of settings, got a list",
+            ),
+            (
+                "[worker]\nconcurrency = \"ten\"",
+                "worker.concurrency",
+                "expected an integer, got a string",
+            ),
+            (
+                "[worker]\nconcurrency = \"10\"",
+                "worker.concurrency",
+                "remove the quotes",
+            ),
+            (
+                "[worker]\nconcurrency = 1.5",
+                "worker.concurrency",
+                "expected an integer, got a float",
+            ),
+            (
+                "[worker]\nqueues = \"default\"",
+                "worker.queues",
+                "expected a list of strings, got a string",
+            ),
+            (
+                "[worker]\nqueues = [\"a\", 1]",
+                "worker.queues[1]",
+                "expected a string, got an integer (quote the value",
+            ),
+            (
+                "[defaults]\npriority = true",
+                "defaults.priority",
+                "expected an integer, got a boolean",
+            ),
+            (
+                "[defaults]\nretry_delay = 1.5",
+                "defaults.retry_delay",
+                "or a whole number of seconds, got a float",
+            ),
+            (
+                "[defaults]\ntimeout = 1979-05-27",
+                "defaults.timeout",
+                "got a datetime",
+            ),
+            (
+                "[rabbitmq]\nurl = 5",
+                "rabbitmq.url",
+                "expected a string, got an integer",
+            ),
+            (
+                "[limits]\nmax_pending = []",
+                "limits.max_pending",
+                "expected an integer, got a list",
+            ),
+            (
+                "[limits]\nmin_free_bytes = \"64MiB\"",
+                "limits.min_free_bytes",
+                "expected an integer, got a string",
+            ),
+        ];
+        for (text, want_key, want_message) in cases {
+            let (key, message) = invalid(decode_toml(text))?;
+            assert_eq!(key, want_key, "{text:?}");
+            assert!(message.contains(want_message), "{text:?}: {message}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn integers_outside_their_type_name_the_key() -> TestResult {
+        let cases = [
+            (
+                "[worker]\nconcurrency = -1",
+                "worker.concurrency",
+                "must not be negative, got -1",
+            ),
+            (
+                "[rabbitmq]\nport = 70000",
+                "rabbitmq.port",
+                "must be at most 65535, got 70000",
+            ),
+            (
+                "[limits]\nmin_free_bytes = -1",
+                "limits.min_free_bytes",
+                "must not be negative, got -1",
+            ),
+            (
+                "[rabbitmq]\nprefetch = -5",
+                "rabbitmq.prefetch",
+                "must not be negative, got -5",
+            ),
+            (
+                "[defaults]\npriority = 3000000000",
+                "defaults.priority",
+                "must be at most 2147483647, got 3000000000",
+            ),
+            (
+                "[defaults]\npriority = -3000000000",
+                "defaults.priority",
+                "must be at least -2147483648, got -3000000000",
+            ),
+            (
+                "[defaults]\nmax_retries = 4294967296",
+                "defaults.max_retries",
+                "must be at most 4294967295, got 4294967296",
+            ),
+            (
+                "[cleanup]\nretain_days = -7",
+                "cleanup.retain_days",
+                "must not be negative, got -7",
+            ),
+        ];
+        for (text, want_key, want_message) in cases {
+            let (key, message) = invalid(decode_toml(text))?;
+            assert_eq!(key, want_key, "{text:?}");
+            assert_eq!(message, want_message, "{text:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn durations_take_strings_or_whole_seconds() -> TestResult {
+        let config = decode_toml(
+            "[defaults]\nretry_delay = \"1h30m\"\nretry_max_delay = 7200\ntimeout = \"500ms\"\n\
+             [worker]\npolling_interval = \"90\"\nshutdown_timeout = 0\n\
+             [cleanup]\ncompleted_retention = \"2d\"\n",
+        )?;
+        assert_eq!(config.defaults.retry_delay, Duration::from_secs(5_400));
+        assert_eq!(config.defaults.retry_max_delay, Duration::from_secs(7_200));
+        assert_eq!(config.defaults.timeout, Some(Duration::from_millis(500)));
+        assert_eq!(config.worker.polling_interval, Duration::from_secs(90));
+        assert_eq!(config.worker.shutdown_timeout, Duration::ZERO);
+        assert_eq!(
+            config.cleanup.completed_retention,
+            Duration::from_secs(172_800)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn bad_durations_name_the_key_and_the_problem() -> TestResult {
+        let cases = [
+            (
+                "[worker]\npolling_interval = -5",
+                "worker.polling_interval",
+                "must not be negative, got -5",
+            ),
+            (
+                "[worker]\npolling_interval = \"5x\"",
+                "worker.polling_interval",
+                "unknown unit \"x\" in \"5x\"",
+            ),
+            (
+                "[defaults]\nretry_delay = \"\"",
+                "defaults.retry_delay",
+                "empty duration",
+            ),
+            (
+                "[defaults]\nretry_delay = \"1.5h\"",
+                "defaults.retry_delay",
+                "fractions are not supported",
+            ),
+        ];
+        for (text, want_key, want_message) in cases {
+            let (key, message) = invalid(decode_toml(text))?;
+            assert_eq!(key, want_key, "{text:?}");
+            assert!(message.contains(want_message), "{text:?}: {message}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn type_errors_never_echo_a_secret() -> TestResult {
+        for text in [
+            "[rabbitmq]\npassword = 12345",
+            "[rabbitmq]\npassword = [\"12345\"]",
+        ] {
+            let (key, message) = invalid(decode_toml(text))?;
+            assert_eq!(key, "rabbitmq.password");
+            assert!(!message.contains("12345"), "{message}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn variables_expand_in_every_string() -> TestResult {
+        let env = env_of(&[
+            ("DB", "/srv/fq.redb"),
+            ("Q", "urgent"),
+            ("PW", "s3cret"),
+            ("DELAY", "10s"),
+            ("PORT", "5673"),
+        ]);
+        let config = decode_toml_with(
+            "database = \"${DB}\"\n[defaults]\nretry_delay = \"${DELAY}\"\n\
+             [worker]\nqueues = [\"default\", \"${Q}\", \"mail-${Q}\"]\n\
+             [rabbitmq]\npassword = \"${PW}\"\nport = \"${PORT}\"\n",
+            &env,
+        )?;
+        assert_eq!(config.database, PathBuf::from("/srv/fq.redb"));
+        assert_eq!(config.defaults.retry_delay, Duration::from_secs(10));
+        assert_eq!(config.worker.queues, ["default", "urgent", "mail-urgent"]);
+        assert_eq!(config.rabbitmq.password, "s3cret");
+        assert_eq!(config.rabbitmq.port, 5673);
+        Ok(())
+    }
+
+    #[test]
+    fn a_variable_for_a_number_must_hold_one() -> TestResult {
+        let env = env_of(&[("PORT", "fifty"), ("BIG", "99999")]);
+        let (key, message) = invalid(decode_toml_with("[rabbitmq]\nport = \"${PORT}\"", &env))?;
+        assert_eq!(key, "rabbitmq.port");
+        assert_eq!(
+            message,
+            "expected an integer, got \"fifty\" (after expanding environment variables)"
+        );
+        let (key, message) = invalid(decode_toml_with("[rabbitmq]\nport = \"${BIG}\"", &env))?;
+        assert_eq!(key, "rabbitmq.port");
+        assert_eq!(message, "must be at most 65535, got 99999");
+        Ok(())
+    }
+
+    #[test]
+    fn unset_variable_names_variable_key_and_file() {
+        let err = decode_toml("[worker]\nqueues = [\"default\", \"${EXTRA_QUEUE}\"]")
+            .expect_err("EXTRA_QUEUE is unset");
+        assert!(
+            matches!(
+                &err,
+                ConfigError::UnsetVariable { path, key, variable }
+                    if path == Path::new(ORIGIN)
+                        && key == "worker.queues[1]"
+                        && variable == "EXTRA_QUEUE"
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "fq.toml: worker.queues[1]: environment variable EXTRA_QUEUE is not set"
+        );
+    }
+
+    #[test]
+    fn malformed_reference_names_the_key() -> TestResult {
+        let (key, message) = invalid(decode_toml("[rabbitmq]\nhost = \"${HOST\""))?;
+        assert_eq!(key, "rabbitmq.host");
+        assert!(message.starts_with("unterminated ${"), "{message}");
+        Ok(())
+    }
+
+    #[test]
+    fn escaped_reference_stays_literal() -> TestResult {
+        let config = decode_toml("[rabbitmq]\npassword = \"a$${NOT_A_VAR}b\"")?;
+        assert_eq!(config.rabbitmq.password, "a${NOT_A_VAR}b");
+        Ok(())
+    }
+
+    #[test]
+    fn null_means_empty_section_or_absent_option_but_not_a_value() -> TestResult {
+        // Only YAML can write null; build its tree directly.
+        let env = env_of(&[]);
+        let origin = Path::new("config/services.yaml");
+        let entries = vec![
+            ("worker".to_owned(), Node::Null),
+            (
+                "rabbitmq".to_owned(),
+                Node::Table(vec![
+                    ("url".to_owned(), Node::Null),
+                    ("prefetch".to_owned(), Node::Null),
+                ]),
+            ),
+            (
+                "defaults".to_owned(),
+                Node::Table(vec![("timeout".to_owned(), Node::Null)]),
+            ),
+        ];
+        let config = decode(entries, origin, &env)?;
+        assert_eq!(config.worker, WorkerConfig::default());
+        assert_eq!(config.rabbitmq.url, None);
+        assert_eq!(config.rabbitmq.prefetch, None);
+        assert_eq!(config.defaults.timeout, None);
+
+        let entries = vec![(
+            "rabbitmq".to_owned(),
+            Node::Table(vec![("password".to_owned(), Node::Null)]),
+        )];
+        let err = decode(entries, origin, &env).expect_err("null password");
+        assert_eq!(
+            err.to_string(),
+            "config/services.yaml: rabbitmq.password: expected a string, got nothing (null)"
+        );
+        Ok(())
+    }
+
+    const TOP_KEYS: &[&str] = &[
+        "broker", "database", "defaults", "worker", "cleanup", "rabbitmq", "limits", "control",
+    ];
+    const WORKER_KEYS: &[&str] = &[
+        "queues",
+        "concurrency",
+        "polling_interval",
+        "shutdown_timeout",
+    ];
+
+    #[test]
+    fn serde_words_read_as_fq_words() {
+        // Pins the messages that serde's own visitors (Vec, PathBuf) would word differently.
+        let origin = Path::new("config/services.yaml");
+        let cases = [
+            (
+                "worker",
+                "queues",
+                Node::Null,
+                "expected a list of strings, got nothing (null)",
+            ),
+            (
+                "worker",
+                "queues",
+                Node::Table(vec![]),
+                "expected a list of strings, got a table",
+            ),
+            (
+                "",
+                "database",
+                Node::Null,
+                "expected a string, got nothing (null)",
+            ),
+            (
+                "",
+                "database",
+                Node::Int(5),
+                "expected a string, got an integer (quote the value to make it a string)",
+            ),
+            (
+                "control",
+                "socket",
+                Node::Bool(true),
+                "expected a string, got a boolean (quote",
+            ),
+            (
+                "worker",
+                "concurrency",
+                Node::Null,
+                "expected an integer, got nothing (null)",
+            ),
+        ];
+        for (section, key, node, want) in cases {
+            let entries = if section.is_empty() {
+                vec![(key.to_owned(), node)]
+            } else {
+                vec![(
+                    section.to_owned(),
+                    Node::Table(vec![(key.to_owned(), node)]),
+                )]
+            };
+            let err = decode(entries, origin, &env_of(&[])).expect_err(key);
+            assert!(err.to_string().contains(want), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn suggestions_only_for_near_misses() {
+        assert_eq!(closest("concurency", WORKER_KEYS), Some("concurrency"));
+        assert_eq!(closest("queue", WORKER_KEYS), Some("queues"));
+        assert_eq!(closest("Queues", WORKER_KEYS), Some("queues"));
+        assert_eq!(closest("threads", WORKER_KEYS), None);
+        assert_eq!(closest("a", TOP_KEYS), None);
+        assert_eq!(closest("", TOP_KEYS), None);
+    }
+
+    #[test]
+    fn edit_distance_counts_single_character_edits() {
+        // `closest` relies on strsim's distance counting characters, not bytes.
+        use strsim::levenshtein as edit_distance;
+        assert_eq!(edit_distance("", ""), 0);
+        assert_eq!(edit_distance("abc", "abc"), 0);
+        assert_eq!(edit_distance("abc", ""), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("héllo", "hello"), 1);
+    }
 }

@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::runner::{RunnerEnv, SlotTally, run_slot};
+use super::signals::Signals;
 use crate::broker::{Broker, EnqueueDefaults, Outcome, RetentionPolicy, Settlement};
 use crate::config::check_name;
 use crate::handler::Registry;
@@ -349,27 +350,19 @@ fn tally(
     }
 }
 
+/// Stops the worker on SIGINT or SIGTERM, through the same handlers as the CLI.
 fn spawn_signal_listener(shutdown: CancellationToken) {
     tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let Ok(mut terminate) = signal(SignalKind::terminate()) else {
-                tracing::warn!("cannot listen for SIGTERM");
+        let mut signals = match Signals::listen() {
+            Ok(signals) => signals,
+            Err(error) => {
+                tracing::warn!("{error}");
                 return;
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
-                _ = terminate.recv() => tracing::info!("SIGTERM received; shutting down"),
-                () = shutdown.cancelled() => return,
             }
-        }
-        #[cfg(not(unix))]
-        {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => tracing::info!("ctrl-c received; shutting down"),
-                () = shutdown.cancelled() => return,
-            }
+        };
+        tokio::select! {
+            name = signals.recv() => tracing::info!("{name} received; shutting down"),
+            () = shutdown.cancelled() => return,
         }
         shutdown.cancel();
     });

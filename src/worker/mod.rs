@@ -3,5 +3,6 @@
 
 mod manager;
 mod runner;
+pub(crate) mod signals;
 
 pub use manager::{ShutdownHandle, WorkerManager, WorkerReport};

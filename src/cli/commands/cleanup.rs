@@ -2,8 +2,8 @@
 //! `cleanup.retain_days` for FAILED and CANCELLED) and reports what it deleted.
 
 use crate::cli::error::CliError;
-use crate::cli::output::format_duration;
 use crate::cli::{Context, Store};
+use crate::config::{DurationStyle, format_duration};
 
 /// Deletes the finished tasks past retention and prints the counts.
 pub(crate) async fn run(ctx: &Context) -> Result<(), CliError> {
@@ -18,7 +18,7 @@ pub(crate) async fn run(ctx: &Context) -> Result<(), CliError> {
     out.text(&format!(
         "deleted {total} task(s): {} completed (kept {}), {} failed and {} cancelled (kept {} day(s))",
         report.completed,
-        format_duration(cleanup.completed_retention),
+        format_duration(cleanup.completed_retention, DurationStyle::Short),
         report.failed,
         report.cancelled,
         cleanup.retain_days,

@@ -14,11 +14,11 @@ use serde_json::{Value, json};
 use crate::cli::args::DemoArgs;
 use crate::cli::error::CliError;
 use crate::cli::output::{Output, event_json, event_line, stats_table};
-use crate::cli::signals::Signals;
 use crate::cli::tasks::{
     ECHO, FAIL, FLAKY, GENERATE_REPORT, RESIZE_IMAGE, SEND_EMAIL, demo_registry,
 };
 use crate::cli::{Context, open_store};
+use crate::worker::signals::Signals;
 use crate::{Config, Event, EventKind, EventStream, TaskId};
 
 /// Retry backoff in the demo: short, so the flaky task's retries show within a second or two.

@@ -6,9 +6,10 @@ use serde_json::json;
 
 use crate::cli::args::WorkerStartArgs;
 use crate::cli::error::{CliError, usage_if_invalid};
-use crate::cli::output::{Output, event_json, format_duration};
-use crate::cli::signals::Signals;
+use crate::cli::output::{Output, event_json};
 use crate::cli::{Context, Store};
+use crate::config::{DurationStyle, format_duration};
+use crate::worker::signals::Signals;
 use crate::{Event, EventKind, Registry, WorkerReport};
 
 /// Runs the worker and prints its report.
@@ -56,7 +57,7 @@ pub(crate) async fn start(
             "worker started (pid {}): queues {}, {concurrency} at a time, idle recheck every {}\ntasks: {}\nstop with Ctrl-C or SIGTERM",
             std::process::id(),
             queues.join(","),
-            format_duration(interval),
+            format_duration(interval, DurationStyle::Short),
             if names.is_empty() { "(none registered)" } else { &names },
         ))?;
     }
@@ -73,7 +74,7 @@ pub(crate) async fn start(
                 if !out.is_json() {
                     eprintln!(
                         "{signal}: stopping; waiting up to {} for running tasks",
-                        format_duration(shutdown_timeout)
+                        format_duration(shutdown_timeout, DurationStyle::Short)
                     );
                 }
             }

@@ -1,8 +1,17 @@
-//! SIGINT and SIGTERM for the long-running commands (`serve`, `worker start`, `demo`). The
-//! handlers are installed when [`Signals::listen`] returns, before a command says it is ready,
-//! so a signal sent after that line can never kill the process uncleanly.
+//! SIGINT and SIGTERM (ctrl-c off Unix): the one place fq listens for them, used by the worker
+//! manager's own shutdown and by the CLI's long-running commands. It only reports signals;
+//! what a signal stops is the caller's business.
 
-use super::error::CliError;
+/// A signal handler the operating system refused to install.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen for {name}")]
+pub(crate) struct SignalError {
+    /// The signal, e.g. `SIGTERM`.
+    pub(crate) name: &'static str,
+    /// Why the operating system refused.
+    #[source]
+    pub(crate) source: std::io::Error,
+}
 
 /// Installed handlers for SIGINT and SIGTERM.
 #[derive(Debug)]
@@ -14,18 +23,17 @@ pub(crate) struct Signals {
 }
 
 impl Signals {
-    /// Installs the handlers; call it inside the runtime.
+    /// Installs the handlers; call it inside the runtime. Once it returns, a signal can no
+    /// longer kill the process uncleanly, so callers install them before saying they are ready.
     ///
     /// # Errors
     /// When the operating system refuses them.
-    pub(crate) fn listen() -> Result<Self, CliError> {
+    pub(crate) fn listen() -> Result<Self, SignalError> {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
-            let install = |kind: SignalKind, name: &str| {
-                signal(kind).map_err(|error| {
-                    CliError::from(error).context(format!("cannot listen for {name}"))
-                })
+            let install = |kind: SignalKind, name: &'static str| {
+                signal(kind).map_err(|source| SignalError { name, source })
             };
             Ok(Self {
                 interrupt: install(SignalKind::interrupt(), "SIGINT")?,
