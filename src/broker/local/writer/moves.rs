@@ -179,18 +179,10 @@ impl Writer {
         id: TaskId,
         batch: &mut Batch,
     ) -> Result<Result<TaskRecord>, StoreError> {
-        let task = match load(tables, id)? {
-            Ok(task) => task,
-            Err(error) => return Ok(Err(error)),
-        };
-        let being_forwarded = self.forwarding.contains(&id);
-        match lifecycle::cancel(task, id, being_forwarded, batch.now) {
-            Ok(step) => {
-                self.commit_step(tables, id, &step, batch.now, batch)?;
-                Ok(Ok(step.task.to_record(id)))
-            }
-            Err(error) => Ok(Err(error)),
-        }
+        let now = batch.now;
+        self.operator_move(tables, id, batch, |task, writer| {
+            lifecycle::cancel(task, id, writer.forwarding.contains(&id), now)
+        })
     }
 
     pub(super) fn retry(
@@ -199,12 +191,26 @@ impl Writer {
         id: TaskId,
         batch: &mut Batch,
     ) -> Result<Result<TaskRecord>, StoreError> {
+        let now = batch.now;
+        self.operator_move(tables, id, batch, |task, writer| {
+            lifecycle::retry(task, id, &mut writer.context(now))
+        })
+    }
+
+    /// Loads task `id`, makes an operator's move on it (`make`) and commits the step; answers
+    /// the task as it is after the move, or why the move was refused.
+    fn operator_move(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        id: TaskId,
+        batch: &mut Batch,
+        make: impl FnOnce(StoredTask, &mut Self) -> Result<lifecycle::Step>,
+    ) -> Result<Result<TaskRecord>, StoreError> {
         let task = match load(tables, id)? {
             Ok(task) => task,
             Err(error) => return Ok(Err(error)),
         };
-        let mut ctx = self.context(batch.now);
-        match lifecycle::retry(task, id, &mut ctx) {
+        match make(task, self) {
             Ok(step) => {
                 self.commit_step(tables, id, &step, batch.now, batch)?;
                 Ok(Ok(step.task.to_record(id)))
