@@ -212,6 +212,14 @@ impl Stats {
 /// A transport that queues, hands out and settles tasks. Object-safe, so workers can run over
 /// the embedded engine, a remote one or RabbitMQ alike.
 pub trait Broker: Send + Sync + fmt::Debug + 'static {
+    /// True when the broker emits the lifecycle events of the moves it commits (queued,
+    /// started, finished, retrying, failed, cancelled) on [`Broker::events`], each after the
+    /// commit that made it true. A worker over a broker that does not (a remote engine, whose
+    /// events happen in its own process) emits them itself from the answers it gets.
+    fn emits_events(&self) -> bool {
+        false
+    }
+
     /// Commits new tasks durably and returns their ids.
     fn enqueue(&self, tasks: Vec<NewTask>) -> BoxFuture<'_, Result<Vec<TaskId>>>;
 

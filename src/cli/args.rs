@@ -243,7 +243,7 @@ fn parse_kwargs(text: &str) -> Result<Map<String, Value>, String> {
         Ok(Value::Object(kwargs)) => Ok(kwargs),
         Ok(other) => Err(format!(
             "expected a JSON object such as '{{\"to\": \"ada@example.com\"}}', got {}",
-            json_kind(&other)
+            crate::Payload::kind_of(&other)
         )),
         Err(error) => Err(format!("not valid JSON: {error}")),
     }
@@ -255,20 +255,9 @@ fn parse_args(text: &str) -> Result<JsonArray, String> {
         Ok(Value::Array(args)) => Ok(JsonArray(args)),
         Ok(other) => Err(format!(
             "expected a JSON array such as '[\"ada@example.com\", 3]', got {}",
-            json_kind(&other)
+            crate::Payload::kind_of(&other)
         )),
         Err(error) => Err(format!("not valid JSON: {error}")),
-    }
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

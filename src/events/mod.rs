@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use crate::task::{TaskFailure, TaskRecord, TaskStatus};
+use crate::task::{Outcome, TaskFailure, TaskRecord, TaskStatus};
 
 /// How many events may wait for the listener thread before new ones are dropped.
 const LISTENER_BACKLOG: usize = 65_536;
@@ -127,6 +127,39 @@ impl Event {
         event.error = error;
         event.retry_at = retry_at.filter(|_| kind == EventKind::Retrying);
         Some(event)
+    }
+
+    /// The events an attempt's end makes, in order: `worker.task.after_execution` with the
+    /// result; or `worker.task.execution_error` with the error, then `task.retrying` or
+    /// `task.failed` by the task's new `status`. A released attempt makes none.
+    pub(crate) fn of_attempt_end(
+        outcome: &Outcome,
+        status: TaskStatus,
+        task: &Arc<TaskRecord>,
+        retry_at: Option<DateTime<Utc>>,
+        at: DateTime<Utc>,
+    ) -> impl Iterator<Item = Self> + use<> {
+        let events = match outcome {
+            Outcome::Completed { result } => {
+                let mut event = Self::new(EventKind::AfterExecution, Arc::clone(task), at);
+                event.result = Some(result.clone());
+                [Some(event), None]
+            }
+            Outcome::Failed { failure, .. } => {
+                let mut event = Self::new(EventKind::ExecutionError, Arc::clone(task), at);
+                event.error = Some(failure.clone());
+                let settled = Self::settled(
+                    status,
+                    Arc::clone(task),
+                    Some(failure.clone()),
+                    retry_at,
+                    at,
+                );
+                [Some(event), settled]
+            }
+            Outcome::Released => [None, None],
+        };
+        events.into_iter().flatten()
     }
 
     /// The event's name (`worker.task.after_execution`, ...).

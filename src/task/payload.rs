@@ -83,13 +83,30 @@ impl Payload {
         Self::from_value(&value)
     }
 
+    /// How fq's messages name the kind of a JSON value (`null`, `a boolean`, `a number`,
+    /// `a string`, `an array`, `an object`), for tools that check arguments before they
+    /// build a payload, in the same words.
+    pub fn kind_of(value: &Value) -> &'static str {
+        match value {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Number(_) => "a number",
+            Value::String(_) => "a string",
+            Value::Array(_) => "an array",
+            Value::Object(_) => "an object",
+        }
+    }
+
     /// Checks a payload given as a JSON value (see [`Payload::from_json_str`]).
     ///
     /// # Errors
     /// As [`Payload::from_json_str`].
     pub fn from_value(value: &Value) -> Result<Self, PayloadError> {
         let Value::Object(fields) = value else {
-            return Err(PayloadError::Shape(format!("got {}", json_kind(value))));
+            return Err(PayloadError::Shape(format!(
+                "got {}",
+                Payload::kind_of(value)
+            )));
         };
         if let Some(unknown) = fields.keys().find(|k| *k != "args" && *k != "kwargs") {
             return Err(PayloadError::Shape(format!(
@@ -102,7 +119,7 @@ impl Payload {
             Some(other) => {
                 return Err(PayloadError::Shape(format!(
                     "\"args\" must be an array, got {}",
-                    json_kind(other)
+                    Payload::kind_of(other)
                 )));
             }
         };
@@ -112,7 +129,7 @@ impl Payload {
             Some(other) => {
                 return Err(PayloadError::Shape(format!(
                     "\"kwargs\" must be an object, got {}",
-                    json_kind(other)
+                    Payload::kind_of(other)
                 )));
             }
         };
@@ -171,17 +188,6 @@ impl Payload {
             _ => kwargs,
         };
         serde_json::from_str(source).map_err(|e| PayloadError::Arguments(e.to_string()))
-    }
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

@@ -200,10 +200,14 @@ async fn run_attempt(record: TaskRecord, env: &RunnerEnv) -> (Tally, Option<Task
         attempt = record.attempts,
     );
     async move {
-        let events = env.broker.events();
+        // Events come from the broker when it emits them after its commits (the embedded
+        // engine); over a remote one they happen in its process, so the worker emits them here.
+        let events = (!env.broker.emits_events()).then(|| env.broker.events());
         let record = Arc::new(record);
         let now = || millis_to_datetime(env.broker.now_ms());
-        events.emit(|| Event::new(EventKind::BeforeExecution, Arc::clone(&record), now()));
+        if let Some(events) = events {
+            events.emit(|| Event::new(EventKind::BeforeExecution, Arc::clone(&record), now()));
+        }
         tracing::debug!("running");
         let Some(outcome) = execute(&record, env).await else {
             env.drop_hold(record.id);
@@ -248,40 +252,23 @@ async fn run_attempt(record: TaskRecord, env: &RunnerEnv) -> (Tally, Option<Task
                 return (Tally::Unrecorded, next);
             }
         };
-        let snapshot = report.record.clone().unwrap_or_else(|| Arc::clone(&record));
-        match outcome {
-            Outcome::Completed { result } => {
-                tracing::debug!("completed");
-                events.emit(|| {
-                    let mut event =
-                        Event::new(EventKind::AfterExecution, Arc::clone(&snapshot), now());
-                    event.result = Some(result);
-                    event
-                });
+        match &outcome {
+            Outcome::Completed { .. } => tracing::debug!("completed"),
+            Outcome::Failed { failure, .. } if report.status == TaskStatus::Retrying => {
+                tracing::debug!(error = %failure, "attempt failed; retrying");
             }
             Outcome::Failed { failure, .. } => {
-                events.emit(|| {
-                    let mut event =
-                        Event::new(EventKind::ExecutionError, Arc::clone(&snapshot), now());
-                    event.error = Some(failure.clone());
-                    event
-                });
-                if report.status == TaskStatus::Retrying {
-                    tracing::debug!(error = %failure, "attempt failed; retrying");
-                } else {
-                    tracing::warn!(error = %failure, "task failed for good");
-                }
-                events.emit_some(|| {
-                    Event::settled(
-                        report.status,
-                        Arc::clone(&snapshot),
-                        Some(failure),
-                        report.retry_at.map(millis_to_datetime),
-                        now(),
-                    )
-                });
+                tracing::warn!(error = %failure, "task failed for good")
             }
             Outcome::Released => {}
+        }
+        if let Some(events) = events.filter(|events| events.has_audience()) {
+            let snapshot = report.record.clone().unwrap_or_else(|| Arc::clone(&record));
+            let retry_at = report.retry_at.map(millis_to_datetime);
+            for event in Event::of_attempt_end(&outcome, report.status, &snapshot, retry_at, now())
+            {
+                events.emit(|| event);
+            }
         }
         let tally = match report.status {
             TaskStatus::Completed => Tally::Completed,

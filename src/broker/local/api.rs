@@ -9,20 +9,8 @@ impl Broker for LocalBroker {
             if tasks.is_empty() {
                 return Ok(Vec::new());
             }
-            let queued = self
-                .request(|reply| Command::Enqueue { tasks, reply })
-                .await?;
-            let now = millis_to_datetime(self.now_ms());
-            let mut ids = Vec::with_capacity(queued.len());
-            for (id, record) in queued {
-                if let Some(record) = record {
-                    self.shared
-                        .events
-                        .emit(|| Event::new(EventKind::Queued, record, now));
-                }
-                ids.push(id);
-            }
-            Ok(ids)
+            self.request(|reply| Command::Enqueue { tasks, reply })
+                .await
         })
     }
 
@@ -132,15 +120,7 @@ impl Broker for LocalBroker {
     }
 
     fn cancel(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
-        Box::pin(async move {
-            let record = self.request(|reply| Command::Cancel { id, reply }).await?;
-            let now = millis_to_datetime(self.now_ms());
-            let snapshot = Arc::new(record.clone());
-            self.shared
-                .events
-                .emit(|| Event::new(EventKind::Cancelled, snapshot, now));
-            Ok(record)
-        })
+        Box::pin(async move { self.request(|reply| Command::Cancel { id, reply }).await })
     }
 
     fn cleanup(&self, policy: RetentionPolicy) -> BoxFuture<'_, Result<CleanupReport>> {
@@ -199,25 +179,14 @@ impl Broker for LocalBroker {
     }
 
     fn retry_failed(&self, queue: Option<String>) -> BoxFuture<'_, Result<u64>> {
-        Box::pin(async move {
-            let mut total = 0;
-            let mut after = None;
-            loop {
-                let page = self
-                    .request(|reply| Command::RetryFailed {
-                        queue: queue.clone(),
-                        after: after.take(),
-                        limit: CLEANUP_CHUNK,
-                        reply,
-                    })
-                    .await?;
-                total += page.changed;
-                match page.next {
-                    Some((_, key)) => after = Some(key),
-                    None => return Ok(total),
-                }
-            }
-        })
+        Box::pin(
+            self.page_through(move |cursor, reply| Command::RetryFailed {
+                queue: queue.clone(),
+                after: cursor.map(|(_, key)| key),
+                limit: CLEANUP_CHUNK,
+                reply,
+            }),
+        )
     }
 
     fn purge(&self, queue: String, status: Option<TaskStatus>) -> BoxFuture<'_, Result<u64>> {
@@ -228,28 +197,20 @@ impl Broker for LocalBroker {
                     "RUNNING tasks cannot be purged; stop their workers or wait for them",
                 ));
             }
-            let mut total = 0;
-            let (mut phase, mut after) = (0, None);
-            loop {
-                let page = self
-                    .request(|reply| Command::Purge {
-                        queue: queue.clone(),
-                        status,
-                        phase,
-                        after: after.take(),
-                        limit: CLEANUP_CHUNK,
-                        reply,
-                    })
-                    .await?;
-                total += page.changed;
-                match page.next {
-                    Some((next_phase, key)) => {
-                        phase = next_phase;
-                        after = (!key.is_empty()).then_some(key);
-                    }
-                    None => return Ok(total),
+            self.page_through(move |cursor, reply| {
+                let (phase, after) = cursor.map_or((0, None), |(phase, key)| {
+                    (phase, (!key.is_empty()).then_some(key))
+                });
+                Command::Purge {
+                    queue: queue.clone(),
+                    status,
+                    phase,
+                    after,
+                    limit: CLEANUP_CHUNK,
+                    reply,
                 }
-            }
+            })
+            .await
         })
     }
 
@@ -280,6 +241,10 @@ impl Broker for LocalBroker {
             }
             Ok(stats)
         })
+    }
+
+    fn emits_events(&self) -> bool {
+        true
     }
 
     fn events(&self) -> &EventBus {

@@ -19,13 +19,13 @@ use tokio_util::sync::CancellationToken;
 use self::lease::LeaseTable;
 use self::timer::TimerSignal;
 pub(crate) use self::writer::RunRecord;
-use self::writer::{Command, Writer, WriterSettings};
+use self::writer::{Command, Page, Writer, WriterSettings};
 use super::{
     BoxFuture, Broker, Chained, CleanupReport, ListQuery, NewTask, RetentionPolicy, SettleReport,
     Settlement, Stats,
 };
-use crate::clock::{Clock, Millis, millis_to_datetime};
-use crate::events::{Event, EventBus, EventKind};
+use crate::clock::{Clock, Millis};
+use crate::events::EventBus;
 use crate::queue::{DelayIndex, ReadyHeap, ReadyTask};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::sync::{AtomicBool, Mutex};
@@ -199,6 +199,24 @@ impl LocalBroker {
                     .shared
                     .poisoned()
                     .map_or(Error::ShutDown, |reason| Error::Poisoned { reason }))
+            }
+        }
+    }
+
+    /// Runs a paged admin command chunk by chunk (`make` builds each chunk's command from the
+    /// cursor the previous chunk returned) until the scan is done; returns the tasks changed.
+    async fn page_through(
+        &self,
+        mut make: impl FnMut(Option<(usize, Vec<u8>)>, oneshot::Sender<Result<Page>>) -> Command,
+    ) -> Result<u64> {
+        let mut total = 0;
+        let mut cursor = None;
+        loop {
+            let page = self.request(|reply| make(cursor.take(), reply)).await?;
+            total += page.changed;
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return Ok(total),
             }
         }
     }

@@ -557,6 +557,12 @@ impl Broker for RabbitBroker {
         })
     }
 
+    /// Starts are emitted as deliveries are handed to workers, ends by the local writer that
+    /// records each run.
+    fn emits_events(&self) -> bool {
+        true
+    }
+
     fn events(&self) -> &EventBus {
         self.bridge.local.events()
     }

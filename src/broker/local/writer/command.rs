@@ -21,9 +21,6 @@ pub(crate) struct Page {
     pub(crate) next: Option<(usize, Vec<u8>)>,
 }
 
-/// A committed new task, with its record when events are being listened to.
-pub(crate) type Queued = (TaskId, Option<std::sync::Arc<TaskRecord>>);
-
 /// The longest a lazily committed change waits for a durable commit.
 pub(crate) const LAZY_FLUSH: Duration = Duration::from_millis(100);
 
@@ -31,7 +28,7 @@ pub(crate) const LAZY_FLUSH: Duration = Duration::from_millis(100);
 pub(crate) enum Command {
     Enqueue {
         tasks: Vec<NewTask>,
-        reply: Reply<Vec<Queued>>,
+        reply: Reply<Vec<TaskId>>,
     },
     Claim {
         tasks: Vec<ReadyTask>,

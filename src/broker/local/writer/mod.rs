@@ -24,7 +24,7 @@ use crate::task::{ReadyOrder, RetryPolicy, StoredTask, TaskId, TaskRecord};
 use crate::{Error, Result};
 
 use command::Answer;
-pub(crate) use command::{Command, LAZY_FLUSH, Page, Queued, RunRecord};
+pub(crate) use command::{Command, LAZY_FLUSH, Page, RunRecord};
 pub(super) use step::write_step;
 
 /// The most commands applied in one transaction.
@@ -123,6 +123,14 @@ struct Batch {
     completed: std::collections::HashMap<String, u64>,
     /// The store's free space, probed once per batch by its first enqueue.
     free_bytes: Option<Option<u64>>,
+}
+
+impl Batch {
+    /// Queues an event of `kind` about `task`, at the batch's time, for after the commit.
+    fn emit(&mut self, kind: crate::events::EventKind, task: Arc<TaskRecord>) {
+        let at = crate::clock::millis_to_datetime(self.now);
+        self.effects.push(Publish::Emit(Event::new(kind, task, at)));
+    }
 }
 
 impl Writer {

@@ -4,12 +4,13 @@
 
 use std::sync::Arc;
 
-use super::{Batch, Queued, Writer, load};
+use super::{Batch, Publish, Writer, load};
 use crate::broker::{NewTask, SettleReport, Settlement};
 use crate::clock::{Millis, millis_to_datetime};
-use crate::events::Event;
+use crate::events::{Event, EventKind};
 use crate::queue::ReadyTask;
 use crate::store::{StoreError, WriteTables};
+use crate::task::Outcome;
 use crate::task::lifecycle::{self, Orphaned};
 use crate::task::{StoredTask, TaskId, TaskRecord, TaskStatus};
 use crate::{Error, Result};
@@ -24,7 +25,7 @@ impl Writer {
         tables: &mut WriteTables<'_>,
         tasks: Vec<NewTask>,
         batch: &mut Batch,
-    ) -> Result<Result<Vec<Queued>>, StoreError> {
+    ) -> Result<Result<Vec<TaskId>>, StoreError> {
         if let Some(limit) = self.settings.max_pending
             && self.waiting.saturating_add(tasks.len() as u64) > limit
         {
@@ -82,7 +83,10 @@ impl Writer {
             };
             let step = lifecycle::queue(task, &mut self.next_seq);
             self.commit_step(tables, new.id, &step, batch.now, batch)?;
-            ids.push((new.id, Self::snapshot(batch, new.id, &step.task)));
+            if let Some(record) = Self::snapshot(batch, new.id, &step.task) {
+                batch.emit(EventKind::Queued, record);
+            }
+            ids.push(new.id);
         }
         Ok(Ok(ids))
     }
@@ -111,7 +115,11 @@ impl Writer {
                 continue;
             };
             self.commit_step(tables, ready.id, &step, lease_until, batch)?;
-            claimed.push(step.task.to_record(ready.id));
+            let record = step.task.to_record(ready.id);
+            if batch.audience {
+                batch.emit(EventKind::BeforeExecution, Arc::new(record.clone()));
+            }
+            claimed.push(record);
         }
         Ok(claimed)
     }
@@ -134,11 +142,37 @@ impl Writer {
                 Err(error) => return Ok(Err(error)),
             };
         self.commit_step(tables, id, &step, batch.now, batch)?;
-        Ok(Ok(SettleReport {
+        Ok(Ok(Self::attempt_ended(
+            batch,
+            id,
+            &step,
+            &settlement.outcome,
+        )))
+    }
+
+    /// The report of an attempt's end, and its events (see `Event::of_attempt_end`).
+    pub(super) fn attempt_ended(
+        batch: &mut Batch,
+        id: TaskId,
+        step: &lifecycle::Step,
+        outcome: &Outcome,
+    ) -> SettleReport {
+        let record = Self::snapshot(batch, id, &step.task);
+        if let Some(record) = &record {
+            let events = Event::of_attempt_end(
+                outcome,
+                step.task.status,
+                record,
+                step.retry_at.map(millis_to_datetime),
+                millis_to_datetime(batch.now),
+            );
+            batch.effects.extend(events.map(Publish::Emit));
+        }
+        SettleReport {
             status: step.task.status,
             retry_at: step.retry_at,
-            record: Self::snapshot(batch, id, &step.task),
-        }))
+            record,
+        }
     }
 
     /// A lease ran out: the same orphan move as recovery at open, and the event it makes.
@@ -168,7 +202,7 @@ impl Writer {
                 step.retry_at.map(millis_to_datetime),
                 millis_to_datetime(batch.now),
             );
-            batch.effects.extend(event.map(super::Publish::Emit));
+            batch.effects.extend(event.map(Publish::Emit));
         }
         Ok(())
     }
@@ -180,9 +214,15 @@ impl Writer {
         batch: &mut Batch,
     ) -> Result<Result<TaskRecord>, StoreError> {
         let now = batch.now;
-        self.operator_move(tables, id, batch, |task, writer| {
+        let cancelled = self.operator_move(tables, id, batch, |task, writer| {
             lifecycle::cancel(task, id, writer.forwarding.contains(&id), now)
-        })
+        })?;
+        if let Ok(record) = &cancelled
+            && batch.audience
+        {
+            batch.emit(EventKind::Cancelled, Arc::new(record.clone()));
+        }
+        Ok(cancelled)
     }
 
     pub(super) fn retry(

@@ -129,10 +129,6 @@ impl Writer {
         // The record is new to the store (any old one was discarded above).
         step.previous = None;
         self.commit_step(tables, id, &step, batch.now, batch)?;
-        Ok(Ok(SettleReport {
-            status: step.task.status,
-            retry_at: step.retry_at,
-            record: Self::snapshot(batch, id, &step.task),
-        }))
+        Ok(Ok(Self::attempt_ended(batch, id, &step, &run.outcome)))
     }
 }

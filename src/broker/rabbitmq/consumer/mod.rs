@@ -26,8 +26,9 @@ use super::message::{Incoming, dead_letter_properties, decode};
 use super::topology::{DEAD_EXCHANGE, dead_queue, short};
 use super::{Bridge, RabbitError};
 use crate::broker::local::RunRecord;
-use crate::broker::{Outcome, SettleReport, Settlement};
+use crate::broker::{Broker, Outcome, SettleReport, Settlement};
 use crate::clock::{Millis, millis_to_datetime};
+use crate::events::{Event, EventKind};
 use crate::task::{TaskId, TaskRecord, TaskStatus};
 use crate::{Error, Result};
 pub(crate) use settle::{dead_letter, heartbeat, settle};
@@ -442,6 +443,16 @@ fn take_ready(bridge: &Arc<Bridge>, set: &Arc<ConsumerSet>, max: usize) -> Vec<T
     if !held_back.is_empty() {
         let mut buffer = set.buffer.lock().unwrap_or_else(PoisonError::into_inner);
         buffer.extend(held_back);
+    }
+    // A delivery handed to a worker is this process's start of the run (RabbitMQ, not the
+    // local writer, made it RUNNING), so the start's event is emitted here.
+    let events = bridge.local.events();
+    if events.has_audience() {
+        let at = millis_to_datetime(now);
+        for record in &records {
+            let task = Arc::new(record.clone());
+            events.emit(|| Event::new(EventKind::BeforeExecution, task, at));
+        }
     }
     records
 }
