@@ -32,12 +32,13 @@ use crate::broker::{
 };
 use crate::clock::{Millis, millis_to_datetime};
 use crate::events::{Event, EventBus, EventKind};
-use crate::task::{TaskId, TaskRecord, TaskStatus};
+use crate::task::{RetryPolicy, TaskId, TaskRecord, TaskStatus};
 use crate::{Error, Result};
 
 /// The environment variable [`ConnectOptions::from_env`] reads the token from.
 pub(crate) const TOKEN_VAR: &str = "FQ_TOKEN";
-/// The first pause between reconnection attempts; it doubles up to [`MAX_BACKOFF`].
+/// The first pause between reconnection attempts; it doubles up to [`MAX_BACKOFF`], without
+/// jitter (docs/protocol.md promises these pauses).
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// The longest pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -702,7 +703,7 @@ async fn write_loop(
 
 /// Re-establishes the connection with backoff until it works or the client is dropped.
 async fn reconnect(shared: Weak<ClientShared>) {
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = RetryPolicy::reconnect_backoff(FIRST_BACKOFF, MAX_BACKOFF, 0.0);
     loop {
         let Some(client) = shared.upgrade() else {
             return;
@@ -725,10 +726,9 @@ async fn reconnect(shared: Weak<ClientShared>) {
         let stop = client.stop.clone();
         drop(client);
         tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(backoff.next_pause()) => {}
             () = stop.cancelled() => return,
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
