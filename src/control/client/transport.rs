@@ -103,7 +103,7 @@ impl Conn {
     }
 
     /// Marks the connection gone and fails every request still waiting.
-    pub(super) fn fail(&self, reason: &str) {
+    fn fail(&self, reason: &str) {
         let waiting = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             if state.dead.is_some() {
@@ -148,14 +148,14 @@ pub(super) struct ClientShared {
 }
 
 impl ClientShared {
-    pub(super) fn connect_error(&self, message: impl Into<String>) -> Error {
+    fn connect_error(&self, message: impl Into<String>) -> Error {
         Error::Connect {
             addr: self.addr.to_string(),
             message: message.into(),
         }
     }
 
-    pub(super) fn io_error(&self, error: &std::io::Error) -> Error {
+    fn io_error(&self, error: &std::io::Error) -> Error {
         use std::io::ErrorKind;
         let message = match (&self.endpoint, error.kind()) {
             (Endpoint::Unix(path), ErrorKind::NotFound) => format!(
@@ -269,7 +269,7 @@ impl ClientShared {
     }
 
     /// The connection is gone: if it was the current one, mark the link down and reconnect.
-    pub(super) fn lost(self: &Arc<Self>, conn: &Arc<Conn>, reason: &str) {
+    fn lost(self: &Arc<Self>, conn: &Arc<Conn>, reason: &str) {
         let replaced = self.link.send_if_modified(|link| match link {
             Link::Up(current) if Arc::ptr_eq(current, conn) => {
                 *link = Link::Down(Arc::from(reason));
@@ -375,7 +375,7 @@ impl ClientShared {
     }
 
     /// Gives back tasks whose claim answer nobody took (the caller stopped waiting).
-    pub(super) fn release(self: &Arc<Self>, answer: &RawValue) {
+    fn release(self: &Arc<Self>, answer: &RawValue) {
         let Ok(claimed) = serde_json::from_str::<TasksOk<ClaimedRef>>(answer.get()) else {
             return;
         };

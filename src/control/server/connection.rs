@@ -216,7 +216,9 @@ async fn connection(
             frame = reader.read_frame() => frame,
         };
         let frame = match frame {
-            Ok(Some(frame)) => frame,
+            // Copied out of the read buffer, which a request's task would otherwise keep
+            // alive (a whole buffer) for as long as it runs: an hour, for a long-poll claim.
+            Ok(Some(frame)) => Vec::from(frame),
             Ok(None) => break "closed by the client".to_owned(),
             Err(FrameError::Io(e)) => break format!("read failed: {e}"),
             Err(e) => {
