@@ -9,15 +9,21 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt}
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tokio_util::bytes::BytesMut;
+use tokio_util::codec::Decoder;
+
 use crate::control::ControlError;
 use crate::control::protocol::{
-    ClientHello, HelloFrame, PROTOCOL_VERSION, ServerHello, encode_frame,
+    ClientHello, FrameCodec, FrameError, HEADER_BYTES, HelloFrame, PROTOCOL_VERSION, ServerHello,
+    encode_frame,
 };
 
 /// Longest a Unix socket path may be: `sun_path` holds 108 bytes with the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
 /// How long probing an existing socket may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest answer to a probe taken for a hello.
+const MAX_PROBE_ANSWER: usize = 1 << 20;
 
 /// Checks, before the store is opened, that no live engine serves `socket` and that a
 /// server could bind it: an error names the live engine's pid, a path that is too long, or
@@ -156,20 +162,7 @@ fn probe_hello(
     stream
         .write_all(&frame)
         .map_err(|e| format!("cannot write to it: {e}"))?;
-    let mut header = [0u8; 4];
-    stream
-        .read_exact(&mut header)
-        .map_err(|e| format!("it accepts connections but does not answer a hello: {e}"))?;
-    let len = u32::from_be_bytes(header) as usize;
-    if len == 0 || len > 1 << 20 {
-        return Err(format!(
-            "it answered a frame of {len} bytes, not an fq hello"
-        ));
-    }
-    let mut body = vec![0u8; len];
-    stream
-        .read_exact(&mut body)
-        .map_err(|e| format!("its answer was cut short: {e}"))?;
+    let body = read_answer(&mut stream)?;
     match serde_json::from_slice::<HelloFrame<ServerHello>>(&body) {
         Ok(frame) => Ok(frame.hello),
         Err(_) => {
@@ -178,6 +171,48 @@ fn probe_hello(
                 "it answered {}, not an fq hello",
                 text.chars().take(200).collect::<String>()
             ))
+        }
+    }
+}
+
+/// Reads the one frame a probed socket answers, through the protocol's [`FrameCodec`]: what
+/// answered, or why it is not a frame an fq engine would send.
+fn read_answer(
+    stream: &mut std::os::unix::net::UnixStream,
+) -> std::result::Result<Vec<u8>, String> {
+    let mut codec = FrameCodec::new(MAX_PROBE_ANSWER);
+    let mut buffer = BytesMut::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match codec.decode(&mut buffer) {
+            Ok(Some(body)) => return Ok(body.to_vec()),
+            Ok(None) => {}
+            Err(FrameError::Empty) => {
+                return Err("it answered a frame of 0 bytes, not an fq hello".to_owned());
+            }
+            Err(FrameError::TooLarge { len, .. }) => {
+                return Err(format!(
+                    "it answered a frame of {len} bytes, not an fq hello"
+                ));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        let read = match stream.read(&mut chunk) {
+            Ok(0) => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "failed to fill whole buffer",
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            read => read,
+        };
+        match read {
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            Err(e) if buffer.len() < HEADER_BYTES => {
+                return Err(format!(
+                    "it accepts connections but does not answer a hello: {e}"
+                ));
+            }
+            Err(e) => return Err(format!("its answer was cut short: {e}")),
         }
     }
 }
@@ -318,5 +353,35 @@ mod tests {
         let err = ControlServer::probe(&long).unwrap_err().to_string();
         assert!(err.contains("control.socket"), "{err}");
         assert!(err.contains("bytes"), "{err}");
+    }
+
+    /// What the probe says of each answer that is not an fq hello, worded as when it read the
+    /// frame by hand.
+    #[test]
+    fn probe_answers_that_are_not_hellos_are_named() {
+        use std::os::unix::net::UnixStream;
+        let answer = |bytes: &[u8]| {
+            let (mut ours, mut theirs) = UnixStream::pair().unwrap();
+            theirs.write_all(bytes).unwrap();
+            drop(theirs);
+            read_answer(&mut ours)
+        };
+        assert_eq!(answer(b"\0\0\0\x02{}").unwrap(), b"{}");
+        assert_eq!(
+            answer(b"\0\0\0\0").unwrap_err(),
+            "it answered a frame of 0 bytes, not an fq hello"
+        );
+        assert_eq!(
+            answer(&(2u32 << 20).to_be_bytes()).unwrap_err(),
+            "it answered a frame of 2097152 bytes, not an fq hello"
+        );
+        assert_eq!(
+            answer(b"\0\0").unwrap_err(),
+            "it accepts connections but does not answer a hello: failed to fill whole buffer"
+        );
+        assert_eq!(
+            answer(b"\0\0\0\x09{}").unwrap_err(),
+            "its answer was cut short: failed to fill whole buffer"
+        );
     }
 }
