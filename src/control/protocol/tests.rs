@@ -1,3 +1,6 @@
+//! Unit tests of the wire format: request envelopes, argument errors naming their path, and
+//! errors surviving the round trip through error objects. Frames are tested in `frame`.
+
 use super::*;
 use crate::task::{TaskId, TaskStatus};
 
