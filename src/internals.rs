@@ -189,8 +189,7 @@ struct ChunkedReader {
     /// Index of the current chunk size, and what is left of that chunk.
     chunk: usize,
     left_in_chunk: usize,
-    /// The largest read buffer the decoder offered since the last reset, and the count of reads.
-    largest_offer: usize,
+    /// Reads the decoder made, ever.
     reads: usize,
 }
 
@@ -222,7 +221,6 @@ impl tokio::io::AsyncRead for ChunkedReader {
     ) -> std::task::Poll<std::io::Result<()>> {
         let this = self.get_mut();
         this.reads += 1;
-        this.largest_offer = this.largest_offer.max(buf.remaining());
         if this.at >= this.stream.len() || buf.remaining() == 0 {
             return std::task::Poll::Ready(Ok(()));
         }
@@ -241,78 +239,122 @@ impl tokio::io::AsyncRead for ChunkedReader {
     }
 }
 
-/// The control socket's frame decoder over a chunked in-memory stream, driven without a
+/// The read buffer the decoder starts with here: small, so that an allocation check sees the
+/// decoder's own growth with the bytes that arrive rather than a whole connection buffer
+/// (`READ_BUFFER_BYTES`) being replaced, and under 1 KiB, so that a replacement is sized by
+/// what is needed, not by the first capacity. The decoding is the same at any size.
+const FUZZ_READ_BUFFER: usize = 256;
+
+/// The control socket's frame reader over a chunked in-memory stream, driven without a
 /// runtime (a no-op waker; the reader is never pending for long).
 #[derive(Debug)]
 pub struct FrameDecoder {
-    reader: ChunkedReader,
-    max: usize,
+    reader: crate::control::protocol::FrameReader<ChunkedReader>,
+    /// The read buffer's capacity and the reads made at the last [`FrameDecoder::reset_probe`].
+    capacity_at_reset: usize,
+    reads_at_reset: usize,
 }
 
 impl FrameDecoder {
     /// Decodes `stream` delivered in chunks of `chunks` bytes in turn (cycling; a 0 is a
     /// `Pending` pause; no chunks means one chunk), refusing frames over `max` bytes.
     pub fn new(stream: Vec<u8>, chunks: Vec<usize>, max: usize) -> Self {
-        Self {
-            reader: ChunkedReader {
+        let reader = crate::control::protocol::FrameReader::with_capacity(
+            ChunkedReader {
                 stream,
                 chunks,
                 at: 0,
                 chunk: 0,
                 left_in_chunk: 0,
-                largest_offer: 0,
                 reads: 0,
             },
             max,
+            FUZZ_READ_BUFFER,
+        );
+        let capacity_at_reset = reader.capacity();
+        Self {
+            reader,
+            capacity_at_reset,
+            reads_at_reset: 0,
         }
     }
 
     /// Reads the next frame.
     pub fn next_frame(&mut self) -> FrameStep {
-        use crate::control::protocol::{FrameError, read_frame};
+        self.decode_next().into_step()
+    }
+
+    /// Reads the next frame, leaving it where the decoder put it: what a measurement of the
+    /// decoder's allocations should wrap, [`DecodedFrame::into_step`] excluded.
+    pub fn decode_next(&mut self) -> DecodedFrame {
         use std::task::{Context, Poll, Waker};
 
         // Every poll delivers a byte or passes a pause, so more polls than that is a hang.
-        let budget = (self.reader.stream.len() - self.reader.at)
+        let source = self.reader.get_ref();
+        let budget = (source.stream.len() - source.at)
             .saturating_mul(2)
-            .saturating_add(self.reader.chunks.len().saturating_mul(2))
+            .saturating_add(source.chunks.len().saturating_mul(2))
             .saturating_add(16);
         let mut context = Context::from_waker(Waker::noop());
-        let max = self.max;
-        let mut read = std::pin::pin!(read_frame(&mut self.reader, max));
+        let mut read = std::pin::pin!(self.reader.read_frame());
         for _ in 0..budget {
             if let Poll::Ready(result) = read.as_mut().poll(&mut context) {
-                return match result {
-                    Ok(Some(body)) => FrameStep::Frame(body),
-                    Ok(None) => FrameStep::End,
-                    Err(FrameError::Empty) => FrameStep::Empty,
-                    Err(FrameError::TooLarge { len, max }) => FrameStep::TooLarge { len, max },
-                    Err(FrameError::Truncated { got, expected }) => {
-                        FrameStep::Truncated { got, expected }
-                    }
-                    Err(FrameError::Io(error)) => FrameStep::Io(error.to_string()),
-                };
+                return DecodedFrame(Some(result));
             }
         }
-        FrameStep::Stalled
+        DecodedFrame(None)
     }
 
-    /// Bytes of the stream the decoder has taken so far.
+    /// Bytes of the stream the decoder has taken so far: read, and not left in its buffer.
     pub fn consumed(&self) -> usize {
-        self.reader.at
+        self.reader.get_ref().at - self.reader.buffered()
     }
 
-    /// The largest read buffer the decoder offered the reader since the last
+    /// How many bytes the decoder's read buffer grew by since the last
     /// [`FrameDecoder::reset_probe`], and how many reads it made: what a lying length prefix
     /// made it set aside.
     pub fn probe(&self) -> (usize, usize) {
-        (self.reader.largest_offer, self.reader.reads)
+        (
+            self.reader
+                .capacity()
+                .saturating_sub(self.capacity_at_reset),
+            self.reader.get_ref().reads - self.reads_at_reset,
+        )
     }
 
     /// Starts a new measurement for [`FrameDecoder::probe`].
     pub fn reset_probe(&mut self) {
-        self.reader.largest_offer = 0;
-        self.reader.reads = 0;
+        self.capacity_at_reset = self.reader.capacity();
+        self.reads_at_reset = self.reader.get_ref().reads;
+    }
+}
+
+/// One step of [`FrameDecoder::decode_next`], its frame still in the decoder's buffer.
+#[derive(Debug)]
+pub struct DecodedFrame(
+    Option<
+        std::result::Result<
+            Option<tokio_util::bytes::BytesMut>,
+            crate::control::protocol::FrameError,
+        >,
+    >,
+);
+
+impl DecodedFrame {
+    /// The step, its frame copied out (which lets the decoder reuse its buffer).
+    pub fn into_step(self) -> FrameStep {
+        use crate::control::protocol::FrameError;
+        match self.0 {
+            None => FrameStep::Stalled,
+            Some(Ok(Some(body))) => FrameStep::Frame(body.to_vec()),
+            Some(Ok(None)) => FrameStep::End,
+            Some(Err(FrameError::Empty)) => FrameStep::Empty,
+            Some(Err(FrameError::TooLarge { len, max })) => FrameStep::TooLarge { len, max },
+            Some(Err(FrameError::Truncated { got, expected })) => {
+                FrameStep::Truncated { got, expected }
+            }
+            Some(Err(FrameError::Io(error))) => FrameStep::Io(error.to_string()),
+        }
     }
 }
 

@@ -20,12 +20,15 @@ use tokio_util::sync::CancellationToken;
 use super::RabbitError;
 use super::topology::{declare_exchanges, declare_queue};
 use crate::clock::{Millis, millis_to_datetime};
+use crate::task::RetryPolicy;
 
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first and the longest wait between connection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Each wait is lengthened at random by up to this fraction of itself.
+const BACKOFF_JITTER: f64 = 0.25;
 /// How often a session checks that its connection is still up.
 const WATCH_EVERY: Duration = Duration::from_millis(100);
 /// Failed attempts are logged at warn level at most this often.
@@ -489,7 +492,7 @@ impl Link {
         F: Fn(Arc<Session>) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = RetryPolicy::reconnect_backoff(BACKOFF_MIN, BACKOFF_MAX, BACKOFF_JITTER);
         let mut last_log: Option<std::time::Instant> = None;
         while !stop.is_cancelled() {
             let opened = tokio::select! {
@@ -506,17 +509,15 @@ impl Link {
                     } else {
                         tracing::debug!(%error, "RabbitMQ connection attempt failed");
                     }
-                    let jitter =
-                        Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 4));
                     tokio::select! {
-                        () = tokio::time::sleep(backoff + jitter) => {}
+                        () = tokio::time::sleep(backoff.next_pause()) => {}
                         () = stop.cancelled() => break,
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
                 }
             };
-            backoff = BACKOFF_MIN;
+            // Connected: the next loss starts again from the first pause.
+            backoff = RetryPolicy::reconnect_backoff(BACKOFF_MIN, BACKOFF_MAX, BACKOFF_JITTER);
             last_log = None;
             {
                 let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);

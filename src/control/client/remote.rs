@@ -1,0 +1,339 @@
+//! [`RemoteBroker`]: the [`Broker`] a connected engine runs on, each call one request over the
+//! control connection (`transport`), with the worker-side events fired in this process.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::transport::{ClientShared, Link, decode, millis};
+use super::{ConnectOptions, Endpoint, RemoteInfo};
+use crate::broker::{
+    BoxFuture, Broker, Chained, CleanupReport, ListQuery, NewTask, Outcome, RetentionPolicy,
+    SettleReport, Settlement, Stats,
+};
+use crate::clock::{Millis, millis_to_datetime};
+use crate::control::protocol::{
+    AttemptArgs, ClaimArgs, CleanupArgs, CleanupOk, CountOk, Empty, EnqueueArgs, EnqueueOk, IdArgs,
+    ListArgs, Op, PurgeArgs, RetryFailedArgs, SettleAndClaimArgs, SettleAndClaimOk, SettleArgs,
+    SettleOk, Settled, TaskOk, TasksOk, WireTaskOut, error_from_wire,
+};
+use crate::events::{Event, EventBus, EventKind};
+use crate::task::{TaskId, TaskRecord, TaskStatus};
+use crate::{Error, Result};
+
+/// A [`Broker`] over an engine's control socket. Worker-side events (before/after execution,
+/// execution error, retrying, failed, from this process's workers) and `task.cancelled` (for
+/// cancels made here) fire on its own event bus; the serving engine's events
+/// (`task.queued`, lease expiries) stay in that process.
+pub(crate) struct RemoteBroker {
+    shared: Arc<ClientShared>,
+    events: EventBus,
+    /// Stops the connection's tasks and the reconnection loop when the broker goes.
+    _stop: DropGuard,
+}
+
+impl std::fmt::Debug for RemoteBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let connected = matches!(&*self.shared.link.borrow(), Link::Up(conn) if !conn.is_dead());
+        f.debug_struct("RemoteBroker")
+            .field("addr", &self.shared.addr)
+            .field("connected", &connected)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RemoteBroker {
+    /// Connects to the engine at `addr` (see [`Endpoint::parse`]) and handshakes.
+    pub(crate) async fn connect(addr: &str, options: ConnectOptions) -> Result<(Self, RemoteInfo)> {
+        let endpoint = Endpoint::parse(addr)?;
+        let stop = CancellationToken::new();
+        let (link, _) = watch::channel(Link::Down(Arc::from("connecting")));
+        let shared = Arc::new(ClientShared {
+            endpoint,
+            addr: Arc::from(addr),
+            options,
+            next_id: AtomicU64::new(1),
+            link,
+            clock_offset_ms: AtomicI64::new(0),
+            max_payload_bytes: AtomicUsize::new(0),
+            max_frame_bytes: AtomicUsize::new(0),
+            stop: stop.clone(),
+        });
+        let (conn, hello) = shared.connect_once().await?;
+        shared.link.send_replace(Link::Up(conn));
+        tracing::debug!(%addr, server = %hello.server, pid = hello.pid, "connected to an fq engine");
+        let info = RemoteInfo::from(&hello);
+        Ok((
+            Self {
+                shared,
+                events: EventBus::new(),
+                _stop: stop.drop_guard(),
+            },
+            info,
+        ))
+    }
+}
+
+fn queue_names(queues: &[Arc<str>]) -> Vec<Cow<'_, str>> {
+    queues.iter().map(|queue| Cow::Borrowed(&**queue)).collect()
+}
+
+impl Broker for RemoteBroker {
+    fn enqueue(&self, tasks: Vec<NewTask>) -> BoxFuture<'_, Result<Vec<TaskId>>> {
+        Box::pin(async move {
+            if tasks.is_empty() {
+                return Ok(Vec::new());
+            }
+            let wire: Vec<WireTaskOut<'_>> = tasks
+                .iter()
+                .map(|task| WireTaskOut {
+                    id: task.id,
+                    name: &task.name,
+                    queue: &task.queue,
+                    priority: task.priority,
+                    payload: &task.payload,
+                    max_retries: task.max_retries,
+                    timeout_ms: task.timeout.map(millis),
+                    retry_delay_ms: task.retry_delay.map(millis),
+                    run_at_ms: task.run_at,
+                })
+                .collect();
+            let ok: EnqueueOk = self
+                .shared
+                .request(Op::Enqueue, &EnqueueArgs { tasks: wire })
+                .await?;
+            Ok(ok.ids)
+        })
+    }
+
+    fn claim<'a>(
+        &'a self,
+        queues: &'a [Arc<str>],
+        max: usize,
+        wait: Duration,
+        cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<Vec<TaskRecord>>> {
+        Box::pin(async move {
+            let shared = &self.shared;
+            let deadline = Instant::now() + wait;
+            loop {
+                if cancel.is_cancelled() {
+                    return Ok(Vec::new());
+                }
+                // While the engine is away, a claim waits for it (up to its own wait) and then
+                // finds nothing: a worker idles through a restart instead of erroring in a loop.
+                let conn = tokio::select! {
+                    conn = shared.current(deadline) => match conn {
+                        Ok(conn) => conn,
+                        Err(_) => return Ok(Vec::new()),
+                    },
+                    () = cancel.cancelled() => return Ok(Vec::new()),
+                };
+                let id = shared.next_id();
+                let wait_ms = millis(deadline.saturating_duration_since(Instant::now()));
+                let args = ClaimArgs {
+                    queues: queue_names(queues),
+                    max,
+                    wait_ms,
+                };
+                let frame = shared.request_body(id, Op::Claim, &args)?;
+                let Ok(mut answer) = conn.send(id, frame, true) else {
+                    continue;
+                };
+                let answer = tokio::select! {
+                    answer = &mut answer => answer,
+                    () = cancel.cancelled() => {
+                        // The engine ends the claim early; tasks it already claimed still
+                        // come back, and must reach the worker.
+                        shared.abort(&conn, id);
+                        answer.await
+                    }
+                };
+                match answer {
+                    Ok(Ok(raw)) => return Ok(decode::<TasksOk<TaskRecord>>(Op::Claim, &raw)?.tasks),
+                    Ok(Err(Error::Connect { .. })) | Err(_) => {
+                        if Instant::now() >= deadline {
+                            return Ok(Vec::new());
+                        }
+                    }
+                    Ok(Err(error)) => return Err(error),
+                }
+            }
+        })
+    }
+
+    fn settle(&self, settlement: Settlement) -> BoxFuture<'_, Result<SettleReport>> {
+        Box::pin(async move {
+            let args = settle_args(&settlement, self.events.has_audience());
+            let ok: SettleOk = self.shared.request(Op::Settle, &args).await?;
+            Ok(settle_report(ok))
+        })
+    }
+
+    fn settle_and_claim<'a>(
+        &'a self,
+        settlement: Settlement,
+        queues: &'a [Arc<str>],
+        max: usize,
+    ) -> BoxFuture<'a, Result<Chained>> {
+        Box::pin(async move {
+            let args = SettleAndClaimArgs {
+                settle: settle_args(&settlement, self.events.has_audience()),
+                queues: queue_names(queues),
+                max,
+            };
+            let raw = self.shared.call(Op::SettleAndClaim, &args, true).await?;
+            let ok: SettleAndClaimOk<TaskRecord> = decode(Op::SettleAndClaim, &raw)?;
+            let settled = match ok.settled {
+                Settled::Ok(report) => Ok(settle_report(report)),
+                Settled::Error(error) => Err(error_from_wire(error)),
+            };
+            Ok(Chained {
+                settled,
+                claimed: ok.tasks,
+            })
+        })
+    }
+
+    fn heartbeat(&self, id: TaskId, attempt: u32) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let _: Empty = self
+                .shared
+                .request(Op::Heartbeat, &AttemptArgs { id, attempt })
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn task(&self, id: TaskId) -> BoxFuture<'_, Result<Option<TaskRecord>>> {
+        Box::pin(async move {
+            let ok: TaskOk<TaskRecord> = self.shared.request(Op::Task, &IdArgs { id }).await?;
+            Ok(ok.task)
+        })
+    }
+
+    fn cancel(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
+        Box::pin(async move {
+            let ok: TaskOk<TaskRecord> = self.shared.request(Op::Cancel, &IdArgs { id }).await?;
+            let record = ok.task.ok_or_else(|| Error::Remote {
+                kind: "bad_response".into(),
+                message: "the engine's answer to cancel holds no task".into(),
+            })?;
+            let now = millis_to_datetime(self.now_ms());
+            let snapshot = Arc::new(record.clone());
+            self.events
+                .emit(|| Event::new(EventKind::Cancelled, snapshot, now));
+            Ok(record)
+        })
+    }
+
+    fn cleanup(&self, policy: RetentionPolicy) -> BoxFuture<'_, Result<CleanupReport>> {
+        Box::pin(async move {
+            let args = CleanupArgs {
+                completed_retention_ms: Some(millis(policy.completed)),
+                failed_retention_ms: Some(millis(policy.failed)),
+            };
+            let ok: CleanupOk = self.shared.request(Op::Cleanup, &args).await?;
+            Ok(ok.into())
+        })
+    }
+
+    fn list(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<TaskRecord>>> {
+        Box::pin(async move {
+            let ok: TasksOk<TaskRecord> = self
+                .shared
+                .request(Op::List, &ListArgs::from(query))
+                .await?;
+            Ok(ok.tasks)
+        })
+    }
+
+    fn retry(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
+        Box::pin(async move {
+            let ok: TaskOk<TaskRecord> = self.shared.request(Op::Retry, &IdArgs { id }).await?;
+            ok.task.ok_or_else(|| Error::Remote {
+                kind: "bad_response".into(),
+                message: "the engine's answer to retry holds no task".into(),
+            })
+        })
+    }
+
+    fn retry_failed(&self, queue: Option<String>) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            let ok: CountOk = self
+                .shared
+                .request(Op::RetryFailed, &RetryFailedArgs { queue })
+                .await?;
+            Ok(ok.count)
+        })
+    }
+
+    fn purge(&self, queue: String, status: Option<TaskStatus>) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            let ok: CountOk = self
+                .shared
+                .request(Op::Purge, &PurgeArgs { queue, status })
+                .await?;
+            Ok(ok.count)
+        })
+    }
+
+    fn stats(&self) -> BoxFuture<'_, Result<Stats>> {
+        Box::pin(self.shared.request(Op::Stats, &Empty {}))
+    }
+
+    fn events(&self) -> &EventBus {
+        &self.events
+    }
+
+    fn now_ms(&self) -> Millis {
+        chrono::Utc::now()
+            .timestamp_millis()
+            .saturating_add(self.shared.clock_offset_ms.load(Ordering::Relaxed))
+    }
+
+    fn max_payload_bytes(&self) -> usize {
+        self.shared.max_payload_bytes.load(Ordering::Relaxed)
+    }
+}
+
+pub(super) fn settle_args(settlement: &Settlement, record: bool) -> SettleArgs {
+    let mut args = SettleArgs {
+        id: settlement.id,
+        attempt: settlement.attempt,
+        outcome: String::new(),
+        result: None,
+        error: None,
+        retry_after_ms: None,
+        record,
+    };
+    match &settlement.outcome {
+        Outcome::Completed { result } => {
+            args.outcome = "completed".into();
+            args.result = Some(result.clone());
+        }
+        Outcome::Failed {
+            failure,
+            retry_after,
+        } => {
+            args.outcome = "failed".into();
+            args.error = Some(failure.clone());
+            args.retry_after_ms = retry_after.map(millis);
+        }
+        Outcome::Released => args.outcome = "released".into(),
+    }
+    args
+}
+
+fn settle_report(ok: SettleOk) -> SettleReport {
+    SettleReport {
+        status: ok.status,
+        retry_at: ok.retry_at_ms,
+        record: ok.record.map(Arc::new),
+    }
+}
