@@ -1,6 +1,7 @@
 //! The bad input table (issue 6, item 5): well over 60 bad inputs across payloads, names and
 //! queues, times, configuration files, command-line arguments and control-socket frames, each
-//! beyond what `tests/suite/bad_input.rs`, `tests/suite/cli.rs` and `tests/suite/control.rs` already pin.
+//! beyond what `tests/suite/bad_input.rs`, `tests/suite/cli.rs` and `tests/suite/control.rs`
+//! already pin.
 //!
 //! Pass, for every row: the input is refused with an error naming the field and the limit (or
 //! the rule broken); nothing panics (on any thread, engine and control threads included; the

@@ -12,11 +12,9 @@ use crate::common;
 use crate::common::child::{self, ChildGuard};
 
 use std::collections::{HashMap, HashSet};
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fq::{
@@ -144,7 +142,8 @@ async fn the_socket_is_private_and_removed_with_its_engine() -> fq::Result<()> {
     let engine = Engine::open(store(&dir))?;
     let socket = socket_of(&dir);
     assert_eq!(engine.control_socket(), Some(socket.as_path()));
-    // The documented path is a link to the socket in its private directory (tests/suite/security.rs).
+    // The documented path is a link to the socket in its private directory
+    // (tests/suite/security.rs).
     let meta = std::fs::metadata(&socket).unwrap();
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
@@ -907,19 +906,7 @@ const TASKS: usize = 10_000;
 
 /// Appends a line to this process's effect log: "run <id> <attempt> <pid>" per execution.
 fn effect_logger(dir: &Path) -> impl Fn(&str) + Send + Sync + Clone + 'static {
-    let path = dir.join(format!("effects-{}.log", std::process::id()));
-    let file = Arc::new(Mutex::new(
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .expect("open the effect log"),
-    ));
-    move |line: &str| {
-        let mut file = file.lock().unwrap();
-        file.write_all(format!("{line}\n").as_bytes())
-            .expect("append to the effect log");
-    }
+    common::effects::logger(dir)
 }
 
 /// Runs as a child: `server` owns the store and serves it; `worker` connects and runs tasks.

@@ -26,12 +26,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fq::{
@@ -65,25 +63,14 @@ fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
 
 /// Appends "run <id> <attempt> <pid>" lines, one `write` each, to `effects-<pid>.log`.
 fn effect_logger(dir: &Path) -> impl Fn(&TaskContext) + Send + Sync + Clone + 'static {
-    let path = dir.join(format!("effects-{}.log", std::process::id()));
-    let file = Arc::new(Mutex::new(
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .expect("open the effect log"),
-    ));
+    let log = effects::logger(dir);
     move |ctx: &TaskContext| {
-        let line = format!(
-            "run {} {} {}\n",
+        log(&format!(
+            "run {} {} {}",
             ctx.id(),
             ctx.attempt(),
             std::process::id()
-        );
-        file.lock()
-            .unwrap()
-            .write_all(line.as_bytes())
-            .expect("log");
+        ));
     }
 }
 
@@ -196,16 +183,12 @@ fn spawn_child(dir: &Path, role: &str) -> ChildGuard {
     child::spawn_logged(command, dir, role)
 }
 
-async fn wait_until<F, Fut>(what: &str, mut check: F)
+async fn wait_until<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    crate::common::eventually(what, PATIENCE, Duration::from_millis(10), check).await;
 }
 
 fn queues(names: &[&str]) -> Vec<Arc<str>> {

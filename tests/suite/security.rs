@@ -17,7 +17,8 @@
 //!   _are_refused` in src/control/server.rs). No timing is measured.
 //! - The connection limit holds across Unix and TCP while the first N keep working; an
 //!   oversized frame is refused before authentication. The frame limit itself is covered
-//!   row by row by tests/suite/bad_input_table.rs (zero, one-over-the-limit, cut and huge prefixes).
+//!   row by row by tests/suite/bad_input_table.rs (zero, one-over-the-limit, cut and huge
+//!   prefixes).
 //! - No secret (AMQP password, in `rabbitmq.password` or in a URL, the control token) appears
 //!   in TRACE-level logs of an engine run (RabbitMQ unreachable and refusing with
 //!   `--features rabbitmq`), nor in the stdout/stderr of `fq` commands, `--json` and `-vvv`,

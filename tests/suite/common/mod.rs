@@ -104,6 +104,22 @@ pub async fn next_event(
     }
 }
 
+/// Polls `check` every `poll` until it holds, failing the test after `patience`.
+pub async fn eventually<F, Fut>(what: &str, patience: Duration, poll: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + patience;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(poll).await;
+    }
+}
+
 /// Waits for the next event named `name` about task `id`, failing the test after [`PATIENCE`].
 pub async fn task_event(events: &mut EventStream, name: &str, id: fq::TaskId) -> Arc<fq::Event> {
     next_event(events, name, |event| event.task.id == id).await
