@@ -714,6 +714,27 @@ fn run_counts(runs: &[(TaskId, u32)]) -> HashMap<TaskId, usize> {
     counts
 }
 
+/// Waits until each of the `n` tasks ran at least once and the producer's outbox forwarded
+/// them all.
+async fn wait_all_ran_and_forwarded(
+    producer: &Engine,
+    queue: &str,
+    runs: &Mutex<Vec<(TaskId, u32)>>,
+    n: u64,
+) {
+    eventually("every task to run", || async {
+        run_counts(&runs.lock().unwrap()).len() as u64 >= n
+    })
+    .await;
+    eventually("the outbox to be empty", || async {
+        producer
+            .stats()
+            .await
+            .is_ok_and(|s| s.queues[queue].forwarded == n)
+    })
+    .await;
+}
+
 /// Queues `n` tasks in batches of 500; returns their ids.
 async fn queue_many(engine: &Engine, n: u64) -> fq::Result<Vec<TaskId>> {
     let mut ids = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
@@ -765,17 +786,7 @@ async fn tasks_queued_while_rabbitmq_is_stopped_all_run_exactly_once() -> fq::Re
         &[&queue],
         32,
     );
-    eventually("every task to run", || async {
-        run_counts(&runs.lock().unwrap()).len() as u64 >= n
-    })
-    .await;
-    eventually("the outbox to be empty", || async {
-        producer
-            .stats()
-            .await
-            .is_ok_and(|s| s.queues[&queue].forwarded == n)
-    })
-    .await;
+    wait_all_ran_and_forwarded(&producer, &queue, &runs, n).await;
     // Room for a duplicate to show up before counting.
     tokio::time::sleep(Duration::from_millis(500)).await;
     worker.stop().await;
@@ -827,17 +838,7 @@ async fn rabbitmq_restarts_mid_run_lose_nothing() -> fq::Result<()> {
             runs.lock().unwrap().len()
         );
     }
-    eventually("every task to run", || async {
-        run_counts(&runs.lock().unwrap()).len() as u64 >= n
-    })
-    .await;
-    eventually("the outbox to be empty", || async {
-        producer
-            .stats()
-            .await
-            .is_ok_and(|s| s.queues[&queue].forwarded == n)
-    })
-    .await;
+    wait_all_ran_and_forwarded(&producer, &queue, &runs, n).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     worker.stop().await;
     let runs = runs.lock().unwrap().clone();
