@@ -13,6 +13,7 @@
 mod common;
 
 mod admin;
+mod architecture;
 mod bad_input;
 mod bad_input_table;
 mod cleanup;
