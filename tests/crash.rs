@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use fq::{Engine, ListQuery, Registry, TaskContext, TaskError, TaskId, TaskStatus};
 use serde_json::{Value, json};
 
-#[path = "common/run.rs"]
+#[path = "suite/common/run.rs"]
 mod run;
 use run::{full, seed};
 
@@ -601,10 +601,14 @@ fn parent() {
             );
         }
     }
+    // `duplicates <= orphaned_attempts` follows from the two assertions per task above (no
+    // attempt ran twice, none past the record's). The bound that means something: a duplicate
+    // is an attempt cut off by a kill while it ran, and a kill cuts off at most one attempt
+    // per worker slot.
     assert!(
-        duplicates <= orphaned_attempts,
-        "{duplicates} duplicate executions, more than the {orphaned_attempts} attempts running \
-         at the kills"
+        duplicates <= kills * CONCURRENCY as u64,
+        "{duplicates} duplicate executions at {kills} kills, more than the {CONCURRENCY} \
+         worker slots per kill"
     );
     assert!(
         orphaned_attempts <= kills * CONCURRENCY as u64,
@@ -631,10 +635,12 @@ fn parent() {
         kills - mid_run
     );
     println!(
-        "crash: {} executions; {duplicates} duplicates ≤ {orphaned_attempts} attempts running at \
-         the kills ({orphans_seen} orphans reported by the recoveries); {} tasks seen COMPLETED \
-         at parent reopens and {} reported COMPLETED by listeners, none ran again",
+        "crash: {} executions; {duplicates} duplicates ≤ {} (the {CONCURRENCY} worker slots at \
+         each of the {kills} kills), {orphaned_attempts} attempts running at the kills \
+         ({orphans_seen} orphans reported by the recoveries); {} tasks seen COMPLETED at parent \
+         reopens and {} reported COMPLETED by listeners, none ran again",
         runs.values().map(Vec::len).sum::<usize>(),
+        kills * CONCURRENCY as u64,
         completed_seen.len(),
         completed_reported.len()
     );

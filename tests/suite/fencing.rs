@@ -1,7 +1,7 @@
 //! A claimed attempt is fenced by its attempt number: a completion or failure reported under a
 //! stale number is rejected, so a zombie worker cannot overwrite a newer attempt.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,7 +111,7 @@ async fn an_expired_lease_retries_the_task_and_fences_out_its_old_worker() -> fq
 
     // Silence past the deadline: the attempt is presumed dead and the task retried.
     clock.advance(Duration::from_secs(31));
-    let retrying = common::next_event(&mut events, "task.retrying", |e| e.task.id == id).await;
+    let retrying = common::task_event(&mut events, "task.retrying", id).await;
     assert_eq!(
         retrying.error.as_ref().unwrap().kind,
         FailureKind::WorkerLost
@@ -218,7 +218,7 @@ async fn regression_an_expired_lease_waited_out_the_retry_backoff() -> fq::Resul
         .await?;
     assert_eq!(claimed[0].attempts, 1);
     clock.advance(Duration::from_secs(31));
-    common::next_event(&mut events, "task.retrying", |e| e.task.id == id).await;
+    common::task_event(&mut events, "task.retrying", id).await;
     let record = engine.task(id).await?.unwrap();
     assert_eq!(record.status, TaskStatus::Retrying);
     assert_eq!(record.error.unwrap().kind, FailureKind::WorkerLost);

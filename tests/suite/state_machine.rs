@@ -4,7 +4,7 @@
 //! retry, stale settlements, manual-clock advances and reopens; after every step each task's
 //! status, attempts and due time, the claimed task (the claim order), every error and the
 //! per-queue stats must equal the model's. Time is a manual clock; the lease is a day, so no
-//! lease expires (tests/fencing.rs and tests/poison.rs cover expiry).
+//! lease expires (tests/suite/fencing.rs and tests/suite/poison.rs cover expiry).
 //!
 //! Smoke size under `cargo test`: 64 sequences of up to 60 steps. `FQ_FULL=1` runs 1,000;
 //! `PROPTEST_CASES=<n>` runs n; `FQ_SEED=<n>` replays a run, shrinking included.
@@ -23,8 +23,7 @@ use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRu
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-#[path = "common/run.rs"]
-mod run;
+use crate::common::run;
 use run::{full, seed};
 
 const QUEUES: [&str; 3] = ["alpha", "beta", "gamma"];

@@ -18,8 +18,7 @@ use std::time::Instant;
 
 use fq::internals::Heap;
 
-#[path = "common/run.rs"]
-mod run;
+use crate::common::run;
 use run::{full, seed};
 
 const QUEUES: [&str; 4] = ["q0", "q1", "q2", "q3"];

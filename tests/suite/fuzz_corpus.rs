@@ -2,7 +2,7 @@
 //! fuzz targets run, so `cargo test` keeps every interesting input found so far passing without
 //! libFuzzer or a nightly toolchain.
 
-#[path = "../fuzz/fuzz_targets/checks.rs"]
+#[path = "../../fuzz/fuzz_targets/checks.rs"]
 mod checks;
 
 use std::fs;

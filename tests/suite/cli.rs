@@ -1,7 +1,6 @@
 //! The `fq` binary, driven as a user drives it: each test runs the debug binary in a temporary
 //! folder of its own (no config file, no `FQ_*` overrides) and checks what the commands print
 //! and change, with `--json` reads before and after.
-#![cfg(feature = "cli")]
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
@@ -63,7 +62,7 @@ impl Fq {
 
     /// The binary, run in the temporary folder with a clean environment, without `--db`.
     fn bare(&self) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_fq"));
+        let mut command = crate::common::child::fq();
         command
             .current_dir(self.dir.path())
             .env_remove("RUST_LOG")

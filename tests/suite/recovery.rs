@@ -5,13 +5,13 @@
 //! The test re-runs its own binary as the child (`FQ_RECOVERY_CHILD` set), filtered to
 //! `child_process`.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use fq::{Engine, FailureKind, Registry, TaskContext, TaskError, TaskId, TaskStatus};
@@ -99,14 +99,7 @@ async fn child_process() -> fq::Result<()> {
 #[tokio::test]
 async fn a_killed_process_loses_nothing_and_reruns_only_its_orphan() -> fq::Result<()> {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_process",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
+    let mut child = crate::common::child::rerun("recovery::child_process")
         .env("FQ_RECOVERY_CHILD", dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -192,10 +185,7 @@ async fn a_killed_process_loses_nothing_and_reruns_only_its_orphan() -> fq::Resu
 
     let mut events = engine.events().subscribe();
     let worker = common::start_worker(&engine, registry(effects.clone(), false), &["default"], 4);
-    common::next_event(&mut events, "worker.task.after_execution", |e| {
-        e.task.id == orphan
-    })
-    .await;
+    common::task_event(&mut events, "worker.task.after_execution", orphan).await;
     worker.stop().await;
 
     let record = engine.task(orphan).await?.unwrap();

@@ -1,7 +1,7 @@
 //! Graceful shutdown: running tasks may finish within the timeout, nothing new is claimed, and
 //! a task still running at the timeout returns to PENDING without losing an attempt.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,10 +54,7 @@ async fn a_running_task_finishes_and_nothing_new_is_claimed() -> fq::Result<()> 
     let stop = worker.shutdown_handle();
     let handle = tokio::spawn(async move { worker.start().await });
 
-    common::next_event(&mut events, "worker.task.before_execution", |e| {
-        e.task.id == first
-    })
-    .await;
+    common::task_event(&mut events, "worker.task.before_execution", first).await;
     stop.shutdown();
     gate.notify_one();
     let report = tokio::time::timeout(common::PATIENCE, handle)
@@ -92,10 +89,7 @@ async fn a_task_still_running_at_the_timeout_goes_back_to_pending() -> fq::Resul
         .set_shutdown_timeout(Duration::from_millis(200));
     let stop = worker.shutdown_handle();
     let handle = tokio::spawn(async move { worker.start().await });
-    common::next_event(&mut events, "worker.task.before_execution", |e| {
-        e.task.id == id
-    })
-    .await;
+    common::task_event(&mut events, "worker.task.before_execution", id).await;
     assert_eq!(engine.task(id).await?.unwrap().attempts, 1);
     stop.shutdown();
     let report = tokio::time::timeout(common::PATIENCE, handle)
@@ -115,10 +109,7 @@ async fn a_task_still_running_at_the_timeout_goes_back_to_pending() -> fq::Resul
         |_: serde_json::Value| -> Result<&'static str, TaskError> { Ok("second run") },
     );
     let worker = common::start_worker(&engine, registry, &["default"], 1);
-    common::next_event(&mut events, "worker.task.after_execution", |e| {
-        e.task.id == id
-    })
-    .await;
+    common::task_event(&mut events, "worker.task.after_execution", id).await;
     worker.stop().await;
     let record = engine.task(id).await?.unwrap();
     assert_eq!(record.status, TaskStatus::Completed);

@@ -10,10 +10,10 @@
 //!
 //! The outage tests run the issue's full sizes (10,000 tasks queued during an outage, 20,000
 //! with two restarts); in a debug build the whole file takes well under a minute.
-#![cfg(feature = "rabbitmq")]
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
+use crate::common::rabbit::{Rabbit, open, plain_connection, rabbit_config, url};
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream};
@@ -23,131 +23,24 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fq::{
-    BrokerKind, Config, Engine, Error, RabbitError, Registry, TaskContext, TaskError, TaskId,
-    TaskStatus,
+    Config, Engine, Error, RabbitError, Registry, TaskContext, TaskError, TaskId, TaskStatus,
 };
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
+use lapin::BasicProperties;
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 /// How long a test waits for something that should happen soon.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-fn url() -> String {
-    std::env::var("FQ_RABBITMQ_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
-
-/// True when RabbitMQ answers; otherwise prints a skip notice, or panics under
-/// `FQ_REQUIRE_RABBITMQ=1`.
-fn rabbitmq_available() -> bool {
-    let addr: SocketAddr = ([127, 0, 0, 1], 5672).into();
-    if std::env::var("FQ_RABBITMQ_URL").is_ok()
-        || TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
-    {
-        return true;
-    }
-    assert!(
-        std::env::var("FQ_REQUIRE_RABBITMQ").as_deref() != Ok("1"),
-        "RabbitMQ is not reachable on 127.0.0.1:5672 and FQ_REQUIRE_RABBITMQ=1 (start it with \
-         `rabbitmq-server -detached`)"
-    );
-    eprintln!(
-        "skipping: RabbitMQ is not reachable on 127.0.0.1:5672 (set FQ_REQUIRE_RABBITMQ=1 to \
-         fail instead)"
-    );
-    false
-}
-
-macro_rules! require_rabbitmq {
-    () => {
-        if !rabbitmq_available() {
-            return Ok(());
-        }
-    };
-}
-
-/// A queue name no other test (or earlier run) uses.
-fn unique_queue(label: &str) -> String {
-    format!("fqtest.{label}.{}", &TaskId::new().to_string()[24..])
-}
-
-/// Deletes the test's queues when dropped, from a thread of its own (drop may run in a
-/// panicking async test).
-struct Queues(Vec<String>);
-
-impl Drop for Queues {
-    fn drop(&mut self) {
-        let names = std::mem::take(&mut self.0);
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async move {
-                let Ok(conn) = plain_connection().await else {
-                    return;
-                };
-                for queue in names {
-                    for name in [queue.clone(), format!("{queue}.dead")] {
-                        if let Ok(channel) = conn.create_channel().await {
-                            let _ = channel
-                                .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-                                .await;
-                        }
-                    }
-                }
-                let _ = conn.close(200, "bye".into()).await;
-            });
-        })
-        .join();
-    }
-}
-
-async fn plain_connection() -> lapin::Result<Connection> {
-    Connection::connect(&url(), ConnectionProperties::default()).await
-}
-
-/// A configuration for `broker: rabbitmq` with its store in `dir`, serving `queue`.
-fn rabbit_config(dir: &Path, queue: &str, concurrency: usize) -> Config {
-    let mut config = Config {
-        broker: BrokerKind::Rabbitmq,
-        database: dir.join("fq.redb"),
-        ..Config::default()
-    };
-    config.rabbitmq.url = Some(url());
-    config.defaults.queue = queue.to_owned();
-    config.defaults.retry_delay = Duration::from_millis(200);
-    config.defaults.retry_max_delay = Duration::from_secs(1);
-    config.worker.queues = vec![queue.to_owned()];
-    config.worker.concurrency = concurrency;
-    config
-}
-
-fn open(config: Config) -> fq::Result<Engine> {
-    Engine::builder(config.database.clone())
-        .config(config)
-        .control(false)
-        .open()
-}
-
 /// Waits for `check` to hold, polling.
-async fn eventually<F, Fut>(what: &str, mut check: F)
+async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + PATIENCE;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually(what, PATIENCE, Duration::from_millis(50), check).await;
 }
 
 /// RabbitMQ's ready-message count of `queue` (via the engine's stats).
@@ -312,12 +205,11 @@ async fn a_full_outbox_refuses_with_a_clear_error() -> fq::Result<()> {
 /// format.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_fq_task_is_readable_by_a_plain_client() -> fq::Result<()> {
-    require_rabbitmq!();
-    let _shared = BROKER.read().await;
-    let queue = unique_queue("readable");
-    let _cleanup = Queues(vec![queue.clone()]);
-    let dir = tempfile::tempdir().unwrap();
-    let engine = open(rabbit_config(dir.path(), &queue, 2))?;
+    let Some(rabbit) = Rabbit::shared("readable").await else {
+        return Ok(());
+    };
+    let queue = rabbit.queue.clone();
+    let engine = rabbit.open(2)?;
     let id = engine
         .queue_task_named(
             "app.send_email",
@@ -370,12 +262,11 @@ async fn an_fq_task_is_readable_by_a_plain_client() -> fq::Result<()> {
 /// runs on an fq worker, which records the run in its own store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_client_task_runs_on_an_fq_worker() -> fq::Result<()> {
-    require_rabbitmq!();
-    let _shared = BROKER.read().await;
-    let queue = unique_queue("plain");
-    let _cleanup = Queues(vec![queue.clone()]);
-    let dir = tempfile::tempdir().unwrap();
-    let engine = open(rabbit_config(dir.path(), &queue, 2))?;
+    let Some(rabbit) = Rabbit::shared("plain").await else {
+        return Ok(());
+    };
+    let queue = rabbit.queue.clone();
+    let engine = rabbit.open(2)?;
     engine.ready(PATIENCE).await?;
     let runs = Arc::new(Mutex::new(Vec::new()));
     let worker = common::start_worker(&engine, counting_registry(Arc::clone(&runs)), &[&queue], 2);
@@ -411,10 +302,6 @@ async fn a_plain_client_task_runs_on_an_fq_worker() -> fq::Result<()> {
     worker.stop().await;
     Ok(())
 }
-
-/// Serializes the tests that stop RabbitMQ against all others: they take it for writing, the
-/// rest for reading.
-static BROKER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// Stops the RabbitMQ application (`rabbitmqctl stop_app`) and always starts it again when
 /// dropped, even when the test fails, waiting until it accepts connections.
@@ -466,12 +353,11 @@ async fn restart_rabbitmq() {
 /// publishes through both exchanges (routed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_declared_topology_matches() -> fq::Result<()> {
-    require_rabbitmq!();
-    let _shared = BROKER.read().await;
-    let queue = unique_queue("topology");
-    let _cleanup = Queues(vec![queue.clone()]);
-    let dir = tempfile::tempdir().unwrap();
-    let engine = open(rabbit_config(dir.path(), &queue, 2))?;
+    let Some(rabbit) = Rabbit::shared("topology").await else {
+        return Ok(());
+    };
+    let queue = rabbit.queue.clone();
+    let engine = rabbit.open(2)?;
     engine.ready(PATIENCE).await?;
     eventually("the queue to be declared", || async {
         depth(&engine, &queue).await.is_some()
@@ -571,10 +457,10 @@ async fn the_declared_topology_matches() -> fq::Result<()> {
 /// error saying what conflicts and what to do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conflicting_queue_is_a_clear_error() -> fq::Result<()> {
-    require_rabbitmq!();
-    let _shared = BROKER.read().await;
-    let queue = unique_queue("conflict");
-    let _cleanup = Queues(vec![queue.clone()]);
+    let Some(rabbit) = Rabbit::shared("conflict").await else {
+        return Ok(());
+    };
+    let queue = rabbit.queue.clone();
     {
         let conn = plain_connection().await.expect("plain connection");
         let channel = conn.create_channel().await.expect("channel");
@@ -633,12 +519,11 @@ async fn a_conflicting_queue_is_a_clear_error() -> fq::Result<()> {
 /// task is consumed first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn priority_nine_is_consumed_before_a_hundred_zeros() -> fq::Result<()> {
-    require_rabbitmq!();
-    let _shared = BROKER.read().await;
-    let queue = unique_queue("priority");
-    let _cleanup = Queues(vec![queue.clone()]);
-    let dir = tempfile::tempdir().unwrap();
-    let engine = open(rabbit_config(dir.path(), &queue, 1))?;
+    let Some(rabbit) = Rabbit::shared("priority").await else {
+        return Ok(());
+    };
+    let queue = rabbit.queue.clone();
+    let engine = rabbit.open(1)?;
     let mut batch = Vec::new();
     for n in 0..100 {
         batch.push(
@@ -669,12 +554,11 @@ async fn priority_nine_is_consumed_before_a_hundred_zeros() -> fq::Result<()> {
 /// A task that fails its first run succeeds on the second, after the backoff.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flaky_task_succeeds_on_its_second_run_after_the_backoff() -> fq::Result<()> {
-    require_rabbitmq!();
-    let _shared = BROKER.read().await;
-    let queue = unique_queue("flaky");
-    let _cleanup = Queues(vec![queue.clone()]);
-    let dir = tempfile::tempdir().unwrap();
-    let engine = open(rabbit_config(dir.path(), &queue, 2))?;
+    let Some(rabbit) = Rabbit::shared("flaky").await else {
+        return Ok(());
+    };
+    let queue = rabbit.queue.clone();
+    let engine = rabbit.open(2)?;
     let starts = Arc::new(Mutex::new(Vec::new()));
     let mut registry = Registry::new();
     let seen = Arc::clone(&starts);
@@ -696,12 +580,9 @@ async fn a_flaky_task_succeeds_on_its_second_run_after_the_backoff() -> fq::Resu
         .queue_task_named("test.flaky", &json!({}))
         .send()
         .await?;
-    let retrying = common::next_event(&mut events, "task.retrying", |e| e.task.id == id).await;
+    let retrying = common::task_event(&mut events, "task.retrying", id).await;
     let retry_at = retrying.retry_at.expect("a retry time");
-    common::next_event(&mut events, "worker.task.after_execution", |e| {
-        e.task.id == id
-    })
-    .await;
+    common::task_event(&mut events, "worker.task.after_execution", id).await;
     worker.stop().await;
     let record = engine.task(id).await?.unwrap();
     assert_eq!(record.status, TaskStatus::Completed);
@@ -721,12 +602,11 @@ async fn a_flaky_task_succeeds_on_its_second_run_after_the_backoff() -> fq::Resu
 /// reason in its headers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_always_failing_task_ends_in_the_dead_queue() -> fq::Result<()> {
-    require_rabbitmq!();
-    let _shared = BROKER.read().await;
-    let queue = unique_queue("failing");
-    let _cleanup = Queues(vec![queue.clone()]);
-    let dir = tempfile::tempdir().unwrap();
-    let engine = open(rabbit_config(dir.path(), &queue, 2))?;
+    let Some(rabbit) = Rabbit::shared("failing").await else {
+        return Ok(());
+    };
+    let queue = rabbit.queue.clone();
+    let engine = rabbit.open(2)?;
     let runs = Arc::new(Mutex::new(0u32));
     let mut registry = Registry::new();
     let counted = Arc::clone(&runs);
@@ -744,7 +624,7 @@ async fn an_always_failing_task_ends_in_the_dead_queue() -> fq::Result<()> {
         .max_retries(2)
         .send()
         .await?;
-    common::next_event(&mut events, "task.failed", |e| e.task.id == id).await;
+    common::task_event(&mut events, "task.failed", id).await;
     let dead = get_one(&format!("{queue}.dead"))
         .await
         .expect("a dead letter");
@@ -770,12 +650,11 @@ async fn an_always_failing_task_ends_in_the_dead_queue() -> fq::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_unknown_messages_are_dead_lettered_and_the_worker_goes_on() -> fq::Result<()>
 {
-    require_rabbitmq!();
-    let _shared = BROKER.read().await;
-    let queue = unique_queue("malformed");
-    let _cleanup = Queues(vec![queue.clone()]);
-    let dir = tempfile::tempdir().unwrap();
-    let engine = open(rabbit_config(dir.path(), &queue, 2))?;
+    let Some(rabbit) = Rabbit::shared("malformed").await else {
+        return Ok(());
+    };
+    let queue = rabbit.queue.clone();
+    let engine = rabbit.open(2)?;
     engine.ready(PATIENCE).await?;
     let runs = Arc::new(Mutex::new(Vec::new()));
     let worker = common::start_worker(&engine, counting_registry(Arc::clone(&runs)), &[&queue], 2);
@@ -835,6 +714,27 @@ fn run_counts(runs: &[(TaskId, u32)]) -> HashMap<TaskId, usize> {
     counts
 }
 
+/// Waits until each of the `n` tasks ran at least once and the producer's outbox forwarded
+/// them all.
+async fn wait_all_ran_and_forwarded(
+    producer: &Engine,
+    queue: &str,
+    runs: &Mutex<Vec<(TaskId, u32)>>,
+    n: u64,
+) {
+    eventually("every task to run", || async {
+        run_counts(&runs.lock().unwrap()).len() as u64 >= n
+    })
+    .await;
+    eventually("the outbox to be empty", || async {
+        producer
+            .stats()
+            .await
+            .is_ok_and(|s| s.queues[queue].forwarded == n)
+    })
+    .await;
+}
+
 /// Queues `n` tasks in batches of 500; returns their ids.
 async fn queue_many(engine: &Engine, n: u64) -> fq::Result<Vec<TaskId>> {
     let mut ids = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
@@ -854,11 +754,11 @@ async fn queue_many(engine: &Engine, n: u64) -> fq::Result<Vec<TaskId>> {
 /// are forwarded and each runs exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_queued_while_rabbitmq_is_stopped_all_run_exactly_once() -> fq::Result<()> {
-    require_rabbitmq!();
-    let _exclusive = BROKER.write().await;
+    let Some(rabbit) = Rabbit::exclusive("outage").await else {
+        return Ok(());
+    };
     let n: u64 = 10_000;
-    let queue = unique_queue("outage");
-    let _cleanup = Queues(vec![queue.clone()]);
+    let queue = rabbit.queue.clone();
     let producer_dir = tempfile::tempdir().unwrap();
     let producer = open(rabbit_config(producer_dir.path(), &queue, 32))?;
     producer.ready(PATIENCE).await?;
@@ -886,17 +786,7 @@ async fn tasks_queued_while_rabbitmq_is_stopped_all_run_exactly_once() -> fq::Re
         &[&queue],
         32,
     );
-    eventually("every task to run", || async {
-        run_counts(&runs.lock().unwrap()).len() as u64 >= n
-    })
-    .await;
-    eventually("the outbox to be empty", || async {
-        producer
-            .stats()
-            .await
-            .is_ok_and(|s| s.queues[&queue].forwarded == n)
-    })
-    .await;
+    wait_all_ran_and_forwarded(&producer, &queue, &runs, n).await;
     // Room for a duplicate to show up before counting.
     tokio::time::sleep(Duration::from_millis(500)).await;
     worker.stop().await;
@@ -917,11 +807,11 @@ async fn tasks_queued_while_rabbitmq_is_stopped_all_run_exactly_once() -> fq::Re
 /// a restart may run twice (at-least-once); the test counts and prints them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_restarts_mid_run_lose_nothing() -> fq::Result<()> {
-    require_rabbitmq!();
-    let _exclusive = BROKER.write().await;
+    let Some(rabbit) = Rabbit::exclusive("restarts").await else {
+        return Ok(());
+    };
     let n: u64 = 20_000;
-    let queue = unique_queue("restarts");
-    let _cleanup = Queues(vec![queue.clone()]);
+    let queue = rabbit.queue.clone();
     let producer_dir = tempfile::tempdir().unwrap();
     let producer = open(rabbit_config(producer_dir.path(), &queue, 32))?;
     let worker_dir = tempfile::tempdir().unwrap();
@@ -948,17 +838,7 @@ async fn rabbitmq_restarts_mid_run_lose_nothing() -> fq::Result<()> {
             runs.lock().unwrap().len()
         );
     }
-    eventually("every task to run", || async {
-        run_counts(&runs.lock().unwrap()).len() as u64 >= n
-    })
-    .await;
-    eventually("the outbox to be empty", || async {
-        producer
-            .stats()
-            .await
-            .is_ok_and(|s| s.queues[&queue].forwarded == n)
-    })
-    .await;
+    wait_all_ran_and_forwarded(&producer, &queue, &runs, n).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     worker.stop().await;
     let runs = runs.lock().unwrap().clone();
@@ -1019,10 +899,10 @@ fn append_line(path: &Path, line: &str) {
 /// RabbitMQ gives it to another worker, which runs it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_s_task_runs_on_another_worker() -> fq::Result<()> {
-    require_rabbitmq!();
-    let _shared = BROKER.read().await;
-    let queue = unique_queue("sigkill");
-    let _cleanup = Queues(vec![queue.clone()]);
+    let Some(rabbit) = Rabbit::shared("sigkill").await else {
+        return Ok(());
+    };
+    let queue = rabbit.queue.clone();
     let dir = tempfile::tempdir().unwrap();
     // Queued first: nothing fallible may return between spawning the child and reaping it.
     let producer = open(rabbit_config(&dir.path().join("producer"), &queue, 2))?;
@@ -1030,14 +910,7 @@ async fn a_killed_worker_s_task_runs_on_another_worker() -> fq::Result<()> {
         .queue_task_named("test.slow", &json!({}))
         .send()
         .await?;
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_worker",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
+    let mut child = crate::common::child::rerun("rabbitmq::child_worker")
         .env("FQ_RABBITMQ_CHILD", dir.path())
         .env("FQ_RABBITMQ_CHILD_QUEUE", &queue)
         .stdout(Stdio::null())
@@ -1075,10 +948,7 @@ async fn a_killed_worker_s_task_runs_on_another_worker() -> fq::Result<()> {
     });
     let mut events = worker_engine.events().subscribe();
     let worker = common::start_worker(&worker_engine, registry, &[&queue], 2);
-    common::next_event(&mut events, "worker.task.after_execution", |e| {
-        e.task.id == id
-    })
-    .await;
+    common::task_event(&mut events, "worker.task.after_execution", id).await;
     worker.stop().await;
     assert!(
         started_in(&std::process::id().to_string()),
@@ -1160,11 +1030,11 @@ async fn quickstart_app(config: Config) -> fq::Result<Vec<Value>> {
 /// Switching the app from `database` to `rabbitmq` is a configuration change only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switching_to_rabbitmq_is_a_config_change_only() -> fq::Result<()> {
-    require_rabbitmq!();
-    let _shared = BROKER.read().await;
-    let emails = unique_queue("emails");
-    let payments = unique_queue("payments");
-    let _cleanup = Queues(vec![emails.clone(), payments.clone()]);
+    let Some(mut rabbit) = Rabbit::shared("emails").await else {
+        return Ok(());
+    };
+    let emails = rabbit.queue.clone();
+    let payments = rabbit.another_queue("payments");
     let file = |dir: &Path, broker: &str| {
         format!(
             "broker = \"{broker}\"\ndatabase = \"{}\"\n[defaults]\nqueue = \"{emails}\"\n[worker]\nqueues = [\"{emails}\", \"{payments}\"]\nconcurrency = 4\n[rabbitmq]\nurl = \"{}\"\n",
@@ -1211,12 +1081,11 @@ async fn switching_to_rabbitmq_is_a_config_change_only() -> fq::Result<()> {
 /// on (producing, say): after a short idle period the messages are ready for other workers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_worker_hands_back_its_prefetched_messages() -> fq::Result<()> {
-    require_rabbitmq!();
-    let _shared = BROKER.read().await;
-    let queue = unique_queue("handback");
-    let _cleanup = Queues(vec![queue.clone()]);
-    let dir = tempfile::tempdir().unwrap();
-    let engine = open(rabbit_config(dir.path(), &queue, 4))?;
+    let Some(rabbit) = Rabbit::shared("handback").await else {
+        return Ok(());
+    };
+    let queue = rabbit.queue.clone();
+    let engine = rabbit.open(4)?;
     let total = 20;
     queue_many(&engine, total).await?;
     eventually("all to wait in RabbitMQ", || async {
@@ -1251,12 +1120,11 @@ async fn a_stopped_worker_hands_back_its_prefetched_messages() -> fq::Result<()>
 /// (and run) when it is due.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delayed_task_waits_locally_and_is_forwarded_when_due() -> fq::Result<()> {
-    require_rabbitmq!();
-    let _shared = BROKER.read().await;
-    let queue = unique_queue("delayed");
-    let _cleanup = Queues(vec![queue.clone()]);
-    let dir = tempfile::tempdir().unwrap();
-    let engine = open(rabbit_config(dir.path(), &queue, 2))?;
+    let Some(rabbit) = Rabbit::shared("delayed").await else {
+        return Ok(());
+    };
+    let queue = rabbit.queue.clone();
+    let engine = rabbit.open(2)?;
     engine.ready(PATIENCE).await?;
     let id = engine
         .queue_task_named("test.work", &json!({"kwargs": {"n": 1}}))

@@ -1,7 +1,7 @@
 //! Inspection and operation: stats from the counts table, listing with filters and pages,
 //! retrying failed tasks, purging a queue. Each changes exactly what it says.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -21,15 +21,13 @@
 //! and finished indexes and the counts agreeing with the records; the store takes writes again.
 //!
 //! Smoke size under `cargo test`; `FQ_FULL=1` runs the full size; `FQ_SEED=<n>` replays a
-//! run. The figures are printed (`cargo test --test power_loss -- --nocapture`).
+//! run. The figures are printed (`cargo test --test suite -- power_loss:: --nocapture`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "common/backend.rs"]
-mod backend;
+use crate::common::backend;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use backend::{CrashWalker, FailMode, FailingBackend, ImageKind, RecordingBackend, crash_image};
@@ -40,8 +38,7 @@ use fq::{
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-#[path = "common/run.rs"]
-mod run;
+use crate::common::{panics, run};
 use run::{full, seed};
 
 /// How long opening and checking one image (or one sweep run) may take before it is a hang.
@@ -50,18 +47,13 @@ const QUEUES: [&str; 2] = ["alpha", "beta"];
 
 // --- seeds, sizes, panics -------------------------------------------------------------------
 
-/// Every panic on any thread, caught or not, is counted: none is allowed.
-fn panics() -> &'static AtomicUsize {
-    static PANICS: AtomicUsize = AtomicUsize::new(0);
-    static HOOK: std::sync::Once = std::sync::Once::new();
-    HOOK.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            PANICS.fetch_add(1, Ordering::SeqCst);
-            previous(info);
-        }));
-    });
-    &PANICS
+/// Every panic on any thread, caught or not, is counted: none is allowed. Other areas' panics
+/// (their test threads, scopes and files, `common::panics`) are left out.
+fn panics_since(mark: usize) -> usize {
+    panics::since(mark)
+        .iter()
+        .filter(|seen| !seen.elsewhere(file!()))
+        .count()
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -419,7 +411,7 @@ async fn verify_store(engine: &Engine, model: &Model, crash_point: Option<u64>) 
 #[test]
 fn crash_images_open_with_every_acknowledged_operation_and_sound_indexes() {
     let seed = seed();
-    let panics_before = panics().load(Ordering::SeqCst);
+    let panics_before = panics::mark();
     let (operations, images) = if full() { (1_000, 5_000) } else { (150, 500) };
     println!(
         "power_loss crash images: seed {seed} (FQ_SEED={seed} replays), full={}",
@@ -561,7 +553,7 @@ fn crash_images_open_with_every_acknowledged_operation_and_sound_indexes() {
             )),
         }
     }
-    let panicked = panics().load(Ordering::SeqCst) - panics_before;
+    let panicked = panics_since(panics_before);
     println!(
         "  {images} crash images in {:.1?} (slowest {max_ms} ms): {opened} opened, \
          {refused_before_first_ack} refused (cut before the store was created); \
@@ -728,7 +720,7 @@ fn sweep_run(seed: u64, operations: usize, mode: FailMode) -> (SweepFigures, Vec
 #[test]
 fn error_sweep_fails_every_operation_of_a_100_operation_workload() {
     let seed = seed();
-    let panics_before = panics().load(Ordering::SeqCst);
+    let panics_before = panics::mark();
     let operations = if full() { 300 } else { 100 };
     println!(
         "power_loss error sweep: seed {seed} (FQ_SEED={seed} replays), full={}",
@@ -825,7 +817,7 @@ fn error_sweep_fails_every_operation_of_a_100_operation_workload() {
         }
         problems.extend(found);
     }
-    let panicked = panics().load(Ordering::SeqCst) - panics_before;
+    let panicked = panics_since(panics_before);
     println!("  {} runs in {:.1?}:", plans.len(), started.elapsed());
     for (name, f) in &figures {
         println!(

@@ -1,7 +1,7 @@
 //! Failed attempts are retried with exponential backoff and jitter until `max_retries` is
 //! spent; permanent errors and handler-chosen delays are honoured.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -63,7 +63,7 @@ async fn a_flaky_task_completes_on_its_third_attempt_after_backoff() -> fq::Resu
 
     // Retry 1: 5 s ± 20%. Retry 2: 10 s ± 20%.
     for (retry, nominal_ms) in [(1, 5_000), (2, 10_000)] {
-        let retrying = common::next_event(&mut events, "task.retrying", |e| e.task.id == id).await;
+        let retrying = common::task_event(&mut events, "task.retrying", id).await;
         let delay = millis_between(retrying.at, retrying.retry_at.unwrap());
         let low = nominal_ms * 8 / 10;
         let high = nominal_ms * 12 / 10;
@@ -83,10 +83,7 @@ async fn a_flaky_task_completes_on_its_third_attempt_after_backoff() -> fq::Resu
         assert_eq!(engine.task(id).await?.unwrap().status, TaskStatus::Retrying);
         clock.advance(Duration::from_millis(1));
     }
-    common::next_event(&mut events, "worker.task.after_execution", |e| {
-        e.task.id == id
-    })
-    .await;
+    common::task_event(&mut events, "worker.task.after_execution", id).await;
     worker.stop().await;
 
     let record = engine.task(id).await?.unwrap();
@@ -109,10 +106,7 @@ async fn flaky_task_emits_exactly_two_execution_errors() -> fq::Result<()> {
     let worker = common::start_worker(&engine, registry(), &["default"], 1);
     let mut errors = 0;
     loop {
-        let event = events
-            .recv_timeout(common::PATIENCE)
-            .await
-            .expect("an event");
+        let event = common::any_event(&mut events).await;
         if event.task.id != id {
             continue;
         }
@@ -140,10 +134,7 @@ async fn an_always_failing_task_runs_max_retries_plus_one_times_then_fails() -> 
     let worker = common::start_worker(&engine, registry(), &["default"], 1);
     let mut runs = 0;
     let failed = loop {
-        let event = events
-            .recv_timeout(common::PATIENCE)
-            .await
-            .expect("an event");
+        let event = common::any_event(&mut events).await;
         match event.name() {
             "worker.task.before_execution" => runs += 1,
             "task.retrying" => clock.advance(Duration::from_secs(3600)),
@@ -174,7 +165,7 @@ async fn a_permanent_error_fails_after_one_run() -> fq::Result<()> {
         .send()
         .await?;
     let worker = common::start_worker(&engine, registry(), &["default"], 1);
-    common::next_event(&mut events, "task.failed", |e| e.task.id == id).await;
+    common::task_event(&mut events, "task.failed", id).await;
     worker.stop().await;
     let record = engine.task(id).await?.unwrap();
     assert_eq!(record.status, TaskStatus::Failed);
@@ -192,7 +183,7 @@ async fn a_handler_can_choose_its_retry_delay() -> fq::Result<()> {
         .send()
         .await?;
     let worker = common::start_worker(&engine, registry(), &["default"], 1);
-    let retrying = common::next_event(&mut events, "task.retrying", |e| e.task.id == id).await;
+    let retrying = common::task_event(&mut events, "task.retrying", id).await;
     worker.stop().await;
     assert_eq!(
         millis_between(retrying.at, retrying.retry_at.unwrap()),
@@ -213,7 +204,7 @@ async fn a_per_task_retry_delay_replaces_the_base() -> fq::Result<()> {
         .send()
         .await?;
     let worker = common::start_worker(&engine, registry(), &["default"], 1);
-    let retrying = common::next_event(&mut events, "task.retrying", |e| e.task.id == id).await;
+    let retrying = common::task_event(&mut events, "task.retrying", id).await;
     worker.stop().await;
     let delay = millis_between(retrying.at, retrying.retry_at.unwrap());
     assert!((80_000..=120_000).contains(&delay), "{delay}");

@@ -11,13 +11,12 @@
 //! byte of a task record is caught by the record checksum.
 //!
 //! Smoke size under `cargo test`; `FQ_FULL=1` runs the full size; `FQ_SEED=<n>` replays a run.
-//! The figures are printed (`cargo test --test corruption -- --nocapture` shows them).
+//! The figures are printed (`cargo test --test suite -- corruption:: --nocapture` shows them).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -25,8 +24,7 @@ use fq::{Engine, Error, ListQuery, Outcome, Settlement, StoreError, TaskFailure}
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-#[path = "common/run.rs"]
-mod run;
+use crate::common::{panics, run};
 use run::{full, seed};
 
 /// Tasks in the base store (the issue's figure, at both sizes).
@@ -42,43 +40,21 @@ const PAGE: usize = 4096;
 
 // --- panic accounting ---------------------------------------------------------------------------
 
-thread_local! {
-    /// The mutant this thread is checking, if any: its panics are counted, not printed.
-    static CHECKING: Cell<Option<usize>> = const { Cell::new(None) };
+/// The scope of a thread checking a mutant: its panics are counted, not printed
+/// (`common::panics`).
+const SCOPE: &str = "corruption";
+
+/// The panics seen on the thread that checked mutant `index`.
+fn mutant_panics(index: usize) -> Vec<String> {
+    panics::since(0)
+        .into_iter()
+        .filter(|seen| seen.scope == Some((SCOPE, index)))
+        .map(|seen| seen.text)
+        .collect()
 }
-
-/// A panic seen while mutants were being checked: the mutant its thread was checking (`None`
-/// for an engine thread), and where it happened.
-type SeenPanic = (Option<usize>, String);
-
-fn panics() -> &'static Mutex<Vec<SeenPanic>> {
-    static PANICS: OnceLock<Mutex<Vec<SeenPanic>>> = OnceLock::new();
-    PANICS.get_or_init(|| Mutex::new(Vec::new()))
-}
-
-/// While true, panics on threads that are not the test harness's own (engine threads, the
-/// blocking pool) are recorded too.
-static ANY_THREAD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn install_panic_counter() {
-    static ONCE: OnceLock<()> = OnceLock::new();
-    ONCE.get_or_init(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let mutant = CHECKING.with(Cell::get);
-            let thread = std::thread::current().name().unwrap_or("?").to_owned();
-            let engine_thread = ANY_THREAD.load(std::sync::atomic::Ordering::SeqCst)
-                && (thread.starts_with("fq-") || thread.starts_with("tokio"));
-            if mutant.is_some() || engine_thread {
-                panics()
-                    .lock()
-                    .unwrap()
-                    .push((mutant, format!("[{thread}] {info}")));
-            } else {
-                previous(info);
-            }
-        }));
-    });
+    panics::watch();
 }
 
 // --- the base store -----------------------------------------------------------------------------
@@ -608,7 +584,7 @@ fn check_with_timeout(
     std::thread::Builder::new()
         .name(format!("mutant-{index}"))
         .spawn(move || {
-            CHECKING.with(|c| c.set(Some(index)));
+            panics::set_scope(Some((SCOPE, index)));
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 check_mutant(&path_owned, &base, write_check)
             }));
@@ -620,13 +596,7 @@ fn check_with_timeout(
         Ok(Err(_)) => Err("a panic escaped the engine".into()),
         Err(_) => Err(format!("hang: no verdict within {MUTANT_PATIENCE:?}")),
     };
-    let seen: Vec<String> = panics()
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(mutant, _)| *mutant == Some(index))
-        .map(|(_, text)| text.clone())
-        .collect();
+    let seen = mutant_panics(index);
     match result {
         // redb's panics inside the open are caught by the engine and come back as an error
         // naming the file; a panic anywhere else is a bug.
@@ -643,7 +613,7 @@ fn check_with_timeout(
 
 /// Runs `fq stats --db <path>` with a time limit: (exit code, stderr), or an error for a hang.
 fn fq_stats(path: &Path, home: &Path) -> Result<(Option<i32>, String), String> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fq"))
+    let mut child = crate::common::child::fq()
         .arg("--db")
         .arg(path)
         .arg("stats")
@@ -723,7 +693,8 @@ fn a_thousand_mutants_of_a_10000_task_store_open_cleanly_or_are_refused_naming_t
 
     // Two checkers share the mutants (two cores); each mutant is written to a file of its
     // own, checked, and removed.
-    ANY_THREAD.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Panics on engine threads from here to the end of the checks count as stray.
+    let window = panics::mark();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results: Mutex<Vec<Checked>> = Mutex::new(Vec::new());
     let checked = Instant::now();
@@ -749,7 +720,7 @@ fn a_thousand_mutants_of_a_10000_task_store_open_cleanly_or_are_refused_naming_t
             });
         }
     });
-    ANY_THREAD.store(false, std::sync::atomic::Ordering::SeqCst);
+    let window = (window, panics::mark());
     let mut results = results.into_inner().unwrap();
     results.sort_by_key(|(index, _, _)| *index);
     let mut tally: BTreeMap<(&'static str, Verdict), usize> = BTreeMap::new();
@@ -766,12 +737,10 @@ fn a_thousand_mutants_of_a_10000_task_store_open_cleanly_or_are_refused_naming_t
             )),
         }
     }
-    let stray: Vec<String> = panics()
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(mutant, _)| mutant.is_none())
-        .map(|(_, text)| text.clone())
+    let stray: Vec<String> = panics::between(window.0, window.1)
+        .into_iter()
+        .filter(|seen| seen.scope.is_none() && seen.on_engine_thread() && !seen.elsewhere(file!()))
+        .map(|seen| seen.text)
         .collect();
     if !stray.is_empty() {
         failures.push(format!("panics on engine threads: {stray:?}"));
@@ -797,11 +766,9 @@ fn a_thousand_mutants_of_a_10000_task_store_open_cleanly_or_are_refused_naming_t
     for (kind, text) in examples().lock().unwrap().iter() {
         println!("corruption:   e.g. {kind}: {text}");
     }
-    let caught = panics()
-        .lock()
-        .unwrap()
+    let caught = panics::since(0)
         .iter()
-        .filter(|(mutant, _)| mutant.is_some())
+        .filter(|seen| seen.scope.is_some_and(|(scope, _)| scope == SCOPE))
         .count();
     println!(
         "corruption: {caught} redb panics inside the open were caught by the engine and \
@@ -1072,7 +1039,7 @@ fn every_flipped_byte_of_a_stored_record_surfaces_as_corrupt_record_naming_the_t
     write_record(&path, victim, &damaged);
     let home = tempfile::tempdir().unwrap();
     for args in [vec!["show", &*victim.to_string()], vec!["list"]] {
-        let out = Command::new(env!("CARGO_BIN_EXE_fq"))
+        let out = crate::common::child::fq()
             .arg("--db")
             .arg(&path)
             .args(&args)

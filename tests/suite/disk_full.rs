@@ -10,12 +10,11 @@
 //! nothing of it, and refuses writes until reopened.
 //!
 //! Deterministic (no random seed) and of one size; `FQ_DISK_FULL_SIMULATED=1` takes the
-//! fallback paths even where mounting works. `cargo test --test disk_full -- --nocapture`
+//! fallback paths even where mounting works. `cargo test --test suite -- disk_full:: --nocapture`
 //! shows the figures.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "common/backend.rs"]
-mod backend;
+use crate::common::backend;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! Sync and async handlers, typed tasks, return values, panics, and the lifecycle events with
 //! their payloads in order.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 
@@ -121,10 +121,7 @@ async fn panicking_tasks_fail_and_the_worker_survives() -> fq::Result<()> {
     }
     .delay(&engine)
     .await?;
-    common::next_event(&mut events, "worker.task.after_execution", |e| {
-        e.task.id == healthy
-    })
-    .await;
+    common::task_event(&mut events, "worker.task.after_execution", healthy).await;
     let report = worker.stop().await;
     assert_eq!(report.failed, 2);
     assert_eq!(report.completed, 1);
@@ -179,7 +176,7 @@ async fn events_arrive_in_order_with_their_payloads() -> fq::Result<()> {
     let worker = common::start_worker(&engine, registry, &["emails", "default"], 1);
     let mut names = Vec::new();
     while names.len() < 4 {
-        let event = stream.recv_timeout(common::PATIENCE).await.expect("event");
+        let event = common::any_event(&mut stream).await;
         names.push(event.name());
         match event.name() {
             "task.queued" => assert_eq!(event.task.status, TaskStatus::Pending),
@@ -210,7 +207,7 @@ async fn events_arrive_in_order_with_their_payloads() -> fq::Result<()> {
         .await?;
     let mut names = Vec::new();
     loop {
-        let event = stream.recv_timeout(common::PATIENCE).await.expect("event");
+        let event = common::any_event(&mut stream).await;
         assert_eq!(event.task.id, flaky);
         names.push(event.name());
         match event.name() {

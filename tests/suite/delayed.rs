@@ -1,7 +1,7 @@
 //! Delayed and scheduled tasks never start before their time and start as soon as it comes.
 //! Time is a manual clock: nothing here sleeps.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -41,10 +41,7 @@ async fn delayed_and_scheduled_tasks_wait_for_their_time() -> fq::Result<()> {
         .queue_task_named("test.noop", &json!({}))
         .send()
         .await?;
-    common::next_event(&mut events, "worker.task.after_execution", |e| {
-        e.task.id == marker
-    })
-    .await;
+    common::task_event(&mut events, "worker.task.after_execution", marker).await;
     for id in [delayed, scheduled] {
         let record = engine.task(id).await?.unwrap();
         assert_eq!(record.status, TaskStatus::Pending);
@@ -56,10 +53,7 @@ async fn delayed_and_scheduled_tasks_wait_for_their_time() -> fq::Result<()> {
         .queue_task_named("test.noop", &json!({}))
         .send()
         .await?;
-    common::next_event(&mut events, "worker.task.after_execution", |e| {
-        e.task.id == marker
-    })
-    .await;
+    common::task_event(&mut events, "worker.task.after_execution", marker).await;
     assert_eq!(
         engine.task(delayed).await?.unwrap().status,
         TaskStatus::Pending,
@@ -67,10 +61,7 @@ async fn delayed_and_scheduled_tasks_wait_for_their_time() -> fq::Result<()> {
     );
 
     clock.advance(Duration::from_millis(1));
-    let done = common::next_event(&mut events, "worker.task.after_execution", |e| {
-        e.task.id == delayed
-    })
-    .await;
+    let done = common::task_event(&mut events, "worker.task.after_execution", delayed).await;
     let record = engine.task(delayed).await?.unwrap();
     assert_eq!(record.status, TaskStatus::Completed);
     assert_eq!(record.scheduled_at, start + TimeDelta::hours(1));
@@ -86,10 +77,7 @@ async fn delayed_and_scheduled_tasks_wait_for_their_time() -> fq::Result<()> {
     );
 
     clock.advance(Duration::from_secs(3600));
-    common::next_event(&mut events, "worker.task.after_execution", |e| {
-        e.task.id == scheduled
-    })
-    .await;
+    common::task_event(&mut events, "worker.task.after_execution", scheduled).await;
     let record = engine.task(scheduled).await?.unwrap();
     assert_eq!(record.started_at, Some(start + TimeDelta::hours(2)));
     worker.stop().await;
@@ -118,10 +106,7 @@ async fn schedule_at_wins_over_delay_and_a_past_time_means_now() -> fq::Result<(
         .await?;
     let mut events = engine.events().subscribe();
     let worker = common::start_worker(&engine, registry(), &["default"], 1);
-    common::next_event(&mut events, "worker.task.after_execution", |e| {
-        e.task.id == past
-    })
-    .await;
+    common::task_event(&mut events, "worker.task.after_execution", past).await;
     assert_eq!(
         engine.task(both).await?.unwrap().status,
         TaskStatus::Pending
@@ -172,16 +157,10 @@ async fn delayed_tasks_survive_a_reopen_and_still_wait() -> fq::Result<()> {
         .queue_task_named("test.noop", &json!({}))
         .send()
         .await?;
-    common::next_event(&mut events, "worker.task.after_execution", |e| {
-        e.task.id == marker
-    })
-    .await;
+    common::task_event(&mut events, "worker.task.after_execution", marker).await;
     assert_eq!(engine.task(id).await?.unwrap().status, TaskStatus::Pending);
     clock.advance(Duration::from_secs(600));
-    common::next_event(&mut events, "worker.task.after_execution", |e| {
-        e.task.id == id
-    })
-    .await;
+    common::task_event(&mut events, "worker.task.after_execution", id).await;
     worker.stop().await;
     drop(dir);
     Ok(())

@@ -1,7 +1,13 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod backend;
+pub mod child;
 pub mod effects;
+pub mod panics;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbit;
+pub mod run;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +18,19 @@ use tokio::task::JoinHandle;
 
 /// How long a test waits for something that should happen at once before it fails.
 pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Tests that open TCP listeners in this process hold this, so that
+/// `security::an_embedded_engine_listens_on_no_tcp_port_by_default` sees only its own.
+pub async fn tcp_lock() -> tokio::sync::MutexGuard<'static, ()> {
+    TCP_LOCK.lock().await
+}
+
+/// [`tcp_lock`] outside async code.
+pub fn tcp_lock_blocking() -> tokio::sync::MutexGuard<'static, ()> {
+    TCP_LOCK.blocking_lock()
+}
+
+static TCP_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A fresh engine in a temp dir, on the system clock.
 pub fn engine() -> (tempfile::TempDir, Engine) {
@@ -83,6 +102,35 @@ pub async fn next_event(
             return event;
         }
     }
+}
+
+/// Polls `check` every `poll` until it holds, failing the test after `patience`.
+pub async fn eventually<F, Fut>(what: &str, patience: Duration, poll: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + patience;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(poll).await;
+    }
+}
+
+/// Waits for the next event named `name` about task `id`, failing the test after [`PATIENCE`].
+pub async fn task_event(events: &mut EventStream, name: &str, id: fq::TaskId) -> Arc<fq::Event> {
+    next_event(events, name, |event| event.task.id == id).await
+}
+
+/// The next event, whatever it is, failing the test after [`PATIENCE`] without one.
+pub async fn any_event(events: &mut EventStream) -> Arc<fq::Event> {
+    events
+        .recv_timeout(PATIENCE)
+        .await
+        .unwrap_or_else(|| panic!("no event within {PATIENCE:?}"))
 }
 
 /// Waits for `count` events named `name`, returning them in order.

@@ -1,6 +1,6 @@
 //! Retention cleanup deletes exactly the finished tasks past their retention, nothing else.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,18 +5,16 @@
 //! processes draining 10,000 tasks exactly once, and again with one worker killed mid-run.
 //!
 //! The processes are this test binary run again (`FQ_CONTROL_CHILD` = `server` or `worker`),
-//! filtered to `child_process`, as `tests/recovery.rs` does.
+//! filtered to `control::child_process` (`common::child::rerun`), as `recovery` does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
+use crate::common::child::{self, ChildGuard};
 
 use std::collections::{HashMap, HashSet};
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fq::{
@@ -136,22 +134,6 @@ impl Raw {
     }
 }
 
-/// Kills a child process when dropped, so a failing test leaves none behind.
-struct ChildGuard(Child);
-
-impl ChildGuard {
-    fn kill(&mut self) {
-        drop(self.0.kill());
-        drop(self.0.wait());
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 // --- the socket file --------------------------------------------------------------------------
 
 #[tokio::test]
@@ -160,7 +142,8 @@ async fn the_socket_is_private_and_removed_with_its_engine() -> fq::Result<()> {
     let engine = Engine::open(store(&dir))?;
     let socket = socket_of(&dir);
     assert_eq!(engine.control_socket(), Some(socket.as_path()));
-    // The documented path is a link to the socket in its private directory (tests/security.rs).
+    // The documented path is a link to the socket in its private directory
+    // (tests/suite/security.rs).
     let meta = std::fs::metadata(&socket).unwrap();
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
@@ -767,6 +750,8 @@ async fn the_wire_carries_what_docs_protocol_md_shows() -> fq::Result<()> {
 
 #[tokio::test]
 async fn tcp_needs_a_token_off_loopback_and_checks_it() -> fq::Result<()> {
+    // It opens a TCP listener in the suite's process.
+    let _tcp = common::tcp_lock().await;
     let dir = tempfile::tempdir().unwrap();
     let mut open_to_all = Config::default();
     open_to_all.control.listen = Some("0.0.0.0:0".parse().unwrap());
@@ -921,19 +906,7 @@ const TASKS: usize = 10_000;
 
 /// Appends a line to this process's effect log: "run <id> <attempt> <pid>" per execution.
 fn effect_logger(dir: &Path) -> impl Fn(&str) + Send + Sync + Clone + 'static {
-    let path = dir.join(format!("effects-{}.log", std::process::id()));
-    let file = Arc::new(Mutex::new(
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .expect("open the effect log"),
-    ));
-    move |line: &str| {
-        let mut file = file.lock().unwrap();
-        file.write_all(format!("{line}\n").as_bytes())
-            .expect("append to the effect log");
-    }
+    common::effects::logger(dir)
 }
 
 /// Runs as a child: `server` owns the store and serves it; `worker` connects and runs tasks.
@@ -994,45 +967,28 @@ async fn child_process() -> fq::Result<()> {
 }
 
 fn spawn_child(dir: &Path, role: &str, env: &[(&str, String)]) -> ChildGuard {
-    static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    // The child's log, for when a run goes wrong.
-    let log = std::fs::File::create(dir.join(format!("{role}-{n}.stderr"))).unwrap();
-    let mut command = Command::new(std::env::current_exe().unwrap());
+    let mut command = child::rerun("control::child_process");
     command
-        .args([
-            "--exact",
-            "child_process",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
         .env(CHILD, role)
         .env(CHILD_DIR, dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log);
+        .env("RUST_LOG", "warn");
     for (key, value) in env {
         command.env(key, value);
     }
-    ChildGuard(command.spawn().expect("spawn a child"))
+    child::spawn_logged(command, dir, role)
 }
 
 /// The server role played by the real `fq serve` (the plain engine child without the CLI).
 fn spawn_fq_serve(dir: &Path) -> ChildGuard {
     #[cfg(feature = "cli")]
     {
-        let log = std::fs::File::create(dir.join("fq-serve.stderr")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_fq"))
+        let mut command = child::fq();
+        command
             .arg("serve")
             .arg("--db")
             .arg(dir.join("fq.redb"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn fq serve");
-        ChildGuard(child)
+            .env("RUST_LOG", "warn");
+        child::spawn_logged(command, dir, "fq-serve")
     }
     #[cfg(not(feature = "cli"))]
     spawn_child(dir, "server", &[])

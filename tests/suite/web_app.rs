@@ -4,9 +4,9 @@
 //! stops the app with SIGTERM and reads the record back from the store it left behind.
 //!
 //! An example cannot be imported, so the test runs it as a child process. `cargo test` builds
-//! examples before it runs tests, but `cargo test --test web_app` does not, and a binary left
-//! from an earlier build may be stale; so the test asks cargo to build it (a no-op when it is
-//! fresh) and takes the binary's path from cargo's own report.
+//! examples before it runs tests, but `cargo test --test suite -- web_app::` does not, and a
+//! binary left from an earlier build may be stale; so the test asks cargo to build it (a no-op
+//! when it is fresh) and takes the binary's path from cargo's own report.
 
 use std::error::Error;
 use std::io::{BufRead, BufReader};

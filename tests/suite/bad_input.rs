@@ -1,6 +1,6 @@
 //! Bad input gets a typed error naming the problem, never a panic, and changes nothing stored.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 

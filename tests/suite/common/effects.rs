@@ -2,9 +2,31 @@
 //! "run <task id> <attempt> <pid>", one `write` each, so a line is whole or absent.
 #![allow(dead_code, unreachable_pub)]
 
+use std::fs::OpenOptions;
+use std::io::Write;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use fq::TaskId;
+
+/// Appends lines (a newline added) to this process's `effects-<pid>.log` in `dir`, one `write`
+/// each, so a line is whole or absent.
+pub fn logger(dir: &Path) -> impl Fn(&str) + Send + Sync + Clone + 'static {
+    let path = dir.join(format!("effects-{}.log", std::process::id()));
+    let file = Arc::new(Mutex::new(
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("open the effect log"),
+    ));
+    move |line: &str| {
+        file.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("append to the effect log");
+    }
+}
 
 /// Every run logged in `dir`: (task, attempt, pid).
 pub fn runs(dir: &Path) -> Vec<(TaskId, u32, u32)> {

@@ -1,6 +1,7 @@
 //! The bad input table (issue 6, item 5): well over 60 bad inputs across payloads, names and
 //! queues, times, configuration files, command-line arguments and control-socket frames, each
-//! beyond what `tests/bad_input.rs`, `tests/cli.rs` and `tests/control.rs` already pin.
+//! beyond what `tests/suite/bad_input.rs`, `tests/suite/cli.rs` and `tests/suite/control.rs`
+//! already pin.
 //!
 //! Pass, for every row: the input is refused with an error naming the field and the limit (or
 //! the rule broken); nothing panics (on any thread, engine and control threads included; the
@@ -9,15 +10,15 @@
 //! prefix is refused before any body byte is sent, so nothing is read or allocated for it.
 //!
 //! `FQ_SEED` is printed for the record (the table is fixed; the seed only picks the bytes of
-//! the random-garbage rows). `cargo test --test bad_input_table -- --nocapture` shows the
+//! the random-garbage rows). `cargo test --test suite -- bad_input_table:: --nocapture` shows the
 //! figures.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use fq::{Config, Engine, Error, QueueTask, Registry, Task, TaskContext, TaskError, TaskStatus};
@@ -26,8 +27,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-#[path = "common/run.rs"]
-mod run;
+use crate::common::{panics, run};
 use run::seed;
 
 /// How long anything in this file may take before it counts as a hang.
@@ -38,32 +38,29 @@ const MAX_FRAME: usize = 2 << 20;
 
 // --- panics on engine threads -------------------------------------------------------------------
 
-/// Panics on the engine's own threads (writer, timer, control server, blocking pool); a panic
-/// on a test's thread fails that test by itself.
-fn engine_panics() -> &'static Mutex<Vec<String>> {
-    static PANICS: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
-    PANICS.get_or_init(|| Mutex::new(Vec::new()))
+/// Panics on the engine's own threads (writer, timer, control server, blocking pool) since this
+/// file's first watch, other areas' panics left out (`common::panics`); a panic on a test's
+/// thread fails that test by itself.
+fn engine_panics() -> Vec<String> {
+    panics::since(watch_start())
+        .into_iter()
+        .filter(|seen| seen.on_engine_thread() && !seen.elsewhere(file!()))
+        .map(|seen| seen.text)
+        .collect()
+}
+
+/// Where the record stood when this file first watched.
+fn watch_start() -> usize {
+    static START: OnceLock<usize> = OnceLock::new();
+    *START.get_or_init(panics::mark)
 }
 
 fn watch_panics() {
-    static ONCE: OnceLock<()> = OnceLock::new();
-    ONCE.get_or_init(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let thread = std::thread::current().name().unwrap_or("?").to_owned();
-            if thread.starts_with("fq-") || thread.starts_with("tokio") {
-                engine_panics()
-                    .lock()
-                    .unwrap()
-                    .push(format!("[{thread}] {info}"));
-            }
-            previous(info);
-        }));
-    });
+    watch_start();
 }
 
 fn assert_no_engine_panics() {
-    let panics = engine_panics().lock().unwrap();
+    let panics = engine_panics();
     assert!(panics.is_empty(), "panics on engine threads: {panics:?}");
 }
 
@@ -926,7 +923,7 @@ struct Run {
 
 /// Runs the `fq` binary in `dir` with `args` and a time limit.
 fn fq(dir: &Path, args: &[&str]) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fq"))
+    let mut child = crate::common::child::fq()
         .args(args)
         .current_dir(dir)
         .env_remove("RUST_LOG")
@@ -1712,6 +1709,7 @@ async fn bad_socket_frames_are_refused_and_the_server_answers_the_next_request()
 
     let mut failures = Failures::default();
     let mut rows = 0;
+    let mut prefix_refusals = Vec::new();
     for (row, send, expect, needles) in socket_rows(&mut rng) {
         let took = Instant::now();
         let mut raw = match &send {
@@ -1768,13 +1766,11 @@ async fn bad_socket_frames_are_refused_and_the_server_answers_the_next_request()
                     "{message:?} should mention {needle:?}"
                 );
             }
-            // Refused on the prefix alone: the error came back with no body sent.
+            // Refused on the prefix alone: the refusal came back with no body sent (the
+            // answer above; a server waiting for the body would have sent none). How soon is
+            // a figure, printed below, not asserted (machine load moves it).
             if row.contains("over the limit") || row.contains("over the frame limit") {
-                ensure!(
-                    took.elapsed() < Duration::from_secs(2),
-                    "took {:?}",
-                    took.elapsed()
-                );
+                prefix_refusals.push(took.elapsed());
             }
             Ok(())
         }
@@ -1787,15 +1783,32 @@ async fn bad_socket_frames_are_refused_and_the_server_answers_the_next_request()
         rows += 1;
     }
     failures.assert_none("control socket", seed);
+    println!(
+        "bad input: {} oversized length prefixes refused with no body sent, slowest answer \
+         {:?} (printed, not asserted)",
+        prefix_refusals.len(),
+        prefix_refusals.iter().max().copied().unwrap_or_default()
+    );
 
     // A slow client trickling a valid hello and request a byte at a time is answered, and a
-    // client arriving meanwhile is not held up by it.
+    // client arriving meanwhile is not held up by it: the trickle stops halfway through its
+    // hello until the other client has been answered.
     let trickle_socket = socket.clone();
+    let (served, resume) = tokio::sync::oneshot::channel::<()>();
     let trickle = tokio::spawn(async move {
         let mut raw = Raw::connect(&trickle_socket).await;
         let mut bytes = hello_frame();
+        let halfway = bytes.len() / 2;
         bytes.extend(frame(br#"{"id": 5, "op": "stats"}"#));
-        for byte in bytes {
+        let mut resume = Some(resume);
+        for (index, byte) in bytes.into_iter().enumerate() {
+            if index == halfway {
+                resume
+                    .take()
+                    .unwrap()
+                    .await
+                    .expect("the other client was answered");
+            }
             raw.send_bytes(&[byte]).await;
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -1805,14 +1818,16 @@ async fn bad_socket_frames_are_refused_and_the_server_answers_the_next_request()
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let meanwhile = Instant::now();
+    // Answered while the slow client is stopped halfway through its hello (or never).
     still_serving(&socket).await;
     let quick = meanwhile.elapsed();
+    served.send(()).unwrap();
     let (hello, answer) = trickle.await.unwrap();
     assert!(hello["hello"].is_object(), "{hello}");
     assert_eq!(answer["id"], 5, "{answer}");
-    assert!(
-        quick < Duration::from_secs(2),
-        "a slow client held up another for {quick:?}"
+    println!(
+        "bad input: a client arriving while another trickled half a hello was answered in \
+         {quick:?} (printed, not asserted)"
     );
     rows += 1;
 
@@ -1969,7 +1984,10 @@ fn regression_a_deeply_nested_yaml_config_took_minutes_to_refuse() {
     let took = started.elapsed();
     assert!(error.contains("services.yaml:3:"), "{error}");
     assert!(error.contains("recursion limit exceeded"), "{error}");
-    assert!(took < Duration::from_secs(2), "took {took:?}");
+    // The bug took minutes; a linear parse takes a fraction of a second. The bound is the
+    // file's patience, so that a busy machine cannot fail it; the time is printed.
+    println!("bad input: {depth} nested brackets refused in {took:?}");
+    assert!(took < PATIENCE, "took {took:?}");
     // Braces too; brackets inside quotes and comments are not nesting.
     let text = format!(
         "task:\n  worker:\n    queues: {}a{}\n",

@@ -10,14 +10,15 @@
 //! - `fq serve`, `fq worker start` and an embedded engine listen on no TCP port by default
 //!   (read from `/proc/<pid>/fd` and `/proc/net/tcp{,6}`).
 //! - A listener on an address other than loopback without a token refuses to start (IPv6 and
-//!   library cases here; IPv4, config-file and CLI cases are in tests/control.rs and
-//!   tests/bad_input_table.rs).
+//!   library cases here; IPv4, config-file and CLI cases are in tests/suite/control.rs and
+//!   tests/suite/bad_input_table.rs).
 //! - Tokens: every wrong one (each prefix, each single-byte change, longer ones) is refused
 //!   over TCP; the comparison is `subtle`'s (unit test `wrong_tokens_of_every_length_and_prefix
 //!   _are_refused` in src/control/server.rs). No timing is measured.
 //! - The connection limit holds across Unix and TCP while the first N keep working; an
 //!   oversized frame is refused before authentication. The frame limit itself is covered
-//!   row by row by tests/bad_input_table.rs (zero, one-over-the-limit, cut and huge prefixes).
+//!   row by row by tests/suite/bad_input_table.rs (zero, one-over-the-limit, cut and huge
+//!   prefixes).
 //! - No secret (AMQP password, in `rabbitmq.password` or in a URL, the control token) appears
 //!   in TRACE-level logs of an engine run (RabbitMQ unreachable and refusing with
 //!   `--features rabbitmq`), nor in the stdout/stderr of `fq` commands, `--json` and `-vvv`,
@@ -25,15 +26,16 @@
 //!
 //! Every test prints its figures and its seed: `FQ_SEED=<n>` replays the secrets and token
 //! variants, `FQ_FULL=1` tries every byte value at every token position over TCP.
-#![cfg(feature = "cli")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
+use crate::common::child::{self, ChildGuard};
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -42,8 +44,7 @@ use serde_json::{Value, json};
 
 use common::PATIENCE;
 
-#[path = "common/run.rs"]
-mod run;
+use crate::common::run;
 use run::{full, seed};
 
 // --- seeds, secrets, captured logs ------------------------------------------------------------
@@ -54,17 +55,42 @@ fn secret(rng: &mut fastrand::Rng, label: &str) -> String {
     format!("{label}{tail}")
 }
 
-/// Everything every thread of this test binary logs, at TRACE level (fq's and lapin's).
+/// While this counts more than 0 (a test of this file is running), everything every thread of
+/// the test binary logs, at TRACE level (fq's and lapin's), is captured; otherwise nothing is
+/// (the suite's other areas run in the same process, and their logs would only cost time).
+static CAPTURING: AtomicUsize = AtomicUsize::new(0);
+
+/// Captures the logs (see [`CAPTURING`]) until the guard drops: each test takes one first.
+struct Capture;
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        CAPTURING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn capture_logs() -> Capture {
+    CAPTURING.fetch_add(1, Ordering::SeqCst);
+    let _ = logs();
+    Capture
+}
+
+/// The captured logs (the subscriber is installed for the process at the first call).
 fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
     static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
     LOGS.get_or_init(|| {
+        use tracing_subscriber::Layer;
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
         let buffer = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&buffer);
-        let installed = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
+        let layer = tracing_subscriber::fmt::layer()
             .with_ansi(false)
             .with_writer(move || LogWriter(Arc::clone(&sink)))
-            .try_init();
+            .with_filter(tracing_subscriber::filter::dynamic_filter_fn(|_, _| {
+                CAPTURING.load(Ordering::SeqCst) > 0
+            }));
+        let installed = tracing_subscriber::registry().with(layer).try_init();
         assert!(installed.is_ok(), "another subscriber was installed first");
         buffer
     })
@@ -148,13 +174,9 @@ fn mode(path: &Path) -> u32 {
         & 0o7777
 }
 
-fn fq_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_fq"))
-}
-
 /// `fq` with `args` in `dir`, with no `FQ_*`/`RUST_LOG` from the caller's environment.
 fn fq_command(dir: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(fq_bin());
+    let mut command = child::fq();
     command.args(args).current_dir(dir).stdin(Stdio::null());
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy().into_owned();
@@ -208,16 +230,6 @@ fn run_for(mut command: Command, limit: Duration) -> (Option<i32>, String, Strin
     (status.code(), out.join().unwrap(), err.join().unwrap())
 }
 
-/// Kills a child process when dropped.
-struct ChildGuard(std::process::Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        drop(self.0.kill());
-        drop(self.0.wait());
-    }
-}
-
 async fn wait_for_socket(socket: &Path) -> Engine {
     let deadline = Instant::now() + PATIENCE;
     loop {
@@ -229,17 +241,7 @@ async fn wait_for_socket(socket: &Path) -> Engine {
     }
 }
 
-/// Tests that open TCP listeners in this process hold this, so that
-/// `an_embedded_engine_listens_on_no_tcp_port_by_default` sees only its own.
-async fn tcp_lock() -> tokio::sync::MutexGuard<'static, ()> {
-    TCP_LOCK.lock().await
-}
-
-static TCP_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn tcp_lock_blocking() -> tokio::sync::MutexGuard<'static, ()> {
-    TCP_LOCK.blocking_lock()
-}
+use common::{tcp_lock, tcp_lock_blocking};
 
 fn echo_registry() -> Registry {
     let mut registry = Registry::new();
@@ -257,7 +259,7 @@ fn echo_registry() -> Registry {
 /// `<socket>` a link to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_the_socket_lived_in_a_directory_other_users_could_enter() -> fq::Result<()> {
-    let _ = logs();
+    let _capture = capture_logs();
     let dir = tempfile::tempdir().unwrap();
     // A typical shared data directory, as most deployments have.
     chmod(dir.path(), 0o755);
@@ -410,7 +412,7 @@ async fn regression_the_socket_lived_in_a_directory_other_users_could_enter() ->
 /// socket) and of 077, and (as root, where an unreadable store still opens) 0777.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_socket_and_directory_modes_do_not_depend_on_the_umask() {
-    let _ = logs();
+    let _capture = capture_logs();
     let mut umasks = vec!["000", "077"];
     if is_root() {
         umasks.push("777");
@@ -422,7 +424,7 @@ async fn the_socket_and_directory_modes_do_not_depend_on_the_umask() {
             Command::new("sh")
                 .arg("-c")
                 .arg(&script)
-                .arg(fq_bin())
+                .arg(child::fq_path())
                 .current_dir(dir.path())
                 .env_remove("RUST_LOG")
                 .stdin(Stdio::null())
@@ -537,7 +539,7 @@ fn fq_as(user: (u32, u32), fq: &Path, dir: &Path, args: &[&str]) -> (Option<i32>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_local_user_cannot_connect() -> fq::Result<()> {
-    let _ = logs();
+    let _capture = capture_logs();
     let Some(user) = other_user() else {
         return Ok(());
     };
@@ -554,7 +556,7 @@ async fn another_local_user_cannot_connect() -> fq::Result<()> {
     // the socket's own directory and mode stand in the way.
     chmod(dir.path(), 0o755);
     // The binary may sit where the other user cannot reach it (CI's clone): use a copy.
-    let mut fq = fq_bin();
+    let mut fq = child::fq_path();
     if fq_as(user, &fq, dir.path(), &["--version"]).0 != Some(0) {
         let copy = dir.path().join("fq");
         std::fs::copy(&fq, &copy).unwrap();
@@ -709,7 +711,7 @@ fn listening(sockets: &[(String, String)]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fq_serve_and_worker_start_listen_on_no_tcp_port_by_default() {
-    let _ = logs();
+    let _capture = capture_logs();
     let dir = tempfile::tempdir().unwrap();
     let spawn = |args: &[&str]| {
         ChildGuard(
@@ -754,7 +756,7 @@ async fn fq_serve_and_worker_start_listen_on_no_tcp_port_by_default() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedded_engine_listens_on_no_tcp_port_by_default() -> fq::Result<()> {
-    let _ = logs();
+    let _capture = capture_logs();
     let _tcp = tcp_lock().await;
     let pid = std::process::id();
     let before = listening(&tcp_sockets_of(pid));
@@ -779,12 +781,12 @@ async fn an_embedded_engine_listens_on_no_tcp_port_by_default() -> fq::Result<()
 // --- non-loopback without a token ---------------------------------------------------------------
 
 /// IPv4 `0.0.0.0` through the configuration file and `fq serve --listen` is covered by
-/// tests/control.rs (`tcp_needs_a_token_off_loopback_and_checks_it`) and
-/// tests/bad_input_table.rs; here the IPv6 wildcard and the library path, and nothing is
+/// tests/suite/control.rs (`tcp_needs_a_token_off_loopback_and_checks_it`) and
+/// tests/suite/bad_input_table.rs; here the IPv6 wildcard and the library path, and nothing is
 /// created before the refusal.
 #[tokio::test]
 async fn a_non_loopback_listener_without_a_token_refuses_to_start() {
-    let _ = logs();
+    let _capture = capture_logs();
     let _tcp = tcp_lock().await;
     let dir = tempfile::tempdir().unwrap();
     let mut refused = 0;
@@ -831,7 +833,7 @@ fn assert_unauthorized(result: fq::Result<Engine>, given: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_wrong_token_is_refused_over_tcp() -> fq::Result<()> {
-    let _ = logs();
+    let _capture = capture_logs();
     let _tcp = tcp_lock().await;
     let mut rng = fastrand::Rng::with_seed(seed());
     let token = secret(&mut rng, "tok-");
@@ -904,7 +906,7 @@ async fn every_wrong_token_is_refused_over_tcp() -> fq::Result<()> {
 /// reused by another program, a socket planted in a shared directory) received the secret.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regression_the_client_sent_its_token_to_whatever_listened_on_a_unix_socket() {
-    let _ = logs();
+    let _capture = capture_logs();
     let mut rng = fastrand::Rng::with_seed(seed() ^ 4);
     let token = secret(&mut rng, "unixtok-");
     let dir = tempfile::tempdir().unwrap();
@@ -950,7 +952,7 @@ fn read_raw_frame(stream: &mut std::net::TcpStream) -> Option<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_limit_holds_across_unix_and_tcp_while_the_first_n_keep_working()
 -> fq::Result<()> {
-    let _ = logs();
+    let _capture = capture_logs();
     let _tcp = tcp_lock().await;
     const MAX: usize = 4;
     let mut rng = fastrand::Rng::with_seed(seed());
@@ -1066,7 +1068,7 @@ async fn the_connection_limit_holds_across_unix_and_tcp_while_the_first_n_keep_w
 /// any of them; so does an application that logs the configuration itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_the_logs_of_an_engine_run() -> fq::Result<()> {
-    let _ = logs();
+    let _capture = capture_logs();
     let _tcp = tcp_lock().await;
     let mut rng = fastrand::Rng::with_seed(seed() ^ 1);
     let password = secret(&mut rng, "pw-");
@@ -1185,7 +1187,11 @@ fn closed_port() -> u16 {
 async fn no_amqp_password_reaches_the_logs_when_rabbitmq_is_unreachable_or_refuses()
 -> fq::Result<()> {
     use fq::BrokerKind;
-    let _ = logs();
+    let _capture = capture_logs();
+    // Binds a port to find a closed one (see `tcp_lock`), and must not see RabbitMQ stopped
+    // by a test of `rabbitmq` (the refusing case needs it up).
+    let _tcp = tcp_lock().await;
+    let _broker = common::rabbit::shared_broker().await;
     let mut rng = fastrand::Rng::with_seed(seed() ^ 2);
     let in_url = secret(&mut rng, "amqpurl-");
     let in_field = format!("{}/@:%?#", secret(&mut rng, "amqpfield-"));
@@ -1279,7 +1285,7 @@ async fn no_amqp_password_reaches_the_logs_when_rabbitmq_is_unreachable_or_refus
 /// or stderr.
 #[test]
 fn no_secret_reaches_the_output_of_cli_commands() {
-    let _ = logs();
+    let _capture = capture_logs();
     let mut rng = fastrand::Rng::with_seed(seed() ^ 3);
     let password = secret(&mut rng, "clipw-");
     let url_password = secret(&mut rng, "cliurl-");

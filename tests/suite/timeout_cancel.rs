@@ -1,7 +1,7 @@
 //! Per-attempt timeouts fail the attempt; cancelling stops a waiting task from ever running and
 //! is refused for tasks that already ran.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -48,10 +48,7 @@ async fn an_attempt_past_its_timeout_fails_and_is_retried_then_failed() -> fq::R
     let worker = common::start_worker(&engine, registry(), &["default"], 2);
     let mut failed = Vec::new();
     while failed.len() < 2 {
-        let event = events
-            .recv_timeout(common::PATIENCE)
-            .await
-            .expect("an event");
+        let event = common::any_event(&mut events).await;
         match event.name() {
             "task.retrying" => {
                 assert_eq!(event.task.id, from_definition);
@@ -97,7 +94,7 @@ async fn a_cancelled_task_never_runs() -> fq::Result<()> {
     let cancelled = engine.cancel(doomed).await?;
     assert_eq!(cancelled.status, TaskStatus::Cancelled);
     assert!(cancelled.finished_at.is_some());
-    common::next_event(&mut events, "task.cancelled", |e| e.task.id == doomed).await;
+    common::task_event(&mut events, "task.cancelled", doomed).await;
     engine.cancel(delayed).await?;
 
     let survivor = engine
@@ -105,10 +102,7 @@ async fn a_cancelled_task_never_runs() -> fq::Result<()> {
         .send()
         .await?;
     let worker = common::start_worker(&engine, registry(), &["default"], 1);
-    common::next_event(&mut events, "worker.task.after_execution", |e| {
-        e.task.id == survivor
-    })
-    .await;
+    common::task_event(&mut events, "worker.task.after_execution", survivor).await;
     let report = worker.stop().await;
     assert_eq!(report.completed, 1);
     for id in [doomed, delayed] {
@@ -162,10 +156,7 @@ async fn a_cancelled_task_stays_cancelled_after_a_reopen() -> fq::Result<()> {
         .send()
         .await?;
     let worker = common::start_worker(&engine, registry(), &["default"], 1);
-    common::next_event(&mut events, "worker.task.after_execution", |e| {
-        e.task.id == marker
-    })
-    .await;
+    common::task_event(&mut events, "worker.task.after_execution", marker).await;
     worker.stop().await;
     assert_eq!(
         engine.task(id).await?.unwrap().status,
