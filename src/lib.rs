@@ -127,4 +127,4 @@ pub use task::{
     FailureKind, Payload, RetryPolicy, TaskError, TaskErrorKind, TaskFailure, TaskId, TaskRecord,
     TaskStatus,
 };
-pub use worker::{ShutdownHandle, WorkerManager, WorkerReport};
+pub use worker::{ShutdownHandle, SignalError, Signals, WorkerManager, WorkerReport};

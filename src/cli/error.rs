@@ -166,8 +166,8 @@ impl From<std::io::Error> for CliError {
     }
 }
 
-impl From<crate::worker::signals::SignalError> for CliError {
-    fn from(error: crate::worker::signals::SignalError) -> Self {
+impl From<crate::SignalError> for CliError {
+    fn from(error: crate::SignalError) -> Self {
         let context = error.to_string();
         Self::from(error.source).context(context)
     }

@@ -3,6 +3,7 @@
 
 mod manager;
 mod runner;
-pub(crate) mod signals;
+mod signals;
+pub use signals::{SignalError, Signals};
 
 pub use manager::{ShutdownHandle, WorkerManager, WorkerReport};

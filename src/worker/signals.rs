@@ -1,21 +1,22 @@
 //! SIGINT and SIGTERM (ctrl-c off Unix): the one place fq listens for them, used by the worker
 //! manager's own shutdown and by the CLI's long-running commands. It only reports signals;
-//! what a signal stops is the caller's business.
+//! what a signal stops is the caller's business. Public (`fq::Signals`) for applications that
+//! serve an engine from their own binary, as the `fq` CLI does.
 
 /// A signal handler the operating system refused to install.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen for {name}")]
-pub(crate) struct SignalError {
+pub struct SignalError {
     /// The signal, e.g. `SIGTERM`.
-    pub(crate) name: &'static str,
+    pub name: &'static str,
     /// Why the operating system refused.
     #[source]
-    pub(crate) source: std::io::Error,
+    pub source: std::io::Error,
 }
 
 /// Installed handlers for SIGINT and SIGTERM.
 #[derive(Debug)]
-pub(crate) struct Signals {
+pub struct Signals {
     #[cfg(unix)]
     interrupt: tokio::signal::unix::Signal,
     #[cfg(unix)]
@@ -28,7 +29,7 @@ impl Signals {
     ///
     /// # Errors
     /// When the operating system refuses them.
-    pub(crate) fn listen() -> Result<Self, SignalError> {
+    pub fn listen() -> Result<Self, SignalError> {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
@@ -47,7 +48,7 @@ impl Signals {
     }
 
     /// Waits for the next signal and returns its name.
-    pub(crate) async fn recv(&mut self) -> &'static str {
+    pub async fn recv(&mut self) -> &'static str {
         #[cfg(unix)]
         {
             tokio::select! {

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use indicatif::ProgressBar;
 use serde_json::{Value, json};
 
+use crate::Signals;
 use crate::cli::args::DemoArgs;
 use crate::cli::error::CliError;
 use crate::cli::output::{Output, event_json, event_line, stats_table};
@@ -18,7 +19,6 @@ use crate::cli::tasks::{
     ECHO, FAIL, FLAKY, GENERATE_REPORT, RESIZE_IMAGE, SEND_EMAIL, demo_registry,
 };
 use crate::cli::{Context, open_store};
-use crate::worker::signals::Signals;
 use crate::{Config, Event, EventKind, EventStream, TaskId};
 
 /// Retry backoff in the demo: short, so the flaky task's retries show within a second or two.

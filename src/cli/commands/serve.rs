@@ -5,10 +5,10 @@ use std::path::Path;
 
 use serde_json::json;
 
+use crate::Signals;
 use crate::cli::args::ServeArgs;
 use crate::cli::error::CliError;
 use crate::cli::{Context, open_store};
-use crate::worker::signals::Signals;
 
 /// Opens the store, announces it, waits for a signal, closes the store.
 pub(crate) async fn run(ctx: &Context, args: &ServeArgs) -> Result<(), CliError> {

@@ -4,12 +4,12 @@
 
 use serde_json::json;
 
+use crate::Signals;
 use crate::cli::args::WorkerStartArgs;
 use crate::cli::error::{CliError, usage_if_invalid};
 use crate::cli::output::{Output, event_json};
 use crate::cli::{Context, Store};
 use crate::config::{DurationStyle, format_duration};
-use crate::worker::signals::Signals;
 use crate::{Event, EventKind, Registry, WorkerReport};
 
 /// Runs the worker and prints its report.
