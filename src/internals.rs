@@ -64,25 +64,9 @@ pub fn decode_record(bytes: &[u8]) -> std::result::Result<Vec<u8>, String> {
 
 /// Encodes a sample record with the given payload text and numbers, for round-trip checks.
 pub fn encode_sample_record(name: &str, payload: &str, priority: i32, attempts: u32) -> Vec<u8> {
-    let task = StoredTask {
-        name: name.to_owned(),
-        queue: "default".to_owned(),
-        priority,
-        payload: payload.to_owned(),
-        status: TaskStatus::Pending,
-        attempts,
-        max_retries: 3,
-        timeout_ms: None,
-        retry_delay_ms: None,
-        created_at: 0,
-        scheduled_at: 0,
-        due_at: 0,
-        seq: 0,
-        started_at: None,
-        finished_at: None,
-        result: None,
-        error: None,
-    };
+    let mut task = pending_task(name, payload, 0);
+    task.priority = priority;
+    task.attempts = attempts;
     crate::store::codec_encode(&task)
 }
 
@@ -118,25 +102,7 @@ impl RawStore {
         self.next += tasks as u64;
         self.store.write(|tables| {
             for seq in first..first + tasks as u64 {
-                let task = StoredTask {
-                    name: "bench.noop".to_owned(),
-                    queue: "default".to_owned(),
-                    priority: 0,
-                    payload: payload.to_owned(),
-                    status: TaskStatus::Pending,
-                    attempts: 0,
-                    max_retries: 3,
-                    timeout_ms: None,
-                    retry_delay_ms: None,
-                    created_at: 0,
-                    scheduled_at: 0,
-                    due_at: 0,
-                    seq,
-                    started_at: None,
-                    finished_at: None,
-                    result: None,
-                    error: None,
-                };
+                let task = pending_task("bench.noop", payload, seq);
                 let id = TaskId::from_u128(u128::from(seq) + 1);
                 tables.put_task(id, &task, None)?;
                 tables.insert_waiting(&task.queue, ReadyOrder::new(0, 0, seq), id)?;
@@ -492,5 +458,28 @@ impl Drop for ModelEngine {
         if let Err(error) = std::fs::remove_dir_all(&self.dir) {
             tracing::warn!(dir = %self.dir.display(), %error, "cannot remove a model engine's store");
         }
+    }
+}
+
+/// A PENDING task of queue `default` at priority 0, due at 0, with 3 retries.
+fn pending_task(name: &str, payload: &str, seq: u64) -> StoredTask {
+    StoredTask {
+        name: name.to_owned(),
+        queue: "default".to_owned(),
+        priority: 0,
+        payload: payload.to_owned(),
+        status: TaskStatus::Pending,
+        attempts: 0,
+        max_retries: 3,
+        timeout_ms: None,
+        retry_delay_ms: None,
+        created_at: 0,
+        scheduled_at: 0,
+        due_at: 0,
+        seq,
+        started_at: None,
+        finished_at: None,
+        result: None,
+        error: None,
     }
 }

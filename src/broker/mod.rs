@@ -293,3 +293,20 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// The largest payload accepted, in bytes.
     fn max_payload_bytes(&self) -> usize;
 }
+
+/// A claim's wait for its next look: true when `woken` fires (new work may be there), false
+/// when the claim should give up empty-handed (its deadline passed, or it was cancelled).
+pub(crate) async fn wait_for_work(
+    woken: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+    deadline: tokio::time::Instant,
+    cancel: &CancellationToken,
+) -> bool {
+    if cancel.is_cancelled() {
+        return false;
+    }
+    tokio::select! {
+        () = woken => true,
+        () = tokio::time::sleep_until(deadline) => false,
+        () = cancel.cancelled() => false,
+    }
+}

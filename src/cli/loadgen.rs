@@ -25,7 +25,7 @@ const PROBE: Duration = Duration::from_secs(1);
 const MIXED_DURATION: Duration = Duration::from_secs(3);
 
 /// What to measure.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub(crate) struct BenchParams {
     /// Tasks per phase.
     pub(crate) tasks: u64,
@@ -36,6 +36,7 @@ pub(crate) struct BenchParams {
     /// Approximate payload size of each task, in bytes.
     pub(crate) payload_bytes: usize,
     /// Folder for the stores (default: a fresh temporary folder, removed afterwards).
+    #[serde(skip)]
     pub(crate) dir: Option<PathBuf>,
 }
 
@@ -57,14 +58,9 @@ pub(crate) struct MixedReport {
 /// Everything `fq bench` measured.
 #[derive(Clone, Debug, Default, Serialize)]
 pub(crate) struct BenchReport {
-    /// Tasks per phase.
-    pub(crate) tasks: u64,
-    /// Concurrent producers.
-    pub(crate) producers: usize,
-    /// Worker concurrency.
-    pub(crate) concurrency: usize,
-    /// Payload bytes per task.
-    pub(crate) payload_bytes: usize,
+    /// What was measured (its keys sit at the top level of the JSON).
+    #[serde(flatten)]
+    pub(crate) params: BenchParams,
     /// Single durable writes per second on this disk (4 KiB write + fdatasync).
     pub(crate) fsync_per_sec: f64,
     /// Durable writes per second of what one small redb commit puts on the disk: as many
@@ -131,10 +127,7 @@ pub(crate) async fn run(params: &BenchParams, progress: Progress<'_>) -> Result<
         }
     };
     let mut report = BenchReport {
-        tasks: params.tasks,
-        producers: params.producers,
-        concurrency: params.concurrency,
-        payload_bytes: params.payload_bytes,
+        params: params.clone(),
         ..BenchReport::default()
     };
     // The probes run right before the sequential phase: the disk's speed drifts with the

@@ -114,30 +114,21 @@ impl WriteTables<'_> {
     }
 
     /// Adds a task to the waiting index.
-    pub(crate) fn insert_waiting(
-        &mut self,
-        queue: &str,
-        order: ReadyOrder,
-        id: TaskId,
-    ) -> Result<(), StoreError> {
+    pub(crate) fn insert_waiting(&mut self, queue: &str, order: ReadyOrder, id: TaskId) -> Done {
         let key = keys::waiting_key(queue, order);
-        self.waiting
-            .insert(key.as_slice(), id.as_u128())
-            .map_err(storage(self.path, "indexing a waiting task"))?;
-        Ok(())
+        let insert = self.waiting.insert(key.as_slice(), id.as_u128());
+        insert
+            .map(drop)
+            .map_err(storage(self.path, "indexing a waiting task"))
     }
 
     /// Removes a task from the waiting index.
-    pub(crate) fn remove_waiting(
-        &mut self,
-        queue: &str,
-        order: ReadyOrder,
-    ) -> Result<(), StoreError> {
+    pub(crate) fn remove_waiting(&mut self, queue: &str, order: ReadyOrder) -> Done {
         let key = keys::waiting_key(queue, order);
-        self.waiting
-            .remove(key.as_slice())
-            .map_err(storage(self.path, "unindexing a waiting task"))?;
-        Ok(())
+        let remove = self.waiting.remove(key.as_slice());
+        remove
+            .map(drop)
+            .map_err(storage(self.path, "unindexing a waiting task"))
     }
 
     /// Marks a task RUNNING at `attempt` in the running set.
@@ -157,31 +148,21 @@ impl WriteTables<'_> {
     }
 
     /// Adds a finished task to the retention index.
-    pub(crate) fn insert_finished(
-        &mut self,
-        status: TaskStatus,
-        finished_at: Millis,
-        id: TaskId,
-    ) -> Result<(), StoreError> {
-        let key = keys::finished_key(status, finished_at, id);
-        self.finished
-            .insert(key.as_slice(), ())
-            .map_err(storage(self.path, "indexing a finished task"))?;
-        Ok(())
+    pub(crate) fn insert_finished(&mut self, status: TaskStatus, at: Millis, id: TaskId) -> Done {
+        let key = keys::finished_key(status, at, id);
+        let insert = self.finished.insert(key.as_slice(), ());
+        insert
+            .map(drop)
+            .map_err(storage(self.path, "indexing a finished task"))
     }
 
     /// Removes a finished task from the retention index.
-    pub(crate) fn remove_finished(
-        &mut self,
-        status: TaskStatus,
-        finished_at: Millis,
-        id: TaskId,
-    ) -> Result<(), StoreError> {
-        let key = keys::finished_key(status, finished_at, id);
-        self.finished
-            .remove(key.as_slice())
-            .map_err(storage(self.path, "unindexing a finished task"))?;
-        Ok(())
+    pub(crate) fn remove_finished(&mut self, status: TaskStatus, at: Millis, id: TaskId) -> Done {
+        let key = keys::finished_key(status, at, id);
+        let remove = self.finished.remove(key.as_slice());
+        remove
+            .map(drop)
+            .map_err(storage(self.path, "unindexing a finished task"))
     }
 
     /// Up to `limit` WAITING entries of `queue` after the key `after`: (key, task id).
@@ -290,6 +271,9 @@ impl WriteTables<'_> {
         Ok(doomed.into_iter().map(|(_, _, id)| id).collect())
     }
 }
+
+/// A table operation's result: done, or the store's error.
+type Done = Result<(), StoreError>;
 
 /// Maps a failed table operation to the store's error, naming the file and the action.
 fn storage<'p>(

@@ -2,6 +2,7 @@
 //! or a read of the store (queries).
 
 use super::*;
+use crate::broker::wait_for_work;
 
 impl Broker for LocalBroker {
     fn enqueue(&self, tasks: Vec<NewTask>) -> BoxFuture<'_, Result<Vec<TaskId>>> {
@@ -52,13 +53,8 @@ impl Broker for LocalBroker {
                     }
                     continue;
                 }
-                if cancel.is_cancelled() {
+                if !wait_for_work(notified, deadline, cancel).await {
                     return Ok(Vec::new());
-                }
-                tokio::select! {
-                    () = &mut notified => {}
-                    () = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
-                    () = cancel.cancelled() => return Ok(Vec::new()),
                 }
             }
         })

@@ -87,7 +87,7 @@ fn table(report: &BenchReport) -> String {
             "enqueue, concurrent producers",
             format!(
                 "{:.0} tasks/s ({} producers)",
-                report.enqueue_concurrent_per_sec, report.producers
+                report.enqueue_concurrent_per_sec, report.params.producers
             ),
         ),
         (
@@ -98,7 +98,7 @@ fn table(report: &BenchReport) -> String {
             "drain, no-op tasks",
             format!(
                 "{:.0} tasks/s (concurrency {})",
-                report.drain_per_sec, report.concurrency
+                report.drain_per_sec, report.params.concurrency
             ),
         ),
         (
@@ -120,7 +120,7 @@ fn table(report: &BenchReport) -> String {
             "reopen",
             format!(
                 "{:.3} s with {} pending tasks",
-                report.reopen_seconds, report.tasks
+                report.reopen_seconds, report.params.tasks
             ),
         ),
         (
@@ -133,7 +133,7 @@ fn table(report: &BenchReport) -> String {
     let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
     let mut text = format!(
         "fq bench: {} tasks per phase, {}-byte payloads, durable (fsync per commit)\n",
-        report.tasks, report.payload_bytes
+        report.params.tasks, report.params.payload_bytes
     );
     for (name, value) in rows {
         text.push_str(&format!("  {name:<width$}  {value}\n"));

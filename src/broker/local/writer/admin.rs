@@ -75,7 +75,11 @@ impl Writer {
                 Ok(None) | Err(StoreError::CorruptRecord { .. }) => false,
                 Err(other) => return Err(other),
             };
-            if in_queue && self.retry(tables, id, batch)?.is_ok() {
+            if in_queue
+                && self
+                    .operate(tables, id, super::moves::Operation::Retry, batch)?
+                    .is_ok()
+            {
                 result.changed += 1;
             }
         }

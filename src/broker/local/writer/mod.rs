@@ -351,7 +351,11 @@ impl Writer {
                     .push(Answer::new(reply, Ok(chained), follow_ups));
             }
             Command::Cancel { id, reply } => {
-                let result = keep_reply!(batch, reply, self.cancel(tables, id, batch));
+                let result = keep_reply!(
+                    batch,
+                    reply,
+                    self.operate(tables, id, moves::Operation::Cancel, batch)
+                );
                 batch.answers.push(Answer::new(reply, result, 0));
             }
             Command::Cleanup {
@@ -368,7 +372,11 @@ impl Writer {
                 batch.answers.push(Answer::new(reply, Ok(report), 0));
             }
             Command::Retry { id, reply } => {
-                let result = keep_reply!(batch, reply, self.retry(tables, id, batch));
+                let result = keep_reply!(
+                    batch,
+                    reply,
+                    self.operate(tables, id, moves::Operation::Retry, batch)
+                );
                 batch.answers.push(Answer::new(reply, result, 0));
             }
             Command::RetryFailed {

@@ -207,55 +207,40 @@ impl Writer {
         Ok(())
     }
 
-    pub(super) fn cancel(
+    /// An operator's move on task `id` (cancel, retry): commits it and answers the task as it
+    /// is after the move, or why the move was refused.
+    pub(super) fn operate(
         &mut self,
         tables: &mut WriteTables<'_>,
         id: TaskId,
+        operation: Operation,
         batch: &mut Batch,
-    ) -> Result<Result<TaskRecord>, StoreError> {
-        let now = batch.now;
-        let cancelled = self.operator_move(tables, id, batch, |task, writer| {
-            lifecycle::cancel(task, id, writer.forwarding.contains(&id), now)
-        })?;
-        if let Ok(record) = &cancelled
-            && batch.audience
-        {
-            batch.emit(EventKind::Cancelled, Arc::new(record.clone()));
-        }
-        Ok(cancelled)
-    }
-
-    pub(super) fn retry(
-        &mut self,
-        tables: &mut WriteTables<'_>,
-        id: TaskId,
-        batch: &mut Batch,
-    ) -> Result<Result<TaskRecord>, StoreError> {
-        let now = batch.now;
-        self.operator_move(tables, id, batch, |task, writer| {
-            lifecycle::retry(task, id, &mut writer.context(now))
-        })
-    }
-
-    /// Loads task `id`, makes an operator's move on it (`make`) and commits the step; answers
-    /// the task as it is after the move, or why the move was refused.
-    fn operator_move(
-        &mut self,
-        tables: &mut WriteTables<'_>,
-        id: TaskId,
-        batch: &mut Batch,
-        make: impl FnOnce(StoredTask, &mut Self) -> Result<lifecycle::Step>,
     ) -> Result<Result<TaskRecord>, StoreError> {
         let task = match load(tables, id)? {
             Ok(task) => task,
             Err(error) => return Ok(Err(error)),
         };
-        match make(task, self) {
-            Ok(step) => {
-                self.commit_step(tables, id, &step, batch.now, batch)?;
-                Ok(Ok(step.task.to_record(id)))
-            }
-            Err(error) => Ok(Err(error)),
+        let now = batch.now;
+        let moved = match operation {
+            Operation::Cancel => lifecycle::cancel(task, id, self.forwarding.contains(&id), now),
+            Operation::Retry => lifecycle::retry(task, id, &mut self.context(now)),
+        };
+        let step = match moved {
+            Ok(step) => step,
+            Err(error) => return Ok(Err(error)),
+        };
+        self.commit_step(tables, id, &step, now, batch)?;
+        let record = step.task.to_record(id);
+        if operation == Operation::Cancel && batch.audience {
+            batch.emit(EventKind::Cancelled, Arc::new(record.clone()));
         }
+        Ok(Ok(record))
     }
+}
+
+/// The moves an operator makes on one task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Operation {
+    Cancel,
+    Retry,
 }

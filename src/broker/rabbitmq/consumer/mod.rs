@@ -491,13 +491,8 @@ pub(crate) async fn claim(
         if !records.is_empty() {
             return Ok(records);
         }
-        if cancel.is_cancelled() {
+        if !crate::broker::wait_for_work(notified, deadline, cancel).await {
             return Ok(Vec::new());
-        }
-        tokio::select! {
-            () = &mut notified => {}
-            () = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
-            () = cancel.cancelled() => return Ok(Vec::new()),
         }
     }
 }
