@@ -188,16 +188,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// The stream.
+    #[cfg(any(test, feature = "internals"))]
     pub(crate) fn get_ref(&self) -> &R {
         &self.reader
     }
 
     /// Bytes read from the stream but not yet taken as a frame.
+    #[cfg(any(test, feature = "internals"))]
     pub(crate) fn buffered(&self) -> usize {
         self.buffer.len()
     }
 
     /// The read buffer's capacity.
+    #[cfg(any(test, feature = "internals"))]
     pub(crate) fn capacity(&self) -> usize {
         self.buffer.capacity()
     }
