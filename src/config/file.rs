@@ -241,15 +241,12 @@ fn yaml_node(value: serde_norway::Value) -> Node {
     match value {
         Value::Null => Node::Null,
         Value::Bool(flag) => Node::Bool(flag),
-        Value::Number(number) => {
-            if let Some(int) = number.as_i64() {
-                Node::Int(int.into())
-            } else if let Some(int) = number.as_u64() {
-                Node::Int(int.into())
-            } else {
-                number.as_f64().map_or(Node::Other("a number"), Node::Float)
-            }
-        }
+        Value::Number(number) => match (number.as_i64(), number.as_u64(), number.as_f64()) {
+            (Some(int), _, _) => Node::Int(int.into()),
+            (_, Some(int), _) => Node::Int(int.into()),
+            (_, _, Some(float)) => Node::Float(float),
+            _ => Node::Other("a number"),
+        },
         Value::String(text) => Node::Str(text),
         Value::Sequence(items) => Node::List(items.into_iter().map(yaml_node).collect()),
         Value::Mapping(mapping) => Node::Table(

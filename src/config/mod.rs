@@ -155,13 +155,10 @@ section! {
         /// Retries after the first failed run, default 3 (so up to 4 runs).
         pub max_retries: u32 = 3,
         /// Delay before the first retry, default 5 s; doubles each retry.
-        #[serde(deserialize_with = "decode::duration")]
         pub retry_delay: Duration = Duration::from_secs(5),
         /// Cap on the doubling retry delay, default 1 h.
-        #[serde(deserialize_with = "decode::duration")]
         pub retry_max_delay: Duration = Duration::from_secs(3_600),
         /// How long one run may take before it counts as failed; default `None` (no limit).
-        #[serde(deserialize_with = "decode::optional_duration")]
         pub timeout: Option<Duration> = None,
     }
 }
@@ -176,11 +173,9 @@ section! {
         pub concurrency: usize = 10,
         /// Longest idle wait before rechecking for work, default 5 s. Workers are woken by new
         /// work; this only bounds how stale an idle worker's view can get.
-        #[serde(deserialize_with = "decode::duration")]
         pub polling_interval: Duration = Duration::from_secs(5),
         /// How long shutdown waits for running tasks before releasing them, default 30 s. Zero
         /// releases them at once.
-        #[serde(deserialize_with = "decode::duration")]
         pub shutdown_timeout: Duration = Duration::from_secs(30),
     }
 }
@@ -195,7 +190,6 @@ section! {
         pub retain_days: u64 = 7,
         /// How long COMPLETED tasks (and their results) are kept, default 1 day. Zero means
         /// they are deleted by the next cleanup run.
-        #[serde(deserialize_with = "decode::duration")]
         pub completed_retention: Duration = Duration::from_secs(86_400),
     }
 }
