@@ -1,12 +1,10 @@
-//! fq's configuration: the [`Config`] type and its parts with their defaults; loading from
-//! `fq.toml` or Framefox's `config/services.yaml` (with `${VAR}` expansion and `FQ_*` overrides)
-//! and validation live in `load`. It only produces values; it never opens stores or connects to
-//! brokers.
+//! fq's configuration: the [`Config`] type and its parts, with their defaults. It only produces
+//! values; it never opens stores or connects to brokers.
 //!
-//! Loading is a short pipeline, one file per step: `file` finds, reads and parses a file into a
-//! format-neutral tree; `decode` expands `${VAR}` over it and deserialises fq's section into the
-//! types below, checking keys and types; `env` applies the overrides; [`Config::validate`]
-//! checks ranges.
+//! Loading is a short pipeline, one file per step: `file` finds, reads and parses `fq.toml` or
+//! Framefox's `config/services.yaml` into a format-neutral tree; `decode` expands `${VAR}` over it
+//! and deserialises fq's section into the types below; `env` applies the `FQ_*` overrides; `load`
+//! runs the steps and holds the range rules of [`Config::validate`].
 
 mod decode;
 mod duration;
@@ -73,8 +71,7 @@ macro_rules! section {
 }
 
 section! {
-    /// fq's validated settings: which broker, where the store lives, task defaults, worker,
-    /// cleanup, RabbitMQ and limits.
+    /// fq's validated settings, one field per part of the config file.
     ///
     /// Build one with [`Config::load`] (file plus environment), [`Config::from_toml_str`] /
     /// [`Config::from_yaml_str`], or [`Config::default`] and field updates followed by
