@@ -28,6 +28,7 @@ pub use error::ConfigError;
 pub(crate) use duration::{DurationStyle, format_duration};
 pub(crate) use names::{check_name, check_queue};
 
+// The unit tests name `Format` through `use super::*`.
 #[cfg(test)]
 use file::Format;
 use load::{REDACTED, check_amqp_url, redact_url};
@@ -49,11 +50,12 @@ pub(crate) const MAX_CLEANUP_INTERVAL_HOURS: u64 = 8_760;
 pub(crate) const MAX_CONTROL_CONNECTIONS: usize = 65_536;
 
 /// Declares a config section: every key optional (missing ones keep the default), unknown keys
-/// refused, and `Default` built from the `= value` after each field, so a default is written
-/// once, next to the field it belongs to.
+/// refused, `Default` built from the `= value` after each field, so a default is written once,
+/// next to the field it belongs to, and `Debug` showing each field, or what the function after
+/// `=>` makes of it (to keep secrets out of logs).
 macro_rules! section {
     ($(#[$attr:meta])* pub struct $name:ident {
-        $($(#[$field_attr:meta])* pub $field:ident: $ty:ty = $default:expr,)*
+        $($(#[$field_attr:meta])* pub $field:ident: $ty:ty = $default:expr $(=> $shown:expr)?,)*
     }) => {
         $(#[$attr])*
         #[derive(Clone, PartialEq, Eq, Deserialize)]
@@ -67,7 +69,26 @@ macro_rules! section {
                 Self { $($field: $default,)* }
             }
         }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($name))
+                    $(.field(stringify!($field), &section!(@shown self.$field $(, $shown)?)))*
+                    .finish()
+            }
+        }
     };
+    (@shown $value:expr) => { $value };
+    (@shown $value:expr, $shown:expr) => { ($shown)(&$value) };
+}
+
+/// What a secret shows as in `Debug` output.
+struct Redacted;
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
 }
 
 section! {
@@ -76,7 +97,6 @@ section! {
     /// Build one with [`Config::load`] (file plus environment), [`Config::from_toml_str`] /
     /// [`Config::from_yaml_str`], or [`Config::default`] and field updates followed by
     /// [`Config::validate`].
-    #[derive(Debug)]
     pub struct Config {
         /// Which transport carries tasks: the local store (default) or RabbitMQ.
         pub broker: BrokerKind = BrokerKind::Database,
@@ -143,7 +163,6 @@ impl FromStr for BrokerKind {
 
 section! {
     /// Defaults for tasks that do not set their own (config section `defaults`).
-    #[derive(Debug)]
     pub struct TaskDefaults {
         /// Queue for tasks that name none, default `default`.
         pub queue: String = "default".to_owned(),
@@ -162,7 +181,6 @@ section! {
 
 section! {
     /// How a worker runs (config section `worker`, Framefox's `WorkerManager` setters).
-    #[derive(Debug)]
     pub struct WorkerConfig {
         /// Queues served, default `["default"]`; by priority across all of them.
         pub queues: Vec<String> = vec!["default".to_owned()],
@@ -179,7 +197,6 @@ section! {
 
 section! {
     /// Retention of finished tasks (config section `cleanup`, Framefox's `set_cleanup_config`).
-    #[derive(Debug)]
     pub struct CleanupConfig {
         /// Hours between cleanup runs, default 1.
         pub interval_hours: u64 = 1,
@@ -202,12 +219,13 @@ section! {
         /// Default `guest`.
         pub username: String = "guest".to_owned(),
         /// Default `guest`. Usually `${RABBIT_PASSWORD}` in files.
-        pub password: String = "guest".to_owned(),
+        pub password: String = "guest".to_owned() => |_: &String| Redacted,
         /// Virtual host, default `/`.
         pub vhost: String = "/".to_owned(),
         /// A full `amqp://` or `amqps://` URL; when set it wins over host, port, username,
         /// password and vhost. `FQ_RABBITMQ_URL` sets it.
-        pub url: Option<String> = None,
+        pub url: Option<String> = None
+            => |url: &Option<String>| url.as_deref().map(redact_url),
         /// Unacknowledged deliveries per consumer; `None` (default) uses `worker.concurrency`.
         pub prefetch: Option<u16> = None,
     }
@@ -236,27 +254,12 @@ impl RabbitConfig {
     }
 }
 
-impl fmt::Debug for RabbitConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RabbitConfig")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("username", &self.username)
-            .field("password", &format_args!("{REDACTED}"))
-            .field("vhost", &self.vhost)
-            .field("url", &self.url.as_deref().map(redact_url))
-            .field("prefetch", &self.prefetch)
-            .finish()
-    }
-}
-
 /// The default `limits.min_free_bytes`: room for many settlements' copy-on-write pages, small
 /// beside any disk meant to hold a task store.
 pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 << 20;
 
 section! {
     /// Size and count limits (config section `limits`).
-    #[derive(Debug)]
     pub struct Limits {
         /// Largest task argument payload accepted, default 1 MiB.
         pub max_payload_bytes: usize = 1 << 20,
@@ -290,7 +293,8 @@ section! {
         /// (default) means none, allowed only for a loopback `listen`. Usually
         /// `${FQ_CONTROL_TOKEN}` in files. Unix-socket clients are authenticated by the
         /// socket's file mode instead.
-        pub token: Option<String> = None,
+        pub token: Option<String> = None
+            => |token: &Option<String>| token.as_ref().map(|_| REDACTED),
         /// Most connections served at once (Unix and TCP together), default 256; a client
         /// beyond it gets an error and is disconnected.
         pub max_connections: usize = 256,
@@ -306,17 +310,6 @@ impl ControlConfig {
             path.push(".sock");
             PathBuf::from(path)
         })
-    }
-}
-
-impl fmt::Debug for ControlConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ControlConfig")
-            .field("socket", &self.socket)
-            .field("listen", &self.listen)
-            .field("token", &self.token.as_ref().map(|_| REDACTED))
-            .field("max_connections", &self.max_connections)
-            .finish()
     }
 }
 
