@@ -50,40 +50,37 @@ impl Node {
         }
     }
 
-    /// Range-checks an integer for a key of a type spanning `min..=max`.
-    fn integer(self, min: i128, max: i128) -> Result<i128, DeError> {
-        let number = match self {
-            Node::Int(number) => number,
-            Node::Env(text) => text.trim().parse().map_err(|_| {
-                DeError::Message(format!(
+    /// The integer a key of an integer type holds; a string counts only when it took a `${VAR}`.
+    fn integer(self) -> Result<i128, DeError> {
+        let message = match self {
+            Node::Int(number) => return Ok(number),
+            Node::Env(text) => match text.trim().parse() {
+                Ok(number) => return Ok(number),
+                Err(_) => format!(
                     "expected an integer, got {text:?} (after expanding environment variables)"
-                ))
-            })?,
+                ),
+            },
             Node::Str(text) if text.trim().parse::<i128>().is_ok() => {
-                return Err(DeError::Message(format!(
-                    "expected an integer, got the string {text:?}: remove the quotes"
-                )));
+                format!("expected an integer, got the string {text:?}: remove the quotes")
             }
-            other => {
-                return Err(DeError::Message(format!(
-                    "expected an integer, got {}",
-                    other.kind()
-                )));
-            }
+            other => format!("expected an integer, got {}", other.kind()),
         };
-        if number < min {
-            return Err(DeError::Message(if min == 0 {
-                format!("must not be negative, got {number}")
-            } else {
-                format!("must be at least {min}, got {number}")
-            }));
+        Err(DeError::Message(message))
+    }
+
+    /// A duration: a string for [`parse_duration`] (`"5s"`, `"1h30m"`) or whole seconds.
+    fn duration(self) -> Result<Duration, DeError> {
+        let expected = "a duration such as \"5s\" or \"1h30m\", or a whole number of seconds";
+        match self {
+            Node::Str(text) | Node::Env(text) => parse_duration(&text).map_err(de::Error::custom),
+            Node::Int(secs) => u64::try_from(secs)
+                .map(Duration::from_secs)
+                .map_err(|_| DeError::Message(format!("must not be negative, got {secs}"))),
+            other => Err(de::Error::invalid_type(
+                Unexpected::Other(other.kind()),
+                &expected,
+            )),
         }
-        if number > max {
-            return Err(DeError::Message(format!(
-                "must be at most {max}, got {number}"
-            )));
-        }
-        Ok(number)
     }
 }
 
@@ -128,21 +125,21 @@ fn expand_tree(
     env: &Lookup<'_>,
 ) -> Result<(), ConfigError> {
     match node {
-        Node::Str(text) => match expand(text, env) {
-            Ok((value, true)) => *node = Node::Env(value),
-            Ok((value, false)) => *node = Node::Str(value),
-            Err(ExpandError::Unset(variable)) => {
-                let (path, key) = (origin.to_path_buf(), key.to_owned());
-                return Err(ConfigError::UnsetVariable {
-                    path,
-                    key,
+        Node::Str(text) => {
+            let (value, used_env) = expand(text, env).map_err(|err| match err {
+                ExpandError::Unset(variable) => ConfigError::UnsetVariable {
+                    path: origin.to_path_buf(),
+                    key: key.to_owned(),
                     variable,
-                });
-            }
-            Err(ExpandError::Malformed(message)) => {
-                return Err(ConfigError::invalid(Some(origin), key, message));
-            }
-        },
+                },
+                ExpandError::Malformed(message) => ConfigError::invalid(Some(origin), key, message),
+            })?;
+            *node = if used_env {
+                Node::Env(value)
+            } else {
+                Node::Str(value)
+            };
+        }
         Node::List(items) => {
             for (index, item) in items.iter_mut().enumerate() {
                 expand_tree(item, &format!("{key}[{index}]"), origin, env)?;
@@ -150,12 +147,8 @@ fn expand_tree(
         }
         Node::Table(entries) => {
             for (name, value) in entries {
-                let path = if key.is_empty() {
-                    name.clone()
-                } else {
-                    format!("{key}.{name}")
-                };
-                expand_tree(value, &path, origin, env)?;
+                let dot = if key.is_empty() { "" } else { "." };
+                expand_tree(value, &format!("{key}{dot}{name}"), origin, env)?;
             }
         }
         _ => {}
@@ -203,8 +196,9 @@ impl de::Error for DeError {
         // YAML reads an unquoted `password: 0123` as the integer 123: converting it back would
         // silently change it, so it is refused with the fix.
         let scalar = matches!(got, "a boolean" | "an integer" | "a float");
+        let hint = " (quote the value to make it a string)";
         let hint = if expected == "a string" && scalar {
-            " (quote the value to make it a string)"
+            hint
         } else {
             ""
         };
@@ -231,9 +225,13 @@ impl<'de> IntoDeserializer<'de, DeError> for Node {
 macro_rules! integers {
     ($($method:ident $visit:ident $ty:ty),*) => {$(
         fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
-            let number = self.integer(<$ty>::MIN.into(), <$ty>::MAX.into())?;
-            let number = <$ty>::try_from(number)
-                .map_err(|_| DeError::Message(format!("out of range: {number}")))?;
+            let number = self.integer()?;
+            let (min, max) = (i128::from(<$ty>::MIN), i128::from(<$ty>::MAX));
+            let number = <$ty>::try_from(number).map_err(|_| DeError::Message(match number {
+                _ if number < 0 && min == 0 => format!("must not be negative, got {number}"),
+                _ if number < min => format!("must be at least {min}, got {number}"),
+                _ => format!("must be at most {max}, got {number}"),
+            }))?;
             visitor.$visit(number)
         }
     )*};
@@ -268,21 +266,30 @@ impl<'de> Deserializer<'de> for Node {
         }
     }
 
-    /// A section: a table, or null for an empty one (YAML `worker:` with nothing under it).
-    /// A list is refused although serde could read a struct from one.
+    /// A section: a table, or null for an empty one (YAML `worker:` with nothing under it); a
+    /// list is refused although serde could read a struct from one. A `Duration` is read fq's
+    /// way (`"1h30m"` or whole seconds; serde's own is a `{secs, nanos}` table) and handed to
+    /// serde's impl as that table.
     fn deserialize_struct<V: Visitor<'de>>(
         self,
-        _name: &'static str,
+        name: &'static str,
         _fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, DeError> {
         match self {
+            node if name == "Duration" => {
+                let duration = node.duration()?;
+                let secs = Node::Int(duration.as_secs().into());
+                let nanos = Node::Int(duration.subsec_nanos().into());
+                let table = [("secs", secs), ("nanos", nanos)].into_iter();
+                MapDeserializer::new(table).deserialize_any(visitor)
+            }
             Node::Null => Node::Table(Vec::new()).deserialize_any(visitor),
             table @ Node::Table(_) => table.deserialize_any(visitor),
-            other => {
-                let kind = other.kind();
-                Err(de::Error::invalid_type(Unexpected::Other(kind), &visitor))
-            }
+            other => Err(de::Error::invalid_type(
+                Unexpected::Other(other.kind()),
+                &visitor,
+            )),
         }
     }
 
@@ -299,50 +306,7 @@ impl<'de> Deserializer<'de> for Node {
     }
 }
 
-/// A duration: a string for [`parse_duration`] (`"5s"`, `"1h30m"`) or a whole number of seconds.
-struct Secs(Duration);
-
-impl<'de> Deserialize<'de> for Secs {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct SecsVisitor;
-        impl Visitor<'_> for SecsVisitor {
-            type Value = Secs;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration such as \"5s\" or \"1h30m\", or a whole number of seconds")
-            }
-
-            fn visit_u64<E: de::Error>(self, secs: u64) -> Result<Secs, E> {
-                Ok(Secs(Duration::from_secs(secs)))
-            }
-
-            fn visit_i64<E: de::Error>(self, secs: i64) -> Result<Secs, E> {
-                u64::try_from(secs)
-                    .map_err(|_| E::custom(format!("must not be negative, got {secs}")))
-                    .and_then(|secs| self.visit_u64(secs))
-            }
-
-            fn visit_str<E: de::Error>(self, text: &str) -> Result<Secs, E> {
-                parse_duration(text).map(Secs).map_err(E::custom)
-            }
-        }
-        deserializer.deserialize_any(SecsVisitor)
-    }
-}
-
-// Field adapters for `#[serde(deserialize_with)]`: fq's own reading of durations (serde's is a
-// `{secs, nanos}` table) and addresses (`localhost:PORT`).
-
-pub(super) fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    Secs::deserialize(deserializer).map(|secs| secs.0)
-}
-
-pub(super) fn optional_duration<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Duration>, D::Error> {
-    Option::<Secs>::deserialize(deserializer).map(|secs| secs.map(|secs| secs.0))
-}
-
+/// Field adapter for `#[serde(deserialize_with)]`: fq's reading of an address (`localhost:PORT`).
 pub(super) fn listen<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<SocketAddr>, D::Error> {

@@ -72,11 +72,11 @@ pub enum DurationError {
 /// or a total too large for a `Duration`; the error quotes the text.
 pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let input = text.trim();
+    let owned = || input.to_owned();
+    let overflow = || DurationError::Overflow { input: owned() };
     if input.is_empty() {
         return Err(DurationError::Empty);
     }
-    let owned = || input.to_owned();
-    let overflow = || DurationError::Overflow { input: owned() };
     if input.starts_with('-') {
         return Err(DurationError::Negative { input: owned() });
     }
@@ -89,30 +89,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
 
     let mut total = Duration::ZERO;
     let mut rest = input;
-    while !rest.is_empty() {
-        let digits_end = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let (number, after) = rest.split_at(digits_end);
+    while let Some(found) = rest.chars().next() {
+        let (number, after) = split_run(rest, |c| c.is_ascii_digit());
         if number.is_empty() {
-            // `rest` is non-empty and starts with a non-digit.
-            let found = after.chars().next().unwrap_or(' ');
             return Err(DurationError::Unexpected {
                 found,
                 input: owned(),
             });
         }
-        if after.starts_with('.') || after.starts_with(',') {
+        if after.starts_with(['.', ',']) {
             return Err(DurationError::Fraction { input: owned() });
         }
-        let after = after.trim_start();
-        let unit_end = after
-            .find(|c: char| !c.is_alphabetic())
-            .unwrap_or(after.len());
-        let (unit, after) = after.split_at(unit_end);
+        let (unit, after) = split_run(after.trim_start(), char::is_alphabetic);
         if unit.is_empty() {
+            let number = number.to_owned();
             return Err(DurationError::MissingUnit {
-                number: number.to_owned(),
+                number,
                 input: owned(),
             });
         }
@@ -124,8 +116,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
             "h" => value.checked_mul(3_600).map(Duration::from_secs),
             "d" => value.checked_mul(86_400).map(Duration::from_secs),
             _ => {
+                let unit = unit.to_owned();
                 return Err(DurationError::UnknownUnit {
-                    unit: unit.to_owned(),
+                    unit,
                     input: owned(),
                 });
             }
@@ -136,6 +129,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
         rest = after.trim_start();
     }
     Ok(total)
+}
+
+/// `text` split where its leading run of `in_run` characters ends.
+fn split_run(text: &str, in_run: fn(char) -> bool) -> (&str, &str) {
+    text.split_at(text.find(|c| !in_run(c)).unwrap_or(text.len()))
 }
 
 /// How [`format_duration`] writes a duration.

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use super::{BrokerKind, Config, ConfigError, check_amqp_url};
+use super::{Config, ConfigError, check_amqp_url};
 
 /// How configuration reads environment variables: `Some(value)` when set.
 pub(super) type Lookup<'a> = dyn Fn(&str) -> Option<String> + 'a;
@@ -98,9 +98,7 @@ pub(super) fn apply_overrides(config: &mut Config, env: &Lookup<'_>) -> Result<(
         message,
     };
     if let Some(value) = env(FQ_BROKER) {
-        config.broker = value
-            .parse::<BrokerKind>()
-            .map_err(|message| bad(FQ_BROKER, message))?;
+        config.broker = value.parse().map_err(|message| bad(FQ_BROKER, message))?;
     }
     if let Some(value) = env(FQ_DATABASE) {
         if value.is_empty() {

@@ -27,7 +27,10 @@ pub enum ConfigError {
         path: PathBuf,
     },
     /// The file is not valid TOML or YAML (or not valid UTF-8).
-    #[error("{}{}: syntax error: {message}", path.display(), location(*line, *column))]
+    #[error(
+        "{}{}{}: syntax error: {message}",
+        path.display(), shown(*line, ":", ""), shown(line.and(*column), ":", "")
+    )]
     Syntax {
         /// The file that failed to parse.
         path: PathBuf,
@@ -39,7 +42,10 @@ pub enum ConfigError {
         message: String,
     },
     /// fq's section has a key fq does not know, usually a typo.
-    #[error("{}: unknown key {key}{}", path.display(), did_you_mean(suggestion.as_deref()))]
+    #[error(
+        "{}: unknown key {key}{}",
+        path.display(), shown(suggestion.as_deref(), " (did you mean ", "?)")
+    )]
     UnknownKey {
         /// The file that holds the key.
         path: PathBuf,
@@ -49,7 +55,7 @@ pub enum ConfigError {
         suggestion: Option<String>,
     },
     /// A value has the wrong type or is out of range.
-    #[error("{}{key}: {message}", file_prefix(path.as_deref()))]
+    #[error("{}{key}: {message}", shown(path.as_ref().map(|path| path.display()), "", ": "))]
     InvalidValue {
         /// The file the value came from; `None` for a `Config` built in code.
         path: Option<PathBuf>,
@@ -104,23 +110,8 @@ impl ConfigError {
     }
 }
 
-/// `:line:column` when both are known, `:line` when only the line is.
-fn location(line: Option<usize>, column: Option<usize>) -> String {
-    match (line, column) {
-        (Some(line), Some(column)) => format!(":{line}:{column}"),
-        (Some(line), None) => format!(":{line}"),
-        _ => String::new(),
-    }
-}
-
-/// ` (did you mean X?)` when there is a suggestion.
-fn did_you_mean(key: Option<&str>) -> String {
-    key.map(|key| format!(" (did you mean {key}?)"))
-        .unwrap_or_default()
-}
-
-/// `file: ` when there is a file.
-fn file_prefix(path: Option<&Path>) -> String {
-    path.map(|path| format!("{}: ", path.display()))
-        .unwrap_or_default()
+/// `value` between `before` and `after`, or nothing when there is no value: the optional parts
+/// of a message (`:line`, ` (did you mean X?)`, `file: `).
+fn shown(value: Option<impl std::fmt::Display>, before: &str, after: &str) -> String {
+    value.map_or_else(String::new, |value| format!("{before}{value}{after}"))
 }

@@ -78,34 +78,27 @@ pub(super) fn read(path: &Path) -> Result<String, ConfigError> {
         path: path.to_path_buf(),
         source,
     };
+    let refuse = |kind, message: String| Err(io_error(io::Error::new(kind, message)));
     // Checked up front: opening a directory succeeds on Unix and fails only at the read, with
     // a platform-specific message.
     if fs::metadata(path).map_err(io_error)?.is_dir() {
-        return Err(io_error(io::Error::new(
-            io::ErrorKind::IsADirectory,
-            "is a directory, not a config file",
-        )));
+        let message = "is a directory, not a config file".to_owned();
+        return refuse(io::ErrorKind::IsADirectory, message);
     }
     let mut bytes = Vec::new();
     fs::File::open(path)
         .and_then(|file| file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
         .map_err(io_error)?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(io_error(io::Error::new(
-            io::ErrorKind::FileTooLarge,
-            format!("larger than {MAX_FILE_BYTES} bytes; is this really a config file?"),
-        )));
+        let message = format!("larger than {MAX_FILE_BYTES} bytes; is this really a config file?");
+        return refuse(io::ErrorKind::FileTooLarge, message);
     }
     String::from_utf8(bytes).map_err(|err| {
         let valid = err.utf8_error().valid_up_to();
         let text = String::from_utf8_lossy(err.as_bytes());
         // The lossy copy is identical up to `valid`, so the position is the same.
-        let (line, column) = line_column(&text, valid);
-        syntax(
-            path,
-            Some((line, column)),
-            "the file is not valid UTF-8".to_owned(),
-        )
+        let position = Some(line_column(&text, valid));
+        syntax(path, position, "the file is not valid UTF-8")
     })
 }
 
@@ -219,12 +212,12 @@ fn check_flow_depth(text: &str, origin: &Path) -> Result<(), ConfigError> {
                 '[' | '{' => {
                     depth += 1;
                     if depth > MAX_FLOW_DEPTH {
-                        let (line, column) = line_column(text, offset);
+                        let position = Some(line_column(text, offset));
                         let message = format!(
                             "recursion limit exceeded: flow collections nested deeper than \
                              {MAX_FLOW_DEPTH} levels"
                         );
-                        return Err(syntax(origin, Some((line, column)), message));
+                        return Err(syntax(origin, position, message));
                     }
                 }
                 ']' | '}' => depth = depth.saturating_sub(1),
@@ -241,15 +234,12 @@ fn yaml_node(value: serde_norway::Value) -> Node {
     match value {
         Value::Null => Node::Null,
         Value::Bool(flag) => Node::Bool(flag),
-        Value::Number(number) => {
-            if let Some(int) = number.as_i64() {
-                Node::Int(int.into())
-            } else if let Some(int) = number.as_u64() {
-                Node::Int(int.into())
-            } else {
-                number.as_f64().map_or(Node::Other("a number"), Node::Float)
-            }
-        }
+        Value::Number(number) => match (number.as_i64(), number.as_u64(), number.as_f64()) {
+            (Some(int), _, _) => Node::Int(int.into()),
+            (_, Some(int), _) => Node::Int(int.into()),
+            (_, _, Some(float)) => Node::Float(float),
+            _ => Node::Other("a number"),
+        },
         Value::String(text) => Node::Str(text),
         Value::Sequence(items) => Node::List(items.into_iter().map(yaml_node).collect()),
         Value::Mapping(mapping) => Node::Table(
@@ -276,12 +266,16 @@ fn yaml_key(key: serde_norway::Value) -> String {
 }
 
 /// A `Syntax` error at an optional (line, column).
-fn syntax(path: &Path, position: Option<(usize, usize)>, message: String) -> ConfigError {
+fn syntax(
+    path: &Path,
+    position: Option<(usize, usize)>,
+    message: impl Into<String>,
+) -> ConfigError {
     ConfigError::Syntax {
         path: path.to_path_buf(),
         line: position.map(|(line, _)| line),
         column: position.map(|(_, column)| column),
-        message,
+        message: message.into(),
     }
 }
 
