@@ -138,7 +138,7 @@ fn split_run(text: &str, in_run: fn(char) -> bool) -> (&str, &str) {
 
 /// How [`format_duration`] writes a duration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum DurationStyle {
+pub enum DurationStyle {
     /// Exactly, the way [`parse_duration`] reads it (`1h30m`, `1s500ms`, `0s`), for messages
     /// about settings. Durations finer than a millisecond fall back to `Debug` (`1.5µs`).
     Exact,
@@ -148,7 +148,7 @@ pub(crate) enum DurationStyle {
 }
 
 /// Formats `duration` in `style`.
-pub(crate) fn format_duration(duration: Duration, style: DurationStyle) -> String {
+pub fn format_duration(duration: Duration, style: DurationStyle) -> String {
     if style == DurationStyle::Short {
         let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
         let two = |big: u64, big_unit: char, small: u64, small_unit: char| match small {

@@ -25,8 +25,9 @@ use serde::Deserialize;
 pub use duration::{DurationError, parse_duration};
 pub use error::ConfigError;
 
-pub(crate) use duration::{DurationStyle, format_duration};
-pub(crate) use names::{check_name, check_queue};
+pub use duration::{DurationStyle, format_duration};
+pub use names::check_name;
+pub(crate) use names::check_queue;
 
 // The unit tests name `Format` through `use super::*`.
 #[cfg(test)]
@@ -38,7 +39,7 @@ pub(crate) const MAX_CONCURRENCY: usize = 10_000;
 /// Most retries a task may ask for (`max_retries`).
 pub(crate) const MAX_RETRIES: u32 = 1_000;
 /// Longest `worker.polling_interval` and `worker.shutdown_timeout`.
-pub(crate) const MAX_WORKER_WAIT: Duration = Duration::from_secs(86_400);
+pub const MAX_WORKER_WAIT: Duration = Duration::from_secs(86_400);
 /// Longest `defaults.retry_max_delay` and `defaults.timeout` (365 days). Keeps every deadline
 /// computed from them far from `Instant`/`DateTime` overflow.
 pub(crate) const MAX_TASK_DELAY: Duration = Duration::from_secs(365 * 86_400);
@@ -314,7 +315,7 @@ impl ControlConfig {
 }
 
 /// Parses a `control.listen` value: `IP:PORT`, `[IPv6]:PORT` or `localhost:PORT`.
-pub(crate) fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
     let text = text.trim();
     if let Some(port) = text.strip_prefix("localhost:") {
         let port: u16 = port

@@ -11,7 +11,7 @@ pub(crate) const MAX_NAME_BYTES: usize = 255;
 ///
 /// A lowercase message saying what is wrong, for the caller to prefix with what the name is for
 /// (`defaults.queue: ...`). It quotes the name unless the name is too long to be worth quoting.
-pub(crate) fn check_name(value: &str) -> Result<(), String> {
+pub fn check_name(value: &str) -> Result<(), String> {
     if value.is_empty() {
         return Err("must not be empty".to_owned());
     }
