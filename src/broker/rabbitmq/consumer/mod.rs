@@ -6,6 +6,7 @@
 //! or an unknown task goes to `<queue>.dead` with the reason in its headers.
 
 mod settle;
+mod upkeep;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -32,6 +33,7 @@ use crate::events::{Event, EventKind};
 use crate::task::{TaskId, TaskRecord, TaskStatus};
 use crate::{Error, Result};
 pub(crate) use settle::{dead_letter, heartbeat, settle};
+pub(crate) use upkeep::{stop_idle_sets, sweep};
 
 /// How long an ack, nack or reject may take: one on a connection that died without closing
 /// must not hold a worker slot (RabbitMQ redelivers the message once it notices).
@@ -516,88 +518,5 @@ fn stale(id: TaskId, attempt: u32) -> Error {
         attempt,
         current: attempt,
         status: TaskStatus::Running,
-    }
-}
-
-/// Stops the consumers of sets nobody claims from any more (their worker stopped): after
-/// [`IDLE_SET`] without a claim and with no delivery held by a worker, the set's channel is
-/// closed, so RabbitMQ requeues what it had prefetched at once; the next claim starts it again.
-pub(crate) async fn stop_idle_sets(bridge: &Arc<Bridge>) {
-    use std::sync::atomic::Ordering;
-    for set in bridge.consumers.all_sets() {
-        let idle = set.claiming.load(Ordering::SeqCst) == 0
-            && set.held.load(Ordering::SeqCst) == 0
-            && set
-                .last_claim
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .elapsed()
-                >= IDLE_SET;
-        if !idle {
-            continue;
-        }
-        let running = set
-            .running
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        let Some((channel, stop)) = running else {
-            continue;
-        };
-        set.started.lock().await.generation = 0;
-        stop.cancel();
-        let _ = tokio::time::timeout(
-            Duration::from_secs(5),
-            channel.close(200, "fq worker stopped consuming".into()),
-        )
-        .await;
-        set.buffer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
-        tracing::debug!(queues = ?set.queues, "stopped consuming for a worker that stopped claiming");
-    }
-}
-
-/// Settles deliveries whose lease ran out (their worker stopped heartbeating, e.g. a remote
-/// worker that died) as failed attempts, and forgets those of lost connections.
-pub(crate) async fn sweep(bridge: &Arc<Bridge>) {
-    let now = bridge.local.clock().now_ms();
-    let generation = bridge.link.current().map_or(0, |s| s.generation);
-    let expired: Vec<(TaskId, u32)> = {
-        let mut inflight = bridge
-            .consumers
-            .inflight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        inflight.retain(|_, entry| entry.generation == generation);
-        inflight
-            .iter()
-            .filter(|(_, entry)| entry.deadline <= now)
-            .map(|(id, entry)| (*id, entry.attempt))
-            .collect()
-    };
-    for (id, attempt) in expired {
-        let failure = crate::task::TaskFailure {
-            message: format!(
-                "the worker running attempt {attempt} stopped renewing its lease (presumed dead)"
-            ),
-            kind: crate::task::FailureKind::WorkerLost,
-        };
-        let settled = settle(
-            bridge,
-            Settlement {
-                id,
-                attempt,
-                outcome: Outcome::Failed {
-                    failure,
-                    retry_after: None,
-                },
-            },
-        )
-        .await;
-        if let Err(error) = settled {
-            tracing::debug!(task.id = %id, %error, "settling an expired delivery");
-        }
     }
 }

@@ -1,0 +1,188 @@
+//! `EngineBuilder`: the settings an engine is opened with, and `open`, which wires the store,
+//! the broker (embedded or RabbitMQ), the events and the control socket together.
+
+use super::*;
+
+/// Options for opening an [`Engine`].
+#[must_use = "an engine opens only with .open()"]
+pub struct EngineBuilder {
+    pub(super) path: PathBuf,
+    pub(super) config: Config,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) store: StoreOptions,
+    pub(super) lease: Duration,
+    pub(super) control: bool,
+}
+
+impl std::fmt::Debug for EngineBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineBuilder")
+            .field("path", &self.path)
+            .field("clock", &self.clock)
+            .field("lease", &self.lease)
+            .field("control", &self.control)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EngineBuilder {
+    /// Settings from a configuration (default: [`Config::default`]). The builder's path wins
+    /// over `config.database`.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The time source (default: the system clock). Tests pass a [`crate::ManualClock`].
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The store's page cache in bytes (default 64 MiB).
+    pub fn cache_size(mut self, bytes: usize) -> Self {
+        self.store.cache_bytes = bytes;
+        self
+    }
+
+    /// Verify every page checksum when opening (default true): a damaged file is refused at
+    /// open. Turning it off makes opening a large store faster.
+    pub fn verify_on_open(mut self, verify: bool) -> Self {
+        self.store.verify_on_open = verify;
+        self
+    }
+
+    /// How long a claimed attempt stays leased without a heartbeat before it is presumed dead
+    /// and retried (default 60 s; workers heartbeat every 10 s, or every third of a shorter
+    /// lease).
+    pub fn lease_duration(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Keeps the store's bytes in `backend` instead of the file at the builder's path (which
+    /// then only names the store in errors and places the control socket). For fq's own
+    /// power-loss and I/O-error tests; not a stable API. The free-space watermark
+    /// (`limits.min_free_bytes`) does not apply: the backend's free space is unknown.
+    #[doc(hidden)]
+    pub fn storage_backend(mut self, backend: impl Into<CustomBackend>) -> Self {
+        self.store.backend = Some(backend.into());
+        self
+    }
+
+    /// Whether the engine serves its control socket, so other processes (the `fq` CLI,
+    /// `Engine::connect`) can reach it (default true). The socket and TCP listener come from
+    /// the configuration's `control` section.
+    pub fn control(mut self, serve: bool) -> Self {
+        self.control = serve;
+        self
+    }
+
+    /// Opens the store (creating it if missing), recovers what a previous process left
+    /// running, starts the engine's threads, and (unless turned off with
+    /// [`EngineBuilder::control`]) serves the control socket.
+    ///
+    /// With `broker: rabbitmq` (cargo feature `rabbitmq`) the store is the durable outbox of
+    /// a RabbitMQ bridge: the engine must be opened inside a tokio runtime, and it connects to
+    /// RabbitMQ in the background (reconnecting with backoff), so opening and queuing succeed
+    /// while RabbitMQ is down. [`Engine::ready`] waits for the connection.
+    ///
+    /// # Errors
+    /// An invalid configuration; a store that is not fq's, corrupt, newer, locked by another
+    /// process or unreadable ([`crate::StoreError`]); a control socket already served by a
+    /// live engine, a socket path that is too long, or a TCP address that cannot be bound
+    /// ([`crate::ControlError`]); for `broker: rabbitmq`, [`Error::Rabbit`] for an unusable
+    /// URL, no tokio runtime, or a build without the `rabbitmq` feature.
+    pub fn open(self) -> Result<Engine> {
+        let config = self.config;
+        config.validate()?;
+        #[cfg(not(feature = "rabbitmq"))]
+        if config.broker == BrokerKind::Rabbitmq {
+            return Err(crate::broker::RabbitError::NotBuilt.into());
+        }
+        #[cfg(feature = "rabbitmq")]
+        let rabbit_settings = match config.broker {
+            BrokerKind::Rabbitmq => Some(RabbitSettings::from_config(&config, self.lease)?),
+            BrokerKind::Database => None,
+        };
+        let socket = config.control.socket_path(&self.path);
+        if self.control {
+            // Before the store: a live engine on it is reported by pid, not as a locked file.
+            ControlServer::probe(&socket)?;
+        }
+        let settings = LocalSettings {
+            store: self.store,
+            retry: RetryPolicy {
+                base: config.defaults.retry_delay,
+                max: config.defaults.retry_max_delay,
+                ..RetryPolicy::default()
+            },
+            lease: self.lease,
+            max_pending: config.limits.max_pending,
+            max_payload_bytes: config.limits.max_payload_bytes,
+            min_free_bytes: config.limits.min_free_bytes,
+        };
+        // In rabbitmq mode the waiting tasks are the outbox, which is always bounded.
+        #[cfg(feature = "rabbitmq")]
+        let settings = LocalSettings {
+            max_pending: rabbit_settings
+                .as_ref()
+                .map_or(settings.max_pending, |rabbit| Some(rabbit.outbox_limit)),
+            ..settings
+        };
+        let events = EventBus::new();
+        let local = Arc::new(LocalBroker::open(
+            &self.path,
+            settings,
+            self.clock,
+            events.clone(),
+        )?);
+        #[cfg(feature = "rabbitmq")]
+        let rabbit = match rabbit_settings {
+            Some(rabbit) => Some(Arc::new(RabbitBroker::start(Arc::clone(&local), rabbit)?)),
+            None => None,
+        };
+        #[cfg(feature = "rabbitmq")]
+        let broker: Arc<dyn Broker> = match &rabbit {
+            Some(rabbit) => rabbit.clone(),
+            None => local.clone(),
+        };
+        #[cfg(not(feature = "rabbitmq"))]
+        let broker: Arc<dyn Broker> = local.clone();
+        let defaults = EnqueueDefaults::from_config(&config);
+        let config = Config {
+            database: self.path,
+            ..config
+        };
+        let control = if self.control {
+            let settings = ServerSettings {
+                socket,
+                listen: config.control.listen,
+                token: config.control.token.clone(),
+                max_connections: config.control.max_connections,
+                max_frame_bytes: config.limits.max_frame_bytes,
+                max_payload_bytes: config.limits.max_payload_bytes,
+                store: config.database.clone(),
+                defaults: defaults.clone(),
+                retention: retention_of(&config),
+                lease: self.lease,
+            };
+            Some(ControlServer::start(Arc::clone(&broker), settings)?)
+        } else {
+            None
+        };
+        Ok(Engine {
+            inner: Arc::new(EngineInner {
+                control,
+                broker,
+                local: Some(local),
+                #[cfg(feature = "rabbitmq")]
+                rabbit,
+                config,
+                defaults,
+                events,
+                lease: self.lease,
+            }),
+        })
+    }
+}
