@@ -124,7 +124,7 @@ pub use handler::{Registry, Task, TaskContext, TaskQueue};
 pub use store::{CustomBackend, IntegrityReport};
 pub use store::{StoreError, store_commit_rate};
 pub use task::{
-    FailureKind, Payload, RetryPolicy, TaskError, TaskErrorKind, TaskFailure, TaskId, TaskRecord,
-    TaskStatus,
+    FailureKind, MAX_PAYLOAD_DEPTH, Payload, RetryPolicy, TaskError, TaskErrorKind, TaskFailure,
+    TaskId, TaskRecord, TaskStatus,
 };
 pub use worker::{ShutdownHandle, SignalError, Signals, WorkerManager, WorkerReport};

@@ -80,17 +80,42 @@ impl IntoDelay for chrono::TimeDelta {
 #[must_use = "a task is queued only by .send().await"]
 #[derive(Debug)]
 pub struct QueueTask {
-    broker: Arc<dyn Broker>,
+    target: Target,
     draft: Result<NewTask>,
     delay: Option<std::result::Result<Duration, String>>,
     schedule_at: Option<DateTime<Utc>>,
+}
+
+/// A task by name with `defaults`, or why its payload is refused.
+fn draft_named(defaults: &EnqueueDefaults, name: &str, payload: &Value) -> Result<NewTask> {
+    Payload::from_value(payload)
+        .map_err(|e| Error::invalid("payload", e.to_string()))
+        .map(|payload| NewTask {
+            id: TaskId::new(),
+            name: name.to_owned(),
+            queue: defaults.queue.clone(),
+            priority: defaults.priority,
+            payload,
+            max_retries: defaults.max_retries,
+            timeout: defaults.timeout,
+            retry_delay: None,
+            run_at: None,
+        })
+}
+
+/// Where a task goes: an engine's broker, or nowhere yet (an offline draft, checked against a
+/// configuration's limits).
+#[derive(Debug)]
+enum Target {
+    Broker(Arc<dyn Broker>),
+    Offline { max_payload_bytes: usize },
 }
 
 impl QueueTask {
     /// A task already drafted (or the reason it could not be), sent to `broker`.
     pub(crate) fn drafted(broker: Arc<dyn Broker>, draft: Result<NewTask>) -> Self {
         Self {
-            broker,
+            target: Target::Broker(broker),
             draft,
             delay: None,
             schedule_at: None,
@@ -104,22 +129,19 @@ impl QueueTask {
         name: &str,
         payload: &Value,
     ) -> Self {
-        let draft = Payload::from_value(payload)
-            .map_err(|e| Error::invalid("payload", e.to_string()))
-            .map(|payload| NewTask {
-                id: TaskId::new(),
-                name: name.to_owned(),
-                queue: defaults.queue.clone(),
-                priority: defaults.priority,
-                payload,
-                max_retries: defaults.max_retries,
-                timeout: defaults.timeout,
-                retry_delay: None,
-                run_at: None,
-            });
+        Self::drafted(broker, draft_named(defaults, name, payload))
+    }
+
+    /// A task by name drafted without an engine, with the defaults and limits of `config`:
+    /// [`QueueTask::build`] checks it exactly as an engine opened with `config` would, so a
+    /// tool can refuse bad arguments before it opens (and so creates) a store. It cannot be
+    /// sent: [`QueueTask::send`] refuses it.
+    pub fn offline(config: &crate::Config, name: &str, payload: &Value) -> Self {
         Self {
-            broker,
-            draft,
+            target: Target::Offline {
+                max_payload_bytes: config.limits.max_payload_bytes,
+            },
+            draft: draft_named(&EnqueueDefaults::from_config(config), name, payload),
             delay: None,
             schedule_at: None,
         }
@@ -183,7 +205,10 @@ impl QueueTask {
         if let Err(problem) = check_name(&task.queue) {
             return Err(Error::invalid("queue", problem));
         }
-        let limit = self.broker.max_payload_bytes();
+        let limit = match &self.target {
+            Target::Broker(broker) => broker.max_payload_bytes(),
+            Target::Offline { max_payload_bytes } => *max_payload_bytes,
+        };
         if task.payload.len() > limit {
             return Err(Error::invalid(
                 "payload",
@@ -216,7 +241,10 @@ impl QueueTask {
             task.run_at = Some(ms);
         } else if let Some(delay) = self.delay {
             let delay = delay.map_err(|problem| Error::invalid("delay", problem))?;
-            let now = self.broker.now_ms();
+            let now = match &self.target {
+                Target::Broker(broker) => broker.now_ms(),
+                Target::Offline { .. } => crate::clock::Clock::now_ms(&crate::clock::SystemClock),
+            };
             let run_at = i64::try_from(delay.as_millis())
                 .ok()
                 .and_then(|ms| now.checked_add(ms))
@@ -240,7 +268,13 @@ impl QueueTask {
     /// As [`QueueTask::build`]; and storage failures, [`Error::Poisoned`],
     /// [`Error::QueueFull`].
     pub async fn send(self) -> Result<TaskId> {
-        let broker = Arc::clone(&self.broker);
+        let Target::Broker(broker) = &self.target else {
+            return Err(Error::invalid(
+                "engine",
+                "an offline draft cannot be sent: build() it and enqueue the task on an engine",
+            ));
+        };
+        let broker = Arc::clone(broker);
         let task = self.build()?;
         let ids = broker.enqueue(vec![task]).await?;
         ids.into_iter()

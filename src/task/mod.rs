@@ -16,7 +16,7 @@ mod task_error;
 pub use id::TaskId;
 pub(crate) use order::ReadyOrder;
 pub use outcome::Outcome;
-pub use payload::Payload;
+pub use payload::{MAX_PAYLOAD_DEPTH, Payload};
 pub use record::{FailureKind, TaskFailure, TaskRecord};
 pub use retry::RetryPolicy;
 pub use status::TaskStatus;

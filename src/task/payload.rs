@@ -21,7 +21,22 @@ pub enum PayloadError {
     /// The arguments do not fit the task's argument type.
     #[error("arguments do not match the task: {0}")]
     Arguments(String),
+    /// Nested deeper than a worker can read back.
+    #[error(
+        "payload is nested {depth} levels deep; a worker reads at most {MAX_PAYLOAD_DEPTH} \
+         (serde_json's recursion limit), so it could never run"
+    )]
+    TooDeep {
+        /// How deep the payload is nested, counting its outer object.
+        depth: usize,
+    },
 }
+
+/// The deepest nesting of arrays and objects a stored payload may have, counting its outer
+/// `{"args", "kwargs"}` object: serde_json, which decodes the arguments for a handler, refuses
+/// anything deeper, so a deeper payload is refused when it is queued instead of failing every
+/// attempt.
+pub const MAX_PAYLOAD_DEPTH: usize = 127;
 
 /// The arguments of one task: positional `args` and keyword `kwargs`, as JSON text.
 #[derive(Clone, PartialEq, Eq)]
@@ -58,9 +73,7 @@ impl Payload {
                 "a task's kwargs must serialize to a JSON object (a struct or a map)".into(),
             ));
         }
-        Ok(Self {
-            json: format!(r#"{{"args":[],"kwargs":{text}}}"#),
-        })
+        Self::checked(format!(r#"{{"args":[],"kwargs":{text}}}"#))
     }
 
     /// A payload from positional and keyword arguments.
@@ -136,9 +149,16 @@ impl Payload {
         let mut shape = Map::new();
         shape.insert("args".into(), args);
         shape.insert("kwargs".into(), kwargs);
-        Ok(Self {
-            json: Value::Object(shape).to_string(),
-        })
+        Self::checked(Value::Object(shape).to_string())
+    }
+
+    /// A payload from its normalized text, refused when it nests deeper than a worker reads.
+    fn checked(json: String) -> Result<Self, PayloadError> {
+        let depth = nesting_depth(&json);
+        if depth > MAX_PAYLOAD_DEPTH {
+            return Err(PayloadError::TooDeep { depth });
+        }
+        Ok(Self { json })
     }
 
     /// Rebuilds a payload from text this crate produced and stored.
@@ -189,6 +209,33 @@ impl Payload {
         };
         serde_json::from_str(source).map_err(|e| PayloadError::Arguments(e.to_string()))
     }
+}
+
+/// The deepest nesting of arrays and objects in JSON text (brackets inside strings do not
+/// count); the text is JSON this module wrote, so it is well formed.
+fn nesting_depth(json: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for byte in json.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 impl fmt::Debug for Payload {
@@ -302,5 +349,55 @@ mod tests {
         let back: Payload = serde_json::from_str(r#"{"kwargs": {"n": 1}}"#).unwrap();
         assert_eq!(back, payload);
         assert!(serde_json::from_str::<Payload>(r#"{"kwarg": {}}"#).is_err());
+    }
+
+    /// `{"args": [], "kwargs": {"x": [[...[]...]]}}` nested `depth` levels in all.
+    fn nested(depth: usize) -> Value {
+        let mut inner = Value::Array(Vec::new());
+        for _ in 0..depth.saturating_sub(3) {
+            inner = Value::Array(vec![inner]);
+        }
+        json!({"args": [], "kwargs": {"x": inner}})
+    }
+
+    #[test]
+    fn the_depth_limit_is_exactly_what_serde_json_reads_back() {
+        let deepest = nested(MAX_PAYLOAD_DEPTH).to_string();
+        assert_eq!(nesting_depth(&deepest), MAX_PAYLOAD_DEPTH);
+        assert!(serde_json::from_str::<Value>(&deepest).is_ok());
+        let deeper = nested(MAX_PAYLOAD_DEPTH + 1).to_string();
+        let error = serde_json::from_str::<Value>(&deeper).unwrap_err();
+        assert!(error.to_string().contains("recursion limit"), "{error}");
+    }
+
+    #[test]
+    fn payloads_a_worker_cannot_read_are_refused_when_built() {
+        let deepest = Payload::from_value(&nested(MAX_PAYLOAD_DEPTH)).unwrap();
+        assert!(
+            deepest.to_value().is_object(),
+            "a worker reads the deepest allowed"
+        );
+        for depth in [MAX_PAYLOAD_DEPTH + 1, 200] {
+            match Payload::from_value(&nested(depth)) {
+                Err(PayloadError::TooDeep { depth: reported }) => assert_eq!(reported, depth),
+                other => panic!("depth {depth}: {other:?}"),
+            }
+            let kwargs = &nested(depth)["kwargs"];
+            assert!(matches!(
+                Payload::from_kwargs(kwargs),
+                Err(PayloadError::TooDeep { .. })
+            ));
+        }
+        let message = PayloadError::TooDeep { depth: 200 }.to_string();
+        assert!(
+            message.contains("200") && message.contains("127"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn brackets_inside_strings_do_not_count() {
+        let text = json!({"args": ["[[[[{{{{\\\"]]"], "kwargs": {"k": "}}}"}}).to_string();
+        assert_eq!(nesting_depth(&text), 2);
     }
 }

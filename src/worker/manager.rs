@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::runner::{RunnerEnv, SlotTally, run_slot};
 use super::signals::Signals;
 use crate::broker::{Broker, EnqueueDefaults, Outcome, RetentionPolicy, Settlement};
-use crate::config::check_name;
+use crate::config::{MAX_CLEANUP_INTERVAL_HOURS, MAX_RETAIN_DAYS, check_name};
 use crate::handler::Registry;
 use crate::{Error, Result};
 
@@ -199,6 +199,14 @@ impl WorkerManager {
                 "must be greater than zero",
             ));
         }
+        // The same bounds, key names and words as the `cleanup` configuration's, for values
+        // given through `set_cleanup_config` (a zero interval would panic the cleanup timer).
+        if let Some(every) = self.cleanup_interval {
+            let hours = every.as_secs() / 3600;
+            within("cleanup.interval_hours", hours, MAX_CLEANUP_INTERVAL_HOURS)?;
+        }
+        let retain_days = self.retention.failed.as_secs() / 86_400;
+        within("cleanup.retain_days", retain_days, MAX_RETAIN_DAYS)?;
         Ok(self.queues.iter().map(|q| Arc::from(q.as_str())).collect())
     }
 
@@ -366,4 +374,21 @@ fn spawn_signal_listener(shutdown: CancellationToken) {
         }
         shutdown.cancel();
     });
+}
+
+/// `value` in 1..=`max`, or the error the configuration gives for the same key.
+fn within(key: &'static str, value: u64, max: u64) -> Result<()> {
+    if value < 1 {
+        return Err(Error::invalid(
+            key,
+            format!("must be at least 1, got {value}"),
+        ));
+    }
+    if value > max {
+        return Err(Error::invalid(
+            key,
+            format!("must be at most {max}, got {value}"),
+        ));
+    }
+    Ok(())
 }

@@ -279,3 +279,84 @@ fn foreign_corrupt_and_truncated_store_files_are_refused() {
     // Trailing bytes after a valid store are either ignored or refused, never a panic.
     let _ = Engine::open(&good);
 }
+
+/// Regression (issue 11, defect 1): a payload nested 200 levels deep was accepted, and every
+/// worker then failed it with "arguments do not match the task: recursion limit exceeded". It is
+/// now refused when queued, by name, as a typed task and in a batch, naming the limit, and
+/// nothing is stored; the deepest payload a worker reads is still accepted and runs.
+#[tokio::test]
+async fn payloads_nested_deeper_than_a_worker_reads_are_refused_when_queued() -> fq::Result<()> {
+    #[derive(serde::Serialize, Deserialize)]
+    struct Deep {
+        x: serde_json::Value,
+    }
+    impl fq::Task for Deep {
+        const NAME: &'static str = "test.deep";
+        type Output = ();
+        async fn run(self, _ctx: fq::TaskContext) -> Result<(), TaskError> {
+            Ok(())
+        }
+    }
+    // `{"args": [], "kwargs": {"x": [[...]]}}`, `depth` levels in all.
+    let nested = |depth: usize| {
+        let mut inner = json!([]);
+        for _ in 0..depth - 3 {
+            inner = json!([inner]);
+        }
+        inner
+    };
+    let (_dir, engine) = common::engine();
+    let too_deep = nested(200);
+    let refusals = [
+        engine
+            .queue_task_named("test.deep", &json!({"kwargs": {"x": too_deep.clone()}}))
+            .send()
+            .await,
+        engine
+            .queue_task(Deep {
+                x: too_deep.clone(),
+            })
+            .send()
+            .await,
+        engine
+            .queue_batch(vec![engine.queue_task_named(
+                "test.deep",
+                &json!({"kwargs": {"x": too_deep.clone()}}),
+            )])
+            .await
+            .map(|_| fq::TaskId::new()),
+    ];
+    for refused in refusals {
+        match refused {
+            Err(Error::InvalidInput { field, message }) => {
+                assert_eq!(field, "payload");
+                assert!(
+                    message.contains("200 levels") && message.contains("127"),
+                    "{message}"
+                );
+            }
+            other => panic!("a 200-deep payload was not refused: {other:?}"),
+        }
+    }
+    assert_eq!(total_tasks(&engine).await?, 0);
+
+    let deepest = nested(fq::MAX_PAYLOAD_DEPTH);
+    let id = engine.queue_task(Deep { x: deepest }).send().await?;
+    let mut registry = Registry::new();
+    registry.register::<Deep>();
+    let mut worker = engine.worker(registry);
+    worker.set_handle_signals(false);
+    let stop = worker.shutdown_handle();
+    let running = tokio::spawn(async move { worker.start().await });
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    while engine.task(id).await?.map(|t| t.status) != Some(TaskStatus::Completed) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the deepest payload never ran"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    stop.shutdown();
+    running.await.expect("the worker task ends")?;
+    Ok(())
+}

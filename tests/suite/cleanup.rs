@@ -140,3 +140,43 @@ async fn the_worker_runs_cleanup_on_its_interval_with_retain_days() -> fq::Resul
     handle.await.unwrap()?;
     Ok(())
 }
+
+/// Regression (issue 11, defect 3): `set_cleanup_config(0, _)` was accepted, the cleanup timer
+/// then panicked in a background task ("period must be non-zero") and retention silently never
+/// ran. `start` now refuses it with the words the configuration uses for the same key; values
+/// in range still start (the negative control).
+#[tokio::test]
+async fn start_refuses_cleanup_settings_the_configuration_refuses() -> fq::Result<()> {
+    let (_dir, engine, _clock) = common::manual_engine();
+    let refused = [
+        (0, 7, "cleanup.interval_hours", "must be at least 1, got 0"),
+        (
+            8_761,
+            7,
+            "cleanup.interval_hours",
+            "must be at most 8760, got 8761",
+        ),
+        (1, 0, "cleanup.retain_days", "must be at least 1, got 0"),
+    ];
+    for (hours, days, key, words) in refused {
+        let mut worker = engine.worker(fq::Registry::new());
+        worker
+            .set_handle_signals(false)
+            .set_cleanup_config(hours, days);
+        // Bounded: a worker that accepts the settings runs until stopped.
+        let started = tokio::time::timeout(common::PATIENCE, worker.start()).await;
+        match started.expect("start refused at once") {
+            Err(fq::Error::InvalidInput { field, message }) => {
+                assert_eq!((field, message.as_str()), (key, words), "({hours}, {days})");
+            }
+            other => panic!("({hours}, {days}) was not refused: {other:?}"),
+        }
+    }
+    let mut worker = engine.worker(fq::Registry::new());
+    worker.set_handle_signals(false).set_cleanup_config(1, 1);
+    let stop = worker.shutdown_handle();
+    let running = tokio::spawn(async move { worker.start().await });
+    stop.shutdown();
+    running.await.expect("the worker task ends")?;
+    Ok(())
+}

@@ -883,3 +883,42 @@ fn bench_json_reports_every_metric_of_a_small_run() {
         "{report:#}"
     );
 }
+
+/// Regression (issue 11, defect 7): `fq --db fresh.redb enqueue NAME --queue 'bad queue!'`
+/// exited 2 ("nothing changed") but left `fresh.redb` behind, created by the open that came
+/// before the check. Every flag the engine would refuse is now refused before a store is
+/// created; an accepted enqueue still creates it (the negative control).
+#[test]
+fn a_refused_enqueue_creates_no_store() {
+    let fq = Fq::new();
+    // The payload limit comes from the configuration the command reads (fq.toml in its
+    // folder): an argument list cannot carry the default 1 MiB.
+    std::fs::write(
+        fq.dir.path().join("fq.toml"),
+        "[limits]\nmax_payload_bytes = 64\nmax_frame_bytes = 4096\n",
+    )
+    .unwrap();
+    let big = format!(r#"{{"pad": "{}"}}"#, "x".repeat(100));
+    let refused: &[(&[&str], &str)] = &[
+        (
+            &["enqueue", "fq.demo.echo", "--queue", "bad queue!"],
+            "invalid queue",
+        ),
+        (&["enqueue", "bad name"], "invalid task name"),
+        (
+            &["enqueue", "fq.demo.echo", "--max-retries", "5000"],
+            "the limit is 1000",
+        ),
+        (
+            &["enqueue", "fq.demo.echo", "--kwargs", &big],
+            "limits.max_payload_bytes",
+        ),
+    ];
+    for (args, needle) in refused {
+        fq.run(args).fails(2, needle);
+        assert!(!fq.db.exists(), "{args:?} created {}", fq.db.display());
+    }
+    let task = fq.enqueue(&["fq.demo.echo", "--queue", "good"]);
+    assert_eq!(task["queue"], "good");
+    assert!(fq.db.exists());
+}

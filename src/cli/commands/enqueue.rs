@@ -4,6 +4,7 @@
 use chrono::Utc;
 use serde_json::{Value, json};
 
+use crate::QueueTask;
 use crate::cli::args::EnqueueArgs;
 use crate::cli::error::{CliError, usage_if_invalid};
 use crate::cli::output::relative;
@@ -12,33 +13,26 @@ use crate::cli::{Context, Store};
 /// Checks the task against the engine's limits (a refusal is a usage error), queues it, and
 /// prints it.
 pub(crate) async fn run(ctx: &Context, args: EnqueueArgs) -> Result<(), CliError> {
-    let engine = ctx.engine(Store::CreateIfMissing).await?;
     let payload = json!({
-        "args": args.args.map(|args| args.0).unwrap_or_default(),
-        "kwargs": Value::Object(args.kwargs.unwrap_or_default()),
+        "args": args.args.clone().map(|args| args.0).unwrap_or_default(),
+        "kwargs": Value::Object(args.kwargs.clone().unwrap_or_default()),
     });
-    let mut task = engine.queue_task_named(&args.name, &payload);
-    if let Some(queue) = args.queue {
-        task = task.queue(queue);
+    // Opening a store that does not exist yet creates it: arguments the engine would refuse
+    // are refused first, against the same configuration, so a refused enqueue leaves nothing.
+    let config = ctx.config()?;
+    if ctx.global.connect.is_none() && !config.database.exists() {
+        let draft = QueueTask::offline(&config, &args.name, &payload);
+        with_options(draft, &args)
+            .build()
+            .map_err(usage_if_invalid)?;
     }
-    if let Some(priority) = args.priority {
-        task = task.priority(priority);
-    }
-    if let Some(max_retries) = args.max_retries {
-        task = task.max_retries(max_retries);
-    }
-    if let Some(delay) = args.delay {
-        task = task.delay(delay);
-    }
-    if let Some(at) = args.at {
-        task = task.schedule_at(at);
-    }
-    if let Some(timeout) = args.timeout {
-        task = task.timeout(timeout);
-    }
+    let engine = ctx.engine(Store::CreateIfMissing).await?;
+    let task = engine.queue_task_named(&args.name, &payload);
     // Build first, so that what the engine refuses about the flags is a usage error and
     // only the commit itself can fail at run time.
-    let task = task.build().map_err(usage_if_invalid)?;
+    let task = with_options(task, &args)
+        .build()
+        .map_err(usage_if_invalid)?;
     let id = task.id();
     engine.broker().enqueue(vec![task]).await?;
     let record = engine.task(id).await?.ok_or(crate::Error::NotFound(id))?;
@@ -56,4 +50,27 @@ pub(crate) async fn run(ctx: &Context, args: EnqueueArgs) -> Result<(), CliError
         "queued {} as {} (queue {}, priority {}, {due})",
         record.name, record.id, record.queue, record.priority
     ))
+}
+
+/// The task with the flags' options set.
+fn with_options(mut task: QueueTask, args: &EnqueueArgs) -> QueueTask {
+    if let Some(queue) = &args.queue {
+        task = task.queue(queue.clone());
+    }
+    if let Some(priority) = args.priority {
+        task = task.priority(priority);
+    }
+    if let Some(max_retries) = args.max_retries {
+        task = task.max_retries(max_retries);
+    }
+    if let Some(delay) = args.delay {
+        task = task.delay(delay);
+    }
+    if let Some(at) = args.at {
+        task = task.schedule_at(at);
+    }
+    if let Some(timeout) = args.timeout {
+        task = task.timeout(timeout);
+    }
+    task
 }
