@@ -25,6 +25,7 @@ const CLAIM_ERROR_BACKOFF: Duration = Duration::from_millis(200);
 #[derive(Clone, Debug)]
 pub struct ShutdownHandle {
     token: CancellationToken,
+    now: CancellationToken,
 }
 
 impl ShutdownHandle {
@@ -32,6 +33,14 @@ impl ShutdownHandle {
     /// shutdown timeout, then releases the rest to PENDING.
     pub fn shutdown(&self) {
         self.token.cancel();
+    }
+
+    /// Asks the worker to stop at once (a second Ctrl-C, Celery's cold shutdown): it claims
+    /// nothing new and, without waiting for its shutdown timeout, stops running tasks and
+    /// releases them to PENDING, to be retried with their attempt uncounted.
+    pub fn stop_now(&self) {
+        self.token.cancel();
+        self.now.cancel();
     }
 
     /// Resolves once shutdown was asked for: lets a web server stop with its workers.
@@ -54,7 +63,8 @@ pub struct WorkerReport {
     pub retried: u64,
     /// Attempts that failed their task for good.
     pub failed: u64,
-    /// Attempts still running at the shutdown timeout, released to PENDING.
+    /// Attempts still running when the worker stopped (its shutdown timeout, or
+    /// [`ShutdownHandle::stop_now`]), released to PENDING.
     pub released: u64,
     /// Attempts whose outcome could not be recorded (lost lease, storage failure).
     pub unrecorded: u64,
@@ -75,6 +85,9 @@ pub struct WorkerManager {
     handle_signals: bool,
     heartbeat_every: Duration,
     shutdown: CancellationToken,
+    /// Cancelled to stop at once, without waiting for running tasks (see
+    /// [`ShutdownHandle::stop_now`]).
+    stop_now: CancellationToken,
 }
 
 impl WorkerManager {
@@ -103,6 +116,7 @@ impl WorkerManager {
             handle_signals: true,
             heartbeat_every: DEFAULT_HEARTBEAT,
             shutdown: CancellationToken::new(),
+            stop_now: CancellationToken::new(),
         }
     }
 
@@ -161,6 +175,7 @@ impl WorkerManager {
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
             token: self.shutdown.clone(),
+            now: self.stop_now.clone(),
         }
     }
 
@@ -218,8 +233,11 @@ impl WorkerManager {
     pub async fn start(&mut self) -> Result<WorkerReport> {
         let queues = self.validate()?;
         let shutdown = self.shutdown.clone();
+        // Cancelled when `start` returns (or its future is dropped): ends the signal listener.
+        let finished = CancellationToken::new();
+        let _finished = finished.clone().drop_guard();
         if self.handle_signals {
-            spawn_signal_listener(shutdown.clone());
+            spawn_signal_listener(self.shutdown_handle(), finished.clone());
         }
         let cleanup = self.cleanup_interval.map(|every| {
             let broker = Arc::clone(&self.broker);
@@ -298,13 +316,20 @@ impl WorkerManager {
             running = running.len(),
             "worker stopping; waiting for running tasks"
         );
+        let stop_now = self.stop_now.clone();
         let drained = tokio::time::timeout(self.shutdown_timeout, async {
-            while let Some(joined) = running.join_next().await {
-                tally(&mut report, joined);
+            loop {
+                tokio::select! {
+                    joined = running.join_next() => match joined {
+                        Some(joined) => tally(&mut report, joined),
+                        None => return true,
+                    },
+                    () = stop_now.cancelled() => return false,
+                }
             }
         })
         .await;
-        if drained.is_err() {
+        if drained != Ok(true) {
             running.abort_all();
             while let Some(joined) = running.join_next().await {
                 tally(&mut report, joined);
@@ -359,7 +384,7 @@ fn tally(
 }
 
 /// Stops the worker on SIGINT or SIGTERM, through the same handlers as the CLI.
-fn spawn_signal_listener(shutdown: CancellationToken) {
+fn spawn_signal_listener(stop: ShutdownHandle, finished: CancellationToken) {
     tokio::spawn(async move {
         let mut signals = match Signals::listen() {
             Ok(signals) => signals,
@@ -370,9 +395,18 @@ fn spawn_signal_listener(shutdown: CancellationToken) {
         };
         tokio::select! {
             name = signals.recv() => tracing::info!("{name} received; shutting down"),
-            () = shutdown.cancelled() => return,
+            () = stop.cancelled() => {}
+            () = finished.cancelled() => return,
         }
-        shutdown.cancel();
+        stop.shutdown();
+        // A second signal while running tasks drain stops at once (Celery's cold shutdown).
+        tokio::select! {
+            name = signals.recv() => {
+                tracing::warn!("{name} received again; stopping now and releasing running tasks");
+                stop.stop_now();
+            }
+            () = finished.cancelled() => {}
+        }
     });
 }
 

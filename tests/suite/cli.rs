@@ -922,3 +922,91 @@ fn a_refused_enqueue_creates_no_store() {
     assert_eq!(task["queue"], "good");
     assert!(fq.db.exists());
 }
+
+/// Regression (issue 11, defect 9): a second Ctrl-C was ignored, and `fq worker start` kept
+/// waiting up to its shutdown timeout for a running task. The second SIGINT now stops at once,
+/// says so, and releases the running task to PENDING (its attempt uncounted). With a one-hour
+/// shutdown timeout, only the second signal can end the worker within the test's patience.
+#[test]
+fn a_second_sigint_stops_the_worker_at_once_and_releases_running_tasks() {
+    let fq = Fq::new();
+    let sleeper = fq.enqueue(&["fq.demo.sleep", "--kwargs", r#"{"ms": 3600000}"#]);
+    let id = id_of(&sleeper);
+    // Killed if the test fails: a worker left waiting out its hour must not outlive it.
+    let worker = [
+        "worker",
+        "start",
+        "--interval",
+        "1",
+        "--shutdown-timeout",
+        "1h",
+    ];
+    let spawned = fq
+        .command(&worker)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = crate::common::child::ChildGuard(spawned.unwrap());
+    let lines_of = |stream: Box<dyn std::io::Read + Send>| {
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        lines
+    };
+    let stdout_lines = lines_of(Box::new(child.0.stdout.take().unwrap()));
+    let stderr_lines = lines_of(Box::new(child.0.stderr.take().unwrap()));
+    // Ready (store open, control socket served) once it says how to stop it.
+    let banner: Vec<String> = stdout_lines
+        .iter()
+        .take_while(|line| !line.contains("stop with Ctrl-C"))
+        .collect();
+    assert!(
+        banner.iter().any(|line| line.contains("worker started")),
+        "{banner:?}"
+    );
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while fq.run(&["show", "--json", &id]).json()["status"] != "RUNNING" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the task never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let interrupt = || {
+        let sent = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    let mut said = Vec::new();
+    let mut wait_for = |needle: &str| loop {
+        let line = stderr_lines
+            .recv_timeout(PATIENCE)
+            .unwrap_or_else(|e| panic!("no {needle:?} on stderr ({e}): {said:#?}"));
+        said.push(line.clone());
+        if line.contains(needle) {
+            break;
+        }
+    };
+    interrupt();
+    wait_for("SIGINT: stopping; waiting up to 1h");
+    interrupt();
+    wait_for("SIGINT again: stopping now");
+    let status = child.0.wait().unwrap();
+    let stdout: Vec<String> = stdout_lines.iter().collect();
+    let stdout = stdout.join("\n");
+    assert_eq!(status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("1 released to PENDING"),
+        "the report should count the released task: {stdout}"
+    );
+    let record = fq.run(&["show", "--json", &id]).json();
+    assert_eq!(record["status"], "PENDING");
+    assert_eq!(record["attempts"], 0);
+}

@@ -63,17 +63,27 @@ pub(crate) async fn start(
     }
 
     let mut running = tokio::spawn(async move { worker.start().await });
-    let mut stopping = false;
+    let (mut stopping, mut stopping_now) = (false, false);
     let joined = loop {
         tokio::select! {
             joined = &mut running => break joined,
-            signal = signals.recv(), if !stopping => {
+            signal = signals.recv(), if !stopping_now => {
+                if stopping {
+                    // A second signal: Celery's cold shutdown.
+                    stopping_now = true;
+                    stop.stop_now();
+                    tracing::warn!(signal, "stopping now: running tasks are released to be retried");
+                    if !out.is_json() {
+                        eprintln!("{signal} again: stopping now; running tasks are released to be retried");
+                    }
+                    continue;
+                }
                 stopping = true;
                 stop.shutdown();
                 tracing::info!(signal, "stopping: no new tasks; waiting for running ones");
                 if !out.is_json() {
                     eprintln!(
-                        "{signal}: stopping; waiting up to {} for running tasks",
+                        "{signal}: stopping; waiting up to {} for running tasks (again to stop now)",
                         format_duration(shutdown_timeout, DurationStyle::Short)
                     );
                 }
@@ -160,7 +170,7 @@ fn print_report(out: Output, report: &WorkerReport) -> Result<(), CliError> {
     );
     if report.released > 0 {
         text.push_str(&format!(
-            ", {} released to PENDING at the shutdown timeout",
+            ", {} released to PENDING (still running when the worker stopped)",
             report.released
         ));
     }
