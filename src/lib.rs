@@ -102,6 +102,8 @@ mod handler;
 #[doc(hidden)]
 pub mod internals;
 mod queue;
+#[cfg(all(doctest, feature = "cli"))]
+mod readme;
 mod store;
 mod sync;
 mod task;
