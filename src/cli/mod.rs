@@ -172,6 +172,21 @@ impl Context {
         Ok(config)
     }
 
+    /// Where the user sets `database`: the configuration file this command read, in its
+    /// own words (fq.toml at the top level, Framefox's services.yaml under `task:`).
+    fn where_database_is_set(&self) -> String {
+        let yaml = |path: &Path| format!("under `task:` in {}", path.display());
+        match self.global.config.as_deref() {
+            Some(path) if path.extension().is_some_and(|e| e == "yaml" || e == "yml") => yaml(path),
+            Some(path) => format!("in {}", path.display()),
+            None if Path::new("fq.toml").exists() => "in fq.toml".to_owned(),
+            None if Path::new("config/services.yaml").exists() => {
+                yaml(Path::new("config/services.yaml"))
+            }
+            None => "in fq.toml, or under `task:` in config/services.yaml".to_owned(),
+        }
+    }
+
     /// The engine a command works on: the one at `--connect`; else the live engine serving
     /// the store (its control socket answers); else the store file, opened here.
     pub(crate) async fn engine(&self, store: Store) -> Result<Engine, CliError> {
@@ -204,8 +219,9 @@ impl Context {
         }
         if store == Store::MustExist && !path.exists() {
             return Err(CliError::runtime(format!(
-                "no store at {}: nothing has been queued there yet (pass --db PATH, or set `database` in fq.toml)",
-                path.display()
+                "no store at {}: nothing has been queued there yet (pass --db PATH, or set `database` {})",
+                path.display(),
+                self.where_database_is_set()
             )));
         }
         open_store(config, store == Store::Serve).map_err(|error| match (error, unanswered) {

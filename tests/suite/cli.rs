@@ -1010,3 +1010,28 @@ fn a_second_sigint_stops_the_worker_at_once_and_releases_running_tasks() {
     assert_eq!(record["status"], "PENDING");
     assert_eq!(record["attempts"], 0);
 }
+
+/// Regression (issue 11, defect 10): `fq stats` on a missing store told every user to "set
+/// `database` in fq.toml", also those who configure fq through Framefox's
+/// `config/services.yaml`. It now names the file the command read, in that file's terms.
+#[test]
+fn a_missing_store_names_the_configuration_file_in_use() {
+    let fq = Fq::new();
+    let services = fq.dir.path().join("config");
+    std::fs::create_dir_all(&services).unwrap();
+    std::fs::write(
+        services.join("services.yaml"),
+        "task:\n  database: var/tasks.redb\n",
+    )
+    .unwrap();
+    let run = output(fq.bare().arg("stats"));
+    run.fails(1, "under `task:` in config/services.yaml");
+    assert!(!run.stderr.contains("fq.toml"), "{run:#?}");
+    // With an fq.toml beside it, that file is the one read, and named (the control).
+    std::fs::write(
+        fq.dir.path().join("fq.toml"),
+        "database = \"var/other.redb\"\n",
+    )
+    .unwrap();
+    output(fq.bare().arg("stats")).fails(1, "set `database` in fq.toml");
+}
