@@ -15,6 +15,18 @@ pub use client::ConnectOptions;
 pub(crate) use client::RemoteBroker;
 pub(crate) use server::{ControlServer, ServerSettings};
 
+/// Names the serving process: "this process" when it is the caller's own (an `Engine` handle,
+/// a worker or a running task of its still holds the store), else its pid.
+fn served_by(pid: u32) -> String {
+    if pid == std::process::id() {
+        format!(
+            "pid {pid}, this process (an Engine handle, a worker or a running task still holds the store)"
+        )
+    } else {
+        format!("pid {pid}")
+    }
+}
+
 /// Why an engine's control server could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -22,8 +34,9 @@ pub enum ControlError {
     /// Another live engine answers on the socket: the store (or at least the socket path) is
     /// in use.
     #[error(
-        "control socket {} is already served by pid {pid} (store {store}); stop that engine, or use Engine::connect / --connect to work through it",
-        socket.display()
+        "control socket {} is already served by {} (store {store}); stop that engine, or use Engine::connect / --connect to work through it",
+        socket.display(),
+        served_by(*pid)
     )]
     AlreadyServed {
         /// The socket.

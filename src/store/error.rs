@@ -44,6 +44,13 @@ pub enum StoreError {
         /// The file.
         path: PathBuf,
     },
+    /// This process has the store open already: an `Engine` handle, a worker or a running
+    /// task still holds it.
+    #[error("{}: store is already open in this process (an Engine handle, a worker or a running task still holds it; use that Engine, or drop every handle first)", path.display())]
+    OpenInThisProcess {
+        /// The file.
+        path: PathBuf,
+    },
     /// The file could not be read or written.
     #[error("{}: {detail}", path.display())]
     Io {

@@ -67,12 +67,71 @@ pub(crate) struct Store {
     /// True when the bytes live in a custom backend: the path's file system says nothing about
     /// their free space.
     custom_backend: bool,
+    /// This store's place among the files open in this process (file-backed stores only).
+    open_here: Option<open_here::Entry>,
     /// Makes every commit fail, so tests can see what a failed fsync does to the engine.
     #[cfg(test)]
     pub(crate) fail_commits: std::sync::atomic::AtomicBool,
     /// Makes the next write panic, as a bug in the engine would.
     #[cfg(test)]
     pub(crate) panic_on_write: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // The file closes first, then leaves the registry: an open that races this one sees
+        // either "open in this process" or a free file, never "another process".
+        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        drop(slot.take());
+        drop(slot);
+        drop(self.open_here.take());
+    }
+}
+
+/// Store files open in this process, so that opening one of them again (its `Engine`, a worker
+/// or a task still holds it) is reported as this process's doing, not another's.
+mod open_here {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::{Mutex, PoisonError};
+
+    /// Canonical path -> how many stores hold it (a store being reopened briefly counts twice).
+    static OPEN: Mutex<BTreeMap<PathBuf, usize>> = Mutex::new(BTreeMap::new());
+
+    fn key(path: &Path) -> PathBuf {
+        path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
+    }
+
+    /// True when a store of this process holds `path`.
+    pub(super) fn contains(path: &Path) -> bool {
+        let open = OPEN.lock().unwrap_or_else(PoisonError::into_inner);
+        open.contains_key(&key(path))
+    }
+
+    /// One store's registration; removed when dropped.
+    #[derive(Debug)]
+    pub(super) struct Entry(PathBuf);
+
+    impl Entry {
+        pub(super) fn add(path: &Path) -> Self {
+            let key = key(path);
+            let mut open = OPEN.lock().unwrap_or_else(PoisonError::into_inner);
+            *open.entry(key.clone()).or_insert(0) += 1;
+            Self(key)
+        }
+    }
+
+    impl Drop for Entry {
+        fn drop(&mut self) {
+            let mut open = OPEN.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(count) = open.get_mut(&self.0) {
+                *count -= 1;
+                if *count == 0 {
+                    open.remove(&self.0);
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -152,9 +211,15 @@ impl Store {
         exists: bool,
         custom_backend: bool,
     ) -> Result<Self, StoreError> {
-        let db = open_database(&path, options, exists)?;
+        let db = match open_database(&path, options, exists) {
+            Err(StoreError::Locked { path }) if open_here::contains(&path) => {
+                return Err(StoreError::OpenInThisProcess { path });
+            }
+            opened => opened?,
+        };
         let store = Self {
             db: RwLock::new(Some(db)),
+            open_here: (!custom_backend).then(|| open_here::Entry::add(&path)),
             path,
             options: options.clone(),
             custom_backend,

@@ -14,6 +14,7 @@ use super::signals::Signals;
 use crate::broker::{Broker, EnqueueDefaults, Outcome, RetentionPolicy, Settlement};
 use crate::config::{MAX_CLEANUP_INTERVAL_HOURS, MAX_RETAIN_DAYS, check_name};
 use crate::handler::Registry;
+use crate::task::TaskId;
 use crate::{Error, Result};
 
 /// How often a running attempt renews its lease.
@@ -232,7 +233,9 @@ impl WorkerManager {
     /// [`Error::ShutDown`] when the engine stops accepting work.
     pub async fn start(&mut self) -> Result<WorkerReport> {
         let queues = self.validate()?;
-        let shutdown = self.shutdown.clone();
+        // This run's own token: cancelled by the manager's shutdown, and by the run alone when
+        // its future is dropped (see `DroppedRun`), which must not stop later runs.
+        let shutdown = self.shutdown.child_token();
         // Cancelled when `start` returns (or its future is dropped): ends the signal listener.
         let finished = CancellationToken::new();
         let _finished = finished.clone().drop_guard();
@@ -266,6 +269,12 @@ impl WorkerManager {
             shutdown: shutdown.clone(),
             running: std::sync::Mutex::new(HashMap::new()),
         });
+        let _dropped = DroppedRun {
+            run: shutdown.clone(),
+            cleanup,
+            env: Arc::clone(&env),
+            broker: Arc::clone(&self.broker),
+        };
         tracing::info!(queues = ?self.queues, concurrency = self.concurrency, "worker started");
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let mut running: JoinSet<SlotTally> = JoinSet::new();
@@ -334,26 +343,7 @@ impl WorkerManager {
             while let Some(joined) = running.join_next().await {
                 tally(&mut report, joined);
             }
-            for (id, attempt) in env.take_held() {
-                let released = self
-                    .broker
-                    .settle(Settlement {
-                        id,
-                        attempt,
-                        outcome: Outcome::Released,
-                    })
-                    .await;
-                match released {
-                    Ok(_) => report.released += 1,
-                    Err(Error::StaleAttempt { .. }) => {}
-                    Err(error) => {
-                        tracing::error!(task.id = %id, %error, "could not release a running task at shutdown; it will be recovered on the next open")
-                    }
-                }
-            }
-        }
-        if let Some(cleanup) = cleanup {
-            cleanup.abort();
+            report.released += release_held(&*self.broker, env.take_held()).await;
         }
         tracing::info!(?report, "worker stopped");
         match fatal {
@@ -425,4 +415,64 @@ fn within(key: &'static str, value: u64, max: u64) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Releases attempts still held at shutdown to PENDING (their attempt uncounted); returns how
+/// many were.
+async fn release_held(broker: &dyn Broker, held: Vec<(TaskId, u32)>) -> u64 {
+    let mut released = 0;
+    for (id, attempt) in held {
+        let settlement = Settlement {
+            id,
+            attempt,
+            outcome: Outcome::Released,
+        };
+        match broker.settle(settlement).await {
+            Ok(_) => released += 1,
+            Err(Error::StaleAttempt { .. }) => {}
+            Err(error) => {
+                tracing::error!(task.id = %id, %error, "could not release a running task at shutdown; it will be recovered on the next open");
+            }
+        }
+    }
+    released
+}
+
+/// What a run of `start` must not leave behind when its future is dropped before it returns
+/// (a `select!` against a web server, a timeout, an abort): on drop it stops the run's claims
+/// and cleanup timer, and releases the attempts its slots still held, as the shutdown timeout
+/// does (its running tasks stop with the run's `JoinSet`). After a normal return there is
+/// nothing left for it to do.
+struct DroppedRun {
+    run: CancellationToken,
+    cleanup: Option<tokio::task::JoinHandle<()>>,
+    env: Arc<RunnerEnv>,
+    broker: Arc<dyn Broker>,
+}
+
+impl Drop for DroppedRun {
+    fn drop(&mut self) {
+        self.run.cancel();
+        if let Some(cleanup) = self.cleanup.take() {
+            cleanup.abort();
+        }
+        let held = self.env.take_held();
+        if held.is_empty() {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let broker = Arc::clone(&self.broker);
+                tracing::warn!(
+                    running = held.len(),
+                    "worker dropped while running tasks; releasing them"
+                );
+                runtime.spawn(async move { release_held(&*broker, held).await });
+            }
+            Err(_) => tracing::warn!(
+                running = held.len(),
+                "worker dropped outside a runtime; its running tasks are retried when their leases expire"
+            ),
+        }
+    }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::task::JoinError;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 use crate::Error;
@@ -138,13 +139,16 @@ async fn execute(record: &TaskRecord, env: &RunnerEnv) -> Option<Outcome> {
     };
     let ctx = TaskContext::new(record, Arc::clone(&env.broker), Arc::clone(&env.defaults));
     let payload = record.payload.clone();
-    let mut join = match &handler.run {
+    // Aborted when this attempt is dropped (the shutdown timeout, a dropped `start`): a handler
+    // left running detached would keep its context, and so the engine, alive. (A blocking
+    // handler already running cannot be stopped; it ends on its own.)
+    let mut join = AbortOnDropHandle::new(match &handler.run {
         HandlerFn::Async(run) => tokio::spawn(run(payload, ctx)),
         HandlerFn::Blocking(run) => {
             let run = Arc::clone(run);
             tokio::task::spawn_blocking(move || run(payload, ctx))
         }
-    };
+    });
     let timeout = record.timeout.or(handler.timeout);
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let expiry = async move {

@@ -116,3 +116,69 @@ async fn a_task_still_running_at_the_timeout_goes_back_to_pending() -> fq::Resul
     assert_eq!(record.attempts, 1);
     Ok(())
 }
+
+/// Regression (issue 11, defect 2): `WorkerManager::start` was not cancel-safe. Dropping its
+/// future (here: a `select!` that stops waiting, as one against a web server would) left a
+/// background task holding the engine, so the store never closed in this process and the next
+/// `Engine::open` failed with "already open in another process". Now the dropped run stops
+/// what it started and releases its running task (PENDING, attempt uncounted), the store
+/// closes with the last handle, and opening it twice in one process says "this process".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_start_future_stops_the_worker_and_closes_the_store() -> fq::Result<()> {
+    let (dir, engine) = common::engine();
+    let path = dir.path().join("fq.redb");
+    match fq::Engine::open(&path) {
+        Err(error) => assert!(error.to_string().contains("this process"), "{error}"),
+        Ok(_) => panic!("the store opened twice in one process"),
+    }
+    // Without a control socket to find first, the store's own lock says the same.
+    match fq::Engine::builder(&path).control(false).open() {
+        Err(fq::Error::Store(fq::StoreError::OpenInThisProcess { .. })) => {}
+        other => panic!("a second open without control: {other:?}"),
+    }
+    let started = Arc::new(Notify::new());
+    let mut registry = Registry::new();
+    let signal = Arc::clone(&started);
+    registry.register_async(
+        "test.forever",
+        move |_: serde_json::Value, _ctx: TaskContext| {
+            let signal = Arc::clone(&signal);
+            async move {
+                signal.notify_one();
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok::<_, TaskError>(())
+            }
+        },
+    );
+    let id = engine
+        .queue_task_named("test.forever", &json!({}))
+        .send()
+        .await?;
+    let mut worker = engine.worker(registry);
+    worker.set_handle_signals(false);
+    tokio::select! {
+        ended = worker.start() => panic!("the worker ended on its own: {ended:?}"),
+        () = started.notified() => {}
+    }
+    drop(worker);
+    drop(engine);
+    // The released attempt's settlement and the aborted tasks finish on the runtime; then
+    // nothing holds the store.
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    let reopened = loop {
+        match fq::Engine::open(&path) {
+            Ok(engine) => break engine,
+            Err(error) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the store never closed: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let record = reopened.task(id).await?.expect("the task is kept");
+    assert_eq!(record.status, TaskStatus::Pending, "{record:?}");
+    assert_eq!(record.attempts, 0, "a released attempt is not counted");
+    Ok(())
+}

@@ -41,7 +41,12 @@ pub fn runs(dir: &Path) -> Vec<(TaskId, u32, u32)> {
             continue;
         }
         let text = std::fs::read_to_string(&path).expect("read an effect log");
-        for line in text.lines() {
+        // A read racing a live writer's append can see the end of its line missing: only
+        // lines with their newline are complete, and each of those must be whole.
+        for line in text.split_inclusive('\n') {
+            let Some(line) = line.strip_suffix('\n') else {
+                continue;
+            };
             let fields: Vec<&str> = line.split(' ').collect();
             assert_eq!(fields.len(), 4, "torn effect line {line:?}");
             runs.push((
