@@ -119,9 +119,13 @@ fn refuses_a_foreign_redb_database_and_a_newer_schema() {
 
 #[test]
 fn a_second_open_in_the_same_process_is_refused() {
-    let (_dir, path, _store) = temp_store();
+    let (_dir, path, store) = temp_store();
     let err = Store::open(&path, &StoreOptions::default()).unwrap_err();
-    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    assert!(matches!(err, StoreError::OpenInThisProcess { .. }), "{err}");
+    assert!(err.to_string().contains("this process"), "{err}");
+    // Closed, it is free again: the registry follows the store's life.
+    drop(store);
+    assert!(Store::open(&path, &StoreOptions::default()).is_ok());
 }
 
 #[test]
