@@ -10,7 +10,9 @@
 
 use std::time::Duration;
 
-use fq::{Engine, EventKind, Registry, Task, TaskContext, TaskError, TaskId, WorkerManager};
+use fq::{
+    Engine, EventKind, Registry, Task, TaskContext, TaskError, TaskId, TaskSettings, WorkerManager,
+};
 use serde::{Deserialize, Serialize};
 
 /// `@AsyncTask(queue="urgent", priority=10) async def process_critical_alert(alert_id)`
@@ -21,8 +23,7 @@ struct ProcessCriticalAlert {
 
 impl Task for ProcessCriticalAlert {
     const NAME: &'static str = "myapp.tasks.process_critical_alert";
-    const QUEUE: &'static str = "urgent";
-    const PRIORITY: i32 = 10;
+    const SETTINGS: TaskSettings = TaskSettings::new().queue("urgent").priority(10);
     type Output = ();
 
     async fn run(self, _ctx: TaskContext) -> Result<(), TaskError> {
@@ -40,7 +41,7 @@ struct ProcessOrder {
 
 impl Task for ProcessOrder {
     const NAME: &'static str = "myapp.tasks.process_order";
-    const PRIORITY: i32 = 5;
+    const SETTINGS: TaskSettings = TaskSettings::new().priority(5);
     type Output = ();
 
     async fn run(self, _ctx: TaskContext) -> Result<(), TaskError> {
@@ -58,8 +59,7 @@ struct CleanupOldData {
 
 impl Task for CleanupOldData {
     const NAME: &'static str = "myapp.tasks.cleanup_old_data";
-    const QUEUE: &'static str = "maintenance";
-    const PRIORITY: i32 = 1;
+    const SETTINGS: TaskSettings = TaskSettings::new().queue("maintenance").priority(1);
     type Output = ();
 
     async fn run(self, _ctx: TaskContext) -> Result<(), TaskError> {

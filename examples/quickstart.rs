@@ -17,7 +17,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use fq::{Engine, Event, EventKind, Registry, Task, TaskContext, TaskError, TaskId, WorkerManager};
+use fq::{
+    Engine, Event, EventKind, Registry, Task, TaskContext, TaskError, TaskId, TaskSettings,
+    WorkerManager,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -32,8 +35,7 @@ struct SendEmail {
 
 impl Task for SendEmail {
     const NAME: &'static str = "myapp.tasks.send_email";
-    const QUEUE: &'static str = "emails";
-    const MAX_RETRIES: u32 = 3;
+    const SETTINGS: TaskSettings = TaskSettings::new().queue("emails").max_retries(3);
     type Output = Value;
 
     async fn run(self, _ctx: TaskContext) -> Result<Value, TaskError> {

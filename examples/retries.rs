@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use fq::{
-    Config, Engine, EventKind, Registry, Task, TaskContext, TaskError, TaskId, TaskStatus,
-    WorkerManager,
+    Config, Engine, EventKind, Registry, Task, TaskContext, TaskError, TaskId, TaskSettings,
+    TaskStatus, WorkerManager,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -33,7 +33,7 @@ struct FlakyApiCall {
 
 impl Task for FlakyApiCall {
     const NAME: &'static str = "myapp.tasks.flaky_api_call";
-    const MAX_RETRIES: u32 = 5;
+    const SETTINGS: TaskSettings = TaskSettings::new().max_retries(5);
     type Output = Value;
 
     async fn run(self, ctx: TaskContext) -> Result<Value, TaskError> {

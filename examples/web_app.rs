@@ -35,7 +35,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use fq::{Engine, Registry, Task, TaskContext, TaskError, TaskId, TaskRecord, WorkerManager};
+use fq::{
+    Engine, Registry, Task, TaskContext, TaskError, TaskId, TaskRecord, TaskSettings, WorkerManager,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -53,8 +55,7 @@ struct SendWelcomeEmail {
 
 impl Task for SendWelcomeEmail {
     const NAME: &'static str = "myapp.tasks.send_welcome_email";
-    const QUEUE: &'static str = "emails";
-    const MAX_RETRIES: u32 = 3;
+    const SETTINGS: TaskSettings = TaskSettings::new().queue("emails").max_retries(3);
     type Output = Value;
 
     async fn run(self, ctx: TaskContext) -> Result<Value, TaskError> {

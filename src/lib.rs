@@ -121,7 +121,7 @@ pub use control::{ConnectOptions, ControlError};
 pub use engine::{Engine, EngineBuilder};
 pub use error::{Error, Result};
 pub use events::{Event, EventBus, EventKind, EventStream, UnknownEvent};
-pub use handler::{Registry, Task, TaskContext, TaskQueue};
+pub use handler::{Registry, Task, TaskContext, TaskQueue, TaskSettings};
 #[doc(hidden)]
 pub use store::{CustomBackend, IntegrityReport};
 pub use store::{StoreError, store_commit_rate};

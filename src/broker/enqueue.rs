@@ -15,7 +15,8 @@ use crate::{Error, Result};
 /// The latest time a task may be scheduled for: 9999-12-31T23:59:59Z.
 const LATEST_SCHEDULE_MS: i64 = 253_402_300_799_000;
 
-/// Defaults for tasks queued by name (from the `defaults` section of the configuration).
+/// The configuration's `[defaults]`: for tasks queued by name, and for what a task type leaves
+/// undeclared.
 #[derive(Clone, Debug)]
 pub(crate) struct EnqueueDefaults {
     pub(crate) queue: String,

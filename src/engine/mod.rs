@@ -108,7 +108,7 @@ impl Engine {
     /// Queues a typed task (Framefox's `TaskManager.queue_task(task, ...)`); set options on the
     /// builder, then `.send().await`.
     pub fn queue_task<T: Task>(&self, task: T) -> QueueTask {
-        queue_typed(Arc::clone(&self.inner.broker), task)
+        queue_typed(Arc::clone(&self.inner.broker), &self.inner.defaults, task)
     }
 
     /// Queues a task by name, for tasks this program does not define; `payload` is

@@ -82,7 +82,7 @@ impl TaskContext {
 
     /// Queues a follow-up typed task (e.g. a recurring task rescheduling itself).
     pub fn queue_task<T: Task>(&self, task: T) -> QueueTask {
-        queue_typed(Arc::clone(&self.broker), task)
+        queue_typed(Arc::clone(&self.broker), &self.defaults, task)
     }
 
     /// Queues a follow-up task by name with `{"args": [...], "kwargs": {...}}` arguments.

@@ -8,6 +8,6 @@ mod registry;
 
 pub use context::TaskContext;
 pub(crate) use definition::queue_typed;
-pub use definition::{Task, TaskQueue};
+pub use definition::{Task, TaskQueue, TaskSettings};
 pub use registry::Registry;
 pub(crate) use registry::{HandlerFn, RunError};

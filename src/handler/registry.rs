@@ -92,7 +92,7 @@ impl Registry {
             T::NAME,
             Handler {
                 run: HandlerFn::Async(run),
-                timeout: T::TIMEOUT,
+                timeout: T::SETTINGS.run_timeout(),
             },
         )
     }

@@ -5,7 +5,7 @@ use crate::common;
 
 use std::sync::{Arc, Mutex};
 
-use fq::{FailureKind, Registry, Task, TaskContext, TaskError, TaskStatus};
+use fq::{FailureKind, Registry, Task, TaskContext, TaskError, TaskSettings, TaskStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -17,8 +17,7 @@ struct SendEmail {
 
 impl Task for SendEmail {
     const NAME: &'static str = "myapp.tasks.send_email";
-    const QUEUE: &'static str = "emails";
-    const MAX_RETRIES: u32 = 0;
+    const SETTINGS: TaskSettings = TaskSettings::new().queue("emails").max_retries(0);
     type Output = serde_json::Value;
 
     async fn run(self, ctx: TaskContext) -> Result<Self::Output, TaskError> {

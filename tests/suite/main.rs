@@ -36,6 +36,7 @@ mod recovery;
 mod retry;
 #[cfg(feature = "cli")]
 mod security;
+mod settings;
 mod shutdown;
 mod state_machine;
 mod timeout_cancel;

@@ -5,7 +5,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use fq::{Error, FailureKind, Registry, Task, TaskContext, TaskError, TaskStatus};
+use fq::{Error, FailureKind, Registry, Task, TaskContext, TaskError, TaskSettings, TaskStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -14,8 +14,9 @@ struct Stuck {}
 
 impl Task for Stuck {
     const NAME: &'static str = "test.stuck";
-    const MAX_RETRIES: u32 = 1;
-    const TIMEOUT: Option<Duration> = Some(Duration::from_millis(50));
+    const SETTINGS: TaskSettings = TaskSettings::new()
+        .max_retries(1)
+        .timeout(Duration::from_millis(50));
     type Output = ();
 
     async fn run(self, _ctx: TaskContext) -> Result<(), TaskError> {
