@@ -92,6 +92,10 @@ pub(crate) struct ServeArgs {
     /// localhost:7878; any other address needs `control.token` in the configuration
     #[arg(long, value_name = "ADDR", value_parser = parse_listen_arg)]
     pub(crate) listen: Option<SocketAddr>,
+    /// How long to wait for a store another process holds before giving up
+    /// [default: `worker.lock_wait`, else 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_worker_wait)]
+    pub(crate) lock_wait: Option<Duration>,
 }
 
 /// `worker` subcommands.
@@ -118,6 +122,9 @@ pub(crate) struct WorkerStartArgs {
     /// How long shutdown waits for running tasks before releasing them ("30s")
     #[arg(long, value_name = "DURATION", value_parser = parse_worker_wait)]
     pub(crate) shutdown_timeout: Option<Duration>,
+    /// How long to wait for a store another process holds before giving up ("10s")
+    #[arg(long, value_name = "DURATION", value_parser = parse_worker_wait)]
+    pub(crate) lock_wait: Option<Duration>,
     /// Print no line per finished task, only the summary
     #[arg(short, long)]
     pub(crate) quiet: bool,
@@ -147,9 +154,13 @@ pub(crate) struct EnqueueArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg, conflicts_with = "at",
           allow_hyphen_values = true)]
     pub(crate) delay: Option<Duration>,
-    /// Run no sooner than this time, RFC 3339: 2030-06-01T09:30:00Z
+    /// Run no sooner than this time, RFC 3339: 2030-06-01T09:30:00Z. A time more than a
+    /// minute in the past is refused (a typo, most likely) unless --allow-past is given
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     pub(crate) at: Option<DateTime<Utc>>,
+    /// Accept an --at time in the past: the task is due now
+    #[arg(long, requires = "at")]
+    pub(crate) allow_past: bool,
     /// Time limit for each attempt ("30s"); a run that takes longer fails and is retried
     #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
     pub(crate) timeout: Option<Duration>,
@@ -281,12 +292,13 @@ fn parse_queue(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
-/// A duration up to one day, the bound `worker.shutdown_timeout` has in the configuration.
+/// A duration up to one day, the bound `worker.shutdown_timeout` and `worker.lock_wait` have
+/// in the configuration.
 fn parse_worker_wait(text: &str) -> Result<Duration, String> {
     let duration = parse_duration_arg(text)?;
     if duration > MAX_WORKER_WAIT {
         return Err(format!(
-            "must be at most {}, as worker.shutdown_timeout",
+            "must be at most {}, as in the configuration's worker section",
             format_duration(MAX_WORKER_WAIT, DurationStyle::Exact)
         ));
     }

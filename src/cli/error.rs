@@ -98,6 +98,24 @@ impl CliError {
         })
     }
 
+    /// True when the store is held by another process (and so may be free a moment later).
+    pub(crate) fn is_locked(&self) -> bool {
+        let mut cause: Option<&(dyn StdError + 'static)> = Some(self.error.as_ref());
+        while let Some(error) = cause {
+            let store = error.downcast_ref::<crate::StoreError>().or_else(|| {
+                match error.downcast_ref::<crate::Error>() {
+                    Some(crate::Error::Store(store)) => Some(store),
+                    _ => None,
+                }
+            });
+            if matches!(store, Some(crate::StoreError::Locked { .. })) {
+                return true;
+            }
+            cause = error.source();
+        }
+        false
+    }
+
     /// True when stdout was closed under us (`fq list | head`): not worth a message.
     pub(crate) fn is_broken_pipe(&self) -> bool {
         let mut cause: Option<&(dyn StdError + 'static)> = Some(self.error.as_ref());

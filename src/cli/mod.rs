@@ -23,6 +23,7 @@ use clap::{CommandFactory, FromArgMatches};
 
 pub use tasks::{demo_registry, register_demo_tasks};
 
+use crate::config::{DurationStyle, format_duration};
 use crate::{Config, ConnectOptions, Engine, Registry};
 use args::{Cli, Command, GlobalArgs};
 use error::CliError;
@@ -64,7 +65,7 @@ where
         .and_then(|stem| stem.to_str())
         .unwrap_or("fq")
         .to_owned();
-    let command = Cli::command()
+    let command = with_handler_list(Cli::command(), &registry)
         .name(program.clone())
         .bin_name(program.clone());
     let parsed = command
@@ -102,6 +103,27 @@ where
     }
 }
 
+/// `worker start --help` ends with the handlers this program registers: the tasks a plain
+/// `worker start` can run (the built-in demo tasks for the `fq` binary itself).
+fn with_handler_list(command: clap::Command, registry: &Registry) -> clap::Command {
+    let names = registry.names();
+    let list = if names.is_empty() {
+        "Handlers: none registered in this program; tasks it claims fail as unknown. Register \
+         them in your own binary with fq::cli::run(registry)."
+            .to_owned()
+    } else {
+        format!(
+            "Handlers this program runs ({}): {}\nAn application's own tasks need its own binary: \
+             fq::cli::run(registry).",
+            names.len(),
+            names.join(", ")
+        )
+    };
+    command.mut_subcommand("worker", |worker| {
+        worker.mut_subcommand("start", |start| start.after_help(list))
+    })
+}
+
 /// Logs to stderr: `RUST_LOG` when set, else `warn` (`info` for `serve` and `worker`, whose
 /// logs are their story), one level more per `-v`. An application that installed its own
 /// subscriber keeps it.
@@ -134,9 +156,13 @@ pub(crate) enum Store {
     Serve,
     /// Producers (`enqueue`) create the store when missing; a one-shot command does not serve.
     CreateIfMissing,
-    /// Inspection and admin commands refuse a missing store rather than create an empty one
-    /// where a path was mistyped.
+    /// Admin commands refuse a missing store rather than create an empty one where a path was
+    /// mistyped.
     MustExist,
+    /// Commands that only read (`stats`, `list`, `show`) refuse a missing store too, and open
+    /// one nobody serves read-only: they never change it (no crash recovery, no threads), and
+    /// an owner starting meanwhile waits for them (`worker.lock_wait`).
+    ReadOnly,
 }
 
 /// What every command gets: the global flags and the output settings.
@@ -190,7 +216,26 @@ impl Context {
     /// The engine a command works on: the one at `--connect`; else the live engine serving
     /// the store (its control socket answers); else the store file, opened here.
     pub(crate) async fn engine(&self, store: Store) -> Result<Engine, CliError> {
+        self.engine_once(store, self.config()?).await
+    }
+
+    /// The engine a worker (`fq worker start`) runs on, as [`Context::engine`] with
+    /// [`Store::Serve`]; it waits up to `lock_wait` (else `worker.lock_wait`) for a store
+    /// another process holds, looking again for a live engine each time.
+    pub(crate) async fn owner_engine(
+        &self,
+        lock_wait: Option<Duration>,
+    ) -> Result<Engine, CliError> {
         let config = self.config()?;
+        let wait = lock_wait.unwrap_or(config.worker.lock_wait);
+        let path = config.database.clone();
+        wait_for_lock(&path, wait, || {
+            self.engine_once(Store::Serve, config.clone())
+        })
+        .await
+    }
+
+    async fn engine_once(&self, store: Store, config: Config) -> Result<Engine, CliError> {
         if let Some(addr) = &self.global.connect {
             return Engine::connect_with(addr, connect_options())
                 .await
@@ -217,17 +262,27 @@ impl Context {
                 }
             }
         }
-        if store == Store::MustExist && !path.exists() {
+        if matches!(store, Store::MustExist | Store::ReadOnly) && !path.exists() {
             return Err(CliError::runtime(format!(
                 "no store at {}: nothing has been queued there yet (pass --db PATH, or set `database` {})",
                 path.display(),
                 self.where_database_is_set()
             )));
         }
-        open_store(config, store == Store::Serve).map_err(|error| match (error, unanswered) {
+        // In rabbitmq mode `stats` also shows RabbitMQ's own queue depths, which only the
+        // bridge reads: there the store is opened as before.
+        let opened = if store == Store::ReadOnly && config.broker == crate::BrokerKind::Database {
+            Engine::builder(config.database.clone())
+                .config(config)
+                .read_only(true)
+                .open()
+        } else {
+            open_store(config, store == Store::Serve)
+        };
+        opened.map_err(|error| match (error, unanswered) {
             (error @ crate::Error::Store(crate::StoreError::Locked { .. }), Some(connect)) => {
-                CliError::runtime(format!(
-                    "{error}; its control socket {} did not answer: {connect}",
+                CliError::from(error).context(format!(
+                    "its control socket {} did not answer ({connect})",
                     socket.display()
                 ))
             }
@@ -244,6 +299,47 @@ pub(crate) fn open_store(config: Config, serve_control: bool) -> crate::Result<E
         .control(serve_control)
         .open()
 }
+
+/// Runs `open` until it gets past a store another process holds, for at most `wait`: the
+/// long-running owner (`fq serve`, `fq worker start`) must win over one-shot commands that hold
+/// the file for a moment. Says once that it waits, and why.
+pub(crate) async fn wait_for_lock<F, Fut>(
+    path: &Path,
+    wait: Duration,
+    mut open: F,
+) -> Result<Engine, CliError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Engine, CliError>>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut told = false;
+    loop {
+        match open().await {
+            Err(error) if error.is_locked() && tokio::time::Instant::now() < deadline => {
+                if !told {
+                    tracing::warn!(
+                        "{} is held by another process; waiting up to {} for it (worker.lock_wait, --lock-wait)",
+                        path.display(),
+                        format_duration(wait, DurationStyle::Short)
+                    );
+                    told = true;
+                }
+                tokio::time::sleep(LOCK_RETRY).await;
+            }
+            Err(error) if error.is_locked() && !wait.is_zero() => {
+                return Err(error.context(format!(
+                    "gave up after waiting {} for the store (worker.lock_wait, --lock-wait)",
+                    format_duration(wait, DurationStyle::Short)
+                )));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How often an owner waiting for a held store tries again.
+const LOCK_RETRY: Duration = Duration::from_millis(50);
 
 /// How the CLI connects: the token from `FQ_TOKEN`, named for the server's logs.
 fn connect_options() -> ConnectOptions {

@@ -98,7 +98,7 @@ impl Config {
     /// 255 bytes of `[A-Za-z0-9._:-]`; `worker.queues` non-empty without duplicates;
     /// `defaults.max_retries` ≤ 1000; `defaults.retry_delay` > 0 and ≤ `retry_max_delay` ≤ 365 days;
     /// `defaults.timeout`, when set, > 0 and ≤ 365 days; `worker.concurrency` 1 to 10 000;
-    /// `worker.polling_interval` > 0 and ≤ 1 day; `worker.shutdown_timeout` ≤ 1 day;
+    /// `worker.polling_interval` > 0 and ≤ 1 day; `worker.shutdown_timeout` and `worker.lock_wait` ≤ 1 day;
     /// `cleanup.interval_hours` 1 to 8760; `cleanup.retain_days` 1 to 36 500;
     /// `cleanup.completed_retention` ≤ 36 500 days (0 allowed); `rabbitmq.host` non-empty;
     /// `rabbitmq.port` ≥ 1; `rabbitmq.url`, when set, `amqp://` or `amqps://`;
@@ -153,6 +153,7 @@ impl Config {
         when(polling.is_zero(), "worker.polling_interval", greater)?;
         at_most("worker.polling_interval", polling, day)?;
         at_most("worker.shutdown_timeout", w.shutdown_timeout, day)?;
+        at_most("worker.lock_wait", w.lock_wait, day)?;
 
         let max_interval = MAX_CLEANUP_INTERVAL_HOURS;
         range("cleanup.interval_hours", c.interval_hours, 1, max_interval)?;

@@ -38,7 +38,7 @@ use load::{REDACTED, check_amqp_url, redact_url};
 pub(crate) const MAX_CONCURRENCY: usize = 10_000;
 /// Most retries a task may ask for (`max_retries`).
 pub(crate) const MAX_RETRIES: u32 = 1_000;
-/// Longest `worker.polling_interval` and `worker.shutdown_timeout`.
+/// Longest `worker.polling_interval`, `worker.shutdown_timeout` and `worker.lock_wait`.
 pub const MAX_WORKER_WAIT: Duration = Duration::from_secs(86_400);
 /// Longest `defaults.retry_max_delay` and `defaults.timeout` (365 days). Keeps every deadline
 /// computed from them far from `Instant`/`DateTime` overflow.
@@ -193,6 +193,10 @@ section! {
         /// How long shutdown waits for running tasks before releasing them, default 30 s. Zero
         /// releases them at once.
         pub shutdown_timeout: Duration = Duration::from_secs(30),
+        /// How long `fq serve` and `fq worker start` wait for a store that another process (a
+        /// one-shot command, an owner still shutting down) holds before giving up, default 10 s.
+        /// Zero gives up at once.
+        pub lock_wait: Duration = Duration::from_secs(10),
     }
 }
 

@@ -35,6 +35,7 @@ queues = ["default", "urgent", "emails"]
 concurrency = 20
 polling_interval = 2
 shutdown_timeout = "1m"
+lock_wait = "45s"
 
 [cleanup]
 interval_hours = 6
@@ -88,6 +89,7 @@ task:
     concurrency: 20
     polling_interval: 2
     shutdown_timeout: 1m
+    lock_wait: 45s
   cleanup:
     interval_hours: 6
     retain_days: 14
@@ -139,6 +141,7 @@ fn full_config() -> Config {
             concurrency: 20,
             polling_interval: Duration::from_secs(2),
             shutdown_timeout: Duration::from_secs(60),
+            lock_wait: Duration::from_secs(45),
         },
         cleanup: CleanupConfig {
             interval_hours: 6,
@@ -592,6 +595,11 @@ fn each_validation_rule_names_its_key() -> TestResult {
         (
             |c| c.worker.shutdown_timeout = Duration::from_secs(2 * 86_400),
             "worker.shutdown_timeout",
+            "must be at most 1d, got 2d",
+        ),
+        (
+            |c| c.worker.lock_wait = Duration::from_secs(2 * 86_400),
+            "worker.lock_wait",
             "must be at most 1d, got 2d",
         ),
         (
@@ -2148,6 +2156,7 @@ mod decode {
         "concurrency",
         "polling_interval",
         "shutdown_timeout",
+        "lock_wait",
     ];
 
     #[test]

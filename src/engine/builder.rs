@@ -12,6 +12,7 @@ pub struct EngineBuilder {
     pub(super) store: StoreOptions,
     pub(super) lease: Duration,
     pub(super) control: bool,
+    pub(super) read_only: bool,
 }
 
 impl std::fmt::Debug for EngineBuilder {
@@ -21,6 +22,7 @@ impl std::fmt::Debug for EngineBuilder {
             .field("clock", &self.clock)
             .field("lease", &self.lease)
             .field("control", &self.control)
+            .field("read_only", &self.read_only)
             .finish_non_exhaustive()
     }
 }
@@ -78,6 +80,17 @@ impl EngineBuilder {
         self
     }
 
+    /// Opens an existing store only to look at it (default false): queries read the file as it
+    /// is, every change is refused with [`crate::StoreError::ReadOnly`], and nothing of the
+    /// store changes: no crash recovery (a RUNNING task a crashed owner left stays RUNNING until
+    /// an engine that owns the store opens it), no threads, no control socket, no RabbitMQ
+    /// connection. The file stays free for other readers; an owner waits for it (see
+    /// `worker.lock_wait`).
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+
     /// Opens the store (creating it if missing), recovers what a previous process left
     /// running, starts the engine's threads, and (unless turned off with
     /// [`EngineBuilder::control`]) serves the control socket.
@@ -105,6 +118,20 @@ impl EngineBuilder {
             BrokerKind::Rabbitmq => Some(RabbitSettings::from_config(&config, self.lease)?),
             BrokerKind::Database => None,
         };
+        // After the RabbitMQ settings are checked: a bad URL is refused on every path.
+        if self.read_only {
+            let broker = ReadOnlyBroker::open(
+                &self.path,
+                &self.store,
+                self.clock,
+                config.limits.max_payload_bytes,
+            )?;
+            let config = Config {
+                database: self.path,
+                ..config
+            };
+            return Ok(Engine::from_broker(Arc::new(broker), config, self.lease));
+        }
         let socket = config.control.socket_path(&self.path);
         if self.control {
             // Before the store: a live engine on it is reported by pid, not as a locked file.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::broker::local::{LocalBroker, LocalSettings, RecoveryReport};
+use crate::broker::local::{LocalBroker, LocalSettings, ReadOnlyBroker, RecoveryReport};
 #[cfg(feature = "rabbitmq")]
 use crate::broker::rabbitmq::{RabbitBroker, RabbitSettings};
 use crate::broker::{
@@ -85,6 +85,7 @@ impl Engine {
             store: StoreOptions::default(),
             lease: DEFAULT_LEASE,
             control: true,
+            read_only: false,
         }
     }
 

@@ -51,6 +51,13 @@ pub enum StoreError {
         /// The file.
         path: PathBuf,
     },
+    /// The store was opened read-only (to look at a store nobody serves) and something tried
+    /// to change it.
+    #[error("{}: store is open read-only here; changing it needs the engine that owns it (`fq serve`, `fq worker start`, or `Engine::open`)", path.display())]
+    ReadOnly {
+        /// The file.
+        path: PathBuf,
+    },
     /// The file could not be read or written.
     #[error("{}: {detail}", path.display())]
     Io {

@@ -4,6 +4,7 @@
 mod backend;
 mod codec;
 mod error;
+mod handle;
 mod integrity;
 mod keys;
 mod open_here;
@@ -14,11 +15,10 @@ mod write_tables;
 pub(crate) use write_tables::WriteTables;
 
 use std::io::ErrorKind;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::{PoisonError, RwLock};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableHandle};
+use redb::{Durability, ReadableTable, TableHandle};
 
 pub use backend::CustomBackend;
 #[cfg(all(test, feature = "rabbitmq"))]
@@ -26,6 +26,7 @@ pub(crate) use codec::sample_task as codec_sample_task;
 #[cfg(feature = "internals")]
 pub(crate) use codec::{decode as codec_decode, encode as codec_encode};
 pub use error::StoreError;
+use handle::Handle;
 pub use integrity::IntegrityReport;
 pub use probe::store_commit_rate;
 use tables::{
@@ -62,7 +63,9 @@ impl Default for StoreOptions {
 pub(crate) struct Store {
     /// The open database; replaced by [`Store::reopen`] after a failed commit (redb then fails
     /// every later access, reads included), `None` only if that reopen failed.
-    db: RwLock<Option<Database>>,
+    db: RwLock<Option<Handle>>,
+    /// Opened only to look: every write is refused, whatever the handle allows.
+    read_only: bool,
     path: PathBuf,
     options: StoreOptions,
     /// True when the bytes live in a custom backend: the path's file system says nothing about
@@ -93,14 +96,6 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").field("path", &self.path).finish()
     }
-}
-
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_owned())
 }
 
 impl Store {
@@ -142,6 +137,31 @@ impl Store {
         Self::finish_open(path_buf, options, exists, false)
     }
 
+    /// Opens the existing store at `path` to read it as it is: every write is refused, and
+    /// nothing of the store changes (see [`handle::open_read_only`] for a file its last owner
+    /// did not close cleanly).
+    pub(crate) fn open_read_only(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
+        let path = path.to_path_buf();
+        if let Err(source) = std::fs::metadata(&path) {
+            return Err(StoreError::Io {
+                detail: "cannot open the store to read it (a read-only open never creates one)"
+                    .into(),
+                path,
+                source,
+            });
+        }
+        let db = match handle::open_read_only(&path, options) {
+            Err(StoreError::Locked { path }) if open_here::contains(&path) => {
+                return Err(StoreError::OpenInThisProcess { path });
+            }
+            opened => opened?,
+        };
+        Self::assemble(path, options, db, true, false).and_then(|store| {
+            store.check_identity(false)?;
+            Ok(store)
+        })
+    }
+
     /// Opens a store kept in `backend`, creating it when the backend is empty; `path` only
     /// names it in errors.
     fn open_backend(
@@ -166,14 +186,27 @@ impl Store {
         exists: bool,
         custom_backend: bool,
     ) -> Result<Self, StoreError> {
-        let db = match open_database(&path, options, exists) {
+        let db = match handle::open_database(&path, options, exists) {
             Err(StoreError::Locked { path }) if open_here::contains(&path) => {
                 return Err(StoreError::OpenInThisProcess { path });
             }
             opened => opened?,
         };
-        let store = Self {
+        let store = Self::assemble(path, options, Handle::Writable(db), false, custom_backend)?;
+        store.check_identity(!exists)?;
+        Ok(store)
+    }
+
+    fn assemble(
+        path: PathBuf,
+        options: &StoreOptions,
+        db: Handle,
+        read_only: bool,
+        custom_backend: bool,
+    ) -> Result<Self, StoreError> {
+        Ok(Self {
             db: RwLock::new(Some(db)),
+            read_only,
             open_here: (!custom_backend).then(|| open_here::Entry::add(&path)),
             path,
             options: options.clone(),
@@ -182,9 +215,7 @@ impl Store {
             fail_commits: std::sync::atomic::AtomicBool::new(false),
             #[cfg(test)]
             panic_on_write: std::sync::atomic::AtomicBool::new(false),
-        };
-        store.check_identity(!exists)?;
-        Ok(store)
+        })
     }
 
     /// The store file's path.
@@ -199,7 +230,11 @@ impl Store {
         let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
         // Closed first: redb locks the file, and the new handle needs that lock.
         drop(slot.take());
-        *slot = Some(open_database(&self.path, &self.options, true)?);
+        *slot = Some(if self.read_only {
+            handle::open_read_only(&self.path, &self.options)?
+        } else {
+            Handle::Writable(handle::open_database(&self.path, &self.options, true)?)
+        });
         Ok(())
     }
 
@@ -221,7 +256,13 @@ impl Store {
 
     fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
         let slot = self.db.read().unwrap_or_else(PoisonError::into_inner);
-        let db = slot.as_ref().ok_or_else(|| self.closed())?;
+        let handle = slot.as_ref().ok_or_else(|| self.closed())?;
+        let db = handle
+            .writable()
+            .filter(|_| !self.read_only)
+            .ok_or_else(|| StoreError::ReadOnly {
+                path: self.path.clone(),
+            })?;
         db.begin_write()
             .map_err(|e| map_storage_error(&self.path, "writing", e.into()))
     }
@@ -249,7 +290,7 @@ impl Store {
             .map(|t| t.name().to_owned())
             .collect();
         if !table_names.iter().any(|n| n == META.name()) {
-            if created || table_names.is_empty() {
+            if created || (table_names.is_empty() && !self.read_only) {
                 drop(txn);
                 return self.initialize();
             }
@@ -457,81 +498,6 @@ impl Store {
         }
         Ok(counts)
     }
-}
-
-fn map_open_error(path: &Path, error: redb::DatabaseError) -> StoreError {
-    match error {
-        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
-            path: path.to_path_buf(),
-        },
-        redb::DatabaseError::UpgradeRequired(version) => StoreError::NotFqStore {
-            path: path.to_path_buf(),
-            detail: format!("it uses redb file format {version}, which this build does not read"),
-        },
-        redb::DatabaseError::Storage(redb::StorageError::Io(io))
-            if matches!(io.kind(), ErrorKind::UnexpectedEof | ErrorKind::InvalidData) =>
-        {
-            StoreError::NotFqStore {
-                path: path.to_path_buf(),
-                detail: format!("it is not a redb database ({io})"),
-            }
-        }
-        redb::DatabaseError::Storage(storage) => {
-            let mapped = map_storage_error(path, "opening", storage.into());
-            match mapped {
-                StoreError::Storage { source, .. } => StoreError::NotFqStore {
-                    path: path.to_path_buf(),
-                    detail: format!("it is not a readable redb database ({source})"),
-                },
-                other => other,
-            }
-        }
-        other => StoreError::Storage {
-            path: path.to_path_buf(),
-            action: "opening",
-            source: Box::new(other),
-        },
-    }
-}
-
-/// Opens (or, for a new store, creates) the redb database of a store.
-fn open_database(
-    path: &Path,
-    options: &StoreOptions,
-    exists: bool,
-) -> Result<Database, StoreError> {
-    let mut builder = Database::builder();
-    builder
-        .set_cache_size(options.cache_bytes)
-        .set_check_integrity_on_open(options.verify_on_open);
-    // redb's consistency checks can panic on a damaged file in debug builds; a damaged file
-    // is bad input, and must come back as an error naming it.
-    let opened = catch_unwind(AssertUnwindSafe(|| match &options.backend {
-        Some(backend) => builder.create_with_backend(backend.handle()),
-        None if exists => builder.open(path),
-        None => create_private(path)
-            .map_err(redb::DatabaseError::from)
-            .and_then(redb::backends::FileBackend::new)
-            .and_then(|backend| builder.create_with_backend(backend)),
-    }));
-    match opened {
-        Ok(Ok(db)) => Ok(db),
-        Ok(Err(e)) => Err(map_open_error(path, e)),
-        Err(panic) => Err(StoreError::Corrupt {
-            path: path.to_path_buf(),
-            detail: format!("the storage engine failed on it: {}", panic_text(&*panic)),
-        }),
-    }
-}
-
-/// Creates a new store file readable and writable by its owner only: it holds every task's
-/// arguments, which other local users have no business reading.
-fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true).write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)
 }
 
 /// Free bytes for unprivileged users on the file system holding `path` (the file, or its

@@ -92,7 +92,7 @@ fn refuses_a_foreign_redb_database_and_a_newer_schema() {
     let dir = tempfile::tempdir().unwrap();
     let foreign = dir.path().join("other.redb");
     {
-        let db = Database::create(&foreign).unwrap();
+        let db = redb::Database::create(&foreign).unwrap();
         let txn = db.begin_write().unwrap();
         {
             let def: redb::TableDefinition<'_, u64, u64> = redb::TableDefinition::new("users");

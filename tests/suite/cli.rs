@@ -120,16 +120,7 @@ impl Fq {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = lines_of(Box::new(child.stdout.take().unwrap()));
         let mut running = Running {
             child,
             lines,
@@ -481,6 +472,7 @@ fn malformed_input_is_refused_with_a_clear_message_and_no_change() {
         (&["enqueue", "t", "--delay", "-5s"], "negative"),
         (&["enqueue", "t", "--timeout", "0s"], "greater than zero"),
         (&["enqueue", "t", "--at", "tomorrow"], "RFC 3339"),
+        (&["enqueue", "t", "--allow-past"], "--at"),
         (
             &[
                 "enqueue",
@@ -580,8 +572,17 @@ fn help_and_version_succeed() {
         assert!(help.ok().contains(command), "{help:#?}");
     }
     let help = output(fq.bare().args(["worker", "start", "--help"]));
-    for flag in ["--queues", "--concurrent", "--interval"] {
+    for flag in ["--queues", "--concurrent", "--interval", "--lock-wait"] {
         assert!(help.ok().contains(flag), "{help:#?}");
+    }
+    // It says which handlers a plain `fq worker start` has.
+    let handlers = help
+        .ok()
+        .lines()
+        .find(|line| line.starts_with("Handlers this program runs"))
+        .unwrap_or_else(|| panic!("no handler list: {help:#?}"));
+    for name in ["fq.demo.echo", "fq.demo.send_email", "fq.demo.fail"] {
+        assert!(handlers.contains(name), "{handlers}");
     }
     let version = output(fq.bare().arg("--version"));
     assert_eq!(
@@ -1034,4 +1035,163 @@ fn a_missing_store_names_the_configuration_file_in_use() {
     )
     .unwrap();
     output(fq.bare().arg("stats")).fails(1, "set `database` in fq.toml");
+}
+
+/// The lines of `stream`, read on a thread of their own.
+fn lines_of(stream: Box<dyn std::io::Read + Send>) -> mpsc::Receiver<String> {
+    let (sender, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
+/// Starts `args` with stderr read line by line too, without waiting for it to be ready.
+fn spawn_watched(
+    fq: &Fq,
+    args: &[&str],
+) -> (Child, mpsc::Receiver<String>, mpsc::Receiver<String>) {
+    let mut child = fq
+        .command(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = lines_of(Box::new(child.stdout.take().unwrap()));
+    let stderr = lines_of(Box::new(child.stderr.take().unwrap()));
+    (child, stdout, stderr)
+}
+
+/// The first line on `lines` containing `needle`, failing after [`PATIENCE`].
+fn line_with(lines: &mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no line with {needle:?} ({e})"),
+        }
+    }
+}
+
+#[test]
+fn serve_and_worker_wait_for_a_store_another_process_holds() {
+    let fq = Fq::new();
+    fq.enqueue(&["fq.demo.echo"]);
+    for owner in [&["serve"][..], &["worker", "start", "--interval", "1"][..]] {
+        let waiting = |wait: &'static str| [owner, &["--lock-wait", wait]].concat();
+        // This test's process holds the store, as a one-shot command does for a moment.
+        let holder = fq::Engine::builder(&fq.db).control(false).open().unwrap();
+        fq.run(&waiting("0"))
+            .fails(1, "already open in another process");
+        fq.run(&waiting("300ms"))
+            .fails(1, "gave up after waiting 300ms for the store");
+
+        let (mut child, stdout, stderr) = spawn_watched(&fq, &waiting("30s"));
+        let said = line_with(&stderr, "waiting up to 30s");
+        assert!(said.contains("is held by another process"), "{said}");
+        drop(holder);
+        line_with(&stdout, "stop with Ctrl-C or SIGTERM");
+        let killed = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        assert_eq!(child.wait().unwrap().code(), Some(0), "{owner:?}");
+    }
+}
+
+#[test]
+fn read_only_commands_leave_a_store_nobody_serves_as_it_is() {
+    let fq = Fq::new();
+    let waiting = fq.enqueue(&["fq.demo.echo"]);
+    let running = fq.enqueue(&["fq.demo.echo"]);
+    // A task left RUNNING in a store closed cleanly: its owner's worker stopped without
+    // settling it (as a worker whose process is gone leaves it).
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let engine = fq::Engine::builder(&fq.db).control(false).open().unwrap();
+        let claimed = engine
+            .broker()
+            .claim(
+                &[std::sync::Arc::from("default")],
+                1,
+                Duration::ZERO,
+                &tokio_util::sync::CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].id.to_string(), id_of(&waiting));
+    });
+    let before = std::fs::read(&fq.db).unwrap();
+
+    let stats = fq.run(&["stats", "--json"]).json();
+    let default = &stats["queues"]["default"];
+    assert_eq!(
+        (default["running"].as_u64(), default["ready"].as_u64()),
+        (Some(1), Some(1)),
+        "{stats}"
+    );
+    let shown = fq.run(&["show", "--json", &id_of(&waiting)]).json();
+    assert_eq!(shown["status"], "RUNNING", "{shown}");
+    let listed = fq.run(&["list", "--json", "--status", "pending"]).json();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(id_of(&listed[0]), id_of(&running));
+    assert!(
+        std::fs::read(&fq.db).unwrap() == before,
+        "a read-only command changed the store file"
+    );
+
+    // The owner that opens it next still finds the orphan to recover: nobody recovered it before.
+    let recovery = fq::Engine::builder(&fq.db)
+        .control(false)
+        .open()
+        .unwrap()
+        .recovery();
+    assert_eq!(recovery.orphans_retrying, 1, "{recovery:?}");
+}
+
+#[test]
+fn an_at_time_in_the_past_is_refused_unless_allowed_and_then_due_now() {
+    let fq = Fq::new();
+    let refused = fq.run(&["enqueue", "fq.demo.echo", "--at", "2019-01-01T00:00:00Z"]);
+    refused.fails(2, "in the past; pass --allow-past to queue it due now");
+    assert!(
+        refused.stderr.contains("2019-01-01T00:00:00Z is "),
+        "{refused:#?}"
+    );
+    assert!(!fq.db.exists(), "a refused enqueue created the store");
+
+    let allowed = fq.enqueue(&[
+        "fq.demo.echo",
+        "--at",
+        "2019-01-01T00:00:00Z",
+        "--allow-past",
+    ]);
+    let time = |field: &str| {
+        chrono::DateTime::parse_from_rfc3339(allowed[field].as_str().unwrap()).unwrap()
+    };
+    let late = (time("scheduled_at") - time("created_at")).num_milliseconds();
+    assert!(
+        (-1_000..=1_000).contains(&late),
+        "due now, not in 2019: {allowed}"
+    );
+    let stats = fq.run(&["stats", "--json"]).json();
+    let oldest = stats["queues"]["default"]["oldest_ready_ms"]
+        .as_u64()
+        .unwrap();
+    assert!(oldest < 60_000, "oldest waiting {oldest} ms: {stats}");
+
+    // A moment ago (a script passing "now" to the second) is not refused, and kept as given.
+    let moment_ago = (chrono::Utc::now() - chrono::TimeDelta::seconds(5))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let kept = fq.enqueue(&["fq.demo.echo", "--at", &moment_ago]);
+    assert_eq!(kept["scheduled_at"], moment_ago.as_str());
 }

@@ -145,6 +145,28 @@ async fn a_killed_process_loses_nothing_and_reruns_only_its_orphan() -> fq::Resu
         .collect();
     let effects_before_kill = read_lines(&effects).len();
 
+    // Looking first changes nothing: a read-only open (what `fq stats`, `list` and `show` use
+    // on a store nobody serves) sees the orphan still RUNNING and refuses every change.
+    {
+        let looking = Engine::builder(dir.path().join("fq.redb"))
+            .read_only(true)
+            .open()?;
+        let stats = looking.stats().await?;
+        assert_eq!(stats.queues["default"].running, 1, "{stats:?}");
+        assert_eq!(stats.total(), u64::from(TASKS), "{stats:?}");
+        let refused = looking
+            .queue_task_named("test.work", &json!({"kwargs": {"n": 0}}))
+            .send()
+            .await;
+        assert!(
+            matches!(
+                refused,
+                Err(fq::Error::Store(fq::StoreError::ReadOnly { .. }))
+            ),
+            "{refused:?}"
+        );
+    }
+
     let engine = Engine::open(dir.path().join("fq.redb"))?;
     let recovery = engine.recovery();
     assert_eq!(recovery.orphans_retrying, 1, "{recovery:?}");

@@ -112,7 +112,7 @@ impl Broker for LocalBroker {
     }
 
     fn task(&self, id: TaskId) -> BoxFuture<'_, Result<Option<TaskRecord>>> {
-        Box::pin(self.read(move |store| Ok(store.read_task(id)?.map(|task| task.to_record(id)))))
+        Box::pin(self.read(move |store| read_record(store, id)))
     }
 
     fn cancel(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
@@ -157,17 +157,7 @@ impl Broker for LocalBroker {
     }
 
     fn list(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<TaskRecord>>> {
-        Box::pin(self.read(move |store| {
-            let limit = if query.limit == 0 { 100 } else { query.limit };
-            let found = store.scan_tasks(query.after, limit, |task| {
-                query.queue.as_deref().is_none_or(|q| q == task.queue)
-                    && query.status.is_none_or(|s| s == task.status)
-            })?;
-            Ok(found
-                .into_iter()
-                .map(|(id, task)| task.to_record(id))
-                .collect())
-        }))
+        Box::pin(self.read(move |store| list_records(store, &query)))
     }
 
     fn retry(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
@@ -214,25 +204,12 @@ impl Broker for LocalBroker {
         Box::pin(async move {
             let counts = self.read(|store| Ok(store.counts()?)).await?;
             let now = self.now_ms();
-            let mut stats = Stats::default();
-            for ((queue, status), n) in counts {
-                let entry = stats.queues.entry(queue).or_default();
-                match status {
-                    TaskStatus::Pending => entry.pending = n,
-                    TaskStatus::Running => entry.running = n,
-                    TaskStatus::Retrying => entry.retrying = n,
-                    TaskStatus::Completed => entry.completed = n,
-                    TaskStatus::Failed => entry.failed = n,
-                    TaskStatus::Cancelled => entry.cancelled = n,
-                    TaskStatus::Forwarded => entry.forwarded = n,
-                }
-            }
+            let mut stats = stats_of_counts(counts);
             for (queue, entry) in &mut stats.queues {
                 let (ready, oldest_due) = self.shared.ready.queue_summary(queue);
                 entry.ready = ready;
                 entry.scheduled = (entry.pending + entry.retrying).saturating_sub(ready);
-                entry.oldest_ready_ms =
-                    oldest_due.map(|due| u64::try_from(now.saturating_sub(due)).unwrap_or(0));
+                entry.oldest_ready_ms = oldest_due.map(|due| waited_ms(now, due));
                 entry.completed_last_minute = self.shared.completions.last_minute(queue, now);
             }
             Ok(stats)
@@ -254,4 +231,48 @@ impl Broker for LocalBroker {
     fn max_payload_bytes(&self) -> usize {
         self.settings.max_payload_bytes
     }
+}
+
+/// One task's record, as a query answers it.
+pub(super) fn read_record(store: &Store, id: TaskId) -> Result<Option<TaskRecord>> {
+    Ok(store.read_task(id)?.map(|task| task.to_record(id)))
+}
+
+/// The records a [`ListQuery`] selects, oldest first.
+pub(super) fn list_records(store: &Store, query: &ListQuery) -> Result<Vec<TaskRecord>> {
+    let limit = if query.limit == 0 { 100 } else { query.limit };
+    let found = store.scan_tasks(query.after, limit, |task| {
+        query.queue.as_deref().is_none_or(|q| q == task.queue)
+            && query.status.is_none_or(|s| s == task.status)
+    })?;
+    Ok(found
+        .into_iter()
+        .map(|(id, task)| task.to_record(id))
+        .collect())
+}
+
+/// Per-queue counts by status from the store's counts table; the figures that need the ready
+/// tasks (ready, scheduled, oldest) are left for the caller.
+pub(super) fn stats_of_counts(
+    counts: std::collections::BTreeMap<(String, TaskStatus), u64>,
+) -> Stats {
+    let mut stats = Stats::default();
+    for ((queue, status), n) in counts {
+        let entry = stats.queues.entry(queue).or_default();
+        match status {
+            TaskStatus::Pending => entry.pending = n,
+            TaskStatus::Running => entry.running = n,
+            TaskStatus::Retrying => entry.retrying = n,
+            TaskStatus::Completed => entry.completed = n,
+            TaskStatus::Failed => entry.failed = n,
+            TaskStatus::Cancelled => entry.cancelled = n,
+            TaskStatus::Forwarded => entry.forwarded = n,
+        }
+    }
+    stats
+}
+
+/// How long a task due at `due` has waited by `now`, in milliseconds.
+pub(super) fn waited_ms(now: Millis, due: Millis) -> u64 {
+    u64::try_from(now.saturating_sub(due)).unwrap_or(0)
 }

@@ -5,6 +5,7 @@
 mod api;
 mod lease;
 mod open;
+mod read_only;
 mod timer;
 mod writer;
 
@@ -17,6 +18,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use self::lease::LeaseTable;
+pub(crate) use self::read_only::ReadOnlyBroker;
 use self::timer::TimerSignal;
 pub(crate) use self::writer::RunRecord;
 use self::writer::{Command, Page, Writer, WriterSettings};
@@ -225,11 +227,7 @@ impl LocalBroker {
         &self,
         read: impl FnOnce(&Store) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let store = Arc::clone(&self.store);
-        // redb reads touch the disk: keep them off the async worker threads.
-        tokio::task::spawn_blocking(move || read(&store))
-            .await
-            .map_err(|e| Error::Internal(format!("a store read failed: {e}")))?
+        read_off_the_runtime(&self.store, read).await
     }
 
     fn lease_deadline(&self) -> Millis {
@@ -376,6 +374,18 @@ impl Drop for LocalBroker {
             }
         }
     }
+}
+
+/// Runs a read of `store` on the blocking pool: redb reads touch the disk, so they stay off the
+/// async worker threads.
+async fn read_off_the_runtime<T: Send + 'static>(
+    store: &Arc<Store>,
+    read: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let store = Arc::clone(store);
+    tokio::task::spawn_blocking(move || read(&store))
+        .await
+        .map_err(|e| Error::Internal(format!("a store read failed: {e}")))?
 }
 
 #[cfg(test)]

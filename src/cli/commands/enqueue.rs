@@ -1,18 +1,36 @@
 //! `fq enqueue NAME`: queues a task by name with JSON arguments and the options Framefox's
 //! `queue_task` takes; prints the new task (its record with `--json`).
 
-use chrono::Utc;
+use chrono::{SecondsFormat, TimeDelta, Utc};
 use serde_json::{Value, json};
 
 use crate::QueueTask;
 use crate::cli::args::EnqueueArgs;
 use crate::cli::error::{CliError, usage_if_invalid};
-use crate::cli::output::relative;
+use crate::cli::output::{format_millis, relative};
 use crate::cli::{Context, Store};
+
+/// How far in the past an `--at` time may be without `--allow-past`: scripts that pass "now"
+/// truncated to the second, or from a slightly different clock, are not refused.
+const PAST_TOLERANCE: TimeDelta = TimeDelta::seconds(60);
 
 /// Checks the task against the engine's limits (a refusal is a usage error), queues it, and
 /// prints it.
-pub(crate) async fn run(ctx: &Context, args: EnqueueArgs) -> Result<(), CliError> {
+pub(crate) async fn run(ctx: &Context, mut args: EnqueueArgs) -> Result<(), CliError> {
+    let now = Utc::now();
+    if let Some(at) = args.at
+        && at < now - PAST_TOLERANCE
+    {
+        if !args.allow_past {
+            return Err(CliError::usage(format!(
+                "--at {} is {} in the past; pass --allow-past to queue it due now",
+                at.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+                format_millis(u64::try_from((now - at).num_milliseconds()).unwrap_or(0))
+            )));
+        }
+        // Due now, not at a time long gone: the oldest-waiting figures stay true.
+        args.at = Some(now);
+    }
     let payload = json!({
         "args": args.args.clone().map(|args| args.0).unwrap_or_default(),
         "kwargs": Value::Object(args.kwargs.clone().unwrap_or_default()),

@@ -10,7 +10,7 @@ use crate::cli::{Context, Store};
 
 /// Prints the matching tasks, oldest first; says how to get the next page when there may be one.
 pub(crate) async fn run(ctx: &Context, args: ListArgs) -> Result<(), CliError> {
-    let engine = ctx.engine(Store::MustExist).await?;
+    let engine = ctx.engine(Store::ReadOnly).await?;
     let limit = usize::try_from(args.limit).unwrap_or(usize::MAX);
     let records = engine
         .list(ListQuery {

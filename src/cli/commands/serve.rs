@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::Signals;
 use crate::cli::args::ServeArgs;
 use crate::cli::error::CliError;
-use crate::cli::{Context, open_store};
+use crate::cli::{Context, open_store, wait_for_lock};
 
 /// Opens the store, announces it, waits for a signal, closes the store.
 pub(crate) async fn run(ctx: &Context, args: &ServeArgs) -> Result<(), CliError> {
@@ -24,7 +24,13 @@ pub(crate) async fn run(ctx: &Context, args: &ServeArgs) -> Result<(), CliError>
         // A non-loopback address without `control.token` is refused here, before binding.
         config.validate()?;
     }
-    let engine = open_store(config, true)?;
+    let wait = args.lock_wait.unwrap_or(config.worker.lock_wait);
+    let path = config.database.clone();
+    let engine = wait_for_lock(&path, wait, || {
+        let config = config.clone();
+        async move { open_store(config, true).map_err(CliError::from) }
+    })
+    .await?;
     let path = engine.path().to_path_buf();
     let socket = engine.control_socket().map(Path::to_path_buf);
     let tcp = engine.control_addr();

@@ -9,7 +9,7 @@ use crate::cli::{Context, Store};
 
 /// Prints the task's record; an unknown id is a failure ("no task with id ...").
 pub(crate) async fn run(ctx: &Context, args: &IdArgs) -> Result<(), CliError> {
-    let engine = ctx.engine(Store::MustExist).await?;
+    let engine = ctx.engine(Store::ReadOnly).await?;
     let record = engine
         .task(args.id)
         .await?

@@ -11,7 +11,7 @@ use crate::{RabbitStats, Stats};
 
 /// Prints the stats of the store.
 pub(crate) async fn run(ctx: &Context) -> Result<(), CliError> {
-    let engine = ctx.engine(Store::MustExist).await?;
+    let engine = ctx.engine(Store::ReadOnly).await?;
     let stats = engine.stats().await?;
     let out = ctx.out();
     if out.is_json() {

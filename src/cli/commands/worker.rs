@@ -5,10 +5,10 @@
 use serde_json::json;
 
 use crate::Signals;
+use crate::cli::Context;
 use crate::cli::args::WorkerStartArgs;
 use crate::cli::error::{CliError, usage_if_invalid};
 use crate::cli::output::{Output, event_json};
-use crate::cli::{Context, Store};
 use crate::config::{DurationStyle, format_duration};
 use crate::{Event, EventKind, Registry, WorkerReport};
 
@@ -19,7 +19,7 @@ pub(crate) async fn start(
     registry: Registry,
 ) -> Result<(), CliError> {
     let mut signals = Signals::listen()?;
-    let engine = ctx.engine(Store::Serve).await?;
+    let engine = ctx.owner_engine(args.lock_wait).await?;
     let settings = &engine.config().worker;
     let queues = if args.queues.is_empty() {
         settings.queues.clone()

@@ -1,0 +1,143 @@
+//! A store opened only to look at it (`Engine::builder(path).read_only()`, and the CLI's `stats`,
+//! `list` and `show` on a store nobody serves): queries read the file as it is, with no crash
+//! recovery, no writer thread and no timer, and every change is refused with
+//! [`StoreError::ReadOnly`]. A RUNNING task a crashed owner left stays RUNNING here; the next
+//! engine that owns the store recovers it.
+
+use std::path::{Path, PathBuf};
+
+use super::api::{list_records, read_record, stats_of_counts, waited_ms};
+use super::*;
+
+/// The read-only view of a store.
+#[derive(Debug)]
+pub(crate) struct ReadOnlyBroker {
+    store: Arc<Store>,
+    path: PathBuf,
+    clock: Arc<dyn Clock>,
+    events: EventBus,
+    max_payload_bytes: usize,
+}
+
+impl ReadOnlyBroker {
+    /// Opens the existing store at `path` read-only.
+    pub(crate) fn open(
+        path: &Path,
+        options: &StoreOptions,
+        clock: Arc<dyn Clock>,
+        max_payload_bytes: usize,
+    ) -> Result<Self> {
+        let store = Store::open_read_only(path, options)?;
+        Ok(Self {
+            store: Arc::new(store),
+            path: path.to_path_buf(),
+            clock,
+            events: EventBus::new(),
+            max_payload_bytes,
+        })
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        read_off_the_runtime(&self.store, read).await
+    }
+
+    fn refused<T: Send + 'static>(&self) -> BoxFuture<'_, Result<T>> {
+        let error = StoreError::ReadOnly {
+            path: self.path.clone(),
+        };
+        Box::pin(std::future::ready(Err(error.into())))
+    }
+}
+
+impl Broker for ReadOnlyBroker {
+    fn enqueue(&self, _tasks: Vec<NewTask>) -> BoxFuture<'_, Result<Vec<TaskId>>> {
+        self.refused()
+    }
+
+    fn claim<'a>(
+        &'a self,
+        _queues: &'a [Arc<str>],
+        _max: usize,
+        _wait: Duration,
+        _cancel: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<Vec<TaskRecord>>> {
+        self.refused()
+    }
+
+    fn settle(&self, _settlement: Settlement) -> BoxFuture<'_, Result<SettleReport>> {
+        self.refused()
+    }
+
+    fn heartbeat(&self, _id: TaskId, _attempt: u32) -> BoxFuture<'_, Result<()>> {
+        self.refused()
+    }
+
+    fn task(&self, id: TaskId) -> BoxFuture<'_, Result<Option<TaskRecord>>> {
+        Box::pin(self.read(move |store| read_record(store, id)))
+    }
+
+    fn cancel(&self, _id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
+        self.refused()
+    }
+
+    fn cleanup(&self, _policy: RetentionPolicy) -> BoxFuture<'_, Result<CleanupReport>> {
+        self.refused()
+    }
+
+    fn list(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<TaskRecord>>> {
+        Box::pin(self.read(move |store| list_records(store, &query)))
+    }
+
+    fn retry(&self, _id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
+        self.refused()
+    }
+
+    fn retry_failed(&self, _queue: Option<String>) -> BoxFuture<'_, Result<u64>> {
+        self.refused()
+    }
+
+    fn purge(&self, _queue: String, _status: Option<TaskStatus>) -> BoxFuture<'_, Result<u64>> {
+        self.refused()
+    }
+
+    /// As the owning engine's, with the ready figures read from the waiting index (there is no
+    /// ready heap here) and no completions in the last minute (no engine runs anything).
+    fn stats(&self) -> BoxFuture<'_, Result<Stats>> {
+        let now = self.now_ms();
+        Box::pin(self.read(move |store| {
+            let mut stats = stats_of_counts(store.counts()?);
+            let mut due: std::collections::HashMap<String, (u64, Millis)> = Default::default();
+            store.for_each_waiting(|queue, order, _id| {
+                if order.due_at <= now {
+                    let entry = due.entry(queue.to_owned()).or_insert((0, order.due_at));
+                    entry.0 += 1;
+                    entry.1 = entry.1.min(order.due_at);
+                }
+            })?;
+            for (queue, entry) in &mut stats.queues {
+                let (ready, oldest_due) = due
+                    .get(queue)
+                    .map_or((0, None), |&(ready, oldest)| (ready, Some(oldest)));
+                entry.ready = ready;
+                entry.scheduled = (entry.pending + entry.retrying).saturating_sub(ready);
+                entry.oldest_ready_ms = oldest_due.map(|due| waited_ms(now, due));
+            }
+            Ok(stats)
+        }))
+    }
+
+    fn events(&self) -> &EventBus {
+        &self.events
+    }
+
+    fn now_ms(&self) -> Millis {
+        self.clock.now_ms()
+    }
+
+    fn max_payload_bytes(&self) -> usize {
+        self.max_payload_bytes
+    }
+}

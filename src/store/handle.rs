@@ -1,0 +1,140 @@
+//! The open redb database behind a store, writable (the engine that owns the store) or
+//! read-only (commands that only look at a store nobody serves), and how either is opened.
+
+use std::io::ErrorKind;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+
+use redb::{Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, TransactionError};
+
+use super::{StoreError, StoreOptions, map_storage_error};
+
+/// An open database.
+pub(super) enum Handle {
+    /// Opened for writing: the owning engine's.
+    Writable(Database),
+    /// Opened without any right to write: the file is read as it is.
+    ReadOnly(ReadOnlyDatabase),
+}
+
+impl Handle {
+    pub(super) fn begin_read(&self) -> Result<ReadTransaction, TransactionError> {
+        match self {
+            Self::Writable(db) => db.begin_read(),
+            Self::ReadOnly(db) => db.begin_read(),
+        }
+    }
+
+    /// The database to write through, if it was opened for writing.
+    pub(super) fn writable(&self) -> Option<&Database> {
+        match self {
+            Self::Writable(db) => Some(db),
+            Self::ReadOnly(_) => None,
+        }
+    }
+}
+
+/// Opens an existing store's database to read it as it is. A file its last owner did not close
+/// cleanly needs redb's repair of its page allocator before anything can read it; that repair
+/// (redb's bookkeeping, not a task) is made, and nothing else: fq's own crash recovery, which
+/// moves the tasks a crashed owner left running, waits for an engine that owns the store.
+pub(super) fn open_read_only(path: &Path, options: &StoreOptions) -> Result<Handle, StoreError> {
+    let mut builder = Database::builder();
+    builder.set_cache_size(options.cache_bytes);
+    let opened = catch_unwind(AssertUnwindSafe(|| builder.open_read_only(path)));
+    match opened {
+        Ok(Ok(db)) => Ok(Handle::ReadOnly(db)),
+        Ok(Err(redb::DatabaseError::RepairAborted)) => {
+            tracing::info!(store = %path.display(), "the store was not closed cleanly; repairing redb's allocator state before reading it");
+            open_database(path, options, true).map(Handle::Writable)
+        }
+        Ok(Err(e)) => Err(map_open_error(path, e)),
+        Err(panic) => Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("the storage engine failed on it: {}", panic_text(&*panic)),
+        }),
+    }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
+fn map_open_error(path: &Path, error: redb::DatabaseError) -> StoreError {
+    match error {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+            path: path.to_path_buf(),
+        },
+        redb::DatabaseError::UpgradeRequired(version) => StoreError::NotFqStore {
+            path: path.to_path_buf(),
+            detail: format!("it uses redb file format {version}, which this build does not read"),
+        },
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if matches!(io.kind(), ErrorKind::UnexpectedEof | ErrorKind::InvalidData) =>
+        {
+            StoreError::NotFqStore {
+                path: path.to_path_buf(),
+                detail: format!("it is not a redb database ({io})"),
+            }
+        }
+        redb::DatabaseError::Storage(storage) => {
+            let mapped = map_storage_error(path, "opening", storage.into());
+            match mapped {
+                StoreError::Storage { source, .. } => StoreError::NotFqStore {
+                    path: path.to_path_buf(),
+                    detail: format!("it is not a readable redb database ({source})"),
+                },
+                other => other,
+            }
+        }
+        other => StoreError::Storage {
+            path: path.to_path_buf(),
+            action: "opening",
+            source: Box::new(other),
+        },
+    }
+}
+
+/// Opens (or, for a new store, creates) the redb database of a store.
+pub(super) fn open_database(
+    path: &Path,
+    options: &StoreOptions,
+    exists: bool,
+) -> Result<Database, StoreError> {
+    let mut builder = Database::builder();
+    builder
+        .set_cache_size(options.cache_bytes)
+        .set_check_integrity_on_open(options.verify_on_open);
+    // redb's consistency checks can panic on a damaged file in debug builds; a damaged file
+    // is bad input, and must come back as an error naming it.
+    let opened = catch_unwind(AssertUnwindSafe(|| match &options.backend {
+        Some(backend) => builder.create_with_backend(backend.handle()),
+        None if exists => builder.open(path),
+        None => create_private(path)
+            .map_err(redb::DatabaseError::from)
+            .and_then(redb::backends::FileBackend::new)
+            .and_then(|backend| builder.create_with_backend(backend)),
+    }));
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e)) => Err(map_open_error(path, e)),
+        Err(panic) => Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("the storage engine failed on it: {}", panic_text(&*panic)),
+        }),
+    }
+}
+
+/// Creates a new store file readable and writable by its owner only: it holds every task's
+/// arguments, which other local users have no business reading.
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
