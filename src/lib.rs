@@ -107,6 +107,7 @@ mod readme;
 mod store;
 mod sync;
 mod task;
+pub mod testing;
 mod worker;
 
 pub use broker::local::RecoveryReport;

@@ -38,5 +38,6 @@ mod retry;
 mod security;
 mod shutdown;
 mod state_machine;
+mod testing;
 mod timeout_cancel;
 mod web_app;
