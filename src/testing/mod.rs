@@ -5,16 +5,19 @@
 //! clock is a [`ManualClock`] that only the test moves. Application code that takes an
 //! `&Engine` or an `impl TaskQueue` runs on it unchanged. Nothing runs until the test says so:
 //!
-//! - [`TestEngine::drain`] runs every task that is due, inline in the calling task, until none
-//!   is; delays and retries wait for the test to [`advance`](ManualClock::advance) the clock;
+//! - [`TestEngine::drain`] runs every task that is due, inline (one at a time, awaited by the
+//!   test), until none is; delays and retries wait for the test to
+//!   [`advance`](ManualClock::advance) the clock;
 //! - [`TestEngine::perform`] runs one task's handler directly and returns its result;
 //! - [`TestEngine::enqueued`] lists what waits, and [`TestEngine::assert_enqueued`] finds a task
 //!   by type or name, queue and arguments ([`Enqueued`]), or panics listing what is there.
 //!
 //! Tasks go through the same store, state machine, attempt runner and events as in production,
 //! so statuses, retries with backoff, timeouts, panics and follow-up tasks behave as they will
-//! in the application. Dropping the `TestEngine` stops its threads and leaves no tokio task
-//! running; [`TestEngine::close`] also checks that nothing else still holds the engine.
+//! in the application. Draining and performing need a tokio runtime (`#[tokio::test]`), on
+//! which handlers run as they would in a worker. Dropping the `TestEngine` stops its threads
+//! and leaves no tokio task running; [`TestEngine::close`] also checks that nothing else still
+//! holds the engine.
 //!
 //! ```
 //! use std::time::Duration;
@@ -248,8 +251,8 @@ impl TestEngine {
             .ok_or_else(|| Error::Internal("a test engine always owns its store".into()))
     }
 
-    /// Runs every task that is due now (by the engine's clock), one at a time in the calling
-    /// task, highest priority first, as a worker serving every queue would, until none is due:
+    /// Runs every task that is due now (by the engine's clock), one at a time while the caller
+    /// awaits, highest priority first, as a worker serving every queue would, until none is due:
     /// tasks that become due meanwhile (follow-ups queued by a handler, retries due at once)
     /// run too; delayed tasks and retries with a backoff wait for the clock. Handlers run
     /// under their timeout, panics are caught, and every outcome is committed and its events

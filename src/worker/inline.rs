@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::manager::{WorkerManager, WorkerReport, release_held};
+use super::manager::{DroppedRun, WorkerManager, WorkerReport, release_held};
 use super::runner::{RunnerEnv, SlotTally, execute, run_attempt};
 use crate::Result;
 use crate::broker::Outcome;
@@ -51,6 +51,14 @@ impl Inline {
     /// # Errors
     /// A claim the engine refuses ([`crate::Error::Poisoned`], [`crate::Error::ShutDown`]).
     pub(crate) async fn drain(&self, budget: u64, report: &mut WorkerReport) -> Result<Drained> {
+        // A drain dropped mid-attempt (a test's timeout) releases what it held, as a dropped
+        // worker run does, instead of leaving it RUNNING until its lease expires.
+        let _dropped = DroppedRun {
+            run: self.env.shutdown.clone(),
+            cleanup: None,
+            env: Arc::clone(&self.env),
+            broker: Arc::clone(&self.env.broker),
+        };
         let mut drained = Drained::default();
         let mut tally = SlotTally::default();
         let mut next = None;

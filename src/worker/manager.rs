@@ -457,12 +457,12 @@ pub(super) async fn release_held(broker: &dyn Broker, held: Vec<(TaskId, u32)>) 
 /// (a `select!` against a web server, a timeout, an abort): on drop it stops the run's claims
 /// and cleanup timer, and releases the attempts its slots still held, as the shutdown timeout
 /// does (its running tasks stop with the run's `JoinSet`). After a normal return there is
-/// nothing left for it to do.
-struct DroppedRun {
-    run: CancellationToken,
-    cleanup: Option<tokio::task::JoinHandle<()>>,
-    env: Arc<RunnerEnv>,
-    broker: Arc<dyn Broker>,
+/// nothing left for it to do. (An inline drain, `worker/inline.rs`, uses it the same way.)
+pub(super) struct DroppedRun {
+    pub(super) run: CancellationToken,
+    pub(super) cleanup: Option<tokio::task::JoinHandle<()>>,
+    pub(super) env: Arc<RunnerEnv>,
+    pub(super) broker: Arc<dyn Broker>,
 }
 
 impl Drop for DroppedRun {

@@ -247,6 +247,34 @@ async fn a_task_that_requeues_itself_at_once_stops_the_drain_at_its_limit() -> f
     Ok(())
 }
 
+/// A drain given up on mid-attempt (here by a timeout shorter than the handler's) releases the
+/// task it was running to PENDING, its attempt uncounted, instead of leaving it RUNNING.
+#[tokio::test]
+async fn a_drain_dropped_mid_attempt_releases_its_task() -> fq::Result<()> {
+    let test = TestEngine::with_registry(registry())?;
+    let id = test
+        .queue_task(Fragile {
+            mode: "hang".into(),
+        })
+        .send()
+        .await?;
+    let gave_up = tokio::time::timeout(Duration::from_millis(10), test.drain()).await;
+    assert!(gave_up.is_err(), "the drain ended: {gave_up:?}");
+    crate::common::eventually(
+        "the task released",
+        crate::common::PATIENCE,
+        Duration::from_millis(5),
+        || async { test.task(id).await.unwrap().unwrap().status == TaskStatus::Pending },
+    )
+    .await;
+    let record = test.task(id).await?.unwrap();
+    assert_eq!(record.attempts, 0);
+    // It runs again on the next drain (and times out, for good: Fragile's default retries
+    // leave it RETRYING).
+    assert_eq!(test.drain().await?.retried, 1);
+    Ok(())
+}
+
 #[tokio::test]
 async fn perform_runs_one_handler_and_returns_its_result_or_its_failure() -> fq::Result<()> {
     let test = TestEngine::with_registry(registry())?;
