@@ -126,9 +126,9 @@ pub enum TestingError {
 /// the [module docs](crate::testing).
 #[derive(Debug)]
 pub struct TestEngine {
-    // Declared first so that it drops first: the engine's threads stop before the rest goes.
     engine: Engine,
-    /// Runs the drains: the registry and the engine's task defaults.
+    /// Runs the drains: the registry and the engine's task defaults. It holds the engine's
+    /// broker too, so the engine's threads stop once both have dropped.
     worker: WorkerManager,
     clock: Arc<ManualClock>,
     /// The memory the store lives in; held here to tell when the store has closed.

@@ -103,7 +103,8 @@ impl Inline {
 
     /// Runs the handler registered for `record` as an attempt runs it (its timeout, panic
     /// capture, a context that queues follow-ups on the engine), for a record that is not in
-    /// the store: nothing is claimed, settled or emitted. `None` if the attempt was abandoned.
+    /// the store: nothing is claimed, settled or emitted (its heartbeats find no lease and are
+    /// ignored). `None` if the attempt was abandoned.
     pub(crate) async fn perform(&self, record: &TaskRecord) -> Option<Outcome> {
         execute(record, &self.env).await
     }
