@@ -106,6 +106,10 @@ pub enum Error {
     /// refusing, a topology conflict, a full outbox.
     #[error(transparent)]
     Rabbit(#[from] crate::broker::RabbitError),
+    /// A test helper of [`crate::testing`] could not do what it was asked: a drain that never
+    /// ends, a test engine still open after `close`.
+    #[error(transparent)]
+    Testing(#[from] crate::testing::TestingError),
 }
 
 impl Error {

@@ -70,6 +70,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Testing
+//! [`testing::TestEngine`] is an engine for application tests: its store lives in memory, its
+//! clock moves only when the test advances it, `drain()` runs what is due inline, `perform`
+//! runs one handler, and `assert_enqueued` checks what code under test queued.
+//!
 //! ## Features
 //! `cli` (default): the `fq` binary and `fq::cli::run`. `rabbitmq`: the RabbitMQ bridge
 //! (lapin, on tokio, without TLS); without it, `broker: rabbitmq` is refused with
@@ -79,7 +84,8 @@
 //! `task` (definitions, records, retry policy) · `store` (the redb file) · `queue` (ready heap,
 //! delay index) · `broker` (the transport seam; `local` is the embedded engine, `rabbitmq` the
 //! RabbitMQ bridge) · `events` · `worker` (manager, runner) · `control` (the control socket:
-//! protocol, server, remote broker) · `config` · `engine` (wiring). See ARCHITECTURE.md.
+//! protocol, server, remote broker) · `config` · `engine` (wiring) · `testing` (test helpers
+//! for applications). See ARCHITECTURE.md.
 
 // fq runs on Unix only (the control socket is a Unix socket, the free-space watermark reads
 // statvfs): one clear error instead of a cascade of them elsewhere.
@@ -107,6 +113,7 @@ mod readme;
 mod store;
 mod sync;
 mod task;
+pub mod testing;
 mod worker;
 
 pub use broker::local::RecoveryReport;

@@ -318,6 +318,11 @@ impl Engine {
             .and_then(ControlServer::tcp_addr)
     }
 
+    /// The embedded broker, when this engine owns its store (for `fq::testing`'s drain).
+    pub(crate) fn local(&self) -> Option<&Arc<LocalBroker>> {
+        self.inner.local.as_ref()
+    }
+
     /// True when this engine owns its store file (opened, not connected).
     pub fn is_embedded(&self) -> bool {
         self.inner.local.is_some()

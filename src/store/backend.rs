@@ -1,5 +1,6 @@
 //! A redb storage backend handed in from outside (tests that simulate power loss and failing
-//! disks), shared so that store options stay cloneable and a test keeps its own handle.
+//! disks, and `fq::testing`'s stores in memory), shared so that store options stay cloneable
+//! and a test keeps its own handle.
 
 use std::ops::Bound;
 use std::sync::Arc;
@@ -20,6 +21,18 @@ impl<B: StorageBackend> From<B> for CustomBackend {
 }
 
 impl CustomBackend {
+    /// Storage in memory (redb's `InMemoryBackend`): no file, and a commit's fsync costs
+    /// nothing. For `fq::testing`.
+    pub(crate) fn in_memory() -> Self {
+        Self::from(redb::backends::InMemoryBackend::new())
+    }
+
+    /// True while a store (or another handle) still holds this storage: false once every
+    /// store opened on it has closed, its engine threads joined.
+    pub(crate) fn is_held_elsewhere(&self) -> bool {
+        Arc::strong_count(&self.0) > 1
+    }
+
     /// The handle redb opens: another reference to the same storage.
     pub(super) fn handle(&self) -> SharedBackend {
         SharedBackend(Arc::clone(&self.0))

@@ -55,7 +55,8 @@ impl ShutdownHandle {
     }
 }
 
-/// What a worker did between `start` and its return.
+/// What a worker did between `start` and its return (or, for `fq::testing`, what one
+/// `TestEngine::drain` ran).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct WorkerReport {
     /// Attempts that completed their task.
@@ -226,6 +227,23 @@ impl WorkerManager {
         Ok(self.queues.iter().map(|q| Arc::from(q.as_str())).collect())
     }
 
+    /// What every attempt of one run over `queues` shares; `shutdown` ends the run.
+    pub(super) fn runner_env(
+        &self,
+        queues: Vec<Arc<str>>,
+        shutdown: CancellationToken,
+    ) -> Arc<RunnerEnv> {
+        Arc::new(RunnerEnv {
+            broker: Arc::clone(&self.broker),
+            registry: Arc::clone(&self.registry),
+            defaults: Arc::clone(&self.defaults),
+            heartbeat_every: self.heartbeat_every,
+            queues,
+            shutdown,
+            running: std::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
     /// Runs until shutdown (a [`ShutdownHandle`], or SIGINT/SIGTERM unless disabled).
     ///
     /// # Errors
@@ -260,15 +278,7 @@ impl WorkerManager {
                 }
             })
         });
-        let env = Arc::new(RunnerEnv {
-            broker: Arc::clone(&self.broker),
-            registry: Arc::clone(&self.registry),
-            defaults: Arc::clone(&self.defaults),
-            heartbeat_every: self.heartbeat_every,
-            queues: queues.clone(),
-            shutdown: shutdown.clone(),
-            running: std::sync::Mutex::new(HashMap::new()),
-        });
+        let env = self.runner_env(queues.clone(), shutdown.clone());
         let _dropped = DroppedRun {
             run: shutdown.clone(),
             cleanup,
@@ -353,17 +363,22 @@ impl WorkerManager {
     }
 }
 
+impl WorkerReport {
+    /// Adds what one slot did.
+    pub(super) fn add(&mut self, slot: SlotTally) {
+        self.completed += slot.completed;
+        self.retried += slot.retried;
+        self.failed += slot.failed;
+        self.unrecorded += slot.unrecorded;
+    }
+}
+
 fn tally(
     report: &mut WorkerReport,
     joined: std::result::Result<SlotTally, tokio::task::JoinError>,
 ) {
     match joined {
-        Ok(slot) => {
-            report.completed += slot.completed;
-            report.retried += slot.retried;
-            report.failed += slot.failed;
-            report.unrecorded += slot.unrecorded;
-        }
+        Ok(slot) => report.add(slot),
         // A slot aborted at the shutdown timeout: its attempt is released from the held set.
         Err(error) if error.is_cancelled() => {}
         Err(error) => {
@@ -419,7 +434,7 @@ fn within(key: &'static str, value: u64, max: u64) -> Result<()> {
 
 /// Releases attempts still held at shutdown to PENDING (their attempt uncounted); returns how
 /// many were.
-async fn release_held(broker: &dyn Broker, held: Vec<(TaskId, u32)>) -> u64 {
+pub(super) async fn release_held(broker: &dyn Broker, held: Vec<(TaskId, u32)>) -> u64 {
     let mut released = 0;
     for (id, attempt) in held {
         let settlement = Settlement {
@@ -442,12 +457,12 @@ async fn release_held(broker: &dyn Broker, held: Vec<(TaskId, u32)>) -> u64 {
 /// (a `select!` against a web server, a timeout, an abort): on drop it stops the run's claims
 /// and cleanup timer, and releases the attempts its slots still held, as the shutdown timeout
 /// does (its running tasks stop with the run's `JoinSet`). After a normal return there is
-/// nothing left for it to do.
-struct DroppedRun {
-    run: CancellationToken,
-    cleanup: Option<tokio::task::JoinHandle<()>>,
-    env: Arc<RunnerEnv>,
-    broker: Arc<dyn Broker>,
+/// nothing left for it to do. (An inline drain, `worker/inline.rs`, uses it the same way.)
+pub(super) struct DroppedRun {
+    pub(super) run: CancellationToken,
+    pub(super) cleanup: Option<tokio::task::JoinHandle<()>>,
+    pub(super) env: Arc<RunnerEnv>,
+    pub(super) broker: Arc<dyn Broker>,
 }
 
 impl Drop for DroppedRun {

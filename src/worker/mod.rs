@@ -1,6 +1,8 @@
 //! Running tasks: the [`WorkerManager`] (queues, concurrency, polling bound, cleanup,
-//! shutdown) and the per-attempt runner (timeout, panic capture, heartbeats, settlement).
+//! shutdown), the per-attempt runner (timeout, panic capture, heartbeats, settlement), and the
+//! same attempts run inline by their caller (`fq::testing`).
 
+mod inline;
 mod manager;
 mod runner;
 mod signals;

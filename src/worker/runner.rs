@@ -32,7 +32,7 @@ pub(super) struct RunnerEnv {
 }
 
 impl RunnerEnv {
-    fn hold(&self, id: TaskId, attempt: u32) {
+    pub(super) fn hold(&self, id: TaskId, attempt: u32) {
         self.running
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -58,7 +58,7 @@ impl RunnerEnv {
 
 /// How an attempt ended, for the worker's tally.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Tally {
+pub(super) enum Tally {
     Completed,
     Retrying,
     Failed,
@@ -76,7 +76,7 @@ pub(super) struct SlotTally {
 }
 
 impl SlotTally {
-    fn add(&mut self, tally: Tally) {
+    pub(super) fn add(&mut self, tally: Tally) {
         match tally {
             Tally::Completed => self.completed += 1,
             Tally::Retrying => self.retried += 1,
@@ -125,7 +125,7 @@ fn failed(kind: FailureKind, message: String, retry_after: Option<Duration>) -> 
 }
 
 /// Runs the handler; `None` when the attempt lost its lease and must not be settled.
-async fn execute(record: &TaskRecord, env: &RunnerEnv) -> Option<Outcome> {
+pub(super) async fn execute(record: &TaskRecord, env: &RunnerEnv) -> Option<Outcome> {
     let Some(handler) = env.registry.get(&record.name) else {
         let known = env.registry.names().join(", ");
         return Some(failed(
@@ -195,7 +195,10 @@ async fn execute(record: &TaskRecord, env: &RunnerEnv) -> Option<Outcome> {
 }
 
 /// Runs one claimed attempt to its settlement; returns the next task claimed with it.
-async fn run_attempt(record: TaskRecord, env: &RunnerEnv) -> (Tally, Option<TaskRecord>) {
+pub(super) async fn run_attempt(
+    record: TaskRecord,
+    env: &RunnerEnv,
+) -> (Tally, Option<TaskRecord>) {
     let span = tracing::debug_span!(
         "task",
         task.id = %record.id,

@@ -6,7 +6,8 @@ use crate::common;
 use std::time::Duration;
 
 use chrono::TimeDelta;
-use fq::{Registry, TaskError, TaskStatus};
+use fq::testing::TestEngine;
+use fq::{Registry, TaskError, TaskStatus, WorkerReport};
 use serde_json::json;
 
 fn registry() -> Registry {
@@ -20,49 +21,34 @@ fn registry() -> Registry {
 
 #[tokio::test]
 async fn delayed_and_scheduled_tasks_wait_for_their_time() -> fq::Result<()> {
-    let (_dir, engine, clock) = common::manual_engine();
-    let start = clock.now();
-    let delayed = engine
+    let test = TestEngine::with_registry(registry())?;
+    let start = test.clock().now();
+    let delayed = test
         .queue_task_named("test.noop", &json!({"kwargs": {"which": "delayed"}}))
         .delay(3600u64)
         .send()
         .await?;
-    let scheduled = engine
+    let scheduled = test
         .queue_task_named("test.noop", &json!({"kwargs": {"which": "scheduled"}}))
         .schedule_at(start + TimeDelta::hours(2))
         .send()
         .await?;
-    let mut events = engine.events().subscribe();
-    let worker = common::start_worker(&engine, registry(), &["default"], 4);
-
-    // A marker task queued now runs at once; once it has, the worker has looked at the queue
-    // and left the two future tasks alone.
-    let marker = engine
-        .queue_task_named("test.noop", &json!({}))
-        .send()
-        .await?;
-    common::task_event(&mut events, "worker.task.after_execution", marker).await;
+    assert_eq!(test.drain().await?, WorkerReport::default());
     for id in [delayed, scheduled] {
-        let record = engine.task(id).await?.unwrap();
+        let record = test.task(id).await?.unwrap();
         assert_eq!(record.status, TaskStatus::Pending);
         assert_eq!(record.started_at, None);
     }
 
-    clock.advance(Duration::from_millis(3_599_999));
-    let marker = engine
-        .queue_task_named("test.noop", &json!({}))
-        .send()
-        .await?;
-    common::task_event(&mut events, "worker.task.after_execution", marker).await;
+    test.clock().advance(Duration::from_millis(3_599_999));
     assert_eq!(
-        engine.task(delayed).await?.unwrap().status,
-        TaskStatus::Pending,
+        test.drain().await?,
+        WorkerReport::default(),
         "ran 1 ms early"
     );
-
-    clock.advance(Duration::from_millis(1));
-    let done = common::task_event(&mut events, "worker.task.after_execution", delayed).await;
-    let record = engine.task(delayed).await?.unwrap();
+    test.clock().advance(Duration::from_millis(1));
+    assert_eq!(test.drain().await?.completed, 1);
+    let record = test.task(delayed).await?.unwrap();
     assert_eq!(record.status, TaskStatus::Completed);
     assert_eq!(record.scheduled_at, start + TimeDelta::hours(1));
     assert_eq!(
@@ -70,64 +56,60 @@ async fn delayed_and_scheduled_tasks_wait_for_their_time() -> fq::Result<()> {
         Some(start + TimeDelta::hours(1)),
         "started late"
     );
-    assert_eq!(done.task.id, delayed);
     assert_eq!(
-        engine.task(scheduled).await?.unwrap().status,
+        test.task(scheduled).await?.unwrap().status,
         TaskStatus::Pending
     );
 
-    clock.advance(Duration::from_secs(3600));
-    common::task_event(&mut events, "worker.task.after_execution", scheduled).await;
-    let record = engine.task(scheduled).await?.unwrap();
+    test.clock().advance(Duration::from_secs(3600));
+    assert_eq!(test.drain().await?.completed, 1);
+    let record = test.task(scheduled).await?.unwrap();
     assert_eq!(record.started_at, Some(start + TimeDelta::hours(2)));
-    worker.stop().await;
     Ok(())
 }
 
 #[tokio::test]
 async fn schedule_at_wins_over_delay_and_a_past_time_means_now() -> fq::Result<()> {
-    let (_dir, engine, clock) = common::manual_engine();
-    let start = clock.now();
-    let both = engine
+    let test = TestEngine::with_registry(registry())?;
+    let start = test.clock().now();
+    let both = test
         .queue_task_named("test.noop", &json!({}))
         .delay(Duration::from_secs(10))
         .schedule_at(start + TimeDelta::minutes(5))
         .send()
         .await?;
     assert_eq!(
-        engine.task(both).await?.unwrap().scheduled_at,
+        test.task(both).await?.unwrap().scheduled_at,
         start + TimeDelta::minutes(5)
     );
 
-    let past = engine
+    let past = test
         .queue_task_named("test.noop", &json!({}))
         .schedule_at(start - TimeDelta::days(3))
         .send()
         .await?;
-    let mut events = engine.events().subscribe();
-    let worker = common::start_worker(&engine, registry(), &["default"], 1);
-    common::task_event(&mut events, "worker.task.after_execution", past).await;
+    assert_eq!(test.drain().await?.completed, 1);
     assert_eq!(
-        engine.task(both).await?.unwrap().status,
-        TaskStatus::Pending
+        test.task(past).await?.unwrap().status,
+        TaskStatus::Completed
     );
-    worker.stop().await;
+    assert_eq!(test.task(both).await?.unwrap().status, TaskStatus::Pending);
     Ok(())
 }
 
 #[tokio::test]
 async fn timedelta_delays_work_and_negative_ones_are_refused() -> fq::Result<()> {
-    let (_dir, engine, clock) = common::manual_engine();
-    let id = engine
+    let test = TestEngine::new()?;
+    let id = test
         .queue_task_named("test.noop", &json!({}))
         .delay(TimeDelta::hours(1) + TimeDelta::minutes(30))
         .send()
         .await?;
     assert_eq!(
-        engine.task(id).await?.unwrap().scheduled_at,
-        clock.now() + TimeDelta::minutes(90)
+        test.task(id).await?.unwrap().scheduled_at,
+        test.clock().now() + TimeDelta::minutes(90)
     );
-    let err = engine
+    let err = test
         .queue_task_named("test.noop", &json!({}))
         .delay(TimeDelta::seconds(-5))
         .send()
@@ -140,6 +122,8 @@ async fn timedelta_delays_work_and_negative_ones_are_refused() -> fq::Result<()>
     Ok(())
 }
 
+/// On a store file and a real worker: the timer thread wakes the worker when the clock
+/// reaches a due time (the test engine above drains instead).
 #[tokio::test]
 async fn delayed_tasks_survive_a_reopen_and_still_wait() -> fq::Result<()> {
     let (dir, engine, clock) = common::manual_engine();

@@ -39,5 +39,6 @@ mod security;
 mod settings;
 mod shutdown;
 mod state_machine;
+mod testing;
 mod timeout_cancel;
 mod web_app;

@@ -230,6 +230,25 @@ impl LocalBroker {
         read_off_the_runtime(&self.store, read).await
     }
 
+    /// Moves the tasks whose time has come (by the clock, now) from the delay index to the
+    /// ready heap, as the timer thread does, and wakes waiting claims; how many moved. Lets
+    /// `fq::testing` drain right after advancing a manual clock, without racing the timer.
+    pub(crate) fn promote_due(&self) -> usize {
+        let moved = self
+            .shared
+            .delayed
+            .promote_due(self.shared.clock.now_ms(), &self.shared.ready);
+        if moved > 0 {
+            self.shared.work.notify_waiters();
+        }
+        moved
+    }
+
+    /// The queues this engine has seen tasks in since it opened (ready, delayed or claimed).
+    pub(crate) fn queue_names(&self) -> Vec<Arc<str>> {
+        self.shared.ready.names()
+    }
+
     fn lease_deadline(&self) -> Millis {
         self.shared
             .clock

@@ -170,7 +170,8 @@ pub(crate) fn error_to_wire(error: &Error) -> WireError {
         Error::Config(_) => WireError::new("config", message),
         Error::InvalidRegistration(_) => WireError::new("invalid_registration", message),
         Error::UnknownEvent(_) => WireError::new("unknown_event", message),
-        Error::Internal(_) => WireError::new("internal", message),
+        // A test helper's error never crosses a socket; it reads as internal if one did.
+        Error::Internal(_) | Error::Testing(_) => WireError::new("internal", message),
         Error::Control(_) => WireError::new("control", message),
         Error::Connect { .. } => WireError::new("connect", message),
         Error::Rabbit(_) => WireError::new("rabbitmq", message),
