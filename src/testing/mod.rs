@@ -22,7 +22,7 @@
 //! ```
 //! use std::time::Duration;
 //! use fq::testing::{Enqueued, TestEngine};
-//! use fq::{Registry, Task, TaskContext, TaskError, TaskStatus};
+//! use fq::{Registry, Task, TaskContext, TaskError, TaskSettings, TaskStatus};
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Serialize, Deserialize)]
@@ -30,7 +30,7 @@
 //!
 //! impl Task for SendEmail {
 //!     const NAME: &'static str = "myapp.tasks.send_email";
-//!     const QUEUE: &'static str = "emails";
+//!     const SETTINGS: TaskSettings = TaskSettings::new().queue("emails");
 //!     type Output = String;
 //!     async fn run(self, ctx: TaskContext) -> Result<String, TaskError> {
 //!         if ctx.attempt() == 1 {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::{TimeDelta, TimeZone, Utc};
 use fq::testing::{Enqueued, TestEngine, TestingError};
-use fq::{FailureKind, Registry, Task, TaskContext, TaskError, TaskStatus};
+use fq::{FailureKind, Registry, Task, TaskContext, TaskError, TaskSettings, TaskStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -47,7 +47,7 @@ struct Welcome {
 
 impl Task for Welcome {
     const NAME: &'static str = "test.welcome";
-    const QUEUE: &'static str = "emails";
+    const SETTINGS: TaskSettings = TaskSettings::new().queue("emails");
     type Output = serde_json::Value;
 
     /// Fails its first attempt (retried after the backoff), then sends.
@@ -66,7 +66,7 @@ struct Reminder {
 
 impl Task for Reminder {
     const NAME: &'static str = "test.reminder";
-    const QUEUE: &'static str = "emails";
+    const SETTINGS: TaskSettings = TaskSettings::new().queue("emails");
     type Output = ();
 
     async fn run(self, _ctx: TaskContext) -> Result<(), TaskError> {
@@ -102,7 +102,7 @@ struct Fragile {
 
 impl Task for Fragile {
     const NAME: &'static str = "test.fragile";
-    const TIMEOUT: Option<Duration> = Some(Duration::from_millis(50));
+    const SETTINGS: TaskSettings = TaskSettings::new().timeout(Duration::from_millis(50));
     type Output = u32;
 
     async fn run(self, _ctx: TaskContext) -> Result<u32, TaskError> {
