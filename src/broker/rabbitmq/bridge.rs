@@ -349,6 +349,12 @@ impl Bridge {
                     }
                 }
             }
+            // Closed here rather than dropped: a channel dropped open is closed by lapin in
+            // the background, racing the connection's own close when a one-shot command ends
+            // (lapin then logs "invalid connection state" errors).
+            if let Some(open) = channel {
+                let _ = open.close(200, "fq stats done".into()).await;
+            }
             Ok::<(), RabbitError>(())
         })
         .await;

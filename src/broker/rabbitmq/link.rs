@@ -33,6 +33,8 @@ const BACKOFF_JITTER: f64 = 0.25;
 const WATCH_EVERY: Duration = Duration::from_millis(100);
 /// Failed attempts are logged at warn level at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(30);
+/// How long a stopping link waits for a connection attempt in flight, and then for a clean close.
+const STOP_WAIT: Duration = Duration::from_secs(1);
 
 /// Where and how to connect: the URL without its password, and the password apart.
 #[derive(Clone)]
@@ -495,9 +497,23 @@ impl Link {
         let mut backoff = RetryPolicy::reconnect_backoff(BACKOFF_MIN, BACKOFF_MAX, BACKOFF_JITTER);
         let mut last_log: Option<std::time::Instant> = None;
         while !stop.is_cancelled() {
+            let opening = self.open();
+            tokio::pin!(opening);
             let opened = tokio::select! {
-                opened = self.open() => opened,
-                () = stop.cancelled() => break,
+                opened = &mut opening => opened,
+                () = stop.cancelled() => {
+                    // A connection dropped half-open leaves lapin's I/O loop running into the
+                    // runtime's end (a short-lived process then prints its panic): let the
+                    // attempt finish, briefly, and close what it opened.
+                    if let Ok(Ok(session)) = tokio::time::timeout(STOP_WAIT, &mut opening).await {
+                        let _ = tokio::time::timeout(
+                            STOP_WAIT,
+                            session.connection.close(200, "fq engine stopped".into()),
+                        )
+                        .await;
+                    }
+                    break;
+                }
             };
             let session = match opened {
                 Ok(session) => Arc::new(session),
@@ -549,7 +565,7 @@ impl Link {
             if stop.is_cancelled() {
                 // A clean close tells RabbitMQ to requeue unacknowledged deliveries at once.
                 let _ = tokio::time::timeout(
-                    Duration::from_secs(1),
+                    STOP_WAIT,
                     session.connection.close(200, "fq engine stopped".into()),
                 )
                 .await;
