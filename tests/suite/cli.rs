@@ -1195,3 +1195,30 @@ fn an_at_time_in_the_past_is_refused_unless_allowed_and_then_due_now() {
     let kept = fq.enqueue(&["fq.demo.echo", "--at", &moment_ago]);
     assert_eq!(kept["scheduled_at"], moment_ago.as_str());
 }
+
+#[test]
+fn rust_log_sets_the_filter_and_a_bad_one_is_named_not_ignored_silently() {
+    let fq = Fq::new();
+    fq.enqueue(&["fq.demo.echo"]);
+    let plain = fq.run(&["enqueue", "fq.demo.echo"]);
+    assert!(!plain.stderr.contains("store opened"), "{plain:#?}");
+    let debug = output(
+        fq.command(&["enqueue", "fq.demo.echo"])
+            .env("RUST_LOG", "fq=debug"),
+    );
+    assert!(debug.stderr.contains("store opened"), "{debug:#?}");
+    let other = output(
+        fq.command(&["enqueue", "fq.demo.echo"])
+            .env("RUST_LOG", "lapin=debug"),
+    );
+    assert!(!other.stderr.contains("store opened"), "{other:#?}");
+    let bad = output(
+        fq.command(&["enqueue", "fq.demo.echo"])
+            .env("RUST_LOG", "fq=loud"),
+    );
+    assert_eq!(bad.code, Some(0), "{bad:#?}");
+    assert!(
+        bad.stderr.contains("ignoring RUST_LOG=\"fq=loud\""),
+        "{bad:#?}"
+    );
+}
