@@ -10,7 +10,8 @@
 //! nothing of it, and refuses writes until reopened.
 //!
 //! Deterministic (no random seed) and of one size; `FQ_DISK_FULL_SIMULATED=1` takes the
-//! fallback paths even where mounting works. `cargo test --test suite -- disk_full:: --nocapture`
+//! fallback paths even where mounting works, and `FQ_REQUIRE_TMPFS=1` (as `.ci/run` sets) makes
+//! a tmpfs that cannot be mounted a failure instead of a fallback. `cargo test --test suite -- disk_full:: --nocapture`
 //! shows the figures.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -40,6 +41,7 @@ impl Tmpfs {
             println!("  FQ_DISK_FULL_SIMULATED is set: using the simulated disk");
             return None;
         }
+        let required = std::env::var_os("FQ_REQUIRE_TMPFS").is_some_and(|v| v == "1");
         let dir = tempfile::tempdir().ok()?;
         let status = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
@@ -48,13 +50,21 @@ impl Tmpfs {
         match status {
             Ok(out) if out.status.success() => Some(Tmpfs { dir }),
             Ok(out) => {
-                println!(
-                    "  cannot mount a tmpfs ({}): using the simulated disk",
-                    String::from_utf8_lossy(&out.stderr).trim()
+                let reason = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+                assert!(
+                    !required,
+                    "cannot mount a tmpfs ({reason}) and FQ_REQUIRE_TMPFS=1: the weaker \
+                     fallback does not count here"
                 );
+                println!("  cannot mount a tmpfs ({reason}): using the simulated disk");
                 None
             }
             Err(error) => {
+                assert!(
+                    !required,
+                    "cannot run mount ({error}) and FQ_REQUIRE_TMPFS=1: the weaker fallback \
+                     does not count here"
+                );
                 println!("  cannot run mount ({error}): using the simulated disk");
                 None
             }
@@ -494,4 +504,25 @@ async fn regression_reads_failed_after_a_commit_ran_out_of_space() {
         "  {} tasks acknowledged before ENOSPC; all read back and listed on the refusing engine",
         acked.len()
     );
+}
+
+/// Negative control of `FQ_REQUIRE_TMPFS`: where `mount` cannot run (no `PATH` here), a run that
+/// requires the tmpfs fails instead of quietly taking the simulated disk.
+#[test]
+fn requiring_the_tmpfs_fails_where_it_cannot_be_mounted() {
+    let out = crate::common::child::rerun(
+        "disk_full::a_disk_filled_past_the_watermark_fails_the_commit_as_storage_full_and_loses_nothing",
+    )
+    .env("PATH", "")
+    .env("FQ_REQUIRE_TMPFS", "1")
+    .env_remove("FQ_DISK_FULL_SIMULATED")
+    .output()
+    .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "the child passed: {said}");
+    assert!(said.contains("and FQ_REQUIRE_TMPFS=1"), "{said}");
 }

@@ -637,9 +637,18 @@ fn sweep_run(seed: u64, operations: usize, mode: FailMode) -> (SweepFigures, Vec
             for _ in 0..operations {
                 let failures_before = disk.failures();
                 match workload.step(&engine).await {
-                    Ok(_) => {
+                    Ok(acknowledged) => {
                         if disk.failures() > failures_before {
                             figures.absorbed += 1;
+                        }
+                        // RELIABILITY.md: nothing is acknowledged after a failed write or sync.
+                        if acknowledged && disk.write_failures() > 0 {
+                            problems.push(format!(
+                                "an operation was acknowledged after {} failed write(s) or \
+                                 sync(s) (first failure at storage operation {:?})",
+                                disk.write_failures(),
+                                disk.first_failure()
+                            ));
                         }
                     }
                     Err(error) => {
@@ -783,7 +792,7 @@ fn error_sweep_fails_every_operation_of_a_100_operation_workload() {
                         FailMode::Persistent(_) => "persistent",
                         FailMode::Transient(_) => "transient",
                         FailMode::SyncOnly(_) => "sync_data only",
-                        FailMode::Never => "never",
+                        FailMode::SyncLies(_) | FailMode::Never => "never",
                     };
                     let total = figures.entry(name).or_default();
                     total.runs += run.runs;
@@ -840,4 +849,26 @@ fn error_sweep_fails_every_operation_of_a_100_operation_workload() {
     }
     assert!(problems.is_empty(), "FQ_SEED={seed}: {problems:#?}");
     assert_eq!(panicked, 0, "FQ_SEED={seed}: a thread panicked");
+}
+
+/// Negative control of the sweep: a disk that says it synced and did not (as an engine that
+/// swallowed a failed fsync would look from outside) loses acknowledged operations when it
+/// heals, and the sweep's checks must say so.
+#[test]
+fn error_sweep_catches_a_disk_that_loses_what_it_said_it_synced() {
+    let seed = seed();
+    let (figures, problems) = sweep_run(seed, 100, FailMode::SyncLies(20));
+    assert_eq!(
+        figures.surfaced, 0,
+        "a lying disk never refuses: {figures:?}"
+    );
+    println!(
+        "the lying disk: {} problem(s), first: {:?}",
+        problems.len(),
+        problems.first()
+    );
+    assert!(
+        problems.iter().any(|p| p.contains("acknowledged")),
+        "FQ_SEED={seed}: the healed lying disk lost acknowledged operations unnoticed: {problems:#?}"
+    );
 }

@@ -233,17 +233,27 @@ pub enum FailMode {
     Transient(u64),
     /// The Nth `sync_data` (counted among syncs only) and every sync after it.
     SyncOnly(u64),
+    /// A lying disk, for negative controls: from the Nth `sync_data` on, syncs report success
+    /// without making anything durable, and no failure is counted.
+    SyncLies(u64),
 }
 
 #[derive(Debug)]
 struct Failing {
+    /// What reads see: every write so far, synced or not (the page cache).
     bytes: Vec<u8>,
+    /// What the disk holds for sure: the bytes as of the last successful sync.
+    durable: Vec<u8>,
+    /// Writes and length changes since the last successful sync, in order.
+    unsynced: Vec<Op>,
     mode: FailMode,
     ops: u64,
     syncs: u64,
     /// The operation number (among all) of the first injected failure.
     first_failure: Option<u64>,
     failures: u64,
+    /// Injected failures of writes, length changes and syncs (not reads).
+    write_failures: u64,
     /// Writes and length changes that would grow the storage past this fail with
     /// `StorageFull` (ENOSPC).
     capacity: Option<u64>,
@@ -260,12 +270,15 @@ impl FailingBackend {
     pub fn new(bytes: Vec<u8>, mode: FailMode) -> Self {
         Self {
             inner: Arc::new(Mutex::new(Failing {
+                durable: bytes.clone(),
                 bytes,
+                unsynced: Vec::new(),
                 mode,
                 ops: 0,
                 syncs: 0,
                 first_failure: None,
                 failures: 0,
+                write_failures: 0,
                 capacity: None,
                 full_refusals: 0,
             })),
@@ -277,9 +290,14 @@ impl FailingBackend {
         Self::new(bytes, FailMode::Never)
     }
 
-    /// Stops injecting failures (the disk was replaced, the cable reseated).
+    /// Stops injecting failures (the disk was replaced, the cable reseated), and loses every
+    /// write no successful sync covered, as a disk whose cache is gone: an engine that
+    /// acknowledged a change after a failed write or sync finds it missing.
     pub fn heal(&self) {
-        lock(&self.inner).mode = FailMode::Never;
+        let mut inner = lock(&self.inner);
+        inner.mode = FailMode::Never;
+        inner.bytes = inner.durable.clone();
+        inner.unsynced.clear();
     }
 
     /// Sets the most bytes the disk holds (`None`: unlimited).
@@ -307,6 +325,11 @@ impl FailingBackend {
         lock(&self.inner).failures
     }
 
+    /// Injected failures of writes, length changes and syncs so far.
+    pub fn write_failures(&self) -> u64 {
+        lock(&self.inner).write_failures
+    }
+
     /// Writes refused for want of space so far.
     pub fn full_refusals(&self) -> u64 {
         lock(&self.inner).full_refusals
@@ -318,7 +341,8 @@ impl FailingBackend {
     }
 
     /// Counts one operation and decides whether it fails.
-    fn check(&self, is_sync: bool) -> io::Result<MutexGuard<'_, Failing>> {
+    fn check(&self, kind: OpKind) -> io::Result<MutexGuard<'_, Failing>> {
+        let is_sync = kind == OpKind::Sync;
         let mut inner = lock(&self.inner);
         inner.ops += 1;
         if is_sync {
@@ -329,11 +353,15 @@ impl FailingBackend {
             FailMode::Persistent(n) => inner.ops >= n,
             FailMode::Transient(n) => inner.ops == n,
             FailMode::SyncOnly(n) => is_sync && inner.syncs >= n,
+            FailMode::SyncLies(_) => false,
         };
         if fail {
             let op = inner.ops;
             inner.first_failure.get_or_insert(op);
             inner.failures += 1;
+            if kind != OpKind::Read {
+                inner.write_failures += 1;
+            }
             return Err(io::Error::other(format!(
                 "injected i/o error at operation {op}"
             )));
@@ -355,30 +383,55 @@ impl FailingBackend {
     }
 }
 
+/// What a storage operation does, for counting its failures apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OpKind {
+    Read,
+    Write,
+    Sync,
+}
+
 impl StorageBackend for FailingBackend {
     fn len(&self) -> io::Result<u64> {
-        Ok(self.check(false)?.bytes.len() as u64)
+        Ok(self.check(OpKind::Read)?.bytes.len() as u64)
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
-        read_from(&self.check(false)?.bytes, offset, out)
+        read_from(&self.check(OpKind::Read)?.bytes, offset, out)
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        let mut inner = self.check(false)?;
+        let mut inner = self.check(OpKind::Write)?;
         Self::room(&mut inner, len)?;
         inner.bytes.resize(len as usize, 0);
+        inner.unsynced.push(Op::SetLen(len));
         Ok(())
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        self.check(true).map(drop)
+        let mut inner = self.check(OpKind::Sync)?;
+        if let FailMode::SyncLies(n) = inner.mode
+            && inner.syncs >= n
+        {
+            return Ok(());
+        }
+        let Failing {
+            durable, unsynced, ..
+        } = &mut *inner;
+        for op in unsynced.drain(..) {
+            op.apply(durable);
+        }
+        Ok(())
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        let mut inner = self.check(false)?;
+        let mut inner = self.check(OpKind::Write)?;
         Self::room(&mut inner, offset + data.len() as u64)?;
         write_into(&mut inner.bytes, offset, data);
+        inner.unsynced.push(Op::Write {
+            offset,
+            data: data.to_vec(),
+        });
         Ok(())
     }
 }
