@@ -43,6 +43,9 @@ pub(crate) struct BenchParams {
 /// Latency of the mixed steady state.
 #[derive(Clone, Debug, Default, Serialize)]
 pub(crate) struct MixedReport {
+    /// Tasks queued and started.
+    #[serde(skip)]
+    pub(crate) tasks: u64,
     /// Enqueue rate offered (half the measured drain rate), tasks/s.
     pub(crate) offered_per_sec: f64,
     /// Tasks completed per second while the load was offered.
@@ -86,8 +89,22 @@ pub(crate) struct BenchReport {
     pub(crate) mixed: MixedReport,
     /// Store file size divided by the tasks it holds (after the batch phase).
     pub(crate) store_bytes_per_task: f64,
-    /// Time to reopen the store holding `tasks` pending tasks, seconds.
+    /// Time to reopen the store holding `tasks` pending tasks as its owner would, seconds:
+    /// in a fresh process (`fq bench-open`), every page checksum verified, recovery run.
     pub(crate) reopen_seconds: f64,
+    /// The same reopen in this process right after the store was written, without checksum
+    /// verification (the page cache warm): a lower bound, not what a user gets.
+    pub(crate) reopen_unverified_seconds: f64,
+    /// Tasks the one-producer phase queued (at most 2,000, whatever `tasks` says).
+    pub(crate) sequential_tasks: u64,
+    /// Tasks the mixed phase queued and saw start.
+    pub(crate) mixed_tasks: u64,
+    /// The file system holding the stores (`ext4`, `xfs`, `tmpfs`, ...; `unknown` where it
+    /// cannot be told).
+    pub(crate) file_system: String,
+    /// False when the stores sit in memory (tmpfs, ramfs): every durable figure then measures
+    /// nothing of a disk.
+    pub(crate) on_disk: bool,
     /// Peak resident memory of this process, MiB (Linux only).
     pub(crate) peak_rss_mib: Option<f64>,
 }
@@ -126,10 +143,21 @@ pub(crate) async fn run(params: &BenchParams, progress: Progress<'_>) -> Result<
             temp.path.clone()
         }
     };
+    let file_system = file_system(&dir);
     let mut report = BenchReport {
         params: params.clone(),
+        on_disk: !matches!(file_system, "tmpfs" | "ramfs"),
+        file_system: file_system.to_owned(),
         ..BenchReport::default()
     };
+    if !report.on_disk {
+        tracing::warn!(
+            dir = %dir.display(),
+            file_system,
+            "the bench's stores are on {file_system}, in memory: fsync costs nothing there, and \
+             no durable figure says anything about a disk; pass --db PATH on a disk"
+        );
+    }
     // The probes run right before the sequential phase: the disk's speed drifts with the
     // machine's load, and the ratios only mean something between neighbouring measurements.
     report.fsync_per_sec = fsync_rate(&dir.join("fsync.probe"), 0, progress)?;
@@ -138,6 +166,7 @@ pub(crate) async fn run(params: &BenchParams, progress: Progress<'_>) -> Result<
     report.redb_commit_per_sec = redb_commit_rate(&dir.join("redb.probe"), progress)?;
 
     let sequential = params.tasks.min(SEQUENTIAL_CAP);
+    report.sequential_tasks = sequential;
     let engine = open(&dir.join("sequential.redb"))?;
     let started = Instant::now();
     for n in 0..sequential {
@@ -176,11 +205,13 @@ pub(crate) async fn run(params: &BenchParams, progress: Progress<'_>) -> Result<
     let size = std::fs::metadata(&batch_path).map(|m| m.len()).unwrap_or(0);
     report.store_bytes_per_task = size as f64 / params.tasks.max(1) as f64;
 
-    progress("reopen", 0, 1);
+    progress("reopen", 0, 2);
+    report.reopen_seconds = open_in_a_fresh_process(&batch_path)?;
+    progress("reopen", 1, 2);
     let started = Instant::now();
     let engine = open(&batch_path)?;
-    report.reopen_seconds = started.elapsed().as_secs_f64();
-    progress("reopen", 1, 1);
+    report.reopen_unverified_seconds = started.elapsed().as_secs_f64();
+    progress("reopen", 2, 2);
 
     report.drain_per_sec = drain(&engine, params, progress).await?;
     drop(engine);
@@ -192,6 +223,7 @@ pub(crate) async fn run(params: &BenchParams, progress: Progress<'_>) -> Result<
         progress,
     )
     .await?;
+    report.mixed_tasks = report.mixed.tasks;
     report.peak_rss_mib = peak_rss_mib();
     Ok(report)
 }
@@ -422,6 +454,18 @@ async fn mixed(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let elapsed = started.elapsed();
+    let seen = latencies
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .len() as u64;
+    if seen < expected {
+        stop.shutdown();
+        return Err(Error::Internal(format!(
+            "the mixed phase did not finish: {seen} of {expected} tasks started within {:?}; \
+             its percentiles would leave the slowest out",
+            MIXED_DURATION * 10
+        )));
+    }
     for handle in handles {
         handle
             .await
@@ -440,12 +484,82 @@ async fn mixed(
             .map_or(0.0, |us| *us as f64 / 1000.0)
     };
     Ok(MixedReport {
+        tasks: expected,
         offered_per_sec: offered,
         achieved_per_sec: rate(latencies.len() as u64, elapsed),
         latency_p50_ms: percentile(0.50),
         latency_p99_ms: percentile(0.99),
         latency_max_ms: latencies.last().map_or(0.0, |us| *us as f64 / 1000.0),
     })
+}
+
+/// Opens the store at `path` in a fresh process of this program (`bench-open`), as its owner
+/// would, and returns the seconds the open took there.
+fn open_in_a_fresh_process(path: &Path) -> Result<f64> {
+    let failed =
+        |why: String| Error::Internal(format!("the reopen in a fresh process failed: {why}"));
+    let program = std::env::current_exe().map_err(|e| failed(e.to_string()))?;
+    let out = std::process::Command::new(program)
+        .arg("--json")
+        .arg("bench-open")
+        .arg(path)
+        .env_remove("FQ_DATABASE")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| failed(e.to_string()))?;
+    if !out.status.success() {
+        return Err(failed(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ));
+    }
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v.get("open_seconds").and_then(serde_json::Value::as_f64))
+        .ok_or_else(|| {
+            failed(format!(
+                "unexpected output {:?}",
+                String::from_utf8_lossy(&out.stdout)
+            ))
+        })
+}
+
+/// The seconds an owner's open of the store at `path` takes in this process: what
+/// `fq bench-open` prints.
+pub(crate) fn time_open(path: &Path) -> Result<f64> {
+    let started = Instant::now();
+    let engine = Engine::builder(path).control(false).open()?;
+    let seconds = started.elapsed().as_secs_f64();
+    drop(engine);
+    Ok(seconds)
+}
+
+/// The name of the file system holding `dir`, from its magic number.
+#[cfg(target_os = "linux")]
+fn file_system(dir: &Path) -> &'static str {
+    let Ok(stats) = rustix::fs::statfs(dir) else {
+        return "unknown";
+    };
+    // Magic numbers from statfs(2).
+    #[allow(clippy::unnecessary_cast)]
+    match stats.f_type as i64 {
+        0x0102_1994 => "tmpfs",
+        0x8584_58f6 => "ramfs",
+        0xef53 => "ext4",
+        0x5846_5342 => "xfs",
+        0x9123_683e => "btrfs",
+        0x2fc1_2fc1 => "zfs",
+        0xf2f5_2010 => "f2fs",
+        0x794c_7630 => "overlayfs",
+        0x6969 => "nfs",
+        0x0100_2001 | 0xff53_4d42 => "cifs",
+        _ => "other",
+    }
+}
+
+/// File systems are not told apart off Linux.
+#[cfg(not(target_os = "linux"))]
+fn file_system(_dir: &Path) -> &'static str {
+    "unknown"
 }
 
 fn peak_rss_mib() -> Option<f64> {

@@ -864,9 +864,21 @@ fn bench_json_reports_every_metric_of_a_small_run() {
         "drain_per_sec",
         "store_bytes_per_task",
         "reopen_seconds",
+        "reopen_unverified_seconds",
     ] {
         positive(key);
     }
+    // Each phase says how many tasks it ran: the 1-producer phase is capped at 2,000.
+    assert_eq!(report["sequential_tasks"], 300, "{report:#}");
+    assert!(report["mixed_tasks"].as_u64() > Some(0), "{report:#}");
+    // The file system holding the stores is named, and a memory one is flagged.
+    let file_system = report["file_system"].as_str().unwrap();
+    assert!(!file_system.is_empty(), "{report:#}");
+    assert_eq!(
+        report["on_disk"].as_bool(),
+        Some(!matches!(file_system, "tmpfs" | "ramfs")),
+        "{report:#}"
+    );
     let sequential = positive("enqueue_sequential_per_sec");
     let ratio = positive("sequential_to_redb_ratio");
     let expected = sequential / positive("redb_commit_per_sec");
@@ -1221,4 +1233,41 @@ fn rust_log_sets_the_filter_and_a_bad_one_is_named_not_ignored_silently() {
         bad.stderr.contains("ignoring RUST_LOG=\"fq=loud\""),
         "{bad:#?}"
     );
+}
+
+/// `fq bench` on a file system in memory says so: the figures would measure no disk.
+/// Needs a tmpfs mount (root); elsewhere it prints a notice, unless `FQ_REQUIRE_TMPFS=1`.
+#[test]
+fn bench_on_a_tmpfs_warns_and_marks_its_report() {
+    let fq = Fq::new();
+    let mount = fq.dir.path().join("mem");
+    std::fs::create_dir_all(&mount).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=512m", "tmpfs"])
+        .arg(&mount)
+        .status()
+        .is_ok_and(|status| status.success());
+    if !mounted {
+        assert!(
+            std::env::var("FQ_REQUIRE_TMPFS").as_deref() != Ok("1"),
+            "cannot mount a tmpfs and FQ_REQUIRE_TMPFS=1"
+        );
+        println!("skipping: cannot mount a tmpfs here");
+        return;
+    }
+    let run = output(fq.bare().arg("--db").arg(mount.join("bench.redb")).args([
+        "bench",
+        "--tasks",
+        "50",
+        "--producers",
+        "2",
+        "--concurrency",
+        "2",
+        "--json",
+    ]));
+    let _ = Command::new("umount").arg(&mount).status();
+    let report = run.json();
+    assert_eq!(report["file_system"], "tmpfs", "{report:#}");
+    assert_eq!(report["on_disk"], false, "{report:#}");
+    assert!(run.stderr.contains("in memory"), "{run:#?}");
 }

@@ -34,5 +34,6 @@ pub(crate) async fn dispatch(cli: Cli, registry: Registry) -> Result<(), CliErro
         Command::Cleanup => cleanup::run(&ctx).await,
         Command::Demo(args) => demo::run(&ctx, args).await,
         Command::Bench(args) => bench::run(&ctx, &args).await,
+        Command::BenchOpen { path } => bench::open_timing(&ctx, &path),
     }
 }
