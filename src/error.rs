@@ -13,9 +13,12 @@ pub enum Error {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    /// A durable commit failed earlier; the engine refuses writes until it is reopened, so that
-    /// nothing is acknowledged that may not be on disk.
-    #[error("engine is poisoned and refuses writes until reopened: {reason}")]
+    /// A durable commit failed earlier; the engine refuses writes, so that nothing is
+    /// acknowledged that may not be on disk, until its store works again (it retries by itself
+    /// unless built with `self_heal(false)`) or it is reopened.
+    #[error(
+        "engine is poisoned and refuses writes until its store works again or it is reopened: {reason}"
+    )]
     Poisoned {
         /// The failure that poisoned it.
         reason: String,

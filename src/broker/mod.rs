@@ -175,6 +175,10 @@ pub struct Stats {
     /// (the outbox, and the runs this engine's workers made) it shows what waits in RabbitMQ.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rabbitmq: Option<RabbitStats>,
+    /// Why the engine refuses writes right now (a commit failed; it retries its store by
+    /// itself), or `None` when it accepts them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writes_refused: Option<String>,
 }
 
 /// RabbitMQ's queue depths and consumers, as `fq stats` shows them in rabbitmq mode.

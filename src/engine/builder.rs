@@ -13,6 +13,7 @@ pub struct EngineBuilder {
     pub(super) lease: Duration,
     pub(super) control: bool,
     pub(super) read_only: bool,
+    pub(super) self_heal: bool,
 }
 
 impl std::fmt::Debug for EngineBuilder {
@@ -77,6 +78,14 @@ impl EngineBuilder {
     /// the configuration's `control` section.
     pub fn control(mut self, serve: bool) -> Self {
         self.control = serve;
+        self
+    }
+
+    /// Whether the engine heals itself after a failed commit (default true): it reopens its
+    /// store with backoff and accepts writes again once an empty durable commit succeeds,
+    /// serving reads meanwhile. Off, it refuses every write until the application reopens it.
+    pub fn self_heal(mut self, heal: bool) -> Self {
+        self.self_heal = heal;
         self
     }
 
@@ -148,6 +157,7 @@ impl EngineBuilder {
             max_pending: config.limits.max_pending,
             max_payload_bytes: config.limits.max_payload_bytes,
             min_free_bytes: config.limits.min_free_bytes,
+            self_heal: self.self_heal,
         };
         // In rabbitmq mode the waiting tasks are the outbox, which is always bounded.
         #[cfg(feature = "rabbitmq")]

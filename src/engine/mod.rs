@@ -86,6 +86,7 @@ impl Engine {
             lease: DEFAULT_LEASE,
             control: true,
             read_only: false,
+            self_heal: true,
         }
     }
 

@@ -64,12 +64,19 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn open_on(backend: impl redb::StorageBackend) -> fq::Result<Engine> {
+    open_on_healing(backend, false)
+}
+
+/// [`open_on`], healing after a failed commit or not. The sweep checks what a failure leaves
+/// (refused writes, reads going on), so its engines do not heal; healing has its own test.
+fn open_on_healing(backend: impl redb::StorageBackend, heal: bool) -> fq::Result<Engine> {
     let mut config = Config::default();
     config.limits.min_free_bytes = 0;
     Engine::builder("/power-loss/simulated.redb")
         .config(config)
         .control(false)
         .lease_duration(Duration::from_secs(3600))
+        .self_heal(heal)
         .storage_backend(backend)
         .open()
 }
@@ -792,7 +799,9 @@ fn error_sweep_fails_every_operation_of_a_100_operation_workload() {
                         FailMode::Persistent(_) => "persistent",
                         FailMode::Transient(_) => "transient",
                         FailMode::SyncOnly(_) => "sync_data only",
-                        FailMode::SyncLies(_) | FailMode::Never => "never",
+                        FailMode::SyncLies(_) | FailMode::Window { .. } | FailMode::Never => {
+                            "never"
+                        }
                     };
                     let total = figures.entry(name).or_default();
                     total.runs += run.runs;
@@ -871,4 +880,106 @@ fn error_sweep_catches_a_disk_that_loses_what_it_said_it_synced() {
         problems.iter().any(|p| p.contains("acknowledged")),
         "FQ_SEED={seed}: the healed lying disk lost acknowledged operations unnoticed: {problems:#?}"
     );
+}
+
+/// Self-healing (issue 15 §3): the disk fails for a while (a window of storage operations);
+/// the engine refuses writes meanwhile and serves reads, then accepts writes again by itself,
+/// without the caller reopening anything; after the disk heals (dropping whatever no sync
+/// covered) every acknowledged operation is there.
+#[test]
+fn after_a_failure_window_the_engine_heals_by_itself_and_loses_nothing() {
+    let seed = seed();
+    let disk = FailingBackend::new(Vec::new(), FailMode::Never);
+    let position = {
+        let disk = disk.clone();
+        Box::new(move || disk.ops())
+    };
+    let mut workload = Workload::new(seed, position);
+    let engine = open_on_healing(disk.clone(), true).unwrap();
+    let runtime = runtime();
+    let accepted = runtime
+        .block_on(async {
+            for _ in 0..40 {
+                workload.step(&engine).await.unwrap();
+            }
+            // The next 12 storage operations fail: the first write meets the failure, and the
+            // first attempts to heal do too (each fails at its first read).
+            disk.fail_next(12);
+            let refused = loop {
+                if let Err(error) = workload.step(&engine).await {
+                    break error;
+                }
+            };
+            assert!(
+                matches!(refused, Error::Poisoned { .. } | Error::Store(_)),
+                "{refused:?}"
+            );
+            // Writes are refused while the store fails, without an acknowledgment.
+            let refused_after = engine
+                .queue_task_named("power.loss.after", &json!({"args": [], "kwargs": {}}))
+                .send()
+                .await;
+            assert!(
+                matches!(refused_after, Err(Error::Poisoned { .. })),
+                "{refused_after:?}"
+            );
+            // Then, with no reopen by the caller, writes are accepted again (new tasks: the
+            // workload's model holds the failed operation's task as uncertain).
+            let deadline = Instant::now() + PATIENCE;
+            let mut refused_tries = 0;
+            let mut accepted = Vec::new();
+            while accepted.len() < 40 {
+                let sent = engine
+                    .queue_task_named(
+                        "power.loss.healed",
+                        &json!({"args": [accepted.len()], "kwargs": {}}),
+                    )
+                    .send()
+                    .await;
+                match sent {
+                    Ok(id) => {
+                        accepted.push(id);
+                        workload.model.tasks.insert(id, (3, Vec::new()));
+                        let pending = State {
+                            status: TaskStatus::Pending,
+                            attempts: 0,
+                        };
+                        workload.settle_model(id, pending, Ok(()))?;
+                    }
+                    Err(Error::Poisoned { .. })
+                        if accepted.is_empty() && Instant::now() < deadline =>
+                    {
+                        refused_tries += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(other) => panic!("FQ_SEED={seed}: the engine did not heal: {other:?}"),
+                }
+            }
+            println!(
+                "healing: {} injected failures, {refused_tries} refused tries before the store \
+             worked again, then 40 enqueues accepted",
+                disk.failures(),
+            );
+            assert!(
+                disk.failures() > 1,
+                "the attempts to heal met the failing disk too"
+            );
+            let stats = engine.stats().await?;
+            assert_eq!(stats.writes_refused, None, "healed: {stats:?}");
+            Ok::<_, Error>(accepted)
+        })
+        .unwrap();
+    drop(engine);
+    disk.heal();
+    let engine = open_on(disk.clone()).unwrap();
+    runtime.block_on(async {
+        for id in &accepted {
+            assert!(
+                engine.task(*id).await.unwrap().is_some(),
+                "FQ_SEED={seed}: {id} lost"
+            );
+        }
+    });
+    let problems = runtime.block_on(verify_store(&engine, &workload.model, None));
+    assert!(problems.is_empty(), "FQ_SEED={seed}: {problems:#?}");
 }

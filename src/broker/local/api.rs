@@ -212,6 +212,7 @@ impl Broker for LocalBroker {
                 entry.oldest_ready_ms = oldest_due.map(|due| waited_ms(now, due));
                 entry.completed_last_minute = self.shared.completions.last_minute(queue, now);
             }
+            stats.writes_refused = self.shared.poisoned();
             Ok(stats)
         })
     }

@@ -53,6 +53,8 @@ pub(crate) struct LocalSettings {
     /// Enqueues are refused while the store's file system has less free space than this
     /// (`limits.min_free_bytes`; 0 turns the check off).
     pub(crate) min_free_bytes: u64,
+    /// After a failed commit, reopen the store and accept writes again once the disk works.
+    pub(crate) self_heal: bool,
 }
 
 /// Completions per queue over the last minute, in one-second buckets.
@@ -423,6 +425,7 @@ mod tests {
             max_pending: None,
             max_payload_bytes: 1 << 20,
             min_free_bytes: 0,
+            self_heal: true,
         }
     }
 
@@ -445,13 +448,23 @@ mod tests {
         }
     }
 
-    /// A failed commit must never be acknowledged, and the engine must refuse every later write
-    /// (even once the disk recovers) until it is reopened, while reads keep working.
+    /// With healing off, a failed commit must never be acknowledged, and the engine must refuse
+    /// every later write (even once the disk recovers) until it is reopened, while reads keep
+    /// working.
     #[tokio::test]
     async fn a_failed_commit_poisons_the_engine_until_reopened() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fq.redb");
-        let broker = open_at(&path);
+        let broker = LocalBroker::open(
+            &path,
+            LocalSettings {
+                self_heal: false,
+                ..settings()
+            },
+            Arc::new(SystemClock),
+            EventBus::new(),
+        )
+        .unwrap();
         let kept = broker.enqueue(vec![new_task()]).await.unwrap()[0];
 
         broker.store.fail_commits.store(true, Ordering::SeqCst);
@@ -480,6 +493,51 @@ mod tests {
             "the unacknowledged task was stored"
         );
         broker.enqueue(vec![new_task()]).await.unwrap();
+    }
+
+    /// With healing on (the default), the engine refuses writes while its store fails, keeps
+    /// serving reads, and accepts writes again by itself once the store works, with nothing
+    /// of the failed batch stored and nothing acknowledged lost.
+    #[tokio::test]
+    async fn a_failed_commit_heals_by_itself_once_the_store_works_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fq.redb");
+        let broker = open_at(&path);
+        let kept = broker.enqueue(vec![new_task()]).await.unwrap()[0];
+
+        broker.store.fail_commits.store(true, Ordering::SeqCst);
+        let lost = new_task();
+        let lost_id = lost.id;
+        let err = broker.enqueue(vec![lost]).await.unwrap_err();
+        assert!(matches!(err, Error::Poisoned { .. }), "{err}");
+        // While the store still fails, the attempts to heal fail too: writes stay refused.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let err = broker.enqueue(vec![new_task()]).await.unwrap_err();
+        assert!(matches!(err, Error::Poisoned { .. }), "{err}");
+        assert!(broker.task(kept).await.unwrap().is_some(), "reads stopped");
+        let refused = broker.stats().await.unwrap().writes_refused;
+        assert!(
+            refused.as_deref().is_some_and(|r| r.contains("committing")),
+            "stats say why writes are refused: {refused:?}"
+        );
+
+        broker.store.fail_commits.store(false, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let healed = loop {
+            match broker.enqueue(vec![new_task()]).await {
+                Ok(ids) => break ids[0],
+                Err(Error::Poisoned { .. }) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(other) => panic!("the engine did not heal: {other}"),
+            }
+        };
+        assert!(broker.task(lost_id).await.unwrap().is_none());
+        assert_eq!(broker.stats().await.unwrap().writes_refused, None);
+        drop(broker);
+        let broker = open_at(&path);
+        assert!(broker.task(kept).await.unwrap().is_some());
+        assert!(broker.task(healed).await.unwrap().is_some());
     }
 
     /// A panicking writer dropped the replies it held before its guard raised the poison

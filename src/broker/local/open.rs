@@ -119,11 +119,13 @@ impl LocalBroker {
                 retry: settings.retry,
                 max_pending: settings.max_pending,
                 min_free_bytes: settings.min_free_bytes,
+                self_heal: settings.self_heal,
             },
             follow_ups: 0,
             answered_at: None,
             last_commit: Duration::ZERO,
             unflushed_since: None,
+            healing: None,
             forwarding: std::collections::HashSet::new(),
         };
         let spawn_error =

@@ -22,6 +22,12 @@ pub(crate) async fn run(ctx: &Context) -> Result<(), CliError> {
             text.push_str("\n\n");
             text.push_str(&rabbit_table(&stats, rabbit));
         }
+        if let Some(reason) = &stats.writes_refused {
+            let _ = write!(
+                text,
+                "\n\nWRITES REFUSED: {reason} (the engine retries its store by itself)"
+            );
+        }
         out.text(&text)
     }
 }

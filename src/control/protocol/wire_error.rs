@@ -214,7 +214,7 @@ pub(crate) fn error_from_wire(wire: WireError) -> Error {
         "queue_full" => wire.limit.map(|limit| Error::QueueFull { limit }),
         "poisoned" => Some(Error::Poisoned {
             reason: strip(
-                "engine is poisoned and refuses writes until reopened: ",
+                "engine is poisoned and refuses writes until its store works again or it is reopened: ",
                 &wire.message,
             ),
         }),

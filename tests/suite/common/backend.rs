@@ -236,6 +236,8 @@ pub enum FailMode {
     /// A lying disk, for negative controls: from the Nth `sync_data` on, syncs report success
     /// without making anything durable, and no failure is counted.
     SyncLies(u64),
+    /// Operations `from` (counted from 1) up to, not including, `until`.
+    Window { from: u64, until: u64 },
 }
 
 #[derive(Debug)]
@@ -300,6 +302,15 @@ impl FailingBackend {
         inner.unsynced.clear();
     }
 
+    /// Fails the next `count` operations (of any kind), then works again.
+    pub fn fail_next(&self, count: u64) {
+        let mut inner = lock(&self.inner);
+        inner.mode = FailMode::Window {
+            from: inner.ops + 1,
+            until: inner.ops + 1 + count,
+        };
+    }
+
     /// Sets the most bytes the disk holds (`None`: unlimited).
     pub fn set_capacity(&self, capacity: Option<u64>) {
         lock(&self.inner).capacity = capacity;
@@ -354,6 +365,7 @@ impl FailingBackend {
             FailMode::Transient(n) => inner.ops == n,
             FailMode::SyncOnly(n) => is_sync && inner.syncs >= n,
             FailMode::SyncLies(_) => false,
+            FailMode::Window { from, until } => (from..until).contains(&inner.ops),
         };
         if fail {
             let op = inner.ops;

@@ -6,6 +6,7 @@
 
 mod admin;
 mod command;
+mod heal;
 mod moves;
 mod outbox;
 mod step;
@@ -62,6 +63,9 @@ pub(crate) struct WriterSettings {
     pub(crate) max_pending: Option<u64>,
     /// Free bytes below which enqueues are refused (0: never).
     pub(crate) min_free_bytes: u64,
+    /// After a failed commit, reopen the store by itself and accept writes again once the
+    /// disk works (`heal`); off, the engine refuses writes until it is reopened.
+    pub(crate) self_heal: bool,
 }
 
 /// Poisons the engine if the writer thread unwinds, so callers get an error instead of a
@@ -111,6 +115,8 @@ pub(crate) struct Writer {
     /// Tasks the RabbitMQ forwarder is publishing (read, not yet confirmed or given back):
     /// cancelling one is refused, since its message may already be in RabbitMQ.
     pub(crate) forwarding: std::collections::HashSet<TaskId>,
+    /// The attempt to heal after a failed commit, while one is planned.
+    pub(crate) healing: Option<heal::Healing>,
 }
 
 /// The per-transaction scratch state.
@@ -138,12 +144,20 @@ impl Writer {
         let shared = Arc::clone(&self.shared);
         let _guard = PoisonOnPanic(&shared);
         loop {
-            let received = match self.unflushed_since {
+            let flush_at = self.unflushed_since.map(|since| since + LAZY_FLUSH);
+            let deadline = match (flush_at, self.heal_due_at()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let received = match deadline {
                 None => commands.recv().map_err(|_| ()),
-                Some(since) => match commands.recv_deadline(since + LAZY_FLUSH) {
+                Some(deadline) => match commands.recv_deadline(deadline) {
                     Ok(command) => Ok(command),
                     Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                        self.flush();
+                        self.heal_if_due();
+                        if flush_at.is_some_and(|at| at <= std::time::Instant::now()) {
+                            self.flush();
+                        }
                         continue;
                     }
                     Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(()),
@@ -159,6 +173,8 @@ impl Writer {
                 }
             }
             self.gather_follow_ups(commands, &mut pending);
+            // Under a steady stream of commands the deadline above never times out.
+            self.heal_if_due();
             if let Some(reason) = self.shared.poisoned() {
                 for command in pending {
                     command.fail(Error::Poisoned {
@@ -277,9 +293,10 @@ impl Writer {
                 self.next_seq = seq_before;
                 self.waiting = waiting_before;
                 let reason = error.to_string();
-                tracing::error!(error = %reason, "commit failed; the engine refuses writes until reopened");
+                tracing::error!(error = %reason, "commit failed; the engine refuses writes until the store works again");
                 self.shared.poison(reason.clone());
                 self.reopen_for_reads();
+                self.start_healing(&reason);
                 // The batch's own callers learn why their commit failed: a full disk is
                 // something they can act on, and must not read as a bug. Later writes see
                 // the poisoning, which names the same cause.
@@ -454,6 +471,16 @@ impl Shared {
             *slot = Some(reason);
         }
         self.poisoned_flag.store(true, Ordering::SeqCst);
+    }
+
+    /// Lifts the poison: the writer healed the store.
+    pub(crate) fn unpoison(&self) {
+        let mut slot = self
+            .poison
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *slot = None;
+        self.poisoned_flag.store(false, Ordering::SeqCst);
     }
 
     pub(crate) fn poisoned(&self) -> Option<String> {
