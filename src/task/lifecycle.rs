@@ -425,6 +425,7 @@ pub(crate) fn discard(task: &StoredTask) -> Effects {
 
 /// What the worker running a forwarded task reports back over RabbitMQ (README "RabbitMQ").
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
 pub(crate) enum Report {
     /// Run `attempt` (1-based) started at `at`.
     Started { attempt: u32, at: Millis },

@@ -71,6 +71,7 @@ impl StoredTask {
     }
 
     /// Where to report this task's starts and outcomes, if anywhere.
+    #[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
     pub(crate) fn reply_to(&self) -> Option<&str> {
         match &self.route {
             Some(Route::ReplyTo(queue)) => Some(queue),
