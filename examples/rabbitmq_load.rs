@@ -8,7 +8,8 @@
 //! 3. bridge forwarding: N tasks already committed to an fq outbox are forwarded (published,
 //!    confirmed and marked FORWARDED in the store);
 //! 4. bridge drain: an fq worker (concurrency P) runs them: decode, a no-op handler, the run
-//!    recorded in its store, then the ack.
+//!    recorded in its store, its outcome reported to the producer's reply queue (confirmed),
+//!    then the ack; the producer, still open, applies the reports meanwhile.
 //!
 //! ```text
 //! cargo run --release --features rabbitmq --example rabbitmq_load -- [N] [P] [ROUNDS]
@@ -201,7 +202,9 @@ async fn reopen(config: Config) -> fq::Result<Engine> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match open(config.clone()) {
-            Err(fq::Error::Store(fq::StoreError::Locked { .. })) if Instant::now() < deadline => {
+            Err(fq::Error::Store(
+                fq::StoreError::Locked { .. } | fq::StoreError::OpenInThisProcess { .. },
+            )) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             other => return other,

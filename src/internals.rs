@@ -481,5 +481,6 @@ fn pending_task(name: &str, payload: &str, seq: u64) -> StoredTask {
         finished_at: None,
         result: None,
         error: None,
+        route: None,
     }
 }

@@ -58,7 +58,9 @@
 //! ## RabbitMQ
 //! With `broker: rabbitmq` in the configuration (cargo feature `rabbitmq`), the same API runs
 //! over RabbitMQ: the store becomes a durable outbox that is forwarded with publisher confirms,
-//! and workers consume with manual acks. Nothing else changes in the application:
+//! workers consume with manual acks, and each run's start and outcome come back to the
+//! producer's store over RabbitMQ (so `Engine::task` shows the result or the error there
+//! too). Nothing else changes in the application:
 //!
 //! ```no_run
 //! # #[tokio::main] async fn main() -> fq::Result<()> {

@@ -8,8 +8,12 @@ use crate::task::StoredFailure;
 use crate::task::{FailureKind, TaskStatus};
 use crate::task::{StoredTask, TaskId};
 
-/// The record format this build writes.
+/// The record format this build writes for a task without a RabbitMQ route.
 pub(crate) const FORMAT_VERSION: u8 = 1;
+/// The record format of a task with a RabbitMQ route (`StoredTask::route`): version 1's body
+/// followed by the postcard route. Only such records use it, so a store that never carried
+/// outcomes keeps what older builds read.
+pub(crate) const FORMAT_VERSION_ROUTED: u8 = 2;
 
 /// Why stored bytes did not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,13 +31,24 @@ pub(crate) enum DecodeError {
 /// Encodes a record: version byte, postcard body, CRC-32 (little-endian) of the two.
 pub(crate) fn encode(task: &StoredTask) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(64 + task.payload.len());
-    bytes.push(FORMAT_VERSION);
+    let version = if task.route.is_some() {
+        FORMAT_VERSION_ROUTED
+    } else {
+        FORMAT_VERSION
+    };
+    bytes.push(version);
     // Serializing plain owned data into a Vec cannot fail; if postcard ever did, the record
     // would be caught on read by its checksum instead of being silently wrong.
     if let Ok(body) = postcard::to_extend(task, bytes) {
         bytes = body;
     } else {
-        bytes = vec![FORMAT_VERSION];
+        bytes = vec![version];
+    }
+    if let Some(route) = &task.route {
+        match postcard::to_extend(route, bytes) {
+            Ok(body) => bytes = body,
+            Err(_) => bytes = vec![version],
+        }
     }
     let crc = crc32fast::hash(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
@@ -53,11 +68,17 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<StoredTask, DecodeError> {
     if stored != computed {
         return Err(DecodeError::Checksum { stored, computed });
     }
-    if framed[0] != FORMAT_VERSION {
+    if framed[0] != FORMAT_VERSION && framed[0] != FORMAT_VERSION_ROUTED {
         return Err(DecodeError::UnknownVersion(framed[0]));
     }
-    let (task, rest) = postcard::take_from_bytes::<StoredTask>(&framed[1..])
+    let (mut task, mut rest) = postcard::take_from_bytes::<StoredTask>(&framed[1..])
         .map_err(|e| DecodeError::Body(e.to_string()))?;
+    if framed[0] == FORMAT_VERSION_ROUTED {
+        let (route, after) = postcard::take_from_bytes::<crate::task::Route>(rest)
+            .map_err(|e| DecodeError::Body(e.to_string()))?;
+        task.route = Some(route);
+        rest = after;
+    }
     if !rest.is_empty() {
         return Err(DecodeError::Body(format!(
             "{} unexpected bytes after the record",
@@ -99,6 +120,7 @@ pub(crate) fn sample_task() -> StoredTask {
             message: "smtp timeout".into(),
             kind: FailureKind::Error,
         }),
+        route: None,
     }
 }
 
@@ -137,13 +159,36 @@ mod tests {
         }
         assert_eq!(decode(&[]), Err(DecodeError::TooShort(0)));
         let mut newer = bytes.clone();
-        newer[0] = FORMAT_VERSION + 1;
+        newer[0] = FORMAT_VERSION_ROUTED + 1;
         let body_len = newer.len() - 4;
         let crc = crc32fast::hash(&newer[..body_len]);
         newer[body_len..].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(
             decode(&newer),
-            Err(DecodeError::UnknownVersion(FORMAT_VERSION + 1))
+            Err(DecodeError::UnknownVersion(FORMAT_VERSION_ROUTED + 1))
         );
+    }
+
+    #[test]
+    fn routed_records_round_trip_and_plain_ones_keep_version_1() {
+        use crate::task::Route;
+        let plain = sample_task();
+        let plain_bytes = encode(&plain);
+        assert_eq!(plain_bytes[0], FORMAT_VERSION);
+        for route in [Route::Reported, Route::ReplyTo("fq.replies.x".into())] {
+            let mut task = sample_task();
+            task.route = Some(route);
+            let bytes = encode(&task);
+            assert_eq!(bytes[0], FORMAT_VERSION_ROUTED);
+            assert_eq!(decode(&bytes).unwrap(), task);
+            // The body is version 1's, followed by the route.
+            assert_eq!(
+                bytes[1..plain_bytes.len() - 4],
+                plain_bytes[1..plain_bytes.len() - 4]
+            );
+            for len in 0..bytes.len() {
+                assert!(decode(&bytes[..len]).is_err());
+            }
+        }
     }
 }

@@ -64,13 +64,15 @@ impl Store {
                     task.max_retries.saturating_add(1)
                 ));
             }
-            if task.status.is_waiting() {
+            // A RUNNING or RETRYING record whose runs are reported from another store
+            // (RabbitMQ) holds no waiting row and no lease.
+            if task.waits_here() {
                 let key = keys::waiting_key(
                     &task.queue,
                     ReadyOrder::new(task.priority, task.due_at, task.seq),
                 );
                 expected_waiting.insert(key, id);
-            } else if task.status == TaskStatus::Running {
+            } else if task.leased_here() {
                 expected_leases.insert(id.as_u128(), task.attempts);
             } else if task.status.is_terminal() {
                 match task.finished_at {

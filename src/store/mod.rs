@@ -9,6 +9,7 @@ mod integrity;
 mod keys;
 mod open_here;
 mod probe;
+mod store_id;
 mod tables;
 mod write_tables;
 

@@ -28,6 +28,8 @@ pub(crate) const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("
 pub(crate) const META_MAGIC: &str = "magic";
 /// The value under [`META_MAGIC`].
 pub(crate) const MAGIC: &[u8] = b"fq task store";
+/// META key holding the store's own id (a UUID as text; see `Store::store_id`).
+pub(crate) const META_STORE_ID: &str = "store_id";
 /// META key holding the schema version as a big-endian u32.
 pub(crate) const META_SCHEMA: &str = "schema_version";
 /// The schema this build reads and writes.

@@ -28,6 +28,14 @@ impl WriteTables<'_> {
         Ok(())
     }
 
+    pub(super) fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let value = self
+            .meta
+            .get(key)
+            .map_err(storage(self.path, "reading meta"))?;
+        Ok(value.and_then(|v| std::str::from_utf8(v.value()).ok().map(str::to_owned)))
+    }
+
     /// Reads one task inside the transaction.
     pub(crate) fn get_task(&self, id: TaskId) -> Result<Option<StoredTask>, StoreError> {
         let bytes = self

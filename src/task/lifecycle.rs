@@ -14,12 +14,17 @@
 //!
 //! A settlement or orphaning is fenced by the attempt number: only the attempt the task is
 //! RUNNING under may end it.
+//!
+//! `report` (RabbitMQ mode, the producer's side) applies a start or an outcome a worker
+//! reported for a task this store forwarded, whatever the record's status, when it is newer
+//! than what the record shows (by attempt, then start before end); anything else is `Stale`.
+//! A reported RUNNING or RETRYING record holds no lease and no waiting row (`Route::Reported`).
 
 use std::time::Duration;
 
 use super::{
-    FailureKind, Outcome, ReadyOrder, RetryPolicy, StoredFailure, StoredTask, TaskFailure, TaskId,
-    TaskStatus,
+    FailureKind, Outcome, ReadyOrder, RetryPolicy, Route, StoredFailure, StoredTask, TaskFailure,
+    TaskId, TaskStatus,
 };
 use crate::clock::Millis;
 use crate::error::Error;
@@ -299,6 +304,15 @@ pub(crate) fn cancel(
             allowed: "PENDING or RETRYING tasks",
         });
     }
+    if task.is_reported() {
+        return Err(Error::WrongState {
+            id,
+            status: task.status,
+            operation: "cancel",
+            allowed: "tasks waiting in this store (this retry waits in the store of the \
+                      RabbitMQ worker that ran the task)",
+        });
+    }
     if being_forwarded {
         return Err(Error::WrongState {
             id,
@@ -343,6 +357,10 @@ pub(crate) fn retry(
     }
     let previous = task.status;
     let unfinish = task.finished_at.map(|at| Effect::Unfinish(previous, at));
+    if task.is_reported() {
+        // Queued again here: this store forwards it and hears of its runs anew.
+        task.route = None;
+    }
     task.attempts = 0;
     task.error = None;
     task.result = None;
@@ -394,9 +412,9 @@ pub(crate) fn forward(
 /// The task leaves the store whatever its status (purge, or a RabbitMQ run replacing the
 /// record): the index rows and in-memory entries to remove with its record.
 pub(crate) fn discard(task: &StoredTask) -> Effects {
-    if task.status.is_waiting() {
+    if task.waits_here() {
         Effects::of(&[Effect::Withdraw(order_of(task))])
-    } else if task.status == TaskStatus::Running {
+    } else if task.leased_here() {
         Effects::of(&[Effect::Unlease])
     } else if let Some(at) = task.finished_at.filter(|_| task.status.is_terminal()) {
         Effects::of(&[Effect::Unfinish(task.status, at)])
@@ -405,8 +423,136 @@ pub(crate) fn discard(task: &StoredTask) -> Effects {
     }
 }
 
+/// What the worker running a forwarded task reports back over RabbitMQ (README "RabbitMQ").
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
+pub(crate) enum Report {
+    /// Run `attempt` (1-based) started at `at`.
+    Started { attempt: u32, at: Millis },
+    /// Run `attempt` ended at `at`: COMPLETED with `result` (JSON text), RETRYING (the retry
+    /// waits in the worker's store, due at `retry_at`) or FAILED, with `error`.
+    Ended {
+        attempt: u32,
+        status: TaskStatus,
+        started_at: Option<Millis>,
+        at: Millis,
+        result: Option<String>,
+        error: Option<StoredFailure>,
+        retry_at: Option<Millis>,
+    },
+}
+
+impl Report {
+    /// The run it is about.
+    pub(crate) fn attempt(&self) -> u32 {
+        match self {
+            Report::Started { attempt, .. } | Report::Ended { attempt, .. } => *attempt,
+        }
+    }
+
+    /// How far along the task's life it is: (run, 1 for a start, 2 for an end).
+    fn progress(&self) -> (u32, u8) {
+        match self {
+            Report::Started { attempt, .. } => (*attempt, 1),
+            Report::Ended { attempt, .. } => (*attempt, 2),
+        }
+    }
+}
+
+/// How far along its life a stored record is, in [`Report::progress`]'s terms: a RUNNING
+/// record is at its run's start, any other at the end of its last run (0 before the first).
+fn progress_of(task: &StoredTask) -> (u32, u8) {
+    (
+        task.attempts,
+        if task.status == TaskStatus::Running {
+            1
+        } else {
+            2
+        },
+    )
+}
+
+/// Applies a start or outcome reported for a task this store forwarded: RUNNING,
+/// COMPLETED, RETRYING or FAILED on [`Route::Reported`], leaving whatever rows the record
+/// held (the outbox's waiting row, FORWARDED's finished row) and entering the finished index
+/// for COMPLETED and FAILED. Reports may arrive twice and out of order: only one newer than
+/// the record (a later run, or the end of the run it shows started) is applied.
+///
+/// # Errors
+/// `StaleAttempt` for a report that is not newer than the record; `WrongState` for an end
+/// whose status is not COMPLETED, RETRYING or FAILED.
+pub(crate) fn report(mut task: StoredTask, id: TaskId, report: &Report) -> Result<Step, Error> {
+    if report.progress() <= progress_of(&task) {
+        return Err(Error::StaleAttempt {
+            id,
+            attempt: report.attempt(),
+            current: task.attempts,
+            status: task.status,
+        });
+    }
+    let previous = task.status;
+    let leave = discard(&task).iter().next();
+    let mut retry_at = None;
+    let enter = match report {
+        Report::Started { attempt, at } => {
+            task.status = TaskStatus::Running;
+            task.attempts = *attempt;
+            task.started_at = Some(*at);
+            task.finished_at = None;
+            task.result = None;
+            None
+        }
+        Report::Ended {
+            attempt,
+            status,
+            started_at,
+            at,
+            result,
+            error,
+            retry_at: due,
+        } => {
+            if !matches!(
+                status,
+                TaskStatus::Completed | TaskStatus::Retrying | TaskStatus::Failed
+            ) {
+                return Err(Error::WrongState {
+                    id,
+                    status: *status,
+                    operation: "apply a reported outcome",
+                    allowed: "outcomes COMPLETED, RETRYING or FAILED",
+                });
+            }
+            task.status = *status;
+            task.attempts = *attempt;
+            task.started_at = started_at.or(task.started_at);
+            task.result = result.clone();
+            task.error = error.clone();
+            if *status == TaskStatus::Retrying {
+                task.finished_at = None;
+                task.due_at = due.unwrap_or(*at);
+                retry_at = Some(task.due_at);
+                None
+            } else {
+                task.finished_at = Some(*at);
+                Some(Effect::Finish(*status, *at))
+            }
+        }
+    };
+    task.route = Some(Route::Reported);
+    let effects = match (leave, enter) {
+        (None, second) => Effects([second, None]),
+        (first, second) => Effects([first, second]),
+    };
+    Ok(Step {
+        task,
+        previous: Some(previous),
+        effects,
+        retry_at,
+    })
+}
+
 fn fence(task: &StoredTask, id: TaskId, attempt: u32) -> Result<(), Error> {
-    if task.status != TaskStatus::Running || task.attempts != attempt {
+    if !task.leased_here() || task.attempts != attempt {
         return Err(Error::StaleAttempt {
             id,
             attempt,
@@ -423,7 +569,7 @@ fn waiting_under(
     taken: ReadyOrder,
     operation: &'static str,
 ) -> Result<(), Error> {
-    if !task.status.is_waiting() {
+    if !task.waits_here() {
         return Err(Error::WrongState {
             id,
             status: task.status,

@@ -20,5 +20,5 @@ pub use payload::{MAX_PAYLOAD_DEPTH, Payload};
 pub use record::{FailureKind, TaskFailure, TaskRecord};
 pub use retry::RetryPolicy;
 pub use status::TaskStatus;
-pub(crate) use stored::{StoredFailure, StoredTask};
+pub(crate) use stored::{Route, StoredFailure, StoredTask};
 pub use task_error::{TaskError, TaskErrorKind};

@@ -26,8 +26,10 @@ pub enum TaskStatus {
     /// Cancelled before it ran.
     Cancelled,
     /// Handed to RabbitMQ (config `broker: rabbitmq`): the producer's store keeps it, with the
-    /// time of RabbitMQ's publisher confirm as `finished_at`, until retention removes it. The
-    /// runs are recorded by the stores of the workers that consume it.
+    /// time of RabbitMQ's publisher confirm as `finished_at`, until the worker that runs it
+    /// reports the run's start or outcome over RabbitMQ (RUNNING, COMPLETED, RETRYING or
+    /// FAILED follow), or, for a message that names no reply queue, until retention removes it.
+    /// The runs are recorded by the stores of the workers that consume it.
     Forwarded,
 }
 

@@ -34,9 +34,51 @@ pub(crate) struct StoredTask {
     pub(crate) finished_at: Option<Millis>,
     pub(crate) result: Option<String>,
     pub(crate) error: Option<StoredFailure>,
+    /// How the task's runs relate to RabbitMQ, when they do (`None`: a plain local task).
+    /// Kept out of the serde shape: the store's codec writes it after the body, only when
+    /// set, so records without it keep the format older builds read.
+    #[serde(skip)]
+    pub(crate) route: Option<Route>,
+}
+
+/// How a task's runs relate to RabbitMQ (README "RabbitMQ", outcomes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Route {
+    /// This store forwarded the task and its runs happen elsewhere: their starts and outcomes
+    /// come back over RabbitMQ and are applied here. A RUNNING or RETRYING record on this
+    /// route has no lease row and no waiting row (the worker's store holds the retry).
+    Reported,
+    /// This store ran the task for another one: each start and outcome is reported to this
+    /// queue (the message's `reply_to`), and a retry forwarded from here names it again.
+    ReplyTo(String),
 }
 
 impl StoredTask {
+    /// True when the task's runs are reported here from another store (see [`Route`]).
+    pub(crate) fn is_reported(&self) -> bool {
+        self.route == Some(Route::Reported)
+    }
+
+    /// True when the record waits in this store's waiting index (PENDING or RETRYING, and
+    /// not a retry held by another store).
+    pub(crate) fn waits_here(&self) -> bool {
+        self.status.is_waiting() && !self.is_reported()
+    }
+
+    /// True when the record is RUNNING under a lease of this store.
+    pub(crate) fn leased_here(&self) -> bool {
+        self.status == TaskStatus::Running && !self.is_reported()
+    }
+
+    /// Where to report this task's starts and outcomes, if anywhere.
+    #[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
+    pub(crate) fn reply_to(&self) -> Option<&str> {
+        match &self.route {
+            Some(Route::ReplyTo(queue)) => Some(queue),
+            _ => None,
+        }
+    }
+
     /// The public view of this record.
     pub(crate) fn to_record(&self, id: TaskId) -> TaskRecord {
         TaskRecord {

@@ -31,6 +31,8 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+mod outcomes;
+
 /// How long a test waits for something that should happen soon.
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -41,6 +43,19 @@ where
     Fut: std::future::Future<Output = bool>,
 {
     common::eventually(what, PATIENCE, Duration::from_millis(50), check).await;
+}
+
+/// Waits until `engine`'s store shows task `id` in `status`.
+async fn eventually_status(engine: &Engine, id: TaskId, status: TaskStatus, what: &str) {
+    eventually(what, || async {
+        engine
+            .task(id)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|t| t.status == status)
+    })
+    .await;
 }
 
 /// RabbitMQ's ready-message count of `queue` (via the engine's stats).
@@ -244,15 +259,21 @@ async fn an_fq_task_is_readable_by_a_plain_client() -> fq::Result<()> {
     assert_eq!(header_int(props, "priority"), Some(7));
     assert_eq!(header_int(props, "timeout_ms"), Some(30_000));
     assert_eq!(header_text(props, "queue"), queue);
+    // It names the producer's reply queue, where outcomes come back.
+    let reply_to = props.reply_to().as_ref().map(|q| q.to_string());
+    assert!(
+        reply_to
+            .as_deref()
+            .is_some_and(|q| q.starts_with("fq.replies.")),
+        "{reply_to:?}"
+    );
     // The producer's store shows it as forwarded, with the time of the confirm.
-    eventually("the task to be marked forwarded", || async {
-        engine
-            .task(id)
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|t| t.status == TaskStatus::Forwarded)
-    })
+    eventually_status(
+        &engine,
+        id,
+        TaskStatus::Forwarded,
+        "the task to be marked forwarded",
+    )
     .await;
     assert!(engine.task(id).await?.unwrap().finished_at.is_some());
     Ok(())
@@ -726,11 +747,12 @@ async fn wait_all_ran_and_forwarded(
         run_counts(&runs.lock().unwrap()).len() as u64 >= n
     })
     .await;
+    // Forwarded, and then (outcomes coming back) RUNNING or COMPLETED in the producer's store.
     eventually("the outbox to be empty", || async {
-        producer
-            .stats()
-            .await
-            .is_ok_and(|s| s.queues[queue].forwarded == n)
+        producer.stats().await.is_ok_and(|s| {
+            let q = &s.queues[queue];
+            q.pending == 0 && q.forwarded + q.running + q.completed == n
+        })
     })
     .await;
 }
@@ -810,51 +832,7 @@ async fn rabbitmq_restarts_mid_run_lose_nothing() -> fq::Result<()> {
     let Some(rabbit) = Rabbit::exclusive("restarts").await else {
         return Ok(());
     };
-    let n: u64 = 20_000;
-    let queue = rabbit.queue.clone();
-    let producer_dir = tempfile::tempdir().unwrap();
-    let producer = open(rabbit_config(producer_dir.path(), &queue, 32))?;
-    let worker_dir = tempfile::tempdir().unwrap();
-    let worker_engine = open(rabbit_config(worker_dir.path(), &queue, 32))?;
-    producer.ready(PATIENCE).await?;
-    worker_engine.ready(PATIENCE).await?;
-    let runs = Arc::new(Mutex::new(Vec::new()));
-    let worker = common::start_worker(
-        &worker_engine,
-        counting_registry(Arc::clone(&runs)),
-        &[&queue],
-        32,
-    );
-    let ids = queue_many(&producer, n).await?;
-    for restart in 1..=2u64 {
-        let at = n * restart / 3;
-        eventually("the run to progress", || async {
-            runs.lock().unwrap().len() as u64 >= at
-        })
-        .await;
-        restart_rabbitmq().await;
-        println!(
-            "restarted RabbitMQ after {} runs",
-            runs.lock().unwrap().len()
-        );
-    }
-    wait_all_ran_and_forwarded(&producer, &queue, &runs, n).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    worker.stop().await;
-    let runs = runs.lock().unwrap().clone();
-    let counts = run_counts(&runs);
-    let lost: Vec<_> = ids.iter().filter(|id| !counts.contains_key(id)).collect();
-    assert!(lost.is_empty(), "{} tasks never ran", lost.len());
-    let duplicates: usize = counts.values().map(|c| c - 1).sum();
-    println!(
-        "{n} tasks, 2 RabbitMQ restarts: {} runs, {duplicates} duplicate runs (at-least-once), 0 lost",
-        runs.len()
-    );
-    assert!(
-        duplicates < usize::try_from(n).unwrap_or(usize::MAX) / 2,
-        "implausibly many duplicates: {duplicates}"
-    );
-    Ok(())
+    outcomes::through_outages(&rabbit, 20_000, 2, 0).await
 }
 
 /// The child worker of `a_killed_worker_s_task_runs_on_another_worker`: consumes the queue

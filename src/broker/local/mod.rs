@@ -364,6 +364,28 @@ impl LocalBroker {
         Ok(answer)
     }
 
+    /// Applies starts and outcomes reported over RabbitMQ (see `writer::Command::Report`);
+    /// answers after their commit (without an fsync of its own when `lazy`).
+    pub(crate) async fn apply_reports(
+        &self,
+        reports: Vec<(TaskId, crate::task::lifecycle::Report)>,
+        lazy: bool,
+        quiet: bool,
+    ) -> Result<u64> {
+        self.request(|reply| Command::Report {
+            reports,
+            lazy,
+            quiet,
+            reply,
+        })
+        .await
+    }
+
+    /// The store's own id (made once and kept in the file).
+    pub(crate) fn store_id(&self) -> Result<String> {
+        Ok(self.store.store_id()?)
+    }
+
     /// `Err(Poisoned)` once a failed commit made the store refuse writes.
     pub(crate) fn check_writable(&self) -> Result<()> {
         match self.shared.poisoned() {

@@ -168,6 +168,11 @@ pub(crate) struct Bridge {
     conflicts: Mutex<HashMap<String, Conflict>>,
     /// Due tasks of conflicting queues, held off the heap so they are not retried in a loop.
     parked: Mutex<Parked>,
+    /// This store's reply queue (`fq.replies.<store id>`): every forwarded message names it
+    /// as `reply_to`, and the producer consumes it (`replies`).
+    pub(crate) reply_queue: String,
+    /// The reply queues this process's workers have declared on the current connection.
+    pub(crate) reply_queues: super::report::Declared,
 }
 
 impl std::fmt::Debug for Bridge {
@@ -281,6 +286,7 @@ impl Bridge {
     /// A new connection: retry what conflicts held back, declare every known queue, start
     /// every worker's consumers.
     async fn on_session(self: &Arc<Self>, session: Arc<Session>) {
+        tokio::spawn(super::replies::run(Arc::clone(self), Arc::clone(&session)));
         self.unpark();
         let known: Vec<String> = self
             .known
@@ -386,11 +392,9 @@ impl std::fmt::Debug for RabbitBroker {
 impl RabbitBroker {
     /// Starts the bridge over an open local store: the connection (made in the background,
     /// so enqueues succeed while RabbitMQ is down), the forwarder and the lease sweeper.
-    pub(crate) fn start(
-        local: Arc<LocalBroker>,
-        settings: RabbitSettings,
-    ) -> Result<Self, RabbitError> {
+    pub(crate) fn start(local: Arc<LocalBroker>, settings: RabbitSettings) -> Result<Self> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| RabbitError::NoRuntime)?;
+        let reply_queue = super::report::reply_queue(&local.store_id()?);
         let now = local.clock().now_ms();
         let link = Arc::new(Link::new(settings.target.clone(), now));
         let known = settings.queues.iter().cloned().collect();
@@ -408,6 +412,8 @@ impl RabbitBroker {
                 tasks: Vec::new(),
                 since: Instant::now(),
             }),
+            reply_queue,
+            reply_queues: super::report::Declared::default(),
         });
         let for_link = Arc::clone(&bridge);
         runtime.spawn(async move {

@@ -144,7 +144,7 @@ async fn publish_loop(
                     }
                 }
             }
-            let message = match encode(task.id, &record) {
+            let message = match encode(task.id, &record, &bridge.reply_queue) {
                 Ok(message) => message,
                 Err(reason) => {
                     tracing::error!(task.id = %task.id, %reason, "a task cannot be encoded; it stays in the outbox");

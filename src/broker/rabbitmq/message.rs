@@ -73,8 +73,10 @@ fn int(value: i64) -> AMQPValue {
     AMQPValue::LongLongInt(value)
 }
 
-/// The message for the next run of a task waiting in the outbox.
-pub(crate) fn encode(id: TaskId, task: &StoredTask) -> Result<Outgoing, String> {
+/// The message for the next run of a task waiting in the outbox. Its `reply_to` names where
+/// the run's start and outcome are reported: the queue the task's own message named (a retry
+/// forwarded by the store that ran it), else `reply_to` (this store's reply queue).
+pub(crate) fn encode(id: TaskId, task: &StoredTask, reply_to: &str) -> Result<Outgoing, String> {
     let payload: &RawValue = serde_json::from_str(&task.payload)
         .map_err(|e| format!("the stored payload is not JSON: {e}"))?;
     let body = serde_json::to_vec(&BodyOut {
@@ -112,6 +114,7 @@ pub(crate) fn encode(id: TaskId, task: &StoredTask) -> Result<Outgoing, String> 
         .with_message_id(ShortString::from(id.to_string()))
         .with_timestamp(u64::try_from(task.created_at.div_euclid(1000)).unwrap_or(0))
         .with_app_id("fq".into())
+        .with_reply_to(ShortString::from(task.reply_to().unwrap_or(reply_to)))
         .with_headers(headers);
     Ok(Outgoing { body, properties })
 }
@@ -138,6 +141,8 @@ pub(crate) struct Incoming {
     pub(crate) retry_delay: Option<Duration>,
     pub(crate) created_at: Millis,
     pub(crate) scheduled_at: Millis,
+    /// Where to report the run's start and outcome (the `reply_to` property), if anywhere.
+    pub(crate) reply_to: Option<String>,
 }
 
 /// An integer header value of any AMQP integer type, an integral float, or digits in a string
@@ -257,6 +262,11 @@ pub(crate) fn decode(
         retry_delay: header_ms(headers, H_RETRY_DELAY_MS)?,
         created_at,
         scheduled_at,
+        reply_to: properties
+            .reply_to()
+            .as_ref()
+            .map(|queue| queue.as_str().to_owned())
+            .filter(|queue| !queue.is_empty()),
     })
 }
 
@@ -310,7 +320,7 @@ mod tests {
     fn encoded_messages_decode_to_the_next_run() {
         let task = codec_sample_task();
         let id = TaskId::new();
-        let out = encode(id, &task).unwrap();
+        let out = encode(id, &task, "fq.replies.me").unwrap();
         let body: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
         assert_eq!(body["task_id"], id.to_string());
         assert_eq!(body["name"], task.name);
@@ -325,6 +335,13 @@ mod tests {
         assert_eq!(incoming.timeout, Some(Duration::from_secs(30)));
         assert_eq!(incoming.created_at, task.created_at);
         assert_eq!(incoming.payload.as_str(), task.payload);
+        assert_eq!(incoming.reply_to.as_deref(), Some("fq.replies.me"));
+        // A retry forwarded by the store that ran it names the producer's queue again.
+        let mut ran_here = task.clone();
+        ran_here.route = Some(crate::task::Route::ReplyTo("fq.replies.producer".into()));
+        let again = encode(id, &ran_here, "fq.replies.me").unwrap();
+        let incoming = decode(&again.body, &again.properties, &defaults(), 0).unwrap();
+        assert_eq!(incoming.reply_to.as_deref(), Some("fq.replies.producer"));
     }
 
     #[test]
@@ -357,6 +374,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!((bare.id, bare.attempt, bare.max_retries), (id, 1, 3));
+        assert_eq!(bare.reply_to, None, "a plain client asks for no reports");
     }
 
     #[test]

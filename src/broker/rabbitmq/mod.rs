@@ -5,7 +5,9 @@
 //!
 //! Parts: `link` (connection, reconnection with backoff), `topology` (exchanges and queues),
 //! `message` (the documented wire format), `forwarder` (outbox → RabbitMQ), `consumer`
-//! (RabbitMQ → workers, settlement, dead letters), `bridge` (the `Broker` they make up).
+//! (RabbitMQ → workers, settlement, dead letters), `report` (outcomes back to the producer:
+//! reply queues and the report message), `replies` (the producer applying them), `bridge`
+//! (the `Broker` they make up).
 
 mod error;
 
@@ -21,6 +23,10 @@ mod forwarder;
 mod link;
 #[cfg(feature = "rabbitmq")]
 mod message;
+#[cfg(feature = "rabbitmq")]
+mod replies;
+#[cfg(feature = "rabbitmq")]
+mod report;
 #[cfg(feature = "rabbitmq")]
 mod topology;
 

@@ -31,6 +31,7 @@ fn task_in(status: TaskStatus) -> StoredTask {
         finished_at: finished.then_some(NOW - 5),
         result: None,
         error: None,
+        route: None,
     }
 }
 
@@ -57,9 +58,32 @@ enum Move {
     CancelWhileForwarding,
     Retry,
     Forward,
+    /// Run 2 started (reported over RabbitMQ).
+    ReportStart,
+    /// Run 1 completed (reported).
+    ReportCompleted,
+    /// Run 2 failed with a retry left (reported).
+    ReportRetrying,
+    /// Run 1 failed for good (reported).
+    ReportFailed,
 }
 
-const MOVES: [Move; 10] = [
+fn reported_end(attempt: u32, status: TaskStatus) -> Report {
+    Report::Ended {
+        attempt,
+        status,
+        started_at: Some(NOW - 3),
+        at: NOW,
+        result: (status == TaskStatus::Completed).then(|| "\"ok\"".to_owned()),
+        error: (status != TaskStatus::Completed).then(|| StoredFailure {
+            message: "boom".into(),
+            kind: FailureKind::Error,
+        }),
+        retry_at: (status == TaskStatus::Retrying).then_some(NOW + 500),
+    }
+}
+
+const MOVES: [Move; 14] = [
     Move::Claim,
     Move::Complete,
     Move::Fail,
@@ -70,6 +94,10 @@ const MOVES: [Move; 10] = [
     Move::CancelWhileForwarding,
     Move::Retry,
     Move::Forward,
+    Move::ReportStart,
+    Move::ReportCompleted,
+    Move::ReportRetrying,
+    Move::ReportFailed,
 ];
 
 fn apply(task: StoredTask, mv: Move, next_seq: &mut u64) -> Result<Step, Error> {
@@ -96,6 +124,17 @@ fn apply(task: StoredTask, mv: Move, next_seq: &mut u64) -> Result<Step, Error> 
         Move::CancelWhileForwarding => cancel(task, ID, true, NOW),
         Move::Retry => retry(task, ID, &mut ctx),
         Move::Forward => forward(task, ID, taken, NOW),
+        Move::ReportStart => report(
+            task,
+            ID,
+            &Report::Started {
+                attempt: 2,
+                at: NOW,
+            },
+        ),
+        Move::ReportCompleted => report(task, ID, &reported_end(1, TaskStatus::Completed)),
+        Move::ReportRetrying => report(task, ID, &reported_end(2, TaskStatus::Retrying)),
+        Move::ReportFailed => report(task, ID, &reported_end(1, TaskStatus::Failed)),
     }
 }
 
@@ -122,6 +161,14 @@ fn expected(status: TaskStatus, mv: Move) -> Expect {
         Move::Cancel if waiting => Next(S::Cancelled),
         Move::Retry if matches!(status, S::Failed | S::Cancelled) => Next(S::Pending),
         Move::Forward if waiting => Next(S::Forwarded),
+        // Newer than anything a record in the table shows (run 1 at most).
+        Move::ReportStart => Next(S::Running),
+        Move::ReportRetrying => Next(S::Retrying),
+        // Run 1's end is news only to a record that has not seen it end: before its first
+        // run (PENDING) or while it shows run 1 started.
+        Move::ReportCompleted if status == S::Pending || running => Next(S::Completed),
+        Move::ReportFailed if status == S::Pending || running => Next(S::Failed),
+        Move::ReportCompleted | Move::ReportFailed => Stale,
         _ => WrongState,
     }
 }
@@ -341,4 +388,136 @@ fn queueing_takes_the_next_sequence_number() {
         step.effects.iter().collect::<Vec<_>>(),
         [Effect::Wait(ReadyOrder::new(5, NOW - 10, 5))]
     );
+}
+
+#[test]
+fn reports_leave_the_rows_of_the_record_and_keep_none_of_their_own() {
+    let mut forwarded = task_in(TaskStatus::Forwarded);
+    forwarded.attempts = 0; // the producer never ran it
+    let pending = task_in(TaskStatus::Pending);
+    let started = report(
+        forwarded,
+        ID,
+        &Report::Started {
+            attempt: 1,
+            at: NOW,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        started.effects.iter().collect::<Vec<_>>(),
+        [Effect::Unfinish(TaskStatus::Forwarded, NOW - 5)]
+    );
+    assert_eq!(started.task.route, Some(Route::Reported));
+    assert_eq!(
+        (started.task.attempts, started.task.started_at),
+        (1, Some(NOW))
+    );
+    // A reported RUNNING record has no lease: the outcome only enters the finished index.
+    let done = report(
+        started.task.clone(),
+        ID,
+        &reported_end(1, TaskStatus::Completed),
+    )
+    .unwrap();
+    assert_eq!(
+        done.effects.iter().collect::<Vec<_>>(),
+        [Effect::Finish(TaskStatus::Completed, NOW)]
+    );
+    assert_eq!(done.task.result.as_deref(), Some("\"ok\""));
+    // Still in the outbox (its confirm not yet marked): it leaves the waiting index.
+    let early = report(pending.clone(), ID, &reported_end(1, TaskStatus::Failed)).unwrap();
+    assert_eq!(
+        early.effects.iter().collect::<Vec<_>>(),
+        [
+            Effect::Withdraw(order_of(&pending)),
+            Effect::Finish(TaskStatus::Failed, NOW)
+        ]
+    );
+    assert_eq!(early.task.error.map(|e| e.message).as_deref(), Some("boom"));
+    // A reported retry waits in the worker's store: no row here, nothing to claim, forward
+    // or cancel, and discarding it removes nothing.
+    let retrying = report(pending, ID, &reported_end(1, TaskStatus::Retrying)).unwrap();
+    assert!(
+        retrying
+            .effects
+            .iter()
+            .eq([Effect::Withdraw(order_of(&task_in(TaskStatus::Pending)))])
+    );
+    assert_eq!(retrying.retry_at, Some(NOW + 500));
+    let held = retrying.task;
+    assert_eq!(discard(&held), Effects::default());
+    let order = order_of(&held);
+    assert!(matches!(
+        claim(held.clone(), ID, order, NOW),
+        Err(Error::WrongState { .. })
+    ));
+    assert!(matches!(
+        forward(held.clone(), ID, order, NOW),
+        Err(Error::WrongState { .. })
+    ));
+    assert!(matches!(
+        cancel(held.clone(), ID, false, NOW),
+        Err(Error::WrongState { .. })
+    ));
+    let mut next_seq = 0;
+    let mut ctx = Context {
+        now: NOW,
+        retry: RetryPolicy::default(),
+        next_seq: &mut next_seq,
+    };
+    let done = Outcome::Completed { result: json!(1) };
+    let mut running = held.clone();
+    running.status = TaskStatus::Running;
+    assert!(matches!(
+        settle(running, ID, 1, &done, &mut ctx),
+        Err(Error::StaleAttempt { .. })
+    ));
+}
+
+#[test]
+fn reports_are_idempotent_and_out_of_order_safe() {
+    let start = |attempt| Report::Started { attempt, at: NOW };
+    let end = |attempt, status| reported_end(attempt, status);
+    // Every order of run 1's start and end, run 2's start and end, each delivered twice:
+    // the record ends where the newest report puts it.
+    let reports = [
+        start(1),
+        end(1, TaskStatus::Retrying),
+        start(2),
+        end(2, TaskStatus::Completed),
+    ];
+    let mut orders = vec![vec![0usize, 1, 2, 3]];
+    orders.push(vec![3, 2, 1, 0]);
+    orders.push(vec![1, 0, 3, 2]);
+    orders.push(vec![2, 0, 3, 1]);
+    for order in orders {
+        let mut task = task_in(TaskStatus::Forwarded);
+        task.attempts = 0;
+        let mut applied = 0;
+        for index in order.iter().chain(order.iter()) {
+            match report(task.clone(), ID, &reports[*index]) {
+                Ok(step) => {
+                    task = step.task;
+                    applied += 1;
+                }
+                Err(Error::StaleAttempt { .. }) => {}
+                Err(other) => panic!("{other}"),
+            }
+        }
+        assert_eq!(
+            (task.status, task.attempts),
+            (TaskStatus::Completed, 2),
+            "{order:?}"
+        );
+        assert!(applied <= 4, "{order:?}: {applied}");
+        assert_eq!(task.result.as_deref(), Some("\"ok\""));
+    }
+    // An end whose status is not an outcome is refused.
+    let wrong = report(
+        task_in(TaskStatus::Forwarded),
+        ID,
+        &end(2, TaskStatus::Pending),
+    );
+    assert!(matches!(wrong, Err(Error::WrongState { .. })));
 }

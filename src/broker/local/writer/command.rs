@@ -111,6 +111,16 @@ pub(crate) enum Command {
         lazy: bool,
         reply: Reply<SettleReport>,
     },
+    /// Starts and outcomes reported over RabbitMQ for tasks this store forwarded: each is
+    /// applied when newer than its record (the `report` move). With `lazy`, the commit may skip
+    /// its fsync (as [`Command::RecordRun`]); `quiet` applies them without events.
+    #[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
+    Report {
+        reports: Vec<(TaskId, crate::task::lifecycle::Report)>,
+        lazy: bool,
+        quiet: bool,
+        reply: Reply<u64>,
+    },
 }
 
 impl Command {
@@ -119,6 +129,7 @@ impl Command {
         matches!(
             self,
             Command::RecordRun { lazy: true, .. }
+                | Command::Report { lazy: true, .. }
                 | Command::TakeForForwarding { .. }
                 | Command::Untake { .. }
         )
@@ -138,6 +149,7 @@ impl Command {
             }
             Command::Forwarded { reply, .. } => Answer::failed(reply),
             Command::RecordRun { reply, .. } => Answer::failed(reply),
+            Command::Report { reply, .. } => Answer::failed(reply),
             Command::TakeForForwarding { reply, .. } => Answer::failed(reply),
             Command::Expire { .. } | Command::Untake { .. } => return,
         };
@@ -164,6 +176,9 @@ pub(crate) struct RunRecord {
     pub(crate) attempt: u32,
     /// Completed or Failed; a Released run is never recorded.
     pub(crate) outcome: Outcome,
+    /// Where the run's start and outcome are reported (the message's `reply_to`), kept so a
+    /// retry forwarded from this store names it again.
+    pub(crate) reply_to: Option<String>,
 }
 
 /// A command's answer, held until the commit that backs it: sent after it, or failed with the

@@ -440,6 +440,19 @@ impl Writer {
                 let result = keep_reply!(batch, reply, self.record_run(tables, *run, batch));
                 batch.answers.push(Answer::new(reply, result, 0));
             }
+            Command::Report {
+                reports,
+                quiet,
+                reply,
+                ..
+            } => {
+                let applied = keep_reply!(
+                    batch,
+                    reply,
+                    self.apply_reports(tables, reports, quiet, batch)
+                );
+                batch.answers.push(Answer::new(reply, Ok(applied), 0));
+            }
             Command::Expire { id, attempt } => self.expire(tables, id, attempt, batch)?,
         }
         Ok(())

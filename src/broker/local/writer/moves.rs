@@ -80,6 +80,7 @@ impl Writer {
                 finished_at: None,
                 result: None,
                 error: None,
+                route: None,
             };
             let step = lifecycle::queue(task, &mut self.next_seq);
             self.commit_step(tables, new.id, &step, batch.now, batch)?;

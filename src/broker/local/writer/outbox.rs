@@ -1,6 +1,6 @@
 //! The writer's side of the RabbitMQ bridge: the waiting tasks are the outbox the forwarder
 //! publishes from (take, forward, give back), and runs of tasks delivered by RabbitMQ are
-//! recorded here.
+//! recorded here, as are the starts and outcomes workers report for tasks this store forwarded.
 
 use super::{Batch, RunRecord, Writer, load};
 use crate::broker::SettleReport;
@@ -8,7 +8,7 @@ use crate::clock::Millis;
 use crate::queue::ReadyTask;
 use crate::store::{StoreError, WriteTables};
 use crate::task::lifecycle;
-use crate::task::{ReadyOrder, StoredTask, TaskId, TaskStatus};
+use crate::task::{ReadyOrder, Route, StoredTask, TaskId, TaskStatus};
 use crate::{Error, Result};
 
 impl Writer {
@@ -22,7 +22,7 @@ impl Writer {
         let mut found = Vec::with_capacity(tasks.len());
         for task in tasks {
             match load(tables, task.id)? {
-                Ok(record) if record.status.is_waiting() && record.seq == task.order.seq => {
+                Ok(record) if record.waits_here() && record.seq == task.order.seq => {
                     self.forwarding.insert(task.id);
                     found.push((task, record));
                 }
@@ -120,6 +120,7 @@ impl Writer {
             finished_at: None,
             result: None,
             error: None,
+            route: run.reply_to.map(Route::ReplyTo),
         };
         let mut ctx = self.context(batch.now);
         let mut step = match lifecycle::finish_run(task, id, &run.outcome, &mut ctx) {
@@ -130,5 +131,69 @@ impl Writer {
         step.previous = None;
         self.commit_step(tables, id, &step, batch.now, batch)?;
         Ok(Ok(Self::attempt_ended(batch, id, &step, &run.outcome)))
+    }
+}
+
+impl Writer {
+    /// Applies starts and outcomes reported over RabbitMQ for tasks this store forwarded (the
+    /// `report` move), each with its events after the commit unless `quiet` (a start this
+    /// process's own consumer already announced). Returns how many were applied; stale,
+    /// duplicate and unknown ones are skipped.
+    pub(super) fn apply_reports(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        reports: Vec<(TaskId, lifecycle::Report)>,
+        quiet: bool,
+        batch: &mut Batch,
+    ) -> Result<u64, StoreError> {
+        let mut applied = 0;
+        for (id, report) in reports {
+            let task = match tables.get_task(id) {
+                Ok(Some(task)) => task,
+                Ok(None) => continue,
+                Err(StoreError::CorruptRecord { id, detail }) => {
+                    tracing::error!(task.id = %id, %detail, "cannot apply a reported outcome to a corrupt record");
+                    continue;
+                }
+                Err(other) => return Err(other),
+            };
+            let Ok(step) = lifecycle::report(task, id, &report) else {
+                continue;
+            };
+            self.commit_step(tables, id, &step, batch.now, batch)?;
+            applied += 1;
+            if quiet || !batch.audience {
+                continue;
+            }
+            let record = std::sync::Arc::new(step.task.to_record(id));
+            let at = crate::clock::millis_to_datetime(batch.now);
+            match &report {
+                lifecycle::Report::Started { .. } => {
+                    batch.emit(crate::events::EventKind::BeforeExecution, record);
+                }
+                lifecycle::Report::Ended { .. } => {
+                    let outcome = match (&record.result, &record.error) {
+                        (_, Some(failure)) if step.task.status != TaskStatus::Completed => {
+                            crate::task::Outcome::Failed {
+                                failure: failure.clone(),
+                                retry_after: None,
+                            }
+                        }
+                        (result, _) => crate::task::Outcome::Completed {
+                            result: result.clone().unwrap_or(serde_json::Value::Null),
+                        },
+                    };
+                    let events = crate::events::Event::of_attempt_end(
+                        &outcome,
+                        step.task.status,
+                        &record,
+                        step.retry_at.map(crate::clock::millis_to_datetime),
+                        at,
+                    );
+                    batch.effects.extend(events.map(super::Publish::Emit));
+                }
+            }
+        }
+        Ok(applied)
     }
 }

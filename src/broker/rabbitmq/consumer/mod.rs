@@ -5,6 +5,7 @@
 //! index and is forwarded again when due) then acked; a final failure, an undecodable message
 //! or an unknown task goes to `<queue>.dead` with the reason in its headers.
 
+mod report;
 mod settle;
 mod upkeep;
 
@@ -214,8 +215,27 @@ impl Consumers {
     }
 }
 
+/// Starts a consumer of `queue` on `channel` (manual acks).
+pub(crate) async fn basic_consume(
+    channel: &lapin::Channel,
+    queue: lapin::types::ShortString,
+) -> std::result::Result<Consumer, RabbitError> {
+    bounded("basic.consume", async {
+        channel
+            .basic_consume(
+                queue,
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| operation("basic.consume", e))
+    })
+    .await
+}
+
 /// The next item of a lapin consumer stream.
-async fn next_delivery(consumer: &mut Consumer) -> Option<lapin::Result<Delivery>> {
+pub(crate) async fn next_delivery(consumer: &mut Consumer) -> Option<lapin::Result<Delivery>> {
     std::future::poll_fn(|cx| {
         futures_core::Stream::poll_next(std::pin::Pin::new(&mut *consumer), cx)
     })
@@ -258,19 +278,7 @@ pub(crate) async fn start_set(
         })
         .await?;
         for queue in &set.queues {
-            let name = short(queue, queue)?;
-            let consumer = bounded("basic.consume", async {
-                channel
-                    .basic_consume(
-                        name,
-                        "".into(),
-                        BasicConsumeOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await
-                    .map_err(|e| operation("basic.consume", e))
-            })
-            .await?;
+            let consumer = basic_consume(&channel, short(queue, queue)?).await?;
             tokio::spawn(read_deliveries(
                 consumer,
                 channel.clone(),
@@ -386,6 +394,7 @@ fn take_ready(bridge: &Arc<Bridge>, set: &Arc<ConsumerSet>, max: usize) -> Vec<T
     let now = bridge.local.clock().now_ms();
     let mut records = Vec::with_capacity(picked.len());
     let mut held_back = Vec::new();
+    let mut starts = Vec::new();
     for received in picked {
         let Some(session) = live.clone() else { break };
         match decode(
@@ -408,6 +417,9 @@ fn take_ready(bridge: &Arc<Bridge>, set: &Arc<ConsumerSet>, max: usize) -> Vec<T
                     continue;
                 }
                 records.push(record_of(&incoming, &received.queue, now));
+                if let Some(reply_to) = &incoming.reply_to {
+                    starts.push((incoming.id, reply_to.clone(), incoming.attempt, now));
+                }
                 set.held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 inflight.insert(
                     incoming.id,
@@ -445,6 +457,11 @@ fn take_ready(bridge: &Arc<Bridge>, set: &Arc<ConsumerSet>, max: usize) -> Vec<T
     if !held_back.is_empty() {
         let mut buffer = set.buffer.lock().unwrap_or_else(PoisonError::into_inner);
         buffer.extend(held_back);
+    }
+    if let Some(session) = &live
+        && !starts.is_empty()
+    {
+        report::report_starts(bridge, session, starts);
     }
     // A delivery handed to a worker is this process's start of the run (RabbitMQ, not the
     // local writer, made it RUNNING), so the start's event is emitted here.

@@ -1,6 +1,7 @@
 //! Ending a RabbitMQ delivery: heartbeats, and the settlement of a run (recorded in the local
 //! store, then acknowledged, retried through the outbox, or dead-lettered).
 
+use super::report;
 use super::*;
 
 /// Extends a delivery's lease; a delivery whose connection was lost is stale (RabbitMQ gives
@@ -83,8 +84,12 @@ pub(crate) async fn settle(bridge: &Arc<Bridge>, settlement: Settlement) -> Resu
         started_at: entry.started_at,
         attempt,
         outcome,
+        reply_to: entry.incoming.reply_to.clone(),
     };
+    let reply_to = entry.incoming.reply_to.clone();
     if matches!(run.outcome, Outcome::Completed { .. }) {
+        let now = bridge.local.clock().now_ms();
+        let end = report::ended(&entry, TaskStatus::Completed, &run.outcome, None, now);
         // Success needs no local commit before the ack (DESIGN §5: "Success: ack"): the run's
         // record joins the writer's queue first and the ack goes out while it commits. That
         // commit skips its own fsync (the writer makes it durable within 100 ms): the worker
@@ -97,6 +102,13 @@ pub(crate) async fn settle(bridge: &Arc<Bridge>, settlement: Settlement) -> Resu
                 return Err(error);
             }
         };
+        // The outcome reaches the producer's reply queue (confirmed) before the ack.
+        if let Some(reply_to) = &reply_to
+            && let Err(error) = report::report_end(bridge, &session, id, reply_to, &end).await
+        {
+            unreported(&entry, &error).await;
+            return Err(error);
+        }
         if !acknowledge("ack", entry.delivery.acker.ack(BasicAckOptions::default())).await {
             tracing::warn!(
                 task.id = %id,
@@ -108,6 +120,7 @@ pub(crate) async fn settle(bridge: &Arc<Bridge>, settlement: Settlement) -> Resu
             Err(_) => Err(Error::ShutDown),
         };
     }
+    let ended_with = run.outcome.clone();
     let report = match bridge.local.record_run(run).await {
         Ok(report) => report,
         Err(error) => {
@@ -116,6 +129,14 @@ pub(crate) async fn settle(bridge: &Arc<Bridge>, settlement: Settlement) -> Resu
             return Err(error);
         }
     };
+    if let Some(reply_to) = &reply_to {
+        let now = bridge.local.clock().now_ms();
+        let end = report::ended(&entry, report.status, &ended_with, report.retry_at, now);
+        if let Err(error) = report::report_end(bridge, &session, id, reply_to, &end).await {
+            unreported(&entry, &error).await;
+            return Err(error);
+        }
+    }
     if report.status == TaskStatus::Failed {
         let (reason, kind) = match &failure {
             Some(failure) if failure.kind.is_retryable() => (
@@ -149,6 +170,13 @@ pub(crate) async fn settle(bridge: &Arc<Bridge>, settlement: Settlement) -> Resu
         }
     }
     Ok(report)
+}
+
+/// An outcome that could not be reported: the delivery is not acknowledged (given back when
+/// the connection still lives), so the task runs again and its new outcome is reported.
+async fn unreported(entry: &InFlight, error: &Error) {
+    tracing::warn!(task.id = %entry.incoming.id, %error, "the outcome could not be reported to the producer; the task runs again");
+    acknowledge("nack", entry.delivery.acker.nack(requeue())).await;
 }
 
 fn millis_u64(duration: Duration) -> u64 {
