@@ -262,6 +262,15 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// The task's record.
     fn task(&self, id: TaskId) -> BoxFuture<'_, Result<Option<TaskRecord>>>;
 
+    /// The task's record once it is COMPLETED, FAILED or CANCELLED (at once when it already
+    /// is), woken by the commit that settles it, never by polling. A retry in between is not
+    /// an outcome: the wait goes on.
+    ///
+    /// # Errors
+    /// [`crate::Error::WaitTimeout`] when `timeout` passes first (the task is left alone);
+    /// [`crate::Error::NotFound`] for an unknown task, or one deleted while waited for.
+    fn wait(&self, id: TaskId, timeout: Duration) -> BoxFuture<'_, Result<TaskRecord>>;
+
     /// Cancels a PENDING or RETRYING task.
     fn cancel(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>>;
 

@@ -73,6 +73,9 @@ pub(crate) enum Command {
     Retry(RetryArgs),
     /// Cancel a PENDING or RETRYING task
     Cancel(IdArgs),
+    /// Wait for a task's outcome and print its result (its record with --json); exit code 0
+    /// for COMPLETED, 1 for FAILED or CANCELLED (or any failure), 3 when --timeout passes
+    Wait(WaitArgs),
     /// Delete the tasks of a queue (all but RUNNING ones, or only those with --status)
     Purge(PurgeArgs),
     /// Delete finished tasks past their retention now (`cleanup` in the configuration)
@@ -189,6 +192,16 @@ pub(crate) struct ListArgs {
 pub(crate) struct IdArgs {
     /// The task's id (a UUID, as `enqueue` and `list` print it)
     pub(crate) id: TaskId,
+}
+
+/// `wait` flags.
+#[derive(Debug, Args)]
+pub(crate) struct WaitArgs {
+    /// The task's id (a UUID, as `enqueue` and `list` print it)
+    pub(crate) id: TaskId,
+    /// How long to wait for the outcome ("30s", "5m"); the task is left alone when it passes
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]
+    pub(crate) timeout: Duration,
 }
 
 /// `retry` flags: one task, or every failed one.

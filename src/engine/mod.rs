@@ -146,6 +146,20 @@ impl Engine {
         self.inner.broker.task(id).await
     }
 
+    /// Waits for the task's outcome and returns its final record: COMPLETED with its result,
+    /// FAILED with its error, or CANCELLED. Returns at once for a task already final; otherwise
+    /// it is woken by the commit that settles the task (never by polling). A failed attempt
+    /// that will be retried is not an outcome: the wait goes on. Works the same on an engine
+    /// from [`Engine::connect`].
+    ///
+    /// # Errors
+    /// [`Error::WaitTimeout`] when `timeout` passes first: the task is left as it is.
+    /// [`Error::NotFound`] for an unknown task (or one purged meanwhile); on a connected
+    /// engine, [`Error::Connect`] when the connection is lost.
+    pub async fn wait(&self, id: TaskId, timeout: Duration) -> Result<TaskRecord> {
+        self.inner.broker.wait(id, timeout).await
+    }
+
     /// Cancels a PENDING or RETRYING task.
     ///
     /// # Errors

@@ -566,7 +566,7 @@ fn help_and_version_succeed() {
     let fq = Fq::new();
     let help = output(fq.bare().arg("--help"));
     for command in [
-        "serve", "worker", "enqueue", "stats", "list", "show", "retry", "cancel", "purge",
+        "serve", "worker", "enqueue", "stats", "list", "show", "retry", "cancel", "wait", "purge",
         "cleanup", "demo",
     ] {
         assert!(help.ok().contains(command), "{help:#?}");
@@ -1194,4 +1194,51 @@ fn an_at_time_in_the_past_is_refused_unless_allowed_and_then_due_now() {
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let kept = fq.enqueue(&["fq.demo.echo", "--at", &moment_ago]);
     assert_eq!(kept["scheduled_at"], moment_ago.as_str());
+}
+
+/// `fq wait` (issue 12 §4), through `fq serve`'s socket with a worker in another process: a
+/// wait started before any worker is woken by the settlement and prints the result (exit 0);
+/// a task that fails for good exits 1 (`--json`: its record); a timeout exits 3 and leaves the
+/// task alone.
+#[test]
+fn wait_prints_the_outcome_and_its_exit_code_says_which() {
+    let fq = Fq::new();
+    let server = fq.spawn(&["serve"]);
+    let done = id_of(&fq.enqueue(&["fq.demo.echo", "--kwargs", r#"{"greeting": "hello"}"#]));
+    let failed = id_of(&fq.enqueue(&["fq.demo.fail", "--max-retries", "0"]));
+    let later = id_of(&fq.enqueue(&["fq.demo.echo", "--delay", "1h"]));
+
+    let timed_out = fq.run(&["wait", &later, "--timeout", "200ms"]);
+    assert_eq!(timed_out.code, Some(3), "{timed_out:#?}");
+    assert!(
+        timed_out.stderr.contains("no outcome yet"),
+        "{timed_out:#?}"
+    );
+    let waiting = fq
+        .command(&["wait", &done, "--timeout", "60s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let worker = fq.spawn_worker(&[]);
+    let out = waiting.wait_with_output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("hello"), "the result is printed: {stdout}");
+
+    let failed_run = fq.run(&["wait", "--json", &failed, "--timeout", "60s"]);
+    assert_eq!(failed_run.code, Some(1), "{failed_run:#?}");
+    let record: Value = serde_json::from_str(&failed_run.stdout).unwrap();
+    assert_eq!(record["status"], "FAILED");
+    assert!(failed_run.stderr.contains("FAILED"), "{failed_run:#?}");
+    let (code, _) = worker.terminate();
+    assert_eq!(code, Some(0));
+    let (code, _) = server.terminate();
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        fq.run(&["show", "--json", &later]).json()["status"],
+        "PENDING",
+        "a timed-out wait left the task alone"
+    );
 }

@@ -41,4 +41,5 @@ mod shutdown;
 mod state_machine;
 mod testing;
 mod timeout_cancel;
+mod wait;
 mod web_app;

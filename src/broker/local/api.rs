@@ -115,6 +115,10 @@ impl Broker for LocalBroker {
         Box::pin(self.read(move |store| read_record(store, id)))
     }
 
+    fn wait(&self, id: TaskId, timeout: Duration) -> BoxFuture<'_, Result<TaskRecord>> {
+        Box::pin(self.wait_for_outcome(id, timeout))
+    }
+
     fn cancel(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
         Box::pin(async move { self.request(|reply| Command::Cancel { id, reply }).await })
     }

@@ -7,6 +7,7 @@ mod lease;
 mod open;
 mod read_only;
 mod timer;
+mod waiters;
 mod writer;
 
 use std::path::Path;
@@ -109,6 +110,8 @@ pub(crate) struct Shared {
     poisoned_flag: AtomicBool,
     poison: Mutex<Option<String>>,
     pub(crate) writer_exit: WriterExit,
+    /// Callers of `wait`, woken by the writer after the commit that settles their task.
+    pub(crate) waiters: waiters::Waiters,
 }
 
 /// Tells callers that the writer thread has ended, and so whether a dropped reply means

@@ -79,6 +79,18 @@ impl Broker for ReadOnlyBroker {
         Box::pin(self.read(move |store| read_record(store, id)))
     }
 
+    /// Nothing changes a store nobody serves: a task with its outcome is answered, any other
+    /// is refused as read-only rather than waited for in vain.
+    fn wait(&self, id: TaskId, _timeout: Duration) -> BoxFuture<'_, Result<TaskRecord>> {
+        Box::pin(async move {
+            let record = self.task(id).await?.ok_or(crate::Error::NotFound(id))?;
+            if super::waiters::is_outcome(record.status) {
+                return Ok(record);
+            }
+            self.refused().await
+        })
+    }
+
     fn cancel(&self, _id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
         self.refused()
     }

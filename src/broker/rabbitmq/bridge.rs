@@ -521,6 +521,10 @@ impl Broker for RabbitBroker {
         self.bridge.local.task(id)
     }
 
+    fn wait(&self, id: TaskId, timeout: Duration) -> BoxFuture<'_, Result<TaskRecord>> {
+        self.bridge.local.wait(id, timeout)
+    }
+
     fn cancel(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
         self.bridge.local.cancel(id)
     }

@@ -11,6 +11,7 @@ mod retry;
 mod serve;
 mod show;
 mod stats;
+mod wait;
 mod worker;
 
 use super::Context;
@@ -30,6 +31,7 @@ pub(crate) async fn dispatch(cli: Cli, registry: Registry) -> Result<(), CliErro
         Command::Show(args) => show::run(&ctx, &args).await,
         Command::Retry(args) => retry::run(&ctx, args).await,
         Command::Cancel(args) => cancel::run(&ctx, &args).await,
+        Command::Wait(args) => wait::run(&ctx, &args).await,
         Command::Purge(args) => purge::run(&ctx, args).await,
         Command::Cleanup => cleanup::run(&ctx).await,
         Command::Demo(args) => demo::run(&ctx, args).await,

@@ -117,11 +117,12 @@ pub(crate) enum Op {
     Stats,
     Cleanup,
     Abort,
+    Wait,
 }
 
 impl Op {
     /// Every op, for messages.
-    pub(crate) const ALL: [Op; 14] = [
+    pub(crate) const ALL: [Op; 15] = [
         Op::Enqueue,
         Op::Claim,
         Op::Heartbeat,
@@ -136,6 +137,7 @@ impl Op {
         Op::Stats,
         Op::Cleanup,
         Op::Abort,
+        Op::Wait,
     ];
 
     /// The op's name on the wire.
@@ -155,6 +157,7 @@ impl Op {
             Op::Stats => "stats",
             Op::Cleanup => "cleanup",
             Op::Abort => "abort",
+            Op::Wait => "wait",
         }
     }
 

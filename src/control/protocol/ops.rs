@@ -170,6 +170,15 @@ pub(crate) struct IdArgs {
     pub(crate) id: TaskId,
 }
 
+/// `wait` arguments: the task, and how long the server waits for its outcome (capped at
+/// `MAX_WAIT_MS`; a client wanting longer asks again).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WaitArgs {
+    pub(crate) id: TaskId,
+    pub(crate) timeout_ms: u64,
+}
+
 /// One task's record, or `null` (`task`).
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct TaskOk<T> {

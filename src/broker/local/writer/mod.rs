@@ -53,6 +53,8 @@ enum Publish {
         id: TaskId,
     },
     Emit(Event),
+    /// The task reached its outcome (or was deleted): its waiters look again.
+    Outcome(TaskId),
 }
 
 /// Settings the writer applies.
