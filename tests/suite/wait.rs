@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use fq::testing::TestEngine;
-use fq::{Engine, Error, Registry, TaskContext, TaskError, TaskStatus};
+use fq::{Error, Registry, TaskContext, TaskError, TaskStatus};
 use serde_json::{Value, json};
 
 use crate::common::{self, PATIENCE};
@@ -206,11 +206,7 @@ async fn send_and_wait_returns_the_outcome() {
 /// same typed error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waits_work_over_engine_connect() {
-    let (dir, engine) = common::engine();
-    let socket = dir.path().join("fq.redb.sock");
-    let remote = Engine::connect(&format!("unix:{}", socket.display()))
-        .await
-        .unwrap();
+    let (_dir, engine, remote) = common::engine_and_remote().await;
     let mut ids = Vec::new();
     for _ in 0..100 {
         ids.push(

@@ -102,6 +102,7 @@ impl LocalBroker {
             poison: Mutex::new(None),
             writer_exit: WriterExit::default(),
             waiters: Default::default(),
+            paused: super::pause::PausedQueues::new(store.paused_queues()?),
         });
         let weak = Arc::downgrade(&shared);
         shared.clock.on_advance(Box::new(move || {

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::api::{list_records, read_record, stats_of_counts, waited_ms};
+use super::api::{list_records, mark_paused, read_record, stats_of_counts, waited_ms};
 use super::*;
 
 /// The read-only view of a store.
@@ -91,6 +91,10 @@ impl Broker for ReadOnlyBroker {
         })
     }
 
+    fn set_paused(&self, _queue: String, _paused: bool) -> BoxFuture<'_, Result<bool>> {
+        self.refused()
+    }
+
     fn cancel(&self, _id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
         self.refused()
     }
@@ -121,6 +125,7 @@ impl Broker for ReadOnlyBroker {
         let now = self.now_ms();
         Box::pin(self.read(move |store| {
             let mut stats = stats_of_counts(store.counts()?);
+            mark_paused(&mut stats, store.paused_queues()?);
             let mut due: std::collections::HashMap<String, (u64, Millis)> = Default::default();
             store.for_each_waiting(|queue, order, _id| {
                 if order.due_at <= now {

@@ -525,6 +525,10 @@ impl Broker for RabbitBroker {
         self.bridge.local.wait(id, timeout)
     }
 
+    fn set_paused(&self, queue: String, paused: bool) -> BoxFuture<'_, Result<bool>> {
+        self.bridge.local.set_paused(queue, paused)
+    }
+
     fn cancel(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
         self.bridge.local.cancel(id)
     }

@@ -6,6 +6,7 @@ mod cleanup;
 mod demo;
 mod enqueue;
 mod list;
+mod pause;
 mod purge;
 mod retry;
 mod serve;
@@ -32,6 +33,8 @@ pub(crate) async fn dispatch(cli: Cli, registry: Registry) -> Result<(), CliErro
         Command::Retry(args) => retry::run(&ctx, args).await,
         Command::Cancel(args) => cancel::run(&ctx, &args).await,
         Command::Wait(args) => wait::run(&ctx, &args).await,
+        Command::Pause(args) => pause::run(&ctx, &args, true).await,
+        Command::Resume(args) => pause::run(&ctx, &args, false).await,
         Command::Purge(args) => purge::run(&ctx, args).await,
         Command::Cleanup => cleanup::run(&ctx).await,
         Command::Demo(args) => demo::run(&ctx, args).await,

@@ -18,9 +18,10 @@ use crate::broker::{
 };
 use crate::clock::{Millis, millis_to_datetime};
 use crate::control::protocol::{
-    AttemptArgs, ClaimArgs, CleanupArgs, CleanupOk, CountOk, Empty, EnqueueArgs, EnqueueOk, IdArgs,
-    ListArgs, MAX_WAIT_MS, Op, PurgeArgs, RetryFailedArgs, SettleAndClaimArgs, SettleAndClaimOk,
-    SettleArgs, SettleOk, Settled, TaskOk, TasksOk, WaitArgs, WireTaskOut, error_from_wire,
+    AttemptArgs, ChangedOk, ClaimArgs, CleanupArgs, CleanupOk, CountOk, Empty, EnqueueArgs,
+    EnqueueOk, IdArgs, ListArgs, MAX_WAIT_MS, Op, PurgeArgs, QueueArgs, RetryFailedArgs,
+    SettleAndClaimArgs, SettleAndClaimOk, SettleArgs, SettleOk, Settled, TaskOk, TasksOk, WaitArgs,
+    WireTaskOut, error_from_wire,
 };
 use crate::events::{Event, EventBus, EventKind};
 use crate::task::{TaskId, TaskRecord, TaskStatus};
@@ -214,6 +215,14 @@ impl Broker for RemoteBroker {
         Box::pin(async move {
             let ok: TaskOk<TaskRecord> = self.shared.request(Op::Task, &IdArgs { id }).await?;
             Ok(ok.task)
+        })
+    }
+
+    fn set_paused(&self, queue: String, paused: bool) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(async move {
+            let op = if paused { Op::Pause } else { Op::Resume };
+            let ok: ChangedOk = self.shared.request(op, &QueueArgs { queue }).await?;
+            Ok(ok.changed)
         })
     }
 

@@ -118,11 +118,13 @@ pub(crate) enum Op {
     Cleanup,
     Abort,
     Wait,
+    Pause,
+    Resume,
 }
 
 impl Op {
     /// Every op, for messages.
-    pub(crate) const ALL: [Op; 15] = [
+    pub(crate) const ALL: [Op; 17] = [
         Op::Enqueue,
         Op::Claim,
         Op::Heartbeat,
@@ -138,6 +140,8 @@ impl Op {
         Op::Cleanup,
         Op::Abort,
         Op::Wait,
+        Op::Pause,
+        Op::Resume,
     ];
 
     /// The op's name on the wire.
@@ -158,6 +162,8 @@ impl Op {
             Op::Cleanup => "cleanup",
             Op::Abort => "abort",
             Op::Wait => "wait",
+            Op::Pause => "pause",
+            Op::Resume => "resume",
         }
     }
 

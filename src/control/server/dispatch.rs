@@ -17,11 +17,11 @@ use crate::broker::{
 use crate::clock::millis_to_datetime;
 use crate::config::{MAX_TASK_DELAY, check_name};
 use crate::control::protocol::{
-    AttemptArgs, ClaimArgs, CleanupArgs, CleanupOk, CountOk, Empty, EnqueueArgs, EnqueueOk,
-    ErrorOut, HEADER_BYTES, IdArgs, ListArgs, MAX_CLAIM, MAX_LIST_BYTES, MAX_WAIT_MS, NoArgs,
-    OkOut, Op, ParsedRequest, PurgeArgs, RetryFailedArgs, SettleAndClaimArgs, SettleAndClaimOk,
-    SettleArgs, SettleOk, Settled, TaskOk, TasksOk, WaitArgs, WireTask, decode_args, encode_body,
-    error_to_wire,
+    AttemptArgs, ChangedOk, ClaimArgs, CleanupArgs, CleanupOk, CountOk, Empty, EnqueueArgs,
+    EnqueueOk, ErrorOut, HEADER_BYTES, IdArgs, ListArgs, MAX_CLAIM, MAX_LIST_BYTES, MAX_WAIT_MS,
+    NoArgs, OkOut, Op, ParsedRequest, PurgeArgs, QueueArgs, RetryFailedArgs, SettleAndClaimArgs,
+    SettleAndClaimOk, SettleArgs, SettleOk, Settled, TaskOk, TasksOk, WaitArgs, WireTask,
+    decode_args, encode_body, error_to_wire,
 };
 use crate::task::TaskId;
 use crate::{Error, Result};
@@ -383,6 +383,12 @@ async fn dispatch(
                 () = cancel.cancelled() => return Err(Error::WaitTimeout { id: args.id, timeout: Duration::ZERO }),
             };
             ok_body(id, &TaskOk { task: Some(task) })
+        }
+        Op::Pause | Op::Resume => {
+            let args: QueueArgs = decode_args(op, args)?;
+            crate::config::check_queue(&args.queue)?;
+            let changed = broker.set_paused(args.queue, op == Op::Pause).await?;
+            ok_body(id, &ChangedOk { changed })
         }
         // Answered by the connection's reader; kept here so every op has one home.
         Op::Abort => ok_body(id, &Empty {}),

@@ -36,6 +36,10 @@ impl Writer {
                 Publish::Unlease { id } => self.shared.leases.release(id),
                 Publish::Emit(event) => self.shared.events.emit(|| event),
                 Publish::Outcome(id) => outcomes.push(id),
+                Publish::Paused { queue, paused } => {
+                    self.shared.paused.set(&queue, paused);
+                    woke |= !paused;
+                }
             }
         }
         self.shared.waiters.wake(&outcomes);
