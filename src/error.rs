@@ -66,6 +66,15 @@ pub enum Error {
         /// The task's current status.
         status: TaskStatus,
     },
+    /// A wait for a task's outcome (`Engine::wait`) ran out of time before the task was
+    /// COMPLETED, FAILED or CANCELLED. The task is left as it is: still queued or running.
+    #[error("task {id} has no outcome yet after waiting {}; it is left as it is", crate::config::format_duration(*.timeout, crate::config::DurationStyle::Exact))]
+    WaitTimeout {
+        /// The task.
+        id: TaskId,
+        /// How long the wait lasted.
+        timeout: std::time::Duration,
+    },
     /// The store holds as many pending tasks as configured (`limits.max_pending`).
     #[error("queue full: the store already holds {limit} pending tasks (limits.max_pending)")]
     QueueFull {

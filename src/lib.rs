@@ -10,6 +10,9 @@
 //! commits in groups (one fsync serves hundreds of operations); a lock-free ready heap feeds
 //! tokio workers that are woken by new work, not by polling.
 //!
+//! A caller can wait for a task's outcome ([`Engine::wait`], [`QueueTask::send_and_wait`]: woken
+//! by the commit that settles it) and pause a queue durably ([`Engine::pause_queue`]).
+//!
 //! **What it is not**: a distributed system. One process owns a store file; other processes on
 //! the machine (producers, remote workers, the `fq` CLI) reach it through its control socket
 //! with [`Engine::connect`] (protocol: `docs/protocol.md`). Delivery is *at least once*: a task

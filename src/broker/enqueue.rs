@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{Broker, NewTask};
 use crate::config::{MAX_RETRIES as MAX_RETRIES_LIMIT, check_name};
-use crate::task::{Payload, TaskId};
+use crate::task::{Payload, TaskId, TaskRecord};
 use crate::{Error, Result};
 
 /// The latest time a task may be scheduled for: 9999-12-31T23:59:59Z.
@@ -281,5 +281,23 @@ impl QueueTask {
         ids.into_iter()
             .next()
             .ok_or_else(|| Error::Internal("enqueue returned no id".into()))
+    }
+
+    /// Queues the task, then waits up to `timeout` for its outcome (see `Engine::wait`): the
+    /// final record, COMPLETED with its result, FAILED with its error, or CANCELLED.
+    ///
+    /// # Errors
+    /// As [`QueueTask::send`]; [`Error::WaitTimeout`] when `timeout` passes first (the task
+    /// stays queued; its id is in the error).
+    pub async fn send_and_wait(self, timeout: Duration) -> Result<TaskRecord> {
+        let broker = match &self.target {
+            Target::Broker(broker) => Some(Arc::clone(broker)),
+            Target::Offline { .. } => None,
+        };
+        // An offline draft is refused by `send`, with its reason.
+        let id = self.send().await?;
+        let broker =
+            broker.ok_or_else(|| Error::Internal("a task was sent without an engine".into()))?;
+        broker.wait(id, timeout).await
     }
 }

@@ -151,6 +151,9 @@ pub struct QueueStats {
     pub oldest_ready_ms: Option<u64>,
     /// Tasks completed by this engine in the last 60 seconds.
     pub completed_last_minute: u64,
+    /// True when the queue is paused: its tasks wait, none is started.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 impl QueueStats {
@@ -265,6 +268,19 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 
     /// The task's record.
     fn task(&self, id: TaskId) -> BoxFuture<'_, Result<Option<TaskRecord>>>;
+
+    /// The task's record once it is COMPLETED, FAILED or CANCELLED (at once when it already
+    /// is), woken by the commit that settles it, never by polling. A retry in between is not
+    /// an outcome: the wait goes on.
+    ///
+    /// # Errors
+    /// [`crate::Error::WaitTimeout`] when `timeout` passes first (the task is left alone);
+    /// [`crate::Error::NotFound`] for an unknown task, or one deleted while waited for.
+    fn wait(&self, id: TaskId, timeout: Duration) -> BoxFuture<'_, Result<TaskRecord>>;
+
+    /// Pauses (`paused`) or resumes `queue`, durably: no task of a paused queue is claimed
+    /// (running ones finish; queuing into it goes on). Returns true when that changed it.
+    fn set_paused(&self, queue: String, paused: bool) -> BoxFuture<'_, Result<bool>>;
 
     /// Cancels a PENDING or RETRYING task.
     fn cancel(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>>;

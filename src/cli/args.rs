@@ -73,6 +73,14 @@ pub(crate) enum Command {
     Retry(RetryArgs),
     /// Cancel a PENDING or RETRYING task
     Cancel(IdArgs),
+    /// Wait for a task's outcome and print its result (its record with --json); exit code 0
+    /// for COMPLETED, 1 for FAILED or CANCELLED (or any failure), 3 when --timeout passes
+    Wait(WaitArgs),
+    /// Pause a queue (durably): its tasks stay queued and none starts until `resume`; running
+    /// tasks finish. A queue with no task yet can be paused ahead
+    Pause(QueueArgs),
+    /// Resume a paused queue: its waiting tasks start again
+    Resume(QueueArgs),
     /// Delete the tasks of a queue (all but RUNNING ones, or only those with --status)
     Purge(PurgeArgs),
     /// Delete finished tasks past their retention now (`cleanup` in the configuration)
@@ -196,6 +204,24 @@ pub(crate) struct ListArgs {
 pub(crate) struct IdArgs {
     /// The task's id (a UUID, as `enqueue` and `list` print it)
     pub(crate) id: TaskId,
+}
+
+/// A command that takes one queue name.
+#[derive(Debug, Args)]
+pub(crate) struct QueueArgs {
+    /// The queue
+    #[arg(value_parser = parse_queue)]
+    pub(crate) queue: String,
+}
+
+/// `wait` flags.
+#[derive(Debug, Args)]
+pub(crate) struct WaitArgs {
+    /// The task's id (a UUID, as `enqueue` and `list` print it)
+    pub(crate) id: TaskId,
+    /// How long to wait for the outcome ("30s", "5m"); the task is left alone when it passes
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]
+    pub(crate) timeout: Duration,
 }
 
 /// `retry` flags: one task, or every failed one.

@@ -10,6 +10,8 @@ pub(crate) const EXIT_FAILURE: u8 = 1;
 /// Exit code of a usage error: bad flags or flag values, a bad configuration, a missing
 /// confirmation. clap uses the same code for the errors it finds.
 pub(crate) const EXIT_USAGE: u8 = 2;
+/// Exit code of `fq wait` when its timeout passed before the task's outcome.
+pub(crate) const EXIT_TIMEOUT: u8 = 3;
 
 type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
@@ -20,6 +22,8 @@ pub(crate) enum Kind {
     Usage,
     /// The command was right but could not be carried out.
     Runtime,
+    /// A wait ran out of time (`fq wait --timeout`); the task was left alone.
+    TimedOut,
 }
 
 /// An error as the CLI reports it.
@@ -95,6 +99,7 @@ impl CliError {
         ExitCode::from(match self.kind {
             Kind::Usage => EXIT_USAGE,
             Kind::Runtime => EXIT_FAILURE,
+            Kind::TimedOut => EXIT_TIMEOUT,
         })
     }
 
@@ -160,6 +165,7 @@ impl From<crate::Error> for CliError {
     fn from(error: crate::Error) -> Self {
         let kind = match error {
             crate::Error::Config(_) => Kind::Usage,
+            crate::Error::WaitTimeout { .. } => Kind::TimedOut,
             _ => Kind::Runtime,
         };
         Self {

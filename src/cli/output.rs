@@ -174,7 +174,11 @@ pub(crate) fn stats_table(stats: &Stats) -> String {
 
 fn stats_row(name: &str, queue: &QueueStats) -> Vec<String> {
     vec![
-        name.to_owned(),
+        if queue.paused {
+            format!("{name} (paused)")
+        } else {
+            name.to_owned()
+        },
         queue.ready.to_string(),
         queue.scheduled.to_string(),
         queue.running.to_string(),

@@ -147,6 +147,42 @@ impl Engine {
         self.inner.broker.task(id).await
     }
 
+    /// Waits for the task's outcome and returns its final record: COMPLETED with its result,
+    /// FAILED with its error, or CANCELLED. Returns at once for a task already final; otherwise
+    /// it is woken by the commit that settles the task (never by polling). A failed attempt
+    /// that will be retried is not an outcome: the wait goes on. Works the same on an engine
+    /// from [`Engine::connect`].
+    ///
+    /// # Errors
+    /// [`Error::WaitTimeout`] when `timeout` passes first: the task is left as it is.
+    /// [`Error::NotFound`] for an unknown task (or one purged meanwhile); on a connected
+    /// engine, [`Error::Connect`] when the connection is lost.
+    pub async fn wait(&self, id: TaskId, timeout: Duration) -> Result<TaskRecord> {
+        self.inner.broker.wait(id, timeout).await
+    }
+
+    /// Pauses `queue`, durably (it stays paused across a reopen): no new task of it starts,
+    /// on any worker of the store, local or remote; running ones finish, queuing into it goes
+    /// on, and its tasks stay queued (not failed, not retried). A queue that holds no task yet
+    /// can be paused ahead. Returns false when it was paused already.
+    ///
+    /// # Errors
+    /// A malformed queue name ([`Error::InvalidInput`]) or a storage failure.
+    pub async fn pause_queue(&self, queue: &str) -> Result<bool> {
+        crate::config::check_queue(queue)?;
+        self.inner.broker.set_paused(queue.to_owned(), true).await
+    }
+
+    /// Resumes a paused queue: its waiting tasks start again at once. Returns false when it
+    /// was not paused.
+    ///
+    /// # Errors
+    /// A malformed queue name ([`Error::InvalidInput`]) or a storage failure.
+    pub async fn resume_queue(&self, queue: &str) -> Result<bool> {
+        crate::config::check_queue(queue)?;
+        self.inner.broker.set_paused(queue.to_owned(), false).await
+    }
+
     /// Cancels a PENDING or RETRYING task.
     ///
     /// # Errors

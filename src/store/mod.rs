@@ -8,6 +8,7 @@ mod handle;
 mod integrity;
 mod keys;
 mod open_here;
+mod paused;
 mod probe;
 mod store_id;
 mod tables;

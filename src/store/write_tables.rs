@@ -284,7 +284,7 @@ impl WriteTables<'_> {
 type Done = Result<(), StoreError>;
 
 /// Maps a failed table operation to the store's error, naming the file and the action.
-fn storage<'p>(
+pub(super) fn storage<'p>(
     path: &'p Path,
     action: &'static str,
 ) -> impl Fn(redb::StorageError) -> StoreError + 'p {

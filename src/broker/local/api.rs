@@ -23,13 +23,14 @@ impl Broker for LocalBroker {
         cancel: &'a CancellationToken,
     ) -> BoxFuture<'a, Result<Vec<TaskRecord>>> {
         Box::pin(async move {
-            let selection = self.shared.ready.select(queues);
             let deadline = tokio::time::Instant::now() + wait;
             loop {
                 let notified = self.shared.work.notified();
                 tokio::pin!(notified);
                 // Registered before looking, so a push between the look and the wait wakes us.
                 notified.as_mut().enable();
+                // Chosen again at each look: a pause or resume (which wakes us) changes it.
+                let selection = self.shared.ready.select(&self.shared.paused.active(queues));
                 let mut picked = Vec::new();
                 while picked.len() < max.max(1) {
                     match selection.pop() {
@@ -82,7 +83,7 @@ impl Broker for LocalBroker {
         max: usize,
     ) -> BoxFuture<'a, Result<Chained>> {
         Box::pin(async move {
-            let selection = self.shared.ready.select(queues);
+            let selection = self.shared.ready.select(&self.shared.paused.active(queues));
             let next: Vec<_> = std::iter::from_fn(|| selection.pop()).take(max).collect();
             let lease_until = self.lease_deadline();
             self.request(|reply| Command::Settle {
@@ -113,6 +114,14 @@ impl Broker for LocalBroker {
 
     fn task(&self, id: TaskId) -> BoxFuture<'_, Result<Option<TaskRecord>>> {
         Box::pin(self.read(move |store| read_record(store, id)))
+    }
+
+    fn wait(&self, id: TaskId, timeout: Duration) -> BoxFuture<'_, Result<TaskRecord>> {
+        Box::pin(self.wait_for_outcome(id, timeout))
+    }
+
+    fn set_paused(&self, queue: String, paused: bool) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(self.set_queue_paused(queue, paused))
     }
 
     fn cancel(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
@@ -205,6 +214,7 @@ impl Broker for LocalBroker {
             let counts = self.read(|store| Ok(store.counts()?)).await?;
             let now = self.now_ms();
             let mut stats = stats_of_counts(counts);
+            mark_paused(&mut stats, self.shared.paused.list());
             for (queue, entry) in &mut stats.queues {
                 let (ready, oldest_due) = self.shared.ready.queue_summary(queue);
                 entry.ready = ready;
@@ -271,6 +281,13 @@ pub(super) fn stats_of_counts(
         }
     }
     stats
+}
+
+/// Marks the paused queues, adding those that hold no task yet (paused ahead).
+pub(super) fn mark_paused(stats: &mut Stats, paused: Vec<String>) {
+    for queue in paused {
+        stats.queues.entry(queue).or_default().paused = true;
+    }
 }
 
 /// How long a task due at `due` has waited by `now`, in milliseconds.

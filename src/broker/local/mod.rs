@@ -5,8 +5,10 @@
 mod api;
 mod lease;
 mod open;
+mod pause;
 mod read_only;
 mod timer;
+mod waiters;
 mod writer;
 
 use std::path::Path;
@@ -111,6 +113,10 @@ pub(crate) struct Shared {
     poisoned_flag: AtomicBool,
     poison: Mutex<Option<String>>,
     pub(crate) writer_exit: WriterExit,
+    /// Callers of `wait`, woken by the writer after the commit that settles their task.
+    pub(crate) waiters: waiters::Waiters,
+    /// Queues whose tasks are not claimed (`pause_queue`), as committed.
+    pub(crate) paused: pause::PausedQueues,
 }
 
 /// Tells callers that the writer thread has ended, and so whether a dropped reply means
@@ -266,7 +272,9 @@ impl LocalBroker {
     /// Takes up to `max` due tasks of every queue off the ready heap, best first. They stay
     /// waiting in the store until [`LocalBroker::mark_forwarded`] or a [`LocalBroker::put_back`].
     pub(crate) fn take_due(&self, max: usize) -> Vec<ReadyTask> {
-        let selection = self.shared.ready.select(&self.shared.ready.names());
+        let names = self.shared.ready.names();
+        // A paused queue's tasks stay in the outbox.
+        let selection = self.shared.ready.select(&self.shared.paused.active(&names));
         std::iter::from_fn(|| selection.pop()).take(max).collect()
     }
 

@@ -101,6 +101,8 @@ impl LocalBroker {
             poisoned_flag: AtomicBool::new(false),
             poison: Mutex::new(None),
             writer_exit: WriterExit::default(),
+            waiters: Default::default(),
+            paused: super::pause::PausedQueues::new(store.paused_queues()?),
         });
         let weak = Arc::downgrade(&shared);
         shared.clock.on_advance(Box::new(move || {

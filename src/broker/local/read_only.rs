@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::api::{list_records, read_record, stats_of_counts, waited_ms};
+use super::api::{list_records, mark_paused, read_record, stats_of_counts, waited_ms};
 use super::*;
 
 /// The read-only view of a store.
@@ -79,6 +79,22 @@ impl Broker for ReadOnlyBroker {
         Box::pin(self.read(move |store| read_record(store, id)))
     }
 
+    /// Nothing changes a store nobody serves: a task with its outcome is answered, any other
+    /// is refused as read-only rather than waited for in vain.
+    fn wait(&self, id: TaskId, _timeout: Duration) -> BoxFuture<'_, Result<TaskRecord>> {
+        Box::pin(async move {
+            let record = self.task(id).await?.ok_or(crate::Error::NotFound(id))?;
+            if super::waiters::is_outcome(record.status) {
+                return Ok(record);
+            }
+            self.refused().await
+        })
+    }
+
+    fn set_paused(&self, _queue: String, _paused: bool) -> BoxFuture<'_, Result<bool>> {
+        self.refused()
+    }
+
     fn cancel(&self, _id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
         self.refused()
     }
@@ -109,6 +125,7 @@ impl Broker for ReadOnlyBroker {
         let now = self.now_ms();
         Box::pin(self.read(move |store| {
             let mut stats = stats_of_counts(store.counts()?);
+            mark_paused(&mut stats, store.paused_queues()?);
             let mut due: std::collections::HashMap<String, (u64, Millis)> = Default::default();
             store.for_each_waiting(|queue, order, _id| {
                 if order.due_at <= now {

@@ -527,6 +527,14 @@ impl Broker for RabbitBroker {
         self.bridge.local.task(id)
     }
 
+    fn wait(&self, id: TaskId, timeout: Duration) -> BoxFuture<'_, Result<TaskRecord>> {
+        self.bridge.local.wait(id, timeout)
+    }
+
+    fn set_paused(&self, queue: String, paused: bool) -> BoxFuture<'_, Result<bool>> {
+        self.bridge.local.set_paused(queue, paused)
+    }
+
     fn cancel(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
         self.bridge.local.cancel(id)
     }

@@ -6,11 +6,13 @@ mod cleanup;
 mod demo;
 mod enqueue;
 mod list;
+mod pause;
 mod purge;
 mod retry;
 mod serve;
 mod show;
 mod stats;
+mod wait;
 mod worker;
 
 use super::Context;
@@ -30,6 +32,9 @@ pub(crate) async fn dispatch(cli: Cli, registry: Registry) -> Result<(), CliErro
         Command::Show(args) => show::run(&ctx, &args).await,
         Command::Retry(args) => retry::run(&ctx, args).await,
         Command::Cancel(args) => cancel::run(&ctx, &args).await,
+        Command::Wait(args) => wait::run(&ctx, &args).await,
+        Command::Pause(args) => pause::run(&ctx, &args, true).await,
+        Command::Resume(args) => pause::run(&ctx, &args, false).await,
         Command::Purge(args) => purge::run(&ctx, args).await,
         Command::Cleanup => cleanup::run(&ctx).await,
         Command::Demo(args) => demo::run(&ctx, args).await,

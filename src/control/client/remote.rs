@@ -18,9 +18,10 @@ use crate::broker::{
 };
 use crate::clock::{Millis, millis_to_datetime};
 use crate::control::protocol::{
-    AttemptArgs, ClaimArgs, CleanupArgs, CleanupOk, CountOk, Empty, EnqueueArgs, EnqueueOk, IdArgs,
-    ListArgs, Op, PurgeArgs, RetryFailedArgs, SettleAndClaimArgs, SettleAndClaimOk, SettleArgs,
-    SettleOk, Settled, TaskOk, TasksOk, WireTaskOut, error_from_wire,
+    AttemptArgs, ChangedOk, ClaimArgs, CleanupArgs, CleanupOk, CountOk, Empty, EnqueueArgs,
+    EnqueueOk, IdArgs, ListArgs, MAX_WAIT_MS, Op, PurgeArgs, QueueArgs, RetryFailedArgs,
+    SettleAndClaimArgs, SettleAndClaimOk, SettleArgs, SettleOk, Settled, TaskOk, TasksOk, WaitArgs,
+    WireTaskOut, error_from_wire,
 };
 use crate::events::{Event, EventBus, EventKind};
 use crate::task::{TaskId, TaskRecord, TaskStatus};
@@ -214,6 +215,43 @@ impl Broker for RemoteBroker {
         Box::pin(async move {
             let ok: TaskOk<TaskRecord> = self.shared.request(Op::Task, &IdArgs { id }).await?;
             Ok(ok.task)
+        })
+    }
+
+    fn set_paused(&self, queue: String, paused: bool) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(async move {
+            let op = if paused { Op::Pause } else { Op::Resume };
+            let ok: ChangedOk = self.shared.request(op, &QueueArgs { queue }).await?;
+            Ok(ok.changed)
+        })
+    }
+
+    /// One `wait` request per `MAX_WAIT_MS` (the server's cap), until the outcome or the
+    /// timeout; a lost connection ends the wait with [`Error::Connect`].
+    fn wait(&self, id: TaskId, timeout: Duration) -> BoxFuture<'_, Result<TaskRecord>> {
+        Box::pin(async move {
+            let deadline = Instant::now() + timeout;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let timeout_ms = millis(left).min(MAX_WAIT_MS);
+                let answer = self
+                    .shared
+                    .request::<_, TaskOk<TaskRecord>>(Op::Wait, &WaitArgs { id, timeout_ms })
+                    .await;
+                match answer {
+                    Ok(ok) => {
+                        return ok.task.ok_or_else(|| Error::Remote {
+                            kind: "bad_response".into(),
+                            message: "the engine's answer to wait holds no task".into(),
+                        });
+                    }
+                    Err(Error::WaitTimeout { .. }) if Instant::now() < deadline => {}
+                    Err(Error::WaitTimeout { .. }) => {
+                        return Err(Error::WaitTimeout { id, timeout });
+                    }
+                    Err(other) => return Err(other),
+                }
+            }
         })
     }
 

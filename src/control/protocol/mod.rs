@@ -117,11 +117,14 @@ pub(crate) enum Op {
     Stats,
     Cleanup,
     Abort,
+    Wait,
+    Pause,
+    Resume,
 }
 
 impl Op {
     /// Every op, for messages.
-    pub(crate) const ALL: [Op; 14] = [
+    pub(crate) const ALL: [Op; 17] = [
         Op::Enqueue,
         Op::Claim,
         Op::Heartbeat,
@@ -136,6 +139,9 @@ impl Op {
         Op::Stats,
         Op::Cleanup,
         Op::Abort,
+        Op::Wait,
+        Op::Pause,
+        Op::Resume,
     ];
 
     /// The op's name on the wire.
@@ -155,6 +161,9 @@ impl Op {
             Op::Stats => "stats",
             Op::Cleanup => "cleanup",
             Op::Abort => "abort",
+            Op::Wait => "wait",
+            Op::Pause => "pause",
+            Op::Resume => "resume",
         }
     }
 

@@ -170,6 +170,28 @@ pub(crate) struct IdArgs {
     pub(crate) id: TaskId,
 }
 
+/// `wait` arguments: the task, and how long the server waits for its outcome (capped at
+/// `MAX_WAIT_MS`; a client wanting longer asks again).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WaitArgs {
+    pub(crate) id: TaskId,
+    pub(crate) timeout_ms: u64,
+}
+
+/// `pause` and `resume` arguments.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct QueueArgs {
+    pub(crate) queue: String,
+}
+
+/// `pause` and `resume` result: whether the queue's state changed.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ChangedOk {
+    pub(crate) changed: bool,
+}
+
 /// One task's record, or `null` (`task`).
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct TaskOk<T> {

@@ -38,6 +38,9 @@ pub(crate) struct WireError {
     /// `queue_full`: the configured limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) limit: Option<u64>,
+    /// `wait_timeout`: how long the wait lasted, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) waited_ms: Option<u64>,
 }
 
 impl WireError {
@@ -164,6 +167,11 @@ pub(crate) fn error_to_wire(error: &Error) -> WireError {
             limit: Some(*limit),
             ..WireError::new("queue_full", message)
         },
+        Error::WaitTimeout { id, timeout } => WireError {
+            task: Some(*id),
+            waited_ms: Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
+            ..WireError::new("wait_timeout", message)
+        },
         Error::Poisoned { .. } => WireError::new("poisoned", message),
         Error::ShutDown => WireError::new("shut_down", message),
         Error::Store(_) => WireError::new("store", message),
@@ -212,6 +220,13 @@ pub(crate) fn error_from_wire(wire: WireError) -> Error {
             _ => None,
         },
         "queue_full" => wire.limit.map(|limit| Error::QueueFull { limit }),
+        "wait_timeout" => match (wire.task, wire.waited_ms) {
+            (Some(id), Some(ms)) => Some(Error::WaitTimeout {
+                id,
+                timeout: std::time::Duration::from_millis(ms),
+            }),
+            _ => None,
+        },
         "poisoned" => Some(Error::Poisoned {
             reason: strip(
                 "engine is poisoned and refuses writes until its store works again or it is reopened: ",

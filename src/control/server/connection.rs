@@ -288,7 +288,8 @@ async fn connection(
             },
             () = stop.cancelled() => break "closing".to_owned(),
         };
-        let claim_token = (request.op == Op::Claim).then(|| {
+        // Long requests (a claim's long poll, a wait) can be aborted and end with the connection.
+        let claim_token = matches!(request.op, Op::Claim | Op::Wait).then(|| {
             let token = stop.child_token();
             claims
                 .lock()

@@ -17,11 +17,11 @@ use crate::broker::{
 use crate::clock::millis_to_datetime;
 use crate::config::{MAX_TASK_DELAY, check_name};
 use crate::control::protocol::{
-    AttemptArgs, ClaimArgs, CleanupArgs, CleanupOk, CountOk, Empty, EnqueueArgs, EnqueueOk,
-    ErrorOut, HEADER_BYTES, IdArgs, ListArgs, MAX_CLAIM, MAX_LIST_BYTES, MAX_WAIT_MS, NoArgs,
-    OkOut, Op, ParsedRequest, PurgeArgs, RetryFailedArgs, SettleAndClaimArgs, SettleAndClaimOk,
-    SettleArgs, SettleOk, Settled, TaskOk, TasksOk, WireTask, decode_args, encode_body,
-    error_to_wire,
+    AttemptArgs, ChangedOk, ClaimArgs, CleanupArgs, CleanupOk, CountOk, Empty, EnqueueArgs,
+    EnqueueOk, ErrorOut, HEADER_BYTES, IdArgs, ListArgs, MAX_CLAIM, MAX_LIST_BYTES, MAX_WAIT_MS,
+    NoArgs, OkOut, Op, ParsedRequest, PurgeArgs, QueueArgs, RetryFailedArgs, SettleAndClaimArgs,
+    SettleAndClaimOk, SettleArgs, SettleOk, Settled, TaskOk, TasksOk, WaitArgs, WireTask,
+    decode_args, encode_body, error_to_wire,
 };
 use crate::task::TaskId;
 use crate::{Error, Result};
@@ -370,6 +370,25 @@ async fn dispatch(
             };
             let report = broker.cleanup(policy).await?;
             ok_body(id, &CleanupOk::from(report))
+        }
+        Op::Wait => {
+            let args: WaitArgs = decode_args(op, args)?;
+            let timeout = Duration::from_millis(args.timeout_ms.min(MAX_WAIT_MS));
+            // A long request like a claim: it ends early when its connection closes or the
+            // client aborts it (the answer is then dropped, or says the wait was cut short).
+            let never = CancellationToken::new();
+            let cancel = claim_cancel.unwrap_or(&never);
+            let task = tokio::select! {
+                task = broker.wait(args.id, timeout) => task?,
+                () = cancel.cancelled() => return Err(Error::WaitTimeout { id: args.id, timeout: Duration::ZERO }),
+            };
+            ok_body(id, &TaskOk { task: Some(task) })
+        }
+        Op::Pause | Op::Resume => {
+            let args: QueueArgs = decode_args(op, args)?;
+            crate::config::check_queue(&args.queue)?;
+            let changed = broker.set_paused(args.queue, op == Op::Pause).await?;
+            ok_body(id, &ChangedOk { changed })
         }
         // Answered by the connection's reader; kept here so every op has one home.
         Op::Abort => ok_body(id, &Empty {}),

@@ -39,6 +39,17 @@ pub fn engine() -> (tempfile::TempDir, Engine) {
     (dir, engine)
 }
 
+/// An engine from `common::engine()` and a second handle on it through its control socket
+/// (`Engine::connect`), as another process would have.
+pub async fn engine_and_remote() -> (tempfile::TempDir, Engine, Engine) {
+    let (dir, engine) = engine();
+    let socket = dir.path().join("fq.redb.sock");
+    let remote = Engine::connect(&format!("unix:{}", socket.display()))
+        .await
+        .expect("connect");
+    (dir, engine, remote)
+}
+
 /// A fresh engine in a temp dir on a manual clock standing at 2026-01-01T09:00:00Z.
 pub fn manual_engine() -> (tempfile::TempDir, Engine, Arc<ManualClock>) {
     let dir = tempfile::tempdir().expect("temp dir");

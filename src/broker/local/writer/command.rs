@@ -74,6 +74,12 @@ pub(crate) enum Command {
         limit: usize,
         reply: Reply<Page>,
     },
+    /// Pauses (`paused`) or resumes a queue; answers whether that changed it.
+    Pause {
+        queue: String,
+        paused: bool,
+        reply: Reply<bool>,
+    },
     /// A lease ran out: the attempt counts as failed (its worker is presumed dead).
     Expire { id: TaskId, attempt: u32 },
     /// RabbitMQ confirmed these tasks (id, the order they were taken from the heap under):
@@ -151,6 +157,7 @@ impl Command {
             Command::RecordRun { reply, .. } => Answer::failed(reply),
             Command::Report { reply, .. } => Answer::failed(reply),
             Command::TakeForForwarding { reply, .. } => Answer::failed(reply),
+            Command::Pause { reply, .. } => Answer::failed(reply),
             Command::Expire { .. } | Command::Untake { .. } => return,
         };
         answer.fail(error);

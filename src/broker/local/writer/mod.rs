@@ -35,7 +35,7 @@ const MIN_GATHER: Duration = Duration::from_micros(50);
 const MAX_GATHER: Duration = Duration::from_millis(2);
 
 /// A change to the in-memory structures, made only after the commit that backs it.
-enum Publish {
+pub(super) enum Publish {
     Wait {
         queue: String,
         order: ReadyOrder,
@@ -54,6 +54,13 @@ enum Publish {
         id: TaskId,
     },
     Emit(Event),
+    /// The task reached its outcome (or was deleted): its waiters look again.
+    Outcome(TaskId),
+    /// A queue was paused or resumed.
+    Paused {
+        queue: String,
+        paused: bool,
+    },
 }
 
 /// Settings the writer applies.
@@ -120,9 +127,9 @@ pub(crate) struct Writer {
 }
 
 /// The per-transaction scratch state.
-struct Batch {
+pub(super) struct Batch {
     now: Millis,
-    effects: Vec<Publish>,
+    pub(super) effects: Vec<Publish>,
     answers: Vec<Answer>,
     audience: bool,
     /// Completions per queue, for the engine's throughput figures.
@@ -342,6 +349,7 @@ impl Writer {
                 lease_until,
                 reply,
             } => {
+                let tasks = self.hold_paused(tasks, batch);
                 let claimed =
                     keep_reply!(batch, reply, self.claim(tables, tasks, lease_until, batch));
                 let follow_ups = claimed.len();
@@ -356,6 +364,7 @@ impl Writer {
                 reply,
             } => {
                 let settled = keep_reply!(batch, reply, self.settle(tables, &settlement, batch));
+                let next = self.hold_paused(next, batch);
                 let claimed = if next.is_empty() {
                     Vec::new()
                 } else {
@@ -452,6 +461,14 @@ impl Writer {
                     self.apply_reports(tables, reports, quiet, batch)
                 );
                 batch.answers.push(Answer::new(reply, Ok(applied), 0));
+            }
+            Command::Pause {
+                queue,
+                paused,
+                reply,
+            } => {
+                let changed = keep_reply!(batch, reply, self.pause(tables, queue, paused, batch));
+                batch.answers.push(Answer::new(reply, Ok(changed), 0));
             }
             Command::Expire { id, attempt } => self.expire(tables, id, attempt, batch)?,
         }

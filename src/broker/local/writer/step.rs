@@ -11,6 +11,7 @@ impl Writer {
     pub(super) fn publish(&self, effects: Vec<Publish>, now: Millis) {
         let mut woke = false;
         let mut poke = false;
+        let mut outcomes = Vec::new();
         for effect in effects {
             match effect {
                 Publish::Wait { queue, order, id } => {
@@ -34,8 +35,14 @@ impl Writer {
                 }
                 Publish::Unlease { id } => self.shared.leases.release(id),
                 Publish::Emit(event) => self.shared.events.emit(|| event),
+                Publish::Outcome(id) => outcomes.push(id),
+                Publish::Paused { queue, paused } => {
+                    self.shared.paused.set(&queue, paused);
+                    woke |= !paused;
+                }
             }
         }
+        self.shared.waiters.wake(&outcomes);
         if woke {
             self.shared.work.notify_waiters();
         }
@@ -65,6 +72,9 @@ impl Writer {
     ) -> Result<(), StoreError> {
         write_step(tables, id, step)?;
         self.publish_effects(id, &step.task, step.effects.iter(), lease_until, batch);
+        if super::super::waiters::is_outcome(step.task.status) {
+            batch.effects.push(Publish::Outcome(id));
+        }
         if step.task.status == crate::task::TaskStatus::Completed {
             *batch.completed.entry(step.task.queue.clone()).or_insert(0) += 1;
         }
@@ -86,6 +96,7 @@ impl Writer {
         }
         tables.delete_task(id, task)?;
         self.publish_effects(id, task, effects.iter(), batch.now, batch);
+        batch.effects.push(Publish::Outcome(id));
         Ok(())
     }
 
