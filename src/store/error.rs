@@ -58,6 +58,16 @@ pub enum StoreError {
         /// The file.
         path: PathBuf,
     },
+    /// The database was closed under this operation: the engine reopened its store (after a
+    /// failed commit, or while healing). Reads are retried by the engine; seen by a caller only
+    /// if the store kept being reopened.
+    #[error("{}: the store was reopened while {action}; try again", path.display())]
+    Reopened {
+        /// The file.
+        path: PathBuf,
+        /// What was being done.
+        action: &'static str,
+    },
     /// The file could not be read or written.
     #[error("{}: {detail}", path.display())]
     Io {

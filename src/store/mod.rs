@@ -3,6 +3,7 @@
 
 mod backend;
 mod codec;
+mod create;
 mod error;
 mod handle;
 mod integrity;
@@ -132,11 +133,14 @@ impl Store {
             Err(e) if e.kind() == ErrorKind::NotFound => false,
             Err(e) => return Err(io_error("cannot inspect the store file", e)),
         };
-        if !exists && let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| io_error("cannot create the store's folder", e))?;
+        if !exists {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| io_error("cannot create the store's folder", e))?;
+            }
+            Self::create_atomically(path, options)?;
         }
-        Self::finish_open(path_buf, options, exists, false)
+        Self::finish_open(path_buf, options, true, false)
     }
 
     /// Opens the existing store at `path` to read it as it is: every write is refused, and
@@ -543,6 +547,10 @@ fn map_storage_error(path: &Path, action: &'static str, error: redb::Error) -> S
         },
         redb::Error::DatabaseAlreadyOpen => StoreError::Locked {
             path: path.to_path_buf(),
+        },
+        redb::Error::DatabaseClosed => StoreError::Reopened {
+            path: path.to_path_buf(),
+            action,
         },
         other => StoreError::Storage {
             path: path.to_path_buf(),

@@ -227,3 +227,55 @@ async fn a_killed_process_loses_nothing_and_reruns_only_its_orphan() -> fq::Resu
     }
     Ok(())
 }
+
+/// Creating a store is atomic (issue 15 §3): `fq enqueue` on a new path, killed with SIGKILL
+/// at a random moment of its run (mostly while it creates the store), leaves either no store
+/// or one that opens; before, a kill during the creation left a file every later open refused
+/// ("not an fq store") until someone deleted it.
+#[cfg(feature = "cli")]
+#[test]
+fn a_store_killed_while_being_created_is_whole_or_absent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = fastrand::Rng::with_seed(crate::common::run::seed());
+    // Kill moments spread over one whole uninterrupted run.
+    let started = std::time::Instant::now();
+    let status = crate::common::child::fq()
+        .arg("--db")
+        .arg(dir.path().join("timing/fq.redb"))
+        .args(["enqueue", "fq.demo.echo"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let run_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let (mut absent, mut whole) = (0, 0);
+    for n in 0..120 {
+        let path = dir.path().join(format!("s{n}/fq.redb"));
+        let mut child = crate::common::child::fq()
+            .arg("--db")
+            .arg(&path)
+            .args(["enqueue", "fq.demo.echo"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(rng.u64(0..run_us)));
+        let _ = child.kill();
+        child.wait().unwrap();
+        if !path.exists() {
+            absent += 1;
+            continue;
+        }
+        match Engine::builder(&path).control(false).open() {
+            Ok(_) => whole += 1,
+            Err(error) => panic!("kill {n} left a store that does not open: {error}"),
+        }
+    }
+    println!(
+        "creation kills over a {run_us} µs run: {absent} left no store, {whole} a store that opens"
+    );
+    assert!(
+        whole > 0 && absent > 0,
+        "the kills missed the creation: {absent} absent, {whole} whole"
+    );
+}

@@ -233,7 +233,7 @@ impl LocalBroker {
 
     async fn read<T: Send + 'static>(
         &self,
-        read: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+        read: impl Fn(&Store) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         read_off_the_runtime(&self.store, read).await
     }
@@ -431,13 +431,26 @@ impl Drop for LocalBroker {
 /// async worker threads.
 async fn read_off_the_runtime<T: Send + 'static>(
     store: &Arc<Store>,
-    read: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    read: impl Fn(&Store) -> Result<T> + Send + 'static,
 ) -> Result<T> {
     let store = Arc::clone(store);
-    tokio::task::spawn_blocking(move || read(&store))
-        .await
-        .map_err(|e| Error::Internal(format!("a store read failed: {e}")))?
+    tokio::task::spawn_blocking(move || {
+        // A read that the writer's reopen (after a failed commit, or while healing) closed
+        // under it is made again on the new handle.
+        let mut tries = 1;
+        loop {
+            match read(&store) {
+                Err(Error::Store(StoreError::Reopened { .. })) if tries < READ_TRIES => tries += 1,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("a store read failed: {e}")))?
 }
+
+/// How often a read closed under it by a reopen is made.
+const READ_TRIES: u32 = 5;
 
 #[cfg(test)]
 mod tests {

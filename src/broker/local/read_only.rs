@@ -39,7 +39,7 @@ impl ReadOnlyBroker {
 
     async fn read<T: Send + 'static>(
         &self,
-        read: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+        read: impl Fn(&Store) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         read_off_the_runtime(&self.store, read).await
     }
