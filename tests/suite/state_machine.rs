@@ -133,6 +133,8 @@ struct Model {
     next_seq: u64,
     /// Completion times since the last open (the engine keeps its rate in memory).
     completions: Vec<(usize, i64)>,
+    /// A deliberately wrong model for the negative control: claims the worst ready task.
+    reversed_claim_order: bool,
 }
 
 impl Model {
@@ -142,12 +144,15 @@ impl Model {
     }
 
     fn best_ready(&self, queues: u8) -> Option<usize> {
-        (0..self.tasks.len())
-            .filter(|&i| {
-                let t = &self.tasks[i];
-                t.waiting() && t.due_at <= self.now && queues & (1 << t.queue) != 0
-            })
-            .min_by_key(|&i| self.tasks[i].order())
+        let ready = (0..self.tasks.len()).filter(|&i| {
+            let t = &self.tasks[i];
+            t.waiting() && t.due_at <= self.now && queues & (1 << t.queue) != 0
+        });
+        if self.reversed_claim_order {
+            ready.max_by_key(|&i| self.tasks[i].order())
+        } else {
+            ready.min_by_key(|&i| self.tasks[i].order())
+        }
     }
 
     fn running(&self) -> Vec<usize> {
@@ -593,7 +598,7 @@ async fn compare(model: &Model, subject: &Subject) -> Result<(), TestCaseError> 
     Ok(())
 }
 
-fn run_case(ops: &[Op]) -> Result<(), TestCaseError> {
+fn run_case(ops: &[Op], reversed_claim_order: bool) -> Result<(), TestCaseError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -602,6 +607,7 @@ fn run_case(ops: &[Op]) -> Result<(), TestCaseError> {
         let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 9, 0, 0).unwrap());
         let mut model = Model {
             now: clock.now().timestamp_millis(),
+            reversed_claim_order,
             ..Model::default()
         };
         let mut subject = Subject {
@@ -644,7 +650,7 @@ fn the_engine_follows_a_sequential_model() {
     let began = std::time::Instant::now();
     let result = runner.run(&prop::collection::vec(op(), 1..60), |ops| {
         steps.fetch_add(ops.len(), std::sync::atomic::Ordering::Relaxed);
-        run_case(&ops)
+        run_case(&ops, false)
     });
     println!(
         "  {} steps checked in {:.1} s",
@@ -653,5 +659,39 @@ fn the_engine_follows_a_sequential_model() {
     );
     if let Err(failure) = result {
         panic!("seed {seed}: {failure}");
+    }
+}
+
+/// Negative control: the same check against a model that claims in reverse order must fail,
+/// and proptest must shrink the failure to a short case, so the check is known to bite.
+#[test]
+fn the_check_fails_and_shrinks_against_a_model_with_the_claim_order_reversed() {
+    let seed = seed();
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    bytes[8..].copy_from_slice(&seed.rotate_left(32).to_le_bytes());
+    let config = Config {
+        cases: 64,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    let mut runner =
+        TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::XorShift, &bytes));
+    let result = runner.run(&prop::collection::vec(op(), 1..60), |ops| {
+        run_case(&ops, true)
+    });
+    match result {
+        Err(proptest::test_runner::TestError::Fail(reason, ops)) => {
+            println!(
+                "reversed claim order: caught, shrunk to {} step(s): {reason}",
+                ops.len()
+            );
+            assert!(
+                reason.to_string().contains("claim order"),
+                "seed {seed}: failed for another reason: {reason}"
+            );
+            assert!(ops.len() <= 12, "seed {seed}: not shrunk: {ops:?}");
+        }
+        other => panic!("seed {seed}: the reversed model was not caught: {other:?}"),
     }
 }

@@ -173,6 +173,10 @@ pub(crate) struct Bridge {
     pub(crate) reply_queue: String,
     /// The reply queues this process's workers have declared on the current connection.
     pub(crate) reply_queues: super::report::Declared,
+    /// Held by the reply consumer while it runs: a stopping link waits for it (the consumer
+    /// closes its channel first), so that no channel is left closing under the connection's
+    /// own close (lapin then logs errors, and a one-shot command prints them).
+    pub(crate) replies_running: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Bridge {
@@ -414,6 +418,7 @@ impl RabbitBroker {
             }),
             reply_queue,
             reply_queues: super::report::Declared::default(),
+            replies_running: tokio::sync::Mutex::new(()),
         });
         let for_link = Arc::clone(&bridge);
         runtime.spawn(async move {
@@ -421,9 +426,19 @@ impl RabbitBroker {
             let link = Arc::clone(&for_link.link);
             let clock = Arc::clone(for_link.local.clock());
             let hooks = Arc::clone(&for_link);
+            // The link closes the connection once the forwarder has its last confirms and
+            // the reply consumer has closed its channel.
+            let drained = CancellationToken::new();
+            let waiting = Arc::clone(&for_link);
+            let ready = drained.clone();
+            tokio::spawn(async move {
+                waiting.forwarder_done.cancelled().await;
+                let _stopped = waiting.replies_running.lock().await;
+                ready.cancel();
+            });
             link.run(
                 for_link.shutdown.clone(),
-                for_link.forwarder_done.clone(),
+                drained,
                 move || clock.now_ms(),
                 move |session| {
                     let bridge = Arc::clone(&hooks);

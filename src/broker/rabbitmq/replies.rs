@@ -26,8 +26,13 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Consumes the reply queue for as long as `session` lives.
 pub(crate) async fn run(bridge: Arc<Bridge>, session: Arc<Session>) {
+    let _running = bridge.replies_running.lock().await;
     loop {
         match start(&bridge, &session).await {
+            Ok((channel, _)) if bridge.shutdown.is_cancelled() => {
+                close(channel).await;
+                return;
+            }
             Ok(consumer) => {
                 consume(&bridge, &session, consumer).await;
                 return;
@@ -150,5 +155,15 @@ async fn consume(
             }
         }
     }
-    drop(channel);
+    close(channel).await;
+}
+
+/// Closes the reply channel now, rather than leaving lapin to close it on drop while the
+/// connection closes.
+async fn close(channel: lapin::Channel) {
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        channel.close(200, "fq stopping".into()),
+    )
+    .await;
 }
