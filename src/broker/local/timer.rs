@@ -94,6 +94,8 @@ mod loom_tests {
             poisoned_flag: AtomicBool::new(false),
             poison: Mutex::new(None),
             writer_exit: super::super::WriterExit::default(),
+            waiters: Default::default(),
+            paused: super::super::pause::PausedQueues::new(Vec::new()),
         });
         // As `LocalBroker::open` wires it.
         let weak = Arc::downgrade(&shared);
