@@ -8,8 +8,10 @@
 //! 3. bridge forwarding: N tasks already committed to an fq outbox are forwarded (published,
 //!    confirmed and marked FORWARDED in the store);
 //! 4. bridge drain: an fq worker (concurrency P) runs them: decode, a no-op handler, the run
-//!    recorded in its store, its outcome reported to the producer's reply queue (confirmed),
-//!    then the ack; the producer, still open, applies the reports meanwhile.
+//!    recorded in its store with its outcome report in the store's report outbox, then the
+//!    ack; the reports go to the producer's reply queue (confirmed) in the background, and
+//!    the producer, still open, applies them. "drain" ends when the worker has recorded every
+//!    run, "outcomes" (a rate over the same start) when the producer's store shows them all.
 //!
 //! ```text
 //! cargo run --release --features rabbitmq --example rabbitmq_load -- [N] [P] [ROUNDS]
@@ -213,7 +215,7 @@ async fn reopen(config: Config) -> fq::Result<Engine> {
 }
 
 /// The bridge: forward `n` tasks from a filled outbox, then drain them with an fq worker.
-async fn bridge(queue: &str, n: u64, prefetch: u16) -> BoxResult<(Duration, Duration)> {
+async fn bridge(queue: &str, n: u64, prefetch: u16) -> BoxResult<(Duration, Duration, Duration)> {
     let producer_dir = tempfile::tempdir()?;
     // Fill the outbox with RabbitMQ out of reach, so forwarding starts from a full outbox.
     let offline = open(config(
@@ -295,17 +297,26 @@ async fn bridge(queue: &str, n: u64, prefetch: u16) -> BoxResult<(Duration, Dura
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     // Until the last runs are recorded (and so acked): the same end point as raw consuming.
+    completed(&worker_engine, queue, n).await?;
+    let drain = started.elapsed();
+    // Until every outcome has reached the producer's store (reports leave the worker's
+    // report outbox in the background, after the acks).
+    completed(&producer, queue, n).await?;
+    let reported = started.elapsed();
+    stop.shutdown();
+    running.await??;
+    Ok((forward, drain, reported))
+}
+
+/// Waits until `engine`'s store shows `n` tasks of `queue` COMPLETED.
+async fn completed(engine: &Engine, queue: &str, n: u64) -> BoxResult<()> {
     loop {
-        let stats = worker_engine.stats().await?;
+        let stats = engine.stats().await?;
         if stats.queues.get(queue).map_or(0, |q| q.completed) >= n {
-            break;
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let drain = started.elapsed();
-    stop.shutdown();
-    running.await??;
-    Ok((forward, drain))
 }
 
 async fn delete_queues(queues: &[&str]) -> BoxResult<()> {
@@ -342,8 +353,8 @@ async fn main() -> BoxResult<()> {
          {prefetch}, {rounds} rounds (raw, then bridge, in each)"
     );
     println!(
-        "{:>5} {:>12} {:>12} {:>6} {:>12} {:>12} {:>6}",
-        "round", "raw publish", "forwarding", "ratio", "raw consume", "drain", "ratio"
+        "{:>5} {:>12} {:>12} {:>6} {:>12} {:>12} {:>6} {:>12}",
+        "round", "raw publish", "forwarding", "ratio", "raw consume", "drain", "ratio", "outcomes"
     );
     let mut results = Vec::new();
     for round in 1..=rounds {
@@ -354,36 +365,41 @@ async fn main() -> BoxResult<()> {
             let (publish, consume) = raw(&raw_queue, n, prefetch)
                 .await
                 .map_err(|e| format!("raw lapin: {e}"))?;
-            let (forward, drain) = bridge(&bridge_queue, n, prefetch)
+            let (forward, drain, reported) = bridge(&bridge_queue, n, prefetch)
                 .await
                 .map_err(|e| format!("bridge: {e}"))?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((publish, consume, forward, drain))
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((
+                publish, consume, forward, drain, reported,
+            ))
         }
         .await;
         delete_queues(&[&raw_queue, &bridge_queue]).await?;
-        let (publish, consume, forward, drain) = outcome?;
+        let (publish, consume, forward, drain, reported) = outcome?;
         let rates = [
             rate(n, publish),
             rate(n, forward),
             rate(n, consume),
             rate(n, drain),
+            rate(n, reported),
         ];
         println!(
-            "{round:>5} {:>10.0}/s {:>10.0}/s {:>5.0}% {:>10.0}/s {:>10.0}/s {:>5.0}%",
+            "{round:>5} {:>10.0}/s {:>10.0}/s {:>5.0}% {:>10.0}/s {:>10.0}/s {:>5.0}% {:>10.0}/s",
             rates[0],
             rates[1],
             100.0 * rates[1] / rates[0],
             rates[2],
             rates[3],
-            100.0 * rates[3] / rates[2]
+            100.0 * rates[3] / rates[2],
+            rates[4]
         );
         results.push(rates);
     }
     let column = |i: usize| median(results.iter().map(|r| r[i]).collect());
-    let (publish, forward, consume, drain) = (column(0), column(1), column(2), column(3));
+    let (publish, forward, consume, drain, reported) =
+        (column(0), column(1), column(2), column(3), column(4));
     println!(
         "{:>5} {publish:>10.0}/s {forward:>10.0}/s {:>5.0}% {consume:>10.0}/s {drain:>10.0}/s \
-         {:>5.0}%",
+         {:>5.0}% {reported:>10.0}/s",
         "median",
         100.0 * forward / publish,
         100.0 * drain / consume

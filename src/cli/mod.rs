@@ -284,9 +284,9 @@ impl Context {
                 self.where_database_is_set()
             )));
         }
-        // In rabbitmq mode `stats` also shows RabbitMQ's own queue depths, which only the
-        // bridge reads: there the store is opened as before.
-        let opened = if store == Store::ReadOnly && config.broker == crate::BrokerKind::Database {
+        // A store nobody serves is only read, in either broker mode (in RabbitMQ mode `stats`
+        // still shows RabbitMQ's depths, from a connection that only looks).
+        let opened = if store == Store::ReadOnly {
             Engine::builder(config.database.clone())
                 .config(config)
                 .read_only(true)

@@ -93,7 +93,8 @@ impl EngineBuilder {
     /// is, every change is refused with [`crate::StoreError::ReadOnly`], and nothing of the
     /// store changes: no crash recovery (a RUNNING task a crashed owner left stays RUNNING until
     /// an engine that owns the store opens it), no threads, no control socket, no RabbitMQ
-    /// connection. The file stays free for other readers; an owner waits for it (see
+    /// bridge (with `broker: rabbitmq`, [`Engine::stats`] makes one short connection to read
+    /// RabbitMQ's depths of the store's queues). The file stays free for other readers; an owner waits for it (see
     /// `worker.lock_wait`).
     pub fn read_only(mut self, read_only: bool) -> Self {
         self.read_only = read_only;
@@ -135,6 +136,15 @@ impl EngineBuilder {
                 self.clock,
                 config.limits.max_payload_bytes,
             )?;
+            // In RabbitMQ mode `stats` adds RabbitMQ's depths, from a connection that only
+            // looks; the store itself is read as it is, with no bridge started.
+            #[cfg(feature = "rabbitmq")]
+            let broker = match &rabbit_settings {
+                Some(rabbit) => {
+                    broker.with_stats_probe(crate::broker::rabbitmq::read_only_stats(rabbit))
+                }
+                None => broker,
+            };
             let config = Config {
                 database: self.path,
                 ..config

@@ -11,10 +11,12 @@ mod keys;
 mod open_here;
 mod paused;
 mod probe;
+mod reports;
 mod store_id;
 mod tables;
 mod write_tables;
 
+pub(crate) use reports::PendingReport;
 pub(crate) use write_tables::WriteTables;
 
 use std::io::ErrorKind;
@@ -33,7 +35,8 @@ use handle::Handle;
 pub use integrity::IntegrityReport;
 pub use probe::store_commit_rate;
 use tables::{
-    COUNTS, FINISHED, LEASES, MAGIC, META, META_MAGIC, META_SCHEMA, SCHEMA_VERSION, TASKS, WAITING,
+    COUNTS, FINISHED, LEASES, MAGIC, META, META_MAGIC, META_SCHEMA, REPORTS, SCHEMA_VERSION, TASKS,
+    WAITING,
 };
 
 use crate::clock::Millis;
@@ -378,6 +381,7 @@ impl Store {
                 leases: txn.open_table(LEASES).map_err(|e| err(e.into()))?,
                 finished: txn.open_table(FINISHED).map_err(|e| err(e.into()))?,
                 meta: txn.open_table(META).map_err(|e| err(e.into()))?,
+                reports: txn.open_table(REPORTS).map_err(|e| err(e.into()))?,
             };
             let result = apply(&mut tables)?;
             tables.flush_counts()?;

@@ -34,3 +34,8 @@ pub(crate) const META_STORE_ID: &str = "store_id";
 pub(crate) const META_SCHEMA: &str = "schema_version";
 /// The schema this build reads and writes.
 pub(crate) const SCHEMA_VERSION: u32 = 1;
+
+/// (task id, run) → a run's outcome not yet confirmed by RabbitMQ to its producer, with the
+/// reply queue to send it to (`reports.rs`): written in the commit that records the run, so
+/// the delivery can be acknowledged at once and the report survives a crash until it is sent.
+pub(crate) const REPORTS: TableDefinition<'_, (u128, u32), &[u8]> = TableDefinition::new("reports");

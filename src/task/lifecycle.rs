@@ -424,7 +424,8 @@ pub(crate) fn discard(task: &StoredTask) -> Effects {
 }
 
 /// What the worker running a forwarded task reports back over RabbitMQ (README "RabbitMQ").
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Serialized (postcard) only in the worker's outbox of unsent reports (`store/reports.rs`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
 pub(crate) enum Report {
     /// Run `attempt` (1-based) started at `at`.
@@ -443,6 +444,39 @@ pub(crate) enum Report {
 }
 
 impl Report {
+    /// The report of run `attempt`, started at `started_at`, that ended at `at` with
+    /// `outcome` and left the task `status` (COMPLETED, RETRYING or FAILED; due again at
+    /// `retry_at` when RETRYING).
+    pub(crate) fn ended(
+        attempt: u32,
+        status: TaskStatus,
+        started_at: Option<Millis>,
+        outcome: &Outcome,
+        retry_at: Option<Millis>,
+        at: Millis,
+    ) -> Self {
+        let (result, error) = match outcome {
+            Outcome::Completed { result } => (Some(result.to_string()), None),
+            Outcome::Failed { failure, .. } => (
+                None,
+                Some(StoredFailure {
+                    message: failure.message.clone(),
+                    kind: failure.kind,
+                }),
+            ),
+            Outcome::Released => (None, None),
+        };
+        Report::Ended {
+            attempt,
+            status,
+            started_at,
+            at,
+            result,
+            error,
+            retry_at,
+        }
+    }
+
     /// The run it is about.
     pub(crate) fn attempt(&self) -> u32 {
         match self {

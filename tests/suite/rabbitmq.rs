@@ -369,6 +369,57 @@ async fn restart_rabbitmq() {
     .expect("restart");
 }
 
+/// Issue 11 #10: an engine that queues nothing and runs no worker (as `fq serve` in RabbitMQ
+/// mode) declares no queue, not even its configured default queue or its workers' queues;
+/// the first task queued declares its queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_queues_a_task_uses_are_declared() -> fq::Result<()> {
+    let Some(rabbit) = Rabbit::shared("undeclared").await else {
+        return Ok(());
+    };
+    let queue = rabbit.queue.clone();
+    let engine = rabbit.open(2)?;
+    engine.ready(PATIENCE).await?;
+    // `stats` reads RabbitMQ's depths of every queue the engine knows.
+    let stats = engine.stats().await?;
+    let conn = plain_connection().await.expect("plain connection");
+    let exists = |name: String| {
+        let conn = &conn;
+        async move {
+            let channel = conn.create_channel().await.expect("channel");
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            let found = channel
+                .queue_declare(name.as_str().into(), passive, FieldTable::default())
+                .await
+                .is_ok();
+            if found {
+                let _ = channel.close(200, "checked".into()).await;
+            }
+            found
+        }
+    };
+    assert!(
+        !exists(queue.clone()).await,
+        "the configured queue was declared with no task on it (stats: {:?})",
+        stats.rabbitmq
+    );
+    assert!(!exists(format!("{queue}.dead")).await);
+    engine
+        .queue_task_named("test.work", &json!({"kwargs": {"n": 1}}))
+        .send()
+        .await?;
+    eventually("the queue to be declared", || async {
+        depth(&engine, &queue).await.is_some()
+    })
+    .await;
+    assert!(exists(queue.clone()).await);
+    assert!(exists(format!("{queue}.dead")).await);
+    Ok(())
+}
+
 /// The topology is what the README documents, checked with passive declarations, an
 /// equivalent redeclaration (accepted) and a different one (refused), and mandatory
 /// publishes through both exchanges (routed).
@@ -380,6 +431,11 @@ async fn the_declared_topology_matches() -> fq::Result<()> {
     let queue = rabbit.queue.clone();
     let engine = rabbit.open(2)?;
     engine.ready(PATIENCE).await?;
+    // A queue is declared once a task uses it.
+    engine
+        .queue_task_named("test.work", &json!({"kwargs": {"n": 1}}))
+        .send()
+        .await?;
     eventually("the queue to be declared", || async {
         depth(&engine, &queue).await.is_some()
     })
@@ -1158,15 +1214,7 @@ async fn one_shot_commands_close_their_connection_and_print_nothing_of_lapins() 
     const RUNS: usize = 30;
     for run in 0..RUNS {
         for args in [&["enqueue", "fq.demo.echo"][..], &["stats"][..]] {
-            let out = common::child::fq()
-                .current_dir(rabbit.dir.path())
-                .env_remove("RUST_LOG")
-                .env_remove("FQ_BROKER")
-                .env_remove("FQ_DATABASE")
-                .env_remove("FQ_RABBITMQ_URL")
-                .args(args)
-                .output()
-                .unwrap();
+            let out = fq_in(rabbit.dir.path()).args(args).output().unwrap();
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(
                 out.status.code(),
@@ -1179,4 +1227,120 @@ async fn one_shot_commands_close_their_connection_and_print_nothing_of_lapins() 
             );
         }
     }
+}
+
+/// The `fq` binary run in `dir`, configured by what `dir` holds alone (no `FQ_*` variable,
+/// no `RUST_LOG` of the test's environment).
+fn fq_in(dir: &Path) -> Command {
+    let mut command = common::child::fq();
+    command
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env_remove("FQ_BROKER")
+        .env_remove("FQ_DATABASE")
+        .env_remove("FQ_RABBITMQ_URL");
+    command
+}
+
+/// Waits until the store at `path` is closed: the bridge's background tasks let go of it a
+/// moment after its engine is dropped.
+async fn store_closed(path: &Path) {
+    eventually("the store to be closed", || async {
+        Engine::builder(path).read_only(true).open().is_ok()
+    })
+    .await;
+}
+
+/// Issue 11 #8 in RabbitMQ mode: `fq stats`, `list` and `show` on a store nobody serves only
+/// read it: the tasks waiting in its outbox stay there (no bridge starts, nothing is
+/// forwarded), the file is unchanged, and `stats` still shows RabbitMQ's depth of the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_commands_forward_nothing_from_a_store_nobody_serves() -> fq::Result<()> {
+    let Some(rabbit) = Rabbit::shared("readonly").await else {
+        return Ok(());
+    };
+    let queue = rabbit.queue.clone();
+    let config = rabbit.config_in(rabbit.dir.path(), 1);
+    let forwarded = {
+        let engine = open(config.clone())?;
+        engine.ready(PATIENCE).await?;
+        let id = engine
+            .queue_task_named("test.work", &json!({"kwargs": {"n": 0}}))
+            .send()
+            .await?;
+        eventually_status(
+            &engine,
+            id,
+            TaskStatus::Forwarded,
+            "the task to be forwarded",
+        )
+        .await;
+        id
+    };
+    store_closed(&config.database).await;
+    // Two more wait in the outbox: queued while RabbitMQ cannot be reached.
+    let mut unreachable = config.clone();
+    unreachable.rabbitmq.url = Some("amqp://guest:guest@127.0.0.1:1/%2f".to_owned());
+    let waiting = {
+        let engine = open(unreachable)?;
+        let mut ids = Vec::new();
+        for n in 1..=2 {
+            ids.push(
+                engine
+                    .queue_task_named("test.work", &json!({"kwargs": {"n": n}}))
+                    .send()
+                    .await?,
+            );
+        }
+        ids
+    };
+    store_closed(&config.database).await;
+    std::fs::create_dir_all(rabbit.dir.path().join("config")).unwrap();
+    std::fs::write(
+        rabbit.dir.path().join("config/services.yaml"),
+        format!(
+            "task:\n  broker: rabbitmq\n  database: {}\n  defaults:\n    queue: {queue}\n  rabbitmq:\n    url: {}\n",
+            config.database.display(),
+            url()
+        ),
+    )
+    .unwrap();
+    let before = std::fs::read(&config.database).unwrap();
+    let fq_json = |args: &[&str]| -> Value {
+        let out = fq_in(rabbit.dir.path()).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("ERROR"), "{args:?} printed: {stderr}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let stats = fq_json(&["stats", "--json"]);
+    let local = &stats["queues"][&queue];
+    assert_eq!(
+        (local["pending"].as_u64(), local["forwarded"].as_u64()),
+        (Some(2), Some(1)),
+        "{stats}"
+    );
+    let remote = &stats["rabbitmq"];
+    assert_eq!(remote["connected"], true, "{stats}");
+    assert_eq!(remote["queues"][&queue]["messages"], 1, "{stats}");
+    let listed = fq_json(&["list", "--json", "--status", "pending"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+    let shown = fq_json(&["show", "--json", &forwarded.to_string()]);
+    assert_eq!(shown["status"], "FORWARDED", "{shown}");
+    assert!(
+        std::fs::read(&config.database).unwrap() == before,
+        "a read-only command changed the store file"
+    );
+    // The owner that opens it next forwards what waited.
+    let engine = open(config)?;
+    for id in waiting {
+        eventually_status(
+            &engine,
+            id,
+            TaskStatus::Forwarded,
+            "the outbox to be forwarded",
+        )
+        .await;
+    }
+    Ok(())
 }

@@ -21,9 +21,11 @@ use tokio_util::sync::CancellationToken;
 
 use self::lease::LeaseTable;
 pub(crate) use self::read_only::ReadOnlyBroker;
+#[cfg(feature = "rabbitmq")]
+pub(crate) use self::read_only::StatsProbe;
 use self::timer::TimerSignal;
-pub(crate) use self::writer::RunRecord;
 use self::writer::{Command, Page, Writer, WriterSettings};
+pub(crate) use self::writer::{RunRecord, RunRecorded};
 use super::{
     BoxFuture, Broker, Chained, CleanupReport, ListQuery, NewTask, RetentionPolicy, SettleReport,
     Settlement, Stats,
@@ -337,8 +339,10 @@ impl LocalBroker {
             .await
     }
 
-    /// Records a finished run of a task delivered by RabbitMQ (see `writer::RunRecord`).
-    pub(crate) async fn record_run(&self, run: RunRecord) -> Result<SettleReport> {
+    /// Records a finished run of a task delivered by RabbitMQ (see `writer::RunRecord`), with
+    /// its outcome report in the report outbox when the run asks for one; answers after the
+    /// durable commit.
+    pub(crate) async fn record_run(&self, run: RunRecord) -> Result<RunRecorded> {
         self.request(|reply| Command::RecordRun {
             run: Box::new(run),
             lazy: false,
@@ -356,7 +360,7 @@ impl LocalBroker {
     pub(crate) fn record_run_detached(
         &self,
         run: RunRecord,
-    ) -> Result<oneshot::Receiver<Result<SettleReport>>> {
+    ) -> Result<oneshot::Receiver<Result<RunRecorded>>> {
         if let Some(reason) = self.shared.poisoned() {
             return Err(Error::Poisoned { reason });
         }
@@ -387,6 +391,23 @@ impl LocalBroker {
             reply,
         })
         .await
+    }
+
+    /// Takes sent outcome reports out of the report outbox (lazily: see
+    /// `writer::Command::ReportsSent`).
+    pub(crate) fn reports_sent(&self, sent: Vec<(TaskId, u32)>) {
+        if let Some(commands) = &self.commands {
+            // A writer that has stopped keeps the rows: they are sent again at the next open.
+            let _ = commands.send(Command::ReportsSent { sent });
+        }
+    }
+
+    /// Up to `limit` outcome reports waiting in the report outbox.
+    pub(crate) async fn pending_reports(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::store::PendingReport>> {
+        read_off_the_runtime(&self.store, move |store| Ok(store.pending_reports(limit)?)).await
     }
 
     /// The store's own id (made once and kept in the file).

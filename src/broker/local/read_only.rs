@@ -9,14 +9,31 @@ use std::path::{Path, PathBuf};
 use super::api::{list_records, mark_paused, read_record, stats_of_counts, waited_ms};
 use super::*;
 
+/// Reads another system's numbers for `stats` (RabbitMQ's queue depths, in RabbitMQ mode),
+/// given the queues the store knows.
+pub(crate) type StatsProbe = Arc<
+    dyn Fn(std::collections::BTreeSet<String>) -> BoxFuture<'static, crate::RabbitStats>
+        + Send
+        + Sync,
+>;
+
 /// The read-only view of a store.
-#[derive(Debug)]
 pub(crate) struct ReadOnlyBroker {
     store: Arc<Store>,
     path: PathBuf,
     clock: Arc<dyn Clock>,
     events: EventBus,
     max_payload_bytes: usize,
+    probe: Option<StatsProbe>,
+}
+
+impl std::fmt::Debug for ReadOnlyBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadOnlyBroker")
+            .field("path", &self.path)
+            .field("probe", &self.probe.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ReadOnlyBroker {
@@ -34,7 +51,15 @@ impl ReadOnlyBroker {
             clock,
             events: EventBus::new(),
             max_payload_bytes,
+            probe: None,
         })
+    }
+
+    /// Adds `probe`'s numbers to `stats` (RabbitMQ's depths of the store's queues).
+    #[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
+    pub(crate) fn with_stats_probe(mut self, probe: StatsProbe) -> Self {
+        self.probe = Some(probe);
+        self
     }
 
     async fn read<T: Send + 'static>(
@@ -123,7 +148,7 @@ impl Broker for ReadOnlyBroker {
     /// ready heap here) and no completions in the last minute (no engine runs anything).
     fn stats(&self) -> BoxFuture<'_, Result<Stats>> {
         let now = self.now_ms();
-        Box::pin(self.read(move |store| {
+        let counted = self.read(move |store| {
             let mut stats = stats_of_counts(store.counts()?);
             mark_paused(&mut stats, store.paused_queues()?);
             let mut due: std::collections::HashMap<String, (u64, Millis)> = Default::default();
@@ -143,7 +168,14 @@ impl Broker for ReadOnlyBroker {
                 entry.oldest_ready_ms = oldest_due.map(|due| waited_ms(now, due));
             }
             Ok(stats)
-        }))
+        });
+        Box::pin(async move {
+            let mut stats = counted.await?;
+            if let Some(probe) = &self.probe {
+                stats.rabbitmq = Some(probe(stats.queues.keys().cloned().collect()).await);
+            }
+            Ok(stats)
+        })
     }
 
     fn events(&self) -> &EventBus {

@@ -39,6 +39,9 @@ const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(3);
 /// How long dropping the broker waits for the connection to close cleanly (after the
 /// forwarder's last confirms).
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// How long a stopping bridge waits for the confirms of outcome reports in flight (within
+/// [`CLOSE_WAIT`]); unconfirmed ones are sent at the next open.
+const REPORTS_STOP_WAIT: Duration = Duration::from_secs(3);
 
 /// Set when the link task has ended (closed its connection), even when the runtime drops it.
 #[derive(Debug, Default)]
@@ -80,8 +83,6 @@ pub(crate) struct RabbitSettings {
     /// How long a delivery may go without a heartbeat before it counts as a failed attempt.
     pub(crate) lease: Duration,
     pub(crate) decode: DecodeDefaults,
-    /// Queues declared as soon as a connection is up (`defaults.queue`, `worker.queues`).
-    pub(crate) queues: Vec<String>,
     pub(crate) outbox_limit: u64,
 }
 
@@ -93,12 +94,6 @@ impl RabbitSettings {
             .rabbitmq
             .prefetch
             .unwrap_or_else(|| u16::try_from(config.worker.concurrency).unwrap_or(u16::MAX));
-        let mut queues = vec![config.defaults.queue.clone()];
-        for queue in &config.worker.queues {
-            if !queues.contains(queue) {
-                queues.push(queue.clone());
-            }
-        }
         Ok(Self {
             target,
             prefetch: prefetch.max(1),
@@ -108,7 +103,6 @@ impl RabbitSettings {
                 timeout: config.defaults.timeout,
                 max_payload_bytes: config.limits.max_payload_bytes,
             },
-            queues,
             outbox_limit: config.limits.max_pending.unwrap_or(DEFAULT_OUTBOX_LIMIT),
         })
     }
@@ -177,6 +171,8 @@ pub(crate) struct Bridge {
     /// closes its channel first), so that no channel is left closing under the connection's
     /// own close (lapin then logs errors, and a one-shot command prints them).
     pub(crate) replies_running: tokio::sync::Mutex<()>,
+    /// Outcome reports of this process's workers waiting for RabbitMQ's confirm.
+    pub(crate) reports: consumer::ReportsInFlight,
 }
 
 impl std::fmt::Debug for Bridge {
@@ -310,73 +306,131 @@ impl Bridge {
                 tracing::error!(%error, "cannot start consuming from RabbitMQ");
             }
         }
+        // Reports a crash or the lost connection left unconfirmed.
+        consumer::resend(self).await;
     }
 
     async fn rabbit_stats(&self, queues: BTreeSet<String>) -> RabbitStats {
-        let mut stats = RabbitStats {
-            endpoint: self.settings.target.endpoint.clone(),
-            connected: false,
-            error: None,
-            queues: queues
-                .iter()
-                .map(|q| (q.clone(), RabbitQueueStats::default()))
-                .collect(),
-        };
+        let mut stats = empty_stats(&self.settings.target, &queues);
         let Some(session) = self.link.current() else {
             stats.error = Some(self.link.describe());
             return stats;
         };
         stats.connected = true;
-        let counted = tokio::time::timeout(STATS_TIMEOUT, async {
-            // Declared first (as every connection does for known queues), so the passive
-            // declarations below find them: a missing queue would close the channel with an
-            // error in lapin's log. A conflicting queue still exists and is counted.
-            for queue in &queues {
-                if let Err(error) = session.ensure_queue(queue).await {
-                    self.note_conflict_for(queue, &error);
-                }
-            }
-            let mut channel = None;
-            for queue in &queues {
-                for (name, dead) in [(queue.clone(), false), (dead_queue(queue), true)] {
-                    let open = match channel.take() {
-                        Some(open) => open,
-                        None => session.open_channel("open a channel").await?,
-                    };
-                    let counts = queue_counts(&open, &name).await;
-                    // A passive declaration of a missing queue closes the channel.
-                    if matches!(counts, Ok(Some(_))) {
-                        channel = Some(open);
-                    }
-                    let entry = stats.queues.entry(queue.clone()).or_default();
-                    match counts? {
-                        Some((messages, _)) if dead => entry.dead = Some(messages),
-                        Some((messages, consumers)) => {
-                            entry.messages = Some(messages);
-                            entry.consumers = Some(consumers);
-                        }
-                        None => {}
-                    }
-                }
-            }
-            // Closed here rather than dropped: a channel dropped open is closed by lapin in
-            // the background, racing the connection's own close when a one-shot command ends
-            // (lapin then logs "invalid connection state" errors).
-            if let Some(open) = channel {
-                let _ = open.close(200, "fq stats done".into()).await;
-            }
-            Ok::<(), RabbitError>(())
-        })
+        let counted = tokio::time::timeout(
+            STATS_TIMEOUT,
+            count_queues(&session, &queues, &mut stats, |queue, error| {
+                self.note_conflict_for(queue, error);
+            }),
+        )
         .await;
-        match counted {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => stats.error = Some(error.to_string()),
-            Err(_) => {
-                stats.error = Some(format!("RabbitMQ did not answer within {STATS_TIMEOUT:?}"));
-            }
-        }
+        note_counted(&mut stats, counted);
         stats
     }
+}
+
+/// Stats naming `queues`, with no numbers yet.
+fn empty_stats(target: &Target, queues: &BTreeSet<String>) -> RabbitStats {
+    RabbitStats {
+        endpoint: target.endpoint.clone(),
+        connected: false,
+        error: None,
+        queues: queues
+            .iter()
+            .map(|q| (q.clone(), RabbitQueueStats::default()))
+            .collect(),
+    }
+}
+
+/// Fills in RabbitMQ's counts of each of `queues` and its dead-letter queue. Each is declared
+/// first (as every connection does for the queues its tasks use), so the passive declarations
+/// that count find them: a missing queue would close the channel with an error in lapin's
+/// log. A conflicting queue (`on_conflict` hears of it) still exists and is counted.
+async fn count_queues(
+    session: &Session,
+    queues: &BTreeSet<String>,
+    stats: &mut RabbitStats,
+    on_conflict: impl Fn(&str, &RabbitError),
+) -> Result<(), RabbitError> {
+    for queue in queues {
+        if let Err(error) = session.ensure_queue(queue).await {
+            on_conflict(queue, &error);
+        }
+    }
+    let mut channel = None;
+    for queue in queues {
+        for (name, dead) in [(queue.clone(), false), (dead_queue(queue), true)] {
+            let open = match channel.take() {
+                Some(open) => open,
+                None => session.open_channel("open a channel").await?,
+            };
+            let counts = queue_counts(&open, &name).await;
+            // A passive declaration of a missing queue closes the channel.
+            if matches!(counts, Ok(Some(_))) {
+                channel = Some(open);
+            }
+            let entry = stats.queues.entry(queue.clone()).or_default();
+            match counts? {
+                Some((messages, _)) if dead => entry.dead = Some(messages),
+                Some((messages, consumers)) => {
+                    entry.messages = Some(messages);
+                    entry.consumers = Some(consumers);
+                }
+                None => {}
+            }
+        }
+    }
+    // Closed here rather than dropped: a channel dropped open is closed by lapin in the
+    // background, racing the connection's own close when a one-shot command ends (lapin then
+    // logs "invalid connection state" errors).
+    if let Some(open) = channel {
+        let _ = open.close(200, "fq stats done".into()).await;
+    }
+    Ok(())
+}
+
+/// Records in `stats` why counting stopped short, if it did.
+fn note_counted(
+    stats: &mut RabbitStats,
+    counted: Result<Result<(), RabbitError>, tokio::time::error::Elapsed>,
+) {
+    match counted {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => stats.error = Some(error.to_string()),
+        Err(_) => {
+            stats.error = Some(format!("RabbitMQ did not answer within {STATS_TIMEOUT:?}"));
+        }
+    }
+}
+
+/// RabbitMQ's depths for `stats` on a store opened read-only (`fq stats` on a store nobody
+/// serves, issue 11 #8): one connection per call, closed before it returns, that declares the
+/// store's queues as any engine using them does and counts them; nothing of the store changes.
+pub(crate) fn read_only_stats(settings: &RabbitSettings) -> crate::broker::local::StatsProbe {
+    let target = settings.target.clone();
+    Arc::new(move |queues: BTreeSet<String>| {
+        let target = target.clone();
+        Box::pin(async move {
+            let mut stats = empty_stats(&target, &queues);
+            let link = Link::new(target, 0);
+            let session = match link.connect_once().await {
+                Ok(session) => session,
+                Err(error) => {
+                    stats.error = Some(error.to_string());
+                    return stats;
+                }
+            };
+            stats.connected = true;
+            let counted = tokio::time::timeout(
+                STATS_TIMEOUT,
+                count_queues(&session, &queues, &mut stats, |_, _| {}),
+            )
+            .await;
+            note_counted(&mut stats, counted);
+            session.close("fq stats done").await;
+            stats
+        })
+    })
 }
 
 /// The broker of an engine with `broker: rabbitmq`.
@@ -401,7 +455,6 @@ impl RabbitBroker {
         let reply_queue = super::report::reply_queue(&local.store_id()?);
         let now = local.clock().now_ms();
         let link = Arc::new(Link::new(settings.target.clone(), now));
-        let known = settings.queues.iter().cloned().collect();
         let bridge = Arc::new(Bridge {
             settings,
             local,
@@ -410,7 +463,9 @@ impl RabbitBroker {
             shutdown: CancellationToken::new(),
             forwarder_done: CancellationToken::new(),
             closed: Arc::new(Closed::default()),
-            known: Mutex::new(known),
+            // Only queues a task of this engine uses are declared (issue 11 #10): those it
+            // queues to and those its workers claim from, as they first do.
+            known: Mutex::new(BTreeSet::new()),
             conflicts: Mutex::new(HashMap::new()),
             parked: Mutex::new(Parked {
                 tasks: Vec::new(),
@@ -419,6 +474,7 @@ impl RabbitBroker {
             reply_queue,
             reply_queues: super::report::Declared::default(),
             replies_running: tokio::sync::Mutex::new(()),
+            reports: consumer::ReportsInFlight::default(),
         });
         let for_link = Arc::clone(&bridge);
         runtime.spawn(async move {
@@ -426,14 +482,16 @@ impl RabbitBroker {
             let link = Arc::clone(&for_link.link);
             let clock = Arc::clone(for_link.local.clock());
             let hooks = Arc::clone(&for_link);
-            // The link closes the connection once the forwarder has its last confirms and
-            // the reply consumer has closed its channel.
+            // The link closes the connection once the forwarder has its last confirms, the
+            // reply consumer has closed its channel and the outcome reports in flight have
+            // their confirms (those that do not stay in the outbox for the next open).
             let drained = CancellationToken::new();
             let waiting = Arc::clone(&for_link);
             let ready = drained.clone();
             tokio::spawn(async move {
                 waiting.forwarder_done.cancelled().await;
                 let _stopped = waiting.replies_running.lock().await;
+                waiting.reports.drained(REPORTS_STOP_WAIT).await;
                 ready.cancel();
             });
             link.run(
@@ -450,6 +508,7 @@ impl RabbitBroker {
         runtime.spawn(forwarder::run(Arc::clone(&bridge)));
         let for_sweep = Arc::clone(&bridge);
         runtime.spawn(async move {
+            let mut last_resend = Instant::now();
             loop {
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -457,6 +516,10 @@ impl RabbitBroker {
                 }
                 consumer::sweep(&for_sweep).await;
                 consumer::stop_idle_sets(&for_sweep).await;
+                if last_resend.elapsed() >= consumer::RESEND_EVERY {
+                    last_resend = Instant::now();
+                    consumer::resend(&for_sweep).await;
+                }
             }
         });
         tracing::info!(endpoint = %bridge.settings.target.endpoint, "RabbitMQ bridge started");

@@ -232,6 +232,11 @@ impl Session {
             .remove(queue);
     }
 
+    /// Closes the connection cleanly (its channels with it), waiting at most [`STOP_WAIT`].
+    pub(crate) async fn close(&self, reason: &str) {
+        let _ = tokio::time::timeout(STOP_WAIT, self.connection.close(200, reason.into())).await;
+    }
+
     /// A new channel on this connection.
     pub(crate) async fn open_channel(&self, action: &'static str) -> Result<Channel, RabbitError> {
         bounded(action, async {
@@ -441,6 +446,12 @@ impl Link {
         first
     }
 
+    /// One connection made now, without the watch that reconnects it: a one-shot look at
+    /// RabbitMQ, closed by the caller ([`Session::close`]).
+    pub(crate) async fn connect_once(&self) -> Result<Session, RabbitError> {
+        self.open().await
+    }
+
     async fn open(&self) -> Result<Session, RabbitError> {
         let endpoint = &self.target.endpoint;
         let properties = ConnectionProperties::default()
@@ -564,11 +575,7 @@ impl Link {
             self.session.send_replace(None);
             if stop.is_cancelled() {
                 // A clean close tells RabbitMQ to requeue unacknowledged deliveries at once.
-                let _ = tokio::time::timeout(
-                    STOP_WAIT,
-                    session.connection.close(200, "fq engine stopped".into()),
-                )
-                .await;
+                session.close("fq engine stopped").await;
                 break;
             }
             {

@@ -31,4 +31,4 @@ mod report;
 mod topology;
 
 #[cfg(feature = "rabbitmq")]
-pub(crate) use bridge::{Bridge, RabbitBroker, RabbitSettings};
+pub(crate) use bridge::{Bridge, RabbitBroker, RabbitSettings, read_only_stats};

@@ -447,3 +447,100 @@ async fn without_reply_to_the_producer_keeps_forwarded() -> fq::Result<()> {
     );
     Ok(())
 }
+
+/// A RabbitMQ policy that refuses (nacks) every publish to a reply queue while it is set;
+/// cleared when dropped, even when the test fails.
+struct RefusedReplies;
+
+impl RefusedReplies {
+    const NAME: &'static str = "fq-test-refuse-replies";
+
+    fn set() -> Self {
+        let status = Command::new("rabbitmqctl")
+            .args([
+                "set_policy",
+                "--apply-to",
+                "queues",
+                Self::NAME,
+                r"^fq\.replies\.",
+                r#"{"max-length":0,"overflow":"reject-publish"}"#,
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .expect("rabbitmqctl runs");
+        assert!(status.success(), "rabbitmqctl set_policy failed");
+        Self
+    }
+}
+
+impl Drop for RefusedReplies {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["clear_policy", Self::NAME])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+/// The worker keeps each run's outcome in its store's report outbox and acknowledges the
+/// delivery without waiting for the report's confirm: while RabbitMQ refuses every report,
+/// each task still runs exactly once; the reports wait in the outbox through the worker's
+/// close, and its next open sends them, so the producer ends with every outcome. (Before the
+/// outbox, a refused report left the delivery unacknowledged and the task ran again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_reports_wait_in_the_outbox_and_are_sent_after_a_reopen() -> fq::Result<()> {
+    // Exclusive: the policy refuses the reports of every store while it is set.
+    let Some(rabbit) = Rabbit::exclusive("outbox").await else {
+        return Ok(());
+    };
+    let queue = rabbit.queue.clone();
+    let producer_dir = tempfile::tempdir().unwrap();
+    let producer = open(rabbit_config(producer_dir.path(), &queue, 8))?;
+    let worker_dir = tempfile::tempdir().unwrap();
+    let worker_config = rabbit_config(worker_dir.path(), &queue, 8);
+    let worker_engine = open(worker_config.clone())?;
+    producer.ready(PATIENCE).await?;
+    worker_engine.ready(PATIENCE).await?;
+    let refused = RefusedReplies::set();
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let worker = common::start_worker(
+        &worker_engine,
+        counting_registry(Arc::clone(&runs)),
+        &[&queue],
+        8,
+    );
+    let n = 50;
+    let ids = queue_many(&producer, n).await?;
+    eventually("every task to run", || async {
+        runs.lock().unwrap().len() as u64 >= n
+    })
+    .await;
+    // Long enough for redeliveries, had the deliveries gone back unacknowledged.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    worker.stop().await;
+    drop(worker_engine);
+    for id in &ids {
+        let record = producer.task(*id).await?.expect("the producer keeps it");
+        assert_ne!(
+            record.status,
+            TaskStatus::Completed,
+            "a report got through the refusing policy"
+        );
+    }
+    drop(refused);
+    let reopened = open(worker_config)?;
+    let records = settled_records(&producer, &ids).await;
+    let counts = run_counts(&runs.lock().unwrap());
+    assert_eq!(counts.len(), ids.len(), "every task ran");
+    assert!(
+        counts.values().all(|runs| *runs == 1),
+        "a task ran more than once: {:?}",
+        counts.values().filter(|runs| **runs > 1).count()
+    );
+    for (i, record) in records.iter().enumerate() {
+        assert_eq!(record.status, TaskStatus::Completed, "{record:?}");
+        assert_eq!(record.result, Some(json!(i)));
+    }
+    drop(reopened);
+    Ok(())
+}

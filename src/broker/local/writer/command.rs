@@ -115,8 +115,13 @@ pub(crate) enum Command {
     RecordRun {
         run: Box<RunRecord>,
         lazy: bool,
-        reply: Reply<SettleReport>,
+        reply: Reply<RunRecorded>,
     },
+    /// RabbitMQ confirmed these outcome reports (task, run) to their producers: their rows
+    /// leave the report outbox. Lazy: a row a crash brings back is sent again, and producers
+    /// apply a report once.
+    #[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
+    ReportsSent { sent: Vec<(TaskId, u32)> },
     /// Starts and outcomes reported over RabbitMQ for tasks this store forwarded: each is
     /// applied when newer than its record (the `report` move). With `lazy`, the commit may skip
     /// its fsync (as [`Command::RecordRun`]); `quiet` applies them without events.
@@ -138,6 +143,7 @@ impl Command {
                 | Command::Report { lazy: true, .. }
                 | Command::TakeForForwarding { .. }
                 | Command::Untake { .. }
+                | Command::ReportsSent { .. }
         )
     }
 
@@ -158,7 +164,9 @@ impl Command {
             Command::Report { reply, .. } => Answer::failed(reply),
             Command::TakeForForwarding { reply, .. } => Answer::failed(reply),
             Command::Pause { reply, .. } => Answer::failed(reply),
-            Command::Expire { .. } | Command::Untake { .. } => return,
+            Command::Expire { .. } | Command::Untake { .. } | Command::ReportsSent { .. } => {
+                return;
+            }
         };
         answer.fail(error);
     }
@@ -186,6 +194,18 @@ pub(crate) struct RunRecord {
     /// Where the run's start and outcome are reported (the message's `reply_to`), kept so a
     /// retry forwarded from this store names it again.
     pub(crate) reply_to: Option<String>,
+    /// Set when `reply_to` is another store's reply queue: the run's outcome report joins the
+    /// report outbox in the commit that records the run.
+    pub(crate) report: bool,
+}
+
+/// What recording a run did: the settlement, and the outcome report it left in the report
+/// outbox (when the run asked for one).
+#[derive(Debug)]
+#[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
+pub(crate) struct RunRecorded {
+    pub(crate) settled: SettleReport,
+    pub(crate) report: Option<crate::store::PendingReport>,
 }
 
 /// A command's answer, held until the commit that backs it: sent after it, or failed with the

@@ -25,7 +25,7 @@ use crate::task::{ReadyOrder, RetryPolicy, StoredTask, TaskId, TaskRecord};
 use crate::{Error, Result};
 
 use command::Answer;
-pub(crate) use command::{Command, LAZY_FLUSH, Page, RunRecord};
+pub(crate) use command::{Command, LAZY_FLUSH, Page, RunRecord, RunRecorded};
 pub(super) use step::write_step;
 
 /// The most commands applied in one transaction.
@@ -445,6 +445,7 @@ impl Writer {
                 batch.answers.push(Answer::new(reply, Ok(taken), 0));
             }
             Command::Untake { tasks, requeue } => self.untake(tasks, requeue),
+            Command::ReportsSent { sent } => tables.remove_reports(&sent)?,
             Command::RecordRun { run, reply, .. } => {
                 let result = keep_reply!(batch, reply, self.record_run(tables, *run, batch));
                 batch.answers.push(Answer::new(reply, result, 0));

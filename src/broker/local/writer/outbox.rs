@@ -2,11 +2,10 @@
 //! publishes from (take, forward, give back), and runs of tasks delivered by RabbitMQ are
 //! recorded here, as are the starts and outcomes workers report for tasks this store forwarded.
 
-use super::{Batch, RunRecord, Writer, load};
-use crate::broker::SettleReport;
+use super::{Batch, RunRecord, RunRecorded, Writer, load};
 use crate::clock::Millis;
 use crate::queue::ReadyTask;
-use crate::store::{StoreError, WriteTables};
+use crate::store::{PendingReport, StoreError, WriteTables};
 use crate::task::lifecycle;
 use crate::task::{ReadyOrder, Route, StoredTask, TaskId, TaskStatus};
 use crate::{Error, Result};
@@ -85,7 +84,7 @@ impl Writer {
         tables: &mut WriteTables<'_>,
         run: RunRecord,
         batch: &mut Batch,
-    ) -> Result<Result<SettleReport>, StoreError> {
+    ) -> Result<Result<RunRecorded>, StoreError> {
         let id = run.id;
         let existing = match tables.get_task(id) {
             Ok(existing) => existing,
@@ -120,7 +119,7 @@ impl Writer {
             finished_at: None,
             result: None,
             error: None,
-            route: run.reply_to.map(Route::ReplyTo),
+            route: run.reply_to.clone().map(Route::ReplyTo),
         };
         let mut ctx = self.context(batch.now);
         let mut step = match lifecycle::finish_run(task, id, &run.outcome, &mut ctx) {
@@ -130,7 +129,27 @@ impl Writer {
         // The record is new to the store (any old one was discarded above).
         step.previous = None;
         self.commit_step(tables, id, &step, batch.now, batch)?;
-        Ok(Ok(Self::attempt_ended(batch, id, &step, &run.outcome)))
+        let report = match run.reply_to {
+            Some(reply_to) if run.report => {
+                let report = lifecycle::Report::ended(
+                    run.attempt,
+                    step.task.status,
+                    Some(run.started_at),
+                    &run.outcome,
+                    step.retry_at,
+                    batch.now,
+                );
+                tables.put_report(id, &reply_to, &report)?;
+                Some(PendingReport {
+                    id,
+                    reply_to,
+                    report,
+                })
+            }
+            _ => None,
+        };
+        let settled = Self::attempt_ended(batch, id, &step, &run.outcome);
+        Ok(Ok(RunRecorded { settled, report }))
     }
 }
 

@@ -33,6 +33,7 @@ use crate::clock::{Millis, millis_to_datetime};
 use crate::events::{Event, EventKind};
 use crate::task::{TaskId, TaskRecord, TaskStatus};
 use crate::{Error, Result};
+pub(crate) use report::{RESEND_EVERY, ReportsInFlight, resend};
 pub(crate) use settle::{dead_letter, heartbeat, settle};
 pub(crate) use upkeep::{stop_idle_sets, sweep};
 

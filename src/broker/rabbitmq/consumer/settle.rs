@@ -70,6 +70,12 @@ pub(crate) async fn settle(bridge: &Arc<Bridge>, settlement: Settlement) -> Resu
         Outcome::Failed { failure, .. } => Some(failure.clone()),
         _ => None,
     };
+    // A reply queue of another store gets the outcome through the report outbox.
+    let reports_elsewhere = entry
+        .incoming
+        .reply_to
+        .as_deref()
+        .is_some_and(|reply_to| reply_to != bridge.reply_queue);
     let run = RunRecord {
         id,
         name: entry.incoming.name.clone(),
@@ -85,16 +91,16 @@ pub(crate) async fn settle(bridge: &Arc<Bridge>, settlement: Settlement) -> Resu
         attempt,
         outcome,
         reply_to: entry.incoming.reply_to.clone(),
+        report: reports_elsewhere,
     };
-    let reply_to = entry.incoming.reply_to.clone();
-    if matches!(run.outcome, Outcome::Completed { .. }) {
-        let now = bridge.local.clock().now_ms();
-        let end = report::ended(&entry, TaskStatus::Completed, &run.outcome, None, now);
+    if matches!(run.outcome, Outcome::Completed { .. }) && !reports_elsewhere {
         // Success needs no local commit before the ack (DESIGN §5: "Success: ack"): the run's
         // record joins the writer's queue first and the ack goes out while it commits. That
         // commit skips its own fsync (the writer makes it durable within 100 ms): the worker
         // slot waits only until the record is visible, so events still follow the record,
-        // and a busy disk does not bound how fast a worker drains its queue.
+        // and a busy disk does not bound how fast a worker drains its queue. A run whose
+        // producer waits for its outcome takes the durable path below instead: its report
+        // must outlive a crash once the delivery is acknowledged.
         let pending = match bridge.local.record_run_detached(run) {
             Ok(pending) => pending,
             Err(error) => {
@@ -102,13 +108,6 @@ pub(crate) async fn settle(bridge: &Arc<Bridge>, settlement: Settlement) -> Resu
                 return Err(error);
             }
         };
-        // The outcome reaches the producer's reply queue (confirmed) before the ack.
-        if let Some(reply_to) = &reply_to
-            && let Err(error) = report::report_end(bridge, &session, id, reply_to, &end).await
-        {
-            unreported(&entry, &error).await;
-            return Err(error);
-        }
         if !acknowledge("ack", entry.delivery.acker.ack(BasicAckOptions::default())).await {
             tracing::warn!(
                 task.id = %id,
@@ -116,27 +115,22 @@ pub(crate) async fn settle(bridge: &Arc<Bridge>, settlement: Settlement) -> Resu
             );
         }
         return match pending.await {
-            Ok(report) => report,
+            Ok(recorded) => recorded.map(|recorded| recorded.settled),
             Err(_) => Err(Error::ShutDown),
         };
     }
-    let ended_with = run.outcome.clone();
-    let report = match bridge.local.record_run(run).await {
-        Ok(report) => report,
+    let recorded = match bridge.local.record_run(run).await {
+        Ok(recorded) => recorded,
         Err(error) => {
             // Not recorded, so not acknowledged: RabbitMQ delivers it again.
             acknowledge("nack", entry.delivery.acker.nack(requeue())).await;
             return Err(error);
         }
     };
-    if let Some(reply_to) = &reply_to {
-        let now = bridge.local.clock().now_ms();
-        let end = report::ended(&entry, report.status, &ended_with, report.retry_at, now);
-        if let Err(error) = report::report_end(bridge, &session, id, reply_to, &end).await {
-            unreported(&entry, &error).await;
-            return Err(error);
-        }
+    if let Some(pending) = recorded.report {
+        report::send(bridge, &session, pending);
     }
+    let report = recorded.settled;
     if report.status == TaskStatus::Failed {
         let (reason, kind) = match &failure {
             Some(failure) if failure.kind.is_retryable() => (
@@ -170,13 +164,6 @@ pub(crate) async fn settle(bridge: &Arc<Bridge>, settlement: Settlement) -> Resu
         }
     }
     Ok(report)
-}
-
-/// An outcome that could not be reported: the delivery is not acknowledged (given back when
-/// the connection still lives), so the task runs again and its new outcome is reported.
-async fn unreported(entry: &InFlight, error: &Error) {
-    tracing::warn!(task.id = %entry.incoming.id, %error, "the outcome could not be reported to the producer; the task runs again");
-    acknowledge("nack", entry.delivery.acker.nack(requeue())).await;
 }
 
 fn millis_u64(duration: Duration) -> u64 {
