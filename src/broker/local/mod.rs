@@ -454,6 +454,7 @@ async fn read_off_the_runtime<T: Send + 'static>(
     store: &Arc<Store>,
     read: impl Fn(&Store) -> Result<T> + Send + 'static,
 ) -> Result<T> {
+    let path = store.path().to_path_buf();
     let store = Arc::clone(store);
     tokio::task::spawn_blocking(move || {
         // A read that the writer's reopen (after a failed commit, or while healing) closed
@@ -467,7 +468,23 @@ async fn read_off_the_runtime<T: Send + 'static>(
         }
     })
     .await
-    .map_err(|e| Error::Internal(format!("a store read failed: {e}")))?
+    .map_err(|error| {
+        if !error.is_panic() {
+            return Error::Internal(format!("a store read failed: {error}"));
+        }
+        // redb panics on some damage no checksum catches (a page of zeros read as a tree
+        // node): that is this file's corruption, reported with its name, not an fq bug.
+        let panic = error.into_panic();
+        let detail = panic
+            .downcast_ref::<&str>()
+            .map(|text| (*text).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_owned());
+        Error::Store(StoreError::Corrupt {
+            path,
+            detail: format!("reading it failed inside redb ({detail})"),
+        })
+    })?
 }
 
 /// How often a read closed under it by a reopen is made.
