@@ -11,10 +11,12 @@ mod keys;
 mod open_here;
 mod paused;
 mod probe;
+mod schedules;
 mod store_id;
 mod tables;
 mod write_tables;
 
+pub(crate) use schedules::{ScheduledTask, StoredSchedule};
 pub(crate) use write_tables::WriteTables;
 
 use std::io::ErrorKind;
@@ -378,6 +380,9 @@ impl Store {
                 leases: txn.open_table(LEASES).map_err(|e| err(e.into()))?,
                 finished: txn.open_table(FINISHED).map_err(|e| err(e.into()))?,
                 meta: txn.open_table(META).map_err(|e| err(e.into()))?,
+                schedules: txn
+                    .open_table(schedules::SCHEDULES)
+                    .map_err(|e| err(e.into()))?,
             };
             let result = apply(&mut tables)?;
             tables.flush_counts()?;

@@ -14,6 +14,7 @@ pub(crate) struct WriteTables<'txn> {
     pub(super) leases: redb::Table<'txn, u128, u32>,
     pub(super) finished: redb::Table<'txn, &'static [u8], ()>,
     pub(super) meta: redb::Table<'txn, &'static str, &'static [u8]>,
+    pub(super) schedules: redb::Table<'txn, &'static str, &'static [u8]>,
 }
 
 impl WriteTables<'_> {

@@ -7,6 +7,7 @@ mod lease;
 mod open;
 mod pause;
 mod read_only;
+mod schedules;
 mod timer;
 mod waiters;
 mod writer;
@@ -117,6 +118,8 @@ pub(crate) struct Shared {
     pub(crate) waiters: waiters::Waiters,
     /// Queues whose tasks are not claimed (`pause_queue`), as committed.
     pub(crate) paused: pause::PausedQueues,
+    /// The earliest fire time of the armed schedules, as committed: the timer's alarm.
+    pub(crate) schedule_alarm: schedules::ScheduleAlarm,
 }
 
 /// Tells callers that the writer thread has ended, and so whether a dropped reply means

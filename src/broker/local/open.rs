@@ -103,6 +103,7 @@ impl LocalBroker {
             writer_exit: WriterExit::default(),
             waiters: Default::default(),
             paused: super::pause::PausedQueues::new(store.paused_queues()?),
+            schedule_alarm: super::schedules::ScheduleAlarm::new(store.next_schedule_fire()?, now),
         });
         let weak = Arc::downgrade(&shared);
         shared.clock.on_advance(Box::new(move || {
