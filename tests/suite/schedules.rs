@@ -452,3 +452,79 @@ async fn a_killed_process_queues_each_fire_time_exactly_once() {
     let info = &engine.schedules().await.unwrap()[0];
     assert_eq!(info.last_fire, times.last().copied());
 }
+
+// --- the CLI ----------------------------------------------------------------------------------
+
+#[cfg(feature = "cli")]
+fn fq_json(db: &Path, args: &[&str]) -> serde_json::Value {
+    let out = common::child::fq()
+        .arg("--db")
+        .arg(db)
+        .arg("--json")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fq {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[cfg(feature = "cli")]
+#[tokio::test]
+async fn fq_schedules_lists_pauses_triggers_resumes_and_removes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("fq.redb");
+    {
+        let engine = Engine::builder(&db).control(false).open().unwrap();
+        engine
+            .schedule(
+                Schedule::cron("nightly", "30 2 * * *").zone("Europe/Paris"),
+                template(&engine),
+            )
+            .await
+            .unwrap();
+    }
+    let listed = fq_json(&db, &["schedules"]);
+    let nightly = &listed[0];
+    assert_eq!(nightly["name"], "nightly");
+    assert_eq!(nightly["spec"], "30 2 * * *");
+    assert_eq!(nightly["zone"], "Europe/Paris");
+    assert_eq!(nightly["paused"], false);
+    assert!(nightly["next_fire"].is_string(), "{nightly}");
+    let paused = fq_json(&db, &["schedules", "pause", "nightly"]);
+    assert_eq!(paused["paused"], true);
+    let triggered = fq_json(&db, &["schedules", "trigger", "nightly"]);
+    assert_eq!(triggered["last_status"], "PENDING", "{triggered}");
+    let resumed = fq_json(&db, &["schedules", "resume", "nightly"]);
+    assert_eq!(resumed["paused"], false);
+    // The table names the last task and its status.
+    let text = common::child::fq()
+        .arg("--db")
+        .arg(&db)
+        .arg("schedules")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        text.contains("nightly") && text.contains("PENDING"),
+        "{text}"
+    );
+    assert!(
+        text.contains(triggered["last_task"].as_str().unwrap()),
+        "{text}"
+    );
+    fq_json(&db, &["schedules", "remove", "nightly"]);
+    assert_eq!(fq_json(&db, &["schedules"]), json!([]));
+    let unknown = common::child::fq()
+        .arg("--db")
+        .arg(&db)
+        .args(["schedules", "pause", "nonesuch"])
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(stderr.contains("nonesuch"), "{stderr}");
+}
