@@ -2,9 +2,12 @@
 //! the schedules, and pause, resume, trigger or remove one. The broker keeps and fires them.
 
 use super::Engine;
-use crate::Result;
-use crate::broker::QueueTask;
-use crate::schedule::{Schedule, ScheduleAction, ScheduleInfo, check_schedule_name};
+use crate::broker::{NewTask, QueueTask};
+use crate::config::{Config, ScheduleConfig};
+use crate::schedule::{
+    CatchUp, Schedule, ScheduleAction, ScheduleInfo, ScheduleSpec, check_schedule_name,
+};
+use crate::{Error, Result};
 
 impl Engine {
     /// Creates or replaces (by name) a recurring schedule that queues `task` at each fire
@@ -92,4 +95,69 @@ impl Engine {
             .act_on_schedule(name.to_owned(), action)
             .await
     }
+}
+
+/// The configuration's schedules (`[[schedules]]`), each checked as [`Engine::schedule`] checks
+/// one; a refusal names the entry's key (`schedules[2].cron`) and the file.
+///
+/// # Errors
+/// [`Error::Config`] for the first bad entry.
+pub(super) fn config_schedules(config: &Config) -> Result<Vec<(Schedule, NewTask)>> {
+    let mut names = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(config.schedules.len());
+    for (index, entry) in config.schedules.iter().enumerate() {
+        let refuse = |field: &str, message: String| -> Error {
+            ScheduleConfig::refusal(config.source.as_deref(), index, field, message).into()
+        };
+        // The entry's key for a field the engine names.
+        let rekey = |error: Error| match error {
+            Error::InvalidInput { field, message } => {
+                let key = match field {
+                    "schedule name" => "name",
+                    "task name" => "task",
+                    "payload" => "kwargs",
+                    other => other,
+                };
+                refuse(key, message)
+            }
+            other => other,
+        };
+        let spec = match (&entry.cron, entry.every) {
+            (Some(cron), None) => ScheduleSpec::Cron(cron.clone()),
+            (None, Some(every)) => ScheduleSpec::Every(every),
+            (Some(_), Some(_)) => {
+                return Err(refuse("every", "give cron or every, not both".into()));
+            }
+            (None, None) => return Err(refuse("cron", "give cron or every".into())),
+        };
+        if !names.insert(entry.name.as_str()) {
+            return Err(refuse(
+                "name",
+                format!("{:?} is declared twice", entry.name),
+            ));
+        }
+        let mut schedule = Schedule::new(entry.name.clone(), spec).paused(entry.paused);
+        if let Some(zone) = &entry.zone {
+            schedule = schedule.zone(zone.clone());
+        }
+        if let Some(catch_up) = &entry.catch_up {
+            schedule = schedule.catch_up(CatchUp::parse(catch_up).map_err(rekey)?);
+        }
+        schedule.timetable(0).map_err(rekey)?;
+        let mut task = QueueTask::offline(config, &entry.task, &entry.payload());
+        if let Some(queue) = &entry.queue {
+            task = task.queue(queue.clone());
+        }
+        if let Some(priority) = entry.priority {
+            task = task.priority(priority);
+        }
+        if let Some(max_retries) = entry.max_retries {
+            task = task.max_retries(max_retries);
+        }
+        if let Some(timeout) = entry.timeout {
+            task = task.timeout(timeout);
+        }
+        out.push((schedule, task.build().map_err(rekey)?));
+    }
+    Ok(out)
 }

@@ -528,3 +528,144 @@ async fn fq_schedules_lists_pauses_triggers_resumes_and_removes() {
     let stderr = String::from_utf8_lossy(&unknown.stderr);
     assert!(stderr.contains("nonesuch"), "{stderr}");
 }
+
+// --- configuration --------------------------------------------------------------------------
+
+fn config_engine(dir: &Path, toml: &str) -> fq::Result<Engine> {
+    let mut config = fq::Config::from_toml_str(toml, &dir.join("fq.toml"))?;
+    config.database = dir.join("fq.redb");
+    Engine::builder(dir.join("fq.redb"))
+        .config(config)
+        .control(false)
+        .open()
+}
+
+const TWO_SCHEDULES: &str = r#"
+[[schedules]]
+name = "nightly-report"
+cron = "30 2 * * *"
+zone = "Europe/Paris"
+task = "myapp.tasks.report"
+kwargs = { kind = "daily" }
+queue = "reports"
+catch_up = "all"
+
+[[schedules]]
+name = "heartbeat"
+every = "30s"
+task = "myapp.tasks.ping"
+"#;
+
+#[tokio::test]
+async fn config_schedules_are_declared_at_open_and_orphaned_when_they_disappear() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = config_engine(dir.path(), TWO_SCHEDULES).unwrap();
+        let schedules = engine.schedules().await.unwrap();
+        let names: Vec<_> = schedules.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["heartbeat", "nightly-report"]);
+        assert!(schedules.iter().all(|s| s.from_config && !s.orphaned));
+        let nightly = &schedules[1];
+        assert_eq!(
+            (
+                nightly.spec.as_str(),
+                nightly.zone.as_str(),
+                nightly.queue.as_str()
+            ),
+            ("30 2 * * *", "Europe/Paris", "reports")
+        );
+        assert_eq!(nightly.catch_up, CatchUp::All);
+        assert_eq!(schedules[0].spec, "every 30s");
+        let triggered = engine.trigger_schedule("nightly-report").await.unwrap();
+        let task = engine
+            .task(triggered.last_task.unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(task.payload.to_value()["kwargs"]["kind"], "daily");
+    }
+    // `heartbeat` leaves the file: disabled and shown as orphaned, not deleted.
+    let one = TWO_SCHEDULES
+        .split("\n[[schedules]]\nname = \"heartbeat\"")
+        .next()
+        .unwrap();
+    {
+        let engine = config_engine(dir.path(), one).unwrap();
+        let schedules = engine.schedules().await.unwrap();
+        assert_eq!(schedules.len(), 2);
+        let heartbeat = &schedules[0];
+        assert!(heartbeat.orphaned, "{heartbeat:?}");
+        assert_eq!(heartbeat.next_fire, None, "an orphan does not fire");
+        assert!(!schedules[1].orphaned);
+    }
+    // Back in the file: live again.
+    let engine = config_engine(dir.path(), TWO_SCHEDULES).unwrap();
+    let schedules = engine.schedules().await.unwrap();
+    assert!(
+        schedules
+            .iter()
+            .all(|s| !s.orphaned && s.next_fire.is_some())
+    );
+}
+
+#[tokio::test]
+async fn yaml_declares_schedules_under_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "task:\n  schedules:\n    - name: hourly\n      cron: \"@hourly\"\n      task: myapp.tasks.sync\n      args: [1, 2]\n";
+    let mut config =
+        fq::Config::from_yaml_str(yaml, &dir.path().join("config/services.yaml")).unwrap();
+    config.database = dir.path().join("fq.redb");
+    let engine = Engine::builder(dir.path().join("fq.redb"))
+        .config(config)
+        .control(false)
+        .open()
+        .unwrap();
+    let schedules = engine.schedules().await.unwrap();
+    assert_eq!(schedules.len(), 1);
+    assert_eq!(
+        (schedules[0].name.as_str(), schedules[0].spec.as_str()),
+        ("hourly", "@hourly")
+    );
+}
+
+#[test]
+fn bad_config_schedules_are_refused_naming_the_key_and_the_file() {
+    for (entry, key, reason) in [
+        ("cron = \"61 * * * *\"", "schedules[0].cron", "61"),
+        (
+            "cron = \"* * * * *\"\nzone = \"Mars/Olympus\"",
+            "schedules[0].zone",
+            "Mars/Olympus",
+        ),
+        ("every = \"0s\"", "schedules[0].every", "at least"),
+        (
+            "cron = \"@daily\"\nevery = \"1h\"",
+            "schedules[0].every",
+            "not both",
+        ),
+        (
+            "cron = \"@daily\"\ncatch_up = \"some\"",
+            "schedules[0].catch_up",
+            "some",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = format!("[[schedules]]\nname = \"bad\"\ntask = \"a.b\"\n{entry}\n");
+        match config_engine(dir.path(), &toml) {
+            Err(fq::Error::Config(fq::ConfigError::InvalidValue {
+                path,
+                key: got,
+                message,
+            })) => {
+                assert_eq!(got, key, "{entry}: {message}");
+                assert!(message.contains(reason), "{entry}: {message}");
+                assert_eq!(path, Some(dir.path().join("fq.toml")));
+            }
+            other => panic!("{entry}: expected a refusal, got {other:?}"),
+        }
+        assert!(
+            !dir.path().join("fq.redb").exists(),
+            "{entry}: a store was created"
+        );
+    }
+}

@@ -58,6 +58,8 @@ pub(crate) struct LocalSettings {
     pub(crate) min_free_bytes: u64,
     /// After a failed commit, reopen the store and accept writes again once the disk works.
     pub(crate) self_heal: bool,
+    /// The configuration's schedules (`[[schedules]]`), checked, declared at open.
+    pub(crate) schedules: Vec<(crate::Schedule, NewTask)>,
 }
 
 /// Completions per queue over the last minute, in one-second buckets.
@@ -472,6 +474,7 @@ mod tests {
             max_payload_bytes: 1 << 20,
             min_free_bytes: 0,
             self_heal: true,
+            schedules: Vec::new(),
         }
     }
 

@@ -88,6 +88,7 @@ impl LocalBroker {
             }
         }
 
+        super::schedules::declare_config_schedules(&store, &settings.schedules, now)?;
         let shared = Arc::new(Shared {
             ready,
             delayed,

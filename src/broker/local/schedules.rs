@@ -123,6 +123,30 @@ pub(crate) fn stored_schedule(
     })
 }
 
+/// Declares the configuration's schedules in `store` at open, before the writer starts (see
+/// `writer::sync_config`); a store with nothing from a configuration, declared or stored, is
+/// not written.
+pub(crate) fn declare_config_schedules(
+    store: &Store,
+    schedules: &[(Schedule, NewTask)],
+    now: Millis,
+) -> Result<()> {
+    let declared = schedules
+        .iter()
+        .map(|(schedule, task)| {
+            stored_schedule(schedule, task, true).map(|stored| (schedule.name.clone(), stored))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let stored_from_config = store
+        .schedules()?
+        .iter()
+        .any(|(_, schedule)| schedule.from_config && !schedule.orphaned);
+    if declared.is_empty() && !stored_from_config {
+        return Ok(());
+    }
+    store.write(|tables| super::writer::sync_config(tables, declared, now))?
+}
+
 /// What `fq schedules` shows of a stored schedule; its last task's status is read from `store`.
 pub(crate) fn schedule_info(
     store: &Store,

@@ -107,6 +107,7 @@ macro_rules! keep_reply {
 }
 
 mod schedules;
+pub(in crate::broker::local) use schedules::sync_config;
 pub(crate) use schedules::{NamedSchedule, ScheduleCommand};
 
 pub(crate) struct Writer {

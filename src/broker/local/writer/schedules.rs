@@ -75,7 +75,7 @@ impl Writer {
                 schedule,
                 reply,
             } => {
-                let result = self.upsert_schedule(tables, name, *schedule, false, batch);
+                let result = upsert(tables, name, *schedule, false, batch.now);
                 let answer = keep_reply!(batch, reply, result);
                 batch.answers.push(Answer::new(reply, answer, 0));
             }
@@ -106,42 +106,6 @@ impl Writer {
             .min();
         batch.effects.push(Publish::ScheduleAlarm(next));
         Ok(())
-    }
-
-    fn upsert_schedule(
-        &mut self,
-        tables: &mut WriteTables<'_>,
-        name: String,
-        mut schedule: StoredSchedule,
-        keep_paused: bool,
-        batch: &mut Batch,
-    ) -> Result<Result<NamedSchedule>, StoreError> {
-        let existing = tables.get_schedule(&name)?;
-        if keep_paused && let Some(existing) = &existing {
-            // A config reload does not undo a pause made by hand.
-            schedule.paused |= existing.paused;
-        }
-        let restarted = match &existing {
-            Some(existing) => {
-                schedule.anchor = existing.anchor;
-                schedule.next_fire = existing.next_fire;
-                schedule.last_fire = existing.last_fire;
-                schedule.last_task = existing.last_task;
-                if existing.spec != schedule.spec || existing.zone != schedule.zone {
-                    restart(&mut schedule, batch.now)
-                } else if !existing.armed() && schedule.armed() {
-                    restart_position(&mut schedule, batch.now)
-                } else {
-                    Ok(())
-                }
-            }
-            None => restart(&mut schedule, batch.now),
-        };
-        if let Err(error) = restarted {
-            return Ok(Err(error));
-        }
-        tables.put_schedule(&name, &schedule)?;
-        Ok(Ok((name, schedule)))
     }
 
     fn act_on_schedule(
@@ -263,6 +227,69 @@ impl Writer {
         schedule.last_task = ids.last().map(|id| id.as_u128());
         Ok(Ok(()))
     }
+}
+
+/// Creates or replaces a schedule in `tables` at time `now`: a changed spec or zone restarts
+/// its timetable from now, a resumed one goes on from its next fire time after now; otherwise
+/// it keeps its place and history. With `keep_paused`, a pause already stored stays (a
+/// config file's declaration does not undo `fq schedules pause`).
+fn upsert(
+    tables: &mut WriteTables<'_>,
+    name: String,
+    mut schedule: StoredSchedule,
+    keep_paused: bool,
+    now: Millis,
+) -> Result<Result<NamedSchedule>, StoreError> {
+    let existing = tables.get_schedule(&name)?;
+    if keep_paused && let Some(existing) = &existing {
+        schedule.paused |= existing.paused;
+    }
+    let restarted = match &existing {
+        Some(existing) => {
+            schedule.anchor = existing.anchor;
+            schedule.next_fire = existing.next_fire;
+            schedule.last_fire = existing.last_fire;
+            schedule.last_task = existing.last_task;
+            if existing.spec != schedule.spec || existing.zone != schedule.zone {
+                restart(&mut schedule, now)
+            } else if !existing.armed() && schedule.armed() {
+                restart_position(&mut schedule, now)
+            } else {
+                Ok(())
+            }
+        }
+        None => restart(&mut schedule, now),
+    };
+    if let Err(error) = restarted {
+        return Ok(Err(error));
+    }
+    tables.put_schedule(&name, &schedule)?;
+    Ok(Ok((name, schedule)))
+}
+
+/// Declares a config file's schedules at open (before the writer starts): each is upserted
+/// and marked as from the config; a schedule from the config that it no longer declares is
+/// marked orphaned (disabled, kept for `fq schedules`), and declared again it is live again.
+pub(in crate::broker::local) fn sync_config(
+    tables: &mut WriteTables<'_>,
+    declared: Vec<NamedSchedule>,
+    now: Millis,
+) -> Result<Result<()>, StoreError> {
+    let names: std::collections::HashSet<&str> =
+        declared.iter().map(|(name, _)| name.as_str()).collect();
+    for (name, mut schedule) in tables.all_schedules()? {
+        if schedule.from_config && !schedule.orphaned && !names.contains(name.as_str()) {
+            tracing::warn!(schedule = %name, "schedule no longer in the config: disabled, shown as orphaned");
+            schedule.orphaned = true;
+            tables.put_schedule(&name, &schedule)?;
+        }
+    }
+    for (name, schedule) in declared {
+        if let Err(error) = upsert(tables, name, schedule, true, now)? {
+            return Ok(Err(error));
+        }
+    }
+    Ok(Ok(()))
 }
 
 /// A resumed schedule goes on from its next fire time after now: the fire times passed while
