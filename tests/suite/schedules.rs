@@ -416,6 +416,10 @@ fn spawn_child(dir: &Path) -> std::process::Child {
         .unwrap()
 }
 
+/// Regression guard for the one-commit rule of `writer/schedules.rs`. Negative control (run by
+/// hand when this test was written): with the schedule's advance written in a second
+/// transaction right after the one that queues the fire time's task (the alarm following the
+/// second commit), three runs out of three found fire times queued twice.
 #[tokio::test]
 async fn a_killed_process_queues_each_fire_time_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
