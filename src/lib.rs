@@ -115,6 +115,7 @@ pub mod internals;
 mod queue;
 #[cfg(all(doctest, feature = "cli"))]
 mod readme;
+mod schedule;
 mod store;
 mod sync;
 mod task;
@@ -134,6 +135,9 @@ pub use engine::{Engine, EngineBuilder};
 pub use error::{Error, Result};
 pub use events::{Event, EventBus, EventKind, EventStream, UnknownEvent};
 pub use handler::{Registry, Task, TaskContext, TaskQueue, TaskSettings};
+pub use schedule::{
+    CatchUp, MAX_CATCH_UP, MISSED_AFTER_MS, Schedule, ScheduleAction, ScheduleInfo, ScheduleSpec,
+};
 #[doc(hidden)]
 pub use store::{CustomBackend, IntegrityReport};
 pub use store::{StoreError, store_commit_rate};

@@ -282,6 +282,25 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// (running ones finish; queuing into it goes on). Returns true when that changed it.
     fn set_paused(&self, queue: String, paused: bool) -> BoxFuture<'_, Result<bool>>;
 
+    /// Creates or replaces (by name) a recurring schedule queuing `task` at each of its fire
+    /// times, each exactly once; a changed spec or zone takes effect at once.
+    fn upsert_schedule(
+        &self,
+        schedule: crate::Schedule,
+        task: NewTask,
+    ) -> BoxFuture<'_, Result<crate::ScheduleInfo>>;
+
+    /// Every schedule, by name.
+    fn schedules(&self) -> BoxFuture<'_, Result<Vec<crate::ScheduleInfo>>>;
+
+    /// Pauses, resumes, triggers or removes the schedule `name`; returns it as it is after
+    /// (as it was, for a removal).
+    fn act_on_schedule(
+        &self,
+        name: String,
+        action: crate::ScheduleAction,
+    ) -> BoxFuture<'_, Result<crate::ScheduleInfo>>;
+
     /// Cancels a PENDING or RETRYING task.
     fn cancel(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>>;
 

@@ -81,6 +81,9 @@ pub(crate) enum Command {
     Pause(QueueArgs),
     /// Resume a paused queue: its waiting tasks start again
     Resume(QueueArgs),
+    /// Recurring schedules: with no subcommand, list them (name, spec, zone, next and last
+    /// fire, last task and its status, paused)
+    Schedules(SchedulesArgs),
     /// Delete the tasks of a queue (all but RUNNING ones, or only those with --status)
     Purge(PurgeArgs),
     /// Delete finished tasks past their retention now (`cleanup` in the configuration)
@@ -204,6 +207,34 @@ pub(crate) struct ListArgs {
 pub(crate) struct IdArgs {
     /// The task's id (a UUID, as `enqueue` and `list` print it)
     pub(crate) id: TaskId,
+}
+
+/// `schedules` and its subcommands.
+#[derive(Debug, Args)]
+pub(crate) struct SchedulesArgs {
+    #[command(subcommand)]
+    pub(crate) action: Option<ScheduleCommand>,
+}
+
+/// What to do to one schedule.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ScheduleCommand {
+    /// Pause a schedule (durably): it queues nothing until resumed
+    Pause(ScheduleNameArgs),
+    /// Resume a paused schedule from its next fire time (times passed while paused are not
+    /// caught up)
+    Resume(ScheduleNameArgs),
+    /// Queue the schedule's task once, now
+    Trigger(ScheduleNameArgs),
+    /// Delete a schedule (the tasks it queued stay)
+    Remove(ScheduleNameArgs),
+}
+
+/// A command that takes one schedule name.
+#[derive(Debug, Args)]
+pub(crate) struct ScheduleNameArgs {
+    /// The schedule
+    pub(crate) name: String,
 }
 
 /// A command that takes one queue name.

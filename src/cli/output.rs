@@ -224,6 +224,50 @@ pub(crate) fn task_table(records: &[TaskRecord], now: DateTime<Utc>) -> String {
     table.render()
 }
 
+/// The `schedules` table: one row per schedule.
+pub(crate) fn schedule_table(schedules: &[crate::ScheduleInfo], now: DateTime<Utc>) -> String {
+    let mut table = Table::new(&[
+        ("NAME", false),
+        ("SPEC", false),
+        ("ZONE", false),
+        ("NEXT FIRE", false),
+        ("LAST FIRE", false),
+        ("LAST TASK", false),
+        ("STATUS", false),
+        ("STATE", false),
+    ]);
+    let time = |at: Option<DateTime<Utc>>| {
+        at.map_or_else(
+            || "-".to_owned(),
+            |at| format!("{} ({})", format_time(at), relative(at, now)),
+        )
+    };
+    for schedule in schedules {
+        let state = if schedule.orphaned {
+            "orphaned"
+        } else if schedule.paused {
+            "paused"
+        } else {
+            "active"
+        };
+        table.row(vec![
+            schedule.name.clone(),
+            schedule.spec.clone(),
+            schedule.zone.clone(),
+            time(schedule.next_fire),
+            time(schedule.last_fire),
+            schedule
+                .last_task
+                .map_or_else(|| "-".to_owned(), |id| id.to_string()),
+            schedule
+                .last_status
+                .map_or_else(|| "-".to_owned(), |status| status.as_str().to_owned()),
+            state.to_owned(),
+        ]);
+    }
+    table.render()
+}
+
 /// What a table says about a task besides its fields: its error, or when it runs.
 fn note(record: &TaskRecord, now: DateTime<Utc>) -> String {
     match record.status {

@@ -83,6 +83,9 @@ macro_rules! section {
     (@shown $value:expr, $shown:expr) => { ($shown)(&$value) };
 }
 
+mod schedules;
+pub use schedules::{JsonArguments, ScheduleConfig};
+
 /// What a secret shows as in `Debug` output.
 struct Redacted;
 
@@ -116,6 +119,8 @@ section! {
         pub limits: Limits = Limits::default(),
         /// Where the engine listens for other processes (CLI, remote producers and workers).
         pub control: ControlConfig = ControlConfig::default(),
+        /// Recurring schedules the owning engine declares at open (`[[schedules]]`).
+        pub schedules: Vec<ScheduleConfig> = Vec::new(),
         /// The file this configuration came from, for messages; `None` for [`Config::default`]
         /// or when no file was found.
         #[serde(skip)]

@@ -168,6 +168,8 @@ impl EngineBuilder {
             max_payload_bytes: config.limits.max_payload_bytes,
             min_free_bytes: config.limits.min_free_bytes,
             self_heal: self.self_heal,
+            // Checked before the store is opened: a bad entry creates no store.
+            schedules: super::schedules::config_schedules(&config)?,
         };
         // In rabbitmq mode the waiting tasks are the outbox, which is always bounded.
         #[cfg(feature = "rabbitmq")]

@@ -2,6 +2,7 @@
 //! clock and configuration together, and hands out the queuing API and workers.
 
 mod builder;
+mod schedules;
 
 pub use builder::EngineBuilder;
 use std::net::SocketAddr;

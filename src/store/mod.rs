@@ -12,11 +12,13 @@ mod open_here;
 mod paused;
 mod probe;
 mod reports;
+mod schedules;
 mod store_id;
 mod tables;
 mod write_tables;
 
 pub(crate) use reports::PendingReport;
+pub(crate) use schedules::{ScheduledTask, StoredSchedule};
 pub(crate) use write_tables::WriteTables;
 
 use std::io::ErrorKind;
@@ -382,6 +384,9 @@ impl Store {
                 finished: txn.open_table(FINISHED).map_err(|e| err(e.into()))?,
                 meta: txn.open_table(META).map_err(|e| err(e.into()))?,
                 reports: txn.open_table(REPORTS).map_err(|e| err(e.into()))?,
+                schedules: txn
+                    .open_table(schedules::SCHEDULES)
+                    .map_err(|e| err(e.into()))?,
             };
             let result = apply(&mut tables)?;
             tables.flush_counts()?;

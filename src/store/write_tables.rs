@@ -15,6 +15,7 @@ pub(crate) struct WriteTables<'txn> {
     pub(super) finished: redb::Table<'txn, &'static [u8], ()>,
     pub(super) meta: redb::Table<'txn, &'static str, &'static [u8]>,
     pub(super) reports: redb::Table<'txn, (u128, u32), &'static [u8]>,
+    pub(super) schedules: redb::Table<'txn, &'static str, &'static [u8]>,
 }
 
 impl WriteTables<'_> {

@@ -35,6 +35,7 @@ mod priority;
 mod rabbitmq;
 mod recovery;
 mod retry;
+mod schedules;
 #[cfg(feature = "cli")]
 mod security;
 mod settings;

@@ -124,6 +124,26 @@ impl Broker for LocalBroker {
         Box::pin(self.set_queue_paused(queue, paused))
     }
 
+    fn upsert_schedule(
+        &self,
+        schedule: crate::Schedule,
+        task: NewTask,
+    ) -> BoxFuture<'_, Result<crate::ScheduleInfo>> {
+        Box::pin(self.put_schedule(schedule, task))
+    }
+
+    fn schedules(&self) -> BoxFuture<'_, Result<Vec<crate::ScheduleInfo>>> {
+        Box::pin(self.schedule_list())
+    }
+
+    fn act_on_schedule(
+        &self,
+        name: String,
+        action: crate::ScheduleAction,
+    ) -> BoxFuture<'_, Result<crate::ScheduleInfo>> {
+        Box::pin(self.schedule_action(name, action))
+    }
+
     fn cancel(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
         Box::pin(async move { self.request(|reply| Command::Cancel { id, reply }).await })
     }

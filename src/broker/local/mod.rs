@@ -7,6 +7,7 @@ mod lease;
 mod open;
 mod pause;
 mod read_only;
+mod schedules;
 mod timer;
 mod waiters;
 mod writer;
@@ -59,6 +60,8 @@ pub(crate) struct LocalSettings {
     pub(crate) min_free_bytes: u64,
     /// After a failed commit, reopen the store and accept writes again once the disk works.
     pub(crate) self_heal: bool,
+    /// The configuration's schedules (`[[schedules]]`), checked, declared at open.
+    pub(crate) schedules: Vec<(crate::Schedule, NewTask)>,
 }
 
 /// Completions per queue over the last minute, in one-second buckets.
@@ -119,6 +122,8 @@ pub(crate) struct Shared {
     pub(crate) waiters: waiters::Waiters,
     /// Queues whose tasks are not claimed (`pause_queue`), as committed.
     pub(crate) paused: pause::PausedQueues,
+    /// The earliest fire time of the armed schedules, as committed: the timer's alarm.
+    pub(crate) schedule_alarm: schedules::ScheduleAlarm,
 }
 
 /// Tells callers that the writer thread has ended, and so whether a dropped reply means
@@ -507,6 +512,7 @@ mod tests {
             max_payload_bytes: 1 << 20,
             min_free_bytes: 0,
             self_heal: true,
+            schedules: Vec::new(),
         }
     }
 

@@ -88,6 +88,7 @@ impl LocalBroker {
             }
         }
 
+        super::schedules::declare_config_schedules(&store, &settings.schedules, now)?;
         let shared = Arc::new(Shared {
             ready,
             delayed,
@@ -103,6 +104,7 @@ impl LocalBroker {
             writer_exit: WriterExit::default(),
             waiters: Default::default(),
             paused: super::pause::PausedQueues::new(store.paused_queues()?),
+            schedule_alarm: super::schedules::ScheduleAlarm::new(store.next_schedule_fire()?, now),
         });
         let weak = Arc::downgrade(&shared);
         shared.clock.on_advance(Box::new(move || {

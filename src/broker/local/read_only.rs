@@ -120,6 +120,26 @@ impl Broker for ReadOnlyBroker {
         self.refused()
     }
 
+    fn upsert_schedule(
+        &self,
+        _schedule: crate::Schedule,
+        _task: NewTask,
+    ) -> BoxFuture<'_, Result<crate::ScheduleInfo>> {
+        self.refused()
+    }
+
+    fn schedules(&self) -> BoxFuture<'_, Result<Vec<crate::ScheduleInfo>>> {
+        Box::pin(self.read(super::schedules::list_schedules))
+    }
+
+    fn act_on_schedule(
+        &self,
+        _name: String,
+        _action: crate::ScheduleAction,
+    ) -> BoxFuture<'_, Result<crate::ScheduleInfo>> {
+        self.refused()
+    }
+
     fn cancel(&self, _id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
         self.refused()
     }

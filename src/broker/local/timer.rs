@@ -46,10 +46,23 @@ pub(super) fn run(shared: &Arc<Shared>, commands: &crossbeam_channel::Sender<Com
                 return;
             }
         }
-        let next = [shared.delayed.next_due(), shared.leases.next_deadline()]
-            .into_iter()
-            .flatten()
-            .min();
+        // Schedules fire in the writer, which queues each fire time's task and advances the
+        // schedule in one commit; the alarm moves after that commit.
+        if shared.schedule_alarm.take_due(now)
+            && commands
+                .send(Command::Schedule(super::writer::ScheduleCommand::Fire))
+                .is_err()
+        {
+            return;
+        }
+        let next = [
+            shared.delayed.next_due(),
+            shared.leases.next_deadline(),
+            shared.schedule_alarm.wake_at(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let sleep = next.map_or(MAX_SLEEP, |at| {
             Duration::from_millis(u64::try_from(at.saturating_sub(now)).unwrap_or(0)).min(MAX_SLEEP)
         });
@@ -96,6 +109,7 @@ mod loom_tests {
             writer_exit: super::super::WriterExit::default(),
             waiters: Default::default(),
             paused: super::super::pause::PausedQueues::new(Vec::new()),
+            schedule_alarm: super::super::schedules::ScheduleAlarm::default(),
         });
         // As `LocalBroker::open` wires it.
         let weak = Arc::downgrade(&shared);

@@ -613,6 +613,28 @@ impl Broker for RabbitBroker {
         self.bridge.local.set_paused(queue, paused)
     }
 
+    /// Schedules live in the local store, which is the outbox: each fire time's task is
+    /// queued there and forwarded like any other.
+    fn upsert_schedule(
+        &self,
+        schedule: crate::Schedule,
+        task: NewTask,
+    ) -> BoxFuture<'_, Result<crate::ScheduleInfo>> {
+        Box::pin(self.bridge.local.put_schedule(schedule, task))
+    }
+
+    fn schedules(&self) -> BoxFuture<'_, Result<Vec<crate::ScheduleInfo>>> {
+        Box::pin(self.bridge.local.schedule_list())
+    }
+
+    fn act_on_schedule(
+        &self,
+        name: String,
+        action: crate::ScheduleAction,
+    ) -> BoxFuture<'_, Result<crate::ScheduleInfo>> {
+        Box::pin(self.bridge.local.schedule_action(name, action))
+    }
+
     fn cancel(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
         self.bridge.local.cancel(id)
     }

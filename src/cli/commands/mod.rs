@@ -9,6 +9,7 @@ mod list;
 mod pause;
 mod purge;
 mod retry;
+mod schedules;
 mod serve;
 mod show;
 mod stats;
@@ -35,6 +36,7 @@ pub(crate) async fn dispatch(cli: Cli, registry: Registry) -> Result<(), CliErro
         Command::Wait(args) => wait::run(&ctx, &args).await,
         Command::Pause(args) => pause::run(&ctx, &args, true).await,
         Command::Resume(args) => pause::run(&ctx, &args, false).await,
+        Command::Schedules(args) => schedules::run(&ctx, args).await,
         Command::Purge(args) => purge::run(&ctx, args).await,
         Command::Cleanup => cleanup::run(&ctx).await,
         Command::Demo(args) => demo::run(&ctx, args).await,

@@ -20,8 +20,9 @@ use crate::clock::{Millis, millis_to_datetime};
 use crate::control::protocol::{
     AttemptArgs, ChangedOk, ClaimArgs, CleanupArgs, CleanupOk, CountOk, Empty, EnqueueArgs,
     EnqueueOk, IdArgs, ListArgs, MAX_WAIT_MS, Op, PurgeArgs, QueueArgs, RetryFailedArgs,
-    SettleAndClaimArgs, SettleAndClaimOk, SettleArgs, SettleOk, Settled, TaskOk, TasksOk, WaitArgs,
-    WireTaskOut, error_from_wire,
+    ScheduleActionArgs, ScheduleArgs, ScheduleOk, SchedulesOk, SettleAndClaimArgs,
+    SettleAndClaimOk, SettleArgs, SettleOk, Settled, TaskOk, TasksOk, WaitArgs, WireTaskOut,
+    error_from_wire,
 };
 use crate::events::{Event, EventBus, EventKind};
 use crate::task::{TaskId, TaskRecord, TaskStatus};
@@ -90,20 +91,7 @@ impl Broker for RemoteBroker {
             if tasks.is_empty() {
                 return Ok(Vec::new());
             }
-            let wire: Vec<WireTaskOut<'_>> = tasks
-                .iter()
-                .map(|task| WireTaskOut {
-                    id: task.id,
-                    name: &task.name,
-                    queue: &task.queue,
-                    priority: task.priority,
-                    payload: &task.payload,
-                    max_retries: task.max_retries,
-                    timeout_ms: task.timeout.map(millis),
-                    retry_delay_ms: task.retry_delay.map(millis),
-                    run_at_ms: task.run_at,
-                })
-                .collect();
+            let wire: Vec<WireTaskOut<'_>> = tasks.iter().map(wire_task).collect();
             let ok: EnqueueOk = self
                 .shared
                 .request(Op::Enqueue, &EnqueueArgs { tasks: wire })
@@ -215,6 +203,40 @@ impl Broker for RemoteBroker {
         Box::pin(async move {
             let ok: TaskOk<TaskRecord> = self.shared.request(Op::Task, &IdArgs { id }).await?;
             Ok(ok.task)
+        })
+    }
+
+    fn upsert_schedule(
+        &self,
+        schedule: crate::Schedule,
+        task: NewTask,
+    ) -> BoxFuture<'_, Result<crate::ScheduleInfo>> {
+        Box::pin(async move {
+            let args = ScheduleArgs::of(&schedule, wire_task(&task));
+            let ok: ScheduleOk = self.shared.request(Op::Schedule, &args).await?;
+            Ok(ok.schedule)
+        })
+    }
+
+    fn schedules(&self) -> BoxFuture<'_, Result<Vec<crate::ScheduleInfo>>> {
+        Box::pin(async move {
+            let ok: SchedulesOk = self.shared.request(Op::Schedules, &Empty {}).await?;
+            Ok(ok.schedules)
+        })
+    }
+
+    fn act_on_schedule(
+        &self,
+        name: String,
+        action: crate::ScheduleAction,
+    ) -> BoxFuture<'_, Result<crate::ScheduleInfo>> {
+        Box::pin(async move {
+            let args = ScheduleActionArgs {
+                name,
+                action: action.as_str().to_owned(),
+            };
+            let ok: ScheduleOk = self.shared.request(Op::ScheduleAction, &args).await?;
+            Ok(ok.schedule)
         })
     }
 
@@ -373,5 +395,20 @@ fn settle_report(ok: SettleOk) -> SettleReport {
         status: ok.status,
         retry_at: ok.retry_at_ms,
         record: ok.record.map(Arc::new),
+    }
+}
+
+/// A task as the Rust client sends it.
+fn wire_task(task: &NewTask) -> WireTaskOut<'_> {
+    WireTaskOut {
+        id: task.id,
+        name: &task.name,
+        queue: &task.queue,
+        priority: task.priority,
+        payload: &task.payload,
+        max_retries: task.max_retries,
+        timeout_ms: task.timeout.map(millis),
+        retry_delay_ms: task.retry_delay.map(millis),
+        run_at_ms: task.run_at,
     }
 }

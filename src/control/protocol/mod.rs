@@ -5,10 +5,12 @@
 
 mod frame;
 mod ops;
+mod schedules;
 mod wire_error;
 
 pub(crate) use frame::*;
 pub(crate) use ops::*;
+pub(crate) use schedules::*;
 pub(crate) use wire_error::*;
 
 use std::borrow::Cow;
@@ -120,11 +122,14 @@ pub(crate) enum Op {
     Wait,
     Pause,
     Resume,
+    Schedule,
+    Schedules,
+    ScheduleAction,
 }
 
 impl Op {
     /// Every op, for messages.
-    pub(crate) const ALL: [Op; 17] = [
+    pub(crate) const ALL: [Op; 20] = [
         Op::Enqueue,
         Op::Claim,
         Op::Heartbeat,
@@ -142,6 +147,9 @@ impl Op {
         Op::Wait,
         Op::Pause,
         Op::Resume,
+        Op::Schedule,
+        Op::Schedules,
+        Op::ScheduleAction,
     ];
 
     /// The op's name on the wire.
@@ -164,6 +172,9 @@ impl Op {
             Op::Wait => "wait",
             Op::Pause => "pause",
             Op::Resume => "resume",
+            Op::Schedule => "schedule",
+            Op::Schedules => "schedules",
+            Op::ScheduleAction => "schedule_action",
         }
     }
 

@@ -56,8 +56,15 @@ impl WireError {
 /// Argument names the engine reports in `InvalidInput`; an error arriving with one of these
 /// becomes `Error::InvalidInput` with the same `&'static str`.
 const KNOWN_FIELDS: &[&str] = &[
+    "action",
     "after",
     "allowed",
+    "catch_up",
+    "cron",
+    "every",
+    "schedule name",
+    "task",
+    "zone",
     "args",
     "attempt",
     "broker",

@@ -19,9 +19,10 @@ use crate::config::{MAX_TASK_DELAY, check_name};
 use crate::control::protocol::{
     AttemptArgs, ChangedOk, ClaimArgs, CleanupArgs, CleanupOk, CountOk, Empty, EnqueueArgs,
     EnqueueOk, ErrorOut, HEADER_BYTES, IdArgs, ListArgs, MAX_CLAIM, MAX_LIST_BYTES, MAX_WAIT_MS,
-    NoArgs, OkOut, Op, ParsedRequest, PurgeArgs, QueueArgs, RetryFailedArgs, SettleAndClaimArgs,
-    SettleAndClaimOk, SettleArgs, SettleOk, Settled, TaskOk, TasksOk, WaitArgs, WireTask,
-    decode_args, encode_body, error_to_wire,
+    NoArgs, OkOut, Op, ParsedRequest, PurgeArgs, QueueArgs, RetryFailedArgs, ScheduleActionArgs,
+    ScheduleArgs, ScheduleOk, SchedulesOk, SettleAndClaimArgs, SettleAndClaimOk, SettleArgs,
+    SettleOk, Settled, TaskOk, TasksOk, WaitArgs, WireTask, decode_args, encode_body,
+    error_to_wire,
 };
 use crate::task::TaskId;
 use crate::{Error, Result};
@@ -389,6 +390,25 @@ async fn dispatch(
             crate::config::check_queue(&args.queue)?;
             let changed = broker.set_paused(args.queue, op == Op::Pause).await?;
             ok_body(id, &ChangedOk { changed })
+        }
+        Op::Schedule => {
+            let args: ScheduleArgs<WireTask> = decode_args(op, args)?;
+            let schedule = args.schedule()?;
+            let task = build_task(ctx, args.task)?;
+            let schedule = broker.upsert_schedule(schedule, task).await?;
+            ok_body(id, &ScheduleOk { schedule })
+        }
+        Op::Schedules => {
+            let _: NoArgs = decode_args(op, args)?;
+            let schedules = broker.schedules().await?;
+            ok_body(id, &SchedulesOk { schedules })
+        }
+        Op::ScheduleAction => {
+            let args: ScheduleActionArgs = decode_args(op, args)?;
+            let action = args.action()?;
+            crate::schedule::check_schedule_name(&args.name)?;
+            let schedule = broker.act_on_schedule(args.name, action).await?;
+            ok_body(id, &ScheduleOk { schedule })
         }
         // Answered by the connection's reader; kept here so every op has one home.
         Op::Abort => ok_body(id, &Empty {}),

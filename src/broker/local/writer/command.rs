@@ -80,6 +80,8 @@ pub(crate) enum Command {
         paused: bool,
         reply: Reply<bool>,
     },
+    /// A schedule request (`writer/schedules.rs`).
+    Schedule(super::schedules::ScheduleCommand),
     /// A lease ran out: the attempt counts as failed (its worker is presumed dead).
     Expire { id: TaskId, attempt: u32 },
     /// RabbitMQ confirmed these tasks (id, the order they were taken from the heap under):
@@ -151,6 +153,7 @@ impl Command {
     /// that failed before reaching it).
     pub(super) fn fail(self, error: Error) {
         let answer = match self {
+            Command::Schedule(command) => return command.fail(error),
             Command::Enqueue { reply, .. } => Answer::failed(reply),
             Command::Claim { reply, .. } => Answer::failed(reply),
             Command::Settle { reply, .. } => Answer::failed(reply),

@@ -61,6 +61,8 @@ pub(super) enum Publish {
         queue: String,
         paused: bool,
     },
+    /// The earliest fire time of the armed schedules, as committed.
+    ScheduleAlarm(Option<Millis>),
 }
 
 /// Settings the writer applies.
@@ -103,6 +105,10 @@ macro_rules! keep_reply {
         }
     };
 }
+
+mod schedules;
+pub(in crate::broker::local) use schedules::sync_config;
+pub(crate) use schedules::{NamedSchedule, ScheduleCommand};
 
 pub(crate) struct Writer {
     pub(crate) store: Arc<Store>,
@@ -471,6 +477,7 @@ impl Writer {
                 let changed = keep_reply!(batch, reply, self.pause(tables, queue, paused, batch));
                 batch.answers.push(Answer::new(reply, Ok(changed), 0));
             }
+            Command::Schedule(command) => self.apply_schedule(tables, command, batch)?,
             Command::Expire { id, attempt } => self.expire(tables, id, attempt, batch)?,
         }
         Ok(())

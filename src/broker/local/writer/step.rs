@@ -40,6 +40,10 @@ impl Writer {
                     self.shared.paused.set(&queue, paused);
                     woke |= !paused;
                 }
+                Publish::ScheduleAlarm(next) => {
+                    self.shared.schedule_alarm.set(next, now);
+                    poke = true;
+                }
             }
         }
         self.shared.waiters.wake(&outcomes);
