@@ -482,5 +482,6 @@ fn pending_task(name: &str, payload: &str, seq: u64) -> StoredTask {
         result: None,
         error: None,
         route: None,
+        unique: None,
     }
 }

@@ -179,6 +179,16 @@ pub(crate) struct EnqueueArgs {
     /// Time limit for each attempt ("30s"); a run that takes longer fails and is retried
     #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
     pub(crate) timeout: Option<Duration>,
+    /// Queue it only if no task holds this unique key; otherwise print the task that does
+    /// (a key is held until its task finishes, or with --unique-for, for that long after
+    /// its creation)
+    #[arg(long, value_name = "KEY")]
+    pub(crate) unique_key: Option<String>,
+    /// With --unique-key: the key stays held this long after the task's creation, even once
+    /// it has finished ("1h", "30m", up to 365 days)
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration,
+          requires = "unique_key")]
+    pub(crate) unique_for: Option<Duration>,
 }
 
 /// `list` flags.
@@ -197,6 +207,9 @@ pub(crate) struct ListArgs {
     /// Only tasks created after this one (the last id of the previous page)
     #[arg(long, value_name = "ID")]
     pub(crate) after: Option<TaskId>,
+    /// Only tasks queued with this unique key (holding it or not)
+    #[arg(long, value_name = "KEY")]
+    pub(crate) unique_key: Option<String>,
 }
 
 /// A command that takes one task id.

@@ -378,6 +378,8 @@ impl Store {
                 leases: txn.open_table(LEASES).map_err(|e| err(e.into()))?,
                 finished: txn.open_table(FINISHED).map_err(|e| err(e.into()))?,
                 meta: txn.open_table(META).map_err(|e| err(e.into()))?,
+                txn: &txn,
+                unique: None,
             };
             let result = apply(&mut tables)?;
             tables.flush_counts()?;
