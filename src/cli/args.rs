@@ -288,6 +288,10 @@ pub(crate) struct BenchArgs {
     /// Payload size of each task, in bytes
     #[arg(long, value_name = "BYTES", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub(crate) payload: u32,
+    /// Give each task of the enqueue phases (so of the drain) a unique key of its own, to
+    /// measure what unique tasks cost against a run without
+    #[arg(long)]
+    pub(crate) unique: bool,
 }
 
 /// A JSON array given as one flag value (clap would take a bare `Vec` for repeated flags).

@@ -186,10 +186,15 @@ impl<'txn> WriteTables<'txn> {
         key: &str,
         now: Millis,
     ) -> Result<Option<TaskId>, StoreError> {
-        Ok(self
-            .unique_entry(key)?
-            .filter(|holder| holder.holds_at(now))
-            .map(|holder| holder.id))
+        let Some(holder) = self.unique_entry(key)?.filter(|h| h.holds_at(now)) else {
+            return Ok(None);
+        };
+        // A holder whose record is gone (deleted while it did not decode, so its key could
+        // not be read and freed) holds nothing: the key goes to the task being queued.
+        if !self.contains_task(holder.id)? {
+            return Ok(None);
+        }
+        Ok(Some(holder.id))
     }
 
     /// Keeps the UNIQUE entry of a task with a key in step with its status: an unfinished

@@ -126,7 +126,7 @@ async fn sixty_four_racing_producers_make_exactly_one_task() {
         answers.push(producer.await.unwrap());
     }
     let created: Vec<&Queued> = answers.iter().filter(|q| !q.duplicate).collect();
-    assert_eq!(created.len(), 1, "exactly one producer queued: {answers:?}");
+    assert_eq!(created.len(), 1, "exactly one producer should have queued");
     let winner = created[0].id;
     assert_eq!(
         answers
@@ -499,4 +499,73 @@ async fn keys_survive_a_kill_and_reopen() {
     let engine = Engine::open(dir.path().join("fq.redb")).unwrap();
     assert_duplicate(&engine, "pending", pending).await;
     assert_eq!(with_key(&engine, "completed").await.len(), 2);
+}
+
+/// `fq enqueue --unique-key KEY [--unique-for 1h]`, `fq show`, `fq list --unique-key`, on a
+/// store no engine serves.
+#[cfg(feature = "cli")]
+#[test]
+fn the_cli_queues_shows_and_lists_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("fq.redb");
+    let fq = |args: &[&str]| {
+        let output = common::child::fq()
+            .arg("--db")
+            .arg(&db)
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let errors = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.code(), text, errors)
+    };
+    let queue = [
+        "enqueue",
+        NAME,
+        "--unique-key",
+        "cli:k",
+        "--unique-for",
+        "1h",
+        "--json",
+    ];
+    let (code, first, errors) = fq(&queue);
+    assert_eq!(code, Some(0), "{errors}");
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(first["unique_key"], "cli:k");
+    assert_eq!(first["unique_for_ms"], 3_600_000);
+    assert!(first.get("duplicate").is_none(), "{first}");
+    let (code, again, errors) = fq(&queue);
+    assert_eq!(code, Some(0), "{errors}");
+    let again: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(
+        (&again["id"], &again["duplicate"]),
+        (&first["id"], &json!(true))
+    );
+    let (code, text, _) = fq(&["enqueue", NAME, "--unique-key", "cli:k"]);
+    assert_eq!(code, Some(0));
+    assert!(text.starts_with("duplicate: "), "{text}");
+
+    let id = first["id"].as_str().unwrap();
+    let (code, shown, _) = fq(&["show", id]);
+    assert_eq!(code, Some(0));
+    assert!(shown.contains(r#"unique_key   "cli:k""#), "{shown}");
+    let (code, listed, _) = fq(&["list", "--unique-key", "cli:k", "--json"]);
+    assert_eq!(code, Some(0));
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed.len(), 1);
+    let (_, other, _) = fq(&["list", "--unique-key", "cli:other", "--json"]);
+    assert_eq!(
+        serde_json::from_str::<Vec<serde_json::Value>>(&other)
+            .unwrap()
+            .len(),
+        0
+    );
+
+    // Bad input is a usage error (exit 2) naming the field.
+    let (code, _, errors) = fq(&["enqueue", NAME, "--unique-key", ""]);
+    assert_eq!(code, Some(2), "{errors}");
+    assert!(errors.contains("unique_key"), "{errors}");
+    let (code, _, errors) = fq(&["enqueue", NAME, "--unique-for", "1h"]);
+    assert_eq!(code, Some(2), "{errors}");
+    assert!(errors.contains("--unique-key"), "{errors}");
 }

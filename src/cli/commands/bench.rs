@@ -21,6 +21,7 @@ pub(crate) async fn run(ctx: &Context, args: &BenchArgs) -> Result<(), CliError>
         producers: usize::from(args.producers),
         concurrency: usize::from(args.concurrency),
         payload_bytes: args.payload as usize,
+        unique: args.unique,
         dir: ctx.db().map(|db| {
             db.parent()
                 .filter(|p| !p.as_os_str().is_empty())
