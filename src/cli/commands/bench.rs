@@ -1,6 +1,6 @@
-//! `fq bench [--tasks N] [--producers P] [--concurrency C] [--payload BYTES]`: runs the load
-//! generator on fresh stores (in a temporary folder, or beside `--db`, kept) and prints its
-//! figures as a table or one JSON object.
+//! `fq bench [--tasks N] [--producers P] [--concurrency C] [--payload BYTES] [--unique]`: runs
+//! the load generator on fresh stores (in a temporary folder, or beside `--db`, kept) and
+//! prints its figures as a table or one JSON object.
 
 use std::sync::Mutex;
 
