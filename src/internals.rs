@@ -70,6 +70,24 @@ pub fn encode_sample_record(name: &str, payload: &str, priority: i32, attempts: 
     crate::store::codec_encode(&task)
 }
 
+/// As [`encode_sample_record`], for a task queued with unique key `key` (record format 3).
+pub fn encode_sample_unique_record(
+    name: &str,
+    payload: &str,
+    priority: i32,
+    attempts: u32,
+    key: &str,
+) -> Vec<u8> {
+    let mut task = pending_task(name, payload, 0);
+    task.priority = priority;
+    task.attempts = attempts;
+    task.unique = Some(crate::task::UniqueSpec {
+        key: key.to_owned(),
+        for_ms: Some(u64::from(attempts)),
+    });
+    crate::store::codec_encode(&task)
+}
+
 /// A raw store, for measuring commit throughput by batch size.
 #[derive(Debug)]
 pub struct RawStore {
@@ -482,5 +500,6 @@ fn pending_task(name: &str, payload: &str, seq: u64) -> StoredTask {
         result: None,
         error: None,
         route: None,
+        unique: None,
     }
 }

@@ -125,7 +125,7 @@ mod worker;
 pub use broker::local::RecoveryReport;
 pub use broker::{
     BoxFuture, Broker, Chained, CleanupReport, IntoDelay, ListQuery, NewTask, Outcome, QueueStats,
-    QueueTask, RabbitError, RabbitQueueStats, RabbitStats, RetentionPolicy, SettleReport,
+    QueueTask, Queued, RabbitError, RabbitQueueStats, RabbitStats, RetentionPolicy, SettleReport,
     Settlement, Stats,
 };
 pub use clock::{Clock, ManualClock, Millis, SystemClock};
@@ -142,7 +142,7 @@ pub use schedule::{
 pub use store::{CustomBackend, IntegrityReport};
 pub use store::{StoreError, store_commit_rate};
 pub use task::{
-    FailureKind, MAX_PAYLOAD_DEPTH, Payload, RetryPolicy, TaskError, TaskErrorKind, TaskFailure,
-    TaskId, TaskRecord, TaskStatus,
+    FailureKind, MAX_PAYLOAD_DEPTH, MAX_UNIQUE_FOR, MAX_UNIQUE_KEY_BYTES, Payload, RetryPolicy,
+    TaskError, TaskErrorKind, TaskFailure, TaskId, TaskRecord, TaskStatus,
 };
 pub use worker::{ShutdownHandle, SignalError, Signals, WorkerManager, WorkerReport};

@@ -8,7 +8,7 @@ use std::path::Path;
 use fq::internals::ModelEngine;
 use fq::internals::{
     FRAME_HEADER_BYTES, FrameDecoder, FrameStep, decode_record, encode_frame, encode_sample_record,
-    frame_limits,
+    encode_sample_unique_record, frame_limits,
 };
 use fq::{
     Clock, Config, Error, FailureKind, ListQuery, Outcome, Payload, QueueStats, RetryPolicy,
@@ -101,6 +101,13 @@ fn sample_record_round_trips(data: &[u8]) {
     assert!(
         decode_record(&flipped).is_err(),
         "a record with bit {bit} flipped still decodes"
+    );
+    // The same task queued with a unique key (record format 3, the payload as its key).
+    let keyed = encode_sample_unique_record(&name, &payload, priority, attempts, &payload);
+    assert_eq!(
+        decode_record(&keyed),
+        Ok(keyed.clone()),
+        "a freshly encoded record with a unique key does not decode to its own bytes"
     );
 }
 

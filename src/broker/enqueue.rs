@@ -7,9 +7,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::{Broker, NewTask};
+use super::{Broker, NewTask, Queued};
 use crate::config::{MAX_RETRIES as MAX_RETRIES_LIMIT, check_name};
-use crate::task::{Payload, TaskId, TaskRecord};
+use crate::task::{Payload, TaskId, TaskRecord, UniqueSpec, unique};
 use crate::{Error, Result};
 
 /// The latest time a task may be scheduled for: 9999-12-31T23:59:59Z.
@@ -85,6 +85,16 @@ pub struct QueueTask {
     draft: Result<NewTask>,
     delay: Option<std::result::Result<Duration, String>>,
     schedule_at: Option<DateTime<Utc>>,
+    unique: Option<UniqueKey>,
+    unique_for: Option<Duration>,
+}
+
+/// Where a task's unique key comes from.
+#[derive(Debug)]
+enum UniqueKey {
+    Given(String),
+    /// Derived from the name and arguments when the task is built (`unique::derived_key`).
+    FromArguments,
 }
 
 /// A task by name with `defaults`, or why its payload is refused.
@@ -101,6 +111,7 @@ fn draft_named(defaults: &EnqueueDefaults, name: &str, payload: &Value) -> Resul
             timeout: defaults.timeout,
             retry_delay: None,
             run_at: None,
+            unique: None,
         })
 }
 
@@ -120,6 +131,8 @@ impl QueueTask {
             draft,
             delay: None,
             schedule_at: None,
+            unique: None,
+            unique_for: None,
         }
     }
 
@@ -145,6 +158,8 @@ impl QueueTask {
             draft: draft_named(&EnqueueDefaults::from_config(config), name, payload),
             delay: None,
             schedule_at: None,
+            unique: None,
+            unique_for: None,
         }
     }
 
@@ -193,11 +208,40 @@ impl QueueTask {
         self.edit(|t| t.retry_delay = Some(delay))
     }
 
+    /// Makes the task unique under `key`: while a task queued with the same key holds it (by
+    /// default until that task is finished: PENDING, scheduled, RUNNING or RETRYING), queuing
+    /// another answers the existing task's id as a duplicate ([`QueueTask::submit`] tells
+    /// which) and queues nothing. Keys are at most [`crate::MAX_UNIQUE_KEY_BYTES`] bytes, not
+    /// empty, without control characters.
+    pub fn unique(mut self, key: impl Into<String>) -> Self {
+        self.unique = Some(UniqueKey::Given(key.into()));
+        self
+    }
+
+    /// As [`QueueTask::unique`], with the key derived from the task's name and arguments:
+    /// `<name>:<arguments as JSON, object keys sorted>`, so the same arguments make the same
+    /// key. Arguments too long for a key (see [`crate::MAX_UNIQUE_KEY_BYTES`]) are refused:
+    /// give such a task a key of your own.
+    pub fn unique_by_arguments(mut self) -> Self {
+        self.unique = Some(UniqueKey::FromArguments);
+        self
+    }
+
+    /// Keeps the unique key held after the task finishes, until `period` after it was
+    /// created: a task queued with the key within the period is a duplicate even when the
+    /// first one is COMPLETED, FAILED or CANCELLED. Needs a key; more than zero, at most
+    /// [`crate::MAX_UNIQUE_FOR`]. Default: the key is freed when the task finishes.
+    pub fn unique_for(mut self, period: Duration) -> Self {
+        self.unique_for = Some(period);
+        self
+    }
+
     /// Checks every field and resolves the schedule, without queuing.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] naming the field: a bad name or queue, a payload over the size
-    /// limit, too many retries, a negative or oversized delay, a zero timeout.
+    /// limit, too many retries, a negative or oversized delay, a zero timeout, a bad unique
+    /// key (`unique_key`) or period (`unique_for`).
     pub fn build(self) -> Result<NewTask> {
         let mut task = self.draft?;
         if let Err(problem) = check_name(&task.name) {
@@ -260,6 +304,7 @@ impl QueueTask {
                 })?;
             task.run_at = Some(run_at);
         }
+        task.unique = unique_spec(&task, self.unique, self.unique_for)?;
         Ok(task)
     }
 
@@ -269,6 +314,15 @@ impl QueueTask {
     /// As [`QueueTask::build`]; and storage failures, [`Error::Poisoned`],
     /// [`Error::QueueFull`].
     pub async fn send(self) -> Result<TaskId> {
+        Ok(self.submit().await?.id)
+    }
+
+    /// Queues the task as [`QueueTask::send`] does, and says whether it was a duplicate of a
+    /// task holding the same unique key ([`Queued::duplicate`]; then `id` is that task's).
+    ///
+    /// # Errors
+    /// As [`QueueTask::send`].
+    pub async fn submit(self) -> Result<Queued> {
         let Target::Broker(broker) = &self.target else {
             return Err(Error::invalid(
                 "engine",
@@ -277,8 +331,9 @@ impl QueueTask {
         };
         let broker = Arc::clone(broker);
         let task = self.build()?;
-        let ids = broker.enqueue(vec![task]).await?;
-        ids.into_iter()
+        let queued = broker.enqueue(vec![task]).await?;
+        queued
+            .into_iter()
             .next()
             .ok_or_else(|| Error::Internal("enqueue returned no id".into()))
     }
@@ -300,4 +355,35 @@ impl QueueTask {
             broker.ok_or_else(|| Error::Internal("a task was sent without an engine".into()))?;
         broker.wait(id, timeout).await
     }
+}
+
+/// The checked unique spec of `task`, from the key source and period the builder was given.
+fn unique_spec(
+    task: &NewTask,
+    source: Option<UniqueKey>,
+    period: Option<Duration>,
+) -> Result<Option<UniqueSpec>> {
+    let Some(source) = source else {
+        return match period {
+            Some(_) => Err(Error::invalid(
+                "unique_for",
+                "needs a unique key: set one with unique(key) or unique_by_arguments()",
+            )),
+            None => Ok(None),
+        };
+    };
+    let key = match source {
+        UniqueKey::Given(key) => key,
+        UniqueKey::FromArguments => unique::derived_key(&task.name, &task.payload),
+    };
+    unique::check_key(&key).map_err(|problem| Error::invalid("unique_key", problem))?;
+    let for_ms = match period {
+        Some(period) => {
+            unique::check_period(period)
+                .map_err(|problem| Error::invalid("unique_for", problem))?;
+            Some(u64::try_from(period.as_millis()).unwrap_or(u64::MAX))
+        }
+        None => None,
+    };
+    Ok(Some(UniqueSpec { key, for_ms }))
 }

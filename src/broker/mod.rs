@@ -40,12 +40,39 @@ pub struct NewTask {
     pub(crate) retry_delay: Option<Duration>,
     /// When it may first run; `None` means as soon as it is committed.
     pub(crate) run_at: Option<Millis>,
+    /// Its unique key and period, checked (README "Unique tasks").
+    pub(crate) unique: Option<crate::task::UniqueSpec>,
 }
 
 impl NewTask {
-    /// The id the task will have.
+    /// The id the task will have (unless it is a duplicate: see [`Queued`]).
     pub fn id(&self) -> TaskId {
         self.id
+    }
+
+    /// The unique key it is queued with, if any.
+    pub fn unique_key(&self) -> Option<&str> {
+        self.unique.as_ref().map(|spec| spec.key.as_str())
+    }
+}
+
+/// What queuing one task did: the id of the task, and whether that task was already there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Queued {
+    /// The new task's id; for a duplicate, the id of the task holding the unique key.
+    pub id: TaskId,
+    /// True when a task holding the same unique key was already there: nothing was queued
+    /// and no `task.queued` event was emitted.
+    pub duplicate: bool,
+}
+
+impl Queued {
+    /// A task that was queued.
+    pub(crate) fn new(id: TaskId) -> Self {
+        Self {
+            id,
+            duplicate: false,
+        }
     }
 }
 
@@ -123,6 +150,8 @@ pub struct ListQuery {
     pub limit: usize,
     /// Only tasks created after this one (ids sort by creation): the previous page's last id.
     pub after: Option<TaskId>,
+    /// Only tasks queued with this unique key (holding it or not).
+    pub unique_key: Option<String>,
 }
 
 /// Counts of one queue's tasks.
@@ -227,8 +256,10 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
         false
     }
 
-    /// Commits new tasks durably and returns their ids.
-    fn enqueue(&self, tasks: Vec<NewTask>) -> BoxFuture<'_, Result<Vec<TaskId>>>;
+    /// Commits new tasks durably and returns, for each in order, its id, or for a task whose
+    /// unique key is held (by a task already there or an earlier one of the same call), the
+    /// holder's id marked as a duplicate. The key checks and the inserts are one commit.
+    fn enqueue(&self, tasks: Vec<NewTask>) -> BoxFuture<'_, Result<Vec<Queued>>>;
 
     /// Claims up to `max` due tasks from `queues`, best first, waiting up to `wait` for one to
     /// become available (returning early, possibly empty, when `cancel` fires). Each claimed

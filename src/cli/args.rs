@@ -182,6 +182,16 @@ pub(crate) struct EnqueueArgs {
     /// Time limit for each attempt ("30s"); a run that takes longer fails and is retried
     #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
     pub(crate) timeout: Option<Duration>,
+    /// Queue it only if no task holds this unique key; otherwise print the task that does
+    /// (a key is held until its task finishes, or with --unique-for, for that long after
+    /// its creation)
+    #[arg(long, value_name = "KEY")]
+    pub(crate) unique_key: Option<String>,
+    /// With --unique-key: the key stays held this long after the task's creation, even once
+    /// it has finished ("1h", "30m", up to 365 days)
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration,
+          requires = "unique_key")]
+    pub(crate) unique_for: Option<Duration>,
 }
 
 /// `list` flags.
@@ -200,6 +210,9 @@ pub(crate) struct ListArgs {
     /// Only tasks created after this one (the last id of the previous page)
     #[arg(long, value_name = "ID")]
     pub(crate) after: Option<TaskId>,
+    /// Only tasks queued with this unique key (holding it or not)
+    #[arg(long, value_name = "KEY")]
+    pub(crate) unique_key: Option<String>,
 }
 
 /// A command that takes one task id.
@@ -306,6 +319,10 @@ pub(crate) struct BenchArgs {
     /// Payload size of each task, in bytes
     #[arg(long, value_name = "BYTES", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub(crate) payload: u32,
+    /// Give each task of the enqueue phases (so of the drain) a unique key of its own, to
+    /// measure what unique tasks cost against a run without
+    #[arg(long)]
+    pub(crate) unique: bool,
 }
 
 /// A JSON array given as one flag value (clap would take a bare `Vec` for repeated flags).

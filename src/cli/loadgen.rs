@@ -35,6 +35,10 @@ pub(crate) struct BenchParams {
     pub(crate) concurrency: usize,
     /// Approximate payload size of each task, in bytes.
     pub(crate) payload_bytes: usize,
+    /// The tasks of the enqueue phases (so of the drain) queued with a unique key each (`fq
+    /// bench --unique`): what unique tasks cost against the same run without them. The mixed
+    /// phase stays plain.
+    pub(crate) unique: bool,
     /// Folder for the stores (default: a fresh temporary folder, removed afterwards).
     #[serde(skip)]
     pub(crate) dir: Option<PathBuf>,
@@ -117,6 +121,22 @@ fn payload(size: usize, extra: &serde_json::Value) -> serde_json::Value {
     json!({"kwargs": {"pad": "x".repeat(size.saturating_sub(overhead)), "t": extra}})
 }
 
+/// A no-op task whose arguments carry `extra`, with a unique key of its own when the run
+/// measures unique tasks (every key distinct, so each is checked, taken and freed).
+fn noop_task(
+    engine: &Engine,
+    unique: bool,
+    size: usize,
+    extra: &serde_json::Value,
+) -> crate::QueueTask {
+    let task = engine.queue_task_named(NOOP, &payload(size, extra));
+    if unique {
+        task.unique(format!("bench:{extra}"))
+    } else {
+        task
+    }
+}
+
 fn rate(count: u64, elapsed: Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64().max(1e-9)
 }
@@ -170,8 +190,7 @@ pub(crate) async fn run(params: &BenchParams, progress: Progress<'_>) -> Result<
     let engine = open(&dir.join("sequential.redb"))?;
     let started = Instant::now();
     for n in 0..sequential {
-        engine
-            .queue_task_named(NOOP, &payload(params.payload_bytes, &json!(n)))
+        noop_task(&engine, params.unique, params.payload_bytes, &json!(n))
             .send()
             .await?;
         progress("enqueue, 1 producer", n + 1, sequential);
@@ -194,7 +213,12 @@ pub(crate) async fn run(params: &BenchParams, progress: Progress<'_>) -> Result<
     while queued < params.tasks {
         let chunk = (params.tasks - queued).min(1_000);
         let batch = (0..chunk).map(|n| {
-            engine.queue_task_named(NOOP, &payload(params.payload_bytes, &json!(queued + n)))
+            noop_task(
+                &engine,
+                params.unique,
+                params.payload_bytes,
+                &json!(queued + n),
+            )
         });
         engine.queue_batch(batch).await?;
         queued += chunk;
@@ -307,11 +331,10 @@ async fn enqueue_concurrently(
     for producer in 0..producers {
         let engine = engine.clone();
         let done = Arc::clone(&done);
-        let size = params.payload_bytes;
+        let (size, unique) = (params.payload_bytes, params.unique);
         handles.push(tokio::spawn(async move {
             for n in 0..per_producer {
-                engine
-                    .queue_task_named(NOOP, &payload(size, &json!([producer, n])))
+                noop_task(&engine, unique, size, &json!([producer, n]))
                     .send()
                     .await?;
                 done.fetch_add(1, Ordering::Relaxed);

@@ -314,6 +314,16 @@ pub(crate) fn task_details(record: &TaskRecord, now: DateTime<Utc>) -> String {
     if let Some(timeout) = record.timeout {
         field("timeout", format_duration(timeout, DurationStyle::Short));
     }
+    if let Some(key) = &record.unique_key {
+        let held = match record.unique_for {
+            Some(period) => format!(
+                "held until finished, and {} after creation",
+                format_duration(period, DurationStyle::Short)
+            ),
+            None => "held until finished".to_owned(),
+        };
+        field("unique_key", format!("{key:?} ({held})"));
+    }
     field("payload", record.payload.to_string());
     field("created_at", timestamp(record.created_at, now));
     field("scheduled_at", timestamp(record.scheduled_at, now));

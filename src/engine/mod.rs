@@ -16,7 +16,7 @@ use crate::broker::local::{LocalBroker, LocalSettings, ReadOnlyBroker, RecoveryR
 #[cfg(feature = "rabbitmq")]
 use crate::broker::rabbitmq::{RabbitBroker, RabbitSettings};
 use crate::broker::{
-    Broker, CleanupReport, EnqueueDefaults, ListQuery, QueueTask, RetentionPolicy, Stats,
+    Broker, CleanupReport, EnqueueDefaults, ListQuery, QueueTask, Queued, RetentionPolicy, Stats,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::config::{BrokerKind, Config};
@@ -125,7 +125,9 @@ impl Engine {
         )
     }
 
-    /// Queues many tasks in one durable commit, all or none.
+    /// Queues many tasks in one durable commit, all or none. A task whose unique key is held
+    /// (by a task already there, or by an earlier task of the same batch) is not queued: its
+    /// place holds the holder's id; [`Engine::submit_batch`] tells which they are.
     ///
     /// # Errors
     /// The first invalid task's error (then nothing is queued), or a storage failure.
@@ -133,6 +135,19 @@ impl Engine {
         &self,
         tasks: impl IntoIterator<Item = QueueTask>,
     ) -> Result<Vec<TaskId>> {
+        let queued = self.submit_batch(tasks).await?;
+        Ok(queued.into_iter().map(|queued| queued.id).collect())
+    }
+
+    /// As [`Engine::queue_batch`], answering for each task whether it was a duplicate
+    /// ([`Queued::duplicate`]).
+    ///
+    /// # Errors
+    /// As [`Engine::queue_batch`].
+    pub async fn submit_batch(
+        &self,
+        tasks: impl IntoIterator<Item = QueueTask>,
+    ) -> Result<Vec<Queued>> {
         let built = tasks
             .into_iter()
             .map(QueueTask::build)

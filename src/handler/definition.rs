@@ -191,6 +191,7 @@ pub(crate) fn queue_typed<T: Task>(
             timeout: declared.timeout.unwrap_or(defaults.timeout),
             retry_delay: None,
             run_at: None,
+            unique: None,
         });
     QueueTask::drafted(broker, draft)
 }

@@ -6,7 +6,7 @@ use super::StoreError;
 use crate::task::StoredFailure;
 #[cfg(test)]
 use crate::task::{FailureKind, TaskStatus};
-use crate::task::{StoredTask, TaskId};
+use crate::task::{Route, StoredTask, TaskId, UniqueSpec};
 
 /// The record format this build writes for a task without a RabbitMQ route.
 pub(crate) const FORMAT_VERSION: u8 = 1;
@@ -14,13 +14,19 @@ pub(crate) const FORMAT_VERSION: u8 = 1;
 /// followed by the postcard route. Only such records use it, so a store that never carried
 /// outcomes keeps what older builds read.
 pub(crate) const FORMAT_VERSION_ROUTED: u8 = 2;
+/// The record format of a task with a unique key (`StoredTask::unique`): version 1's body,
+/// the postcard `Option<Route>`, then the postcard unique spec. Only such records use it, so
+/// stores (and benchmarks) without unique tasks keep versions 1 and 2.
+pub(crate) const FORMAT_VERSION_UNIQUE: u8 = 3;
+/// The newest record format this build reads.
+const NEWEST_FORMAT: u8 = FORMAT_VERSION_UNIQUE;
 
 /// Why stored bytes did not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum DecodeError {
     #[error("record is {0} bytes, too short to be a task record")]
     TooShort(usize),
-    #[error("record format version {0} is newer than this build reads ({FORMAT_VERSION})")]
+    #[error("record format version {0} is newer than this build reads ({NEWEST_FORMAT})")]
     UnknownVersion(u8),
     #[error("record checksum mismatch (stored {stored:08x}, computed {computed:08x})")]
     Checksum { stored: u32, computed: u32 },
@@ -31,25 +37,22 @@ pub(crate) enum DecodeError {
 /// Encodes a record: version byte, postcard body, CRC-32 (little-endian) of the two.
 pub(crate) fn encode(task: &StoredTask) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(64 + task.payload.len());
-    let version = if task.route.is_some() {
-        FORMAT_VERSION_ROUTED
-    } else {
-        FORMAT_VERSION
+    let version = match (&task.route, &task.unique) {
+        (_, Some(_)) => FORMAT_VERSION_UNIQUE,
+        (Some(_), None) => FORMAT_VERSION_ROUTED,
+        (None, None) => FORMAT_VERSION,
     };
     bytes.push(version);
     // Serializing plain owned data into a Vec cannot fail; if postcard ever did, the record
     // would be caught on read by its checksum instead of being silently wrong.
-    if let Ok(body) = postcard::to_extend(task, bytes) {
-        bytes = body;
-    } else {
-        bytes = vec![version];
-    }
-    if let Some(route) = &task.route {
-        match postcard::to_extend(route, bytes) {
-            Ok(body) => bytes = body,
-            Err(_) => bytes = vec![version],
-        }
-    }
+    let body =
+        postcard::to_extend(task, bytes).and_then(|bytes| match (&task.route, &task.unique) {
+            (route, Some(unique)) => postcard::to_extend(route, bytes)
+                .and_then(|bytes| postcard::to_extend(unique, bytes)),
+            (Some(route), None) => postcard::to_extend(route, bytes),
+            (None, None) => Ok(bytes),
+        });
+    let mut bytes = body.unwrap_or_else(|_| vec![version]);
     let crc = crc32fast::hash(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
     bytes
@@ -68,15 +71,22 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<StoredTask, DecodeError> {
     if stored != computed {
         return Err(DecodeError::Checksum { stored, computed });
     }
-    if framed[0] != FORMAT_VERSION && framed[0] != FORMAT_VERSION_ROUTED {
-        return Err(DecodeError::UnknownVersion(framed[0]));
+    let version = framed[0];
+    if !(FORMAT_VERSION..=NEWEST_FORMAT).contains(&version) {
+        return Err(DecodeError::UnknownVersion(version));
     }
-    let (mut task, mut rest) = postcard::take_from_bytes::<StoredTask>(&framed[1..])
-        .map_err(|e| DecodeError::Body(e.to_string()))?;
-    if framed[0] == FORMAT_VERSION_ROUTED {
-        let (route, after) = postcard::take_from_bytes::<crate::task::Route>(rest)
-            .map_err(|e| DecodeError::Body(e.to_string()))?;
+    let body = |e: postcard::Error| DecodeError::Body(e.to_string());
+    let (mut task, mut rest) =
+        postcard::take_from_bytes::<StoredTask>(&framed[1..]).map_err(body)?;
+    if version == FORMAT_VERSION_ROUTED {
+        let (route, after) = postcard::take_from_bytes::<Route>(rest).map_err(body)?;
         task.route = Some(route);
+        rest = after;
+    } else if version == FORMAT_VERSION_UNIQUE {
+        let (route, after) = postcard::take_from_bytes::<Option<Route>>(rest).map_err(body)?;
+        let (unique, after) = postcard::take_from_bytes::<UniqueSpec>(after).map_err(body)?;
+        task.route = route;
+        task.unique = Some(unique);
         rest = after;
     }
     if !rest.is_empty() {
@@ -121,6 +131,7 @@ pub(crate) fn sample_task() -> StoredTask {
             kind: FailureKind::Error,
         }),
         route: None,
+        unique: None,
     }
 }
 
@@ -159,36 +170,81 @@ mod tests {
         }
         assert_eq!(decode(&[]), Err(DecodeError::TooShort(0)));
         let mut newer = bytes.clone();
-        newer[0] = FORMAT_VERSION_ROUTED + 1;
+        newer[0] = NEWEST_FORMAT + 1;
         let body_len = newer.len() - 4;
         let crc = crc32fast::hash(&newer[..body_len]);
         newer[body_len..].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(
             decode(&newer),
-            Err(DecodeError::UnknownVersion(FORMAT_VERSION_ROUTED + 1))
+            Err(DecodeError::UnknownVersion(NEWEST_FORMAT + 1))
         );
+    }
+
+    /// Asserts `task` encodes as `version`, round-trips, and that its body starts with the
+    /// plain record's body (the extra fields follow it), and that no prefix of it decodes.
+    fn assert_extends_plain(task: &StoredTask, version: u8) {
+        let plain_bytes = encode(&sample_task());
+        let bytes = encode(task);
+        assert_eq!(bytes[0], version);
+        assert_eq!(decode(&bytes).unwrap(), *task);
+        assert_eq!(
+            bytes[1..plain_bytes.len() - 4],
+            plain_bytes[1..plain_bytes.len() - 4]
+        );
+        for len in 0..bytes.len() {
+            assert!(decode(&bytes[..len]).is_err());
+        }
     }
 
     #[test]
     fn routed_records_round_trip_and_plain_ones_keep_version_1() {
-        use crate::task::Route;
-        let plain = sample_task();
-        let plain_bytes = encode(&plain);
-        assert_eq!(plain_bytes[0], FORMAT_VERSION);
+        assert_eq!(encode(&sample_task())[0], FORMAT_VERSION);
         for route in [Route::Reported, Route::ReplyTo("fq.replies.x".into())] {
             let mut task = sample_task();
             task.route = Some(route);
-            let bytes = encode(&task);
-            assert_eq!(bytes[0], FORMAT_VERSION_ROUTED);
-            assert_eq!(decode(&bytes).unwrap(), task);
-            // The body is version 1's, followed by the route.
-            assert_eq!(
-                bytes[1..plain_bytes.len() - 4],
-                plain_bytes[1..plain_bytes.len() - 4]
-            );
-            for len in 0..bytes.len() {
-                assert!(decode(&bytes[..len]).is_err());
+            assert_extends_plain(&task, FORMAT_VERSION_ROUTED);
+        }
+    }
+
+    #[test]
+    fn unique_records_round_trip_with_and_without_a_route() {
+        let routes = [
+            None,
+            Some(Route::Reported),
+            Some(Route::ReplyTo("q".into())),
+        ];
+        for route in routes {
+            for for_ms in [None, Some(3_600_000)] {
+                let mut task = sample_task();
+                task.route = route.clone();
+                task.unique = Some(UniqueSpec {
+                    key: "report:2026-12".into(),
+                    for_ms,
+                });
+                assert_extends_plain(&task, FORMAT_VERSION_UNIQUE);
             }
+        }
+    }
+
+    #[test]
+    fn records_written_before_unique_keys_still_decode() {
+        // Bytes of format 1 and 2 as builds before unique keys wrote them: the body alone,
+        // and the body followed by the bare route.
+        let task = sample_task();
+        let mut v1 = vec![FORMAT_VERSION];
+        v1 = postcard::to_extend(&task, v1).unwrap();
+        let mut v2 = v1.clone();
+        v2[0] = FORMAT_VERSION_ROUTED;
+        v2 = postcard::to_extend(&Route::Reported, v2).unwrap();
+        for mut bytes in [v1, v2] {
+            let crc = crc32fast::hash(&bytes);
+            bytes.extend_from_slice(&crc.to_le_bytes());
+            let decoded = decode(&bytes).unwrap();
+            assert_eq!(decoded.unique, None);
+            let routed = bytes[0] == FORMAT_VERSION_ROUTED;
+            assert_eq!(decoded.route.is_some(), routed);
+            // Re-encoding gives the same bytes: nothing changes for tasks without a key.
+            assert_eq!(encode(&decoded), bytes);
         }
     }
 }

@@ -1,14 +1,16 @@
 //! The store's consistency check: every task record decodes and is in exactly the index its
 //! status calls for, every index entry points at such a task, and the counts table matches the
-//! records. Reads one snapshot; writes nothing.
+//! records, and every unique-key entry names a task with that key in the state it records.
+//! Reads one snapshot; writes nothing.
 
 use std::collections::{BTreeMap, HashSet};
 
 use redb::ReadableTable;
 
-use super::tables::{COUNTS, FINISHED, LEASES, TASKS, WAITING};
+use super::tables::{COUNTS, FINISHED, LEASES, TASKS, UNIQUE, WAITING};
 use super::{Store, StoreError, codec, keys};
 use crate::task::ReadyOrder;
+use crate::task::unique::holds_key;
 use crate::task::{TaskId, TaskStatus};
 
 /// What [`crate::Engine::check_integrity`] found. Not a stable API: for fq's own tests.
@@ -43,6 +45,8 @@ impl Store {
         let mut expected_waiting: BTreeMap<Vec<u8>, TaskId> = BTreeMap::new();
         let mut expected_leases: BTreeMap<u128, u32> = BTreeMap::new();
         let mut expected_finished: HashSet<Vec<u8>> = HashSet::new();
+        // Tasks with a unique key: (key, whether their status holds it).
+        let mut keyed: BTreeMap<u128, (String, bool)> = BTreeMap::new();
         for item in tasks.iter().map_err(|e| err(e.into()))? {
             let (key, value) = item.map_err(|e| err(e.into()))?;
             report.tasks += 1;
@@ -57,6 +61,9 @@ impl Store {
                 }
             };
             *counts.entry((task.queue.clone(), task.status)).or_insert(0) += 1;
+            if let Some(spec) = &task.unique {
+                keyed.insert(id.as_u128(), (spec.key.clone(), holds_key(task.status)));
+            }
             if task.attempts > task.max_retries.saturating_add(1) {
                 report.problems.push(format!(
                     "task {id}: {} attempts, more than max_retries + 1 = {}",
@@ -148,6 +155,24 @@ impl Store {
             ));
         }
 
+        match txn.open_table(UNIQUE) {
+            Ok(unique) => {
+                for item in unique.iter().map_err(|e| err(e.into()))? {
+                    let (key, value) = item.map_err(|e| err(e.into()))?;
+                    check_unique_entry(key.value(), value.value(), &mut keyed, &mut report);
+                }
+            }
+            // A store that never had a task with a key has no such table.
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(err(e.into())),
+        }
+        for (id, (key, _)) in keyed.iter().filter(|(_, (_, holds))| *holds) {
+            report.problems.push(format!(
+                "task {} holds unique key {key:?} but no unfinished task is recorded as its holder",
+                TaskId::from_u128(*id)
+            ));
+        }
+
         let mut stored_counts = BTreeMap::new();
         for item in counts_table.iter().map_err(|e| err(e.into()))? {
             let (key, value) = item.map_err(|e| err(e.into()))?;
@@ -164,6 +189,42 @@ impl Store {
             ));
         }
         Ok(report)
+    }
+}
+
+/// Checks one UNIQUE entry against the keyed tasks; a holding task whose key has an
+/// unfinished holder (itself, or another task an operator's retry could not take it from) is
+/// removed from `keyed`, so what stays there holding is a task whose key lost its entry.
+fn check_unique_entry(
+    key: &[u8],
+    value: &[u8],
+    keyed: &mut BTreeMap<u128, (String, bool)>,
+    report: &mut IntegrityReport,
+) {
+    let name = String::from_utf8_lossy(key);
+    let Some(holder) = keys::parse_unique_value(value) else {
+        report
+            .problems
+            .push(format!("unique key {name:?}: malformed entry"));
+        return;
+    };
+    match keyed.get(&holder.id.as_u128()) {
+        Some((own, holds)) if own.as_bytes() == key => {
+            if *holds != holder.finished_until.is_none() {
+                report.problems.push(format!(
+                    "unique key {name:?}: entry says its task {} is {}finished, the record disagrees",
+                    holder.id,
+                    if holder.finished_until.is_none() { "not " } else { "" }
+                ));
+            }
+        }
+        _ => report.problems.push(format!(
+            "unique key {name:?} names task {}, which has no such key",
+            holder.id
+        )),
+    }
+    if holder.finished_until.is_none() {
+        keyed.retain(|_, (own, holds)| !(*holds && own.as_bytes() == key));
     }
 }
 

@@ -81,6 +81,47 @@ pub(crate) fn parse_finished_key(key: &[u8]) -> Option<(TaskStatus, Millis, Task
     Some((status, finished_at, id))
 }
 
+/// Who holds a unique key (a UNIQUE value), and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct UniqueHolder {
+    pub(crate) id: TaskId,
+    /// `None` while the task is not finished; once finished with a `unique_for` period, the
+    /// time the period ends.
+    pub(crate) finished_until: Option<Millis>,
+}
+
+impl UniqueHolder {
+    /// True when the key is held at `now`.
+    pub(crate) fn holds_at(&self, now: Millis) -> bool {
+        self.finished_until.is_none_or(|until| now < until)
+    }
+}
+
+/// A UNIQUE value: task id (u128 BE), 0 (not finished) or 1 (finished), period end (i64 BE).
+pub(crate) fn unique_value(holder: UniqueHolder) -> [u8; 25] {
+    let mut value = [0u8; 25];
+    value[0..16].copy_from_slice(&holder.id.as_u128().to_be_bytes());
+    if let Some(until) = holder.finished_until {
+        value[16] = 1;
+        value[17..25].copy_from_slice(&encode_i64(until));
+    }
+    value
+}
+
+/// Splits a UNIQUE value; `None` when it is not one this crate wrote.
+pub(crate) fn parse_unique_value(value: &[u8]) -> Option<UniqueHolder> {
+    if value.len() != 25 {
+        return None;
+    }
+    let id = TaskId::from_u128(u128::from_be_bytes(value[0..16].try_into().ok()?));
+    let finished_until = match value[16] {
+        0 => None,
+        1 => Some(decode_i64(value[17..25].try_into().ok()?)),
+        _ => return None,
+    };
+    Some(UniqueHolder { id, finished_until })
+}
+
 /// The COUNTS key of (queue, status): queue name, 0, status code.
 pub(crate) fn count_key(queue: &str, status: TaskStatus) -> Vec<u8> {
     let mut key = Vec::with_capacity(queue.len() + 2);
@@ -158,5 +199,26 @@ mod tests {
         assert_eq!(parse_finished_key(&key), Some((TaskStatus::Failed, 42, id)));
         assert!(finished_range_start(TaskStatus::Failed) < key);
         assert!(parse_finished_key(&key[1..]).is_none());
+    }
+
+    #[test]
+    fn unique_values_round_trip() {
+        let id = TaskId::new();
+        for finished_until in [None, Some(-5), Some(1_700_000_000_000)] {
+            let holder = UniqueHolder { id, finished_until };
+            assert_eq!(parse_unique_value(&unique_value(holder)), Some(holder));
+        }
+        let mut bad = unique_value(UniqueHolder {
+            id,
+            finished_until: None,
+        });
+        bad[16] = 2;
+        assert_eq!(parse_unique_value(&bad), None);
+        assert_eq!(parse_unique_value(&bad[1..]), None);
+        let held = UniqueHolder {
+            id,
+            finished_until: Some(10),
+        };
+        assert!(held.holds_at(9) && !held.holds_at(10));
     }
 }

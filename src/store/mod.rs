@@ -387,6 +387,8 @@ impl Store {
                 schedules: txn
                     .open_table(schedules::SCHEDULES)
                     .map_err(|e| err(e.into()))?,
+                txn: &txn,
+                unique: None,
             };
             let result = apply(&mut tables)?;
             tables.flush_counts()?;

@@ -21,6 +21,12 @@ pub(crate) const FINISHED: TableDefinition<'_, &[u8], ()> = TableDefinition::new
 /// same transactions as the records, so counts are exact and `stats` reads no records.
 pub(crate) const COUNTS: TableDefinition<'_, &[u8], u64> = TableDefinition::new("counts");
 
+/// unique key (UTF-8 bytes) → holder (`keys::unique_value`: task id, finished, period end):
+/// the task that holds each key, for tasks queued with one. Written in the same transactions
+/// as the records (`WriteTables::put_task`, `delete_task`), so a check and an insert in one
+/// transaction cannot race. Stores made before unique keys lack it until their first one.
+pub(crate) const UNIQUE: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("unique");
+
 /// setting name → bytes: the store's identity and schema version.
 pub(crate) const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 

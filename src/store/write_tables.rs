@@ -1,7 +1,10 @@
 //! The tables of one write transaction, as typed operations that keep the indexes and the
 //! per-queue counts in step with the task records.
 
+use super::keys::UniqueHolder;
+use super::tables::UNIQUE;
 use super::*;
+use crate::task::unique::holds_key;
 
 /// The open tables of one write transaction.
 pub(crate) struct WriteTables<'txn> {
@@ -16,9 +19,13 @@ pub(crate) struct WriteTables<'txn> {
     pub(super) meta: redb::Table<'txn, &'static str, &'static [u8]>,
     pub(super) reports: redb::Table<'txn, (u128, u32), &'static [u8]>,
     pub(super) schedules: redb::Table<'txn, &'static str, &'static [u8]>,
+    /// The transaction, for the tables opened only when used: a batch without unique tasks
+    /// never opens UNIQUE, so plain tasks pay nothing for it.
+    pub(super) txn: &'txn redb::WriteTransaction,
+    pub(super) unique: Option<redb::Table<'txn, &'static [u8], &'static [u8]>>,
 }
 
-impl WriteTables<'_> {
+impl<'txn> WriteTables<'txn> {
     fn err(&self, action: &'static str) -> impl Fn(redb::StorageError) -> StoreError + '_ {
         move |e| map_storage_error(self.path, action, e.into())
     }
@@ -107,6 +114,9 @@ impl WriteTables<'_> {
             }
             self.count(&task.queue, task.status, 1);
         }
+        if task.unique.is_some() {
+            self.follow_unique(id, task)?;
+        }
         let bytes = codec::encode(task);
         self.tasks
             .insert(id.as_u128(), bytes.as_slice())
@@ -114,9 +124,127 @@ impl WriteTables<'_> {
         Ok(())
     }
 
-    /// Deletes one task record.
+    fn unique_table(
+        &mut self,
+    ) -> Result<&mut redb::Table<'txn, &'static [u8], &'static [u8]>, StoreError> {
+        if self.unique.is_none() {
+            let path = self.path;
+            let table = self
+                .txn
+                .open_table(UNIQUE)
+                .map_err(|e| map_storage_error(path, "opening the unique keys", e.into()))?;
+            self.unique = Some(table);
+        }
+        self.unique.as_mut().ok_or_else(|| StoreError::Corrupt {
+            path: self.path.to_path_buf(),
+            detail: "the unique-key table did not open".into(),
+        })
+    }
+
+    fn unique_entry(&mut self, key: &str) -> Result<Option<UniqueHolder>, StoreError> {
+        let path = self.path;
+        let table = self.unique_table()?;
+        let value = table
+            .get(key.as_bytes())
+            .map_err(|e| map_storage_error(path, "reading a unique key", e.into()))?;
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        keys::parse_unique_value(value.value())
+            .map(Some)
+            .ok_or_else(|| StoreError::Corrupt {
+                path: path.to_path_buf(),
+                detail: format!("malformed unique-key entry for {key:?}"),
+            })
+    }
+
+    fn set_unique_entry(&mut self, key: &str, holder: UniqueHolder) -> Done {
+        let path = self.path;
+        let value = keys::unique_value(holder);
+        self.unique_table()?
+            .insert(key.as_bytes(), value.as_slice())
+            .map(drop)
+            .map_err(|e| map_storage_error(path, "writing a unique key", e.into()))
+    }
+
+    fn release_unique(&mut self, key: &str, id: TaskId) -> Done {
+        if self
+            .unique_entry(key)?
+            .is_some_and(|holder| holder.id == id)
+        {
+            let path = self.path;
+            self.unique_table()?
+                .remove(key.as_bytes())
+                .map(drop)
+                .map_err(|e| map_storage_error(path, "freeing a unique key", e.into()))?;
+        }
+        Ok(())
+    }
+
+    /// The task holding unique key `key` at `now`, if one does: the check before queuing a
+    /// task with that key, in the transaction that queues it.
+    pub(crate) fn unique_holder(
+        &mut self,
+        key: &str,
+        now: Millis,
+    ) -> Result<Option<TaskId>, StoreError> {
+        let Some(holder) = self.unique_entry(key)?.filter(|h| h.holds_at(now)) else {
+            return Ok(None);
+        };
+        // A holder whose record is gone (deleted while it did not decode, so its key could
+        // not be read and freed) holds nothing: the key goes to the task being queued.
+        if !self.contains_task(holder.id)? {
+            return Ok(None);
+        }
+        Ok(Some(holder.id))
+    }
+
+    /// Keeps the UNIQUE entry of a task with a key in step with its status: an unfinished
+    /// task holds its key (taking it unless another unfinished task has it: an operator's
+    /// retry of a finished task never takes a key from a live one); a finished one keeps it
+    /// until the end of its `unique_for` period, if any, and frees it otherwise.
+    fn follow_unique(&mut self, id: TaskId, task: &StoredTask) -> Done {
+        let Some(spec) = &task.unique else {
+            return Ok(());
+        };
+        let entry = self.unique_entry(&spec.key)?;
+        if holds_key(task.status) {
+            let held_by_other =
+                entry.is_some_and(|holder| holder.id != id && holder.finished_until.is_none());
+            let wanted = UniqueHolder {
+                id,
+                finished_until: None,
+            };
+            if !held_by_other && entry != Some(wanted) {
+                self.set_unique_entry(&spec.key, wanted)?;
+            }
+            return Ok(());
+        }
+        if entry.is_none_or(|holder| holder.id != id) {
+            return Ok(());
+        }
+        let finished_at = task.finished_at.unwrap_or(task.created_at);
+        match spec.holds_until(task.created_at) {
+            Some(until) if until > finished_at => {
+                let wanted = UniqueHolder {
+                    id,
+                    finished_until: Some(until),
+                };
+                if entry != Some(wanted) {
+                    self.set_unique_entry(&spec.key, wanted)?;
+                }
+                Ok(())
+            }
+            _ => self.release_unique(&spec.key, id),
+        }
+    }
+
+    /// Deletes one task record (and frees the unique key it holds).
     pub(crate) fn delete_task(&mut self, id: TaskId, task: &StoredTask) -> Result<(), StoreError> {
         self.count(&task.queue, task.status, -1);
+        if let Some(spec) = &task.unique {
+            self.release_unique(&spec.key, id)?;
+        }
         self.tasks
             .remove(id.as_u128())
             .map_err(storage(self.path, "deleting a task"))?;

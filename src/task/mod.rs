@@ -12,6 +12,7 @@ mod retry;
 mod status;
 mod stored;
 mod task_error;
+pub(crate) mod unique;
 
 pub use id::TaskId;
 pub(crate) use order::ReadyOrder;
@@ -22,3 +23,5 @@ pub use retry::RetryPolicy;
 pub use status::TaskStatus;
 pub(crate) use stored::{Route, StoredFailure, StoredTask};
 pub use task_error::{TaskError, TaskErrorKind};
+pub(crate) use unique::UniqueSpec;
+pub use unique::{MAX_UNIQUE_FOR, MAX_UNIQUE_KEY_BYTES};

@@ -112,6 +112,18 @@ pub struct TaskRecord {
     pub result: Option<Value>,
     /// The last error, for RETRYING and FAILED tasks.
     pub error: Option<TaskFailure>,
+    /// The unique key it was queued with (`QueueTask::unique`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique_key: Option<String>,
+    /// How long after its creation a finished task still holds its unique key
+    /// (`QueueTask::unique_for`); `None`: only until it finishes.
+    #[serde(
+        with = "opt_duration_ms",
+        rename = "unique_for_ms",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub unique_for: Option<Duration>,
 }
 
 mod opt_duration_ms {

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{FailureKind, Payload, TaskFailure, TaskId, TaskRecord, TaskStatus};
+use super::{FailureKind, Payload, TaskFailure, TaskId, TaskRecord, TaskStatus, UniqueSpec};
 use crate::clock::{Millis, millis_to_datetime};
 
 /// A failure as stored.
@@ -39,6 +39,10 @@ pub(crate) struct StoredTask {
     /// set, so records without it keep the format older builds read.
     #[serde(skip)]
     pub(crate) route: Option<Route>,
+    /// The unique key the task was queued with, if any (README "Unique tasks"). Kept out of
+    /// the serde shape as `route` is: the codec writes it only when set (format 3).
+    #[serde(skip)]
+    pub(crate) unique: Option<UniqueSpec>,
 }
 
 /// How a task's runs relate to RabbitMQ (README "RabbitMQ", outcomes).
@@ -104,6 +108,12 @@ impl StoredTask {
                 message: e.message.clone(),
                 kind: e.kind,
             }),
+            unique_key: self.unique.as_ref().map(|spec| spec.key.clone()),
+            unique_for: self
+                .unique
+                .as_ref()
+                .and_then(|spec| spec.for_ms)
+                .map(std::time::Duration::from_millis),
         }
     }
 }

@@ -490,6 +490,12 @@ fn first_attempt(task: NewTask, now: DateTime<Utc>) -> TaskRecord {
         finished_at: None,
         result: None,
         error: None,
+        unique_key: task.unique.as_ref().map(|spec| spec.key.clone()),
+        unique_for: task
+            .unique
+            .as_ref()
+            .and_then(|spec| spec.for_ms)
+            .map(Duration::from_millis),
     }
 }
 

@@ -43,5 +43,6 @@ mod shutdown;
 mod state_machine;
 mod testing;
 mod timeout_cancel;
+mod unique;
 mod wait;
 mod web_app;

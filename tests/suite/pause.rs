@@ -51,6 +51,7 @@ async fn count(engine: &Engine, queue: &str, status: TaskStatus) -> usize {
         status: Some(status),
         limit: 1000,
         after: None,
+        unique_key: None,
     };
     engine.list(query).await.unwrap().len()
 }

@@ -294,6 +294,16 @@ async fn bad_specs_are_refused_with_the_field_and_the_reason() {
                 .await,
         );
         assert_eq!(field, "task");
+        let (field, message) = refusal(
+            engine
+                .schedule(
+                    Schedule::every("bad", Duration::from_secs(1)),
+                    template(engine).unique("one-at-a-time"),
+                )
+                .await,
+        );
+        assert_eq!(field, "task", "{message}");
+        assert!(message.contains("unique key"), "{message}");
         let (field, _) = refusal(engine.trigger_schedule("nonesuch").await);
         assert_eq!(field, "schedule name");
         assert!(engine.schedules().await.unwrap().is_empty());

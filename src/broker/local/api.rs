@@ -5,7 +5,7 @@ use super::*;
 use crate::broker::wait_for_work;
 
 impl Broker for LocalBroker {
-    fn enqueue(&self, tasks: Vec<NewTask>) -> BoxFuture<'_, Result<Vec<TaskId>>> {
+    fn enqueue(&self, tasks: Vec<NewTask>) -> BoxFuture<'_, Result<Vec<Queued>>> {
         Box::pin(async move {
             if tasks.is_empty() {
                 return Ok(Vec::new());
@@ -275,6 +275,10 @@ pub(super) fn list_records(store: &Store, query: &ListQuery) -> Result<Vec<TaskR
     let found = store.scan_tasks(query.after, limit, |task| {
         query.queue.as_deref().is_none_or(|q| q == task.queue)
             && query.status.is_none_or(|s| s == task.status)
+            && query
+                .unique_key
+                .as_deref()
+                .is_none_or(|key| task.unique.as_ref().is_some_and(|spec| spec.key == key))
     })?;
     Ok(found
         .into_iter()

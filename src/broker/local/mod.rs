@@ -28,8 +28,8 @@ use self::timer::TimerSignal;
 use self::writer::{Command, Page, Writer, WriterSettings};
 pub(crate) use self::writer::{RunRecord, RunRecorded};
 use super::{
-    BoxFuture, Broker, Chained, CleanupReport, ListQuery, NewTask, RetentionPolicy, SettleReport,
-    Settlement, Stats,
+    BoxFuture, Broker, Chained, CleanupReport, ListQuery, NewTask, Queued, RetentionPolicy,
+    SettleReport, Settlement, Stats,
 };
 use crate::clock::{Clock, Millis};
 use crate::events::EventBus;
@@ -532,6 +532,7 @@ mod tests {
             timeout: None,
             retry_delay: None,
             run_at: None,
+            unique: None,
         }
     }
 
@@ -552,7 +553,7 @@ mod tests {
             EventBus::new(),
         )
         .unwrap();
-        let kept = broker.enqueue(vec![new_task()]).await.unwrap()[0];
+        let kept = broker.enqueue(vec![new_task()]).await.unwrap()[0].id;
 
         broker.store.fail_commits.store(true, Ordering::SeqCst);
         let lost = new_task();
@@ -590,7 +591,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fq.redb");
         let broker = open_at(&path);
-        let kept = broker.enqueue(vec![new_task()]).await.unwrap()[0];
+        let kept = broker.enqueue(vec![new_task()]).await.unwrap()[0].id;
 
         broker.store.fail_commits.store(true, Ordering::SeqCst);
         let lost = new_task();
@@ -612,7 +613,7 @@ mod tests {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         let healed = loop {
             match broker.enqueue(vec![new_task()]).await {
-                Ok(ids) => break ids[0],
+                Ok(queued) => break queued[0].id,
                 Err(Error::Poisoned { .. }) if std::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -653,10 +654,13 @@ mod tests {
         use crate::broker::Broker;
         let dir = tempfile::tempdir().unwrap();
         let broker = open_at(&dir.path().join("fq.redb"));
-        let ids = broker
+        let ids: Vec<TaskId> = broker
             .enqueue(vec![new_task(), new_task(), new_task()])
             .await
-            .unwrap();
+            .unwrap()
+            .into_iter()
+            .map(|queued| queued.id)
+            .collect();
 
         // Being published: refused, and the task stays PENDING.
         let taken = broker.take_due(1);

@@ -78,7 +78,7 @@ impl ReadOnlyBroker {
 }
 
 impl Broker for ReadOnlyBroker {
-    fn enqueue(&self, _tasks: Vec<NewTask>) -> BoxFuture<'_, Result<Vec<TaskId>>> {
+    fn enqueue(&self, _tasks: Vec<NewTask>) -> BoxFuture<'_, Result<Vec<Queued>>> {
         self.refused()
     }
 

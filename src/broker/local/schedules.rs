@@ -97,6 +97,13 @@ pub(crate) fn stored_schedule(
             "a scheduled task takes no delay or schedule_at: its fire time is its scheduled time",
         ));
     }
+    if task.unique.is_some() {
+        // Not kept with the schedule yet: refused rather than dropped without a word.
+        return Err(Error::invalid(
+            "task",
+            "a scheduled task takes no unique key (schedules queue exactly one task per fire time)",
+        ));
+    }
     let ms = |duration: Option<std::time::Duration>| {
         duration.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     };

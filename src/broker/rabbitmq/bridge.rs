@@ -552,7 +552,7 @@ impl Drop for RabbitBroker {
 }
 
 impl Broker for RabbitBroker {
-    fn enqueue(&self, tasks: Vec<NewTask>) -> BoxFuture<'_, Result<Vec<TaskId>>> {
+    fn enqueue(&self, tasks: Vec<NewTask>) -> BoxFuture<'_, Result<Vec<crate::broker::Queued>>> {
         Box::pin(async move {
             for task in &tasks {
                 self.bridge.check_queue(&task.queue)?;

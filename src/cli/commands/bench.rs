@@ -1,6 +1,6 @@
-//! `fq bench [--tasks N] [--producers P] [--concurrency C] [--payload BYTES]`: runs the load
-//! generator on fresh stores (in a temporary folder, or beside `--db`, kept) and prints its
-//! figures as a table or one JSON object.
+//! `fq bench [--tasks N] [--producers P] [--concurrency C] [--payload BYTES] [--unique]`: runs
+//! the load generator on fresh stores (in a temporary folder, or beside `--db`, kept) and
+//! prints its figures as a table or one JSON object.
 
 use std::sync::Mutex;
 
@@ -21,6 +21,7 @@ pub(crate) async fn run(ctx: &Context, args: &BenchArgs) -> Result<(), CliError>
         producers: usize::from(args.producers),
         concurrency: usize::from(args.concurrency),
         payload_bytes: args.payload as usize,
+        unique: args.unique,
         dir: ctx.db().map(|db| {
             db.parent()
                 .filter(|p| !p.as_os_str().is_empty())

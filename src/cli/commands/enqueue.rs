@@ -51,12 +51,31 @@ pub(crate) async fn run(ctx: &Context, mut args: EnqueueArgs) -> Result<(), CliE
     let task = with_options(task, &args)
         .build()
         .map_err(usage_if_invalid)?;
-    let id = task.id();
-    engine.broker().enqueue(vec![task]).await?;
+    let queued = engine.broker().enqueue(vec![task]).await?;
+    let queued = queued
+        .first()
+        .copied()
+        .ok_or_else(|| crate::Error::Internal("enqueue returned no id".into()))?;
+    let id = queued.id;
     let record = engine.task(id).await?.ok_or(crate::Error::NotFound(id))?;
     let out = ctx.out();
     if out.is_json() {
+        if queued.duplicate {
+            // The holder's record, marked: a script can tell nothing was queued.
+            return out.document(&Duplicate {
+                record: &record,
+                duplicate: true,
+            });
+        }
         return out.document(&record);
+    }
+    if queued.duplicate {
+        return out.text(&format!(
+            "duplicate: {} holds unique key {:?} ({}); nothing queued",
+            record.id,
+            record.unique_key.as_deref().unwrap_or_default(),
+            record.status
+        ));
     }
     let now = Utc::now();
     let due = if record.due_at > now {
@@ -68,6 +87,14 @@ pub(crate) async fn run(ctx: &Context, mut args: EnqueueArgs) -> Result<(), CliE
         "queued {} as {} (queue {}, priority {}, {due})",
         record.name, record.id, record.queue, record.priority
     ))
+}
+
+/// `--json` output for a duplicate: the record of the task holding the key, marked.
+#[derive(serde::Serialize)]
+struct Duplicate<'a> {
+    #[serde(flatten)]
+    record: &'a crate::TaskRecord,
+    duplicate: bool,
 }
 
 /// The task with the flags' options set.
@@ -89,6 +116,12 @@ fn with_options(mut task: QueueTask, args: &EnqueueArgs) -> QueueTask {
     }
     if let Some(timeout) = args.timeout {
         task = task.timeout(timeout);
+    }
+    if let Some(key) = &args.unique_key {
+        task = task.unique(key.clone());
+    }
+    if let Some(period) = args.unique_for {
+        task = task.unique_for(period);
     }
     task
 }

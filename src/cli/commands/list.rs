@@ -18,6 +18,7 @@ pub(crate) async fn run(ctx: &Context, args: ListArgs) -> Result<(), CliError> {
             status: args.status,
             limit,
             after: args.after,
+            unique_key: args.unique_key,
         })
         .await
         .map_err(usage_if_invalid)?;

@@ -13,8 +13,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use super::transport::{ClientShared, Link, decode, millis};
 use super::{ConnectOptions, Endpoint, RemoteInfo};
 use crate::broker::{
-    BoxFuture, Broker, Chained, CleanupReport, ListQuery, NewTask, Outcome, RetentionPolicy,
-    SettleReport, Settlement, Stats,
+    BoxFuture, Broker, Chained, CleanupReport, ListQuery, NewTask, Outcome, Queued,
+    RetentionPolicy, SettleReport, Settlement, Stats,
 };
 use crate::clock::{Millis, millis_to_datetime};
 use crate::control::protocol::{
@@ -86,7 +86,7 @@ fn queue_names(queues: &[Arc<str>]) -> Vec<Cow<'_, str>> {
 }
 
 impl Broker for RemoteBroker {
-    fn enqueue(&self, tasks: Vec<NewTask>) -> BoxFuture<'_, Result<Vec<TaskId>>> {
+    fn enqueue(&self, tasks: Vec<NewTask>) -> BoxFuture<'_, Result<Vec<Queued>>> {
         Box::pin(async move {
             if tasks.is_empty() {
                 return Ok(Vec::new());
@@ -96,7 +96,7 @@ impl Broker for RemoteBroker {
                 .shared
                 .request(Op::Enqueue, &EnqueueArgs { tasks: wire })
                 .await?;
-            Ok(ok.ids)
+            Ok(ok.into_queued())
         })
     }
 
@@ -410,5 +410,7 @@ fn wire_task(task: &NewTask) -> WireTaskOut<'_> {
         timeout_ms: task.timeout.map(millis),
         retry_delay_ms: task.retry_delay.map(millis),
         run_at_ms: task.run_at,
+        unique_key: task.unique_key(),
+        unique_for_ms: task.unique.as_ref().and_then(|spec| spec.for_ms),
     }
 }

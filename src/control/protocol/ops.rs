@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::WireError;
-use crate::broker::{CleanupReport, ListQuery};
+use crate::broker::{CleanupReport, ListQuery, Queued};
 use crate::task::{Payload, TaskFailure, TaskId, TaskRecord, TaskStatus};
 
 /// A task to queue. Everything but `name` falls back to the server's defaults.
@@ -36,6 +36,13 @@ pub(crate) struct WireTask {
     /// First run no sooner than this long after the server receives it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) delay_ms: Option<u64>,
+    /// Queue it only if no task holds this key (README "Unique tasks").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) unique_key: Option<String>,
+    /// With `unique_key`: the key stays held this long after the task's creation, finished
+    /// or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) unique_for_ms: Option<u64>,
 }
 
 /// A task to queue as the Rust client writes it: the payload goes out as it is held.
@@ -53,6 +60,10 @@ pub(crate) struct WireTaskOut<'a> {
     pub(crate) retry_delay_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) run_at_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) unique_key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) unique_for_ms: Option<u64>,
 }
 
 /// `enqueue` arguments.
@@ -65,7 +76,36 @@ pub(crate) struct EnqueueArgs<T> {
 /// `enqueue` result.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct EnqueueOk {
+    /// Each task's id, in order; a duplicate's is the id of the task holding its key.
     pub(crate) ids: Vec<TaskId>,
+    /// The positions (0-based) of the tasks that were duplicates; absent when none was.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) duplicates: Vec<usize>,
+}
+
+impl EnqueueOk {
+    /// The answer for what [`crate::Broker::enqueue`] returned.
+    pub(crate) fn of(queued: &[Queued]) -> Self {
+        Self {
+            ids: queued.iter().map(|q| q.id).collect(),
+            duplicates: queued
+                .iter()
+                .enumerate()
+                .filter_map(|(index, q)| q.duplicate.then_some(index))
+                .collect(),
+        }
+    }
+
+    /// What [`crate::Broker::enqueue`] returns for this answer.
+    pub(crate) fn into_queued(self) -> Vec<Queued> {
+        let mut queued: Vec<Queued> = self.ids.into_iter().map(Queued::new).collect();
+        for index in self.duplicates {
+            if let Some(entry) = queued.get_mut(index) {
+                entry.duplicate = true;
+            }
+        }
+        queued
+    }
 }
 
 /// `claim` arguments.
@@ -210,6 +250,8 @@ pub(crate) struct ListArgs {
     pub(crate) limit: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) after: Option<TaskId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) unique_key: Option<String>,
 }
 
 impl From<ListQuery> for ListArgs {
@@ -219,6 +261,7 @@ impl From<ListQuery> for ListArgs {
             status: query.status,
             limit: query.limit,
             after: query.after,
+            unique_key: query.unique_key,
         }
     }
 }
@@ -230,6 +273,7 @@ impl From<ListArgs> for ListQuery {
             status: args.status,
             limit: args.limit,
             after: args.after,
+            unique_key: args.unique_key,
         }
     }
 }

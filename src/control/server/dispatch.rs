@@ -210,6 +210,12 @@ fn build_task(ctx: &ServerCtx, wire: WireTask) -> Result<NewTask> {
     if let Some(ms) = wire.retry_delay_ms {
         draft = draft.retry_delay(bounded("retry_delay_ms", ms)?);
     }
+    if let Some(key) = wire.unique_key {
+        draft = draft.unique(key);
+    }
+    if let Some(ms) = wire.unique_for_ms {
+        draft = draft.unique_for(Duration::from_millis(ms));
+    }
     if let Some(at) = wire.run_at_ms {
         draft = draft.schedule_at(millis_to_datetime(at));
     } else if let Some(ms) = wire.delay_ms {
@@ -258,8 +264,8 @@ async fn dispatch(
                 .enumerate()
                 .map(|(index, wire)| build_task(ctx, wire).map_err(|e| in_batch(e, index, len)))
                 .collect::<Result<Vec<_>>>()?;
-            let ids = broker.enqueue(tasks).await?;
-            ok_body(id, &EnqueueOk { ids })
+            let queued = broker.enqueue(tasks).await?;
+            ok_body(id, &EnqueueOk::of(&queued))
         }
         Op::Claim => {
             let args: ClaimArgs<'_> = decode_args(op, args)?;

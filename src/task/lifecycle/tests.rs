@@ -32,6 +32,7 @@ fn task_in(status: TaskStatus) -> StoredTask {
         result: None,
         error: None,
         route: None,
+        unique: None,
     }
 }
 

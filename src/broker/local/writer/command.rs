@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use crate::broker::{Chained, CleanupReport, NewTask, Outcome, SettleReport, Settlement};
+use crate::broker::{Chained, CleanupReport, NewTask, Outcome, Queued, SettleReport, Settlement};
 use crate::clock::Millis;
 use crate::queue::ReadyTask;
 use crate::task::{ReadyOrder, StoredTask, TaskId, TaskRecord, TaskStatus};
@@ -28,7 +28,7 @@ pub(crate) const LAZY_FLUSH: Duration = Duration::from_millis(100);
 pub(crate) enum Command {
     Enqueue {
         tasks: Vec<NewTask>,
-        reply: Reply<Vec<TaskId>>,
+        reply: Reply<Vec<Queued>>,
     },
     Claim {
         tasks: Vec<ReadyTask>,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{Batch, Publish, Writer, load};
-use crate::broker::{NewTask, SettleReport, Settlement};
+use crate::broker::{NewTask, Queued, SettleReport, Settlement};
 use crate::clock::{Millis, millis_to_datetime};
 use crate::events::{Event, EventKind};
 use crate::queue::ReadyTask;
@@ -25,7 +25,7 @@ impl Writer {
         tables: &mut WriteTables<'_>,
         tasks: Vec<NewTask>,
         batch: &mut Batch,
-    ) -> Result<Result<Vec<TaskId>>, StoreError> {
+    ) -> Result<Result<Vec<Queued>>, StoreError> {
         if let Some(limit) = self.settings.max_pending
             && self.waiting.saturating_add(tasks.len() as u64) > limit
         {
@@ -59,8 +59,19 @@ impl Writer {
                 )));
             }
         }
-        let mut ids = Vec::with_capacity(tasks.len());
+        let mut queued = Vec::with_capacity(tasks.len());
         for new in tasks {
+            // Checked in the transaction that inserts: a task queued earlier in this batch (by
+            // this request or another) holds its key already, so no two tasks take one key.
+            if let Some(spec) = &new.unique
+                && let Some(holder) = tables.unique_holder(&spec.key, batch.now)?
+            {
+                queued.push(Queued {
+                    id: holder,
+                    duplicate: true,
+                });
+                continue;
+            }
             let due_at = new.run_at.unwrap_or(batch.now);
             let task = StoredTask {
                 name: new.name,
@@ -81,15 +92,16 @@ impl Writer {
                 result: None,
                 error: None,
                 route: None,
+                unique: new.unique,
             };
             let step = lifecycle::queue(task, &mut self.next_seq);
             self.commit_step(tables, new.id, &step, batch.now, batch)?;
             if let Some(record) = Self::snapshot(batch, new.id, &step.task) {
                 batch.emit(EventKind::Queued, record);
             }
-            ids.push(new.id);
+            queued.push(Queued::new(new.id));
         }
-        Ok(Ok(ids))
+        Ok(Ok(queued))
     }
 
     pub(super) fn claim(

@@ -120,6 +120,9 @@ impl Writer {
             result: None,
             error: None,
             route: run.reply_to.clone().map(Route::ReplyTo),
+            // A run recorded over the record this store queued (it forwarded the task and
+            // consumed it too) keeps the task's unique key held.
+            unique: existing.and_then(|old| old.unique),
         };
         let mut ctx = self.context(batch.now);
         let mut step = match lifecycle::finish_run(task, id, &run.outcome, &mut ctx) {

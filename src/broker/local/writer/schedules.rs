@@ -217,6 +217,7 @@ impl Writer {
                 timeout: duration(template.timeout_ms),
                 retry_delay: duration(template.retry_delay_ms),
                 run_at: Some(*fire_time),
+                unique: None,
             })
             .collect();
         let ids = match self.enqueue(tables, tasks, batch)? {
@@ -224,7 +225,7 @@ impl Writer {
             Err(error) => return Ok(Err(error)),
         };
         schedule.last_fire = fire_times.last().copied();
-        schedule.last_task = ids.last().map(|id| id.as_u128());
+        schedule.last_task = ids.last().map(|queued| queued.id.as_u128());
         Ok(Ok(()))
     }
 }

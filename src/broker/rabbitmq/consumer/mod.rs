@@ -372,6 +372,8 @@ fn record_of(incoming: &Incoming, queue: &str, started_at: Millis) -> TaskRecord
         finished_at: None,
         result: None,
         error: None,
+        unique_key: None,
+        unique_for: None,
     }
 }
 
