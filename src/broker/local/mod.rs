@@ -646,6 +646,25 @@ mod tests {
         assert!(matches!(err, Error::Poisoned { .. }), "{err}");
     }
 
+    /// A redb panic inside a read (some damage no checksum catches, e.g. a zeroed page) came
+    /// back as an internal error without the file's name.
+    #[tokio::test]
+    async fn regression_a_panic_inside_a_read_was_an_internal_error_without_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fq.redb");
+        let broker = open_at(&path);
+        let err = read_off_the_runtime(&broker.store, |_store| -> Result<()> {
+            panic!("invalid page type 0")
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, Error::Store(StoreError::Corrupt { path: at, detail })
+                if *at == path && detail.contains("invalid page type 0")),
+            "{err:?}"
+        );
+    }
+
     /// RabbitMQ mode: a cancel that landed while the forwarder was publishing a task (after it
     /// read the record, before RabbitMQ's confirm) reported CANCELLED although the message was
     /// already published, so the "cancelled" task ran anyway.
