@@ -37,8 +37,7 @@ use handle::Handle;
 pub use integrity::IntegrityReport;
 pub use probe::store_commit_rate;
 use tables::{
-    COUNTS, FINISHED, LEASES, MAGIC, META, META_MAGIC, META_SCHEMA, REPORTS, SCHEMA_VERSION, TASKS,
-    WAITING,
+    COUNTS, FINISHED, LEASES, MAGIC, META, META_MAGIC, META_SCHEMA, SCHEMA_VERSION, TASKS, WAITING,
 };
 
 use crate::clock::Millis;
@@ -383,12 +382,10 @@ impl Store {
                 leases: txn.open_table(LEASES).map_err(|e| err(e.into()))?,
                 finished: txn.open_table(FINISHED).map_err(|e| err(e.into()))?,
                 meta: txn.open_table(META).map_err(|e| err(e.into()))?,
-                reports: txn.open_table(REPORTS).map_err(|e| err(e.into()))?,
-                schedules: txn
-                    .open_table(schedules::SCHEDULES)
-                    .map_err(|e| err(e.into()))?,
                 txn: &txn,
                 unique: None,
+                reports: None,
+                schedules: None,
             };
             let result = apply(&mut tables)?;
             tables.flush_counts()?;

@@ -84,22 +84,35 @@ impl WriteTables<'_> {
         reply_to: &str,
         report: &Report,
     ) -> Result<(), StoreError> {
-        self.reports
-            .insert(
-                (id.as_u128(), report.attempt()),
-                encode_row(reply_to, report).as_slice(),
-            )
-            .map_err(super::write_tables::storage(
-                self.path,
-                "writing an outcome report",
-            ))?;
+        super::write_tables::lazy_table(
+            &mut self.reports,
+            self.txn,
+            REPORTS,
+            self.path,
+            "opening the report outbox",
+        )?
+        .insert(
+            (id.as_u128(), report.attempt()),
+            encode_row(reply_to, report).as_slice(),
+        )
+        .map_err(super::write_tables::storage(
+            self.path,
+            "writing an outcome report",
+        ))?;
         Ok(())
     }
 
     /// Forgets the reports RabbitMQ confirmed (task, run); rows already gone are fine.
     pub(crate) fn remove_reports(&mut self, sent: &[(TaskId, u32)]) -> Result<(), StoreError> {
+        let table = super::write_tables::lazy_table(
+            &mut self.reports,
+            self.txn,
+            REPORTS,
+            self.path,
+            "opening the report outbox",
+        )?;
         for (id, attempt) in sent {
-            self.reports
+            table
                 .remove((id.as_u128(), *attempt))
                 .map_err(super::write_tables::storage(
                     self.path,

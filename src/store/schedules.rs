@@ -98,18 +98,31 @@ fn decode_schedule(
     postcard::from_bytes(&framed[1..]).map_err(|e| corrupt(format!("body does not decode: {e}")))
 }
 
-impl WriteTables<'_> {
+impl<'txn> WriteTables<'txn> {
+    fn schedule_table(
+        &mut self,
+    ) -> Result<&mut redb::Table<'txn, &'static str, &'static [u8]>, StoreError> {
+        super::write_tables::lazy_table(
+            &mut self.schedules,
+            self.txn,
+            SCHEDULES,
+            self.path,
+            "opening the schedules",
+        )
+    }
+
     /// One schedule, inside the transaction.
-    pub(crate) fn get_schedule(&self, name: &str) -> Result<Option<StoredSchedule>, StoreError> {
+    pub(crate) fn get_schedule(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<StoredSchedule>, StoreError> {
+        let path = self.path;
         let bytes = self
-            .schedules
+            .schedule_table()?
             .get(name)
-            .map_err(super::write_tables::storage(
-                self.path,
-                "reading a schedule",
-            ))?;
+            .map_err(super::write_tables::storage(path, "reading a schedule"))?;
         bytes
-            .map(|guard| decode_schedule(self.path, name, guard.value()))
+            .map(|guard| decode_schedule(path, name, guard.value()))
             .transpose()
     }
 
@@ -120,35 +133,32 @@ impl WriteTables<'_> {
         schedule: &StoredSchedule,
     ) -> Result<(), StoreError> {
         let bytes = encode_schedule(schedule);
-        self.schedules
+        let path = self.path;
+        self.schedule_table()?
             .insert(name, bytes.as_slice())
-            .map_err(super::write_tables::storage(
-                self.path,
-                "writing a schedule",
-            ))?;
+            .map_err(super::write_tables::storage(path, "writing a schedule"))?;
         Ok(())
     }
 
     /// Deletes a schedule; true when there was one.
     pub(crate) fn remove_schedule(&mut self, name: &str) -> Result<bool, StoreError> {
+        let path = self.path;
         Ok(self
-            .schedules
+            .schedule_table()?
             .remove(name)
-            .map_err(super::write_tables::storage(
-                self.path,
-                "deleting a schedule",
-            ))?
+            .map_err(super::write_tables::storage(path, "deleting a schedule"))?
             .is_some())
     }
 
     /// Every schedule, by name.
-    pub(crate) fn all_schedules(&self) -> Result<Vec<(String, StoredSchedule)>, StoreError> {
-        let err = super::write_tables::storage(self.path, "reading schedules");
+    pub(crate) fn all_schedules(&mut self) -> Result<Vec<(String, StoredSchedule)>, StoreError> {
+        let path = self.path;
+        let err = super::write_tables::storage(path, "reading schedules");
         let mut out = Vec::new();
-        for item in self.schedules.iter().map_err(&err)? {
+        for item in self.schedule_table()?.iter().map_err(&err)? {
             let (name, bytes) = item.map_err(&err)?;
             let name = name.value().to_owned();
-            let schedule = decode_schedule(self.path, &name, bytes.value())?;
+            let schedule = decode_schedule(path, &name, bytes.value())?;
             out.push((name, schedule));
         }
         Ok(out)

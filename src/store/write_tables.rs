@@ -17,12 +17,30 @@ pub(crate) struct WriteTables<'txn> {
     pub(super) leases: redb::Table<'txn, u128, u32>,
     pub(super) finished: redb::Table<'txn, &'static [u8], ()>,
     pub(super) meta: redb::Table<'txn, &'static str, &'static [u8]>,
-    pub(super) reports: redb::Table<'txn, (u128, u32), &'static [u8]>,
-    pub(super) schedules: redb::Table<'txn, &'static str, &'static [u8]>,
-    /// The transaction, for the tables opened only when used: a batch without unique tasks
-    /// never opens UNIQUE, so plain tasks pay nothing for it.
+    /// The transaction, for the tables opened only when used ([`lazy_table`]): a batch of
+    /// plain tasks never opens UNIQUE, REPORTS or SCHEDULES, so it pays nothing for them.
     pub(super) txn: &'txn redb::WriteTransaction,
     pub(super) unique: Option<redb::Table<'txn, &'static [u8], &'static [u8]>>,
+    pub(super) reports: Option<redb::Table<'txn, (u128, u32), &'static [u8]>>,
+    pub(super) schedules: Option<redb::Table<'txn, &'static str, &'static [u8]>>,
+}
+
+/// The table `definition` of `txn`, opened the first time it is asked for and kept in `slot`
+/// for the rest of the transaction.
+pub(super) fn lazy_table<'s, 'txn, K: redb::Key + 'static, V: redb::Value + 'static>(
+    slot: &'s mut Option<redb::Table<'txn, K, V>>,
+    txn: &'txn redb::WriteTransaction,
+    definition: redb::TableDefinition<'_, K, V>,
+    path: &Path,
+    what: &'static str,
+) -> Result<&'s mut redb::Table<'txn, K, V>, StoreError> {
+    let table = match slot.take() {
+        Some(table) => table,
+        None => txn
+            .open_table(definition)
+            .map_err(|e| map_storage_error(path, what, e.into()))?,
+    };
+    Ok(slot.insert(table))
 }
 
 impl<'txn> WriteTables<'txn> {
@@ -127,18 +145,13 @@ impl<'txn> WriteTables<'txn> {
     fn unique_table(
         &mut self,
     ) -> Result<&mut redb::Table<'txn, &'static [u8], &'static [u8]>, StoreError> {
-        if self.unique.is_none() {
-            let path = self.path;
-            let table = self
-                .txn
-                .open_table(UNIQUE)
-                .map_err(|e| map_storage_error(path, "opening the unique keys", e.into()))?;
-            self.unique = Some(table);
-        }
-        self.unique.as_mut().ok_or_else(|| StoreError::Corrupt {
-            path: self.path.to_path_buf(),
-            detail: "the unique-key table did not open".into(),
-        })
+        lazy_table(
+            &mut self.unique,
+            self.txn,
+            UNIQUE,
+            self.path,
+            "opening the unique keys",
+        )
     }
 
     fn unique_entry(&mut self, key: &str) -> Result<Option<UniqueHolder>, StoreError> {

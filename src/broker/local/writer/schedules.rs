@@ -95,7 +95,7 @@ impl Writer {
 
     fn publish_schedule_alarm(
         &self,
-        tables: &WriteTables<'_>,
+        tables: &mut WriteTables<'_>,
         batch: &mut Batch,
     ) -> Result<(), StoreError> {
         let next = tables
