@@ -32,6 +32,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 mod outcomes;
+mod schedules;
 mod unique;
 
 /// How long a test waits for something that should happen soon.
