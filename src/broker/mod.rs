@@ -21,6 +21,7 @@ pub use rabbitmq::RabbitError;
 
 use crate::Result;
 use crate::clock::Millis;
+use crate::config::QueueLimits;
 use crate::events::EventBus;
 use crate::task::{Payload, TaskId, TaskRecord, TaskStatus};
 
@@ -154,6 +155,9 @@ pub struct QueueStats {
     /// True when the queue is paused: its tasks wait, none is started.
     #[serde(default)]
     pub paused: bool,
+    /// The queue's concurrency and rate limits (applied by the engine that owns the store).
+    #[serde(default, skip_serializing_if = "QueueLimits::is_unlimited")]
+    pub limits: QueueLimits,
 }
 
 impl QueueStats {
@@ -281,6 +285,10 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// Pauses (`paused`) or resumes `queue`, durably: no task of a paused queue is claimed
     /// (running ones finish; queuing into it goes on). Returns true when that changed it.
     fn set_paused(&self, queue: String, paused: bool) -> BoxFuture<'_, Result<bool>>;
+
+    /// Sets `queue`'s concurrency and rate limits (both `None` removes them), for every claim
+    /// of the store from now on, until the engine closes.
+    fn set_limits(&self, queue: String, limits: QueueLimits) -> BoxFuture<'_, Result<()>>;
 
     /// Cancels a PENDING or RETRYING task.
     fn cancel(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>>;

@@ -169,6 +169,7 @@ fn full_config() -> Config {
             token: Some("t0ken".into()),
             max_connections: 32,
         },
+        queues: std::collections::BTreeMap::new(),
         source: None,
     }
 }

@@ -4,6 +4,7 @@
 
 mod api;
 mod lease;
+mod limits;
 mod open;
 mod pause;
 mod read_only;
@@ -119,6 +120,8 @@ pub(crate) struct Shared {
     pub(crate) waiters: waiters::Waiters,
     /// Queues whose tasks are not claimed (`pause_queue`), as committed.
     pub(crate) paused: pause::PausedQueues,
+    /// Per-queue concurrency and rate limits, consulted by claims and the writer.
+    pub(crate) limits: limits::QueueLimiter,
 }
 
 /// Tells callers that the writer thread has ended, and so whether a dropped reply means

@@ -103,6 +103,7 @@ impl LocalBroker {
             writer_exit: WriterExit::default(),
             waiters: Default::default(),
             paused: super::pause::PausedQueues::new(store.paused_queues()?),
+            limits: super::limits::QueueLimiter::default(),
         });
         let weak = Arc::downgrade(&shared);
         shared.clock.on_advance(Box::new(move || {

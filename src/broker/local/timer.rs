@@ -96,6 +96,7 @@ mod loom_tests {
             writer_exit: super::super::WriterExit::default(),
             waiters: Default::default(),
             paused: super::super::pause::PausedQueues::new(Vec::new()),
+            limits: super::super::limits::QueueLimiter::default(),
         });
         // As `LocalBroker::open` wires it.
         let weak = Arc::downgrade(&shared);

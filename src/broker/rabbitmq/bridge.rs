@@ -613,6 +613,16 @@ impl Broker for RabbitBroker {
         self.bridge.local.set_paused(queue, paused)
     }
 
+    /// Limits the local claims of this engine only; nothing claims locally in RabbitMQ mode
+    /// (consumers are bounded by `rabbitmq.prefetch`), so they are kept but hold nothing back.
+    fn set_limits(
+        &self,
+        queue: String,
+        limits: crate::config::QueueLimits,
+    ) -> BoxFuture<'_, Result<()>> {
+        self.bridge.local.set_limits(queue, limits)
+    }
+
     fn cancel(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
         self.bridge.local.cancel(id)
     }

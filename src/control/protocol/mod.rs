@@ -120,11 +120,12 @@ pub(crate) enum Op {
     Wait,
     Pause,
     Resume,
+    Limit,
 }
 
 impl Op {
     /// Every op, for messages.
-    pub(crate) const ALL: [Op; 17] = [
+    pub(crate) const ALL: [Op; 18] = [
         Op::Enqueue,
         Op::Claim,
         Op::Heartbeat,
@@ -142,6 +143,7 @@ impl Op {
         Op::Wait,
         Op::Pause,
         Op::Resume,
+        Op::Limit,
     ];
 
     /// The op's name on the wire.
@@ -164,6 +166,7 @@ impl Op {
             Op::Wait => "wait",
             Op::Pause => "pause",
             Op::Resume => "resume",
+            Op::Limit => "limit",
         }
     }
 

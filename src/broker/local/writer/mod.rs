@@ -61,6 +61,11 @@ pub(super) enum Publish {
         queue: String,
         paused: bool,
     },
+    /// A limited queue's RUNNING count changed (see `limits`).
+    Running {
+        queue: String,
+        running: u64,
+    },
 }
 
 /// Settings the writer applies.
@@ -128,7 +133,7 @@ pub(crate) struct Writer {
 
 /// The per-transaction scratch state.
 pub(super) struct Batch {
-    now: Millis,
+    pub(super) now: Millis,
     pub(super) effects: Vec<Publish>,
     answers: Vec<Answer>,
     audience: bool,

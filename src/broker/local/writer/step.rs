@@ -40,6 +40,9 @@ impl Writer {
                     self.shared.paused.set(&queue, paused);
                     woke |= !paused;
                 }
+                Publish::Running { queue, running } => {
+                    woke |= self.publish_running(&queue, running);
+                }
             }
         }
         self.shared.waiters.wake(&outcomes);
@@ -71,6 +74,7 @@ impl Writer {
         batch: &mut Batch,
     ) -> Result<(), StoreError> {
         write_step(tables, id, step)?;
+        self.note_running(tables, step, batch)?;
         self.publish_effects(id, &step.task, step.effects.iter(), lease_until, batch);
         if super::super::waiters::is_outcome(step.task.status) {
             batch.effects.push(Publish::Outcome(id));
