@@ -5,6 +5,7 @@ mod cancel;
 mod cleanup;
 mod demo;
 mod enqueue;
+mod limit;
 mod list;
 mod pause;
 mod purge;
@@ -35,6 +36,7 @@ pub(crate) async fn dispatch(cli: Cli, registry: Registry) -> Result<(), CliErro
         Command::Wait(args) => wait::run(&ctx, &args).await,
         Command::Pause(args) => pause::run(&ctx, &args, true).await,
         Command::Resume(args) => pause::run(&ctx, &args, false).await,
+        Command::Limit(args) => limit::run(&ctx, &args).await,
         Command::Purge(args) => purge::run(&ctx, args).await,
         Command::Cleanup => cleanup::run(&ctx).await,
         Command::Demo(args) => demo::run(&ctx, args).await,
