@@ -1329,6 +1329,22 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
+/// Prints the CPU `worker` uses over a window of `seconds_var` seconds (3 unless set), from
+/// one second after now (past its start-up: opening the store, reading the waiting entries).
+fn print_idle_cpu(worker: &Running, seconds_var: &str, held_by: &str) {
+    let seconds: u64 = std::env::var(seconds_var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    std::thread::sleep(Duration::from_secs(1));
+    let ticks_per_second = 100.0; // Linux's USER_HZ
+    let before = cpu_ticks(worker.child.id());
+    std::thread::sleep(Duration::from_secs(seconds));
+    let used = cpu_ticks(worker.child.id()) - before;
+    let percent = used as f64 / ticks_per_second / seconds as f64 * 100.0;
+    println!("worker CPU with {held_by}: {percent:.2}% of a core over {seconds} s ({used} ticks)");
+}
+
 /// `fq limit` and the cost of a concurrency limit (issue 12 §3): a `fq worker start` whose
 /// config limits queue `held` to 1 running task, with one long task running and 9,999 more
 /// queued behind it, starts none of them and uses next to no CPU meanwhile (printed, not
@@ -1369,21 +1385,8 @@ fn a_worker_holds_a_full_queue_without_cost_and_fq_limit_changes_it() {
     });
 
     let worker = fq.spawn_worker(&["--queues", "held", "--concurrent", "10"]);
-    let seconds: u64 = std::env::var("FQ_LIMIT_CPU_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
-    std::thread::sleep(Duration::from_secs(1));
-    let ticks_per_second = 100.0; // Linux's USER_HZ
-    let before = cpu_ticks(worker.child.id());
-    std::thread::sleep(Duration::from_secs(seconds));
-    let used = cpu_ticks(worker.child.id()) - before;
-    let percent = used as f64 / ticks_per_second / seconds as f64 * 100.0;
-    println!(
-        "worker CPU with {} tasks held by a concurrency limit of 1: {percent:.2}% of a core \
-         over {seconds} s ({used} ticks)",
-        HELD - 1
-    );
+    let held_by = format!("{} tasks held by a concurrency limit of 1", HELD - 1);
+    print_idle_cpu(&worker, "FQ_LIMIT_CPU_SECS", &held_by);
     let stats = fq.run(&["stats", "--json"]).json();
     let held = &stats["queues"]["held"];
     assert_eq!(held["running"], 1, "{stats}");
@@ -1451,20 +1454,10 @@ fn a_worker_holds_a_paused_queue_without_cost_and_runs_it_after_resume() {
     assert!(stats.ok().contains("held (paused)"), "{stats:#?}");
 
     let worker = fq.spawn_worker(&["--queues", "held", "--concurrent", "10"]);
-    let seconds: u64 = std::env::var("FQ_PAUSE_CPU_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
-    // Past the worker's start-up (opening the store, reading 10,000 waiting entries).
-    std::thread::sleep(Duration::from_secs(1));
-    let ticks_per_second = 100.0; // Linux's USER_HZ
-    let before = cpu_ticks(worker.child.id());
-    std::thread::sleep(Duration::from_secs(seconds));
-    let used = cpu_ticks(worker.child.id()) - before;
-    let percent = used as f64 / ticks_per_second / seconds as f64 * 100.0;
-    println!(
-        "worker CPU with {HELD} tasks held by a pause: {percent:.2}% of a core over {seconds} s \
-         ({used} ticks)"
+    print_idle_cpu(
+        &worker,
+        "FQ_PAUSE_CPU_SECS",
+        &format!("{HELD} tasks held by a pause"),
     );
     let stats = fq.run(&["stats", "--json"]).json();
     assert_eq!(stats["queues"]["held"]["paused"], true);

@@ -311,3 +311,44 @@ async fn limits_from_the_config_apply_at_open() {
     assert_eq!(claim(&engine, "emails", 10, Duration::ZERO).await.len(), 1);
     let _ = PATIENCE;
 }
+
+/// The README's real-time figure for a 20/s rate limit: two local workers of 4 slots on a
+/// queue limited to 20/s, the starts counted over `FQ_RATE_SECS` seconds (2 unless set) from
+/// the first one. Printed, not asserted (timing on a shared machine is not a test's business).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_in_real_time_prints_its_figure() {
+    let seconds: u64 = std::env::var("FQ_RATE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let (_dir, engine) = common::engine();
+    engine.set_queue_limits("api", rate("20/s")).await.unwrap();
+    queue_n(&engine, "api", 20 * seconds as usize + 100).await;
+    let tracker = Arc::new(Tracker::default());
+    let workers = [
+        common::start_worker(&engine, tracked(&tracker), &["api"], 4),
+        common::start_worker(&engine, tracked(&tracker), &["api"], 4),
+    ];
+    common::eventually(
+        "the first start",
+        PATIENCE,
+        Duration::from_millis(1),
+        || {
+            let tracker = Arc::clone(&tracker);
+            async move { tracker.done.load(Ordering::SeqCst) > 0 }
+        },
+    )
+    .await;
+    let first = tracker.done.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let started = tracker.done.load(Ordering::SeqCst) - first + 1;
+    let per_second = started as f64 / seconds as f64;
+    println!(
+        "20/s rate limit, real time: {started} starts in {seconds} s = {per_second:.2}/s \
+         ({:+.1}% of the limit)",
+        (per_second / 20.0 - 1.0) * 100.0
+    );
+    for worker in workers {
+        worker.stop().await;
+    }
+}

@@ -8,9 +8,12 @@
 //! them, so held tasks cost no CPU.
 //!
 //! The rate is GCRA without burst (a token bucket holding one token): one start every
-//! `period / starts`, kept exactly in integer units of `1/starts` ms, so no window of length
-//! `period` ever holds more than `starts` starts. A start taken late restarts the schedule
-//! from its own time: time lost while nothing was waiting is not made up by a burst.
+//! `period / starts`, kept exactly in integer units of `1/starts` ms. A start taken less than
+//! one interval late keeps the schedule (the writer's commit latency would otherwise slow the
+//! rate by a few percent); one taken later restarts it from its own time, so time lost while
+//! nothing waited is never made up by a burst. Hence a window of length `period` holds at
+//! most `starts + 1` starts (only when a start came late and the next on time), and over a
+//! long run `starts` per `period`.
 //!
 //! Limits live in memory: the config (`[queues.<name>]`) sets them at open and
 //! `Engine::set_queue_limits` changes them at run time, until the engine closes.
@@ -67,10 +70,11 @@ impl Limited {
         if scaled_now < self.next_start {
             return false;
         }
-        // A start taken in the millisecond it became free keeps the schedule (no drift from
-        // rounding to whole milliseconds); one taken later starts it afresh from now, so the
-        // time lost is never made up by a burst.
-        let on_time = scaled_now - self.next_start < i128::from(rate.starts());
+        // A start taken less than one interval after it became free keeps the schedule, so
+        // the time a claim takes to reach the writer's next batch does not slow the rate; one
+        // taken later starts the schedule afresh from now (time lost while nothing waited is
+        // not made up by a burst).
+        let on_time = scaled_now - self.next_start < rate.period_ms();
         let from = if on_time { self.next_start } else { scaled_now };
         self.next_start = from + rate.period_ms();
         true
@@ -324,6 +328,27 @@ mod tests {
                 "4 starts within 1s: {window:?}"
             );
         }
+    }
+
+    /// A start a little late keeps the schedule (no drift); one over an interval late moves
+    /// it, without a burst to make up.
+    #[test]
+    fn a_late_start_keeps_the_schedule_unless_an_interval_late() {
+        let limiter = limiter(QueueLimits {
+            concurrency: None,
+            rate: Some("20/s".parse().unwrap()),
+        });
+        let admitted = |now| matches!(limiter.admit("q", 0, now), Admission::Start);
+        assert!(admitted(1_000));
+        assert!(admitted(1_060), "free at 1,050");
+        assert!(!admitted(1_099), "free at 1,100 still");
+        assert!(admitted(1_100));
+        assert!(
+            admitted(1_300),
+            "an interval late or more: the schedule starts again"
+        );
+        assert!(!admitted(1_340));
+        assert!(admitted(1_350));
     }
 
     #[test]
