@@ -29,7 +29,7 @@ use crate::clock::Millis;
 use crate::config::QueueLimits;
 use crate::queue::ReadyTask;
 use crate::store::{StoreError, WriteTables};
-use crate::sync::{AtomicBool, Mutex};
+use crate::sync::{AtomicBool, Mutex, MutexGuard};
 use crate::task::TaskStatus;
 use crate::task::lifecycle::Step;
 
@@ -96,7 +96,7 @@ enum Admission {
 }
 
 impl QueueLimiter {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Limited>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Limited>> {
         self.queues.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -327,6 +327,21 @@ mod tests {
                 window[3] - window[0] >= 1000,
                 "4 starts within 1s: {window:?}"
             );
+        }
+
+        // Claims every 7 ms (so starts a little late): never N + 2 = 5 starts within 1 s, and
+        // no drift over 10 s.
+        let late = self::limiter(QueueLimits {
+            concurrency: None,
+            rate: Some(rate),
+        });
+        let starts: Vec<Millis> = (0..10_000)
+            .step_by(7)
+            .filter(|&now| matches!(late.admit("q", 0, now), Admission::Start))
+            .collect();
+        assert_eq!(starts.len(), 30, "{starts:?}");
+        for window in starts.windows(5) {
+            assert!(window[4] - window[0] >= 1000, "5 starts in 1s: {window:?}");
         }
     }
 
