@@ -125,16 +125,18 @@ impl QueueLimiter {
         self.any.load(Ordering::SeqCst) && self.lock().contains_key(queue)
     }
 
-    /// `queues` without those that are full or have no start free at `now` (borrowed as they
-    /// are when none is limited), and the earliest time a start of a left-out queue is free.
+    /// `queues` without those that are full or have no start free at `now()` (borrowed as they
+    /// are when none is limited: then the clock is not even read), and the earliest time a
+    /// start of a left-out queue is free.
     pub(crate) fn open<'a>(
         &self,
         queues: &'a [Arc<str>],
-        now: Millis,
+        now: impl FnOnce() -> Millis,
     ) -> (Cow<'a, [Arc<str>]>, Option<Millis>) {
         if !self.any.load(Ordering::SeqCst) {
             return (Cow::Borrowed(queues), None);
         }
+        let now = now();
         let limited = self.lock();
         let mut next_free: Option<Millis> = None;
         let open = queues
@@ -209,7 +211,10 @@ impl LocalBroker {
         queues: &'a [Arc<str>],
     ) -> (Cow<'a, [Arc<str>]>, Option<Millis>) {
         let active = self.shared.paused.active(queues);
-        let (open, next_free) = self.shared.limits.open(&active, self.shared.clock.now_ms());
+        let (open, next_free) = self
+            .shared
+            .limits
+            .open(&active, || self.shared.clock.now_ms());
         let open = match open {
             Cow::Borrowed(_) => active,
             Cow::Owned(open) => Cow::Owned(open),
@@ -373,14 +378,14 @@ mod tests {
             rate: None,
         });
         let queues: Vec<Arc<str>> = vec!["q".into(), "other".into()];
-        assert_eq!(limiter.open(&queues, 0).0.len(), 2);
+        assert_eq!(limiter.open(&queues, || 0).0.len(), 2);
         assert!(matches!(limiter.admit("q", 2, 0), Admission::Hold));
         assert_eq!(
-            &*limiter.open(&queues, 0).0,
+            &*limiter.open(&queues, || 0).0,
             &["other".into()] as &[Arc<str>]
         );
         assert!(limiter.set_running("q", 1));
-        assert_eq!(limiter.open(&queues, 0).0.len(), 2);
+        assert_eq!(limiter.open(&queues, || 0).0.len(), 2);
         assert!(matches!(limiter.admit("q", 1, 0), Admission::Start));
     }
 
@@ -392,9 +397,9 @@ mod tests {
         });
         let queues: Vec<Arc<str>> = vec!["q".into()];
         assert!(matches!(limiter.admit("q", 0, 1_000), Admission::Start));
-        let (open, next) = limiter.open(&queues, 1_010);
+        let (open, next) = limiter.open(&queues, || 1_010);
         assert!(open.is_empty());
         assert_eq!(next, Some(1_050));
-        assert_eq!(limiter.open(&queues, 1_050).0.len(), 1);
+        assert_eq!(limiter.open(&queues, || 1_050).0.len(), 1);
     }
 }
