@@ -129,7 +129,10 @@ pub use broker::{
     Settlement, Stats,
 };
 pub use clock::{Clock, ManualClock, Millis, SystemClock};
-pub use config::{BrokerKind, Config, ConfigError, ControlConfig, DurationError, parse_duration};
+pub use config::{
+    BrokerKind, Config, ConfigError, ControlConfig, DurationError, QueueLimits, Rate,
+    parse_duration,
+};
 pub use control::{ConnectOptions, ControlError};
 pub use engine::{Engine, EngineBuilder};
 pub use error::{Error, Result};

@@ -21,6 +21,7 @@ pub use rabbitmq::RabbitError;
 
 use crate::Result;
 use crate::clock::Millis;
+use crate::config::QueueLimits;
 use crate::events::EventBus;
 use crate::task::{Payload, TaskId, TaskRecord, TaskStatus};
 
@@ -183,6 +184,9 @@ pub struct QueueStats {
     /// True when the queue is paused: its tasks wait, none is started.
     #[serde(default)]
     pub paused: bool,
+    /// The queue's concurrency and rate limits (applied by the engine that owns the store).
+    #[serde(default, skip_serializing_if = "QueueLimits::is_unlimited")]
+    pub limits: QueueLimits,
 }
 
 impl QueueStats {
@@ -331,6 +335,9 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
         name: String,
         action: crate::ScheduleAction,
     ) -> BoxFuture<'_, Result<crate::ScheduleInfo>>;
+    /// Sets `queue`'s concurrency and rate limits (both `None` removes them), for every claim
+    /// of the store from now on, until the engine closes.
+    fn set_limits(&self, queue: String, limits: QueueLimits) -> BoxFuture<'_, Result<()>>;
 
     /// Cancels a PENDING or RETRYING task.
     fn cancel(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>>;

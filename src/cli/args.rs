@@ -84,6 +84,9 @@ pub(crate) enum Command {
     /// Recurring schedules: with no subcommand, list them (name, spec, zone, next and last
     /// fire, last task and its status, paused)
     Schedules(SchedulesArgs),
+    /// Set a queue's concurrency and rate limits on the engine serving the store (until it
+    /// stops; `[queues.<name>]` in the config sets them at start). A limit left out is removed
+    Limit(LimitArgs),
     /// Delete the tasks of a queue (all but RUNNING ones, or only those with --status)
     Purge(PurgeArgs),
     /// Delete finished tasks past their retention now (`cleanup` in the configuration)
@@ -256,6 +259,24 @@ pub(crate) struct QueueArgs {
     /// The queue
     #[arg(value_parser = parse_queue)]
     pub(crate) queue: String,
+}
+
+/// `limit` flags.
+#[derive(Debug, Args)]
+pub(crate) struct LimitArgs {
+    /// The queue
+    #[arg(value_parser = parse_queue)]
+    pub(crate) queue: String,
+    /// Most tasks of the queue running at once, across every worker (at least 1)
+    #[arg(long, value_name = "N")]
+    pub(crate) concurrency: Option<u32>,
+    /// Most starts per period, spread evenly: `100/1m`, `50/s`
+    #[arg(long, value_name = "STARTS/PERIOD", value_parser = parse_rate)]
+    pub(crate) rate: Option<crate::config::Rate>,
+}
+
+fn parse_rate(text: &str) -> Result<crate::config::Rate, String> {
+    text.parse()
 }
 
 /// `wait` flags.

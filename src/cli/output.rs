@@ -173,11 +173,21 @@ pub(crate) fn stats_table(stats: &Stats) -> String {
 }
 
 fn stats_row(name: &str, queue: &QueueStats) -> Vec<String> {
+    let mut marks = Vec::new();
+    if queue.paused {
+        marks.push("paused".to_owned());
+    }
+    if let Some(concurrency) = queue.limits.concurrency {
+        marks.push(format!("concurrency {concurrency}"));
+    }
+    if let Some(rate) = queue.limits.rate {
+        marks.push(format!("rate {rate}"));
+    }
     vec![
-        if queue.paused {
-            format!("{name} (paused)")
-        } else {
+        if marks.is_empty() {
             name.to_owned()
+        } else {
+            format!("{name} ({})", marks.join(", "))
         },
         queue.ready.to_string(),
         queue.scheduled.to_string(),

@@ -106,7 +106,9 @@ impl Config {
     /// `limits.max_frame_bytes` > `max_payload_bytes`; `limits.max_pending`, when set, ≥ 1;
     /// `control.socket`, when set, non-empty; `control.token`, when set, non-empty;
     /// `control.listen` other than a loopback address only with `control.token`;
-    /// `control.max_connections` 1 to 65 536.
+    /// `control.max_connections` 1 to 65 536; each `queues.<name>` a queue name, its
+    /// `concurrency`, when set, 1 to 1 000 000, its `rate`, when set, `STARTS/PERIOD` with
+    /// 1 to 1 000 000 starts per 1 ms to 1 day.
     ///
     /// # Errors
     ///
@@ -200,7 +202,15 @@ impl Config {
             return fail("control.listen", message);
         }
         let (connections, most) = (k.max_connections, MAX_CONTROL_CONNECTIONS);
-        range("control.max_connections", connections, 1, most)
+        range("control.max_connections", connections, 1, most)?;
+
+        for (queue, settings) in &self.queues {
+            name(&format!("queues.{queue}"), queue)?;
+            if let Err((field, reason)) = settings.limits() {
+                return fail(&format!("queues.{queue}.{field}"), reason);
+            }
+        }
+        Ok(())
     }
 }
 

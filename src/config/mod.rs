@@ -13,6 +13,7 @@ mod error;
 mod file;
 mod load;
 mod names;
+mod queue_limits;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ use serde::Deserialize;
 
 pub use duration::{DurationError, parse_duration};
 pub use error::ConfigError;
+pub use queue_limits::{MAX_QUEUE_LIMIT, MAX_RATE_PERIOD, QueueLimits, Rate};
 
 pub use duration::{DurationStyle, format_duration};
 pub use names::check_name;
@@ -121,6 +123,9 @@ section! {
         pub control: ControlConfig = ControlConfig::default(),
         /// Recurring schedules the owning engine declares at open (`[[schedules]]`).
         pub schedules: Vec<ScheduleConfig> = Vec::new(),
+        /// Per-queue settings by queue name (`[queues.emails]`): concurrency and rate limits.
+        pub queues: std::collections::BTreeMap<String, QueueConfig> =
+            std::collections::BTreeMap::new(),
         /// The file this configuration came from, for messages; `None` for [`Config::default`]
         /// or when no file was found.
         #[serde(skip)]
@@ -283,6 +288,38 @@ section! {
         /// tasks can finish), and they are accepted again once space is freed. Default 64 MiB;
         /// 0 turns the check off.
         pub min_free_bytes: u64 = DEFAULT_MIN_FREE_BYTES,
+    }
+}
+
+section! {
+    /// One queue's settings (config section `queues.<name>`), applied by the engine that owns
+    /// the store to every claim, local and remote.
+    pub struct QueueConfig {
+        /// Most tasks of the queue running at once, across every worker; `None` (default)
+        /// means no limit.
+        pub concurrency: Option<u32> = None,
+        /// Most starts per period, spread evenly (`"100/1m"`, `"50/s"`); `None` (default)
+        /// means no limit.
+        pub rate: Option<String> = None,
+    }
+}
+
+impl QueueConfig {
+    /// The limits these settings set.
+    ///
+    /// # Errors
+    /// `(field, reason)` for a bad value (as [`Config::validate`] reports it).
+    pub fn limits(&self) -> Result<QueueLimits, (&'static str, String)> {
+        let rate = match &self.rate {
+            Some(text) => Some(text.parse::<Rate>().map_err(|reason| ("rate", reason))?),
+            None => None,
+        };
+        let limits = QueueLimits {
+            concurrency: self.concurrency,
+            rate,
+        };
+        limits.check()?;
+        Ok(limits)
     }
 }
 

@@ -170,6 +170,7 @@ fn full_config() -> Config {
             max_connections: 32,
         },
         schedules: Vec::new(),
+        queues: std::collections::BTreeMap::new(),
         source: None,
     }
 }

@@ -186,6 +186,12 @@ impl EngineBuilder {
             self.clock,
             events.clone(),
         )?);
+        for (queue, queue_config) in &config.queues {
+            let limits = queue_config.limits().map_err(|(field, reason)| {
+                Error::invalid("queues", format!("queues.{queue}.{field} {reason}"))
+            })?;
+            local.set_queue_limits(queue, limits);
+        }
         #[cfg(feature = "rabbitmq")]
         let rabbit = match rabbit_settings {
             Some(rabbit) => Some(Arc::new(RabbitBroker::start(Arc::clone(&local), rabbit)?)),

@@ -199,6 +199,24 @@ impl Engine {
         self.inner.broker.set_paused(queue.to_owned(), false).await
     }
 
+    /// Sets `queue`'s concurrency and rate limits, for every worker of the store, local and
+    /// remote, from the next claim on (running tasks are left alone); both `None` removes
+    /// them. Limits last until the engine closes; `[queues.<name>]` in the config sets them at
+    /// open. Tasks held back stay PENDING. Works the same on an engine from
+    /// [`Engine::connect`]. In RabbitMQ mode they limit this engine's own claims only, and
+    /// nothing claims locally there: RabbitMQ consumers are bounded by `rabbitmq.prefetch`.
+    ///
+    /// # Errors
+    /// A malformed queue name or a concurrency of 0 ([`Error::InvalidInput`] naming the
+    /// field); on a store nobody serves, that no engine owns it.
+    pub async fn set_queue_limits(&self, queue: &str, limits: crate::QueueLimits) -> Result<()> {
+        crate::config::check_queue(queue)?;
+        limits
+            .check()
+            .map_err(|(field, reason)| Error::invalid(field, reason))?;
+        self.inner.broker.set_limits(queue.to_owned(), limits).await
+    }
+
     /// Cancels a PENDING or RETRYING task.
     ///
     /// # Errors

@@ -82,6 +82,23 @@ impl<'txn> WriteTables<'txn> {
         }
     }
 
+    /// The number of `queue`'s tasks in `status` at this point of the transaction (the counts
+    /// table plus this transaction's changes so far).
+    pub(crate) fn count_now(&self, queue: &str, status: TaskStatus) -> Result<u64, StoreError> {
+        let key = keys::count_key(queue, status);
+        let stored = self
+            .counts
+            .get(key.as_slice())
+            .map_err(self.err("reading a count"))?
+            .map_or(0, |v| v.value());
+        let delta = self
+            .count_deltas
+            .get(&(queue.to_owned(), status))
+            .copied()
+            .unwrap_or(0);
+        Ok(stored.saturating_add_signed(delta))
+    }
+
     pub(super) fn flush_counts(&mut self) -> Result<(), StoreError> {
         let path = self.path;
         let deltas = std::mem::take(&mut self.count_deltas);

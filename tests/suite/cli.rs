@@ -1329,6 +1329,100 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
+/// Prints the CPU `worker` uses over a window of `seconds_var` seconds (3 unless set), from
+/// one second after now (past its start-up: opening the store, reading the waiting entries).
+fn print_idle_cpu(worker: &Running, seconds_var: &str, held_by: &str) {
+    let seconds: u64 = std::env::var(seconds_var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    std::thread::sleep(Duration::from_secs(1));
+    let ticks_per_second = 100.0; // Linux's USER_HZ
+    let before = cpu_ticks(worker.child.id());
+    std::thread::sleep(Duration::from_secs(seconds));
+    let used = cpu_ticks(worker.child.id()) - before;
+    let percent = used as f64 / ticks_per_second / seconds as f64 * 100.0;
+    println!("worker CPU with {held_by}: {percent:.2}% of a core over {seconds} s ({used} ticks)");
+}
+
+/// `fq limit` and the cost of a concurrency limit (issue 12 §3): a `fq worker start` whose
+/// config limits queue `held` to 1 running task, with one long task running and 9,999 more
+/// queued behind it, starts none of them and uses next to no CPU meanwhile (printed, not
+/// asserted: `FQ_LIMIT_CPU_SECS` sets the window, 3 s by default). `fq stats` shows the limit;
+/// `fq limit` changes it through the worker's control socket, and is refused on a store
+/// nobody serves (limits live in the serving engine).
+#[test]
+fn a_worker_holds_a_full_queue_without_cost_and_fq_limit_changes_it() {
+    const HELD: usize = 10_000;
+    let fq = Fq::new();
+    std::fs::create_dir_all(fq.db.parent().unwrap()).unwrap();
+    std::fs::write(
+        fq.dir.path().join("fq.toml"),
+        "[worker]\nshutdown_timeout = \"0s\"\n[queues.held]\nconcurrency = 1\n",
+    )
+    .unwrap();
+    fq.run(&[
+        "enqueue",
+        "fq.demo.sleep",
+        "--queue",
+        "held",
+        "--kwargs",
+        r#"{"ms": 60000}"#,
+    ])
+    .ok();
+    let refused = fq.run(&["limit", "held", "--concurrency", "2"]);
+    assert_ne!(refused.code, Some(0), "{refused:#?}");
+    assert!(refused.stderr.contains("read-only"), "{refused:#?}");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let engine = fq::Engine::open(&fq.db).unwrap();
+        let tasks = (1..HELD).map(|_| {
+            engine
+                .queue_task_named("fq.demo.echo", &json!({}))
+                .queue("held")
+        });
+        engine.queue_batch(tasks).await.unwrap();
+    });
+
+    let worker = fq.spawn_worker(&["--queues", "held", "--concurrent", "10"]);
+    let held_by = format!("{} tasks held by a concurrency limit of 1", HELD - 1);
+    print_idle_cpu(&worker, "FQ_LIMIT_CPU_SECS", &held_by);
+    let stats = fq.run(&["stats", "--json"]).json();
+    let held = &stats["queues"]["held"];
+    assert_eq!(held["running"], 1, "{stats}");
+    assert_eq!(held["pending"], HELD - 1, "{stats}");
+    assert_eq!(held["limits"], json!({"concurrency": 1}), "{stats}");
+    assert!(fq.run(&["stats"]).ok().contains("held (concurrency 1)"));
+
+    let set = fq.run(&[
+        "limit",
+        "held",
+        "--concurrency",
+        "3",
+        "--rate",
+        "50/s",
+        "--json",
+    ]);
+    assert_eq!(
+        set.json(),
+        json!({"queue": "held", "concurrency": 3, "rate": "50/1s"})
+    );
+    let stats = fq.run(&["stats", "--json"]).json();
+    assert_eq!(
+        stats["queues"]["held"]["limits"],
+        json!({"concurrency": 3, "rate": "50/1s"})
+    );
+    let bad = fq.run(&["limit", "held", "--rate", "0/s"]);
+    assert_eq!(bad.code, Some(2), "{bad:#?}");
+    assert!(bad.stderr.contains("must be 1 to"), "{bad:#?}");
+    let bad = fq.run(&["limit", "held", "--concurrency", "0"]);
+    assert_ne!(bad.code, Some(0), "{bad:#?}");
+    assert!(bad.stderr.contains("concurrency"), "{bad:#?}");
+    assert!(fq.run(&["limit", "held"]).ok().contains("no limits"));
+    let (code, _) = worker.terminate();
+    assert_eq!(code, Some(0));
+}
+
 /// `fq pause` / `fq resume` and the cost of a pause (issue 12 §3): a `fq worker start` serving
 /// a queue paused with 10,000 tasks in it starts none of them and, while they are held, uses
 /// next to no CPU (nothing polls the held tasks). The figure is printed, not asserted (the
@@ -1360,20 +1454,10 @@ fn a_worker_holds_a_paused_queue_without_cost_and_runs_it_after_resume() {
     assert!(stats.ok().contains("held (paused)"), "{stats:#?}");
 
     let worker = fq.spawn_worker(&["--queues", "held", "--concurrent", "10"]);
-    let seconds: u64 = std::env::var("FQ_PAUSE_CPU_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
-    // Past the worker's start-up (opening the store, reading 10,000 waiting entries).
-    std::thread::sleep(Duration::from_secs(1));
-    let ticks_per_second = 100.0; // Linux's USER_HZ
-    let before = cpu_ticks(worker.child.id());
-    std::thread::sleep(Duration::from_secs(seconds));
-    let used = cpu_ticks(worker.child.id()) - before;
-    let percent = used as f64 / ticks_per_second / seconds as f64 * 100.0;
-    println!(
-        "worker CPU with {HELD} tasks held by a pause: {percent:.2}% of a core over {seconds} s \
-         ({used} ticks)"
+    print_idle_cpu(
+        &worker,
+        "FQ_PAUSE_CPU_SECS",
+        &format!("{HELD} tasks held by a pause"),
     );
     let stats = fq.run(&["stats", "--json"]).json();
     assert_eq!(stats["queues"]["held"]["paused"], true);

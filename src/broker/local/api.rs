@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::broker::wait_for_work;
+use crate::config::QueueLimits;
 
 impl Broker for LocalBroker {
     fn enqueue(&self, tasks: Vec<NewTask>) -> BoxFuture<'_, Result<Vec<Queued>>> {
@@ -29,8 +30,10 @@ impl Broker for LocalBroker {
                 tokio::pin!(notified);
                 // Registered before looking, so a push between the look and the wait wakes us.
                 notified.as_mut().enable();
-                // Chosen again at each look: a pause or resume (which wakes us) changes it.
-                let selection = self.shared.ready.select(&self.shared.paused.active(queues));
+                // Chosen again at each look: a pause or resume, a run's end in a full queue
+                // (which wake us) or a rate's next start changes it.
+                let (claimable, next_free) = self.claimable(queues);
+                let selection = self.shared.ready.select(&claimable);
                 let mut picked = Vec::new();
                 while picked.len() < max.max(1) {
                     match selection.pop() {
@@ -54,7 +57,10 @@ impl Broker for LocalBroker {
                     }
                     continue;
                 }
-                if !wait_for_work(notified, deadline, cancel).await {
+                let until = self.sleep_until(deadline, next_free);
+                if !wait_for_work(notified, until, cancel).await
+                    && (until >= deadline || cancel.is_cancelled())
+                {
                     return Ok(Vec::new());
                 }
             }
@@ -83,7 +89,7 @@ impl Broker for LocalBroker {
         max: usize,
     ) -> BoxFuture<'a, Result<Chained>> {
         Box::pin(async move {
-            let selection = self.shared.ready.select(&self.shared.paused.active(queues));
+            let selection = self.shared.ready.select(&self.claimable(queues).0);
             let next: Vec<_> = std::iter::from_fn(|| selection.pop()).take(max).collect();
             let lease_until = self.lease_deadline();
             self.request(|reply| Command::Settle {
@@ -142,6 +148,11 @@ impl Broker for LocalBroker {
         action: crate::ScheduleAction,
     ) -> BoxFuture<'_, Result<crate::ScheduleInfo>> {
         Box::pin(self.schedule_action(name, action))
+    }
+
+    fn set_limits(&self, queue: String, limits: QueueLimits) -> BoxFuture<'_, Result<()>> {
+        self.set_queue_limits(&queue, limits);
+        Box::pin(std::future::ready(Ok(())))
     }
 
     fn cancel(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
@@ -235,6 +246,9 @@ impl Broker for LocalBroker {
             let now = self.now_ms();
             let mut stats = stats_of_counts(counts);
             mark_paused(&mut stats, self.shared.paused.list());
+            for (queue, limits) in self.shared.limits.list() {
+                stats.queues.entry(queue).or_default().limits = limits;
+            }
             for (queue, entry) in &mut stats.queues {
                 let (ready, oldest_due) = self.shared.ready.queue_summary(queue);
                 entry.ready = ready;

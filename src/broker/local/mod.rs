@@ -4,6 +4,7 @@
 
 mod api;
 mod lease;
+mod limits;
 mod open;
 mod pause;
 mod read_only;
@@ -124,6 +125,8 @@ pub(crate) struct Shared {
     pub(crate) paused: pause::PausedQueues,
     /// The earliest fire time of the armed schedules, as committed: the timer's alarm.
     pub(crate) schedule_alarm: schedules::ScheduleAlarm,
+    /// Per-queue concurrency and rate limits, consulted by claims and the writer.
+    pub(crate) limits: limits::QueueLimiter,
 }
 
 /// Tells callers that the writer thread has ended, and so whether a dropped reply means

@@ -140,6 +140,14 @@ impl Broker for ReadOnlyBroker {
         self.refused()
     }
 
+    fn set_limits(
+        &self,
+        _queue: String,
+        _limits: crate::config::QueueLimits,
+    ) -> BoxFuture<'_, Result<()>> {
+        self.refused()
+    }
+
     fn cancel(&self, _id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
         self.refused()
     }

@@ -110,6 +110,7 @@ mod loom_tests {
             waiters: Default::default(),
             paused: super::super::pause::PausedQueues::new(Vec::new()),
             schedule_alarm: super::super::schedules::ScheduleAlarm::default(),
+            limits: super::super::limits::QueueLimiter::default(),
         });
         // As `LocalBroker::open` wires it.
         let weak = Arc::downgrade(&shared);

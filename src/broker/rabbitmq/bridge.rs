@@ -635,6 +635,16 @@ impl Broker for RabbitBroker {
         Box::pin(self.bridge.local.schedule_action(name, action))
     }
 
+    /// Limits the local claims of this engine only; nothing claims locally in RabbitMQ mode
+    /// (consumers are bounded by `rabbitmq.prefetch`), so they are kept but hold nothing back.
+    fn set_limits(
+        &self,
+        queue: String,
+        limits: crate::config::QueueLimits,
+    ) -> BoxFuture<'_, Result<()>> {
+        self.bridge.local.set_limits(queue, limits)
+    }
+
     fn cancel(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
         self.bridge.local.cancel(id)
     }

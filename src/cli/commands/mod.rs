@@ -5,6 +5,7 @@ mod cancel;
 mod cleanup;
 mod demo;
 mod enqueue;
+mod limit;
 mod list;
 mod pause;
 mod purge;
@@ -37,6 +38,7 @@ pub(crate) async fn dispatch(cli: Cli, registry: Registry) -> Result<(), CliErro
         Command::Pause(args) => pause::run(&ctx, &args, true).await,
         Command::Resume(args) => pause::run(&ctx, &args, false).await,
         Command::Schedules(args) => schedules::run(&ctx, args).await,
+        Command::Limit(args) => limit::run(&ctx, &args).await,
         Command::Purge(args) => purge::run(&ctx, args).await,
         Command::Cleanup => cleanup::run(&ctx).await,
         Command::Demo(args) => demo::run(&ctx, args).await,

@@ -19,7 +19,7 @@ use crate::broker::{
 use crate::clock::{Millis, millis_to_datetime};
 use crate::control::protocol::{
     AttemptArgs, ChangedOk, ClaimArgs, CleanupArgs, CleanupOk, CountOk, Empty, EnqueueArgs,
-    EnqueueOk, IdArgs, ListArgs, MAX_WAIT_MS, Op, PurgeArgs, QueueArgs, RetryFailedArgs,
+    EnqueueOk, IdArgs, LimitArgs, ListArgs, MAX_WAIT_MS, Op, PurgeArgs, QueueArgs, RetryFailedArgs,
     ScheduleActionArgs, ScheduleArgs, ScheduleOk, SchedulesOk, SettleAndClaimArgs,
     SettleAndClaimOk, SettleArgs, SettleOk, Settled, TaskOk, TasksOk, WaitArgs, WireTaskOut,
     error_from_wire,
@@ -245,6 +245,22 @@ impl Broker for RemoteBroker {
             let op = if paused { Op::Pause } else { Op::Resume };
             let ok: ChangedOk = self.shared.request(op, &QueueArgs { queue }).await?;
             Ok(ok.changed)
+        })
+    }
+
+    fn set_limits(
+        &self,
+        queue: String,
+        limits: crate::config::QueueLimits,
+    ) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let args = LimitArgs {
+                queue,
+                concurrency: limits.concurrency,
+                rate: limits.rate,
+            };
+            let _: Empty = self.shared.request(Op::Limit, &args).await?;
+            Ok(())
         })
     }
 

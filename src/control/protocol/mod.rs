@@ -125,11 +125,12 @@ pub(crate) enum Op {
     Schedule,
     Schedules,
     ScheduleAction,
+    Limit,
 }
 
 impl Op {
     /// Every op, for messages.
-    pub(crate) const ALL: [Op; 20] = [
+    pub(crate) const ALL: [Op; 21] = [
         Op::Enqueue,
         Op::Claim,
         Op::Heartbeat,
@@ -150,6 +151,7 @@ impl Op {
         Op::Schedule,
         Op::Schedules,
         Op::ScheduleAction,
+        Op::Limit,
     ];
 
     /// The op's name on the wire.
@@ -175,6 +177,7 @@ impl Op {
             Op::Schedule => "schedule",
             Op::Schedules => "schedules",
             Op::ScheduleAction => "schedule_action",
+            Op::Limit => "limit",
         }
     }
 

@@ -226,6 +226,17 @@ pub(crate) struct QueueArgs {
     pub(crate) queue: String,
 }
 
+/// `limit` arguments: the queue and its new limits (an absent one is removed).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitArgs {
+    pub(crate) queue: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) concurrency: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) rate: Option<crate::config::Rate>,
+}
+
 /// `pause` and `resume` result: whether the queue's state changed.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct ChangedOk {

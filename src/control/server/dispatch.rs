@@ -15,14 +15,14 @@ use crate::broker::{
     Broker, NewTask, Outcome, QueueTask, RetentionPolicy, SettleReport, Settlement,
 };
 use crate::clock::millis_to_datetime;
-use crate::config::{MAX_TASK_DELAY, check_name};
+use crate::config::{MAX_TASK_DELAY, QueueLimits, check_name};
 use crate::control::protocol::{
     AttemptArgs, ChangedOk, ClaimArgs, CleanupArgs, CleanupOk, CountOk, Empty, EnqueueArgs,
-    EnqueueOk, ErrorOut, HEADER_BYTES, IdArgs, ListArgs, MAX_CLAIM, MAX_LIST_BYTES, MAX_WAIT_MS,
-    NoArgs, OkOut, Op, ParsedRequest, PurgeArgs, QueueArgs, RetryFailedArgs, ScheduleActionArgs,
-    ScheduleArgs, ScheduleOk, SchedulesOk, SettleAndClaimArgs, SettleAndClaimOk, SettleArgs,
-    SettleOk, Settled, TaskOk, TasksOk, WaitArgs, WireTask, decode_args, encode_body,
-    error_to_wire,
+    EnqueueOk, ErrorOut, HEADER_BYTES, IdArgs, LimitArgs, ListArgs, MAX_CLAIM, MAX_LIST_BYTES,
+    MAX_WAIT_MS, NoArgs, OkOut, Op, ParsedRequest, PurgeArgs, QueueArgs, RetryFailedArgs,
+    ScheduleActionArgs, ScheduleArgs, ScheduleOk, SchedulesOk, SettleAndClaimArgs,
+    SettleAndClaimOk, SettleArgs, SettleOk, Settled, TaskOk, TasksOk, WaitArgs, WireTask,
+    decode_args, encode_body, error_to_wire,
 };
 use crate::task::TaskId;
 use crate::{Error, Result};
@@ -415,6 +415,19 @@ async fn dispatch(
             crate::schedule::check_schedule_name(&args.name)?;
             let schedule = broker.act_on_schedule(args.name, action).await?;
             ok_body(id, &ScheduleOk { schedule })
+        }
+        Op::Limit => {
+            let args: LimitArgs = decode_args(op, args)?;
+            crate::config::check_queue(&args.queue)?;
+            let limits = QueueLimits {
+                concurrency: args.concurrency,
+                rate: args.rate,
+            };
+            limits
+                .check()
+                .map_err(|(field, reason)| Error::invalid(field, reason))?;
+            broker.set_limits(args.queue, limits).await?;
+            ok_body(id, &Empty {})
         }
         // Answered by the connection's reader; kept here so every op has one home.
         Op::Abort => ok_body(id, &Empty {}),

@@ -63,6 +63,11 @@ pub(super) enum Publish {
     },
     /// The earliest fire time of the armed schedules, as committed.
     ScheduleAlarm(Option<Millis>),
+    /// A limited queue's RUNNING count changed (see `limits`).
+    Running {
+        queue: String,
+        running: u64,
+    },
 }
 
 /// Settings the writer applies.
@@ -134,7 +139,7 @@ pub(crate) struct Writer {
 
 /// The per-transaction scratch state.
 pub(super) struct Batch {
-    now: Millis,
+    pub(super) now: Millis,
     pub(super) effects: Vec<Publish>,
     answers: Vec<Answer>,
     audience: bool,

@@ -127,6 +127,9 @@ impl Writer {
             let Ok(step) = lifecycle::claim(task, ready.id, ready.order, batch.now) else {
                 continue;
             };
+            if !self.admit_claim(tables, &ready, batch)? {
+                continue;
+            }
             self.commit_step(tables, ready.id, &step, lease_until, batch)?;
             let record = step.task.to_record(ready.id);
             if batch.audience {

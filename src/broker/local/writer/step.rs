@@ -44,6 +44,9 @@ impl Writer {
                     self.shared.schedule_alarm.set(next, now);
                     poke = true;
                 }
+                Publish::Running { queue, running } => {
+                    woke |= self.publish_running(&queue, running);
+                }
             }
         }
         self.shared.waiters.wake(&outcomes);
@@ -75,6 +78,7 @@ impl Writer {
         batch: &mut Batch,
     ) -> Result<(), StoreError> {
         write_step(tables, id, step)?;
+        self.note_running(tables, step, batch)?;
         self.publish_effects(id, &step.task, step.effects.iter(), lease_until, batch);
         if super::super::waiters::is_outcome(step.task.status) {
             batch.effects.push(Publish::Outcome(id));
