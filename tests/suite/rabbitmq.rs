@@ -409,16 +409,23 @@ async fn only_queues_a_task_uses_are_declared() -> fq::Result<()> {
         stats.rabbitmq
     );
     assert!(!exists(format!("{queue}.dead")).await);
+    queue_one_until_declared(&engine, &queue).await?;
+    assert!(exists(queue.clone()).await);
+    assert!(exists(format!("{queue}.dead")).await);
+    Ok(())
+}
+
+/// Queues one task to `queue` and waits until RabbitMQ has the queue (a queue is declared
+/// once a task uses it).
+async fn queue_one_until_declared(engine: &Engine, queue: &str) -> fq::Result<()> {
     engine
         .queue_task_named("test.work", &json!({"kwargs": {"n": 1}}))
         .send()
         .await?;
     eventually("the queue to be declared", || async {
-        depth(&engine, &queue).await.is_some()
+        depth(engine, queue).await.is_some()
     })
     .await;
-    assert!(exists(queue.clone()).await);
-    assert!(exists(format!("{queue}.dead")).await);
     Ok(())
 }
 
@@ -434,14 +441,7 @@ async fn the_declared_topology_matches() -> fq::Result<()> {
     let engine = rabbit.open(2)?;
     engine.ready(PATIENCE).await?;
     // A queue is declared once a task uses it.
-    engine
-        .queue_task_named("test.work", &json!({"kwargs": {"n": 1}}))
-        .send()
-        .await?;
-    eventually("the queue to be declared", || async {
-        depth(&engine, &queue).await.is_some()
-    })
-    .await;
+    queue_one_until_declared(&engine, &queue).await?;
 
     let conn = plain_connection().await.expect("plain connection");
     let channel = conn.create_channel().await.expect("channel");
