@@ -455,6 +455,7 @@ impl RabbitBroker {
         let reply_queue = super::report::reply_queue(&local.store_id()?);
         let now = local.clock().now_ms();
         let link = Arc::new(Link::new(settings.target.clone(), now));
+        let (reports, report_queue) = consumer::ReportsInFlight::new();
         let bridge = Arc::new(Bridge {
             settings,
             local,
@@ -474,7 +475,7 @@ impl RabbitBroker {
             reply_queue,
             reply_queues: super::report::Declared::default(),
             replies_running: tokio::sync::Mutex::new(()),
-            reports: consumer::ReportsInFlight::default(),
+            reports,
         });
         let for_link = Arc::clone(&bridge);
         runtime.spawn(async move {
@@ -506,6 +507,7 @@ impl RabbitBroker {
             .await;
         });
         runtime.spawn(forwarder::run(Arc::clone(&bridge)));
+        runtime.spawn(consumer::run_sender(Arc::downgrade(&bridge), report_queue));
         let for_sweep = Arc::clone(&bridge);
         runtime.spawn(async move {
             let mut last_resend = Instant::now();

@@ -15,10 +15,12 @@ use lapin::options::{BasicAckOptions, BasicNackOptions, BasicQosOptions, BasicRe
 use super::Bridge;
 use super::consumer::{basic_consume, next_delivery};
 use super::link::{Session, bounded, operation};
-use super::report::{declare_reply_queue, decode_report};
+use super::report::{declare_reply_queue, decode_reports};
 
-/// Unacknowledged reports RabbitMQ sends ahead, and the most applied in one commit.
-const PREFETCH: u16 = 1024;
+/// Unacknowledged report messages RabbitMQ sends ahead (a message is one report or a batch).
+const PREFETCH: u16 = 256;
+/// Reports applied in one commit at most (a batch message is never split across commits).
+const APPLY_MAX: usize = 4096;
 /// How long after a failed start (or a refused commit) consuming is tried again.
 const RETRY: Duration = Duration::from_secs(2);
 /// How long an ack, nack or reject may take (a connection that died without closing).
@@ -87,8 +89,8 @@ async fn consume(
             () = session.lost.cancelled() => break,
             () = bridge.shutdown.cancelled() => break,
         };
-        let mut deliveries = match first {
-            Some(Ok(delivery)) => vec![delivery],
+        let first = match first {
+            Some(Ok(delivery)) => delivery,
             Some(Err(error)) => {
                 tracing::debug!(%error, "the reply consumer failed with its connection");
                 break;
@@ -99,18 +101,16 @@ async fn consume(
                 break;
             }
         };
-        while deliveries.len() < usize::from(PREFETCH) {
-            match ready_delivery(&mut consumer) {
-                Some(Ok(delivery)) => deliveries.push(delivery),
-                _ => break,
-            }
-        }
-        let mut reports = Vec::with_capacity(deliveries.len());
+        let mut reports = Vec::new();
         let mut last = None;
-        for delivery in &deliveries {
-            match decode_report(&delivery.data) {
-                Ok(report) => {
-                    reports.push(report);
+        let mut next = Some(first);
+        while let Some(delivery) = next.take() {
+            match decode_reports(&delivery.data) {
+                Ok(decoded) => {
+                    for (index, reason) in decoded.refused {
+                        tracing::warn!(index, %reason, "dropping a report of a batch fq cannot decode");
+                    }
+                    reports.extend(decoded.reports);
                     last = Some(delivery);
                 }
                 Err(reason) => {
@@ -121,6 +121,12 @@ async fn consume(
                     )
                     .await;
                 }
+            }
+            if reports.len() < APPLY_MAX {
+                next = match ready_delivery(&mut consumer) {
+                    Some(Ok(delivery)) => Some(delivery),
+                    _ => None,
+                };
             }
         }
         // Acknowledging the last decoded one with `multiple` covers the batch (the rejected

@@ -9,7 +9,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Confirmation};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -27,10 +27,15 @@ pub(crate) const REPLY_PREFIX: &str = "fq.replies.";
 pub(crate) const REPLY_EXPIRES: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long a report's publisher confirm may take.
 pub(crate) const REPORT_CONFIRM: Duration = Duration::from_secs(10);
-/// The `type` property of a start's report.
+/// The `type` property of a start's report (one report per message: fq before batched
+/// reports, or a plain client; the producer still reads them).
+#[cfg(test)]
 pub(crate) const TYPE_STARTED: &str = "fq.started";
-/// The `type` property of an outcome's report.
+/// The `type` property of an outcome's report (one report per message, as above).
+#[cfg(test)]
 pub(crate) const TYPE_ENDED: &str = "fq.ended";
+/// The `type` property of a batch of reports (starts and outcomes, a JSON array).
+pub(crate) const TYPE_BATCH: &str = "fq.reports";
 
 /// The reply queue of the store with id `store_id`.
 pub(crate) fn reply_queue(store_id: &str) -> String {
@@ -150,22 +155,19 @@ pub(crate) struct ReportMessage {
     pub(crate) properties: BasicProperties,
 }
 
-/// The message reporting `report` about task `id`.
-pub(crate) fn encode_report(id: TaskId, report: &Report) -> Result<ReportMessage, String> {
-    let (kind, body) = match report {
-        Report::Started { attempt, at } => (
-            TYPE_STARTED,
-            serde_json::to_vec(&BodyOut {
-                task_id: id,
-                attempt: *attempt,
-                status: TaskStatus::Running,
-                started_at: Some(*at),
-                finished_at: None,
-                retry_at: None,
-                result: None,
-                error: None,
-            }),
-        ),
+/// The JSON body reporting `report` about task `id`.
+fn encode_body(id: TaskId, report: &Report) -> Result<Vec<u8>, String> {
+    let body = match report {
+        Report::Started { attempt, at } => serde_json::to_vec(&BodyOut {
+            task_id: id,
+            attempt: *attempt,
+            status: TaskStatus::Running,
+            started_at: Some(*at),
+            finished_at: None,
+            retry_at: None,
+            result: None,
+            error: None,
+        }),
         Report::Ended {
             attempt,
             status,
@@ -182,28 +184,42 @@ pub(crate) fn encode_report(id: TaskId, report: &Report) -> Result<ReportMessage
                 ),
                 None => None,
             };
-            (
-                TYPE_ENDED,
-                serde_json::to_vec(&BodyOut {
-                    task_id: id,
-                    attempt: *attempt,
-                    status: *status,
-                    started_at: *started_at,
-                    finished_at: Some(*at),
-                    retry_at: *retry_at,
-                    result,
-                    error: error.as_ref().map(|e| ErrorOut {
-                        message: &e.message,
-                        kind: e.kind,
-                    }),
+            serde_json::to_vec(&BodyOut {
+                task_id: id,
+                attempt: *attempt,
+                status: *status,
+                started_at: *started_at,
+                finished_at: Some(*at),
+                retry_at: *retry_at,
+                result,
+                error: error.as_ref().map(|e| ErrorOut {
+                    message: &e.message,
+                    kind: e.kind,
                 }),
-            )
+            })
         }
     };
-    let body = body.map_err(|e| format!("cannot encode the report: {e}"))?;
-    let status = match report {
-        Report::Started { .. } => TaskStatus::Running,
-        Report::Ended { status, .. } => *status,
+    body.map_err(|e| format!("cannot encode the report: {e}"))
+}
+
+/// The properties every report message shares.
+fn report_properties(kind: &'static str, message_id: String) -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_message_id(ShortString::from(message_id))
+        .with_type(kind.into())
+        .with_app_id("fq".into())
+}
+
+/// The message reporting `report` about task `id` (one report; what workers before batched
+/// reports sent, and what a plain client may send: the tests check the producer reads it).
+#[cfg(test)]
+pub(crate) fn encode_report(id: TaskId, report: &Report) -> Result<ReportMessage, String> {
+    let body = encode_body(id, report)?;
+    let (kind, status) = match report {
+        Report::Started { .. } => (TYPE_STARTED, TaskStatus::Running),
+        Report::Ended { status, .. } => (TYPE_ENDED, *status),
     };
     let mut headers = FieldTable::default();
     headers.insert(
@@ -212,23 +228,75 @@ pub(crate) fn encode_report(id: TaskId, report: &Report) -> Result<ReportMessage
     );
     headers.insert(
         "status".into(),
-        AMQPValue::LongString(LongString::from(status.as_str())),
+        AMQPValue::LongString(lapin::types::LongString::from(status.as_str())),
     );
-    let properties = BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2)
-        .with_message_id(ShortString::from(id.to_string()))
+    let properties = report_properties(kind, id.to_string())
         .with_correlation_id(ShortString::from(id.to_string()))
-        .with_type(kind.into())
-        .with_app_id("fq".into())
         .with_headers(headers);
     Ok(ReportMessage { body, properties })
+}
+
+/// Reports encoded into one batch message (a JSON array of report bodies), and those that
+/// could not be encoded, with why.
+#[derive(Debug)]
+pub(crate) struct EncodedBatch {
+    /// How many reports the message holds.
+    pub(crate) count: usize,
+    /// The batch message; `None` when no report could be encoded.
+    pub(crate) message: Option<ReportMessage>,
+    /// Indexes (into the input) of the reports left out, with the reason.
+    pub(crate) refused: Vec<(usize, String)>,
+}
+
+/// Encodes `reports` as one batch message of type [`TYPE_BATCH`]: one publish and one confirm
+/// for all of them, instead of one each.
+pub(crate) fn encode_batch<'a>(
+    reports: impl IntoIterator<Item = (TaskId, &'a Report)>,
+) -> EncodedBatch {
+    let mut body = Vec::with_capacity(256);
+    body.push(b'[');
+    let mut count = 0;
+    let mut refused = Vec::new();
+    for (index, (id, report)) in reports.into_iter().enumerate() {
+        match encode_body(id, report) {
+            Ok(one) => {
+                if count > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(&one);
+                count += 1;
+            }
+            Err(reason) => refused.push((index, reason)),
+        }
+    }
+    body.push(b']');
+    let message = (count > 0).then(|| {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "count".into(),
+            AMQPValue::LongLongInt(i64::try_from(count).unwrap_or(i64::MAX)),
+        );
+        ReportMessage {
+            body,
+            properties: report_properties(TYPE_BATCH, TaskId::new().to_string())
+                .with_headers(headers),
+        }
+    });
+    EncodedBatch {
+        count,
+        message,
+        refused,
+    }
 }
 
 /// Decodes a report; the error says why it cannot be applied.
 pub(crate) fn decode_report(data: &[u8]) -> Result<(TaskId, Report), String> {
     let body: BodyIn =
         serde_json::from_slice(data).map_err(|e| format!("not an fq report: {e}"))?;
+    report_of(body)
+}
+
+fn report_of(body: BodyIn) -> Result<(TaskId, Report), String> {
     if body.attempt == 0 {
         return Err("attempt must be 1 or more".to_owned());
     }
@@ -254,6 +322,44 @@ pub(crate) fn decode_report(data: &[u8]) -> Result<(TaskId, Report), String> {
         other => return Err(format!("status {other} is not a start or an outcome")),
     };
     Ok((body.task_id, report))
+}
+
+/// Decodes a report message: one report, or a batch (a JSON array of them). A batch that is
+/// not an array of objects is refused whole; an element that does not decode is refused
+/// alone, with its index, and the others stand.
+pub(crate) fn decode_reports(data: &[u8]) -> Result<DecodedReports, String> {
+    let first = data.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'[') {
+        return decode_report(data).map(|one| DecodedReports {
+            reports: vec![one],
+            refused: Vec::new(),
+        });
+    }
+    let elements: Vec<Box<RawValue>> =
+        serde_json::from_slice(data).map_err(|e| format!("not an fq report batch: {e}"))?;
+    let mut decoded = DecodedReports {
+        reports: Vec::with_capacity(elements.len()),
+        refused: Vec::new(),
+    };
+    for (index, element) in elements.iter().enumerate() {
+        match serde_json::from_str::<BodyIn>(element.get())
+            .map_err(|e| format!("not an fq report: {e}"))
+            .and_then(report_of)
+        {
+            Ok(report) => decoded.reports.push(report),
+            Err(reason) => decoded.refused.push((index, reason)),
+        }
+    }
+    Ok(decoded)
+}
+
+/// What a report message held.
+#[derive(Debug)]
+pub(crate) struct DecodedReports {
+    /// The reports that decoded.
+    pub(crate) reports: Vec<(TaskId, Report)>,
+    /// Elements of a batch that did not, by index, with why.
+    pub(crate) refused: Vec<(usize, String)>,
 }
 
 /// Publishes `message` to the reply queue `reply_to` (declared first, once per connection)
@@ -402,5 +508,72 @@ mod tests {
             let reason = decode_report(body.as_bytes()).unwrap_err();
             assert!(reason.contains(expected), "{reason}");
         }
+    }
+
+    #[test]
+    fn a_batch_round_trips_and_leaves_out_only_what_cannot_be_encoded() {
+        let (a, b, c) = (TaskId::new(), TaskId::new(), TaskId::new());
+        let started = Report::Started { attempt: 1, at: 5 };
+        let completed = Report::Ended {
+            attempt: 1,
+            status: TaskStatus::Completed,
+            started_at: Some(5),
+            at: 9,
+            result: Some("[1,2]".into()),
+            error: None,
+            retry_at: None,
+        };
+        let unencodable = Report::Ended {
+            attempt: 1,
+            status: TaskStatus::Completed,
+            started_at: Some(5),
+            at: 9,
+            result: Some("not json".into()),
+            error: None,
+            retry_at: None,
+        };
+        let batch = encode_batch([(a, &started), (b, &unencodable), (c, &completed)]);
+        assert_eq!(batch.count, 2);
+        assert_eq!(batch.refused.len(), 1);
+        assert_eq!(batch.refused[0].0, 1);
+        assert!(
+            batch.refused[0].1.contains("not JSON"),
+            "{:?}",
+            batch.refused
+        );
+        let message = batch.message.unwrap();
+        assert_eq!(
+            message.properties.kind().as_ref().unwrap().as_str(),
+            TYPE_BATCH
+        );
+        let decoded = decode_reports(&message.body).unwrap();
+        assert!(decoded.refused.is_empty());
+        assert_eq!(decoded.reports, vec![(a, started), (c, completed)]);
+
+        let nothing = encode_batch([(b, &unencodable)]);
+        assert!(nothing.message.is_none());
+    }
+
+    #[test]
+    fn the_producer_reads_single_reports_and_refuses_bad_elements_alone() {
+        let id = TaskId::new();
+        let single = encode_report(id, &Report::Started { attempt: 2, at: 7 }).unwrap();
+        assert_eq!(
+            decode_reports(&single.body).unwrap().reports,
+            vec![(id, Report::Started { attempt: 2, at: 7 })]
+        );
+        let mixed = format!(
+            r#" [{{"task_id":"{id}","attempt":1,"status":"RUNNING","started_at":1}}, 7, {{"task_id":"{id}","attempt":0,"status":"RUNNING","started_at":1}}]"#
+        );
+        let decoded = decode_reports(mixed.as_bytes()).unwrap();
+        assert_eq!(decoded.reports.len(), 1);
+        let refused: Vec<usize> = decoded.refused.iter().map(|(i, _)| *i).collect();
+        assert_eq!(refused, vec![1, 2]);
+        assert!(decode_reports(b"[1,").unwrap_err().contains("batch"));
+        assert!(
+            decode_reports(b"{}")
+                .unwrap_err()
+                .contains("not an fq report")
+        );
     }
 }

@@ -33,7 +33,7 @@ use crate::clock::{Millis, millis_to_datetime};
 use crate::events::{Event, EventKind};
 use crate::task::{TaskId, TaskRecord, TaskStatus};
 use crate::{Error, Result};
-pub(crate) use report::{RESEND_EVERY, ReportsInFlight, resend};
+pub(crate) use report::{RESEND_EVERY, ReportsInFlight, resend, run_sender};
 pub(crate) use settle::{dead_letter, heartbeat, settle};
 pub(crate) use upkeep::{stop_idle_sets, sweep};
 
@@ -461,10 +461,8 @@ fn take_ready(bridge: &Arc<Bridge>, set: &Arc<ConsumerSet>, max: usize) -> Vec<T
         let mut buffer = set.buffer.lock().unwrap_or_else(PoisonError::into_inner);
         buffer.extend(held_back);
     }
-    if let Some(session) = &live
-        && !starts.is_empty()
-    {
-        report::report_starts(bridge, session, starts);
+    if !starts.is_empty() {
+        report::report_starts(bridge, starts);
     }
     // A delivery handed to a worker is this process's start of the run (RabbitMQ, not the
     // local writer, made it RUNNING), so the start's event is emitted here.

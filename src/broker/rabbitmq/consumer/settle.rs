@@ -128,7 +128,7 @@ pub(crate) async fn settle(bridge: &Arc<Bridge>, settlement: Settlement) -> Resu
         }
     };
     if let Some(pending) = recorded.report {
-        report::send(bridge, &session, pending);
+        report::send(bridge, pending);
     }
     let report = recorded.settled;
     if report.status == TaskStatus::Failed {
