@@ -109,6 +109,9 @@ struct Base {
     /// The state before the last commit (a marker task): redb keeps the previous commit's
     /// header slot, and falls back to it when the newest one is damaged.
     previous: Snapshot,
+    /// The file as it was before the last commit: what a store that silently fell back to
+    /// its previous commit would hold (the negative control of the check against that).
+    previous_bytes: Vec<u8>,
     counts: BTreeMap<&'static str, usize>,
 }
 
@@ -205,6 +208,7 @@ fn build_base(dir: &Path) -> Base {
     let mut db = redb::Database::open(&path).unwrap();
     while db.compact().unwrap() {}
     drop(db);
+    let previous_bytes = std::fs::read(&path).unwrap();
     let (state, previous) = rt.block_on(async {
         let engine = Engine::builder(&path).control(false).open().unwrap();
         let previous = snapshot(&engine, 0).await.unwrap();
@@ -225,6 +229,7 @@ fn build_base(dir: &Path) -> Base {
         bytes: std::fs::read(&path).unwrap(),
         state,
         previous,
+        previous_bytes,
         counts,
     }
 }
@@ -390,6 +395,18 @@ fn mutants(base: &Base, newer: &[u8], rng: &mut fastrand::Rng, per_kind: usize) 
                 .collect(),
         ),
     );
+    // Every single-bit flip of the first 16 bytes (redb's magic, its god byte, which names the
+    // primary commit slot, and the page size): a flipped slot bit would make redb open the
+    // previous commit, losing the last acknowledged write without a word.
+    for at in 0..16 {
+        for bit in 0..8 {
+            push(
+                "first-bytes flip",
+                format!("byte {at} bit {bit}"),
+                Recipe::Xor(vec![(at, 1 << bit)]),
+            );
+        }
+    }
     push("empty file", "0 bytes".into(), Recipe::Replace(Vec::new()));
     push(
         "directory",
@@ -429,9 +446,6 @@ fn newer_schema(base: &Base, dir: &Path) -> Vec<u8> {
 enum Verdict {
     /// Opened; every task read back as stored.
     Intact,
-    /// Opened; every task read back as before the last commit (redb fell back to its previous
-    /// commit slot).
-    Previous,
     /// Opened; a damaged record surfaced as `CorruptRecord` (or a store error) when read.
     DetectedOnRead(&'static str),
     /// Refused at open with this error kind.
@@ -506,7 +520,14 @@ fn check_mutant(path: &Path, base: &Base, write_check: bool) -> Result<Verdict, 
                     }
                     Ok(Verdict::Intact)
                 } else if state == base.previous {
-                    Ok(Verdict::Previous)
+                    // redb fell back to its previous commit slot: the last acknowledged write
+                    // (the marker task) is gone without a word. A store never opens with
+                    // silently wrong data, so this fails (issue 15 §1).
+                    Err(
+                        "opened at redb's previous commit: the last acknowledged write is \
+                         missing and nothing said so"
+                            .to_owned(),
+                    )
                 } else {
                     let stored: HashMap<_, _> = base.state.iter().map(|r| (r.id, r)).collect();
                     let read: HashMap<_, _> = state.iter().map(|r| (r.id, r)).collect();
@@ -546,7 +567,7 @@ fn check_mutant(path: &Path, base: &Base, write_check: bool) -> Result<Verdict, 
     // A write and a reopen after it, on the mutants that opened: the engine must neither
     // panic nor lose the write.
     let verdict = verdict?;
-    if write_check && matches!(verdict, Verdict::Intact | Verdict::Previous) {
+    if write_check && matches!(verdict, Verdict::Intact) {
         let id = rt
             .block_on(
                 engine
@@ -689,6 +710,18 @@ fn a_thousand_mutants_of_a_10000_task_store_open_cleanly_or_are_refused_naming_t
     assert_eq!(
         check_with_timeout(usize::MAX, &pristine, &base, true),
         Ok(Verdict::Intact)
+    );
+
+    // Negative control: a store holding everything but the last acknowledged write (as one
+    // that fell back to its previous commit would) must fail the check, not pass as intact.
+    let previous = dir.path().join("previous.redb");
+    std::fs::write(&previous, &base.previous_bytes).unwrap();
+    let verdict = check_with_timeout(usize::MAX - 1, &previous, &base, false);
+    assert!(
+        verdict
+            .as_ref()
+            .is_err_and(|problem| problem.contains("previous commit")),
+        "a store missing its last acknowledged write passed the check: {verdict:?}"
     );
 
     // Two checkers share the mutants (two cores); each mutant is written to a file of its
