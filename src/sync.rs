@@ -36,6 +36,19 @@ mod loom_condvar {
             self.0.notify_one();
         }
 
+        /// One wait, as std's `wait_timeout` (the timer's deliberately broken signal only).
+        pub(crate) fn wait_timeout<'a, T>(
+            &self,
+            guard: MutexGuard<'a, T>,
+            _timeout: Duration,
+        ) -> LockResult<(MutexGuard<'a, T>, bool)> {
+            let guard = self
+                .0
+                .wait(guard)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Ok((guard, false))
+        }
+
         /// As std's: waits while `condition` holds; the second value is "timed out" (never).
         pub(crate) fn wait_timeout_while<'a, T, F: FnMut(&mut T) -> bool>(
             &self,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::DurationStyle::Exact;
 use super::env::{self, Lookup};
 use super::file::{self, Format};
-use super::{Config, ConfigError, check_name, decode, format_duration};
+use super::{BrokerKind, Config, ConfigError, check_name, decode, format_duration};
 use super::{MAX_CLEANUP_INTERVAL_HOURS, MAX_CONCURRENCY, MAX_CONTROL_CONNECTIONS};
 use super::{MAX_RETAIN_DAYS, MAX_RETRIES, MAX_TASK_DELAY, MAX_WORKER_WAIT};
 
@@ -108,7 +108,7 @@ impl Config {
     /// `control.listen` other than a loopback address only with `control.token`;
     /// `control.max_connections` 1 to 65 536; each `queues.<name>` a queue name, its
     /// `concurrency`, when set, 1 to 1 000 000, its `rate`, when set, `STARTS/PERIOD` with
-    /// 1 to 1 000 000 starts per 1 ms to 1 day.
+    /// 1 to 1 000 000 starts per 1 ms to 1 day, and neither with `broker = "rabbitmq"`.
     ///
     /// # Errors
     ///
@@ -206,13 +206,24 @@ impl Config {
 
         for (queue, settings) in &self.queues {
             name(&format!("queues.{queue}"), queue)?;
-            if let Err((field, reason)) = settings.limits() {
-                return fail(&format!("queues.{queue}.{field}"), reason);
+            match settings.limits() {
+                Err((field, reason)) => return fail(&format!("queues.{queue}.{field}"), reason),
+                // Limits hold back this engine's own claims, and nothing claims locally in
+                // RabbitMQ mode: kept there, they would promise what nothing enforces.
+                Ok(limits) if self.broker == BrokerKind::Rabbitmq && !limits.is_unlimited() => {
+                    return fail(&format!("queues.{queue}"), RABBITMQ_LIMITS);
+                }
+                Ok(_) => {}
             }
         }
         Ok(())
     }
 }
+
+/// Why queue limits are refused in RabbitMQ mode (config and `Engine::set_queue_limits`).
+pub(crate) const RABBITMQ_LIMITS: &str = "concurrency and rate limits apply with the \
+    database broker only: in RabbitMQ mode workers consume from RabbitMQ, so bound them with \
+    worker.concurrency and rabbitmq.prefetch";
 
 /// A broken rule: (key path, message).
 type Check = Result<(), (String, String)>;

@@ -34,6 +34,8 @@ pub(crate) use names::check_queue;
 // The unit tests name `Format` through `use super::*`.
 #[cfg(test)]
 use file::Format;
+#[cfg(feature = "rabbitmq")]
+pub(crate) use load::RABBITMQ_LIMITS;
 use load::{REDACTED, check_amqp_url, redact_url};
 
 /// Most tasks a worker may run at once.

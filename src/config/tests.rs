@@ -329,6 +329,31 @@ fn parsing_validates() {
 }
 
 #[test]
+fn queue_limits_are_refused_in_rabbitmq_mode_only() {
+    for limit in ["concurrency = 2", "rate = \"5/s\""] {
+        let toml = format!("broker = \"rabbitmq\"\n[queues.emails]\n{limit}\n");
+        let err = Config::from_toml_str(&toml, Path::new("fq.toml")).expect_err(limit);
+        let text = err.to_string();
+        assert!(
+            text.starts_with("fq.toml: queues.emails: concurrency and rate limits apply with the database broker only"),
+            "{text}"
+        );
+        assert!(text.contains("rabbitmq.prefetch"), "{text}");
+        // The same limit with the database broker is fine.
+        let database = toml.replace("rabbitmq", "database");
+        assert!(Config::from_toml_str(&database, Path::new("fq.toml")).is_ok());
+    }
+    // A queue section without limits is fine in RabbitMQ mode.
+    assert!(
+        Config::from_toml_str(
+            "broker = \"rabbitmq\"\n[queues.emails]\n",
+            Path::new("fq.toml")
+        )
+        .is_ok()
+    );
+}
+
+#[test]
 fn from_str_does_not_apply_overrides() -> TestResult {
     // FQ_* overrides belong to `load`; parsing a string only reads the string.
     let env = env_of(&[("FQ_BROKER", "rabbitmq")]);

@@ -1348,7 +1348,8 @@ fn print_idle_cpu(worker: &Running, seconds_var: &str, held_by: &str) {
 /// `fq limit` and the cost of a concurrency limit (issue 12 §3): a `fq worker start` whose
 /// config limits queue `held` to 1 running task, with one long task running and 9,999 more
 /// queued behind it, starts none of them and uses next to no CPU meanwhile (printed, not
-/// asserted: `FQ_LIMIT_CPU_SECS` sets the window, 3 s by default). `fq stats` shows the limit;
+/// asserted: `FQ_LIMIT_CPU_SECS` sets the window, 3 s by default), then runs them at a rate
+/// limit of 50/s (the CPU used then printed too). `fq stats` shows the limit;
 /// `fq limit` changes it through the worker's control socket, and is refused on a store
 /// nobody serves (limits live in the serving engine).
 #[test]
@@ -1412,6 +1413,17 @@ fn a_worker_holds_a_full_queue_without_cost_and_fq_limit_changes_it() {
         stats["queues"]["held"]["limits"],
         json!({"concurrency": 3, "rate": "50/1s"})
     );
+    // The cost of a rate-limited queue at its limit: two free slots start a task every 20 ms,
+    // thousands wait behind the rate (printed, as above).
+    print_idle_cpu(
+        &worker,
+        "FQ_LIMIT_CPU_SECS",
+        "a queue running at its rate limit of 50/s, thousands held behind it",
+    );
+    let stats = fq.run(&["stats", "--json"]).json();
+    let completed = stats["queues"]["held"]["completed"].as_u64().unwrap_or(0);
+    println!("completed at 50/s so far: {completed}");
+    assert!(completed > 0, "nothing ran at the rate limit: {stats}");
     let bad = fq.run(&["limit", "held", "--rate", "0/s"]);
     assert_eq!(bad.code, Some(2), "{bad:#?}");
     assert!(bad.stderr.contains("must be 1 to"), "{bad:#?}");

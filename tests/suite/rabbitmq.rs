@@ -371,6 +371,41 @@ async fn restart_rabbitmq() {
     .expect("restart");
 }
 
+/// Issue 12 §3: queue limits hold back local claims, and nothing claims locally in RabbitMQ
+/// mode, so setting one there is refused with the reason (removing limits is fine); the
+/// config refuses them too (unit test `queue_limits_are_refused_in_rabbitmq_mode_only`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_limits_are_refused_in_rabbitmq_mode() -> fq::Result<()> {
+    let Some(rabbit) = Rabbit::shared("limits").await else {
+        return Ok(());
+    };
+    let engine = rabbit.open(2)?;
+    for limits in [
+        fq::QueueLimits {
+            concurrency: Some(2),
+            rate: None,
+        },
+        fq::QueueLimits {
+            concurrency: None,
+            rate: Some(fq::Rate::new(5, Duration::from_secs(1)).expect("a rate")),
+        },
+    ] {
+        let error = engine
+            .set_queue_limits(&rabbit.queue, limits)
+            .await
+            .expect_err("a limit in RabbitMQ mode");
+        let text = error.to_string();
+        assert!(
+            text.contains("apply with the database broker only") && text.contains(&rabbit.queue),
+            "{text}"
+        );
+    }
+    engine
+        .set_queue_limits(&rabbit.queue, fq::QueueLimits::default())
+        .await?;
+    Ok(())
+}
+
 /// Issue 11 #10: an engine that queues nothing and runs no worker (as `fq serve` in RabbitMQ
 /// mode) declares no queue, not even its configured default queue or its workers' queues;
 /// the first task queued declares its queue.

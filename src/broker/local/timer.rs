@@ -17,16 +17,43 @@ const MAX_SLEEP: Duration = Duration::from_secs(1);
 pub(crate) struct TimerSignal {
     poked: Mutex<bool>,
     condvar: Condvar,
+    /// A deliberate fault, so the loom models are shown to catch a broken signal.
+    #[cfg(all(test, fq_loom))]
+    breakage: Option<Breakage>,
+}
+
+/// The faults the loom models must catch (negative controls; loom builds only).
+#[cfg(all(test, fq_loom))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Breakage {
+    /// `poke` notifies without raising the flag: a poke before the wait is lost.
+    PokeWithoutFlag,
+    /// `wait` ignores a flag raised before it: the same loss from the other side.
+    WaitIgnoresFlag,
 }
 
 impl TimerSignal {
     pub(crate) fn poke(&self) {
+        #[cfg(all(test, fq_loom))]
+        if self.breakage == Some(Breakage::PokeWithoutFlag) {
+            self.condvar.notify_one();
+            return;
+        }
         *self.poked.lock().unwrap_or_else(PoisonError::into_inner) = true;
         self.condvar.notify_one();
     }
 
     fn wait(&self, timeout: Duration) {
         let poked = self.poked.lock().unwrap_or_else(PoisonError::into_inner);
+        #[cfg(all(test, fq_loom))]
+        if self.breakage == Some(Breakage::WaitIgnoresFlag) {
+            let (mut poked, _) = self
+                .condvar
+                .wait_timeout(poked, timeout)
+                .unwrap_or_else(PoisonError::into_inner);
+            *poked = false;
+            return;
+        }
         let (mut poked, _) = self
             .condvar
             .wait_timeout_while(poked, timeout, |poked| !*poked)
@@ -94,12 +121,19 @@ mod loom_tests {
     use crate::task::TaskId;
 
     fn shared(clock: Arc<ManualClock>) -> Arc<Shared> {
+        shared_with(clock, None)
+    }
+
+    fn shared_with(clock: Arc<ManualClock>, breakage: Option<Breakage>) -> Arc<Shared> {
         let shared = Arc::new(Shared {
             ready: ReadyHeap::new(),
             delayed: DelayIndex::new(),
             leases: super::super::LeaseTable::default(),
             work: tokio::sync::Notify::new(),
-            timer: TimerSignal::default(),
+            timer: TimerSignal {
+                breakage,
+                ..TimerSignal::default()
+            },
             clock,
             events: EventBus::new(),
             stopping: AtomicBool::new(false),
@@ -156,6 +190,26 @@ mod loom_tests {
             stop(&shared);
             timer.join().unwrap();
         });
+    }
+
+    /// The stop model has teeth: with either deliberate fault in the signal, a stop's poke
+    /// that lands before the timer's wait is lost, and loom reports the sleeping timer.
+    #[test]
+    fn loom_a_broken_signal_is_caught_as_a_sleeping_timer() {
+        for breakage in [Breakage::PokeWithoutFlag, Breakage::WaitIgnoresFlag] {
+            let caught = std::panic::catch_unwind(move || {
+                model(move || {
+                    let shared = shared_with(clock(), Some(breakage));
+                    let timer = spawn_timer(&shared);
+                    stop(&shared);
+                    timer.join().unwrap();
+                });
+            });
+            assert!(
+                caught.is_err(),
+                "loom found no lost wake-up with {breakage:?}"
+            );
+        }
     }
 
     /// A task inserted into the delay index (due by the time the timer looks) followed by a

@@ -637,14 +637,22 @@ impl Broker for RabbitBroker {
         Box::pin(self.bridge.local.schedule_action(name, action))
     }
 
-    /// Limits the local claims of this engine only; nothing claims locally in RabbitMQ mode
-    /// (consumers are bounded by `rabbitmq.prefetch`), so they are kept but hold nothing back.
+    /// Refused (but removing limits is fine): limits hold back local claims, and nothing
+    /// claims locally in RabbitMQ mode (consumers are bounded by `rabbitmq.prefetch`).
     fn set_limits(
         &self,
         queue: String,
         limits: crate::config::QueueLimits,
     ) -> BoxFuture<'_, Result<()>> {
-        self.bridge.local.set_limits(queue, limits)
+        if limits.is_unlimited() {
+            return self.bridge.local.set_limits(queue, limits);
+        }
+        Box::pin(async move {
+            Err(Error::invalid(
+                "limits",
+                format!("queue {queue}: {}", crate::config::RABBITMQ_LIMITS),
+            ))
+        })
     }
 
     fn cancel(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
