@@ -91,7 +91,7 @@
 //! delay index) · `broker` (the transport seam; `local` is the embedded engine, `rabbitmq` the
 //! RabbitMQ bridge) · `events` · `worker` (manager, runner) · `control` (the control socket:
 //! protocol, server, remote broker) · `config` · `engine` (wiring) · `testing` (test helpers
-//! for applications). See ARCHITECTURE.md.
+//! for applications) · `web` (the dashboard, over the public API only). See ARCHITECTURE.md.
 
 // fq runs on Unix only (the control socket is a Unix socket, the free-space watermark reads
 // statvfs): one clear error instead of a cascade of them elsewhere.
