@@ -735,3 +735,69 @@ async fn the_dashboard_works_in_a_real_browser() -> fq::Result<()> {
     worker.stop().await;
     Ok(())
 }
+
+/// The task list filters by queue, status and name, 50 rows a page, with a link to the next.
+#[tokio::test]
+async fn the_task_list_filters_and_pages() -> fq::Result<()> {
+    let (_dir, engine) = engine(None);
+    for n in 0..55 {
+        engine
+            .queue_task_named("web.report", &json!({"kwargs": {"n": n}}))
+            .queue("reports")
+            .send()
+            .await?;
+    }
+    for _ in 0..3 {
+        engine
+            .queue_task_named("web.mail", &json!({}))
+            .send()
+            .await?;
+    }
+    let router = fq::web::router(engine.clone());
+    let rows = |page: &str| page.matches("<tr data-task=").count();
+
+    let first = get(&router, "/tasks?queue=reports", None).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(rows(&first.body), 50);
+    let marker = "id=\"next-page\" href=\"";
+    let start = first.body.find(marker).expect("a next link") + marker.len();
+    let len = first.body[start..].find('"').expect("end of the link");
+    let next = first.body[start..start + len].replace("&amp;", "&");
+    let second = get(&router, &next, None).await;
+    assert_eq!(rows(&second.body), 5, "{next}");
+    assert!(!second.body.contains("id=\"next-page\""));
+
+    // By name (a substring), by status, and both with a queue that has none.
+    assert_eq!(rows(&get(&router, "/tasks?name=mail", None).await.body), 3);
+    assert_eq!(rows(&get(&router, "/tasks?name=web.", None).await.body), 50);
+    assert_eq!(
+        rows(
+            &get(&router, "/tasks?status=PENDING&queue=default", None)
+                .await
+                .body
+        ),
+        3
+    );
+    assert_eq!(
+        rows(&get(&router, "/tasks?status=FAILED", None).await.body),
+        0
+    );
+    assert_eq!(
+        rows(
+            &get(&router, "/tasks?queue=reports&name=mail", None)
+                .await
+                .body
+        ),
+        0
+    );
+    // A bad filter is a 400 that says which.
+    let bad = get(&router, "/tasks?status=SLEEPING", None).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.body.contains("SLEEPING"));
+    let bad = get(&router, "/tasks?after=nope", None).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    // An unknown task is a 404.
+    let missing = get(&router, &format!("/tasks/{}", TaskId::new()), None).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    Ok(())
+}
