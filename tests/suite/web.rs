@@ -801,3 +801,111 @@ async fn the_task_list_filters_and_pages() -> fq::Result<()> {
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     Ok(())
 }
+
+/// Cancel, retry, retry-all-failed and unknown actions, through the dashboard's POSTs.
+#[tokio::test]
+async fn task_and_queue_actions_call_the_engine() -> fq::Result<()> {
+    let (_dir, engine) = engine_with_token();
+    let router = fq::web::router(engine.clone());
+    let session = cookie_pair(&login(&router, TOKEN).await.cookie.expect("a cookie"));
+    let csrf = csrf_of(&get(&router, "/", Some(&session)).await.body).expect("a form");
+    let form = format!("csrf={csrf}");
+    let status = |id| {
+        let engine = engine.clone();
+        async move { engine.task(id).await.ok().flatten().map(|r| r.status) }
+    };
+
+    let waiting = engine.queue_task_named("web.x", &json!({})).send().await?;
+    let page = get(&router, &format!("/tasks/{waiting}"), Some(&session)).await;
+    assert!(page.body.contains(&format!("id=\"cancel-{waiting}\"")));
+    assert!(
+        !page.body.contains(&format!("id=\"retry-{waiting}\"")),
+        "not retryable yet"
+    );
+    // Retrying a PENDING task is the engine's refusal, shown as a 409 page; nothing changes.
+    let reply = post(
+        &router,
+        &format!("/tasks/{waiting}/retry"),
+        Some(&session),
+        &form,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.body);
+    assert_eq!(status(waiting).await, Some(TaskStatus::Pending));
+    let reply = post(
+        &router,
+        &format!("/tasks/{waiting}/cancel"),
+        Some(&session),
+        &form,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER);
+    assert_eq!(status(waiting).await, Some(TaskStatus::Cancelled));
+    let reply = post(
+        &router,
+        &format!("/tasks/{waiting}/retry"),
+        Some(&session),
+        &form,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER);
+    assert_eq!(status(waiting).await, Some(TaskStatus::Pending));
+    // Unknown actions and ids.
+    let reply = post(
+        &router,
+        &format!("/tasks/{waiting}/explode"),
+        Some(&session),
+        &form,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    let reply = post(
+        &router,
+        &format!("/tasks/{}/cancel", TaskId::new()),
+        Some(&session),
+        &form,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    let reply = post(&router, "/queues/default/explode", Some(&session), &form).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+
+    // Retry all failed of one queue: the other queue's failed task stays FAILED.
+    let mut registry = Registry::new();
+    registry.register_fn(
+        "web.broken",
+        |_: serde_json::Value| -> Result<(), TaskError> { Err(TaskError::permanent("no")) },
+    );
+    let here = engine
+        .queue_task_named("web.broken", &json!({}))
+        .queue("a")
+        .send()
+        .await?;
+    let there = engine
+        .queue_task_named("web.broken", &json!({}))
+        .queue("b")
+        .send()
+        .await?;
+    let worker = common::start_worker(&engine, registry, &["a", "b"], 1);
+    for id in [here, there] {
+        assert_eq!(
+            engine.wait(id, common::PATIENCE).await?.status,
+            TaskStatus::Failed
+        );
+    }
+    worker.stop().await;
+    let page = get(&router, "/", Some(&session)).await;
+    assert!(
+        page.body.contains("id=\"retry-failed-a\""),
+        "a button where tasks failed"
+    );
+    assert!(
+        !page.body.contains("id=\"retry-failed-default\""),
+        "none where none did"
+    );
+    let reply = post(&router, "/queues/a/retry-failed", Some(&session), &form).await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER);
+    assert_eq!(status(here).await, Some(TaskStatus::Pending));
+    assert_eq!(status(there).await, Some(TaskStatus::Failed));
+    Ok(())
+}
