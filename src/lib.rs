@@ -81,7 +81,8 @@
 //! runs one handler, and `assert_enqueued` checks what code under test queued.
 //!
 //! ## Features
-//! `cli` (default): the `fq` binary and `fq::cli::run`. `rabbitmq`: the RabbitMQ bridge
+//! `cli` (default): the `fq` binary and `fq::cli::run`; it includes `web`. `web`: the dashboard,
+//! [`web::router`] (axum and maud, no TLS). `rabbitmq`: the RabbitMQ bridge
 //! (lapin, on tokio, without TLS); without it, `broker: rabbitmq` is refused with
 //! [`RabbitError::NotBuilt`].
 //!
@@ -90,7 +91,7 @@
 //! delay index) · `broker` (the transport seam; `local` is the embedded engine, `rabbitmq` the
 //! RabbitMQ bridge) · `events` · `worker` (manager, runner) · `control` (the control socket:
 //! protocol, server, remote broker) · `config` · `engine` (wiring) · `testing` (test helpers
-//! for applications). See ARCHITECTURE.md.
+//! for applications) · `web` (the dashboard, over the public API only). See ARCHITECTURE.md.
 
 // fq runs on Unix only (the control socket is a Unix socket, the free-space watermark reads
 // statvfs): one clear error instead of a cascade of them elsewhere.
@@ -120,6 +121,8 @@ mod store;
 mod sync;
 mod task;
 pub mod testing;
+#[cfg(feature = "web")]
+pub mod web;
 mod worker;
 
 pub use broker::local::RecoveryReport;
@@ -130,7 +133,7 @@ pub use broker::{
 };
 pub use clock::{Clock, ManualClock, Millis, SystemClock};
 pub use config::{
-    BrokerKind, Config, ConfigError, ControlConfig, DurationError, QueueLimits, Rate,
+    BrokerKind, Config, ConfigError, ControlConfig, DurationError, HttpConfig, QueueLimits, Rate,
     parse_duration,
 };
 pub use control::{ConnectOptions, ControlError};

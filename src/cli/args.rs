@@ -113,6 +113,10 @@ pub(crate) struct ServeArgs {
     /// localhost:7878; any other address needs `control.token` in the configuration
     #[arg(long, value_name = "ADDR", value_parser = parse_listen_arg)]
     pub(crate) listen: Option<SocketAddr>,
+    /// Serve the web dashboard on this address (`http.listen`): 127.0.0.1:8080 or
+    /// localhost:8080; any other address needs `http.token` in the configuration
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_arg)]
+    pub(crate) http: Option<SocketAddr>,
     /// How long to wait for a store another process holds before giving up
     /// [default: `worker.lock_wait`, else 10s]
     #[arg(long, value_name = "DURATION", value_parser = parse_worker_wait)]
@@ -129,6 +133,10 @@ pub(crate) enum WorkerCommand {
 /// `worker start` flags; each defaults to the configuration's `worker` section.
 #[derive(Debug, Args)]
 pub(crate) struct WorkerStartArgs {
+    /// Serve the web dashboard on this address (`http.listen`): 127.0.0.1:8080 or
+    /// localhost:8080; any other address needs `http.token` in the configuration
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_arg)]
+    pub(crate) http: Option<SocketAddr>,
     /// Queues to serve, comma-separated, highest priority first across all of them
     #[arg(long, value_name = "A,B", value_delimiter = ',', num_args = 1..,
           value_parser = parse_queue)]

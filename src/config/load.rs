@@ -9,7 +9,8 @@ use std::time::Duration;
 use super::DurationStyle::Exact;
 use super::env::{self, Lookup};
 use super::file::{self, Format};
-use super::{BrokerKind, Config, ConfigError, check_name, decode, format_duration};
+use super::{BrokerKind, Config, ConfigError, check_name, decode};
+use super::{exposed_without_token, format_duration};
 use super::{MAX_CLEANUP_INTERVAL_HOURS, MAX_CONCURRENCY, MAX_CONTROL_CONNECTIONS};
 use super::{MAX_RETAIN_DAYS, MAX_RETRIES, MAX_TASK_DELAY, MAX_WORKER_WAIT};
 
@@ -106,7 +107,8 @@ impl Config {
     /// `limits.max_frame_bytes` > `max_payload_bytes`; `limits.max_pending`, when set, ≥ 1;
     /// `control.socket`, when set, non-empty; `control.token`, when set, non-empty;
     /// `control.listen` other than a loopback address only with `control.token`;
-    /// `control.max_connections` 1 to 65 536; each `queues.<name>` a queue name, its
+    /// `control.max_connections` 1 to 65 536; `http.token`, when set, non-empty; `http.listen`
+    /// other than a loopback address only with `http.token`; each `queues.<name>` a queue name, its
     /// `concurrency`, when set, 1 to 1 000 000, its `rate`, when set, `STARTS/PERIOD` with
     /// 1 to 1 000 000 starts per 1 ms to 1 day, and neither with `broker = "rabbitmq"`.
     ///
@@ -192,8 +194,7 @@ impl Config {
         let empty_token = k.token.as_ref().is_some_and(String::is_empty);
         when(empty_token, "control.token", message)?;
         if let Some(listen) = k.listen
-            && !listen.ip().is_loopback()
-            && k.token.is_none()
+            && exposed_without_token(listen, k.token.as_deref())
         {
             let message = format!(
                 "{listen} is not a loopback address: set control.token so that only clients \
@@ -203,6 +204,20 @@ impl Config {
         }
         let (connections, most) = (k.max_connections, MAX_CONTROL_CONNECTIONS);
         range("control.max_connections", connections, 1, most)?;
+
+        let h = &self.http;
+        let empty_token = h.token.as_ref().is_some_and(String::is_empty);
+        let message = "must not be empty (leave it out for a read-only dashboard)";
+        when(empty_token, "http.token", message)?;
+        if let Some(listen) = h.listen
+            && exposed_without_token(listen, h.token.as_deref())
+        {
+            let message = format!(
+                "{listen} is not a loopback address: set http.token so that only those holding \
+                 it can act, or listen on 127.0.0.1"
+            );
+            return fail("http.listen", message);
+        }
 
         for (queue, settings) in &self.queues {
             name(&format!("queues.{queue}"), queue)?;

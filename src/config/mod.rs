@@ -123,6 +123,9 @@ section! {
         pub limits: Limits = Limits::default(),
         /// Where the engine listens for other processes (CLI, remote producers and workers).
         pub control: ControlConfig = ControlConfig::default(),
+        /// The web dashboard (`fq serve --http`, `fq::web::router`): where it listens, and the
+        /// token that unlocks its actions.
+        pub http: HttpConfig = HttpConfig::default(),
         /// Recurring schedules the owning engine declares at open (`[[schedules]]`).
         pub schedules: Vec<ScheduleConfig> = Vec::new(),
         /// Per-queue settings by queue name (`[queues.emails]`): concurrency and rate limits.
@@ -348,6 +351,32 @@ section! {
         /// beyond it gets an error and is disconnected.
         pub max_connections: usize = 256,
     }
+}
+
+section! {
+    /// The web dashboard (config section `http`): where `fq serve --http` and
+    /// `fq worker start --http` listen, and the token that unlocks its actions. `Debug` redacts
+    /// the token.
+    pub struct HttpConfig {
+        /// The address to serve the dashboard on, e.g. `127.0.0.1:8080`; `None` (default)
+        /// means no dashboard unless `--http` asks for one. `localhost:PORT` means
+        /// `127.0.0.1:PORT`. Any address other than a loopback one requires `token`.
+        #[serde(deserialize_with = "decode::listen")]
+        pub listen: Option<SocketAddr> = None,
+        /// The secret that unlocks the dashboard's actions (retry, cancel, purge, pause), typed
+        /// into its login form; `None` (default) means a read-only dashboard, allowed only on a
+        /// loopback address. Usually `${FQ_HTTP_TOKEN}` in files.
+        pub token: Option<String> = None
+            => |token: &Option<String>| token.as_ref().map(|_| REDACTED),
+    }
+}
+
+/// Whether a listener on `listen` would be open to other machines without a token: true for an
+/// address other than loopback when `token` is `None`. The one rule behind `control.listen`
+/// and `http.listen` (both refused in that case), so the two cannot drift apart.
+#[must_use]
+pub fn exposed_without_token(listen: SocketAddr, token: Option<&str>) -> bool {
+    !listen.ip().is_loopback() && token.is_none()
 }
 
 impl ControlConfig {

@@ -62,6 +62,10 @@ socket = "/run/fq/${STORE_NAME}.sock"
 listen = "0.0.0.0:7878"
 token = "${CONTROL_TOKEN}"
 max_connections = 32
+
+[http]
+listen = "0.0.0.0:8080"
+token = "${HTTP_TOKEN}"
 "#;
 
 /// The same settings as [`FULL_TOML`], in a Framefox services.yaml among other sections.
@@ -112,6 +116,9 @@ task:
     listen: 0.0.0.0:7878
     token: ${CONTROL_TOKEN}
     max_connections: 32
+  http:
+    listen: 0.0.0.0:8080
+    token: ${HTTP_TOKEN}
 database:
   url: sqlite:///app.db
 "#;
@@ -121,6 +128,7 @@ fn full_env() -> impl Fn(&str) -> Option<String> {
         ("STORE_NAME", "tasks"),
         ("RABBIT_PASSWORD", "s3cret"),
         ("CONTROL_TOKEN", "t0ken"),
+        ("HTTP_TOKEN", "w3b"),
     ])
 }
 
@@ -168,6 +176,10 @@ fn full_config() -> Config {
             listen: Some(SocketAddr::from(([0, 0, 0, 0], 7878))),
             token: Some("t0ken".into()),
             max_connections: 32,
+        },
+        http: HttpConfig {
+            listen: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
+            token: Some("w3b".into()),
         },
         schedules: Vec::new(),
         queues: std::collections::BTreeMap::new(),
@@ -715,6 +727,21 @@ fn each_validation_rule_names_its_key() -> TestResult {
             "is not a loopback address",
         ),
         (
+            |c| c.http.token = Some(String::new()),
+            "http.token",
+            "must not be empty",
+        ),
+        (
+            |c| c.http.listen = Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
+            "http.listen",
+            "0.0.0.0:8080 is not a loopback address: set http.token",
+        ),
+        (
+            |c| c.http.listen = Some(SocketAddr::from(([192, 168, 1, 4], 0))),
+            "http.listen",
+            "is not a loopback address",
+        ),
+        (
             |c| c.control.max_connections = 0,
             "control.max_connections",
             "must be at least 1, got 0",
@@ -815,6 +842,15 @@ fn control_section_errors_name_the_key() {
             "control.max_connections: must not be negative",
         ),
         ("[control]\nsokcet = \"x\"", "unknown key control.sokcet"),
+        ("[http]\ntokn = \"x\"", "unknown key http.tokn"),
+        (
+            "[http]\nlisten = \"nowhere\"",
+            "http.listen: expected an address",
+        ),
+        (
+            "[http]\nlisten = \"0.0.0.0:1\"",
+            "http.listen: 0.0.0.0:1 is not a loopback",
+        ),
         (
             "[control]\nlisten = \"0.0.0.0:1\"",
             "control.listen: 0.0.0.0:1 is not a loopback",
@@ -2262,4 +2298,33 @@ mod decode {
         assert_eq!(edit_distance("kitten", "sitting"), 3);
         assert_eq!(edit_distance("héllo", "hello"), 1);
     }
+}
+
+/// The dashboard follows the control socket's rule (one function, `exposed_without_token`):
+/// loopback without a token is fine, anything else needs one; the token never shows in `Debug`.
+#[test]
+fn http_listen_needs_a_token_off_loopback() -> TestResult {
+    let mut config = Config::default();
+    assert_eq!(config.http, HttpConfig::default());
+    assert_eq!(
+        (config.http.listen, config.http.token.as_deref()),
+        (None, None)
+    );
+    for loopback in ["127.0.0.1:8080", "[::1]:8080", "localhost:8080"] {
+        config.http.listen = Some(parse_listen(loopback)?);
+        config.validate()?;
+    }
+    config.http.listen = Some(parse_listen("0.0.0.0:8080")?);
+    assert!(config.validate().is_err(), "no token: refused");
+    config.http.token = Some("hunter2".into());
+    config.validate()?;
+    let shown = format!("{:?}", config.http);
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains(REDACTED), "{shown}");
+    // The shared rule itself, both ways.
+    let open = parse_listen("10.0.0.1:1")?;
+    assert!(exposed_without_token(open, None));
+    assert!(!exposed_without_token(open, Some("t")));
+    assert!(!exposed_without_token(parse_listen("127.0.0.1:1")?, None));
+    Ok(())
 }

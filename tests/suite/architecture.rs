@@ -10,7 +10,8 @@
 //! - `store` uses nothing but `task`, `error`, `clock`, `sync` (and itself);
 //! - only `store` uses `redb`;
 //! - `cli` uses only the public API: `crate::cli::…`, names `src/lib.rs` re-exports with
-//!   `pub use`, and items declared `pub` in the modules `src/lib.rs` declares `pub mod`.
+//!   `pub use`, and items declared `pub` in the modules `src/lib.rs` declares `pub mod`;
+//! - `web` (the dashboard) likewise: `crate::web::…` and the public API, nothing internal.
 //!
 //! A name re-exported at the crate root (`crate::Engine`) counts as a use of the module it comes
 //! from (`engine`). `src/lib.rs` (the crate root, which wires the modules) and `src/main.rs`
@@ -44,6 +45,8 @@ const QUEUE_STORE: &str = "queue/ must not use store";
 const TASK_UPWARD: &str = "task/ must not use worker, broker, engine, control or cli";
 const STORE_ONLY: &str = "store/ may use only task, error, clock and sync";
 const REDB_ONLY_STORE: &str = "only store/ may use redb";
+const WEB_PUBLIC: &str =
+    "web/ may use only crate::web and the public API (lib.rs `pub use`, `pub` items of `pub mod`s)";
 const CLI_PUBLIC: &str =
     "cli/ may use only crate::cli and the public API (lib.rs `pub use`, `pub` items of `pub mod`s)";
 
@@ -547,7 +550,7 @@ fn check_file(
             "store" if !["task", "error", "clock", "sync"].contains(&target.as_str()) => {
                 violation(STORE_ONLY)
             }
-            "cli" => {
+            "cli" | "web" => {
                 let public = surface.reexports.contains_key(first)
                     || (surface.pub_mods.contains(first)
                         && absolute.get(1).is_none_or(|item| {
@@ -558,7 +561,11 @@ fn check_file(
                                     .is_some_and(|items| items.contains(item))
                         }));
                 if !public {
-                    violation(CLI_PUBLIC);
+                    violation(if module == "cli" {
+                        CLI_PUBLIC
+                    } else {
+                        WEB_PUBLIC
+                    });
                 }
             }
             _ => {}
@@ -648,6 +655,7 @@ fn the_checker_catches_each_rule() {
         mod queue;
         mod store;
         mod task;
+        pub mod web;
         pub use engine::Engine;
         pub use task::{TaskId, TaskStatus};
     "#;
@@ -675,6 +683,10 @@ fn the_checker_catches_each_rule() {
             "src/cli/mod.rs",
             "use crate::cli::args::Args;\nuse crate::{Engine, TaskId};\nuse crate::config::{parse, internal};\nuse crate::engine::EngineBuilder;\nuse crate::queue;\nuse super::store::Store;",
         ),
+        (
+            "src/web/pages.rs",
+            "use crate::web::Dashboard;\nuse crate::{Engine, TaskId};\nuse crate::engine::EngineBuilder;\nuse crate::config::parse;",
+        ),
     ]
     .into_iter()
     .map(|(path, text)| (path.to_owned(), text.to_owned()))
@@ -695,6 +707,7 @@ fn the_checker_catches_each_rule() {
         ("src/store/mod.rs", 1, STORE_ONLY),
         ("src/task/mod.rs", 1, TASK_UPWARD),
         ("src/task/record.rs", 1, TASK_UPWARD),
+        ("src/web/pages.rs", 3, WEB_PUBLIC),
     ]
     .into_iter()
     .map(|(f, l, r)| (f.to_owned(), l, r))

@@ -1492,3 +1492,47 @@ fn a_worker_holds_a_paused_queue_without_cost_and_runs_it_after_resume() {
     let (code, _) = worker.terminate();
     assert_eq!(code, Some(0));
 }
+
+/// `--http ADDR` on `fq serve` and `fq worker start` serves the dashboard beside the command
+/// (the JSON banner names its URL); an address other than loopback without `http.token` is a
+/// usage error before anything is served.
+#[test]
+fn serve_and_worker_serve_the_dashboard_with_http() {
+    use std::io::{Read, Write};
+    let fq = Fq::new();
+    fq.enqueue(&["fq.demo.echo", "--queue", "shown"]);
+    for owner in [&["serve"][..], &["worker", "start", "--interval", "1"][..]] {
+        let refused = fq.run(&[owner, &["--http", "0.0.0.0:0"]].concat());
+        refused.fails(2, "http.token");
+        let mut child = fq
+            .command(&[owner, &["--json", "--http", "127.0.0.1:0"]].concat())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        let url = ready["http"]
+            .as_str()
+            .expect("the dashboard's URL")
+            .to_owned();
+        let addr = url
+            .strip_prefix("http://")
+            .and_then(|rest| rest.strip_suffix('/'))
+            .expect("http://ADDR/");
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: fq\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut page = String::new();
+        stream.read_to_string(&mut page).unwrap();
+        assert!(page.starts_with("HTTP/1.1 200"), "{owner:?}: {page}");
+        assert!(page.contains("data-queue=\"shown\""), "{owner:?}: {page}");
+        let killed = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        assert_eq!(child.wait().unwrap().code(), Some(0), "{owner:?}");
+    }
+}

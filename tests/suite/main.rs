@@ -46,4 +46,6 @@ mod testing;
 mod timeout_cancel;
 mod unique;
 mod wait;
+#[cfg(feature = "web")]
+mod web;
 mod web_app;

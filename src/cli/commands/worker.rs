@@ -31,6 +31,7 @@ pub(crate) async fn start(
     let shutdown_timeout = args.shutdown_timeout.unwrap_or(settings.shutdown_timeout);
     let names = registry.names().join(", ");
 
+    let dashboard = super::serve::Dashboard::start(&engine, args.http).await?;
     let mut worker = engine.worker(registry);
     worker
         .set_queues(queues.clone())
@@ -51,6 +52,7 @@ pub(crate) async fn start(
             "queues": queues,
             "concurrency": concurrency,
             "polling_interval_ms": u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+            "http": dashboard.as_ref().map(|d| format!("http://{}/", d.addr())),
         }))?;
     } else {
         out.text(&format!(
@@ -60,6 +62,9 @@ pub(crate) async fn start(
             format_duration(interval, DurationStyle::Short),
             if names.is_empty() { "(none registered)" } else { &names },
         ))?;
+        if let Some(dashboard) = &dashboard {
+            out.text(&format!("dashboard: http://{}/", dashboard.addr()))?;
+        }
     }
 
     let mut running = tokio::spawn(async move { worker.start().await });
@@ -99,6 +104,9 @@ pub(crate) async fn start(
         while let Some(event) = stream.recv_timeout(std::time::Duration::ZERO).await {
             print_event(out, &event)?;
         }
+    }
+    if let Some(dashboard) = dashboard {
+        dashboard.stop().await;
     }
     let report = joined
         .map_err(|error| CliError::from_error(error).context("the worker stopped abnormally"))?

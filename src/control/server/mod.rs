@@ -86,8 +86,7 @@ impl ControlServer {
             settings.store = absolute;
         }
         if let Some(listen) = settings.listen
-            && !listen.ip().is_loopback()
-            && settings.token.is_none()
+            && crate::config::exposed_without_token(listen, settings.token.as_deref())
         {
             return Err(ControlError::InsecureListen { addr: listen });
         }
