@@ -10,9 +10,9 @@ use super::DurationStyle::Exact;
 use super::env::{self, Lookup};
 use super::file::{self, Format};
 use super::{BrokerKind, Config, ConfigError, check_name, decode};
-use super::{exposed_without_token, format_duration};
 use super::{MAX_CLEANUP_INTERVAL_HOURS, MAX_CONCURRENCY, MAX_CONTROL_CONNECTIONS};
 use super::{MAX_RETAIN_DAYS, MAX_RETRIES, MAX_TASK_DELAY, MAX_WORKER_WAIT};
+use super::{exposed_without_token, format_duration};
 
 impl Config {
     /// Loads the configuration for this process.

@@ -3,17 +3,18 @@
 //! outcome, which the producer applies without it), and its outcome kept in the store's
 //! report outbox in the commit that records the run, *before* the delivery is acknowledged.
 //! One sender loop per bridge publishes them: what waits when it gets a turn goes out as one
-//! batch message per reply queue (confirmed), a start whose outcome is in the same batch is
-//! left out, and at most [`BATCHES_IN_FLIGHT`] batches wait for a confirm, so reports
+//! batch message per reply queue (confirmed), a start waits up to [`START_LINGER`] and is
+//! left out when its outcome comes first, and at most [`BATCHES_IN_FLIGHT`] batches wait for a confirm, so reports
 //! gather while RabbitMQ syncs. An outcome's outbox row is deleted at its batch's confirm: a
 //! broker or a worker that goes away costs a report sent twice, never an outcome. When the
 //! reply queue is this store's own (producer and worker share a store), nothing goes over
 //! RabbitMQ: the start is applied directly and the recorded run is the outcome.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Weak;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::super::report::{EncodedBatch, encode_batch, publish_report};
 use super::*;
@@ -46,6 +47,8 @@ pub(super) fn report_starts(bridge: &Arc<Bridge>, starts: Vec<(TaskId, String, u
     }
 }
 
+/// How long a start's report waits for its run's outcome before it goes alone.
+const START_LINGER: Duration = Duration::from_millis(100);
 /// Batch messages that may wait for RabbitMQ's confirm at once.
 const BATCHES_IN_FLIGHT: usize = 16;
 /// Reports in one batch message at most.
@@ -193,27 +196,47 @@ pub(super) fn send(bridge: &Bridge, pending: PendingReport) {
 }
 
 /// The sender loop: takes what waits, as one batch per reply queue, while fewer than
-/// [`BATCHES_IN_FLIGHT`] wait for a confirm. Ends with the bridge.
+/// [`BATCHES_IN_FLIGHT`] wait for a confirm. A start waits up to [`START_LINGER`] for its
+/// outcome, which then reports the run alone (most runs are short: this halves what the
+/// producer applies). Ends with the bridge.
 pub(crate) async fn run_sender(bridge: Weak<Bridge>, ReportQueue(mut queue): ReportQueue) {
     let window = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
-    while let Some(first) = queue.recv().await {
+    // Starts not sent yet, oldest first, with when they arrived.
+    let mut lingering: VecDeque<(Instant, Outgoing)> = VecDeque::new();
+    loop {
+        let received = match lingering.front() {
+            Some((since, _)) => tokio::time::timeout_at(*since + START_LINGER, queue.recv())
+                .await
+                .ok(),
+            None => Some(queue.recv().await),
+        };
+        let mut waiting = match received {
+            // The bridge is gone: what lingers was best effort.
+            Some(None) => return,
+            Some(Some(first)) => vec![first],
+            // The oldest start's wait is over.
+            None => Vec::new(),
+        };
         // Reports gather in the queue while the window is full: the next batch is bigger.
         let Ok(permit) = Arc::clone(&window).acquire_owned().await else {
             return;
         };
-        let mut waiting = vec![first];
         while waiting.len() < BATCH_REPORTS * BATCHES_IN_FLIGHT {
             match queue.try_recv() {
                 Ok(outgoing) => waiting.push(outgoing),
                 Err(_) => break,
             }
         }
+        let now = Instant::now();
+        let due = take_due(&mut lingering, waiting, now);
+        if due.is_empty() {
+            continue;
+        }
         let Some(bridge) = bridge.upgrade() else {
             return;
         };
-        let batches = batches(waiting);
         let mut permit = Some(permit);
-        for (reply_to, batch) in batches {
+        for (reply_to, batch) in batches(due) {
             let permit = match permit.take() {
                 Some(permit) => permit,
                 None => match Arc::clone(&window).acquire_owned().await {
@@ -228,6 +251,36 @@ pub(crate) async fn run_sender(bridge: Weak<Bridge>, ReportQueue(mut queue): Rep
             });
         }
     }
+}
+
+/// What goes out now, given what just arrived at `now`: every outcome, and the starts that
+/// have lingered [`START_LINGER`] without one. New starts join `lingering`; a start whose
+/// outcome arrived leaves it unsent.
+fn take_due(
+    lingering: &mut VecDeque<(Instant, Outgoing)>,
+    arrived: Vec<Outgoing>,
+    now: Instant,
+) -> Vec<Outgoing> {
+    let mut due = Vec::new();
+    for outgoing in arrived {
+        match outgoing {
+            Outgoing::Start { .. } => lingering.push_back((now, outgoing)),
+            Outgoing::Outcome(_) => due.push(outgoing),
+        }
+    }
+    if !due.is_empty() && !lingering.is_empty() {
+        let ended: HashSet<(TaskId, u32)> = due.iter().map(Outgoing::key).collect();
+        lingering.retain(|(_, start)| !ended.contains(&start.key()));
+    }
+    while lingering
+        .front()
+        .is_some_and(|(since, _)| *since + START_LINGER <= now)
+    {
+        if let Some((_, start)) = lingering.pop_front() {
+            due.push(start);
+        }
+    }
+    due
 }
 
 /// Groups reports by reply queue into batches of at most [`BATCH_REPORTS`] reports and
@@ -391,6 +444,36 @@ mod tests {
                 ("fq.replies.y".to_owned(), vec![((b, 1), false)]),
             ]
         );
+    }
+
+    #[test]
+    fn starts_linger_until_their_outcome_or_their_time() {
+        let (a, b) = (TaskId::new(), TaskId::new());
+        let t0 = Instant::now();
+        let mut lingering = VecDeque::new();
+        // Starts arrive: nothing goes out yet.
+        let due = take_due(
+            &mut lingering,
+            vec![started(a, 1, "q"), started(b, 1, "q")],
+            t0,
+        );
+        assert!(due.is_empty());
+        // a's outcome arrives: it goes, and a's start is never sent.
+        let due = take_due(
+            &mut lingering,
+            vec![ended(a, 1, "q")],
+            t0 + START_LINGER / 2,
+        );
+        let keys: Vec<_> = due.iter().map(Outgoing::key).collect();
+        assert_eq!(keys, vec![(a, 1)]);
+        assert!(matches!(due[0], Outgoing::Outcome(_)));
+        // b's run goes on: its start goes once it has lingered long enough, not before.
+        assert!(take_due(&mut lingering, Vec::new(), t0 + START_LINGER / 2).is_empty());
+        let due = take_due(&mut lingering, Vec::new(), t0 + START_LINGER);
+        let keys: Vec<_> = due.iter().map(Outgoing::key).collect();
+        assert_eq!(keys, vec![(b, 1)]);
+        assert!(matches!(due[0], Outgoing::Start { .. }));
+        assert!(lingering.is_empty());
     }
 
     #[test]
