@@ -48,3 +48,5 @@ mod timeout_cancel;
 mod unique;
 mod wait;
 mod web_app;
+mod why;
+mod workers;
