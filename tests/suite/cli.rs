@@ -1480,3 +1480,64 @@ fn a_worker_holds_a_paused_queue_without_cost_and_runs_it_after_resume() {
     let (code, _) = worker.terminate();
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn show_why_and_workers_report_history_waits_and_workers() {
+    let fq = Fq::new();
+    let waiting = id_of(&fq.enqueue(&["app.mail", "--queue", "emails"]));
+    // Nobody serves the store: no live worker, and `why` says so.
+    let why = fq.run(&["why", &waiting]);
+    assert!(
+        why.ok().contains("No live worker serves queue emails"),
+        "{why:#?}"
+    );
+    let facts = fq.run(&["why", "--json", &waiting]).json();
+    assert_eq!(facts["status"], "PENDING");
+    assert_eq!(facts["workers_serving_queue"], 0);
+    assert_eq!(facts["ahead"], 0);
+    assert_eq!(
+        fq.run(&["workers", "--json"]).json(),
+        json!({"live": [], "gone": []})
+    );
+
+    // A worker that has no handler for it runs it: FAILED, one attempt in the history, and
+    // the worker listed while it runs, then gone as stopped.
+    let mut worker = fq.spawn_worker(&["--queues", "emails"]);
+    worker.wait_for(" FAILED ");
+    let live = fq.run(&["workers", "--json"]).json();
+    assert_eq!(live["live"].as_array().unwrap().len(), 1, "{live:#}");
+    assert_eq!(live["live"][0]["queues"], json!(["emails"]));
+    assert_eq!(live["live"][0]["failed"], 1);
+    let worker_id = live["live"][0]["id"].as_str().unwrap().to_owned();
+    let table = fq.run(&["workers"]);
+    assert!(table.ok().contains(&worker_id), "{table:#?}");
+
+    let shown = fq.run(&["show", "--json", &waiting]).json();
+    assert_eq!(shown["status"], "FAILED");
+    let history = shown["history"].as_array().unwrap();
+    assert_eq!(history.len(), 1, "{shown:#}");
+    assert_eq!(history[0]["attempt"], 1);
+    assert_eq!(history[0]["outcome"], "error");
+    assert_eq!(history[0]["worker"], worker_id.as_str());
+    assert_eq!(history[0]["error"]["kind"], "unknown_task");
+    let text = fq.run(&["show", &waiting]);
+    assert!(text.ok().contains("attempts:\n#  STARTED"), "{text:#?}");
+    assert!(text.ok().contains("unknown_task"), "{text:#?}");
+    let ended = fq.run(&["why", &waiting]);
+    assert!(
+        ended.ok().contains("is FAILED after 1 attempt(s)"),
+        "{ended:#?}"
+    );
+    assert!(
+        ended.ok().contains(&format!("fq retry {waiting}")),
+        "{ended:#?}"
+    );
+
+    let (code, _) = worker.terminate();
+    assert_eq!(code, Some(0));
+    // The worker was the store's owner: with it gone, nobody keeps the list.
+    assert_eq!(
+        fq.run(&["workers", "--json"]).json(),
+        json!({"live": [], "gone": []})
+    );
+}
