@@ -237,3 +237,76 @@ async fn retention_deletes_the_history_with_the_task() -> fq::Result<()> {
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_run_released_at_shutdown_is_listed_as_released() -> fq::Result<()> {
+    let (_dir, engine) = common::engine();
+    let mut registry = Registry::new();
+    registry.register_async(
+        "test.forever",
+        |_: serde_json::Value, _: TaskContext| async {
+            std::future::pending::<()>().await;
+            Ok(json!(null))
+        },
+    );
+    let mut worker = engine.worker(registry);
+    worker
+        .set_queues(["slow"])
+        .set_handle_signals(false)
+        .set_shutdown_timeout(Duration::from_millis(50));
+    let stop = worker.shutdown_handle();
+    let run = tokio::spawn(async move { worker.start().await });
+    let id = engine
+        .queue_task_named("test.forever", &json!({}))
+        .queue("slow")
+        .send()
+        .await?;
+    common::eventually(
+        "the task running",
+        common::PATIENCE,
+        Duration::from_millis(20),
+        || {
+            let engine = engine.clone();
+            async move {
+                engine
+                    .task(id)
+                    .await
+                    .is_ok_and(|t| t.is_some_and(|t| t.status == TaskStatus::Running))
+            }
+        },
+    )
+    .await;
+    let worker_id = engine.workers().await?.live[0].info.id;
+    stop.shutdown();
+    let report = run.await.expect("the worker joins")?;
+    assert_eq!(report.released, 1);
+    let record = engine.task(id).await?.unwrap();
+    assert_eq!((record.status, record.attempts), (TaskStatus::Pending, 0));
+    let history = engine.attempts(id).await?;
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].attempt, 1);
+    assert_eq!(history[0].outcome, AttemptOutcome::Released);
+    assert_eq!(history[0].worker, Some(worker_id));
+    Ok(())
+}
+
+#[test]
+fn a_run_whose_process_ended_is_listed_as_worker_lost_after_recovery() -> fq::Result<()> {
+    let mut model = fq::internals::ModelEngine::create(Duration::from_secs(60))?;
+    let id = model.block_on(
+        model
+            .engine()
+            .queue_task_named("test.fails", &json!({}))
+            .send(),
+    )?;
+    assert_eq!(model.claim(&["default"], 1)?.len(), 1);
+    model.crash_and_reopen()?;
+    let history = model.block_on(model.engine().attempts(id))?;
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].outcome, AttemptOutcome::WorkerLost);
+    assert_eq!(
+        history[0].error.as_ref().map(|e| e.kind),
+        Some(FailureKind::WorkerLost)
+    );
+    Ok(())
+}
