@@ -2,7 +2,8 @@
 //! its newest attempts (`limits.attempt_history`). Written in the transaction that settles
 //! the run and deleted with the task, so it costs no fsync of its own; the claim path never
 //! touches it. Rows are a version byte, the postcard list and a CRC-32 of both, like task
-//! records. Reads and writes those rows only.
+//! records. Reads and writes those rows only, plus one read-only count over the waiting index
+//! for `explain` (how many tasks wait ahead of one).
 
 use redb::ReadableTable;
 

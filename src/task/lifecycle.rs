@@ -261,7 +261,9 @@ pub(crate) fn finish_run(
         worker: None,
         outcome: match outcome {
             Outcome::Failed { failure, .. } => AttemptOutcome::of_failure(failure.kind),
-            Outcome::Completed { .. } | Outcome::Released => AttemptOutcome::Completed,
+            Outcome::Completed { .. } => AttemptOutcome::Completed,
+            // Refused below: a released run is recorded by `settle`.
+            Outcome::Released => AttemptOutcome::Released,
         },
         error: match outcome {
             Outcome::Failed { failure, .. } => Some(StoredFailure {
