@@ -127,9 +127,11 @@ mod worker;
 
 pub use broker::local::RecoveryReport;
 pub use broker::{
-    BoxFuture, Broker, Chained, CleanupReport, IntoDelay, ListQuery, NewTask, Outcome, QueueStats,
-    QueueTask, Queued, RabbitError, RabbitQueueStats, RabbitStats, RetentionPolicy, SettleReport,
-    Settlement, Stats,
+    BoxFuture, Broker, Chained, CleanupReport, EndReason, Explanation, GoneReason, GoneWorker,
+    IntoDelay, ListQuery, LiveWorker, NewTask, Outcome, QueueStats, QueueTask, Queued, RabbitError,
+    RabbitQueueStats, RabbitStats, RetentionPolicy, RunningAttempt, SettleReport, Settlement,
+    Stats, WORKER_HEARTBEAT_INTERVAL, WORKER_LOST_AFTER, WORKERS_GONE_KEPT, WorkerInfo,
+    WorkersReport,
 };
 pub use clock::{Clock, ManualClock, Millis, SystemClock};
 pub use config::{
@@ -148,7 +150,8 @@ pub use schedule::{
 pub use store::{CustomBackend, IntegrityReport};
 pub use store::{StoreError, store_commit_rate};
 pub use task::{
-    FailureKind, MAX_PAYLOAD_DEPTH, MAX_UNIQUE_FOR, MAX_UNIQUE_KEY_BYTES, Payload, RetryPolicy,
-    TaskError, TaskErrorKind, TaskFailure, TaskId, TaskRecord, TaskStatus,
+    AttemptOutcome, AttemptRecord, DEFAULT_ATTEMPT_HISTORY, FailureKind, MAX_PAYLOAD_DEPTH,
+    MAX_UNIQUE_FOR, MAX_UNIQUE_KEY_BYTES, Payload, RetryPolicy, TaskError, TaskErrorKind,
+    TaskFailure, TaskId, TaskRecord, TaskStatus, WorkerId,
 };
 pub use worker::{ShutdownHandle, SignalError, Signals, WorkerManager, WorkerReport};

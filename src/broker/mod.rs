@@ -3,8 +3,10 @@
 //! `database`).
 
 mod enqueue;
+pub(crate) mod explain;
 pub(crate) mod local;
 pub(crate) mod rabbitmq;
+pub(crate) mod workers;
 
 use std::fmt;
 use std::future::Future;
@@ -17,13 +19,18 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) use enqueue::EnqueueDefaults;
 pub use enqueue::{IntoDelay, QueueTask};
+pub use explain::{EndReason, Explanation};
 pub use rabbitmq::RabbitError;
+pub use workers::{
+    GoneReason, GoneWorker, LiveWorker, RunningAttempt, WORKER_HEARTBEAT_INTERVAL,
+    WORKER_LOST_AFTER, WORKERS_GONE_KEPT, WorkerInfo, WorkersReport,
+};
 
 use crate::Result;
 use crate::clock::Millis;
 use crate::config::QueueLimits;
 use crate::events::EventBus;
-use crate::task::{Payload, TaskId, TaskRecord, TaskStatus};
+use crate::task::{AttemptRecord, Payload, TaskId, TaskRecord, TaskStatus, WorkerId};
 
 /// A boxed, sendable future: what the object-safe [`Broker`] methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -369,6 +376,63 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 
     /// The largest payload accepted, in bytes.
     fn max_payload_bytes(&self) -> usize;
+
+    /// Task `id`'s attempt history, oldest first (README "Attempt history"). The default,
+    /// for a broker that keeps none, is empty.
+    fn attempts(&self, id: TaskId) -> BoxFuture<'_, Result<Vec<AttemptRecord>>> {
+        let _ = id;
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// Where task `id` stands and what it waits for (`fq why`).
+    ///
+    /// # Errors
+    /// [`crate::Error::NotFound`] for an unknown task; [`crate::Error::Internal`] for a
+    /// broker that cannot tell (the default).
+    fn explain(&self, id: TaskId) -> BoxFuture<'_, Result<Explanation>> {
+        let _ = id;
+        Box::pin(async {
+            Err(crate::Error::Internal(
+                "explaining a task (fq why) needs the engine that owns the store".into(),
+            ))
+        })
+    }
+
+    /// A worker starts: the engine that owns the store lists it as live (README "Live
+    /// workers"). The default ignores it.
+    fn announce_worker(&self, info: WorkerInfo) -> BoxFuture<'_, Result<()>> {
+        let _ = info;
+        Box::pin(async { Ok(()) })
+    }
+
+    /// A worker's periodic heartbeat, with the attempts it runs. False when the owner does
+    /// not know the worker (it restarted, or found the worker lost): announce it again.
+    fn worker_heartbeat(
+        &self,
+        worker: WorkerId,
+        running: Vec<(TaskId, u32)>,
+    ) -> BoxFuture<'_, Result<bool>> {
+        let _ = (worker, running);
+        Box::pin(async { Ok(true) })
+    }
+
+    /// A worker stops.
+    fn worker_stopped(&self, worker: WorkerId) -> BoxFuture<'_, Result<()>> {
+        let _ = worker;
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Worker `worker` claimed these attempts: each one's history names it. Called right
+    /// after the claim, before the attempts are settled; costs no I/O (a remote broker
+    /// sends it with each settlement).
+    fn worker_claimed(&self, worker: WorkerId, attempts: &[(TaskId, u32)]) {
+        let _ = (worker, attempts);
+    }
+
+    /// The live workers, and those gone in the last hour. The default knows none.
+    fn workers(&self) -> BoxFuture<'_, Result<WorkersReport>> {
+        Box::pin(async { Ok(WorkersReport::default()) })
+    }
 }
 
 /// A claim's wait for its next look: true when `woken` fires (new work may be there), false

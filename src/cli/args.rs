@@ -67,8 +67,16 @@ pub(crate) enum Command {
     Stats,
     /// List tasks, oldest first
     List(ListArgs),
-    /// Show everything about one task
+    /// Show everything about one task, with its attempt history (number, start, duration,
+    /// worker, outcome, error of each run)
     Show(IdArgs),
+    /// Say where a task stands and what it waits for: its place in its queue, whether a live
+    /// worker serves its queue and has its handler, a pause or limit holding it, its next
+    /// run, the worker running it, or why it ended and what to do
+    Why(IdArgs),
+    /// List the live workers (host, pid, queues, slots, running tasks, counts) and those
+    /// gone in the last hour with why (stopped, lost)
+    Workers,
     /// Put a FAILED or CANCELLED task back to PENDING, or every FAILED task with --failed
     Retry(RetryArgs),
     /// Cancel a PENDING or RETRYING task

@@ -10,6 +10,7 @@ mod args;
 mod commands;
 mod error;
 mod loadgen;
+mod observe;
 mod output;
 mod tasks;
 

@@ -87,14 +87,14 @@ impl Output {
 
 /// A text table with a header row; numbers align right.
 #[derive(Debug, Default)]
-struct Table {
+pub(crate) struct Table {
     headers: Vec<&'static str>,
     right: Vec<bool>,
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    fn new(columns: &[(&'static str, bool)]) -> Self {
+    pub(crate) fn new(columns: &[(&'static str, bool)]) -> Self {
         Self {
             headers: columns.iter().map(|(name, _)| *name).collect(),
             right: columns.iter().map(|(_, right)| *right).collect(),
@@ -102,11 +102,11 @@ impl Table {
         }
     }
 
-    fn row(&mut self, cells: Vec<String>) {
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
-    fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
         for row in &self.rows {
             for (width, cell) in widths.iter_mut().zip(row) {
@@ -457,7 +457,7 @@ pub(crate) fn format_millis(ms: u64) -> String {
 }
 
 /// `text` cut to `max` characters, with an ellipsis when cut.
-fn shorten(text: &str, max: usize) -> String {
+pub(crate) fn shorten(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
         return text.to_owned();
     }

@@ -293,6 +293,9 @@ section! {
         /// tasks can finish), and they are accepted again once space is freed. Default 64 MiB;
         /// 0 turns the check off.
         pub min_free_bytes: u64 = DEFAULT_MIN_FREE_BYTES,
+        /// Attempts kept in each task's history (README "Attempt history"), newest last;
+        /// default 25, 0 keeps none.
+        pub attempt_history: usize = crate::task::DEFAULT_ATTEMPT_HISTORY,
     }
 }
 

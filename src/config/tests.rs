@@ -56,6 +56,7 @@ max_payload_bytes = 65536
 max_frame_bytes = 131072
 max_pending = 100000
 min_free_bytes = 1048576
+attempt_history = 50
 
 [control]
 socket = "/run/fq/${STORE_NAME}.sock"
@@ -111,6 +112,7 @@ task:
     max_frame_bytes: 131072
     max_pending: 100000
     min_free_bytes: 1048576
+    attempt_history: 50
   control:
     socket: /run/fq/${STORE_NAME}.sock
     listen: 0.0.0.0:7878
@@ -170,6 +172,7 @@ fn full_config() -> Config {
             max_frame_bytes: 131_072,
             max_pending: Some(100_000),
             min_free_bytes: 1 << 20,
+            attempt_history: 50,
         },
         control: ControlConfig {
             socket: Some(PathBuf::from("/run/fq/tasks.sock")),

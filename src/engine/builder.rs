@@ -157,7 +157,10 @@ impl EngineBuilder {
             ControlServer::probe(&socket)?;
         }
         let settings = LocalSettings {
-            store: self.store,
+            store: StoreOptions {
+                attempt_history: config.limits.attempt_history,
+                ..self.store
+            },
             retry: RetryPolicy {
                 base: config.defaults.retry_delay,
                 max: config.defaults.retry_max_delay,

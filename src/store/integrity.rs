@@ -1,13 +1,14 @@
 //! The store's consistency check: every task record decodes and is in exactly the index its
 //! status calls for, every index entry points at such a task, and the counts table matches the
-//! records, and every unique-key entry names a task with that key in the state it records.
+//! records, every unique-key entry names a task with that key in the state it records, and
+//! every attempt history belongs to a task.
 //! Reads one snapshot; writes nothing.
 
 use std::collections::{BTreeMap, HashSet};
 
 use redb::ReadableTable;
 
-use super::tables::{COUNTS, FINISHED, LEASES, TASKS, UNIQUE, WAITING};
+use super::tables::{ATTEMPTS, COUNTS, FINISHED, LEASES, TASKS, UNIQUE, WAITING};
 use super::{Store, StoreError, codec, keys};
 use crate::task::ReadyOrder;
 use crate::task::unique::holds_key;
@@ -153,6 +154,23 @@ impl Store {
                 "{} finished tasks missing from the finished index",
                 expected_finished.len()
             ));
+        }
+
+        match txn.open_table(ATTEMPTS) {
+            Ok(attempts) => {
+                for item in attempts.iter().map_err(|e| err(e.into()))? {
+                    let (key, _) = item.map_err(|e| err(e.into()))?;
+                    if tasks.get(key.value()).map_err(|e| err(e.into()))?.is_none() {
+                        report.problems.push(format!(
+                            "attempt history of task {} whose record is gone",
+                            TaskId::from_u128(key.value())
+                        ));
+                    }
+                }
+            }
+            // No run has ended since the store gained histories.
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(err(e.into())),
         }
 
         match txn.open_table(UNIQUE) {

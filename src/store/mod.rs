@@ -1,6 +1,7 @@
 //! The durable store: one redb file holding every task, the waiting index (priority and due
 //! time), the running set and the finished index. Only this module imports redb.
 
+mod attempts;
 mod backend;
 mod codec;
 mod create;
@@ -54,6 +55,8 @@ pub(crate) struct StoreOptions {
     /// Where the bytes live instead of the file at the store's path (tests simulating power
     /// loss and failing disks); the path then only names the store in errors.
     pub(crate) backend: Option<CustomBackend>,
+    /// How many attempts each task's history keeps (`limits.attempt_history`; 0: none).
+    pub(crate) attempt_history: usize,
 }
 
 impl Default for StoreOptions {
@@ -62,6 +65,7 @@ impl Default for StoreOptions {
             cache_bytes: 64 * 1024 * 1024,
             verify_on_open: true,
             backend: None,
+            attempt_history: crate::task::DEFAULT_ATTEMPT_HISTORY,
         }
     }
 }
@@ -386,6 +390,8 @@ impl Store {
                 unique: None,
                 reports: None,
                 schedules: None,
+                attempts: None,
+                attempt_history: self.options.attempt_history,
             };
             let result = apply(&mut tables)?;
             tables.flush_counts()?;

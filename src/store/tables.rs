@@ -27,6 +27,11 @@ pub(crate) const COUNTS: TableDefinition<'_, &[u8], u64> = TableDefinition::new(
 /// transaction cannot race. Stores made before unique keys lack it until their first one.
 pub(crate) const UNIQUE: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("unique");
 
+/// task id → the task's newest attempts (`attempts.rs`: version byte, postcard list, CRC-32),
+/// for every task that has ended a run: written in the settlement's transaction, deleted with
+/// the task. Stores made before attempt histories lack it until their first settlement.
+pub(crate) const ATTEMPTS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("attempts");
+
 /// setting name → bytes: the store's identity and schema version.
 pub(crate) const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 

@@ -23,6 +23,10 @@ pub(crate) struct WriteTables<'txn> {
     pub(super) unique: Option<redb::Table<'txn, &'static [u8], &'static [u8]>>,
     pub(super) reports: Option<redb::Table<'txn, (u128, u32), &'static [u8]>>,
     pub(super) schedules: Option<redb::Table<'txn, &'static str, &'static [u8]>>,
+    /// Opened at the first settlement of the transaction (`attempts.rs`).
+    pub(super) attempts: Option<redb::Table<'txn, u128, &'static [u8]>>,
+    /// How many attempts each task's history keeps.
+    pub(super) attempt_history: usize,
 }
 
 /// The table `definition` of `txn`, opened the first time it is asked for and kept in `slot`
@@ -275,6 +279,7 @@ impl<'txn> WriteTables<'txn> {
         if let Some(spec) = &task.unique {
             self.release_unique(&spec.key, id)?;
         }
+        self.delete_attempts(id)?;
         self.tasks
             .remove(id.as_u128())
             .map_err(storage(self.path, "deleting a task"))?;
@@ -428,6 +433,7 @@ impl<'txn> WriteTables<'txn> {
                 // A record that no longer decodes is past its retention all the same; its
                 // count cannot be corrected without it, which `verify` would report.
                 Err(StoreError::CorruptRecord { .. }) => {
+                    self.delete_attempts(*id)?;
                     let path = self.path;
                     self.tasks
                         .remove(id.as_u128())

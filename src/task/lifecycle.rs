@@ -22,6 +22,7 @@
 
 use std::time::Duration;
 
+use super::attempt::{AttemptOutcome, StoredAttempt};
 use super::{
     FailureKind, Outcome, ReadyOrder, RetryPolicy, Route, StoredFailure, StoredTask, TaskFailure,
     TaskId, TaskStatus,
@@ -78,6 +79,9 @@ pub(crate) struct Step {
     pub(crate) effects: Effects,
     /// When the next attempt may start, for a move that ends in RETRYING.
     pub(crate) retry_at: Option<Millis>,
+    /// The attempt this move ended, for the task's history (README "Attempt history"): its
+    /// worker is left for the writer to fill in, the one place that knows it.
+    pub(crate) ended: Option<StoredAttempt>,
 }
 
 /// Why a RUNNING attempt lost its worker.
@@ -122,6 +126,7 @@ pub(crate) fn queue(mut task: StoredTask, next_seq: &mut u64) -> Step {
         previous: None,
         effects: Effects::of(&[Effect::Wait(order)]),
         retry_at: None,
+        ended: None,
     }
 }
 
@@ -148,6 +153,7 @@ pub(crate) fn claim(
         previous: Some(previous),
         effects: Effects::of(&[Effect::Dequeue(taken), Effect::Lease(attempt)]),
         retry_at: None,
+        ended: None,
     })
 }
 
@@ -165,6 +171,14 @@ pub(crate) fn settle(
 ) -> Result<Step, Error> {
     fence(&task, id, attempt)?;
     if matches!(outcome, Outcome::Released) {
+        let ended = StoredAttempt {
+            attempt,
+            started_at: task.started_at.unwrap_or(ctx.now),
+            finished_at: ctx.now,
+            worker: None,
+            outcome: AttemptOutcome::Released,
+            error: None,
+        };
         task.attempts -= 1;
         task.started_at = None;
         task.status = TaskStatus::Pending;
@@ -176,6 +190,7 @@ pub(crate) fn settle(
             previous: Some(TaskStatus::Running),
             effects: Effects::of(&[Effect::Unlease, Effect::Wait(order)]),
             retry_at: None,
+            ended: Some(ended),
         });
     }
     let mut step = finish_run(task, id, outcome, ctx)?;
@@ -239,6 +254,25 @@ pub(crate) fn finish_run(
     }
     let now = ctx.now;
     let mut retry_at = None;
+    let ended = StoredAttempt {
+        attempt: task.attempts,
+        started_at: task.started_at.unwrap_or(now),
+        finished_at: now,
+        worker: None,
+        outcome: match outcome {
+            Outcome::Failed { failure, .. } => AttemptOutcome::of_failure(failure.kind),
+            Outcome::Completed { .. } => AttemptOutcome::Completed,
+            // Refused below: a released run is recorded by `settle`.
+            Outcome::Released => AttemptOutcome::Released,
+        },
+        error: match outcome {
+            Outcome::Failed { failure, .. } => Some(StoredFailure {
+                message: failure.message.clone(),
+                kind: failure.kind,
+            }),
+            Outcome::Completed { .. } | Outcome::Released => None,
+        },
+    };
     let effect = match outcome {
         Outcome::Completed { result } => {
             task.status = TaskStatus::Completed;
@@ -282,6 +316,7 @@ pub(crate) fn finish_run(
         previous: Some(TaskStatus::Running),
         effects: Effects::of(&[effect]),
         retry_at,
+        ended: Some(ended),
     })
 }
 
@@ -335,6 +370,7 @@ pub(crate) fn cancel(
             Effect::Finish(TaskStatus::Cancelled, now),
         ]),
         retry_at: None,
+        ended: None,
     })
 }
 
@@ -379,6 +415,7 @@ pub(crate) fn retry(
         previous: Some(previous),
         effects,
         retry_at: None,
+        ended: None,
     })
 }
 
@@ -406,6 +443,7 @@ pub(crate) fn forward(
             Effect::Finish(TaskStatus::Forwarded, at),
         ]),
         retry_at: None,
+        ended: None,
     })
 }
 
@@ -582,6 +620,7 @@ pub(crate) fn report(mut task: StoredTask, id: TaskId, report: &Report) -> Resul
         previous: Some(previous),
         effects,
         retry_at,
+        ended: None,
     })
 }
 

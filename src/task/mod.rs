@@ -2,6 +2,7 @@
 //! policy and the state machine of how a task moves between statuses. Nothing here touches
 //! storage, the runtime, the broker or the worker.
 
+pub(crate) mod attempt;
 mod id;
 pub(crate) mod lifecycle;
 mod order;
@@ -14,6 +15,8 @@ mod stored;
 mod task_error;
 pub(crate) mod unique;
 
+pub(crate) use attempt::StoredAttempt;
+pub use attempt::{AttemptOutcome, AttemptRecord, DEFAULT_ATTEMPT_HISTORY, WorkerId};
 pub use id::TaskId;
 pub(crate) use order::ReadyOrder;
 pub use outcome::Outcome;

@@ -36,7 +36,7 @@ impl WorkerManager {
     /// This worker's registry and defaults, run inline over `queues`.
     pub(crate) fn inline(&self, queues: Vec<Arc<str>>) -> Inline {
         Inline {
-            env: self.runner_env(queues, CancellationToken::new()),
+            env: self.runner_env(queues, CancellationToken::new(), None),
         }
     }
 }

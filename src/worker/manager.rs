@@ -12,9 +12,10 @@ use tokio_util::sync::CancellationToken;
 use super::runner::{RunnerEnv, SlotTally, run_slot};
 use super::signals::Signals;
 use crate::broker::{Broker, EnqueueDefaults, Outcome, RetentionPolicy, Settlement};
+use crate::broker::{WORKER_HEARTBEAT_INTERVAL, WorkerInfo};
 use crate::config::{MAX_CLEANUP_INTERVAL_HOURS, MAX_RETAIN_DAYS, check_name};
 use crate::handler::Registry;
-use crate::task::TaskId;
+use crate::task::{TaskId, WorkerId};
 use crate::{Error, Result};
 
 /// How often a running attempt renews its lease.
@@ -232,6 +233,7 @@ impl WorkerManager {
         &self,
         queues: Vec<Arc<str>>,
         shutdown: CancellationToken,
+        worker: Option<WorkerId>,
     ) -> Arc<RunnerEnv> {
         Arc::new(RunnerEnv {
             broker: Arc::clone(&self.broker),
@@ -241,6 +243,7 @@ impl WorkerManager {
             queues,
             shutdown,
             running: std::sync::Mutex::new(HashMap::new()),
+            worker,
         })
     }
 
@@ -278,7 +281,14 @@ impl WorkerManager {
                 }
             })
         });
-        let env = self.runner_env(queues.clone(), shutdown.clone());
+        let announced = self.announce().await;
+        let env = self.runner_env(queues.clone(), shutdown.clone(), Some(announced.id));
+        let heartbeat = spawn_worker_heartbeat(
+            Arc::clone(&self.broker),
+            announced.clone(),
+            Arc::clone(&env),
+            finished.clone(),
+        );
         let _dropped = DroppedRun {
             run: shutdown.clone(),
             cleanup,
@@ -355,6 +365,10 @@ impl WorkerManager {
             }
             report.released += release_held(&*self.broker, env.take_held()).await;
         }
+        heartbeat.abort();
+        if let Err(error) = self.broker.worker_stopped(announced.id).await {
+            tracing::debug!(%error, "could not say this worker stopped");
+        }
         tracing::info!(?report, "worker stopped");
         match fatal {
             Some(error) => Err(error),
@@ -386,6 +400,59 @@ fn tally(
             tracing::error!(%error, "a worker slot panicked");
         }
     }
+}
+
+impl WorkerManager {
+    /// Tells the broker this worker starts (README "Live workers"); a failure is logged, not
+    /// fatal: the worker runs tasks all the same, unlisted.
+    async fn announce(&self) -> WorkerInfo {
+        let mut handlers: Vec<String> = self
+            .registry
+            .names()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        handlers.sort();
+        let info = WorkerInfo::of_this_process(
+            self.queues.clone(),
+            handlers,
+            self.concurrency,
+            crate::clock::millis_to_datetime(self.broker.now_ms()),
+        );
+        if let Err(error) = self.broker.announce_worker(info.clone()).await {
+            tracing::warn!(%error, "could not announce this worker; it runs unlisted");
+        }
+        info
+    }
+}
+
+/// Heartbeats `info`'s worker with the attempts it holds until `finished`, announcing it
+/// again when the broker does not know it (its owner restarted, or found it lost).
+fn spawn_worker_heartbeat(
+    broker: Arc<dyn Broker>,
+    info: WorkerInfo,
+    env: Arc<RunnerEnv>,
+    finished: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(WORKER_HEARTBEAT_INTERVAL);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = finished.cancelled() => return,
+            }
+            match broker.worker_heartbeat(info.id, env.held()).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    if let Err(error) = broker.announce_worker(info.clone()).await {
+                        tracing::debug!(%error, "could not announce this worker again");
+                    }
+                }
+                Err(error) => tracing::debug!(%error, "worker heartbeat failed"),
+            }
+        }
+    })
 }
 
 /// Stops the worker on SIGINT or SIGTERM, through the same handlers as the CLI.

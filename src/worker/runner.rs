@@ -29,10 +29,15 @@ pub(super) struct RunnerEnv {
     pub(super) shutdown: CancellationToken,
     /// The attempts this worker holds: released to PENDING if shutdown times out.
     pub(super) running: Mutex<HashMap<TaskId, u32>>,
+    /// The id this worker announced, if it did: named as the worker of each attempt it holds.
+    pub(super) worker: Option<crate::task::WorkerId>,
 }
 
 impl RunnerEnv {
     pub(super) fn hold(&self, id: TaskId, attempt: u32) {
+        if let Some(worker) = self.worker {
+            self.broker.worker_claimed(worker, &[(id, attempt)]);
+        }
         self.running
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -44,6 +49,16 @@ impl RunnerEnv {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
+    }
+
+    /// Every attempt held now (for the worker's heartbeat).
+    pub(super) fn held(&self) -> Vec<(TaskId, u32)> {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(id, attempt)| (*id, *attempt))
+            .collect()
     }
 
     /// Takes every attempt still held.

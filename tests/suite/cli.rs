@@ -291,8 +291,10 @@ fn enqueue_list_show_and_stats_report_the_store() {
     assert!(lines[1].starts_with(&ids[0]), "{table:#?}");
     assert!(lines[1].contains("PENDING") && lines[1].contains("fq.demo.send_email"));
 
-    // show: the same record.
-    let shown = fq.run(&["show", "--json", &ids[2]]).json();
+    // show: the same record, with its (empty) attempt history.
+    let mut shown = fq.run(&["show", "--json", &ids[2]]).json();
+    let history = shown.as_object_mut().unwrap().remove("history");
+    assert_eq!(history, Some(json!([])));
     assert_eq!(shown, delayed);
     let text = fq.run(&["show", &ids[0]]);
     assert!(text.ok().contains("ada@example.com"), "{text:#?}");
@@ -567,7 +569,7 @@ fn help_and_version_succeed() {
     let help = output(fq.bare().arg("--help"));
     for command in [
         "serve", "worker", "enqueue", "stats", "list", "show", "retry", "cancel", "wait", "purge",
-        "cleanup", "demo",
+        "cleanup", "demo", "why", "workers",
     ] {
         assert!(help.ok().contains(command), "{help:#?}");
     }
@@ -712,7 +714,9 @@ fn serve_owns_the_store_and_serves_it_until_sigterm() {
     // Producers and inspectors reach it through the socket (found next to the store, or
     // named with --connect) and over TCP.
     let task = fq.enqueue(&["fq.demo.echo", "--queue", "served"]);
-    let shown = fq.run(&["show", "--json", &id_of(&task)]).json();
+    let mut shown = fq.run(&["show", "--json", &id_of(&task)]).json();
+    let history = shown.as_object_mut().unwrap().remove("history");
+    assert_eq!(history, Some(json!([])));
     assert_eq!(shown, task);
     for addr in [format!("unix:{socket}"), format!("tcp:{tcp}")] {
         let stats = output(fq.bare().args(["--connect", &addr, "stats", "--json"])).json();
@@ -1535,4 +1539,65 @@ fn serve_and_worker_serve_the_dashboard_with_http() {
         assert!(killed.success());
         assert_eq!(child.wait().unwrap().code(), Some(0), "{owner:?}");
     }
+}
+
+#[test]
+fn show_why_and_workers_report_history_waits_and_workers() {
+    let fq = Fq::new();
+    let waiting = id_of(&fq.enqueue(&["app.mail", "--queue", "emails"]));
+    // Nobody serves the store: no live worker, and `why` says so.
+    let why = fq.run(&["why", &waiting]);
+    assert!(
+        why.ok().contains("No live worker serves queue emails"),
+        "{why:#?}"
+    );
+    let facts = fq.run(&["why", "--json", &waiting]).json();
+    assert_eq!(facts["status"], "PENDING");
+    assert_eq!(facts["workers_serving_queue"], 0);
+    assert_eq!(facts["ahead"], 0);
+    assert_eq!(
+        fq.run(&["workers", "--json"]).json(),
+        json!({"live": [], "gone": []})
+    );
+
+    // A worker that has no handler for it runs it: FAILED, one attempt in the history, and
+    // the worker listed while it runs, then gone as stopped.
+    let mut worker = fq.spawn_worker(&["--queues", "emails"]);
+    worker.wait_for(" FAILED ");
+    let live = fq.run(&["workers", "--json"]).json();
+    assert_eq!(live["live"].as_array().unwrap().len(), 1, "{live:#}");
+    assert_eq!(live["live"][0]["queues"], json!(["emails"]));
+    assert_eq!(live["live"][0]["failed"], 1);
+    let worker_id = live["live"][0]["id"].as_str().unwrap().to_owned();
+    let table = fq.run(&["workers"]);
+    assert!(table.ok().contains(&worker_id), "{table:#?}");
+
+    let shown = fq.run(&["show", "--json", &waiting]).json();
+    assert_eq!(shown["status"], "FAILED");
+    let history = shown["history"].as_array().unwrap();
+    assert_eq!(history.len(), 1, "{shown:#}");
+    assert_eq!(history[0]["attempt"], 1);
+    assert_eq!(history[0]["outcome"], "error");
+    assert_eq!(history[0]["worker"], worker_id.as_str());
+    assert_eq!(history[0]["error"]["kind"], "unknown_task");
+    let text = fq.run(&["show", &waiting]);
+    assert!(text.ok().contains("attempts:\n#  STARTED"), "{text:#?}");
+    assert!(text.ok().contains("unknown_task"), "{text:#?}");
+    let ended = fq.run(&["why", &waiting]);
+    assert!(
+        ended.ok().contains("is FAILED after 1 attempt(s)"),
+        "{ended:#?}"
+    );
+    assert!(
+        ended.ok().contains(&format!("fq retry {waiting}")),
+        "{ended:#?}"
+    );
+
+    let (code, _) = worker.terminate();
+    assert_eq!(code, Some(0));
+    // The worker was the store's owner: with it gone, nobody keeps the list.
+    assert_eq!(
+        fq.run(&["workers", "--json"]).json(),
+        json!({"live": [], "gone": []})
+    );
 }

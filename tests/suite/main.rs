@@ -27,6 +27,7 @@ mod disk_full;
 mod fencing;
 mod fuzz_corpus;
 mod handlers;
+mod history;
 mod limits;
 mod pause;
 mod poison;
@@ -49,3 +50,5 @@ mod wait;
 #[cfg(feature = "web")]
 mod web;
 mod web_app;
+mod why;
+mod workers;

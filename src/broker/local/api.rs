@@ -276,6 +276,48 @@ impl Broker for LocalBroker {
     fn max_payload_bytes(&self) -> usize {
         self.settings.max_payload_bytes
     }
+
+    fn attempts(&self, id: TaskId) -> BoxFuture<'_, Result<Vec<crate::AttemptRecord>>> {
+        Box::pin(self.attempt_history(id))
+    }
+
+    fn explain(&self, id: TaskId) -> BoxFuture<'_, Result<crate::Explanation>> {
+        Box::pin(self.explanation(id))
+    }
+
+    fn announce_worker(&self, info: crate::WorkerInfo) -> BoxFuture<'_, Result<()>> {
+        self.shared.workers.announce(info, self.now_ms());
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn worker_heartbeat(
+        &self,
+        worker: crate::WorkerId,
+        running: Vec<(TaskId, u32)>,
+    ) -> BoxFuture<'_, Result<bool>> {
+        let now = self.now_ms();
+        let known = self.shared.workers.heartbeat(worker, now);
+        if known {
+            self.shared.workers.still_running(worker, &running, now);
+        }
+        Box::pin(std::future::ready(Ok(known)))
+    }
+
+    fn worker_stopped(&self, worker: crate::WorkerId) -> BoxFuture<'_, Result<()>> {
+        self.shared.workers.stopped(worker, self.now_ms());
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn worker_claimed(&self, worker: crate::WorkerId, attempts: &[(TaskId, u32)]) {
+        self.shared.workers.claimed(worker, attempts, self.now_ms());
+    }
+
+    fn workers(&self) -> BoxFuture<'_, Result<crate::WorkersReport>> {
+        Box::pin(std::future::ready(Ok(self
+            .shared
+            .workers
+            .report(self.now_ms()))))
+    }
 }
 
 /// One task's record, as a query answers it.

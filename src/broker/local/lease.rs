@@ -56,6 +56,14 @@ impl LeaseTable {
         }
     }
 
+    /// The deadline of attempt `attempt`'s lease, if it holds one.
+    pub(crate) fn deadline_of(&self, id: TaskId, attempt: u32) -> Option<Millis> {
+        self.table()
+            .get(&id)
+            .filter(|lease| lease.attempt == attempt)
+            .map(|lease| lease.deadline)
+    }
+
     /// Forgets a lease (the attempt was settled).
     pub(crate) fn release(&self, id: TaskId) {
         self.table().remove(&id);

@@ -5,6 +5,7 @@
 mod api;
 mod lease;
 mod limits;
+mod observe;
 mod open;
 mod pause;
 mod read_only;
@@ -127,6 +128,9 @@ pub(crate) struct Shared {
     pub(crate) schedule_alarm: schedules::ScheduleAlarm,
     /// Per-queue concurrency and rate limits, consulted by claims and the writer.
     pub(crate) limits: limits::QueueLimiter,
+    /// The live workers and who runs which attempt (memory only); the writer reads it to name
+    /// the worker in each attempt's history.
+    pub(crate) workers: crate::broker::workers::WorkerRegistry,
 }
 
 /// Tells callers that the writer thread has ended, and so whether a dropped reply means

@@ -93,6 +93,7 @@ impl LocalBroker {
             ready,
             delayed,
             leases: LeaseTable::default(),
+            workers: crate::broker::workers::WorkerRegistry::default(),
             work: Notify::new(),
             timer: TimerSignal::default(),
             clock,

@@ -217,4 +217,31 @@ impl Broker for ReadOnlyBroker {
     fn max_payload_bytes(&self) -> usize {
         self.max_payload_bytes
     }
+
+    fn attempts(&self, id: TaskId) -> BoxFuture<'_, Result<Vec<crate::AttemptRecord>>> {
+        Box::pin(self.read(move |store| {
+            read_record(store, id)?.ok_or(Error::NotFound(id))?;
+            super::observe::read_attempts(store, id)
+        }))
+    }
+
+    /// With no engine serving the store, no worker is live: the explanation says so.
+    fn explain(&self, id: TaskId) -> BoxFuture<'_, Result<crate::Explanation>> {
+        Box::pin(async move {
+            let now = self.now_ms();
+            let (stored, paused) = self
+                .read(move |store| {
+                    let stored = super::observe::store_facts(store, id, now)?;
+                    Ok((stored, store.paused_queues()?))
+                })
+                .await?;
+            let live = super::observe::LiveFacts {
+                paused: paused.contains(stored.queue()),
+                limits: crate::config::QueueLimits::default(),
+                workers: crate::WorkersReport::default(),
+                lease_expires_at: None,
+            };
+            Ok(super::observe::explain_with(stored, live, now))
+        })
+    }
 }

@@ -129,6 +129,7 @@ mod loom_tests {
             ready: ReadyHeap::new(),
             delayed: DelayIndex::new(),
             leases: super::super::LeaseTable::default(),
+            workers: crate::broker::workers::WorkerRegistry::default(),
             work: tokio::sync::Notify::new(),
             timer: TimerSignal {
                 breakage,

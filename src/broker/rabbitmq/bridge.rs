@@ -714,4 +714,38 @@ impl Broker for RabbitBroker {
     fn max_payload_bytes(&self) -> usize {
         self.bridge.local.max_payload_bytes()
     }
+
+    // The local store keeps the runs this engine's workers made, and its workers are listed
+    // by the local engine: the bridge answers from there.
+    fn attempts(&self, id: TaskId) -> BoxFuture<'_, Result<Vec<crate::AttemptRecord>>> {
+        self.bridge.local.attempts(id)
+    }
+
+    fn explain(&self, id: TaskId) -> BoxFuture<'_, Result<crate::Explanation>> {
+        self.bridge.local.explain(id)
+    }
+
+    fn announce_worker(&self, info: crate::WorkerInfo) -> BoxFuture<'_, Result<()>> {
+        self.bridge.local.announce_worker(info)
+    }
+
+    fn worker_heartbeat(
+        &self,
+        worker: crate::WorkerId,
+        running: Vec<(TaskId, u32)>,
+    ) -> BoxFuture<'_, Result<bool>> {
+        self.bridge.local.worker_heartbeat(worker, running)
+    }
+
+    fn worker_stopped(&self, worker: crate::WorkerId) -> BoxFuture<'_, Result<()>> {
+        self.bridge.local.worker_stopped(worker)
+    }
+
+    fn worker_claimed(&self, worker: crate::WorkerId, attempts: &[(TaskId, u32)]) {
+        self.bridge.local.worker_claimed(worker, attempts);
+    }
+
+    fn workers(&self) -> BoxFuture<'_, Result<crate::WorkersReport>> {
+        self.bridge.local.workers()
+    }
 }

@@ -15,7 +15,9 @@ mod serve;
 mod show;
 mod stats;
 mod wait;
+mod why;
 mod worker;
+mod workers;
 
 use super::Context;
 use super::args::{Cli, Command, WorkerCommand};
@@ -32,6 +34,8 @@ pub(crate) async fn dispatch(cli: Cli, registry: Registry) -> Result<(), CliErro
         Command::Stats => stats::run(&ctx).await,
         Command::List(args) => list::run(&ctx, args).await,
         Command::Show(args) => show::run(&ctx, &args).await,
+        Command::Why(args) => why::run(&ctx, &args).await,
+        Command::Workers => workers::run(&ctx).await,
         Command::Retry(args) => retry::run(&ctx, args).await,
         Command::Cancel(args) => cancel::run(&ctx, &args).await,
         Command::Wait(args) => wait::run(&ctx, &args).await,

@@ -24,8 +24,11 @@ use crate::control::protocol::{
     SettleAndClaimOk, SettleArgs, SettleOk, Settled, TaskOk, TasksOk, WaitArgs, WireTaskOut,
     error_from_wire,
 };
+use crate::control::protocol::{
+    AttemptsOk, KnownOk, RunningArgs, WorkerAnnounceArgs, WorkerArgs, WorkerHeartbeatArgs,
+};
 use crate::events::{Event, EventBus, EventKind};
-use crate::task::{TaskId, TaskRecord, TaskStatus};
+use crate::task::{AttemptRecord, TaskId, TaskRecord, TaskStatus, WorkerId};
 use crate::{Error, Result};
 
 /// A [`Broker`] over an engine's control socket. Worker-side events (before/after execution,
@@ -35,6 +38,12 @@ use crate::{Error, Result};
 pub(crate) struct RemoteBroker {
     shared: Arc<ClientShared>,
     events: EventBus,
+    /// The worker of each attempt this process's workers hold, sent with its settlement (so
+    /// the owner's attempt history names it without a request of its own).
+    claimed_by: std::sync::Mutex<std::collections::HashMap<TaskId, (u32, WorkerId)>>,
+    /// True once the server accepted a `worker_announce`: it knows the `worker` field of
+    /// `settle` (an older server refuses unknown fields).
+    knows_workers: std::sync::atomic::AtomicBool,
     /// Stops the connection's tasks and the reconnection loop when the broker goes.
     _stop: DropGuard,
 }
@@ -74,10 +83,25 @@ impl RemoteBroker {
             Self {
                 shared,
                 events: EventBus::new(),
+                claimed_by: std::sync::Mutex::default(),
+                knows_workers: std::sync::atomic::AtomicBool::new(false),
                 _stop: stop.drop_guard(),
             },
             info,
         ))
+    }
+}
+
+impl RemoteBroker {
+    /// The worker that claimed the settled attempt, if the server can be told (and forgets it).
+    fn worker_of(&self, settlement: &Settlement) -> Option<WorkerId> {
+        let mut claimed = self
+            .claimed_by
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (attempt, worker) = claimed.remove(&settlement.id)?;
+        (attempt == settlement.attempt && self.knows_workers.load(Ordering::Relaxed))
+            .then_some(worker)
     }
 }
 
@@ -158,7 +182,8 @@ impl Broker for RemoteBroker {
 
     fn settle(&self, settlement: Settlement) -> BoxFuture<'_, Result<SettleReport>> {
         Box::pin(async move {
-            let args = settle_args(&settlement, self.events.has_audience());
+            let mut args = settle_args(&settlement, self.events.has_audience());
+            args.worker = self.worker_of(&settlement);
             let ok: SettleOk = self.shared.request(Op::Settle, &args).await?;
             Ok(settle_report(ok))
         })
@@ -171,8 +196,10 @@ impl Broker for RemoteBroker {
         max: usize,
     ) -> BoxFuture<'a, Result<Chained>> {
         Box::pin(async move {
+            let mut settle = settle_args(&settlement, self.events.has_audience());
+            settle.worker = self.worker_of(&settlement);
             let args = SettleAndClaimArgs {
-                settle: settle_args(&settlement, self.events.has_audience()),
+                settle,
                 queues: queue_names(queues),
                 max,
             };
@@ -376,6 +403,73 @@ impl Broker for RemoteBroker {
     fn max_payload_bytes(&self) -> usize {
         self.shared.max_payload_bytes.load(Ordering::Relaxed)
     }
+
+    fn attempts(&self, id: TaskId) -> BoxFuture<'_, Result<Vec<AttemptRecord>>> {
+        Box::pin(async move {
+            let ok: AttemptsOk = self.shared.request(Op::Attempts, &IdArgs { id }).await?;
+            Ok(ok.attempts)
+        })
+    }
+
+    fn explain(&self, id: TaskId) -> BoxFuture<'_, Result<crate::Explanation>> {
+        Box::pin(async move { self.shared.request(Op::Explain, &IdArgs { id }).await })
+    }
+
+    fn workers(&self) -> BoxFuture<'_, Result<crate::WorkersReport>> {
+        Box::pin(self.shared.request(Op::Workers, &Empty {}))
+    }
+
+    fn announce_worker(&self, info: crate::WorkerInfo) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let _: Empty = self
+                .shared
+                .request(Op::WorkerAnnounce, &WorkerAnnounceArgs { worker: info })
+                .await?;
+            self.knows_workers.store(true, Ordering::Relaxed);
+            Ok(())
+        })
+    }
+
+    fn worker_heartbeat(
+        &self,
+        worker: WorkerId,
+        running: Vec<(TaskId, u32)>,
+    ) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(async move {
+            let running = running
+                .into_iter()
+                .map(|(id, attempt)| RunningArgs { id, attempt })
+                .collect();
+            let ok: KnownOk = self
+                .shared
+                .request(
+                    Op::WorkerHeartbeat,
+                    &WorkerHeartbeatArgs { worker, running },
+                )
+                .await?;
+            Ok(ok.known)
+        })
+    }
+
+    fn worker_stopped(&self, worker: WorkerId) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let _: Empty = self
+                .shared
+                .request(Op::WorkerStopped, &WorkerArgs { worker })
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn worker_claimed(&self, worker: WorkerId, attempts: &[(TaskId, u32)]) {
+        let mut claimed = self
+            .claimed_by
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (id, attempt) in attempts {
+            claimed.insert(*id, (*attempt, worker));
+        }
+    }
 }
 
 pub(super) fn settle_args(settlement: &Settlement, record: bool) -> SettleArgs {
@@ -387,6 +481,7 @@ pub(super) fn settle_args(settlement: &Settlement, record: bool) -> SettleArgs {
         error: None,
         retry_after_ms: None,
         record,
+        worker: None,
     };
     match &settlement.outcome {
         Outcome::Completed { result } => {

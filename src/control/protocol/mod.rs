@@ -126,11 +126,17 @@ pub(crate) enum Op {
     Schedules,
     ScheduleAction,
     Limit,
+    Attempts,
+    Explain,
+    Workers,
+    WorkerAnnounce,
+    WorkerHeartbeat,
+    WorkerStopped,
 }
 
 impl Op {
     /// Every op, for messages.
-    pub(crate) const ALL: [Op; 21] = [
+    pub(crate) const ALL: [Op; 27] = [
         Op::Enqueue,
         Op::Claim,
         Op::Heartbeat,
@@ -152,6 +158,12 @@ impl Op {
         Op::Schedules,
         Op::ScheduleAction,
         Op::Limit,
+        Op::Attempts,
+        Op::Explain,
+        Op::Workers,
+        Op::WorkerAnnounce,
+        Op::WorkerHeartbeat,
+        Op::WorkerStopped,
     ];
 
     /// The op's name on the wire.
@@ -178,6 +190,12 @@ impl Op {
             Op::Schedules => "schedules",
             Op::ScheduleAction => "schedule_action",
             Op::Limit => "limit",
+            Op::Attempts => "attempts",
+            Op::Explain => "explain",
+            Op::Workers => "workers",
+            Op::WorkerAnnounce => "worker_announce",
+            Op::WorkerHeartbeat => "worker_heartbeat",
+            Op::WorkerStopped => "worker_stopped",
         }
     }
 

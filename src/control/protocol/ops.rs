@@ -165,6 +165,10 @@ pub(crate) struct SettleArgs {
     /// Answer with the task's record after the change.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(crate) record: bool,
+    /// The worker that ran the attempt (announced with `worker_announce`), for the task's
+    /// attempt history. Sent only to servers that know the `worker_*` ops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) worker: Option<crate::task::WorkerId>,
 }
 
 /// `settle` result.
@@ -366,3 +370,47 @@ pub(crate) struct Empty {}
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NoArgs {}
+
+/// `attempts` result: the task's attempt history, oldest first.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct AttemptsOk {
+    pub(crate) attempts: Vec<crate::task::AttemptRecord>,
+}
+
+/// `worker_announce` arguments: what the worker says about itself.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WorkerAnnounceArgs {
+    pub(crate) worker: crate::broker::WorkerInfo,
+}
+
+/// One attempt a worker runs, in a `worker_heartbeat`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RunningArgs {
+    pub(crate) id: TaskId,
+    pub(crate) attempt: u32,
+}
+
+/// `worker_heartbeat` arguments.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WorkerHeartbeatArgs {
+    pub(crate) worker: crate::task::WorkerId,
+    #[serde(default)]
+    pub(crate) running: Vec<RunningArgs>,
+}
+
+/// `worker_heartbeat` result: false when the server does not know the worker (announce it
+/// again).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct KnownOk {
+    pub(crate) known: bool,
+}
+
+/// `worker_stopped` arguments.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WorkerArgs {
+    pub(crate) worker: crate::task::WorkerId,
+}

@@ -99,6 +99,8 @@ const KNOWN_FIELDS: &[&str] = &[
     "timeout",
     "timeout_ms",
     "wait_ms",
+    "worker",
+    "running",
     "completed_retention_ms",
     "failed_retention_ms",
 ];

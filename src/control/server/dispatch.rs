@@ -24,6 +24,9 @@ use crate::control::protocol::{
     SettleAndClaimOk, SettleArgs, SettleOk, Settled, TaskOk, TasksOk, WaitArgs, WireTask,
     decode_args, encode_body, error_to_wire,
 };
+use crate::control::protocol::{
+    AttemptsOk, KnownOk, WorkerAnnounceArgs, WorkerArgs, WorkerHeartbeatArgs,
+};
 use crate::task::TaskId;
 use crate::{Error, Result};
 
@@ -285,6 +288,7 @@ async fn dispatch(
         }
         Op::Settle => {
             let args: SettleArgs = decode_args(op, args)?;
+            name_worker(broker, &args);
             let (task, record) = (args.id, args.record);
             let report = broker.settle(settlement(args)?).await?;
             ok_body(id, &settle_ok(ctx, task, report, record).await)
@@ -297,6 +301,7 @@ async fn dispatch(
             } else {
                 check_queues(&args.queues)?
             };
+            name_worker(broker, &args.settle);
             let (task, record) = (args.settle.id, args.settle.record);
             let chained = broker
                 .settle_and_claim(settlement(args.settle)?, &queues, max)
@@ -429,7 +434,74 @@ async fn dispatch(
             broker.set_limits(args.queue, limits).await?;
             ok_body(id, &Empty {})
         }
+        Op::Attempts => {
+            let args: IdArgs = decode_args(op, args)?;
+            let attempts = broker.attempts(args.id).await?;
+            ok_body(id, &AttemptsOk { attempts })
+        }
+        Op::Explain => {
+            let args: IdArgs = decode_args(op, args)?;
+            let explanation = broker.explain(args.id).await?;
+            ok_body(id, &explanation)
+        }
+        Op::Workers => {
+            let _: NoArgs = decode_args(op, args)?;
+            let workers = broker.workers().await?;
+            ok_body(id, &workers)
+        }
+        Op::WorkerAnnounce => {
+            let args: WorkerAnnounceArgs = decode_args(op, args)?;
+            check_worker(&args.worker)?;
+            broker.announce_worker(args.worker).await?;
+            ok_body(id, &Empty {})
+        }
+        Op::WorkerHeartbeat => {
+            let args: WorkerHeartbeatArgs = decode_args(op, args)?;
+            let running = args.running.iter().map(|r| (r.id, r.attempt)).collect();
+            let known = broker.worker_heartbeat(args.worker, running).await?;
+            ok_body(id, &KnownOk { known })
+        }
+        Op::WorkerStopped => {
+            let args: WorkerArgs = decode_args(op, args)?;
+            broker.worker_stopped(args.worker).await?;
+            ok_body(id, &Empty {})
+        }
         // Answered by the connection's reader; kept here so every op has one home.
         Op::Abort => ok_body(id, &Empty {}),
     }
+}
+
+/// Names the worker of a settled attempt, when the client says which (`worker` in `settle`).
+fn name_worker(broker: &Arc<dyn Broker>, args: &SettleArgs) {
+    if let Some(worker) = args.worker {
+        broker.worker_claimed(worker, &[(args.id, args.attempt)]);
+    }
+}
+
+/// The most queues or handler names a worker may announce, and the longest host or version.
+const MAX_ANNOUNCED_NAMES: usize = 10_000;
+const MAX_ANNOUNCED_TEXT: usize = 255;
+
+/// Checks what a worker announces: names a queue can have, bounded lists and texts (the
+/// owner keeps them in memory for an hour after the worker goes).
+fn check_worker(info: &crate::broker::WorkerInfo) -> Result<()> {
+    if info.queues.len() > MAX_ANNOUNCED_NAMES || info.handlers.len() > MAX_ANNOUNCED_NAMES {
+        return Err(Error::invalid(
+            "worker",
+            format!("a worker announces at most {MAX_ANNOUNCED_NAMES} queues and handlers"),
+        ));
+    }
+    for queue in &info.queues {
+        crate::config::check_queue(queue)?;
+    }
+    for name in &info.handlers {
+        check_name(name).map_err(|problem| Error::invalid("worker", problem))?;
+    }
+    if info.host.len() > MAX_ANNOUNCED_TEXT || info.version.len() > MAX_ANNOUNCED_TEXT {
+        return Err(Error::invalid(
+            "worker",
+            format!("host and version are at most {MAX_ANNOUNCED_TEXT} bytes"),
+        ));
+    }
+    Ok(())
 }

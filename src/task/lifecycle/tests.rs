@@ -522,3 +522,60 @@ fn reports_are_idempotent_and_out_of_order_safe() {
     );
     assert!(matches!(wrong, Err(Error::WrongState { .. })));
 }
+
+#[test]
+fn every_ended_run_and_only_those_carry_their_attempt_for_the_history() {
+    let mut next_seq = 0;
+    let mut ctx = Context {
+        now: NOW,
+        retry: RetryPolicy::default(),
+        next_seq: &mut next_seq,
+    };
+    let ended_by = |outcome: &Outcome, ctx: &mut Context<'_>| {
+        settle(task_in(TaskStatus::Running), ID, 1, outcome, ctx)
+            .expect("fenced right")
+            .ended
+            .expect("a settled run is recorded")
+    };
+    let completed = ended_by(&Outcome::Completed { result: json!(1) }, &mut ctx);
+    assert_eq!(
+        (
+            completed.attempt,
+            completed.started_at,
+            completed.finished_at
+        ),
+        (1, NOW - 20, NOW)
+    );
+    assert_eq!(completed.outcome, AttemptOutcome::Completed);
+    assert_eq!(completed.error, None);
+    let timed_out = ended_by(&failed(FailureKind::Timeout), &mut ctx);
+    assert_eq!(timed_out.outcome, AttemptOutcome::Timeout);
+    assert_eq!(timed_out.error.map(|e| e.message), Some("boom".to_owned()));
+    let released = ended_by(&Outcome::Released, &mut ctx);
+    assert_eq!(
+        (released.attempt, released.outcome),
+        (1, AttemptOutcome::Released)
+    );
+    let lost = orphan(
+        task_in(TaskStatus::Running),
+        ID,
+        1,
+        Orphaned::LeaseExpired,
+        &mut ctx,
+    )
+    .expect("fenced right")
+    .ended
+    .expect("an orphaned run is recorded");
+    assert_eq!(lost.outcome, AttemptOutcome::WorkerLost);
+    // Moves that end no run record nothing.
+    let claimed = claim(
+        task_in(TaskStatus::Pending),
+        ID,
+        ReadyOrder::new(5, NOW - 10, SEQ),
+        NOW,
+    )
+    .expect("waiting under that order");
+    assert!(claimed.ended.is_none());
+    let cancelled = cancel(task_in(TaskStatus::Pending), ID, false, NOW).expect("waiting");
+    assert!(cancelled.ended.is_none());
+}

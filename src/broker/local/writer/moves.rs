@@ -152,11 +152,12 @@ impl Writer {
             Err(error) => return Ok(Err(error)),
         };
         let mut ctx = self.context(batch.now);
-        let step =
+        let mut step =
             match lifecycle::settle(task, id, settlement.attempt, &settlement.outcome, &mut ctx) {
                 Ok(step) => step,
                 Err(error) => return Ok(Err(error)),
             };
+        self.name_worker(id, &mut step);
         self.commit_step(tables, id, &step, batch.now, batch)?;
         Ok(Ok(Self::attempt_ended(
             batch,
@@ -164,6 +165,19 @@ impl Writer {
             &step,
             &settlement.outcome,
         )))
+    }
+
+    /// Names, in the history entry of the attempt `step` ended, the worker that claimed it
+    /// (which the registry forgets then).
+    fn name_worker(&self, id: TaskId, step: &mut lifecycle::Step) {
+        if let Some(ended) = &mut step.ended {
+            let completed = ended.outcome == crate::task::AttemptOutcome::Completed;
+            ended.worker = self
+                .shared
+                .workers
+                .ended(id, ended.attempt, completed)
+                .map(crate::task::WorkerId::as_u128);
+        }
     }
 
     /// The report of an attempt's end, and its events (see `Event::of_attempt_end`).
@@ -204,10 +218,11 @@ impl Writer {
             return Ok(());
         };
         let mut ctx = self.context(batch.now);
-        let Ok(step) = lifecycle::orphan(task, id, attempt, Orphaned::LeaseExpired, &mut ctx)
+        let Ok(mut step) = lifecycle::orphan(task, id, attempt, Orphaned::LeaseExpired, &mut ctx)
         else {
             return Ok(());
         };
+        self.name_worker(id, &mut step);
         self.commit_step(tables, id, &step, batch.now, batch)?;
         if let Some(record) = Self::snapshot(batch, id, &step.task) {
             let error = record.error.clone();

@@ -161,6 +161,9 @@ pub(in crate::broker::local) fn write_step(
     for effect in step.effects.iter() {
         write_effect(tables, id, &step.task, effect)?;
     }
+    if let Some(ended) = &step.ended {
+        tables.push_attempt(id, ended.clone())?;
+    }
     tables.put_task(id, &step.task, step.previous)
 }
 
