@@ -17,6 +17,7 @@ table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: .3em .6em; border-bottom: 1px solid #eceff3; vertical-align: top; }
 td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
 pre { background: #f3f5f8; padding: .6em; overflow: auto; white-space: pre-wrap; word-break: break-all; margin: 0; }
+pre.inline { display: inline; padding: 0 .3em; }
 .status { font-weight: 600; font-size: .85em; padding: .1em .4em; border-radius: 3px; background: #e8ebf0; }
 .s-COMPLETED { background: #d7f5dd; } .s-FAILED { background: #fbd9d9; } .s-RETRYING { background: #fdebc8; }
 .s-RUNNING { background: #d6e6ff; } .s-CANCELLED { background: #e4e4e4; }

@@ -11,6 +11,7 @@ mod actions;
 mod activity;
 mod assets;
 mod auth;
+mod observe;
 mod pages;
 
 use std::net::SocketAddr;
@@ -107,7 +108,7 @@ pub fn router(engine: Engine) -> Router {
         .route("/", get(pages::overview))
         .route("/tasks", get(pages::tasks))
         .route("/tasks/{id}", get(pages::task))
-        .route("/workers", get(pages::workers))
+        .route("/workers", get(observe::workers))
         .route("/login", get(pages::login).post(auth::login))
         .route("/logout", post(auth::logout))
         .route("/tasks/{id}/{action}", post(actions::task))

@@ -1,7 +1,6 @@
 //! The dashboard's pages, server-rendered with maud (which escapes every value it is given):
-//! one function per page, and within a page one function per section, so that sections still
-//! to come (a task's attempt history and its `why` text, the live workers) each slot in as a
-//! function of their own.
+//! one function per page, and within a page one function per section; the sections about
+//! workers, attempts and `why` live in `observe.rs`.
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -10,9 +9,9 @@ use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 
-use super::Dashboard;
 use super::activity::{MINUTES, Minute};
 use super::auth::Access;
+use super::{Dashboard, observe};
 use crate::{Error, ListQuery, QueueStats, Stats, TaskId, TaskRecord, TaskStatus};
 
 /// Tasks per page of the task list.
@@ -23,7 +22,7 @@ const PAGE: usize = 50;
 const NAME_SCAN_LIMIT: usize = 20_000;
 
 /// The page around every body: head, navigation, login state.
-fn layout(title: &str, access: &Access, body: &Markup) -> Markup {
+pub(super) fn layout(title: &str, access: &Access, body: &Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -114,6 +113,7 @@ pub(super) async fn overview(State(dashboard): State<Dashboard>, headers: Header
         Ok(stats) => stats,
         Err(error) => return engine_error(&error, &access),
     };
+    let workers = dashboard.engine().workers().await;
     let now = Utc::now();
     let body = html! {
         h1 { "Overview" }
@@ -122,7 +122,7 @@ pub(super) async fn overview(State(dashboard): State<Dashboard>, headers: Header
         }
         (queues_section(&stats, &access))
         (activity_section(&dashboard.inner.activity.last_hour(now)))
-        (workers_section())
+        (observe::workers_section(workers.as_ref().map_err(ToString::to_string)))
     };
     Html(layout("Overview", &access, &body).into_string()).into_response()
 }
@@ -244,16 +244,6 @@ fn activity_section(minutes: &[Minute]) -> Markup {
                 text x=(width - 24) y=(height) { "now" }
                 text x="0" y="10" { "peak " (peak) "/min" }
             }
-        }
-    }
-}
-
-/// Live workers: filled in by the live-workers work (issue 13 §2).
-fn workers_section() -> Markup {
-    html! {
-        section #workers {
-            h2 { "Workers" }
-            p.muted { "Live workers are not tracked yet." }
         }
     }
 }
@@ -486,13 +476,16 @@ pub(super) async fn task(
         Ok(None) => return engine_error(&Error::NotFound(id), &access),
         Err(error) => return engine_error(&error, &access),
     };
+    let attempts = dashboard.engine().attempts(id).await;
+    let explanation = dashboard.engine().explain(id).await;
     let body = html! {
         h1 { "Task " code { (record.id) } }
         (summary_section(&record, &access))
         (schedule_section(&record))
         (arguments_section(&record))
         (outcome_section(&record))
-        // The attempt history and `fq why` (issue 13 §1 and §3) come here, a section each.
+        (observe::why_section(explanation.as_ref().map_err(ToString::to_string)))
+        (observe::attempts_section(attempts.as_deref().map_err(ToString::to_string)))
     };
     Html(layout(&record.name, &access, &body).into_string()).into_response()
 }
@@ -572,14 +565,7 @@ fn outcome_section(record: &TaskRecord) -> Markup {
     }
 }
 
-// --- workers, login ---------------------------------------------------------------------------
-
-/// `GET /workers`: filled in by the live-workers work (issue 13 §2).
-pub(super) async fn workers(State(dashboard): State<Dashboard>, headers: HeaderMap) -> Response {
-    let access = dashboard.access(&headers);
-    let body = html! { h1 { "Workers" } (workers_section()) };
-    Html(layout("Workers", &access, &body).into_string()).into_response()
-}
+// --- login ---------------------------------------------------------------------------
 
 /// `GET /login`: the token form (or why there is none).
 pub(super) async fn login(State(dashboard): State<Dashboard>, headers: HeaderMap) -> Response {

@@ -188,6 +188,18 @@ async fn every_task_string_is_escaped() -> fq::Result<()> {
         assert!(!page.body.contains("<b id"), "{path}");
         assert!(!page.body.contains("<img"), "{path}");
     }
+    // The task page's attempt history holds the run with its (escaped) error, and `why` says
+    // what to do.
+    let page = get(&router, &format!("/tasks/{failed}"), None).await;
+    let attempts = &page.body[page.body.find("id=\"attempts\"").expect("attempts section")..];
+    assert!(attempts.contains("data-attempt=\"1\""), "{attempts}");
+    assert!(attempts.contains("permanent"), "{attempts}");
+    assert!(attempts.contains("&lt;b id="), "{attempts}");
+    assert!(
+        page.body.contains(&format!("fq retry {failed}")),
+        "{}",
+        page.body
+    );
     // A filter value is echoed escaped as well.
     let page = get(
         &router,
@@ -593,6 +605,11 @@ async fn the_dashboard_works_in_a_real_browser() -> fq::Result<()> {
     );
     assert_eq!(text(&client, "#completed-hour").await, "3");
     assert_eq!(text(&client, "#failed-hour").await, "1");
+    // The live worker, as `Engine::workers` lists it.
+    let live = engine.workers().await?.live;
+    assert_eq!(live.len(), 1, "{live:?}");
+    let worker_id = live[0].info.id.to_string();
+    assert!(text(&client, "#live-workers").await.contains(&worker_id));
     screenshot(&client, "overview-logged-out").await;
 
     client.goto(&format!("{base}/tasks")).await.expect("tasks");
@@ -601,6 +618,7 @@ async fn the_dashboard_works_in_a_real_browser() -> fq::Result<()> {
         .goto(&format!("{base}/workers"))
         .await
         .expect("workers");
+    assert!(text(&client, "#live-workers").await.contains(&worker_id));
     screenshot(&client, "workers").await;
 
     // A failed task: its error, as text.
@@ -610,6 +628,16 @@ async fn the_dashboard_works_in_a_real_browser() -> fq::Result<()> {
         .expect("task");
     assert_eq!(text(&client, "#task-error").await, ERROR);
     assert!(text(&client, "#task-status").await.contains("FAILED"));
+    // Its attempt history: run 1, by the live worker, an error with its message as text.
+    let attempt = text(&client, "#attempts tr[data-attempt='1']").await;
+    assert!(attempt.contains(&worker_id), "{attempt}");
+    assert!(attempt.contains("error"), "{attempt}");
+    assert!(attempt.contains(ERROR), "{attempt}");
+    assert!(
+        text(&client, "#why")
+            .await
+            .contains(&format!("fq retry {failing}"))
+    );
     // Logged out: no retry button.
     assert!(
         client
