@@ -565,6 +565,30 @@ pub(crate) fn report(mut task: StoredTask, id: TaskId, report: &Report) -> Resul
     let previous = task.status;
     let leave = discard(&task).iter().next();
     let mut retry_at = None;
+    // An outcome is a run that ended elsewhere: it joins the history here too (the worker
+    // that ran it is not named over RabbitMQ).
+    let ended = match report {
+        Report::Started { .. } => None,
+        Report::Ended {
+            attempt,
+            status,
+            started_at,
+            at,
+            error,
+            ..
+        } => Some(StoredAttempt {
+            attempt: *attempt,
+            started_at: started_at.unwrap_or(*at),
+            finished_at: *at,
+            worker: None,
+            outcome: match (status, error) {
+                (TaskStatus::Completed, _) => AttemptOutcome::Completed,
+                (_, Some(error)) => AttemptOutcome::of_failure(error.kind),
+                (_, None) => AttemptOutcome::Error,
+            },
+            error: error.clone(),
+        }),
+    };
     let enter = match report {
         Report::Started { attempt, at } => {
             task.status = TaskStatus::Running;
@@ -620,7 +644,7 @@ pub(crate) fn report(mut task: StoredTask, id: TaskId, report: &Report) -> Resul
         previous: Some(previous),
         effects,
         retry_at,
-        ended: None,
+        ended,
     })
 }
 

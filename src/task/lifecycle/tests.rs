@@ -578,4 +578,41 @@ fn every_ended_run_and_only_those_carry_their_attempt_for_the_history() {
     assert!(claimed.ended.is_none());
     let cancelled = cancel(task_in(TaskStatus::Pending), ID, false, NOW).expect("waiting");
     assert!(cancelled.ended.is_none());
+    // A run reported over RabbitMQ: its end joins the producer's history (no worker named),
+    // its start does not.
+    let started = report(
+        task_in(TaskStatus::Forwarded),
+        ID,
+        &Report::Started {
+            attempt: 2,
+            at: NOW - 5,
+        },
+    )
+    .expect("newer");
+    assert!(started.ended.is_none());
+    let reported = report(
+        task_in(TaskStatus::Forwarded),
+        ID,
+        &Report::Ended {
+            attempt: 2,
+            status: TaskStatus::Retrying,
+            started_at: Some(NOW - 5),
+            at: NOW,
+            result: None,
+            error: Some(StoredFailure {
+                message: "late".into(),
+                kind: FailureKind::Timeout,
+            }),
+            retry_at: Some(NOW + 1_000),
+        },
+    )
+    .expect("newer")
+    .ended
+    .expect("a reported end is recorded");
+    assert_eq!(
+        (reported.attempt, reported.started_at, reported.finished_at),
+        (2, NOW - 5, NOW)
+    );
+    assert_eq!(reported.outcome, AttemptOutcome::Timeout);
+    assert_eq!(reported.worker, None);
 }
