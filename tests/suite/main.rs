@@ -28,6 +28,7 @@ mod fencing;
 mod fuzz_corpus;
 mod handlers;
 mod limits;
+mod metrics;
 mod pause;
 mod poison;
 mod power_loss;

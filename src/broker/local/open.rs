@@ -106,6 +106,7 @@ impl LocalBroker {
             paused: super::pause::PausedQueues::new(store.paused_queues()?),
             schedule_alarm: super::schedules::ScheduleAlarm::new(store.next_schedule_fire()?, now),
             limits: super::limits::QueueLimiter::default(),
+            metrics: settings.metrics.clone(),
         });
         let weak = Arc::downgrade(&shared);
         shared.clock.on_advance(Box::new(move || {

@@ -126,11 +126,12 @@ pub(crate) enum Op {
     Schedules,
     ScheduleAction,
     Limit,
+    Metrics,
 }
 
 impl Op {
     /// Every op, for messages.
-    pub(crate) const ALL: [Op; 21] = [
+    pub(crate) const ALL: [Op; 22] = [
         Op::Enqueue,
         Op::Claim,
         Op::Heartbeat,
@@ -152,6 +153,7 @@ impl Op {
         Op::Schedules,
         Op::ScheduleAction,
         Op::Limit,
+        Op::Metrics,
     ];
 
     /// The op's name on the wire.
@@ -178,6 +180,7 @@ impl Op {
             Op::Schedules => "schedules",
             Op::ScheduleAction => "schedule_action",
             Op::Limit => "limit",
+            Op::Metrics => "metrics",
         }
     }
 

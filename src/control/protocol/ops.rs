@@ -366,3 +366,9 @@ pub(crate) struct Empty {}
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NoArgs {}
+
+/// The result of `metrics`: the serving engine's exposition, as `Engine::metrics` renders it.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct MetricsOk {
+    pub(crate) text: String,
+}

@@ -147,6 +147,11 @@ pub(super) struct Batch {
     completed: std::collections::HashMap<String, u64>,
     /// The store's free space, probed once per batch by its first enqueue.
     free_bytes: Option<Option<u64>>,
+    /// The moves the metrics count, recorded only once the commit succeeded; stays empty
+    /// when the engine's metrics are off.
+    observed: Vec<crate::metrics::Observation>,
+    /// Leases that ran out in this batch, for the metrics.
+    leases_expired: u64,
 }
 
 impl Batch {
@@ -265,7 +270,10 @@ impl Writer {
             audience: self.shared.events.has_audience(),
             completed: std::collections::HashMap::new(),
             free_bytes: None,
+            observed: Vec::new(),
+            leases_expired: 0,
         };
+        let n_commands = commands.len();
         let seq_before = self.next_seq;
         let waiting_before = self.waiting;
         let store = Arc::clone(&self.store);
@@ -297,6 +305,13 @@ impl Writer {
                     self.unflushed_since = None;
                 }
                 self.last_commit = started.elapsed();
+                if let Some(metrics) = &self.shared.metrics {
+                    let durable = (!lazy).then_some(self.last_commit);
+                    metrics.committed(std::mem::take(&mut batch.observed), n_commands, durable);
+                    if batch.leases_expired > 0 {
+                        metrics.leases_expired(batch.leases_expired);
+                    }
+                }
                 self.publish(batch.effects, batch.now);
                 if !batch.completed.is_empty() {
                     self.shared.completions.record(batch.now, &batch.completed);

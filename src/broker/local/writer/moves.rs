@@ -209,6 +209,7 @@ impl Writer {
             return Ok(());
         };
         self.commit_step(tables, id, &step, batch.now, batch)?;
+        batch.leases_expired += 1;
         if let Some(record) = Self::snapshot(batch, id, &step.task) {
             let error = record.error.clone();
             let event = Event::settled(
