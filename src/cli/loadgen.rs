@@ -312,6 +312,13 @@ pub(crate) async fn metrics_cost(
             temp.path.clone()
         }
     };
+    // The concurrent phase queues `tasks` rounded down to a multiple of `producers`: the
+    // drain waits for exactly those.
+    let producers = params.producers.max(1) as u64;
+    let params = &BenchParams {
+        tasks: (params.tasks / producers).max(1) * producers,
+        ..params.clone()
+    };
     let mut cost = MetricsCost {
         params: params.clone(),
         ..MetricsCost::default()

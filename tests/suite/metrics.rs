@@ -468,3 +468,87 @@ fn fq_metrics_prints_the_exposition_from_the_store_or_the_serving_engine() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("metrics.enabled = false"), "{stderr}");
 }
+
+/// `fq bench --metrics-cost`: three rounds each side, every figure a rate, and the cost the
+/// difference of the medians.
+#[cfg(feature = "cli")]
+#[test]
+fn bench_metrics_cost_reports_three_rounds_on_and_off() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = common::child::fq()
+        .current_dir(dir.path())
+        .args([
+            "bench",
+            "--metrics-cost",
+            "--tasks",
+            "200",
+            "--producers",
+            "4",
+            "--concurrency",
+            "4",
+            "--json",
+        ])
+        .output()
+        .expect("run fq bench");
+    assert!(output.status.success(), "{output:?}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    for side in ["enqueue_on", "enqueue_off", "drain_on", "drain_off"] {
+        let rounds = report[side].as_array().expect(side);
+        assert_eq!(rounds.len(), 3, "{report:#}");
+        assert!(
+            rounds.iter().all(|r| r.as_f64().is_some_and(|v| v > 0.0)),
+            "{report:#}"
+        );
+    }
+    let number = |key: &str| report[key].as_f64().expect(key);
+    let expected = (number("drain_off_median") - number("drain_on_median"))
+        / number("drain_off_median")
+        * 100.0;
+    assert!(
+        (number("drain_cost_percent") - expected).abs() < 1e-6,
+        "{report:#}"
+    );
+}
+
+/// RabbitMQ mode (skipped with a notice when no RabbitMQ answers, unless
+/// `FQ_REQUIRE_RABBITMQ=1`): the producer counts each confirmed forward, says it is connected,
+/// and its outbox is empty once the task is forwarded; a producer that never connects (nothing
+/// listens on its port) shows the task waiting in its outbox and `connected` 0.
+#[cfg(feature = "rabbitmq")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_mode_reports_the_outbox_forwards_and_the_connection() -> fq::Result<()> {
+    let Some(rabbit) = common::rabbit::Rabbit::shared("metrics").await else {
+        return Ok(());
+    };
+    let engine = rabbit.open(1)?;
+    engine.ready(common::PATIENCE).await?;
+    let id = engine.queue_task_named("m.ok", &json!({})).send().await?;
+    common::eventually(
+        "the task to be forwarded",
+        common::PATIENCE,
+        Duration::from_millis(50),
+        || async {
+            engine.task(id).await.ok().flatten().map(|t| t.status)
+                == Some(fq::TaskStatus::Forwarded)
+        },
+    )
+    .await;
+    let samples = parse(&engine.metrics().await?);
+    assert_eq!(value(&samples, "fq_rabbitmq_forwarded_total", &[]), 1.0);
+    assert_eq!(value(&samples, "fq_rabbitmq_connected", &[]), 1.0);
+    assert_eq!(value(&samples, "fq_rabbitmq_outbox_tasks", &[]), 0.0);
+    let forwarded = [("queue", rabbit.queue.as_str()), ("status", "forwarded")];
+    assert_eq!(value(&samples, "fq_queue_tasks", &forwarded), 1.0);
+
+    // Nothing listens on port 1: the task waits in the outbox, and the engine says so.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = rabbit.config_in(dir.path(), 1);
+    config.rabbitmq.url = Some("amqp://guest:guest@127.0.0.1:1/%2f".to_owned());
+    let offline = common::rabbit::open(config)?;
+    offline.queue_task_named("m.ok", &json!({})).send().await?;
+    let samples = parse(&offline.metrics().await?);
+    assert_eq!(value(&samples, "fq_rabbitmq_connected", &[]), 0.0);
+    assert_eq!(value(&samples, "fq_rabbitmq_outbox_tasks", &[]), 1.0);
+    assert_eq!(value(&samples, "fq_rabbitmq_forwarded_total", &[]), 0.0);
+    Ok(())
+}

@@ -305,22 +305,27 @@ impl Writer {
                     self.unflushed_since = None;
                 }
                 self.last_commit = started.elapsed();
-                if let Some(metrics) = &self.shared.metrics {
-                    let durable = (!lazy).then_some(self.last_commit);
-                    metrics.committed(std::mem::take(&mut batch.observed), n_commands, durable);
-                    if batch.leases_expired > 0 {
-                        metrics.leases_expired(batch.leases_expired);
-                    }
-                }
                 self.publish(batch.effects, batch.now);
                 if !batch.completed.is_empty() {
                     self.shared.completions.record(batch.now, &batch.completed);
                 }
                 self.follow_ups = batch.answers.iter().map(Answer::follow_ups).sum();
+                if let Some(metrics) = &self.shared.metrics {
+                    metrics.answering();
+                }
                 for answer in batch.answers {
                     answer.send();
                 }
                 self.answered_at = Some(std::time::Instant::now());
+                // Recorded after the answers went out: the callers (and the workers they feed)
+                // need not wait for the counters.
+                if let Some(metrics) = &self.shared.metrics {
+                    let durable = (!lazy).then_some(self.last_commit);
+                    metrics.committed(batch.observed, n_commands, durable);
+                    if batch.leases_expired > 0 {
+                        metrics.leases_expired(batch.leases_expired);
+                    }
+                }
             }
             Err(error) => {
                 self.next_seq = seq_before;
