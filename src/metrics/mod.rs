@@ -8,6 +8,7 @@
 //! fails counts nothing); queue depths, dropped events and the RabbitMQ figures are read at
 //! scrape time from [`Stats`] and the event bus.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -124,11 +125,75 @@ impl Transition {
     }
 }
 
+/// The instruments of one task name in one queue, resolved once from the families: the
+/// writer then counts with an atomic add, without hashing labels or allocating.
+#[derive(Debug)]
+pub(crate) struct TaskInstruments {
+    queued: Counter,
+    started: Counter,
+    completed: Counter,
+    retried: Counter,
+    failed: Counter,
+    cancelled: Counter,
+    /// `fq_task_run_seconds{name}`.
+    run: Histogram,
+    /// `fq_task_start_latency_seconds{queue}`.
+    latency: Histogram,
+}
+
+/// The writer's cache of [`TaskInstruments`] by queue, then task name (looked up by `&str`,
+/// so a hit allocates nothing). It grows with the (queue, name) pairs seen, as the metric
+/// families themselves do.
+#[derive(Debug)]
+pub(crate) struct InstrumentCache {
+    metrics: Arc<Metrics>,
+    by_queue: HashMap<String, HashMap<String, Arc<TaskInstruments>>>,
+}
+
+impl InstrumentCache {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            by_queue: HashMap::new(),
+        }
+    }
+
+    fn get(&mut self, queue: &str, name: &str) -> Arc<TaskInstruments> {
+        if let Some(found) = self.by_queue.get(queue).and_then(|names| names.get(name)) {
+            return Arc::clone(found);
+        }
+        let m = &self.metrics;
+        let labels = TaskLabels {
+            queue: queue.to_owned(),
+            name: name.to_owned(),
+        };
+        let instruments = Arc::new(TaskInstruments {
+            queued: m.queued.get_or_create_owned(&labels),
+            started: m.started.get_or_create_owned(&labels),
+            completed: m.completed.get_or_create_owned(&labels),
+            retried: m.retried.get_or_create_owned(&labels),
+            failed: m.failed.get_or_create_owned(&labels),
+            cancelled: m.cancelled.get_or_create_owned(&labels),
+            run: m.run_seconds.get_or_create_owned(&NameLabels {
+                name: name.to_owned(),
+            }),
+            latency: m.start_latency.get_or_create_owned(&QueueLabels {
+                queue: queue.to_owned(),
+            }),
+        });
+        self.by_queue
+            .entry(labels.queue)
+            .or_default()
+            .insert(labels.name, Arc::clone(&instruments));
+        instruments
+    }
+}
+
 /// One committed move, kept by the writer until its commit succeeds.
 #[derive(Debug)]
 pub(crate) struct Observation {
     transition: Transition,
-    labels: TaskLabels,
+    instruments: Arc<TaskInstruments>,
     /// The start's wait since the task was due (`Started`), or the attempt's run time (the
     /// end of a run), in milliseconds.
     elapsed_ms: Option<Millis>,
@@ -137,6 +202,7 @@ pub(crate) struct Observation {
 impl Observation {
     /// The move of task `name` in `queue` from `previous` to `status` at `now`; `due_at` and
     /// `started_at` are the task's after the move. `None` when no metric counts it.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn of(
         previous: Option<TaskStatus>,
         status: TaskStatus,
@@ -145,6 +211,7 @@ impl Observation {
         due_at: Millis,
         started_at: Option<Millis>,
         now: Millis,
+        cache: &mut InstrumentCache,
     ) -> Option<Self> {
         let transition = Transition::of(previous, status)?;
         let elapsed_ms = match transition {
@@ -158,10 +225,7 @@ impl Observation {
         };
         Some(Self {
             transition,
-            labels: TaskLabels {
-                queue: queue.to_owned(),
-                name: name.to_owned(),
-            },
+            instruments: cache.get(queue, name),
             elapsed_ms,
         })
     }
@@ -283,8 +347,9 @@ impl Metrics {
         })
     }
 
-    /// Called by the writer right before it answers a committed batch whose metrics it
-    /// records next ([`Metrics::committed`]).
+    /// Called by the writer right after a commit, before anything of the batch is visible
+    /// (events, waiters, answers); it records the batch's metrics once it has answered
+    /// ([`Metrics::committed`]).
     pub(crate) fn answering(&self) {
         self.answered.fetch_add(1, Ordering::SeqCst);
     }
@@ -323,33 +388,25 @@ impl Metrics {
             self.commit_seconds.observe(took.as_secs_f64());
         }
         for observation in observations {
-            let family = match observation.transition {
-                Transition::Queued => &self.queued,
-                Transition::Started => &self.started,
-                Transition::Completed => &self.completed,
-                Transition::Retried => &self.retried,
-                Transition::Failed => &self.failed,
-                Transition::Cancelled => &self.cancelled,
-                Transition::Forwarded => {
-                    self.forwarded.inc();
-                    continue;
-                }
+            let instruments = &observation.instruments;
+            let counter = match observation.transition {
+                Transition::Queued => &instruments.queued,
+                Transition::Started => &instruments.started,
+                Transition::Completed => &instruments.completed,
+                Transition::Retried => &instruments.retried,
+                Transition::Failed => &instruments.failed,
+                Transition::Cancelled => &instruments.cancelled,
+                Transition::Forwarded => &self.forwarded,
             };
-            family.get_or_create(&observation.labels).inc();
+            counter.inc();
             let Some(ms) = observation.elapsed_ms else {
                 continue;
             };
             let seconds = ms as f64 / 1000.0;
             if observation.transition == Transition::Started {
-                let labels = QueueLabels {
-                    queue: observation.labels.queue,
-                };
-                self.start_latency.get_or_create(&labels).observe(seconds);
+                instruments.latency.observe(seconds);
             } else {
-                let labels = NameLabels {
-                    name: observation.labels.name,
-                };
-                self.run_seconds.get_or_create(&labels).observe(seconds);
+                instruments.run.observe(seconds);
             }
         }
     }
@@ -483,6 +540,7 @@ mod tests {
     /// nothing.
     #[test]
     fn observations_measure_waits_and_runs() {
+        let mut cache = InstrumentCache::new(Metrics::new(false));
         let start = Observation::of(
             Some(TaskStatus::Pending),
             TaskStatus::Running,
@@ -491,6 +549,7 @@ mod tests {
             1_000,
             Some(3_500),
             3_500,
+            &mut cache,
         );
         assert_eq!(start.map(|o| o.elapsed_ms), Some(Some(2_500)));
         let end = Observation::of(
@@ -501,6 +560,7 @@ mod tests {
             1_000,
             Some(3_500),
             4_000,
+            &mut cache,
         );
         assert_eq!(end.map(|o| o.elapsed_ms), Some(Some(500)));
         let cancel = Observation::of(
@@ -511,6 +571,7 @@ mod tests {
             1_000,
             None,
             4_000,
+            &mut cache,
         );
         assert_eq!(cancel.map(|o| o.elapsed_ms), Some(None));
     }

@@ -133,6 +133,10 @@ impl LocalBroker {
             unflushed_since: None,
             healing: None,
             forwarding: std::collections::HashSet::new(),
+            instruments: settings
+                .metrics
+                .clone()
+                .map(crate::metrics::InstrumentCache::new),
         };
         let spawn_error =
             |e: std::io::Error| Error::Internal(format!("cannot start an engine thread: {e}"));

@@ -135,6 +135,8 @@ pub(crate) struct Writer {
     pub(crate) forwarding: std::collections::HashSet<TaskId>,
     /// The attempt to heal after a failed commit, while one is planned.
     pub(crate) healing: Option<heal::Healing>,
+    /// The metrics' instruments by queue and task name (`None`: metrics off).
+    pub(crate) instruments: Option<crate::metrics::InstrumentCache>,
 }
 
 /// The per-transaction scratch state.
@@ -305,14 +307,16 @@ impl Writer {
                     self.unflushed_since = None;
                 }
                 self.last_commit = started.elapsed();
+                // Before anything of the batch becomes visible (events, waiters, answers): a
+                // scrape from then on waits for its metrics.
+                if let Some(metrics) = &self.shared.metrics {
+                    metrics.answering();
+                }
                 self.publish(batch.effects, batch.now);
                 if !batch.completed.is_empty() {
                     self.shared.completions.record(batch.now, &batch.completed);
                 }
                 self.follow_ups = batch.answers.iter().map(Answer::follow_ups).sum();
-                if let Some(metrics) = &self.shared.metrics {
-                    metrics.answering();
-                }
                 for answer in batch.answers {
                     answer.send();
                 }

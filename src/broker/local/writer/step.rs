@@ -87,7 +87,7 @@ impl Writer {
             *batch.completed.entry(step.task.queue.clone()).or_insert(0) += 1;
         }
         // Every counted move of the state machine passes here: the one place metrics are fed.
-        if self.shared.metrics.is_some()
+        if let Some(cache) = &mut self.instruments
             && let Some(observation) = crate::metrics::Observation::of(
                 step.previous,
                 step.task.status,
@@ -96,6 +96,7 @@ impl Writer {
                 step.task.due_at,
                 step.task.started_at,
                 batch.now,
+                cache,
             )
         {
             batch.observed.push(observation);
