@@ -118,6 +118,9 @@ pub enum Error {
     /// refusing, a topology conflict, a full outbox.
     #[error(transparent)]
     Rabbit(#[from] crate::broker::RabbitError),
+    /// No metrics exposition could be made: metrics are turned off, or encoding failed.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// A test helper of [`crate::testing`] could not do what it was asked: a drain that never
     /// ends, a test engine still open after `close`.
     #[error(transparent)]

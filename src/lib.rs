@@ -113,6 +113,7 @@ mod handler;
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod internals;
+pub mod metrics;
 mod queue;
 #[cfg(all(doctest, feature = "cli"))]
 mod readme;
@@ -143,6 +144,7 @@ pub use engine::{Engine, EngineBuilder};
 pub use error::{Error, Result};
 pub use events::{Event, EventBus, EventKind, EventStream, UnknownEvent};
 pub use handler::{Registry, Task, TaskContext, TaskQueue, TaskSettings};
+pub use metrics::MetricsError;
 pub use schedule::{
     CatchUp, MAX_CATCH_UP, MISSED_AFTER_MS, Schedule, ScheduleAction, ScheduleInfo, ScheduleSpec,
 };

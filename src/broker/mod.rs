@@ -368,6 +368,13 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// Per-queue counts.
     fn stats(&self) -> BoxFuture<'_, Result<Stats>>;
 
+    /// The Prometheus exposition of the engine behind this broker, for a broker that reaches
+    /// another process's engine (the control socket); an engine that owns its store renders
+    /// its own (`Engine::metrics`), so the default refuses.
+    fn metrics(&self) -> BoxFuture<'_, Result<String>> {
+        Box::pin(async { Err(crate::metrics::MetricsError::Disabled.into()) })
+    }
+
     /// The lifecycle event bus.
     fn events(&self) -> &EventBus;
 

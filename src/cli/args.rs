@@ -65,6 +65,10 @@ pub(crate) enum Command {
     /// Task counts per queue: ready, scheduled, running, retrying, completed, failed, oldest
     /// waiting age and completions in the last minute
     Stats,
+    /// Print the engine's Prometheus metrics (the `/metrics` body): from the running `fq
+    /// serve` when there is one, else the store's queue depths read directly; with --json,
+    /// `{"content_type", "text"}`
+    Metrics,
     /// List tasks, oldest first
     List(ListArgs),
     /// Show everything about one task, with its attempt history (number, start, duration,
@@ -360,6 +364,10 @@ pub(crate) struct BenchArgs {
     /// measure what unique tasks cost against a run without
     #[arg(long)]
     pub(crate) unique: bool,
+    /// Measure only what metrics cost: the concurrent-enqueue and drain phases, 3 times with
+    /// metrics on and 3 times off, alternating; prints each side's median and the difference
+    #[arg(long)]
+    pub(crate) metrics_cost: bool,
 }
 
 /// A JSON array given as one flag value (clap would take a bare `Vec` for repeated flags).

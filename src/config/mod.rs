@@ -126,6 +126,8 @@ section! {
         /// The web dashboard (`fq serve --http`, `fq::web::router`): where it listens, and the
         /// token that unlocks its actions.
         pub http: HttpConfig = HttpConfig::default(),
+        /// Prometheus metrics (`fq metrics`, the dashboard's `/metrics`).
+        pub metrics: MetricsConfig = MetricsConfig::default(),
         /// Recurring schedules the owning engine declares at open (`[[schedules]]`).
         pub schedules: Vec<ScheduleConfig> = Vec::new(),
         /// Per-queue settings by queue name (`[queues.emails]`): concurrency and rate limits.
@@ -212,6 +214,16 @@ section! {
         /// one-shot command, an owner still shutting down) holds before giving up, default 10 s.
         /// Zero gives up at once.
         pub lock_wait: Duration = Duration::from_secs(10),
+    }
+}
+
+section! {
+    /// Prometheus metrics (config section `metrics`; README "Metrics").
+    pub struct MetricsConfig {
+        /// Count tasks, runs and commits for `fq metrics` and `/metrics`, default `true`: the
+        /// cost is a few counter updates per commit (README "Metrics" has the measured cost).
+        /// `false` makes the engine record nothing and refuse to render an exposition.
+        pub enabled: bool = true,
     }
 }
 

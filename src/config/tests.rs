@@ -158,6 +158,7 @@ fn full_config() -> Config {
             retain_days: 14,
             completed_retention: Duration::from_secs(43_200),
         },
+        metrics: super::MetricsConfig::default(),
         rabbitmq: RabbitConfig {
             host: "mq.internal".into(),
             port: 5673,

@@ -149,13 +149,21 @@ impl EngineBuilder {
                 database: self.path,
                 ..config
             };
-            return Ok(Engine::from_broker(Arc::new(broker), config, self.lease));
+            // Only the scrape-time figures (depths) mean anything here: nothing runs.
+            let metrics = MetricsSource::of(&config);
+            return Ok(Engine::from_broker(
+                Arc::new(broker),
+                config,
+                self.lease,
+                metrics,
+            ));
         }
         let socket = config.control.socket_path(&self.path);
         if self.control {
             // Before the store: a live engine on it is reported by pid, not as a locked file.
             ControlServer::probe(&socket)?;
         }
+        let metrics = MetricsSource::of(&config);
         let settings = LocalSettings {
             store: StoreOptions {
                 attempt_history: config.limits.attempt_history,
@@ -173,6 +181,7 @@ impl EngineBuilder {
             self_heal: self.self_heal,
             // Checked before the store is opened: a bad entry creates no store.
             schedules: super::schedules::config_schedules(&config)?,
+            metrics: metrics.local().cloned(),
         };
         // In rabbitmq mode the waiting tasks are the outbox, which is always bounded.
         #[cfg(feature = "rabbitmq")]
@@ -220,6 +229,7 @@ impl EngineBuilder {
                 max_connections: config.control.max_connections,
                 max_frame_bytes: config.limits.max_frame_bytes,
                 max_payload_bytes: config.limits.max_payload_bytes,
+                metrics: metrics.local().cloned(),
                 store: config.database.clone(),
                 defaults: defaults.clone(),
                 retention: retention_of(&config),
@@ -240,6 +250,7 @@ impl EngineBuilder {
                 defaults,
                 events,
                 lease: self.lease,
+                metrics,
             }),
         })
     }

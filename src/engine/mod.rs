@@ -23,6 +23,7 @@ use crate::config::{BrokerKind, Config};
 use crate::control::{ConnectOptions, ControlServer, RemoteBroker, ServerSettings};
 use crate::events::EventBus;
 use crate::handler::{Registry, Task, TaskQueue, queue_typed};
+use crate::metrics::Metrics;
 use crate::store::CustomBackend;
 use crate::store::StoreOptions;
 use crate::task::{RetryPolicy, TaskId, TaskRecord, TaskStatus};
@@ -51,6 +52,39 @@ struct EngineInner {
     /// How long a claimed attempt stays leased (the serving engine's, when connected): workers
     /// heartbeat well within it.
     lease: Duration,
+    /// Where [`Engine::metrics`] gets its exposition.
+    metrics: MetricsSource,
+}
+
+/// Where an engine's metrics live.
+#[derive(Debug)]
+pub(crate) enum MetricsSource {
+    /// This process records them (an owning engine, or one reading a store directly, which
+    /// has only the scrape-time figures to show).
+    Local(Arc<Metrics>),
+    /// Turned off (`metrics.enabled = false`).
+    Off,
+    /// The serving engine's, asked over the control socket.
+    Remote,
+}
+
+impl MetricsSource {
+    /// Fresh metrics when `config` turns them on.
+    pub(crate) fn of(config: &Config) -> Self {
+        if config.metrics.enabled {
+            Self::Local(Metrics::new(config.broker == BrokerKind::Rabbitmq))
+        } else {
+            Self::Off
+        }
+    }
+
+    /// The instruments, when this process records them.
+    pub(crate) fn local(&self) -> Option<&Arc<Metrics>> {
+        match self {
+            Self::Local(metrics) => Some(metrics),
+            Self::Off | Self::Remote => None,
+        }
+    }
 }
 
 /// A handle to an open fq engine: cheap to clone, shared by producers and workers. The store
@@ -330,6 +364,27 @@ impl Engine {
         self.inner.broker.purge(queue.to_owned(), status).await
     }
 
+    /// The engine's metrics in the Prometheus (OpenMetrics) text format, the body of a
+    /// `/metrics` endpoint (served with [`crate::metrics::CONTENT_TYPE`]): counters and
+    /// histograms recorded since the engine opened, and queue depths read now. A connected
+    /// engine asks the serving engine over the control socket; an engine reading a store
+    /// directly (no owner running) shows the depths only, its counters at zero.
+    ///
+    /// # Errors
+    /// [`Error::Metrics`] with [`crate::MetricsError::Disabled`] when the configuration says
+    /// `metrics.enabled = false` (for a connected engine: the serving engine's); a storage or
+    /// connection failure while reading the depths.
+    pub async fn metrics(&self) -> Result<String> {
+        match &self.inner.metrics {
+            MetricsSource::Local(metrics) => {
+                let stats = self.stats().await?;
+                Ok(metrics.render(&stats, self.inner.events.dropped())?)
+            }
+            MetricsSource::Off => Err(crate::metrics::MetricsError::Disabled.into()),
+            MetricsSource::Remote => self.inner.broker.metrics().await,
+        }
+    }
+
     /// The lifecycle events: `add_listener(name, fn)` or `subscribe()`.
     pub fn events(&self) -> &EventBus {
         &self.inner.events
@@ -342,7 +397,12 @@ impl Engine {
 
     /// An engine over another broker (a remote engine's control socket, RabbitMQ), with
     /// `config` for task defaults and worker settings.
-    pub(crate) fn from_broker(broker: Arc<dyn Broker>, config: Config, lease: Duration) -> Engine {
+    pub(crate) fn from_broker(
+        broker: Arc<dyn Broker>,
+        config: Config,
+        lease: Duration,
+        metrics: MetricsSource,
+    ) -> Engine {
         let defaults = EnqueueDefaults::from_config(&config);
         Engine {
             inner: Arc::new(EngineInner {
@@ -355,6 +415,7 @@ impl Engine {
                 config,
                 defaults,
                 lease,
+                metrics,
             }),
         }
     }
@@ -402,7 +463,12 @@ impl Engine {
         config.defaults.timeout = info.timeout;
         config.cleanup.completed_retention = info.retention.completed;
         config.cleanup.retain_days = info.retention.failed.as_secs().div_ceil(86_400).max(1);
-        Ok(Engine::from_broker(Arc::new(broker), config, info.lease))
+        Ok(Engine::from_broker(
+            Arc::new(broker),
+            config,
+            info.lease,
+            MetricsSource::Remote,
+        ))
     }
 
     /// The control socket this engine serves, `None` for a connected engine or one opened with

@@ -64,6 +64,9 @@ pub(crate) struct LocalSettings {
     pub(crate) self_heal: bool,
     /// The configuration's schedules (`[[schedules]]`), checked, declared at open.
     pub(crate) schedules: Vec<(crate::Schedule, NewTask)>,
+    /// The engine's metrics, fed by the writer after each commit; `None` when turned off
+    /// (`metrics.enabled = false`).
+    pub(crate) metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// Completions per queue over the last minute, in one-second buckets.
@@ -131,6 +134,8 @@ pub(crate) struct Shared {
     /// The live workers and who runs which attempt (memory only); the writer reads it to name
     /// the worker in each attempt's history.
     pub(crate) workers: crate::broker::workers::WorkerRegistry,
+    /// The engine's metrics (`None`: turned off), fed by the writer after its commits.
+    pub(crate) metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// Tells callers that the writer thread has ended, and so whether a dropped reply means
@@ -520,6 +525,7 @@ mod tests {
             min_free_bytes: 0,
             self_heal: true,
             schedules: Vec::new(),
+            metrics: None,
         }
     }
 

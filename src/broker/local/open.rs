@@ -107,6 +107,7 @@ impl LocalBroker {
             paused: super::pause::PausedQueues::new(store.paused_queues()?),
             schedule_alarm: super::schedules::ScheduleAlarm::new(store.next_schedule_fire()?, now),
             limits: super::limits::QueueLimiter::default(),
+            metrics: settings.metrics.clone(),
         });
         let weak = Arc::downgrade(&shared);
         shared.clock.on_advance(Box::new(move || {
@@ -133,6 +134,10 @@ impl LocalBroker {
             unflushed_since: None,
             healing: None,
             forwarding: std::collections::HashSet::new(),
+            instruments: settings
+                .metrics
+                .clone()
+                .map(crate::metrics::InstrumentCache::new),
         };
         let spawn_error =
             |e: std::io::Error| Error::Internal(format!("cannot start an engine thread: {e}"));

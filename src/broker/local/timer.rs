@@ -146,6 +146,7 @@ mod loom_tests {
             paused: super::super::pause::PausedQueues::new(Vec::new()),
             schedule_alarm: super::super::schedules::ScheduleAlarm::default(),
             limits: super::super::limits::QueueLimiter::default(),
+            metrics: None,
         });
         // As `LocalBroker::open` wires it.
         let weak = Arc::downgrade(&shared);

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use crate::cli::Context;
 use crate::cli::args::BenchArgs;
 use crate::cli::error::CliError;
-use crate::cli::loadgen::{self, BenchParams, BenchReport};
+use crate::cli::loadgen::{self, BenchParams, BenchReport, MetricsCost};
 
 /// Runs every phase with a progress bar per phase on stderr, then prints the report.
 pub(crate) async fn run(ctx: &Context, args: &BenchArgs) -> Result<(), CliError> {
@@ -45,6 +45,22 @@ pub(crate) async fn run(ctx: &Context, args: &BenchArgs) -> Result<(), CliError>
             bar.set_position(done);
         }
     };
+    if args.metrics_cost {
+        let cost = loadgen::metrics_cost(&params, &progress).await;
+        if let Some((_, bar)) = current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            bar.finish_and_clear();
+        }
+        let cost = cost?;
+        return if out.is_json() {
+            out.document(&cost)
+        } else {
+            out.text(&cost_table(&cost))
+        };
+    }
     let report = loadgen::run(&params, &progress).await;
     if let Some((_, bar)) = current
         .lock()
@@ -168,4 +184,34 @@ fn table(report: &BenchReport) -> String {
     }
     text.pop();
     text
+}
+
+/// `fq bench --metrics-cost`: each phase's rounds and medians, on and off.
+fn cost_table(cost: &MetricsCost) -> String {
+    let rounds = |values: &[f64]| {
+        values
+            .iter()
+            .map(|v| format!("{v:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "metrics cost, {tasks} tasks per phase ({rounds} rounds each side, alternating)\n\
+         enqueue, {producers} producers: on {eon:.0} /s [{eons}], off {eoff:.0} /s [{eoffs}]: cost {ec:.1}%\n\
+         drain, concurrency {concurrency}: on {don:.0} /s [{dons}], off {doff:.0} /s [{doffs}]: cost {dc:.1}%",
+        tasks = cost.params.tasks,
+        rounds = cost.enqueue_on.len(),
+        producers = cost.params.producers,
+        concurrency = cost.params.concurrency,
+        eon = cost.enqueue_on_median,
+        eons = rounds(&cost.enqueue_on),
+        eoff = cost.enqueue_off_median,
+        eoffs = rounds(&cost.enqueue_off),
+        ec = cost.enqueue_cost_percent,
+        don = cost.drain_on_median,
+        dons = rounds(&cost.drain_on),
+        doff = cost.drain_off_median,
+        doffs = rounds(&cost.drain_off),
+        dc = cost.drain_cost_percent,
+    )
 }

@@ -7,6 +7,7 @@ mod demo;
 mod enqueue;
 mod limit;
 mod list;
+mod metrics;
 mod pause;
 mod purge;
 mod retry;
@@ -32,6 +33,7 @@ pub(crate) async fn dispatch(cli: Cli, registry: Registry) -> Result<(), CliErro
         Command::Worker(WorkerCommand::Start(args)) => worker::start(&ctx, args, registry).await,
         Command::Enqueue(args) => enqueue::run(&ctx, args).await,
         Command::Stats => stats::run(&ctx).await,
+        Command::Metrics => metrics::run(&ctx).await,
         Command::List(args) => list::run(&ctx, args).await,
         Command::Show(args) => show::run(&ctx, &args).await,
         Command::Why(args) => why::run(&ctx, &args).await,

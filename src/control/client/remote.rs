@@ -390,6 +390,14 @@ impl Broker for RemoteBroker {
         Box::pin(self.shared.request(Op::Stats, &Empty {}))
     }
 
+    fn metrics(&self) -> BoxFuture<'_, Result<String>> {
+        Box::pin(async move {
+            let ok: crate::control::protocol::MetricsOk =
+                self.shared.request(Op::Metrics, &Empty {}).await?;
+            Ok(ok.text)
+        })
+    }
+
     fn events(&self) -> &EventBus {
         &self.events
     }

@@ -132,11 +132,12 @@ pub(crate) enum Op {
     WorkerAnnounce,
     WorkerHeartbeat,
     WorkerStopped,
+    Metrics,
 }
 
 impl Op {
     /// Every op, for messages.
-    pub(crate) const ALL: [Op; 27] = [
+    pub(crate) const ALL: [Op; 28] = [
         Op::Enqueue,
         Op::Claim,
         Op::Heartbeat,
@@ -164,6 +165,7 @@ impl Op {
         Op::WorkerAnnounce,
         Op::WorkerHeartbeat,
         Op::WorkerStopped,
+        Op::Metrics,
     ];
 
     /// The op's name on the wire.
@@ -196,6 +198,7 @@ impl Op {
             Op::WorkerAnnounce => "worker_announce",
             Op::WorkerHeartbeat => "worker_heartbeat",
             Op::WorkerStopped => "worker_stopped",
+            Op::Metrics => "metrics",
         }
     }
 

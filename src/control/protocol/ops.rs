@@ -414,3 +414,9 @@ pub(crate) struct KnownOk {
 pub(crate) struct WorkerArgs {
     pub(crate) worker: crate::task::WorkerId,
 }
+
+/// The result of `metrics`: the serving engine's exposition, as `Engine::metrics` renders it.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct MetricsOk {
+    pub(crate) text: String,
+}

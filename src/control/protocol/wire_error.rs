@@ -192,6 +192,7 @@ pub(crate) fn error_to_wire(error: &Error) -> WireError {
         Error::Control(_) => WireError::new("control", message),
         Error::Connect { .. } => WireError::new("connect", message),
         Error::Rabbit(_) => WireError::new("rabbitmq", message),
+        Error::Metrics(_) => WireError::new("metrics", message),
         Error::Remote { kind, message } => WireError::new(kind, message.clone()),
     }
 }

@@ -369,6 +369,15 @@ async fn dispatch(
             let stats = broker.stats().await?;
             ok_body(id, &stats)
         }
+        Op::Metrics => {
+            let _: NoArgs = decode_args(op, args)?;
+            let Some(metrics) = &ctx.settings.metrics else {
+                return Err(crate::metrics::MetricsError::Disabled.into());
+            };
+            let stats = broker.stats().await?;
+            let text = metrics.render(&stats, broker.events().dropped())?;
+            ok_body(id, &crate::control::protocol::MetricsOk { text })
+        }
         Op::Cleanup => {
             let args: CleanupArgs = decode_args(op, args)?;
             let defaults = ctx.settings.retention;

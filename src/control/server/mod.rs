@@ -40,6 +40,8 @@ pub(crate) struct ServerSettings {
     /// What `cleanup` applies when the request names no retention.
     pub(crate) retention: RetentionPolicy,
     pub(crate) lease: Duration,
+    /// The engine's metrics, for the `metrics` op; `None` when turned off.
+    pub(crate) metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// What every connection of one server shares.

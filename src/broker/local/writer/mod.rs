@@ -135,6 +135,8 @@ pub(crate) struct Writer {
     pub(crate) forwarding: std::collections::HashSet<TaskId>,
     /// The attempt to heal after a failed commit, while one is planned.
     pub(crate) healing: Option<heal::Healing>,
+    /// The metrics' instruments by queue and task name (`None`: metrics off).
+    pub(crate) instruments: Option<crate::metrics::InstrumentCache>,
 }
 
 /// The per-transaction scratch state.
@@ -147,6 +149,11 @@ pub(super) struct Batch {
     completed: std::collections::HashMap<String, u64>,
     /// The store's free space, probed once per batch by its first enqueue.
     free_bytes: Option<Option<u64>>,
+    /// The moves the metrics count, recorded only once the commit succeeded; stays empty
+    /// when the engine's metrics are off.
+    observed: Vec<crate::metrics::Observation>,
+    /// Leases that ran out in this batch, for the metrics.
+    leases_expired: u64,
 }
 
 impl Batch {
@@ -265,7 +272,10 @@ impl Writer {
             audience: self.shared.events.has_audience(),
             completed: std::collections::HashMap::new(),
             free_bytes: None,
+            observed: Vec::new(),
+            leases_expired: 0,
         };
+        let n_commands = commands.len();
         let seq_before = self.next_seq;
         let waiting_before = self.waiting;
         let store = Arc::clone(&self.store);
@@ -297,6 +307,11 @@ impl Writer {
                     self.unflushed_since = None;
                 }
                 self.last_commit = started.elapsed();
+                // Before anything of the batch becomes visible (events, waiters, answers): a
+                // scrape from then on waits for its metrics.
+                if let Some(metrics) = &self.shared.metrics {
+                    metrics.answering();
+                }
                 self.publish(batch.effects, batch.now);
                 if !batch.completed.is_empty() {
                     self.shared.completions.record(batch.now, &batch.completed);
@@ -306,6 +321,15 @@ impl Writer {
                     answer.send();
                 }
                 self.answered_at = Some(std::time::Instant::now());
+                // Recorded after the answers went out: the callers (and the workers they feed)
+                // need not wait for the counters.
+                if let Some(metrics) = &self.shared.metrics {
+                    let durable = (!lazy).then_some(self.last_commit);
+                    metrics.committed(batch.observed, n_commands, durable);
+                    if batch.leases_expired > 0 {
+                        metrics.leases_expired(batch.leases_expired);
+                    }
+                }
             }
             Err(error) => {
                 self.next_seq = seq_before;

@@ -224,6 +224,7 @@ impl Writer {
         };
         self.name_worker(id, &mut step);
         self.commit_step(tables, id, &step, batch.now, batch)?;
+        batch.leases_expired += 1;
         if let Some(record) = Self::snapshot(batch, id, &step.task) {
             let error = record.error.clone();
             let event = Event::settled(

@@ -86,6 +86,21 @@ impl Writer {
         if step.task.status == crate::task::TaskStatus::Completed {
             *batch.completed.entry(step.task.queue.clone()).or_insert(0) += 1;
         }
+        // Every counted move of the state machine passes here: the one place metrics are fed.
+        if let Some(cache) = &mut self.instruments
+            && let Some(observation) = crate::metrics::Observation::of(
+                step.previous,
+                step.task.status,
+                &step.task.queue,
+                &step.task.name,
+                step.task.due_at,
+                step.task.started_at,
+                batch.now,
+                cache,
+            )
+        {
+            batch.observed.push(observation);
+        }
         Ok(())
     }
 
