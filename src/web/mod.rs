@@ -115,8 +115,8 @@ pub fn router(engine: Engine) -> Router {
         .route("/queues/{queue}/{action}", post(actions::queue))
         .route("/assets/fq.css", get(assets::css))
         .route("/assets/live.js", get(assets::live_js))
-        // `/metrics` (issue 13 §4, `fq::metrics`) is routed here at merge:
-        // `.route("/metrics", get(...))`, outside the token (Prometheus scrapes without one).
+        // Outside the token: Prometheus scrapes without one.
+        .route("/metrics", get(observe::metrics))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(dashboard)
 }

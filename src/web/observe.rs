@@ -1,9 +1,10 @@
 //! The dashboard's views of what the engine observes: the live and recently gone workers (the
-//! overview's section and the workers page), and on a task's page its attempt history and the
-//! `fq why` sentences. Every value goes through maud, which escapes it.
+//! overview's section and the workers page), on a task's page its attempt history and the
+//! `fq why` sentences (every value through maud, which escapes it), and `/metrics` for
+//! Prometheus.
 
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use maud::{Markup, html};
@@ -145,5 +146,25 @@ pub(super) fn why_section(explanation: Result<&Explanation, String>) -> Markup {
                 }
             }
         }
+    }
+}
+
+/// `GET /metrics`: the engine's metrics in the OpenMetrics text format, readable without the
+/// token (a scraper has none; the metrics name queues and task names, never arguments). With
+/// `metrics.enabled = false`, 404 and why.
+pub(super) async fn metrics(State(dashboard): State<Dashboard>) -> Response {
+    match crate::metrics::render(dashboard.engine()).await {
+        Ok(text) => {
+            let mut response = text.into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+            );
+            response
+        }
+        Err(crate::Error::Metrics(error)) => {
+            (StatusCode::NOT_FOUND, format!("{error}\n")).into_response()
+        }
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")).into_response(),
     }
 }

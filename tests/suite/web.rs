@@ -937,3 +937,58 @@ async fn task_and_queue_actions_call_the_engine() -> fq::Result<()> {
     assert_eq!(status(there).await, Some(TaskStatus::Failed));
     Ok(())
 }
+
+/// `/metrics` serves the engine's exposition without the token (a scraper has none), with the
+/// OpenMetrics content type; with metrics turned off it answers 404 and names the key.
+#[tokio::test]
+async fn metrics_are_served_without_the_token_and_refused_when_off() -> fq::Result<()> {
+    let (_dir, engine) = engine_with_token();
+    engine
+        .queue_task_named("web.counted", &json!({}))
+        .queue("scraped")
+        .send()
+        .await?;
+    let router = fq::web::router(engine.clone());
+    let reply = call(
+        &router,
+        Request::get("/metrics")
+            .body(Body::empty())
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let line = reply
+        .body
+        .lines()
+        .find(|line| line.starts_with("fq_tasks_queued_total{") && line.contains("scraped"))
+        .unwrap_or_else(|| panic!("no queued counter for queue scraped: {}", reply.body));
+    assert!(
+        line.contains("web.counted") && line.ends_with(" 1"),
+        "{line}"
+    );
+    let response = router
+        .clone()
+        .oneshot(
+            Request::get("/metrics")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("the router answers");
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        fq::metrics::CONTENT_TYPE
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = Config {
+        database: dir.path().join("fq.redb"),
+        ..Config::default()
+    };
+    config.metrics.enabled = false;
+    let off = Engine::from_config(config)?;
+    let reply = get(&fq::web::router(off), "/metrics", None).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.body);
+    assert!(reply.body.contains("metrics.enabled"), "{}", reply.body);
+    Ok(())
+}
