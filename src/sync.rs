@@ -67,3 +67,33 @@ mod loom_condvar {
         }
     }
 }
+
+/// A loom thread with room for crossbeam's skiplists: they draw random tower heights, so a
+/// model's stack depth varies from run to run, and loom's default coroutine stack overflowed
+/// in one or two runs of eight in a debug build (2026-12-04). Models spawn every thread that
+/// touches a skiplist through this.
+#[cfg(all(test, fq_loom))]
+pub(crate) fn loom_spawn<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> loom::thread::JoinHandle<T> {
+    loom::thread::Builder::new()
+        .stack_size(1 << 20)
+        .spawn(f)
+        .unwrap_or_else(|e| panic!("a loom thread: {e}"))
+}
+
+/// A model body run on a [`loom_spawn`] thread (the model's own thread keeps loom's small
+/// default stack, and crossbeam's epoch collector may run its deferred frees on any thread
+/// that touches a skiplist, dropping included).
+#[cfg(all(test, fq_loom))]
+pub(crate) fn loom_body(
+    body: impl Fn() + Send + Sync + 'static,
+) -> impl Fn() + Send + Sync + 'static {
+    let body = std::sync::Arc::new(body);
+    move || {
+        let body = std::sync::Arc::clone(&body);
+        loom_spawn(move || body())
+            .join()
+            .unwrap_or_else(|_| panic!("the model's body panicked"));
+    }
+}

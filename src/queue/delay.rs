@@ -192,6 +192,7 @@ mod loom_tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::sync::loom_spawn as spawn;
 
     /// The timer's move, a cancel's withdrawal and a worker's pop of the same task, in every
     /// order loom finds around the transfer lock: exactly one of the withdrawal and the pop
@@ -201,7 +202,7 @@ mod loom_tests {
     /// test above.
     #[test]
     fn loom_a_withdrawn_task_is_never_left_in_the_ready_heap() {
-        loom::model(|| {
+        loom::model(crate::sync::loom_body(|| {
             let ready = Arc::new(ReadyHeap::new());
             let index = Arc::new(DelayIndex::new());
             let order = ReadyOrder::new(0, 5, 1);
@@ -216,7 +217,7 @@ mod loom_tests {
             let worker = {
                 let selection = ready.select(&[Arc::from("q")]);
                 let linearized = Arc::clone(&linearized);
-                loom::thread::spawn(move || {
+                spawn(move || {
                     touch(&linearized);
                     selection.pop().is_some()
                 })
@@ -224,7 +225,7 @@ mod loom_tests {
             let timer = {
                 let (ready, index) = (Arc::clone(&ready), Arc::clone(&index));
                 let linearized = Arc::clone(&linearized);
-                loom::thread::spawn(move || {
+                spawn(move || {
                     touch(&linearized);
                     index.promote_due(10, &ready)
                 })
@@ -239,6 +240,6 @@ mod loom_tests {
                 "withdrawn {withdrawn}, popped {popped}"
             );
             assert_eq!(ready.len() + index.len(), 0, "a task was left behind");
-        });
+        }));
     }
 }

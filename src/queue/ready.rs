@@ -290,7 +290,7 @@ mod loom_tests {
         if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
             builder.preemption_bound = Some(3);
         }
-        builder.check(move || {
+        builder.check(crate::sync::loom_body(move || {
             let heap = Arc::new(ReadyHeap::new());
             let notify = Arc::new(NotifyModel::default());
             let linearized = Arc::new(Linearized::default());
@@ -300,7 +300,7 @@ mod loom_tests {
                     let selection = heap.select(&queues);
                     let notify = Arc::clone(&notify);
                     let linearized = Arc::clone(&linearized);
-                    loom::thread::spawn(move || {
+                    crate::sync::loom_spawn(move || {
                         loop {
                             let mut registered = None;
                             if register_first {
@@ -331,7 +331,7 @@ mod loom_tests {
                 .collect();
             got.sort_unstable();
             assert_eq!(got, (0..u128::from(workers)).collect::<Vec<_>>());
-        });
+        }));
     }
 
     /// The engine's order never leaves a worker asleep beside a ready task.

@@ -165,7 +165,7 @@ mod loom_tests {
     fn spawn_timer(shared: &Arc<Shared>) -> loom::thread::JoinHandle<()> {
         let shared = Arc::clone(shared);
         let (commands, _) = crossbeam_channel::unbounded();
-        loom::thread::spawn(move || run(&shared, &commands))
+        crate::sync::loom_spawn(move || run(&shared, &commands))
     }
 
     /// `LocalBroker::drop`'s protocol.
@@ -179,7 +179,7 @@ mod loom_tests {
         if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
             builder.preemption_bound = Some(3);
         }
-        builder.check(f);
+        builder.check(crate::sync::loom_body(f));
     }
 
     /// Stopping the engine wakes a timer that sleeps with nothing to do, wherever in its loop
