@@ -261,21 +261,7 @@ async fn a_run_released_at_shutdown_is_listed_as_released() -> fq::Result<()> {
         .queue("slow")
         .send()
         .await?;
-    common::eventually(
-        "the task running",
-        common::PATIENCE,
-        Duration::from_millis(20),
-        || {
-            let engine = engine.clone();
-            async move {
-                engine
-                    .task(id)
-                    .await
-                    .is_ok_and(|t| t.is_some_and(|t| t.status == TaskStatus::Running))
-            }
-        },
-    )
-    .await;
+    common::until_status(&engine, id, TaskStatus::Running).await;
     let worker_id = engine.workers().await?.live[0].info.id;
     stop.shutdown();
     let report = run.await.expect("the worker joins")?;

@@ -182,21 +182,7 @@ async fn a_queue_at_its_concurrency_limit_is_said_to_hold_the_task() -> fq::Resu
         .queue("q")
         .send()
         .await?;
-    common::eventually(
-        "the first running",
-        common::PATIENCE,
-        Duration::from_millis(20),
-        || {
-            let engine = engine.clone();
-            async move {
-                engine
-                    .task(first)
-                    .await
-                    .is_ok_and(|t| t.is_some_and(|t| t.status == TaskStatus::Running))
-            }
-        },
-    )
-    .await;
+    common::until_status(&engine, first, TaskStatus::Running).await;
     let why = engine.explain(second).await?;
     assert_eq!(why.status, TaskStatus::Pending);
     assert_eq!(why.queue_limits.concurrency, Some(1));

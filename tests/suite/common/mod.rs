@@ -131,6 +131,25 @@ where
     }
 }
 
+/// Waits until task `id` has `status`, failing the test after [`PATIENCE`].
+pub async fn until_status(engine: &Engine, id: fq::TaskId, status: fq::TaskStatus) {
+    eventually(
+        &format!("task {id} to be {status}"),
+        PATIENCE,
+        Duration::from_millis(20),
+        || {
+            let engine = engine.clone();
+            async move {
+                engine
+                    .task(id)
+                    .await
+                    .is_ok_and(|t| t.is_some_and(|t| t.status == status))
+            }
+        },
+    )
+    .await;
+}
+
 /// Waits for the next event named `name` about task `id`, failing the test after [`PATIENCE`].
 pub async fn task_event(events: &mut EventStream, name: &str, id: fq::TaskId) -> Arc<fq::Event> {
     next_event(events, name, |event| event.task.id == id).await
