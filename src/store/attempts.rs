@@ -7,7 +7,7 @@
 
 use redb::ReadableTable;
 
-use super::tables::ATTEMPTS;
+use super::tables::{ATTEMPTS, read_lazy_table};
 use super::write_tables::{lazy_table, storage};
 use super::{Store, StoreError, WriteTables};
 use crate::task::attempt::push_bounded;
@@ -111,11 +111,9 @@ impl Store {
     pub(crate) fn read_attempts(&self, id: TaskId) -> Result<Vec<StoredAttempt>, StoreError> {
         let err = self.storage("reading an attempt history");
         let txn = self.begin_read("reading an attempt history")?;
-        let table = match txn.open_table(ATTEMPTS) {
-            Ok(table) => table,
-            // No run has ended in this store since histories were kept.
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(err(e.into())),
+        // None: no run has ended in this store since histories were kept.
+        let Some(table) = read_lazy_table(&txn, ATTEMPTS).map_err(|e| err(e.into()))? else {
+            return Ok(Vec::new());
         };
         match table.get(id.as_u128()).map_err(|e| err(e.into()))? {
             Some(row) => decode_row(id, row.value()),

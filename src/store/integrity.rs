@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use redb::ReadableTable;
 
-use super::tables::{ATTEMPTS, COUNTS, FINISHED, LEASES, TASKS, UNIQUE, WAITING};
+use super::tables::{ATTEMPTS, COUNTS, FINISHED, LEASES, TASKS, UNIQUE, WAITING, read_lazy_table};
 use super::{Store, StoreError, codec, keys};
 use crate::task::ReadyOrder;
 use crate::task::unique::holds_key;
@@ -156,33 +156,25 @@ impl Store {
             ));
         }
 
-        match txn.open_table(ATTEMPTS) {
-            Ok(attempts) => {
-                for item in attempts.iter().map_err(|e| err(e.into()))? {
-                    let (key, _) = item.map_err(|e| err(e.into()))?;
-                    if tasks.get(key.value()).map_err(|e| err(e.into()))?.is_none() {
-                        report.problems.push(format!(
-                            "attempt history of task {} whose record is gone",
-                            TaskId::from_u128(key.value())
-                        ));
-                    }
+        // None: no run has ended since the store gained histories.
+        if let Some(attempts) = read_lazy_table(&txn, ATTEMPTS).map_err(|e| err(e.into()))? {
+            for item in attempts.iter().map_err(|e| err(e.into()))? {
+                let (key, _) = item.map_err(|e| err(e.into()))?;
+                if tasks.get(key.value()).map_err(|e| err(e.into()))?.is_none() {
+                    report.problems.push(format!(
+                        "attempt history of task {} whose record is gone",
+                        TaskId::from_u128(key.value())
+                    ));
                 }
             }
-            // No run has ended since the store gained histories.
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(err(e.into())),
         }
 
-        match txn.open_table(UNIQUE) {
-            Ok(unique) => {
-                for item in unique.iter().map_err(|e| err(e.into()))? {
-                    let (key, value) = item.map_err(|e| err(e.into()))?;
-                    check_unique_entry(key.value(), value.value(), &mut keyed, &mut report);
-                }
+        // None: a store that never had a task with a key.
+        if let Some(unique) = read_lazy_table(&txn, UNIQUE).map_err(|e| err(e.into()))? {
+            for item in unique.iter().map_err(|e| err(e.into()))? {
+                let (key, value) = item.map_err(|e| err(e.into()))?;
+                check_unique_entry(key.value(), value.value(), &mut keyed, &mut report);
             }
-            // A store that never had a task with a key has no such table.
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(err(e.into())),
         }
         for (id, (key, _)) in keyed.iter().filter(|(_, (_, holds))| *holds) {
             report.problems.push(format!(

@@ -7,7 +7,7 @@
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
-use super::tables::REPORTS;
+use super::tables::{REPORTS, read_lazy_table};
 use super::{Store, StoreError, WriteTables};
 use crate::task::TaskId;
 use crate::task::lifecycle::Report;
@@ -129,11 +129,9 @@ impl Store {
     pub(crate) fn pending_reports(&self, limit: usize) -> Result<Vec<PendingReport>, StoreError> {
         let err = self.storage("reading the report outbox");
         let txn = self.begin_read("reading the report outbox")?;
-        let table = match txn.open_table(REPORTS) {
-            Ok(table) => table,
-            // No run has been recorded with a report yet.
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(err(e.into())),
+        // None: no run has been recorded with a report yet.
+        let Some(table) = read_lazy_table(&txn, REPORTS).map_err(|e| err(e.into()))? else {
+            return Ok(Vec::new());
         };
         let mut found = Vec::new();
         for item in table.iter().map_err(|e| err(e.into()))? {

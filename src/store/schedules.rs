@@ -3,9 +3,10 @@
 //! stores and reads records only; what they mean is `crate::schedule`'s, and firing them is
 //! the broker's.
 
-use redb::{ReadableTable, TableDefinition, TableError};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use super::tables::read_lazy_table;
 use super::{Store, StoreError, WriteTables};
 use crate::clock::Millis;
 
@@ -170,11 +171,9 @@ impl Store {
     pub(crate) fn schedules(&self) -> Result<Vec<(String, StoredSchedule)>, StoreError> {
         let err = self.storage("reading schedules");
         let txn = self.begin_read("reading schedules")?;
-        let table = match txn.open_table(SCHEDULES) {
-            Ok(table) => table,
-            // Created by the first write transaction of a build that knows schedules.
-            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(other) => return Err(err(other.into())),
+        // None: no schedule was ever written to this store.
+        let Some(table) = read_lazy_table(&txn, SCHEDULES).map_err(|e| err(e.into()))? else {
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
         for item in table.iter().map_err(|e| err(e.into()))? {

@@ -1,6 +1,19 @@
 //! The redb tables of an fq store. Keys are big-endian (see `keys.rs`) so byte order is sort order.
 
-use redb::TableDefinition;
+use redb::{ReadOnlyTable, ReadTransaction, TableDefinition, TableError};
+
+/// Opens for reading a table that write transactions create only when they first need it
+/// (unique keys, the report outbox, schedules, attempt histories); `None` when none has yet.
+pub(super) fn read_lazy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &ReadTransaction,
+    definition: TableDefinition<'_, K, V>,
+) -> Result<Option<ReadOnlyTable<K, V>>, TableError> {
+    match txn.open_table(definition) {
+        Ok(table) => Ok(Some(table)),
+        Err(TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(other) => Err(other),
+    }
+}
 
 /// task id (UUID v7 as a number) → task record (`codec.rs`).
 pub(crate) const TASKS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("tasks");
