@@ -28,7 +28,11 @@ mod replies;
 #[cfg(feature = "rabbitmq")]
 mod report;
 #[cfg(feature = "rabbitmq")]
+mod stats;
+#[cfg(feature = "rabbitmq")]
 mod topology;
 
 #[cfg(feature = "rabbitmq")]
-pub(crate) use bridge::{Bridge, RabbitBroker, RabbitSettings, read_only_stats};
+pub(crate) use bridge::{Bridge, RabbitBroker, RabbitSettings};
+#[cfg(feature = "rabbitmq")]
+pub(crate) use stats::read_only_stats;
