@@ -501,5 +501,7 @@ fn pending_task(name: &str, payload: &str, seq: u64) -> StoredTask {
         error: None,
         route: None,
         unique: None,
+        last_attempt: None,
+        cancelled_by: None,
     }
 }

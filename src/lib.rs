@@ -152,8 +152,8 @@ pub use schedule::{
 pub use store::{CustomBackend, IntegrityReport};
 pub use store::{StoreError, store_commit_rate};
 pub use task::{
-    AttemptOutcome, AttemptRecord, DEFAULT_ATTEMPT_HISTORY, FailureKind, MAX_PAYLOAD_DEPTH,
-    MAX_UNIQUE_FOR, MAX_UNIQUE_KEY_BYTES, Payload, RetryPolicy, TaskError, TaskErrorKind,
-    TaskFailure, TaskId, TaskRecord, TaskStatus, WorkerId,
+    AttemptOutcome, AttemptRecord, DEFAULT_ATTEMPT_HISTORY, FailureKind, MAX_CANCELLED_BY_BYTES,
+    MAX_PAYLOAD_DEPTH, MAX_UNIQUE_FOR, MAX_UNIQUE_KEY_BYTES, Payload, RetryPolicy, TaskError,
+    TaskErrorKind, TaskFailure, TaskId, TaskRecord, TaskStatus, WorkerId,
 };
 pub use worker::{ShutdownHandle, SignalError, Signals, WorkerManager, WorkerReport};

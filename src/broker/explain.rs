@@ -84,6 +84,8 @@ pub struct Explanation {
     pub ended_because: Option<EndReason>,
     /// When it ended.
     pub finished_at: Option<DateTime<Utc>>,
+    /// CANCELLED: who cancelled it, as they described themselves.
+    pub cancelled_by: Option<String>,
     /// What an operator can do about it, as a command (`fq retry ID`).
     pub remedy: Option<String>,
 }
@@ -145,6 +147,7 @@ pub(crate) fn explain(facts: Facts) -> Explanation {
         lease_expires_at: None,
         ended_because: None,
         finished_at: record.finished_at,
+        cancelled_by: record.cancelled_by.clone(),
         remedy: None,
     };
     let says = &mut out.sentences;
@@ -315,12 +318,17 @@ pub(crate) fn explain(facts: Facts) -> Explanation {
         }
         TaskStatus::Cancelled => {
             out.ended_because = Some(EndReason::Cancelled);
+            let by = record
+                .cancelled_by
+                .as_deref()
+                // Records cancelled before fq kept who did it.
+                .unwrap_or("`fq cancel` or the API");
             match record.finished_at {
                 Some(at) => says.push(format!(
-                    "Task {id} is CANCELLED: it was cancelled at {} (by `fq cancel` or the API) before it ran to the end.",
+                    "Task {id} is CANCELLED: it was cancelled at {} by {by} before it ran to the end.",
                     when(at)
                 )),
-                None => says.push(format!("Task {id} is CANCELLED.")),
+                None => says.push(format!("Task {id} is CANCELLED by {by}.")),
             }
             out.remedy = Some(format!("fq retry {id}"));
             says.push(format!("To queue it again: `fq retry {id}`."));

@@ -346,8 +346,8 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// of the store from now on, until the engine closes.
     fn set_limits(&self, queue: String, limits: QueueLimits) -> BoxFuture<'_, Result<()>>;
 
-    /// Cancels a PENDING or RETRYING task.
-    fn cancel(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>>;
+    /// Cancels a PENDING or RETRYING task; `by` says who does (kept in the record).
+    fn cancel(&self, id: TaskId, by: String) -> BoxFuture<'_, Result<TaskRecord>>;
 
     /// Deletes finished tasks past their retention.
     fn cleanup(&self, policy: RetentionPolicy) -> BoxFuture<'_, Result<CleanupReport>>;

@@ -346,6 +346,9 @@ pub(crate) fn task_details(record: &TaskRecord, now: DateTime<Utc>) -> String {
     if let Some(finished) = record.finished_at {
         field("finished_at", timestamp(finished, now));
     }
+    if let Some(by) = &record.cancelled_by {
+        field("cancelled_by", by.clone());
+    }
     if let Some(result) = &record.result {
         field("result", result.to_string());
     }

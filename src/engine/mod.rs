@@ -282,12 +282,25 @@ impl Engine {
         self.inner.broker.set_limits(queue.to_owned(), limits).await
     }
 
-    /// Cancels a PENDING or RETRYING task.
+    /// Cancels a PENDING or RETRYING task. Its record says it was cancelled by `the API
+    /// (pid N)`; [`Engine::cancel_by`] names someone else.
     ///
     /// # Errors
     /// [`Error::NotFound`], [`Error::WrongState`] for a task that is running or finished.
     pub async fn cancel(&self, id: TaskId) -> Result<TaskRecord> {
-        self.inner.broker.cancel(id).await
+        let by = format!("the API (pid {})", std::process::id());
+        self.inner.broker.cancel(id, by).await
+    }
+
+    /// Cancels a PENDING or RETRYING task as [`Engine::cancel`] does, recording `by` as who
+    /// cancelled it (`TaskRecord::cancelled_by`, `fq why`), e.g. `"admin page, user 42"`.
+    ///
+    /// # Errors
+    /// As [`Engine::cancel`]; [`Error::InvalidInput`] naming `by` when it is longer than
+    /// [`crate::MAX_CANCELLED_BY_BYTES`] or holds a control character.
+    pub async fn cancel_by(&self, id: TaskId, by: &str) -> Result<TaskRecord> {
+        let by = crate::task::cancelled_by(Some(by), "the API")?;
+        self.inner.broker.cancel(id, by).await
     }
 
     /// Deletes finished tasks past the configured retention (`cleanup.completed_retention`,

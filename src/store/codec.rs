@@ -6,7 +6,7 @@ use super::StoreError;
 use crate::task::StoredFailure;
 #[cfg(test)]
 use crate::task::{FailureKind, TaskStatus};
-use crate::task::{Route, StoredTask, TaskId, UniqueSpec};
+use crate::task::{Route, StoredAttempt, StoredTask, TaskId, UniqueSpec};
 
 /// The record format this build writes for a task without a RabbitMQ route.
 pub(crate) const FORMAT_VERSION: u8 = 1;
@@ -18,8 +18,21 @@ pub(crate) const FORMAT_VERSION_ROUTED: u8 = 2;
 /// the postcard `Option<Route>`, then the postcard unique spec. Only such records use it, so
 /// stores (and benchmarks) without unique tasks keep versions 1 and 2.
 pub(crate) const FORMAT_VERSION_UNIQUE: u8 = 3;
+/// The record format of a task that ended a run or was cancelled by someone who said who
+/// (`StoredTask::last_attempt`, `StoredTask::cancelled_by`): version 1's body, then the
+/// postcard [`Tail`]. Only such records use it.
+pub(crate) const FORMAT_VERSION_TAIL: u8 = 4;
 /// The newest record format this build reads.
-const NEWEST_FORMAT: u8 = FORMAT_VERSION_UNIQUE;
+const NEWEST_FORMAT: u8 = FORMAT_VERSION_TAIL;
+
+/// What a format-4 record holds after version 1's body.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Tail {
+    route: Option<Route>,
+    unique: Option<UniqueSpec>,
+    last_attempt: Option<StoredAttempt>,
+    cancelled_by: Option<String>,
+}
 
 /// Why stored bytes did not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,7 +50,9 @@ pub(crate) enum DecodeError {
 /// Encodes a record: version byte, postcard body, CRC-32 (little-endian) of the two.
 pub(crate) fn encode(task: &StoredTask) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(64 + task.payload.len());
+    let tail = task.last_attempt.is_some() || task.cancelled_by.is_some();
     let version = match (&task.route, &task.unique) {
+        _ if tail => FORMAT_VERSION_TAIL,
         (_, Some(_)) => FORMAT_VERSION_UNIQUE,
         (Some(_), None) => FORMAT_VERSION_ROUTED,
         (None, None) => FORMAT_VERSION,
@@ -45,13 +60,23 @@ pub(crate) fn encode(task: &StoredTask) -> Vec<u8> {
     bytes.push(version);
     // Serializing plain owned data into a Vec cannot fail; if postcard ever did, the record
     // would be caught on read by its checksum instead of being silently wrong.
-    let body =
-        postcard::to_extend(task, bytes).and_then(|bytes| match (&task.route, &task.unique) {
+    let body = postcard::to_extend(task, bytes).and_then(|bytes| {
+        if tail {
+            let tail = Tail {
+                route: task.route.clone(),
+                unique: task.unique.clone(),
+                last_attempt: task.last_attempt.clone(),
+                cancelled_by: task.cancelled_by.clone(),
+            };
+            return postcard::to_extend(&tail, bytes);
+        }
+        match (&task.route, &task.unique) {
             (route, Some(unique)) => postcard::to_extend(route, bytes)
                 .and_then(|bytes| postcard::to_extend(unique, bytes)),
             (Some(route), None) => postcard::to_extend(route, bytes),
             (None, None) => Ok(bytes),
-        });
+        }
+    });
     let mut bytes = body.unwrap_or_else(|_| vec![version]);
     let crc = crc32fast::hash(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
@@ -87,6 +112,13 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<StoredTask, DecodeError> {
         let (unique, after) = postcard::take_from_bytes::<UniqueSpec>(after).map_err(body)?;
         task.route = route;
         task.unique = Some(unique);
+        rest = after;
+    } else if version == FORMAT_VERSION_TAIL {
+        let (tail, after) = postcard::take_from_bytes::<Tail>(rest).map_err(body)?;
+        task.route = tail.route;
+        task.unique = tail.unique;
+        task.last_attempt = tail.last_attempt;
+        task.cancelled_by = tail.cancelled_by;
         rest = after;
     }
     if !rest.is_empty() {
@@ -132,6 +164,8 @@ pub(crate) fn sample_task() -> StoredTask {
         }),
         route: None,
         unique: None,
+        last_attempt: None,
+        cancelled_by: None,
     }
 }
 
@@ -203,6 +237,42 @@ mod tests {
             let mut task = sample_task();
             task.route = Some(route);
             assert_extends_plain(&task, FORMAT_VERSION_ROUTED);
+        }
+    }
+
+    #[test]
+    fn records_with_a_last_attempt_or_a_canceller_use_format_4_with_every_other_field() {
+        let attempt = StoredAttempt {
+            attempt: 2,
+            started_at: 1_700_000_000_500,
+            finished_at: 1_700_000_000_900,
+            worker: Some(42),
+            outcome: crate::task::AttemptOutcome::Error,
+            error: Some(StoredFailure {
+                message: "smtp timeout".into(),
+                kind: FailureKind::Error,
+            }),
+        };
+        let unique = UniqueSpec {
+            key: "k".into(),
+            for_ms: Some(5),
+        };
+        for (last_attempt, cancelled_by) in [
+            (Some(attempt.clone()), None),
+            (None, Some("fq cancel (pid 7)".to_owned())),
+            (Some(attempt), Some("the API".to_owned())),
+        ] {
+            for (route, unique) in [
+                (None, None),
+                (Some(Route::ReplyTo("q".into())), Some(unique.clone())),
+            ] {
+                let mut task = sample_task();
+                task.route = route;
+                task.unique = unique;
+                task.last_attempt = last_attempt.clone();
+                task.cancelled_by = cancelled_by.clone();
+                assert_extends_plain(&task, FORMAT_VERSION_TAIL);
+            }
         }
     }
 

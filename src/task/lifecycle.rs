@@ -320,7 +320,8 @@ pub(crate) fn finish_run(
     })
 }
 
-/// An operator cancels a waiting task: CANCELLED, out of every waiting index.
+/// An operator cancels a waiting task: CANCELLED, out of every waiting index, naming `by`
+/// (who cancelled it, as the caller described itself).
 ///
 /// # Errors
 /// `WrongState` unless the task is PENDING or RETRYING and not being published to RabbitMQ
@@ -330,6 +331,7 @@ pub(crate) fn cancel(
     id: TaskId,
     being_forwarded: bool,
     now: Millis,
+    by: String,
 ) -> Result<Step, Error> {
     if !task.status.is_waiting() {
         return Err(Error::WrongState {
@@ -362,6 +364,7 @@ pub(crate) fn cancel(
     let previous = task.status;
     task.status = TaskStatus::Cancelled;
     task.finished_at = Some(now);
+    task.cancelled_by = Some(by);
     Ok(Step {
         task,
         previous: Some(previous),
@@ -402,6 +405,7 @@ pub(crate) fn retry(
     task.result = None;
     task.started_at = None;
     task.finished_at = None;
+    task.cancelled_by = None;
     task.status = TaskStatus::Pending;
     task.due_at = ctx.now;
     task.seq = ctx.take_seq();

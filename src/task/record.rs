@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Payload, TaskId, TaskStatus};
+use crate::error::Error;
 
 /// What kind of failure ended an attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -74,6 +75,31 @@ impl fmt::Display for TaskFailure {
     }
 }
 
+/// The longest description of who cancelled a task that a record keeps, in bytes.
+pub const MAX_CANCELLED_BY_BYTES: usize = 256;
+
+/// `by`, checked as the description of who cancels a task (`default` when absent or blank).
+///
+/// # Errors
+/// `InvalidInput` naming `by` when it is longer than [`MAX_CANCELLED_BY_BYTES`] or holds a
+/// control character.
+pub(crate) fn cancelled_by(by: Option<&str>, default: &str) -> Result<String, Error> {
+    let by = by
+        .map(str::trim)
+        .filter(|by| !by.is_empty())
+        .unwrap_or(default);
+    if by.len() > MAX_CANCELLED_BY_BYTES {
+        return Err(Error::invalid(
+            "by",
+            format!("at most {MAX_CANCELLED_BY_BYTES} bytes, got {}", by.len()),
+        ));
+    }
+    if by.chars().any(char::is_control) {
+        return Err(Error::invalid("by", "must not hold control characters"));
+    }
+    Ok(by.to_owned())
+}
+
 /// Everything known about one task. Serialized with these field names (the CLI's `--json` and
 /// the control protocol); deserializes from the same shape.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -124,6 +150,10 @@ pub struct TaskRecord {
         skip_serializing_if = "Option::is_none"
     )]
     pub unique_for: Option<Duration>,
+    /// Who cancelled it, for a CANCELLED task: the caller's own description, e.g. `fq cancel
+    /// (pid 4242, user ana) over the control socket`, or `the API (pid 4242)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled_by: Option<String>,
 }
 
 mod opt_duration_ms {

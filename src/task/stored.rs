@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::attempt::StoredAttempt;
 use super::{FailureKind, Payload, TaskFailure, TaskId, TaskRecord, TaskStatus, UniqueSpec};
 use crate::clock::{Millis, millis_to_datetime};
 
@@ -43,6 +44,15 @@ pub(crate) struct StoredTask {
     /// the serde shape as `route` is: the codec writes it only when set (format 3).
     #[serde(skip)]
     pub(crate) unique: Option<UniqueSpec>,
+    /// The newest run that ended, kept in the record so that a task's first run writes no
+    /// history row of its own (the ATTEMPTS row holds only older runs; README "Attempt
+    /// history"). Kept out of the serde shape: the codec writes it only when set (format 4).
+    #[serde(skip)]
+    pub(crate) last_attempt: Option<StoredAttempt>,
+    /// Who cancelled the task, as the caller described itself (README "fq why"). Out of the
+    /// serde shape, as `last_attempt`.
+    #[serde(skip)]
+    pub(crate) cancelled_by: Option<String>,
 }
 
 /// How a task's runs relate to RabbitMQ (README "RabbitMQ", outcomes).
@@ -114,6 +124,7 @@ impl StoredTask {
                 .as_ref()
                 .and_then(|spec| spec.for_ms)
                 .map(std::time::Duration::from_millis),
+            cancelled_by: self.cancelled_by.clone(),
         }
     }
 }

@@ -496,6 +496,7 @@ fn first_attempt(task: NewTask, now: DateTime<Utc>) -> TaskRecord {
             .as_ref()
             .and_then(|spec| spec.for_ms)
             .map(Duration::from_millis),
+        cancelled_by: None,
     }
 }
 

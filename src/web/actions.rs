@@ -29,7 +29,7 @@ pub(super) async fn task(
     };
     let done = match action.as_str() {
         "retry" => dashboard.engine().retry(id).await,
-        "cancel" => dashboard.engine().cancel(id).await,
+        "cancel" => dashboard.engine().cancel_by(id, "the web dashboard").await,
         _ => {
             return message(
                 StatusCode::NOT_FOUND,

@@ -502,6 +502,7 @@ fn summary_section(record: &TaskRecord, access: &Access) -> Markup {
                 tr { th { "Created" } td { (time(record.created_at)) } }
                 @if let Some(at) = record.started_at { tr { th { "Started" } td { (time(at)) } } }
                 @if let Some(at) = record.finished_at { tr { th { "Finished" } td { (time(at)) } } }
+                @if let Some(by) = &record.cancelled_by { tr { th { "Cancelled by" } td #cancelled-by { (by) } } }
                 @if let Some(timeout) = record.timeout {
                     tr { th { "Timeout" } td { (crate::config::format_duration(timeout, crate::config::DurationStyle::Short)) } }
                 }

@@ -398,6 +398,8 @@ fn admin_commands_change_exactly_what_they_say(live: bool) {
     // cancel: the waiting task only; cancelling it again is refused.
     let cancelled = fq.run(&["cancel", "--json", &a_later]).json();
     assert_eq!(cancelled["status"], "CANCELLED");
+    let by = cancelled["cancelled_by"].as_str().unwrap_or_default();
+    assert!(by.starts_with("fq cancel (pid "), "cancelled_by: {by:?}");
     for (id, status) in &mut expected {
         if *id == a_later {
             *status = "CANCELLED".into();

@@ -869,6 +869,12 @@ async fn task_and_queue_actions_call_the_engine() -> fq::Result<()> {
     .await;
     assert_eq!(reply.status, StatusCode::SEE_OTHER);
     assert_eq!(status(waiting).await, Some(TaskStatus::Cancelled));
+    let page = get(&router, &format!("/tasks/{waiting}"), Some(&session)).await;
+    assert!(
+        page.body
+            .contains("<td id=\"cancelled-by\">the web dashboard</td>"),
+        "the task page names who cancelled it"
+    );
     let reply = post(
         &router,
         &format!("/tasks/{waiting}/retry"),

@@ -327,12 +327,86 @@ async fn cancelled_and_completed_say_how_they_ended() -> fq::Result<()> {
     let why = test.explain(cancelled).await?;
     assert_eq!(why.ended_because, Some(EndReason::Cancelled));
     assert_eq!(why.remedy, Some(format!("fq retry {cancelled}")));
-    assert!(says(&why, "cancelled at"), "{:?}", why.sentences);
+    let api = format!("the API (pid {})", std::process::id());
+    assert_eq!(why.cancelled_by.as_deref(), Some(api.as_str()));
+    assert!(
+        says(&why, &format!("by {api} before")),
+        "{:?}",
+        why.sentences
+    );
+
+    // Whoever cancels can say who they are, within bounds; the record keeps it until an
+    // operator's retry queues the task again.
+    let named = test
+        .queue_task_named("test.ok", &json!({}))
+        .delay(Duration::from_secs(60))
+        .send()
+        .await?;
+    let record = test.cancel_by(named, "billing admin, user 7").await?;
+    assert_eq!(
+        record.cancelled_by.as_deref(),
+        Some("billing admin, user 7")
+    );
+    let why = test.explain(named).await?;
+    assert!(
+        says(&why, "by billing admin, user 7 before"),
+        "{:?}",
+        why.sentences
+    );
+    for bad in [
+        "x".repeat(fq::MAX_CANCELLED_BY_BYTES + 1),
+        "two\nlines".to_owned(),
+    ] {
+        let other = test
+            .queue_task_named("test.ok", &json!({}))
+            .delay(Duration::from_secs(60))
+            .send()
+            .await?;
+        assert!(
+            matches!(
+                test.cancel_by(other, &bad).await,
+                Err(fq::Error::InvalidInput { field: "by", .. })
+            ),
+            "{bad:?} accepted"
+        );
+        assert_eq!(test.task(other).await?.unwrap().status, TaskStatus::Pending);
+    }
+    let retried = test.retry(named).await?;
+    assert_eq!(
+        retried.cancelled_by, None,
+        "a retried task is no longer cancelled"
+    );
 
     let done = ended("test.ok", json!({}), 0).await?;
     assert_eq!(done.status, TaskStatus::Completed);
     assert_eq!(done.ended_because, Some(EndReason::Completed));
     assert_eq!(done.remedy, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_cancel_over_the_control_socket_names_the_client_and_the_socket() -> fq::Result<()> {
+    let (_dir, engine, remote) = common::engine_and_remote().await;
+    let later = || {
+        engine
+            .queue_task_named("test.ok", &json!({}))
+            .delay(Duration::from_secs(60))
+            .send()
+    };
+    let (plain, named) = (later().await?, later().await?);
+    remote.cancel(plain).await?;
+    remote.cancel_by(named, "nightly cleanup script").await?;
+    let api = format!(
+        "the API (pid {}), over the control socket",
+        std::process::id()
+    );
+    let plain = engine.task(plain).await?.unwrap();
+    assert_eq!(plain.cancelled_by.as_deref(), Some(api.as_str()));
+    let why = engine.explain(named).await?;
+    assert_eq!(
+        why.cancelled_by.as_deref(),
+        Some("nightly cleanup script, over the control socket")
+    );
     Ok(())
 }
 

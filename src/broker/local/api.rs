@@ -155,8 +155,11 @@ impl Broker for LocalBroker {
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn cancel(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
-        Box::pin(async move { self.request(|reply| Command::Cancel { id, reply }).await })
+    fn cancel(&self, id: TaskId, by: String) -> BoxFuture<'_, Result<TaskRecord>> {
+        Box::pin(async move {
+            self.request(|reply| Command::Cancel { id, by, reply })
+                .await
+        })
     }
 
     fn cleanup(&self, policy: RetentionPolicy) -> BoxFuture<'_, Result<CleanupReport>> {

@@ -700,7 +700,7 @@ mod tests {
         let publishing = taken[0].id;
         let read = broker.read_taken(taken.clone()).await.unwrap();
         assert_eq!(read.len(), 1);
-        let err = broker.cancel(publishing).await.unwrap_err();
+        let err = broker.cancel(publishing, "test".into()).await.unwrap_err();
         assert!(
             matches!(&err, Error::WrongState { status: TaskStatus::Pending, allowed, .. }
                 if allowed.contains("being published to RabbitMQ")),
@@ -708,13 +708,13 @@ mod tests {
         );
         // Publishing failed: the task is back in the outbox, and cancellable.
         broker.put_back(taken);
-        let record = broker.cancel(publishing).await.unwrap();
+        let record = broker.cancel(publishing, "test".into()).await.unwrap();
         assert_eq!(record.status, TaskStatus::Cancelled);
 
         // Cancelled after the forwarder took it but before it read it: not published.
         let taken = broker.take_due(1);
         let cancelled = taken[0].id;
-        broker.cancel(cancelled).await.unwrap();
+        broker.cancel(cancelled, "test".into()).await.unwrap();
         assert!(broker.read_taken(taken).await.unwrap().is_empty());
 
         // Confirmed: FORWARDED, and cancel says so.
@@ -723,7 +723,7 @@ mod tests {
         let read = broker.read_taken(taken).await.unwrap();
         let marks = read.iter().map(|(t, _)| (t.id, t.order)).collect();
         assert_eq!(broker.mark_forwarded(marks, 1).await.unwrap(), 1);
-        let err = broker.cancel(forwarded).await.unwrap_err();
+        let err = broker.cancel(forwarded, "test".into()).await.unwrap_err();
         assert!(
             matches!(
                 err,

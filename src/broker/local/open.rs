@@ -62,8 +62,8 @@ impl LocalBroker {
                     // The same move as an expired lease, under the attempt the record holds.
                     let attempt = task.attempts;
                     match lifecycle::orphan(task, *id, attempt, Orphaned::ProcessEnded, &mut ctx) {
-                        Ok(step) => {
-                            writer::write_step(tables, *id, &step)?;
+                        Ok(mut step) => {
+                            writer::write_step(tables, *id, &mut step)?;
                             if step.task.status == TaskStatus::Retrying {
                                 let order = lifecycle::order_of(&step.task);
                                 requeued.push((step.task.queue, order, *id));

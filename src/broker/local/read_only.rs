@@ -148,7 +148,7 @@ impl Broker for ReadOnlyBroker {
         self.refused()
     }
 
-    fn cancel(&self, _id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
+    fn cancel(&self, _id: TaskId, _by: String) -> BoxFuture<'_, Result<TaskRecord>> {
         self.refused()
     }
 

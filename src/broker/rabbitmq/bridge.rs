@@ -545,8 +545,8 @@ impl Broker for RabbitBroker {
         })
     }
 
-    fn cancel(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
-        self.bridge.local.cancel(id)
+    fn cancel(&self, id: TaskId, by: String) -> BoxFuture<'_, Result<TaskRecord>> {
+        self.bridge.local.cancel(id, by)
     }
 
     fn cleanup(&self, policy: RetentionPolicy) -> BoxFuture<'_, Result<CleanupReport>> {

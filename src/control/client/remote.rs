@@ -18,9 +18,9 @@ use crate::broker::{
 };
 use crate::clock::{Millis, millis_to_datetime};
 use crate::control::protocol::{
-    AttemptArgs, ChangedOk, ClaimArgs, CleanupArgs, CleanupOk, CountOk, Empty, EnqueueArgs,
-    EnqueueOk, IdArgs, LimitArgs, ListArgs, MAX_WAIT_MS, Op, PurgeArgs, QueueArgs, RetryFailedArgs,
-    ScheduleActionArgs, ScheduleArgs, ScheduleOk, SchedulesOk, SettleAndClaimArgs,
+    AttemptArgs, CancelArgs, ChangedOk, ClaimArgs, CleanupArgs, CleanupOk, CountOk, Empty,
+    EnqueueArgs, EnqueueOk, IdArgs, LimitArgs, ListArgs, MAX_WAIT_MS, Op, PurgeArgs, QueueArgs,
+    RetryFailedArgs, ScheduleActionArgs, ScheduleArgs, ScheduleOk, SchedulesOk, SettleAndClaimArgs,
     SettleAndClaimOk, SettleArgs, SettleOk, Settled, TaskOk, TasksOk, WaitArgs, WireTaskOut,
     error_from_wire,
 };
@@ -320,9 +320,10 @@ impl Broker for RemoteBroker {
         })
     }
 
-    fn cancel(&self, id: TaskId) -> BoxFuture<'_, Result<TaskRecord>> {
+    fn cancel(&self, id: TaskId, by: String) -> BoxFuture<'_, Result<TaskRecord>> {
         Box::pin(async move {
-            let ok: TaskOk<TaskRecord> = self.shared.request(Op::Cancel, &IdArgs { id }).await?;
+            let args = CancelArgs { id, by: Some(by) };
+            let ok: TaskOk<TaskRecord> = self.shared.request(Op::Cancel, &args).await?;
             let record = ok.task.ok_or_else(|| Error::Remote {
                 kind: "bad_response".into(),
                 message: "the engine's answer to cancel holds no task".into(),

@@ -207,11 +207,21 @@ pub(crate) struct SettleAndClaimOk<T> {
     pub(crate) tasks: Vec<T>,
 }
 
-/// Arguments naming one task (`task`, `cancel`, `retry`).
+/// Arguments naming one task (`task`, `retry`).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct IdArgs {
     pub(crate) id: TaskId,
+}
+
+/// `cancel` arguments: the task, and who cancels it as the client describes itself (the
+/// server adds that it came over the control socket).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CancelArgs {
+    pub(crate) id: TaskId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) by: Option<String>,
 }
 
 /// `wait` arguments: the task, and how long the server waits for its outcome (capped at

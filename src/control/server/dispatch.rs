@@ -25,7 +25,7 @@ use crate::control::protocol::{
     decode_args, encode_body, error_to_wire,
 };
 use crate::control::protocol::{
-    AttemptsOk, KnownOk, WorkerAnnounceArgs, WorkerArgs, WorkerHeartbeatArgs,
+    AttemptsOk, CancelArgs, KnownOk, WorkerAnnounceArgs, WorkerArgs, WorkerHeartbeatArgs,
 };
 use crate::task::TaskId;
 use crate::{Error, Result};
@@ -325,8 +325,11 @@ async fn dispatch(
             ok_body(id, &TaskOk { task })
         }
         Op::Cancel => {
-            let args: IdArgs = decode_args(op, args)?;
-            let task = broker.cancel(args.id).await?;
+            let args: CancelArgs = decode_args(op, args)?;
+            let by = crate::task::cancelled_by(args.by.as_deref(), "a control-socket client")?;
+            let task = broker
+                .cancel(args.id, format!("{by}, over the control socket"))
+                .await?;
             ok_body(id, &TaskOk { task: Some(task) })
         }
         Op::Retry => {

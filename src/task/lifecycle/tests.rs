@@ -33,6 +33,8 @@ fn task_in(status: TaskStatus) -> StoredTask {
         error: None,
         route: None,
         unique: None,
+        last_attempt: None,
+        cancelled_by: None,
     }
 }
 
@@ -121,8 +123,8 @@ fn apply(task: StoredTask, mv: Move, next_seq: &mut u64) -> Result<Step, Error> 
         Move::FailPermanently => settle(task, ID, 1, &failed(FailureKind::Permanent), &mut ctx),
         Move::Release => settle(task, ID, 1, &Outcome::Released, &mut ctx),
         Move::Orphan => orphan(task, ID, 1, Orphaned::LeaseExpired, &mut ctx),
-        Move::Cancel => cancel(task, ID, false, NOW),
-        Move::CancelWhileForwarding => cancel(task, ID, true, NOW),
+        Move::Cancel => cancel(task, ID, false, NOW, "ops".into()),
+        Move::CancelWhileForwarding => cancel(task, ID, true, NOW, "ops".into()),
         Move::Retry => retry(task, ID, &mut ctx),
         Move::Forward => forward(task, ID, taken, NOW),
         Move::ReportStart => report(
@@ -458,7 +460,7 @@ fn reports_leave_the_rows_of_the_record_and_keep_none_of_their_own() {
         Err(Error::WrongState { .. })
     ));
     assert!(matches!(
-        cancel(held.clone(), ID, false, NOW),
+        cancel(held.clone(), ID, false, NOW, "ops".into()),
         Err(Error::WrongState { .. })
     ));
     let mut next_seq = 0;
@@ -576,8 +578,14 @@ fn every_ended_run_and_only_those_carry_their_attempt_for_the_history() {
     )
     .expect("waiting under that order");
     assert!(claimed.ended.is_none());
-    let cancelled = cancel(task_in(TaskStatus::Pending), ID, false, NOW).expect("waiting");
+    let cancelled =
+        cancel(task_in(TaskStatus::Pending), ID, false, NOW, "ops".into()).expect("waiting");
     assert!(cancelled.ended.is_none());
+    assert_eq!(
+        cancelled.task.cancelled_by.as_deref(),
+        Some("ops"),
+        "who cancelled is kept"
+    );
     // A run reported over RabbitMQ: its end joins the producer's history (no worker named),
     // its start does not.
     let started = report(

@@ -44,6 +44,8 @@ pub(crate) enum Command {
     },
     Cancel {
         id: TaskId,
+        /// Who cancels it, as the caller described itself.
+        by: String,
         reply: Reply<TaskRecord>,
     },
     Cleanup {

@@ -411,11 +411,11 @@ impl Writer {
                     .answers
                     .push(Answer::new(reply, Ok(chained), follow_ups));
             }
-            Command::Cancel { id, reply } => {
+            Command::Cancel { id, by, reply } => {
                 let result = keep_reply!(
                     batch,
                     reply,
-                    self.operate(tables, id, moves::Operation::Cancel, batch)
+                    self.operate(tables, id, moves::Operation::Cancel { by }, batch)
                 );
                 batch.answers.push(Answer::new(reply, result, 0));
             }

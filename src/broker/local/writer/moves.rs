@@ -93,9 +93,11 @@ impl Writer {
                 error: None,
                 route: None,
                 unique: new.unique,
+                last_attempt: None,
+                cancelled_by: None,
             };
-            let step = lifecycle::queue(task, &mut self.next_seq);
-            self.commit_step(tables, new.id, &step, batch.now, batch)?;
+            let mut step = lifecycle::queue(task, &mut self.next_seq);
+            self.commit_step(tables, new.id, &mut step, batch.now, batch)?;
             if let Some(record) = Self::snapshot(batch, new.id, &step.task) {
                 batch.emit(EventKind::Queued, record);
             }
@@ -124,13 +126,13 @@ impl Writer {
             };
             // The heap is a cache: an entry for a task that was cancelled or re-queued under
             // another order since it was pushed is stale and simply dropped.
-            let Ok(step) = lifecycle::claim(task, ready.id, ready.order, batch.now) else {
+            let Ok(mut step) = lifecycle::claim(task, ready.id, ready.order, batch.now) else {
                 continue;
             };
             if !self.admit_claim(tables, &ready, batch)? {
                 continue;
             }
-            self.commit_step(tables, ready.id, &step, lease_until, batch)?;
+            self.commit_step(tables, ready.id, &mut step, lease_until, batch)?;
             let record = step.task.to_record(ready.id);
             if batch.audience {
                 batch.emit(EventKind::BeforeExecution, Arc::new(record.clone()));
@@ -158,7 +160,7 @@ impl Writer {
                 Err(error) => return Ok(Err(error)),
             };
         self.name_worker(id, &mut step);
-        self.commit_step(tables, id, &step, batch.now, batch)?;
+        self.commit_step(tables, id, &mut step, batch.now, batch)?;
         Ok(Ok(Self::attempt_ended(
             batch,
             id,
@@ -223,7 +225,7 @@ impl Writer {
             return Ok(());
         };
         self.name_worker(id, &mut step);
-        self.commit_step(tables, id, &step, batch.now, batch)?;
+        self.commit_step(tables, id, &mut step, batch.now, batch)?;
         batch.leases_expired += 1;
         if let Some(record) = Self::snapshot(batch, id, &step.task) {
             let error = record.error.clone();
@@ -253,17 +255,20 @@ impl Writer {
             Err(error) => return Ok(Err(error)),
         };
         let now = batch.now;
+        let cancel = matches!(operation, Operation::Cancel { .. });
         let moved = match operation {
-            Operation::Cancel => lifecycle::cancel(task, id, self.forwarding.contains(&id), now),
+            Operation::Cancel { by } => {
+                lifecycle::cancel(task, id, self.forwarding.contains(&id), now, by)
+            }
             Operation::Retry => lifecycle::retry(task, id, &mut self.context(now)),
         };
-        let step = match moved {
+        let mut step = match moved {
             Ok(step) => step,
             Err(error) => return Ok(Err(error)),
         };
-        self.commit_step(tables, id, &step, now, batch)?;
+        self.commit_step(tables, id, &mut step, now, batch)?;
         let record = step.task.to_record(id);
-        if operation == Operation::Cancel && batch.audience {
+        if cancel && batch.audience {
             batch.emit(EventKind::Cancelled, Arc::new(record.clone()));
         }
         Ok(Ok(record))
@@ -271,8 +276,11 @@ impl Writer {
 }
 
 /// The moves an operator makes on one task.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Operation {
-    Cancel,
+    /// Cancel, naming who does.
+    Cancel {
+        by: String,
+    },
     Retry,
 }

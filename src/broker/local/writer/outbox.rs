@@ -67,10 +67,10 @@ impl Writer {
                 Ok(None) | Err(StoreError::CorruptRecord { .. }) => continue,
                 Err(other) => return Err(other),
             };
-            let Ok(step) = lifecycle::forward(task, id, order, at) else {
+            let Ok(mut step) = lifecycle::forward(task, id, order, at) else {
                 continue;
             };
-            self.commit_step(tables, id, &step, at, batch)?;
+            self.commit_step(tables, id, &mut step, at, batch)?;
             marked += 1;
         }
         Ok(marked)
@@ -123,6 +123,8 @@ impl Writer {
             // A run recorded over the record this store queued (it forwarded the task and
             // consumed it too) keeps the task's unique key held.
             unique: existing.and_then(|old| old.unique),
+            last_attempt: None,
+            cancelled_by: None,
         };
         let mut ctx = self.context(batch.now);
         let mut step = match lifecycle::finish_run(task, id, &run.outcome, &mut ctx) {
@@ -131,7 +133,7 @@ impl Writer {
         };
         // The record is new to the store (any old one was discarded above).
         step.previous = None;
-        self.commit_step(tables, id, &step, batch.now, batch)?;
+        self.commit_step(tables, id, &mut step, batch.now, batch)?;
         let report = match run.reply_to {
             Some(reply_to) if run.report => {
                 let report = lifecycle::Report::ended(
@@ -179,10 +181,10 @@ impl Writer {
                 }
                 Err(other) => return Err(other),
             };
-            let Ok(step) = lifecycle::report(task, id, &report) else {
+            let Ok(mut step) = lifecycle::report(task, id, &report) else {
                 continue;
             };
-            self.commit_step(tables, id, &step, batch.now, batch)?;
+            self.commit_step(tables, id, &mut step, batch.now, batch)?;
             applied += 1;
             if quiet || !batch.audience {
                 continue;

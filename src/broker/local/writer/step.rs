@@ -73,7 +73,7 @@ impl Writer {
         &mut self,
         tables: &mut WriteTables<'_>,
         id: TaskId,
-        step: &Step,
+        step: &mut Step,
         lease_until: Millis,
         batch: &mut Batch,
     ) -> Result<(), StoreError> {
@@ -167,17 +167,18 @@ impl Writer {
 }
 
 /// Writes a move's rows and its task in the current transaction: the store side of a move,
-/// shared by the writer and by recovery at open.
+/// shared by the writer and by recovery at open. A run the move ended becomes the record's
+/// newest attempt (`step.task.last_attempt`), the one before it joins the history row.
 pub(in crate::broker::local) fn write_step(
     tables: &mut WriteTables<'_>,
     id: TaskId,
-    step: &Step,
+    step: &mut Step,
 ) -> Result<(), StoreError> {
     for effect in step.effects.iter() {
         write_effect(tables, id, &step.task, effect)?;
     }
     if let Some(ended) = &step.ended {
-        tables.push_attempt(id, ended.clone())?;
+        tables.record_attempt(id, &mut step.task, ended.clone())?;
     }
     tables.put_task(id, &step.task, step.previous)
 }

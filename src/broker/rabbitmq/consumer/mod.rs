@@ -374,6 +374,7 @@ fn record_of(incoming: &Incoming, queue: &str, started_at: Millis) -> TaskRecord
         error: None,
         unique_key: None,
         unique_for: None,
+        cancelled_by: None,
     }
 }
 
