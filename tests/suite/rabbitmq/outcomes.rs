@@ -354,6 +354,20 @@ async fn both_broker_modes_answer_the_same() -> fq::Result<()> {
         .expect("FAILED keeps its error");
     assert_eq!(error.message, "task 4 always fails");
     assert_eq!(rabbit_records[3].attempts, 2);
+    // The worker's own store names the worker that ran each run it recorded.
+    let report = worker_engine.workers().await?;
+    let ran_here: Vec<_> = report.gone.iter().map(|gone| gone.info.id).collect();
+    assert_eq!(ran_here.len(), 1, "one worker, stopped: {report:?}");
+    for id in &rabbit_ids {
+        let history = worker_engine.attempts(*id).await?;
+        assert!(
+            !history.is_empty(),
+            "task {id} has no history in the worker's store"
+        );
+        for run in &history {
+            assert_eq!(run.worker, Some(ran_here[0]), "run {} of {id}", run.attempt);
+        }
+    }
 
     // The CLI on each store, once its engine is closed.
     let database_store = database_dir.path().join("fq.redb");

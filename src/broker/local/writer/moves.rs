@@ -171,7 +171,7 @@ impl Writer {
 
     /// Names, in the history entry of the attempt `step` ended, the worker that claimed it
     /// (which the registry forgets then).
-    fn name_worker(&self, id: TaskId, step: &mut lifecycle::Step) {
+    pub(super) fn name_worker(&self, id: TaskId, step: &mut lifecycle::Step) {
         if let Some(ended) = &mut step.ended {
             let completed = ended.outcome == crate::task::AttemptOutcome::Completed;
             ended.worker = self

@@ -133,6 +133,7 @@ impl Writer {
         };
         // The record is new to the store (any old one was discarded above).
         step.previous = None;
+        self.name_worker(id, &mut step);
         self.commit_step(tables, id, &mut step, batch.now, batch)?;
         let report = match run.reply_to {
             Some(reply_to) if run.report => {
