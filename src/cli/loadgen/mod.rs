@@ -57,7 +57,7 @@ pub(crate) struct BenchReport {
     /// Single durable writes per second on this disk (4 KiB write + fdatasync).
     pub(crate) fsync_per_sec: f64,
     /// Durable writes per second of what one small redb commit puts on the disk: as many
-    /// scattered 4 KiB pages as an enqueue's commit writes ([`COMMIT_PAGES`](probes::COMMIT_PAGES)), then one
+    /// scattered 4 KiB pages as an enqueue's commit writes ([`COMMIT_PAGES`]), then one
     /// fdatasync. The disk's own price for a copy-on-write B-tree commit.
     pub(crate) fsync_commit_pages_per_sec: f64,
     /// redb alone, no fq: one enqueue's three inserts (record, ready index, counter) per
