@@ -2,7 +2,8 @@
 //! ([`RabbitBroker`](super::broker::RabbitBroker)) of an engine with `broker: rabbitmq` share.
 //! The local store is the durable outbox and the record of this process's runs; RabbitMQ
 //! carries the tasks between processes. Also owns the topology conflicts and the tasks they
-//! hold back.
+//! hold back, and what each new connection needs. The long-lived background tasks are
+//! `broker`'s: it starts them, and stops them when dropped.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};

@@ -1,5 +1,6 @@
 //! The mixed phase of `fq bench`: producers at a fixed rate while workers drain, measuring
-//! enqueue→start latency in a steady state.
+//! enqueue→start latency in a steady state. Its tasks stay plain (no unique keys), whatever
+//! `--unique` says.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};

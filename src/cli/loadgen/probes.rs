@@ -1,6 +1,7 @@
 //! What `fq bench` measures of the machine rather than of fq: the disk's fsync rate (plain and
 //! with a commit's scattered pages), redb's own commit rate, the file system holding the
-//! stores and the process's peak memory.
+//! stores and the process's peak memory. No engine here: plain files and redb alone, the
+//! yardsticks the phases are compared with.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
