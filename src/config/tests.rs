@@ -1832,6 +1832,17 @@ mod decode {
         }
     }
 
+    /// Each `(toml, key, part of the message)` case is refused as an invalid value of `key`
+    /// whose message holds the part.
+    fn each_names_its_key(cases: &[(&str, &str, &str)]) -> TestResult {
+        for &(text, want_key, want_message) in cases {
+            let (key, message) = invalid(decode_toml(text))?;
+            assert_eq!(key, want_key, "{text:?}");
+            assert!(message.contains(want_message), "{text:?}: {message}");
+        }
+        Ok(())
+    }
+
     #[test]
     fn empty_document_gives_defaults_from_that_file() -> TestResult {
         let config = decode_toml("")?;
@@ -1981,12 +1992,7 @@ mod decode {
                 "expected an integer, got a string",
             ),
         ];
-        for (text, want_key, want_message) in cases {
-            let (key, message) = invalid(decode_toml(text))?;
-            assert_eq!(key, want_key, "{text:?}");
-            assert!(message.contains(want_message), "{text:?}: {message}");
-        }
-        Ok(())
+        each_names_its_key(&cases)
     }
 
     #[test]
@@ -2084,12 +2090,7 @@ mod decode {
                 "fractions are not supported",
             ),
         ];
-        for (text, want_key, want_message) in cases {
-            let (key, message) = invalid(decode_toml(text))?;
-            assert_eq!(key, want_key, "{text:?}");
-            assert!(message.contains(want_message), "{text:?}: {message}");
-        }
-        Ok(())
+        each_names_its_key(&cases)
     }
 
     #[test]

@@ -21,28 +21,7 @@ pub const DEFAULT_ATTEMPT_HISTORY: usize = 25;
 #[serde(transparent)]
 pub struct WorkerId(Uuid);
 
-impl WorkerId {
-    /// A fresh id for a worker starting now.
-    pub fn new() -> Self {
-        Self(Uuid::now_v7())
-    }
-
-    /// The id as one number: its stored form.
-    pub fn as_u128(self) -> u128 {
-        self.0.as_u128()
-    }
-
-    /// The id stored as `value` by [`WorkerId::as_u128`].
-    pub const fn from_u128(value: u128) -> Self {
-        Self(Uuid::from_u128(value))
-    }
-}
-
-impl Default for WorkerId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+super::id::uuid_v7_id!(WorkerId, "A fresh id for a worker starting now.");
 
 impl fmt::Debug for WorkerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

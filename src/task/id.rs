@@ -6,36 +6,48 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// What the UUID v7 ids ([`TaskId`], `WorkerId`) share: a fresh id (`new`, and `Default`),
+/// and their stored form as one number and back. `$fresh` documents `new`.
+macro_rules! uuid_v7_id {
+    ($id:ident, $fresh:literal) => {
+        impl $id {
+            #[doc = $fresh]
+            pub fn new() -> Self {
+                Self(uuid::Uuid::now_v7())
+            }
+
+            /// The id as one number: its stored form (big-endian in a store key, so keys sort
+            /// as ids do).
+            pub fn as_u128(self) -> u128 {
+                self.0.as_u128()
+            }
+
+            #[doc = concat!("The id stored as `value` by [`", stringify!($id), "::as_u128`].")]
+            pub const fn from_u128(value: u128) -> Self {
+                Self(uuid::Uuid::from_u128(value))
+            }
+        }
+
+        impl Default for $id {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+    };
+}
+pub(crate) use uuid_v7_id;
+
 /// The identifier of one task, a UUID v7.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct TaskId(Uuid);
 
+uuid_v7_id!(TaskId, "A fresh id for a task created now.");
+
 impl TaskId {
-    /// A fresh id for a task created now.
-    pub fn new() -> Self {
-        Self(Uuid::now_v7())
-    }
-
-    /// The id as one big-endian number: the store's key.
-    pub fn as_u128(self) -> u128 {
-        self.0.as_u128()
-    }
-
-    /// The id stored as `value` by [`TaskId::as_u128`].
-    pub const fn from_u128(value: u128) -> Self {
-        Self(Uuid::from_u128(value))
-    }
-
     /// The underlying UUID.
     pub fn as_uuid(&self) -> &Uuid {
         &self.0
-    }
-}
-
-impl Default for TaskId {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

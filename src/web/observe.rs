@@ -11,10 +11,19 @@ use maud::{Markup, html};
 
 use super::Dashboard;
 use super::pages::{engine_error, layout};
-use crate::{AttemptRecord, Explanation, WorkersReport};
+use crate::{AttemptRecord, Explanation, WorkerInfo, WorkersReport};
 
 fn time(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+/// The cells that say which worker a row is about, live or gone: id, host, process.
+fn who_cells(info: &WorkerInfo) -> Markup {
+    html! {
+        td { code { (info.id) } }
+        td { (info.host) }
+        td.n { (info.pid) }
+    }
 }
 
 /// The live workers, with their running tasks and counts, then those gone in the last hour.
@@ -38,9 +47,7 @@ pub(super) fn workers_section(report: Result<&WorkersReport, String>) -> Markup 
                             tbody {
                                 @for worker in &report.live {
                                     tr data-worker=(worker.info.id) {
-                                        td { code { (worker.info.id) } }
-                                        td { (worker.info.host) }
-                                        td.n { (worker.info.pid) }
+                                        (who_cells(&worker.info))
                                         td { (worker.info.queues.join(", ")) }
                                         td.n { (worker.info.concurrency) }
                                         td {
@@ -69,9 +76,7 @@ pub(super) fn workers_section(report: Result<&WorkersReport, String>) -> Markup 
                             tbody {
                                 @for worker in &report.gone {
                                     tr data-worker=(worker.info.id) {
-                                        td { code { (worker.info.id) } }
-                                        td { (worker.info.host) }
-                                        td.n { (worker.info.pid) }
+                                        (who_cells(&worker.info))
                                         td { (time(worker.gone_at)) }
                                         td { (worker.why.as_str()) }
                                         td.n { (worker.completed) }

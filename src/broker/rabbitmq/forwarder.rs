@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::BasicPublishOptions;
 use lapin::{Confirmation, PublisherConfirm};
 use tokio::sync::mpsc;
 
@@ -160,16 +159,8 @@ async fn publish_loop(
                     continue;
                 }
             };
-            let publish = session.publish.basic_publish(
-                EXCHANGE.into(),
-                routing,
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &message.body,
-                message.properties,
-            );
+            let publish =
+                session.publish_mandatory(EXCHANGE, routing, &message.body, message.properties);
             // A connection that died without closing must not hold the forwarder.
             let published = tokio::select! {
                 published = publish => published.map_err(|e| e.to_string()),

@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use lapin::auth::AuthProvider;
-use lapin::options::ConfirmSelectOptions;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::protocol::AMQPErrorKind;
 use lapin::types::{LongString, ShortString};
 use lapin::uri::AMQPUri;
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, PublisherConfirm};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -188,6 +188,30 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
+    /// Publishes on the confirm channel with `mandatory` set, as every fq publish does: a
+    /// message no queue takes comes back (`basic.return`) instead of vanishing, and its
+    /// confirm says so.
+    pub(crate) async fn publish_mandatory(
+        &self,
+        exchange: &str,
+        routing: ShortString,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> lapin::Result<PublisherConfirm> {
+        self.publish
+            .basic_publish(
+                exchange.into(),
+                routing,
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                properties,
+            )
+            .await
+    }
+
     /// Declares `queue`'s topology once per connection.
     pub(crate) async fn ensure_queue(&self, queue: &str) -> Result<(), RabbitError> {
         bounded("declare", self.declare_once(queue)).await

@@ -7,7 +7,7 @@
 //! `message` (the documented wire format), `forwarder` (outbox → RabbitMQ), `consumer`
 //! (RabbitMQ → workers, settlement, dead letters), `report` (outcomes back to the producer:
 //! reply queues and the report message), `replies` (the producer applying them), `bridge`
-//! (the `Broker` they make up).
+//! (the state they share), `broker` (the `Broker` they make up).
 
 mod error;
 
@@ -15,6 +15,8 @@ pub use error::RabbitError;
 
 #[cfg(feature = "rabbitmq")]
 mod bridge;
+#[cfg(feature = "rabbitmq")]
+mod broker;
 #[cfg(feature = "rabbitmq")]
 mod consumer;
 #[cfg(feature = "rabbitmq")]
@@ -33,6 +35,8 @@ mod stats;
 mod topology;
 
 #[cfg(feature = "rabbitmq")]
-pub(crate) use bridge::{Bridge, RabbitBroker, RabbitSettings};
+pub(crate) use bridge::{Bridge, RabbitSettings};
+#[cfg(feature = "rabbitmq")]
+pub(crate) use broker::RabbitBroker;
 #[cfg(feature = "rabbitmq")]
 pub(crate) use stats::read_only_stats;

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Confirmation};
 use serde::{Deserialize, Serialize};
@@ -378,17 +378,7 @@ pub(crate) async fn publish_report(
     })?;
     let confirm = bounded("report publish", async {
         session
-            .publish
-            .basic_publish(
-                "".into(),
-                routing,
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &message.body,
-                message.properties,
-            )
+            .publish_mandatory("", routing, &message.body, message.properties)
             .await
             .map_err(|e| operation("report publish", e))
     })

@@ -45,8 +45,8 @@ pub(crate) async fn run(ctx: &Context, args: &BenchArgs) -> Result<(), CliError>
             bar.set_position(done);
         }
     };
-    if args.metrics_cost {
-        let cost = loadgen::metrics_cost(&params, &progress).await;
+    // The last phase's bar goes before the figures are printed, whether the run ended or failed.
+    let clear_bar = || {
         if let Some((_, bar)) = current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -54,6 +54,10 @@ pub(crate) async fn run(ctx: &Context, args: &BenchArgs) -> Result<(), CliError>
         {
             bar.finish_and_clear();
         }
+    };
+    if args.metrics_cost {
+        let cost = loadgen::metrics_cost(&params, &progress).await;
+        clear_bar();
         let cost = cost?;
         return if out.is_json() {
             out.document(&cost)
@@ -62,13 +66,7 @@ pub(crate) async fn run(ctx: &Context, args: &BenchArgs) -> Result<(), CliError>
         };
     }
     let report = loadgen::run(&params, &progress).await;
-    if let Some((_, bar)) = current
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .take()
-    {
-        bar.finish_and_clear();
-    }
+    clear_bar();
     let report = report?;
     if out.is_json() {
         out.document(&report)
@@ -89,82 +87,94 @@ pub(crate) fn open_timing(ctx: &Context, path: &std::path::Path) -> Result<(), C
 }
 
 fn table(report: &BenchReport) -> String {
+    let BenchReport {
+        params,
+        fsync_per_sec,
+        fsync_commit_pages_per_sec,
+        redb_commit_per_sec,
+        enqueue_sequential_per_sec,
+        sequential_to_fsync_ratio,
+        sequential_to_redb_ratio,
+        enqueue_concurrent_per_sec,
+        enqueue_batch_per_sec,
+        drain_per_sec,
+        mixed,
+        store_bytes_per_task,
+        reopen_seconds,
+        reopen_unverified_seconds,
+        sequential_tasks,
+        mixed_tasks,
+        peak_rss_mib,
+        ..
+    } = report;
+    let (fsync_percent, redb_percent) = (
+        sequential_to_fsync_ratio * 100.0,
+        sequential_to_redb_ratio * 100.0,
+    );
     let rows = [
         (
             "fsync rate (4 KiB write + fdatasync)",
-            format!("{:.0} /s", report.fsync_per_sec),
+            format!("{fsync_per_sec:.0} /s"),
         ),
         (
             "fsync after a commit's 9 scattered pages",
-            format!("{:.0} /s", report.fsync_commit_pages_per_sec),
+            format!("{fsync_commit_pages_per_sec:.0} /s"),
         ),
         (
             "redb alone, 1 enqueue per durable commit",
-            format!("{:.0} commits/s", report.redb_commit_per_sec),
+            format!("{redb_commit_per_sec:.0} commits/s"),
         ),
         (
             "enqueue, 1 producer",
             format!(
-                "{:.0} tasks/s over {} tasks ({:.0}% of the fsync rate, {:.0}% of redb alone)",
-                report.enqueue_sequential_per_sec,
-                report.sequential_tasks,
-                report.sequential_to_fsync_ratio * 100.0,
-                report.sequential_to_redb_ratio * 100.0
+                "{enqueue_sequential_per_sec:.0} tasks/s over {sequential_tasks} tasks \
+                 ({fsync_percent:.0}% of the fsync rate, {redb_percent:.0}% of redb alone)"
             ),
         ),
         (
             "enqueue, concurrent producers",
             format!(
-                "{:.0} tasks/s ({} producers)",
-                report.enqueue_concurrent_per_sec, report.params.producers
+                "{enqueue_concurrent_per_sec:.0} tasks/s ({} producers)",
+                params.producers
             ),
         ),
         (
             "enqueue, batch API (1,000 per call)",
-            format!("{:.0} tasks/s", report.enqueue_batch_per_sec),
+            format!("{enqueue_batch_per_sec:.0} tasks/s"),
         ),
         (
             "drain, no-op tasks",
             format!(
-                "{:.0} tasks/s (concurrency {})",
-                report.drain_per_sec, report.params.concurrency
+                "{drain_per_sec:.0} tasks/s (concurrency {})",
+                params.concurrency
             ),
         ),
         (
             "mixed steady state",
             format!(
-                "{} tasks, {:.0} offered, {:.0} done tasks/s; enqueue->start p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-                report.mixed_tasks,
-                report.mixed.offered_per_sec,
-                report.mixed.achieved_per_sec,
-                report.mixed.latency_p50_ms,
-                report.mixed.latency_p99_ms,
-                report.mixed.latency_max_ms
+                "{mixed_tasks} tasks, {:.0} offered, {:.0} done tasks/s; enqueue->start p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                mixed.offered_per_sec,
+                mixed.achieved_per_sec,
+                mixed.latency_p50_ms,
+                mixed.latency_p99_ms,
+                mixed.latency_max_ms
             ),
         ),
         (
             "store size",
-            format!("{:.0} bytes/task", report.store_bytes_per_task),
+            format!("{store_bytes_per_task:.0} bytes/task"),
         ),
         (
             "reopen, fresh process, verified",
-            format!(
-                "{:.3} s with {} pending tasks",
-                report.reopen_seconds, report.params.tasks
-            ),
+            format!("{reopen_seconds:.3} s with {} pending tasks", params.tasks),
         ),
         (
             "reopen, same process, unverified",
-            format!(
-                "{:.3} s (right after writing; a lower bound)",
-                report.reopen_unverified_seconds
-            ),
+            format!("{reopen_unverified_seconds:.3} s (right after writing; a lower bound)"),
         ),
         (
             "peak memory (RSS)",
-            report
-                .peak_rss_mib
-                .map_or_else(|| "unknown".to_owned(), |mib| format!("{mib:.0} MiB")),
+            peak_rss_mib.map_or_else(|| "unknown".to_owned(), |mib| format!("{mib:.0} MiB")),
         ),
     ];
     let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);

@@ -189,17 +189,7 @@ pub(crate) async fn dead_letter(
         let routing = short(queue, &dead_queue(queue))?;
         let confirm = bounded("dead-letter publish", async {
             session
-                .publish
-                .basic_publish(
-                    DEAD_EXCHANGE.into(),
-                    routing,
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    &delivery.data,
-                    properties,
-                )
+                .publish_mandatory(DEAD_EXCHANGE, routing, &delivery.data, properties)
                 .await
                 .map_err(|e| operation("dead-letter publish", e))
         })

@@ -2,27 +2,31 @@
 //! (sequential, concurrent, batched), drain, a mixed steady state with enqueue→start latency,
 //! store size per task, reopen time and peak memory, on fresh stores in a temporary folder.
 
+//!
+//! Parts: `probes` (the machine: disk, file system, memory), `mixed` (the mixed phase),
+//! `metrics_cost` (`fq bench --metrics-cost`); the plain phases and the reopen stay here.
+
+mod metrics_cost;
+mod mixed;
+mod probes;
+
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::json;
 
-use crate::{Engine, Error, Registry, Result, TaskContext, TaskError, store_commit_rate};
+pub(crate) use metrics_cost::{MetricsCost, metrics_cost};
+use mixed::{MixedReport, mixed};
+use probes::{COMMIT_PAGES, file_system, fsync_rate, peak_rss_mib, redb_commit_rate};
+
+use crate::{Engine, Error, Registry, Result, TaskContext, TaskError};
 
 const NOOP: &str = "fq.bench.noop";
 /// How many tasks the one-producer phase enqueues at most: it runs at the disk's fsync rate.
 const SEQUENTIAL_CAP: u64 = 2_000;
-/// Pages a one-task enqueue commit writes besides redb's header (counted with strace: the
-/// task table, the ready index and the counters with their tree paths, the table tree and
-/// redb's own allocator tree).
-const COMMIT_PAGES: u64 = 9;
-/// How long each disk probe runs.
-const PROBE: Duration = Duration::from_secs(1);
-/// How long the mixed phase offers load.
-const MIXED_DURATION: Duration = Duration::from_secs(3);
 
 /// What to measure.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -42,24 +46,6 @@ pub(crate) struct BenchParams {
     /// Folder for the stores (default: a fresh temporary folder, removed afterwards).
     #[serde(skip)]
     pub(crate) dir: Option<PathBuf>,
-}
-
-/// Latency of the mixed steady state.
-#[derive(Clone, Debug, Default, Serialize)]
-pub(crate) struct MixedReport {
-    /// Tasks queued and started.
-    #[serde(skip)]
-    pub(crate) tasks: u64,
-    /// Enqueue rate offered (half the measured drain rate), tasks/s.
-    pub(crate) offered_per_sec: f64,
-    /// Tasks completed per second while the load was offered.
-    pub(crate) achieved_per_sec: f64,
-    /// Enqueue→start latency percentiles, milliseconds.
-    pub(crate) latency_p50_ms: f64,
-    /// 99th percentile.
-    pub(crate) latency_p99_ms: f64,
-    /// Worst.
-    pub(crate) latency_max_ms: f64,
 }
 
 /// Everything `fq bench` measured.
@@ -252,182 +238,6 @@ pub(crate) async fn run(params: &BenchParams, progress: Progress<'_>) -> Result<
     Ok(report)
 }
 
-/// How many times `fq bench --metrics-cost` runs each side.
-const METRICS_ROUNDS: usize = 3;
-
-/// What the engine's metrics cost (`fq bench --metrics-cost`): the concurrent-enqueue and
-/// drain phases, the writer's busiest paths, run [`METRICS_ROUNDS`] times with metrics on and
-/// as often off, alternating (on/off, then off/on, ...) so that the disk's drift falls on both
-/// sides alike. Figures in tasks/s.
-#[derive(Clone, Debug, Default, Serialize)]
-pub(crate) struct MetricsCost {
-    /// What was measured (its keys sit at the top level of the JSON).
-    #[serde(flatten)]
-    pub(crate) params: BenchParams,
-    /// Concurrent enqueue, each round, metrics on.
-    pub(crate) enqueue_on: Vec<f64>,
-    /// Concurrent enqueue, each round, metrics off.
-    pub(crate) enqueue_off: Vec<f64>,
-    /// Drain, each round, metrics on.
-    pub(crate) drain_on: Vec<f64>,
-    /// Drain, each round, metrics off.
-    pub(crate) drain_off: Vec<f64>,
-    /// Medians of the rounds.
-    pub(crate) enqueue_on_median: f64,
-    /// Medians of the rounds.
-    pub(crate) enqueue_off_median: f64,
-    /// Medians of the rounds.
-    pub(crate) drain_on_median: f64,
-    /// Medians of the rounds.
-    pub(crate) drain_off_median: f64,
-    /// `(off - on) / off` of the medians, percent: what metrics cost (negative: noise).
-    pub(crate) enqueue_cost_percent: f64,
-    /// The same for the drain.
-    pub(crate) drain_cost_percent: f64,
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    match sorted.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => f64::midpoint(sorted[n / 2 - 1], sorted[n / 2]),
-    }
-}
-
-/// Runs `fq bench --metrics-cost` (see [`MetricsCost`]).
-///
-/// # Errors
-/// A store that cannot be created or written, or a task that does not complete.
-pub(crate) async fn metrics_cost(
-    params: &BenchParams,
-    progress: Progress<'_>,
-) -> Result<MetricsCost> {
-    let temp;
-    let dir = match &params.dir {
-        Some(dir) => dir.clone(),
-        None => {
-            temp = TempDir::new()?;
-            temp.path.clone()
-        }
-    };
-    // The concurrent phase queues `tasks` rounded down to a multiple of `producers`: the
-    // drain waits for exactly those.
-    let producers = params.producers.max(1) as u64;
-    let params = &BenchParams {
-        tasks: (params.tasks / producers).max(1) * producers,
-        ..params.clone()
-    };
-    let mut cost = MetricsCost {
-        params: params.clone(),
-        ..MetricsCost::default()
-    };
-    for round in 0..METRICS_ROUNDS {
-        let order = if round % 2 == 0 {
-            [true, false]
-        } else {
-            [false, true]
-        };
-        for enabled in order {
-            let path = dir.join(format!(
-                "metrics-{}-{round}.redb",
-                if enabled { "on" } else { "off" }
-            ));
-            let mut config = crate::Config::default();
-            config.metrics.enabled = enabled;
-            let engine = Engine::builder(&path)
-                .config(config)
-                .verify_on_open(false)
-                .open()?;
-            let enqueue = enqueue_concurrently(&engine, params, progress).await?;
-            let drain = drain(&engine, params, progress).await?;
-            drop(engine);
-            let _ = std::fs::remove_file(&path);
-            if enabled {
-                cost.enqueue_on.push(enqueue);
-                cost.drain_on.push(drain);
-            } else {
-                cost.enqueue_off.push(enqueue);
-                cost.drain_off.push(drain);
-            }
-        }
-    }
-    cost.enqueue_on_median = median(&cost.enqueue_on);
-    cost.enqueue_off_median = median(&cost.enqueue_off);
-    cost.drain_on_median = median(&cost.drain_on);
-    cost.drain_off_median = median(&cost.drain_off);
-    let percent = |on: f64, off: f64| (off - on) / off.max(1e-9) * 100.0;
-    cost.enqueue_cost_percent = percent(cost.enqueue_on_median, cost.enqueue_off_median);
-    cost.drain_cost_percent = percent(cost.drain_on_median, cost.drain_off_median);
-    Ok(cost)
-}
-
-/// Durable writes per second: `scattered_pages` 4 KiB pages at pseudo-random places of a
-/// preallocated file plus a small write at its start (a commit's header), then one fdatasync.
-/// With no scattered pages, the disk's plain single-fsync rate.
-fn fsync_rate(path: &Path, scattered_pages: u64, progress: Progress<'_>) -> Result<f64> {
-    use std::os::unix::fs::FileExt;
-    /// Spread of the scattered pages: a store of a few MiB.
-    const SPAN_PAGES: u64 = 2048;
-    let io = |e: std::io::Error| {
-        Error::invalid(
-            "dir",
-            format!("cannot measure fsync in {}: {e}", path.display()),
-        )
-    };
-    let phase = if scattered_pages == 0 {
-        "fsync rate"
-    } else {
-        "fsync rate of a commit's pages"
-    };
-    let file = std::fs::File::create(path).map_err(io)?;
-    let block = [0x5au8; 4096];
-    if scattered_pages > 0 {
-        // Written, not sparse: holes would add the file system's block allocation to every
-        // write, which a store that has grown to its size does not pay.
-        for page in 0..SPAN_PAGES {
-            file.write_all_at(&block, page * 4096).map_err(io)?;
-        }
-        file.sync_all().map_err(io)?;
-    }
-    let mut place = fastrand::Rng::with_seed(7);
-    let started = Instant::now();
-    let mut syncs = 0u64;
-    while started.elapsed() < PROBE {
-        for _ in 0..scattered_pages {
-            file.write_all_at(&block, place.u64(1..SPAN_PAGES) * 4096)
-                .map_err(io)?;
-        }
-        file.write_all_at(&block[..512], 0).map_err(io)?;
-        file.sync_data().map_err(io)?;
-        syncs += 1;
-        progress(phase, elapsed_ms(started), probe_ms());
-    }
-    drop(file);
-    let _ = std::fs::remove_file(path);
-    Ok(rate(syncs, started.elapsed()))
-}
-
-/// Durable commits per second of the store's engine alone (see [`store_commit_rate`]).
-fn redb_commit_rate(path: &Path, progress: Progress<'_>) -> Result<f64> {
-    let commits_per_sec = store_commit_rate(path, PROBE, |elapsed| {
-        let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
-        progress("redb commit rate", elapsed_ms.min(probe_ms()), probe_ms());
-    })?;
-    Ok(commits_per_sec)
-}
-
-fn elapsed_ms(started: Instant) -> u64 {
-    u64::try_from(started.elapsed().as_millis())
-        .unwrap_or(u64::MAX)
-        .min(probe_ms())
-}
-
-fn probe_ms() -> u64 {
-    u64::try_from(PROBE.as_millis()).unwrap_or(1000)
-}
-
 async fn enqueue_concurrently(
     engine: &Engine,
     params: &BenchParams,
@@ -524,109 +334,6 @@ async fn completed(engine: &Engine) -> Result<u64> {
         .sum())
 }
 
-async fn mixed(
-    path: &Path,
-    params: &BenchParams,
-    offered: f64,
-    progress: Progress<'_>,
-) -> Result<MixedReport> {
-    let engine = open(path)?;
-    let epoch = Instant::now();
-    let latencies = Arc::new(Mutex::new(Vec::<u64>::new()));
-    let sink = Arc::clone(&latencies);
-    let mut registry = Registry::new();
-    registry.register_async(NOOP, move |args: serde_json::Value, _ctx: TaskContext| {
-        if let Some(queued_us) = args.get("t").and_then(serde_json::Value::as_u64) {
-            let now_us = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
-            sink.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(now_us.saturating_sub(queued_us));
-        }
-        async { Ok::<(), TaskError>(()) }
-    });
-    let mut worker = engine.worker(registry);
-    worker
-        .set_concurrent_tasks(params.concurrency)
-        .set_handle_signals(false);
-    let stop = worker.shutdown_handle();
-    let running = tokio::spawn(async move { worker.start().await });
-
-    // Producers send on a fixed schedule (not as fast as they can), each its share of the rate;
-    // as many as the concurrent phase used, since each waits for its own commit.
-    let producers = params.producers.max(1) as u64;
-    let total = (offered * MIXED_DURATION.as_secs_f64()).max(1.0) as u64;
-    let interval = Duration::from_secs_f64(producers as f64 / offered.max(1.0));
-    let started = Instant::now();
-    let mut handles = Vec::new();
-    for _ in 0..producers {
-        let engine = engine.clone();
-        let size = params.payload_bytes;
-        handles.push(tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            for _ in 0..total / producers {
-                ticker.tick().await;
-                let queued_us = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
-                engine
-                    .queue_task_named(NOOP, &payload(size, &json!(queued_us)))
-                    .send()
-                    .await?;
-            }
-            Ok::<(), Error>(())
-        }));
-    }
-    let expected = (total / producers) * producers;
-    loop {
-        let seen = latencies
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len() as u64;
-        progress("mixed steady state", seen, expected);
-        if seen >= expected || started.elapsed() > MIXED_DURATION * 10 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let elapsed = started.elapsed();
-    let seen = latencies
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .len() as u64;
-    if seen < expected {
-        stop.shutdown();
-        return Err(Error::Internal(format!(
-            "the mixed phase did not finish: {seen} of {expected} tasks started within {:?}; \
-             its percentiles would leave the slowest out",
-            MIXED_DURATION * 10
-        )));
-    }
-    for handle in handles {
-        handle
-            .await
-            .map_err(|e| Error::Internal(format!("a producer failed: {e}")))??;
-    }
-    stop.shutdown();
-    running
-        .await
-        .map_err(|e| Error::Internal(format!("the worker failed: {e}")))??;
-    let mut latencies =
-        std::mem::take(&mut *latencies.lock().unwrap_or_else(PoisonError::into_inner));
-    latencies.sort_unstable();
-    let percentile = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .map_or(0.0, |us| *us as f64 / 1000.0)
-    };
-    Ok(MixedReport {
-        tasks: expected,
-        offered_per_sec: offered,
-        achieved_per_sec: rate(latencies.len() as u64, elapsed),
-        latency_p50_ms: percentile(0.50),
-        latency_p99_ms: percentile(0.99),
-        latency_max_ms: latencies.last().map_or(0.0, |us| *us as f64 / 1000.0),
-    })
-}
-
 /// Opens the store at `path` in a fresh process of this program (`bench-open`), as its owner
 /// would, and returns the seconds the open took there.
 fn open_in_a_fresh_process(path: &Path) -> Result<f64> {
@@ -665,42 +372,6 @@ pub(crate) fn time_open(path: &Path) -> Result<f64> {
     let seconds = started.elapsed().as_secs_f64();
     drop(engine);
     Ok(seconds)
-}
-
-/// The name of the file system holding `dir`, from its magic number.
-#[cfg(target_os = "linux")]
-fn file_system(dir: &Path) -> &'static str {
-    let Ok(stats) = rustix::fs::statfs(dir) else {
-        return "unknown";
-    };
-    // Magic numbers from statfs(2).
-    #[allow(clippy::unnecessary_cast)]
-    match stats.f_type as i64 {
-        0x0102_1994 => "tmpfs",
-        0x8584_58f6 => "ramfs",
-        0xef53 => "ext4",
-        0x5846_5342 => "xfs",
-        0x9123_683e => "btrfs",
-        0x2fc1_2fc1 => "zfs",
-        0xf2f5_2010 => "f2fs",
-        0x794c_7630 => "overlayfs",
-        0x6969 => "nfs",
-        0x0100_2001 | 0xff53_4d42 => "cifs",
-        _ => "other",
-    }
-}
-
-/// File systems are not told apart off Linux.
-#[cfg(not(target_os = "linux"))]
-fn file_system(_dir: &Path) -> &'static str {
-    "unknown"
-}
-
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
-    let kib: f64 = line.trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(kib / 1024.0)
 }
 
 /// A temporary folder removed on drop (the `tempfile` crate is only a dev-dependency).

@@ -1,0 +1,118 @@
+//! What `fq bench` measures of the machine rather than of fq: the disk's fsync rate (plain and
+//! with a commit's scattered pages), redb's own commit rate, the file system holding the
+//! stores and the process's peak memory. No engine here: plain files and redb alone, the
+//! yardsticks the phases are compared with.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::{Progress, rate};
+use crate::{Error, Result, store_commit_rate};
+
+/// Pages a one-task enqueue commit writes besides redb's header (counted with strace: the
+/// task table, the ready index and the counters with their tree paths, the table tree and
+/// redb's own allocator tree).
+pub(super) const COMMIT_PAGES: u64 = 9;
+/// How long each disk probe runs.
+const PROBE: Duration = Duration::from_secs(1);
+
+/// Durable writes per second: `scattered_pages` 4 KiB pages at pseudo-random places of a
+/// preallocated file plus a small write at its start (a commit's header), then one fdatasync.
+/// With no scattered pages, the disk's plain single-fsync rate.
+pub(super) fn fsync_rate(path: &Path, scattered_pages: u64, progress: Progress<'_>) -> Result<f64> {
+    use std::os::unix::fs::FileExt;
+    /// Spread of the scattered pages: a store of a few MiB.
+    const SPAN_PAGES: u64 = 2048;
+    let io = |e: std::io::Error| {
+        Error::invalid(
+            "dir",
+            format!("cannot measure fsync in {}: {e}", path.display()),
+        )
+    };
+    let phase = if scattered_pages == 0 {
+        "fsync rate"
+    } else {
+        "fsync rate of a commit's pages"
+    };
+    let file = std::fs::File::create(path).map_err(io)?;
+    let block = [0x5au8; 4096];
+    if scattered_pages > 0 {
+        // Written, not sparse: holes would add the file system's block allocation to every
+        // write, which a store that has grown to its size does not pay.
+        for page in 0..SPAN_PAGES {
+            file.write_all_at(&block, page * 4096).map_err(io)?;
+        }
+        file.sync_all().map_err(io)?;
+    }
+    let mut place = fastrand::Rng::with_seed(7);
+    let started = Instant::now();
+    let mut syncs = 0u64;
+    while started.elapsed() < PROBE {
+        for _ in 0..scattered_pages {
+            file.write_all_at(&block, place.u64(1..SPAN_PAGES) * 4096)
+                .map_err(io)?;
+        }
+        file.write_all_at(&block[..512], 0).map_err(io)?;
+        file.sync_data().map_err(io)?;
+        syncs += 1;
+        progress(phase, elapsed_ms(started), probe_ms());
+    }
+    drop(file);
+    let _ = std::fs::remove_file(path);
+    Ok(rate(syncs, started.elapsed()))
+}
+
+/// Durable commits per second of the store's engine alone (see [`store_commit_rate`]).
+pub(super) fn redb_commit_rate(path: &Path, progress: Progress<'_>) -> Result<f64> {
+    let commits_per_sec = store_commit_rate(path, PROBE, |elapsed| {
+        let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        progress("redb commit rate", elapsed_ms.min(probe_ms()), probe_ms());
+    })?;
+    Ok(commits_per_sec)
+}
+
+fn elapsed_ms(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .min(probe_ms())
+}
+
+fn probe_ms() -> u64 {
+    u64::try_from(PROBE.as_millis()).unwrap_or(1000)
+}
+
+/// The name of the file system holding `dir`, from its magic number.
+#[cfg(target_os = "linux")]
+pub(super) fn file_system(dir: &Path) -> &'static str {
+    let Ok(stats) = rustix::fs::statfs(dir) else {
+        return "unknown";
+    };
+    // Magic numbers from statfs(2).
+    #[allow(clippy::unnecessary_cast)]
+    match stats.f_type as i64 {
+        0x0102_1994 => "tmpfs",
+        0x8584_58f6 => "ramfs",
+        0xef53 => "ext4",
+        0x5846_5342 => "xfs",
+        0x9123_683e => "btrfs",
+        0x2fc1_2fc1 => "zfs",
+        0xf2f5_2010 => "f2fs",
+        0x794c_7630 => "overlayfs",
+        0x6969 => "nfs",
+        0x0100_2001 | 0xff53_4d42 => "cifs",
+        _ => "other",
+    }
+}
+
+/// File systems are not told apart off Linux.
+#[cfg(not(target_os = "linux"))]
+pub(super) fn file_system(_dir: &Path) -> &'static str {
+    "unknown"
+}
+
+pub(super) fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    let kib: f64 = line.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib / 1024.0)
+}
