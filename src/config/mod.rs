@@ -258,7 +258,8 @@ section! {
         /// password and vhost. `FQ_RABBITMQ_URL` sets it.
         pub url: Option<String> = None
             => |url: &Option<String>| url.as_deref().map(redact_url),
-        /// Unacknowledged deliveries per consumer; `None` (default) uses `worker.concurrency`.
+        /// Unacknowledged deliveries per consumer; `None` (default) uses 4 times
+        /// `worker.concurrency`.
         pub prefetch: Option<u16> = None,
     }
 }

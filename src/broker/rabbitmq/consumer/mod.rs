@@ -1,5 +1,5 @@
-//! The consuming side: one consumer channel per set of queues a worker serves (prefetch =
-//! concurrency, manual acks), deliveries buffered until a worker claims them, and the rules
+//! The consuming side: one consumer channel per set of queues a worker serves (prefetch 4x
+//! concurrency unless configured, manual acks), deliveries buffered until a worker claims them, and the rules
 //! that settle a delivery. The outcome is committed to the local store *before* RabbitMQ is
 //! told: success is recorded then acked; a retry is committed (it waits in the local delay
 //! index and is forwarded again when due) then acked; a final failure, an undecodable message
