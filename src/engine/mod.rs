@@ -2,6 +2,7 @@
 //! clock and configuration together, and hands out the queuing API and workers.
 
 mod builder;
+mod observe;
 mod schedules;
 
 pub use builder::EngineBuilder;
@@ -195,37 +196,6 @@ impl Engine {
     /// A storage failure or a corrupt record.
     pub async fn task(&self, id: TaskId) -> Result<Option<TaskRecord>> {
         self.inner.broker.task(id).await
-    }
-
-    /// The task's attempt history, oldest first: each ended run's number, start, end,
-    /// duration, worker, outcome and error (README "Attempt history"), the newest
-    /// `limits.attempt_history` of them. Empty for a task that has not ended a run.
-    ///
-    /// # Errors
-    /// [`Error::NotFound`] for an unknown id; a storage failure or a damaged history.
-    pub async fn attempts(&self, id: TaskId) -> Result<Vec<crate::AttemptRecord>> {
-        self.inner.broker.attempts(id).await
-    }
-
-    /// The live workers of the engine that owns the store (in this process or connected
-    /// over its control socket), with the attempts they run, and the workers gone in the
-    /// last hour with why (README "Live workers"). Kept in memory: empty for a store opened
-    /// read-only.
-    ///
-    /// # Errors
-    /// A connected engine's transport failure.
-    pub async fn workers(&self) -> Result<crate::WorkersReport> {
-        self.inner.broker.workers().await
-    }
-
-    /// Where the task stands and what it waits for (`fq why`, README "Why has my task not
-    /// run?"): its place in its queue, the queue's pause and limits, the live workers that
-    /// serve it, the retry to come, the worker running it, or why it ended and what to do.
-    ///
-    /// # Errors
-    /// [`Error::NotFound`] for an unknown id; a storage failure.
-    pub async fn explain(&self, id: TaskId) -> Result<crate::Explanation> {
-        self.inner.broker.explain(id).await
     }
 
     /// Waits for the task's outcome and returns its final record: COMPLETED with its result,

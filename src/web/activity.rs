@@ -1,11 +1,13 @@
 //! Completions and failed attempts per minute over the last hour, counted from the engine's
 //! events into a ring of 60 minutes (the overview's chart). Kept in memory by the dashboard:
 //! reading an hour of finished records from the store on every page view would cost a scan.
+//! Also the overview's section that draws them.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
 
 use chrono::{DateTime, Utc};
+use maud::{Markup, html};
 
 use crate::{Engine, Event, EventKind};
 
@@ -97,6 +99,50 @@ pub(super) fn follow(engine: &Engine, activity: &Arc<Activity>) {
             activity.record(event.kind, event.at);
         }
     });
+}
+
+/// Completions and failed runs per minute over the last hour, as an inline SVG bar chart.
+pub(super) fn activity_section(minutes: &[Minute]) -> Markup {
+    let (width, height, bar) = (600u64, 120u64, 10u64);
+    let peak = minutes
+        .iter()
+        .map(|m| m.completed.max(m.failed))
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let completed: u64 = minutes.iter().map(|m| m.completed).sum();
+    let failed: u64 = minutes.iter().map(|m| m.failed).sum();
+    let scale = |count: u64| count * (height - 20) / peak;
+    html! {
+        section #activity {
+            h2 { "Last hour" }
+            p {
+                span #completed-hour { (completed) } " completed, "
+                span #failed-hour { (failed) } " failed runs (counted since the dashboard started)"
+            }
+            svg.chart width=(width) height=(height) viewBox={ "0 0 " (width) " " (height) }
+                role="img" aria-label="completed and failed runs per minute" {
+                @for (index, minute) in minutes.iter().enumerate() {
+                    @let x = index as u64 * bar;
+                    @let (c, f) = (scale(minute.completed), scale(minute.failed));
+                    // Empty minutes draw nothing (the page stays small).
+                    @if minute.completed > 0 {
+                        rect.c x=(x) y=(height - 12 - c) width=(bar / 2) height=(c.max(1)) {
+                            title { (minute.completed) " completed" }
+                        }
+                    }
+                    @if minute.failed > 0 {
+                        rect.f x=(x + bar / 2) y=(height - 12 - f) width=(bar / 2) height=(f.max(1)) {
+                            title { (minute.failed) " failed" }
+                        }
+                    }
+                }
+                text x="0" y=(height) { "-" (MINUTES) " min" }
+                text x=(width - 24) y=(height) { "now" }
+                text x="0" y="10" { "peak " (peak) "/min" }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 
-use super::activity::{MINUTES, Minute};
+use super::activity::activity_section;
 use super::auth::Access;
 use super::{Dashboard, observe};
 use crate::{Error, ListQuery, QueueStats, Stats, TaskId, TaskRecord, TaskStatus};
@@ -200,50 +200,6 @@ fn queue_actions(csrf: &str, queue: &str, counts: &QueueStats) -> Markup {
             label { input type="checkbox" name="confirm" value="yes"; " sure" }
             " "
             button id={ "purge-" (queue) } type="submit" { "Purge" }
-        }
-    }
-}
-
-/// Completions and failed runs per minute over the last hour, as an inline SVG bar chart.
-fn activity_section(minutes: &[Minute]) -> Markup {
-    let (width, height, bar) = (600u64, 120u64, 10u64);
-    let peak = minutes
-        .iter()
-        .map(|m| m.completed.max(m.failed))
-        .max()
-        .unwrap_or(0)
-        .max(1);
-    let completed: u64 = minutes.iter().map(|m| m.completed).sum();
-    let failed: u64 = minutes.iter().map(|m| m.failed).sum();
-    let scale = |count: u64| count * (height - 20) / peak;
-    html! {
-        section #activity {
-            h2 { "Last hour" }
-            p {
-                span #completed-hour { (completed) } " completed, "
-                span #failed-hour { (failed) } " failed runs (counted since the dashboard started)"
-            }
-            svg.chart width=(width) height=(height) viewBox={ "0 0 " (width) " " (height) }
-                role="img" aria-label="completed and failed runs per minute" {
-                @for (index, minute) in minutes.iter().enumerate() {
-                    @let x = index as u64 * bar;
-                    @let (c, f) = (scale(minute.completed), scale(minute.failed));
-                    // Empty minutes draw nothing (the page stays small).
-                    @if minute.completed > 0 {
-                        rect.c x=(x) y=(height - 12 - c) width=(bar / 2) height=(c.max(1)) {
-                            title { (minute.completed) " completed" }
-                        }
-                    }
-                    @if minute.failed > 0 {
-                        rect.f x=(x + bar / 2) y=(height - 12 - f) width=(bar / 2) height=(f.max(1)) {
-                            title { (minute.failed) " failed" }
-                        }
-                    }
-                }
-                text x="0" y=(height) { "-" (MINUTES) " min" }
-                text x=(width - 24) y=(height) { "now" }
-                text x="0" y="10" { "peak " (peak) "/min" }
-            }
         }
     }
 }

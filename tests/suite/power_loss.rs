@@ -419,7 +419,7 @@ async fn verify_store(engine: &Engine, model: &Model, crash_point: Option<u64>) 
 fn crash_images_open_with_every_acknowledged_operation_and_sound_indexes() {
     let seed = seed();
     let panics_before = panics::mark();
-    let (operations, images) = if full() { (1_000, 5_000) } else { (150, 500) };
+    let (operations, images) = if full() { (1_000, 10_000) } else { (150, 500) };
     println!(
         "power_loss crash images: seed {seed} (FQ_SEED={seed} replays), full={}",
         full()

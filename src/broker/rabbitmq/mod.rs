@@ -32,6 +32,8 @@ mod report;
 #[cfg(feature = "rabbitmq")]
 mod stats;
 #[cfg(feature = "rabbitmq")]
+mod target;
+#[cfg(feature = "rabbitmq")]
 mod topology;
 
 #[cfg(feature = "rabbitmq")]

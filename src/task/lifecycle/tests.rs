@@ -4,6 +4,7 @@
 use serde_json::json;
 
 use super::*;
+use crate::task::Route;
 
 const ID: TaskId = TaskId::from_u128(42);
 const NOW: Millis = 1_000_000;
