@@ -8,7 +8,7 @@
 
 use redb::ReadableTable;
 
-use super::codec::decode_task;
+use super::codec::{self, decode_task};
 use super::tables::{ATTEMPTS, TASKS, read_lazy_table};
 use super::write_tables::{lazy_table, storage};
 use super::{Store, StoreError, WriteTables};
@@ -19,39 +19,14 @@ use crate::task::{StoredAttempt, StoredTask, TaskId};
 const ROW_VERSION: u8 = 1;
 
 fn encode_row(history: &[StoredAttempt]) -> Vec<u8> {
-    let mut bytes = vec![ROW_VERSION];
-    // Plain owned data into a Vec does not fail to serialize; were it to, the row would be
-    // refused by its checksum on read, and the next settlement would start it afresh.
-    if let Ok(body) = postcard::to_extend(history, bytes) {
-        bytes = body;
-    } else {
-        bytes = vec![ROW_VERSION];
-    }
-    let crc = crc32fast::hash(&bytes);
-    bytes.extend_from_slice(&crc.to_le_bytes());
-    bytes
+    codec::encode_row(ROW_VERSION, history)
 }
 
 fn decode_row(id: TaskId, bytes: &[u8]) -> Result<Vec<StoredAttempt>, StoreError> {
-    let corrupt = |detail: String| StoreError::CorruptRecord {
+    codec::decode_row(ROW_VERSION, bytes).map_err(|e| StoreError::CorruptRecord {
         id,
-        detail: format!("attempt history: {detail}"),
-    };
-    if bytes.len() < 5 {
-        return Err(corrupt(format!("{} bytes, too short", bytes.len())));
-    }
-    let (framed, crc) = bytes.split_at(bytes.len() - 4);
-    let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
-    if crc32fast::hash(framed) != stored {
-        return Err(corrupt("checksum mismatch".to_owned()));
-    }
-    if framed[0] != ROW_VERSION {
-        return Err(corrupt(format!(
-            "format version {} is not one this build reads ({ROW_VERSION})",
-            framed[0]
-        )));
-    }
-    postcard::from_bytes(&framed[1..]).map_err(|e| corrupt(e.to_string()))
+        detail: format!("attempt history: {e}"),
+    })
 }
 
 impl WriteTables<'_> {

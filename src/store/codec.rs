@@ -1,5 +1,6 @@
-//! The stored form of a task record: a format-version byte, the postcard body, and a CRC-32 of
-//! both, so that a flipped byte is caught instead of decoded into a wrong task.
+//! The stored form of a task record, and of the side tables' rows (attempt history, outcome
+//! reports, schedules): a format-version byte, the postcard body, and a CRC-32 of both, so that a
+//! flipped byte is caught instead of decoded into a wrong value.
 
 use super::StoreError;
 #[cfg(test)]
@@ -37,10 +38,10 @@ struct Tail {
 /// Why stored bytes did not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum DecodeError {
-    #[error("record is {0} bytes, too short to be a task record")]
+    #[error("record is {0} bytes, too short")]
     TooShort(usize),
-    #[error("record format version {0} is newer than this build reads ({NEWEST_FORMAT})")]
-    UnknownVersion(u8),
+    #[error("record format version {found} is not one this build reads (newest: {newest})")]
+    UnknownVersion { found: u8, newest: u8 },
     #[error("record checksum mismatch (stored {stored:08x}, computed {computed:08x})")]
     Checksum { stored: u32, computed: u32 },
     #[error("record body does not decode: {0}")]
@@ -77,14 +78,18 @@ pub(crate) fn encode(task: &StoredTask) -> Vec<u8> {
             (None, None) => Ok(bytes),
         }
     });
-    let mut bytes = body.unwrap_or_else(|_| vec![version]);
+    seal(body.unwrap_or_else(|_| vec![version]))
+}
+
+/// Appends the CRC-32 (little-endian) of everything before it.
+fn seal(mut bytes: Vec<u8>) -> Vec<u8> {
     let crc = crc32fast::hash(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
     bytes
 }
 
-/// Decodes bytes written by [`encode`], checking version and checksum first.
-pub(crate) fn decode(bytes: &[u8]) -> Result<StoredTask, DecodeError> {
+/// The version byte and the body of sealed bytes, once their length and checksum hold.
+fn unseal(bytes: &[u8]) -> Result<(u8, &[u8]), DecodeError> {
     if bytes.len() < 1 + 4 {
         return Err(DecodeError::TooShort(bytes.len()));
     }
@@ -96,13 +101,42 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<StoredTask, DecodeError> {
     if stored != computed {
         return Err(DecodeError::Checksum { stored, computed });
     }
-    let version = framed[0];
+    Ok((framed[0], &framed[1..]))
+}
+
+/// Encodes a side table's row in format `version`, framed like a task record.
+pub(super) fn encode_row<T: serde::Serialize + ?Sized>(version: u8, row: &T) -> Vec<u8> {
+    // Plain owned data into a Vec does not fail to serialize; were it to, the row would be
+    // refused by its checksum on read instead of being read wrong.
+    seal(postcard::to_extend(row, vec![version]).unwrap_or_else(|_| vec![version]))
+}
+
+/// Decodes a row written by [`encode_row`] in format `version`, the only one this build reads.
+pub(super) fn decode_row<T: serde::de::DeserializeOwned>(
+    version: u8,
+    bytes: &[u8],
+) -> Result<T, DecodeError> {
+    let (found, body) = unseal(bytes)?;
+    if found != version {
+        return Err(DecodeError::UnknownVersion {
+            found,
+            newest: version,
+        });
+    }
+    postcard::from_bytes(body).map_err(|e| DecodeError::Body(e.to_string()))
+}
+
+/// Decodes bytes written by [`encode`], checking version and checksum first.
+pub(crate) fn decode(bytes: &[u8]) -> Result<StoredTask, DecodeError> {
+    let (version, body_bytes) = unseal(bytes)?;
     if !(FORMAT_VERSION..=NEWEST_FORMAT).contains(&version) {
-        return Err(DecodeError::UnknownVersion(version));
+        return Err(DecodeError::UnknownVersion {
+            found: version,
+            newest: NEWEST_FORMAT,
+        });
     }
     let body = |e: postcard::Error| DecodeError::Body(e.to_string());
-    let (mut task, mut rest) =
-        postcard::take_from_bytes::<StoredTask>(&framed[1..]).map_err(body)?;
+    let (mut task, mut rest) = postcard::take_from_bytes::<StoredTask>(body_bytes).map_err(body)?;
     if version == FORMAT_VERSION_ROUTED {
         let (route, after) = postcard::take_from_bytes::<Route>(rest).map_err(body)?;
         task.route = Some(route);
@@ -210,7 +244,10 @@ mod tests {
         newer[body_len..].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(
             decode(&newer),
-            Err(DecodeError::UnknownVersion(NEWEST_FORMAT + 1))
+            Err(DecodeError::UnknownVersion {
+                found: NEWEST_FORMAT + 1,
+                newest: NEWEST_FORMAT
+            })
         );
     }
 

@@ -7,6 +7,7 @@
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
+use super::codec;
 use super::tables::{REPORTS, read_lazy_table};
 use super::{Store, StoreError, WriteTables};
 use crate::task::TaskId;
@@ -36,39 +37,15 @@ fn encode_row(reply_to: &str, report: &Report) -> Vec<u8> {
         reply_to: reply_to.to_owned(),
         report: report.clone(),
     };
-    let mut bytes = vec![ROW_VERSION];
-    // Plain owned data into a Vec does not fail to serialize; were it to, the row would be
-    // refused by its checksum on read and logged, not sent wrong.
-    if let Ok(body) = postcard::to_extend(&row, bytes) {
-        bytes = body;
-    } else {
-        bytes = vec![ROW_VERSION];
-    }
-    let crc = crc32fast::hash(&bytes);
-    bytes.extend_from_slice(&crc.to_le_bytes());
-    bytes
+    codec::encode_row(ROW_VERSION, &row)
 }
 
 fn decode_row(id: TaskId, bytes: &[u8]) -> Result<PendingReport, StoreError> {
-    let corrupt = |detail: String| StoreError::CorruptRecord {
-        id,
-        detail: format!("outcome report row: {detail}"),
-    };
-    if bytes.len() < 5 {
-        return Err(corrupt(format!("{} bytes, too short", bytes.len())));
-    }
-    let (framed, crc) = bytes.split_at(bytes.len() - 4);
-    let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
-    if crc32fast::hash(framed) != stored {
-        return Err(corrupt("checksum mismatch".to_owned()));
-    }
-    if framed[0] != ROW_VERSION {
-        return Err(corrupt(format!(
-            "format version {} is not one this build reads ({ROW_VERSION})",
-            framed[0]
-        )));
-    }
-    let row: Row = postcard::from_bytes(&framed[1..]).map_err(|e| corrupt(e.to_string()))?;
+    let row: Row =
+        codec::decode_row(ROW_VERSION, bytes).map_err(|e| StoreError::CorruptRecord {
+            id,
+            detail: format!("outcome report row: {e}"),
+        })?;
     Ok(PendingReport {
         id,
         reply_to: row.reply_to,

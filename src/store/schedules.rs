@@ -6,6 +6,7 @@
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use super::codec;
 use super::tables::read_lazy_table;
 use super::{Store, StoreError, WriteTables};
 use crate::clock::Millis;
@@ -56,17 +57,7 @@ impl StoredSchedule {
 }
 
 fn encode_schedule(schedule: &StoredSchedule) -> Vec<u8> {
-    let mut bytes = vec![SCHEDULE_FORMAT_VERSION];
-    // Serializing plain owned data into a Vec cannot fail; if it did, the checksum below
-    // would make the record read as corrupt rather than wrong.
-    if let Ok(body) = postcard::to_extend(schedule, bytes) {
-        bytes = body;
-    } else {
-        bytes = vec![SCHEDULE_FORMAT_VERSION];
-    }
-    let crc = crc32fast::hash(&bytes);
-    bytes.extend_from_slice(&crc.to_le_bytes());
-    bytes
+    codec::encode_row(SCHEDULE_FORMAT_VERSION, schedule)
 }
 
 fn decode_schedule(
@@ -74,29 +65,10 @@ fn decode_schedule(
     name: &str,
     bytes: &[u8],
 ) -> Result<StoredSchedule, StoreError> {
-    let corrupt = |detail: String| StoreError::Corrupt {
+    codec::decode_row(SCHEDULE_FORMAT_VERSION, bytes).map_err(|e| StoreError::Corrupt {
         path: path.to_path_buf(),
-        detail: format!("schedule {name:?}: {detail}"),
-    };
-    if bytes.len() < 5 {
-        return Err(corrupt(format!(
-            "record is {} bytes, too short",
-            bytes.len()
-        )));
-    }
-    let (framed, crc_bytes) = bytes.split_at(bytes.len() - 4);
-    let mut stored = [0u8; 4];
-    stored.copy_from_slice(crc_bytes);
-    if u32::from_le_bytes(stored) != crc32fast::hash(framed) {
-        return Err(corrupt("record checksum mismatch".into()));
-    }
-    if framed[0] != SCHEDULE_FORMAT_VERSION {
-        return Err(corrupt(format!(
-            "record format version {} is not one this build reads ({SCHEDULE_FORMAT_VERSION})",
-            framed[0]
-        )));
-    }
-    postcard::from_bytes(&framed[1..]).map_err(|e| corrupt(format!("body does not decode: {e}")))
+        detail: format!("schedule {name:?}: {e}"),
+    })
 }
 
 impl<'txn> WriteTables<'txn> {
