@@ -1,70 +1,24 @@
-//! Human-readable durations (`"90s"`, `"1h30m"`, `"500ms"`, `"2d"`) for config files and the
-//! CLI's `--delay`; it knows nothing about files or keys.
+//! Human-readable durations (`"90s"`, `"1h30m"`, `"500ms"`, `"2d"`, `"1w"`) for config files and
+//! the CLI's `--delay`, read by the `humantime` crate; it knows nothing about files or keys.
 
 use std::time::Duration;
 
 /// The units [`parse_duration`] accepts, as named in its error messages.
-const UNITS: &str = "ms, s, m, h or d";
+const UNITS: &str = "ns, us, ms, s, m, h, d, w, M or y, or a long form such as sec or hours";
 
-/// Why a duration string could not be parsed. Each message quotes the input.
+/// Why a duration string could not be parsed. The message quotes the input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum DurationError {
-    /// The text is empty or only whitespace.
-    #[error("empty duration: expected e.g. \"90s\", \"1h30m\" or a number of seconds")]
-    Empty,
-    /// The text starts with a minus sign.
-    #[error("negative duration {input:?}: durations cannot be negative")]
-    Negative {
-        /// The whole text given.
-        input: String,
-    },
-    /// A number in a multi-part duration has no unit (`"1h 30"`).
-    #[error("missing unit after {number} in {input:?} (use {UNITS})")]
-    MissingUnit {
-        /// The number without a unit.
-        number: String,
-        /// The whole text given.
-        input: String,
-    },
-    /// A unit fq does not know (`"5x"`, `"3w"`).
-    #[error("unknown unit {unit:?} in {input:?} (use {UNITS})")]
-    UnknownUnit {
-        /// The unit as written.
-        unit: String,
-        /// The whole text given.
-        input: String,
-    },
-    /// A fractional number (`"1.5h"`).
-    #[error(
-        "fractions are not supported in {input:?}: use a smaller unit, e.g. \"90m\" for \"1.5h\""
-    )]
-    Fraction {
-        /// The whole text given.
-        input: String,
-    },
-    /// A character that cannot start a number (`"h5"`, `"five"`).
-    #[error("unexpected {found:?} in {input:?}: expected a number")]
-    Unexpected {
-        /// The offending character.
-        found: char,
-        /// The whole text given.
-        input: String,
-    },
-    /// The total does not fit in a `Duration`.
-    #[error("duration {input:?} is too large")]
-    Overflow {
-        /// The whole text given.
-        input: String,
-    },
-}
+#[error("{0}")]
+pub struct DurationError(String);
 
 /// Parses a human duration.
 ///
 /// The text is one or more `<number><unit>` parts, optionally separated by whitespace, summed:
-/// `"90s"`, `"1h30m"`, `"1h 30m"`, `"500ms"`, `"2d"`. Units are `ms`, `s`, `m` (minutes), `h` and
-/// `d` (24 hours). A bare number (`"90"`) means seconds. Leading and trailing whitespace is ignored.
-/// Fractions (`"1.5h"`) are refused rather than rounded: write `"90m"`.
+/// `"90s"`, `"1h30m"`, `"1h 30m"`, `"500ms"`, `"2d"`. The units are `humantime`'s: `ns`, `us`,
+/// `ms`, `s`, `m` (minutes), `h`, `d` (24 hours), `w` (7 days), `M` (30.44 days) and `y` (365.25
+/// days), or their long forms (`sec`, `min`, `hours`, `days`, `weeks`, ...). A bare number
+/// (`"90"`) means seconds. Leading and trailing whitespace is ignored. Fractions (`"1.5h"`) are
+/// refused rather than rounded: write `"90m"`.
 ///
 /// # Errors
 ///
@@ -72,68 +26,51 @@ pub enum DurationError {
 /// or a total too large for a `Duration`; the error quotes the text.
 pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let input = text.trim();
-    let owned = || input.to_owned();
-    let overflow = || DurationError::Overflow { input: owned() };
+    let too_large = || DurationError(format!("duration {input:?} is too large"));
+    let refuse = |message: String| Err(DurationError(message));
     if input.is_empty() {
-        return Err(DurationError::Empty);
+        let expected = "expected e.g. \"90s\", \"1h30m\" or a number of seconds";
+        return refuse(format!("empty duration: {expected}"));
     }
     if input.starts_with('-') {
-        return Err(DurationError::Negative { input: owned() });
+        return refuse(format!(
+            "negative duration {input:?}: durations cannot be negative"
+        ));
     }
-    if input.bytes().all(|b| b.is_ascii_digit()) {
+    // humantime reads "1.5h" as 90 minutes; fq has always refused fractions, and still does.
+    let bytes = input.as_bytes();
+    if bytes
+        .windows(2)
+        .any(|pair| pair[0].is_ascii_digit() && b".,".contains(&pair[1]))
+    {
+        return refuse(format!(
+            "fractions are not supported in {input:?}: use a smaller unit, e.g. \"90m\" for \"1.5h\""
+        ));
+    }
+    if bytes.iter().all(u8::is_ascii_digit) {
         return input
             .parse()
             .map(Duration::from_secs)
-            .map_err(|_| overflow());
+            .map_err(|_| too_large());
     }
-
-    let mut total = Duration::ZERO;
-    let mut rest = input;
-    while let Some(found) = rest.chars().next() {
-        let (number, after) = split_run(rest, |c| c.is_ascii_digit());
-        if number.is_empty() {
-            return Err(DurationError::Unexpected {
-                found,
-                input: owned(),
-            });
-        }
-        if after.starts_with(['.', ',']) {
-            return Err(DurationError::Fraction { input: owned() });
-        }
-        let (unit, after) = split_run(after.trim_start(), char::is_alphabetic);
-        if unit.is_empty() {
-            let number = number.to_owned();
-            return Err(DurationError::MissingUnit {
-                number,
-                input: owned(),
-            });
-        }
-        let value = number.parse::<u64>().map_err(|_| overflow())?;
-        let part = match unit {
-            "ms" => Some(Duration::from_millis(value)),
-            "s" => Some(Duration::from_secs(value)),
-            "m" => value.checked_mul(60).map(Duration::from_secs),
-            "h" => value.checked_mul(3_600).map(Duration::from_secs),
-            "d" => value.checked_mul(86_400).map(Duration::from_secs),
-            _ => {
-                let unit = unit.to_owned();
-                return Err(DurationError::UnknownUnit {
-                    unit,
-                    input: owned(),
-                });
+    humantime::parse_duration(input).map_err(|err| {
+        use humantime::DurationError as Humantime;
+        let found = |at: usize| input.get(at..).and_then(|rest| rest.chars().next());
+        DurationError(match err {
+            Humantime::NumberOverflow => return too_large(),
+            Humantime::UnknownUnit { unit, value, .. } if unit.is_empty() => {
+                format!("missing unit after {value} in {input:?} (use {UNITS})")
             }
-        };
-        total = part
-            .and_then(|part| total.checked_add(part))
-            .ok_or_else(overflow)?;
-        rest = after.trim_start();
-    }
-    Ok(total)
-}
-
-/// `text` split where its leading run of `in_run` characters ends.
-fn split_run(text: &str, in_run: fn(char) -> bool) -> (&str, &str) {
-    text.split_at(text.find(|c| !in_run(c)).unwrap_or(text.len()))
+            Humantime::UnknownUnit { unit, .. } => {
+                format!("unknown unit {unit:?} in {input:?} (use {UNITS})")
+            }
+            Humantime::NumberExpected(at) | Humantime::InvalidCharacter(at) => {
+                let found = found(at).unwrap_or_default();
+                format!("unexpected {found:?} in {input:?}: expected a number")
+            }
+            err => format!("invalid duration {input:?}: {err}"),
+        })
+    })
 }
 
 /// How [`format_duration`] writes a duration.

@@ -53,14 +53,11 @@ impl Format {
 /// `Io` when a candidate's existence cannot be checked (e.g. permission denied): guessing
 /// "absent" there would silently run on defaults.
 pub(super) fn find(dir: &Path) -> Result<Option<PathBuf>, ConfigError> {
+    use io::ErrorKind::{NotADirectory, NotFound};
     for path in [dir.join("fq.toml"), dir.join("config/services.yaml")] {
         match fs::metadata(&path) {
             Ok(_) => return Ok(Some(path)),
-            Err(err)
-                if matches!(
-                    err.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) => {}
+            Err(err) if [NotFound, NotADirectory].contains(&err.kind()) => {}
             Err(source) => return Err(ConfigError::Io { path, source }),
         }
     }

@@ -252,16 +252,11 @@ fn when(broken: bool, key: &str, message: impl Into<String>) -> Check {
 }
 
 fn range<T: Copy + PartialOrd + Display>(key: &str, value: T, min: T, max: T) -> Check {
-    when(
-        value < min,
-        key,
-        format!("must be at least {min}, got {value}"),
-    )?;
-    when(
-        value > max,
-        key,
-        format!("must be at most {max}, got {value}"),
-    )
+    match value {
+        _ if value < min => fail(key, format!("must be at least {min}, got {value}")),
+        _ if value > max => fail(key, format!("must be at most {max}, got {value}")),
+        _ => Ok(()),
+    }
 }
 
 fn at_most(key: &str, value: Duration, max: Duration) -> Check {
