@@ -214,6 +214,11 @@ impl Context {
         Ok(config)
     }
 
+    /// The configuration file named with `--config`, if one was.
+    pub(crate) fn config_file(&self) -> Option<&Path> {
+        self.global.config.as_deref()
+    }
+
     /// Where the user sets `database`: the configuration file this command read, in its
     /// own words (fq.toml at the top level, Framefox's services.yaml under `task:`).
     fn where_database_is_set(&self) -> String {

@@ -1241,6 +1241,44 @@ fn rust_log_sets_the_filter_and_a_bad_one_is_named_not_ignored_silently() {
     );
 }
 
+/// `fq bench` opens its stores with the user's configuration (`--config`, which it used to
+/// accept and ignore): a payload limit under the bench's payload makes the run fail naming the
+/// limit, the same file with room for the payload runs (the control), and a misspelt key is
+/// refused naming it.
+#[test]
+fn bench_opens_its_stores_with_the_configuration_it_is_given() {
+    let fq = Fq::new();
+    let file = fq.dir.path().join("bench.toml");
+    let bench = || {
+        output(fq.bare().arg("--config").arg(&file).args([
+            "bench",
+            "--tasks",
+            "100",
+            "--producers",
+            "2",
+            "--concurrency",
+            "2",
+            "--payload",
+            "100",
+            "--json",
+        ]))
+    };
+    std::fs::write(&file, "[limits]\nmax_payload_bytes = 64\n").unwrap();
+    let refused = bench();
+    assert_ne!(refused.code, Some(0), "{refused:#?}");
+    assert!(
+        refused.stderr.contains("limit is 64 bytes")
+            && refused.stderr.contains("limits.max_payload_bytes"),
+        "{refused:#?}"
+    );
+
+    std::fs::write(&file, "[limits]\nmax_payload_bytes = 4096\n").unwrap();
+    assert_eq!(bench().json()["tasks"], 100);
+
+    std::fs::write(&file, "[limits]\nmax_payload_byte = 64\n").unwrap();
+    bench().fails(2, "unknown key limits.max_payload_byte");
+}
+
 /// `fq bench` on a file system in memory says so: the figures would measure no disk.
 /// Needs a tmpfs mount (root); elsewhere it prints a notice, unless `FQ_REQUIRE_TMPFS=1`.
 #[test]

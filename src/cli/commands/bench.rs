@@ -8,6 +8,7 @@ use crate::cli::Context;
 use crate::cli::args::BenchArgs;
 use crate::cli::error::CliError;
 use crate::cli::loadgen::{self, BenchParams, BenchReport, MetricsCost};
+use crate::{BrokerKind, Config};
 
 /// Runs every phase with a progress bar per phase on stderr, then prints the report.
 pub(crate) async fn run(ctx: &Context, args: &BenchArgs) -> Result<(), CliError> {
@@ -27,6 +28,8 @@ pub(crate) async fn run(ctx: &Context, args: &BenchArgs) -> Result<(), CliError>
                 .filter(|p| !p.as_os_str().is_empty())
                 .map_or_else(|| ".".into(), std::path::Path::to_path_buf)
         }),
+        config: bench_config(ctx)?,
+        config_file: ctx.config_file().map(std::path::Path::to_path_buf),
     };
     let out = ctx.out();
     let current: Mutex<Option<(String, indicatif::ProgressBar)>> = Mutex::new(None);
@@ -75,9 +78,20 @@ pub(crate) async fn run(ctx: &Context, args: &BenchArgs) -> Result<(), CliError>
     }
 }
 
+/// The configuration the bench's stores open with: the user's (so `--config`, `fq.toml` and
+/// the `FQ_*` overrides count, and a bad file is refused), less what cannot apply to stores the
+/// bench makes for itself and opens one after another: it measures the embedded engine, so
+/// `broker` is `database`, and no TCP control listener (each store would claim its port).
+fn bench_config(ctx: &Context) -> Result<Config, CliError> {
+    let mut config = ctx.config()?;
+    config.broker = BrokerKind::Database;
+    config.control.listen = None;
+    Ok(config)
+}
+
 /// `fq bench-open PATH`: the reopen figure of `fq bench`, measured in this fresh process.
 pub(crate) fn open_timing(ctx: &Context, path: &std::path::Path) -> Result<(), CliError> {
-    let seconds = loadgen::time_open(path)?;
+    let seconds = loadgen::time_open(path, bench_config(ctx)?)?;
     let out = ctx.out();
     if out.is_json() {
         out.document(&serde_json::json!({ "open_seconds": seconds }))

@@ -88,7 +88,7 @@ pub(crate) async fn metrics_cost(
                 "metrics-{}-{round}.redb",
                 if enabled { "on" } else { "off" }
             ));
-            let mut config = crate::Config::default();
+            let mut config = params.config.clone();
             config.metrics.enabled = enabled;
             let engine = Engine::builder(&path)
                 .config(config)

@@ -39,7 +39,7 @@ pub(super) async fn mixed(
     offered: f64,
     progress: Progress<'_>,
 ) -> Result<MixedReport> {
-    let engine = open(path)?;
+    let engine = open(path, params)?;
     let epoch = Instant::now();
     let latencies = Arc::new(Mutex::new(Vec::<u64>::new()));
     let sink = Arc::clone(&latencies);

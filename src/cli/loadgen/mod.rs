@@ -22,7 +22,7 @@ pub(crate) use metrics_cost::{MetricsCost, metrics_cost};
 use mixed::{MixedReport, mixed};
 use probes::{COMMIT_PAGES, file_system, fsync_rate, peak_rss_mib, redb_commit_rate};
 
-use crate::{Engine, Error, Registry, Result, TaskContext, TaskError};
+use crate::{Config, Engine, Error, Registry, Result, TaskContext, TaskError};
 
 const NOOP: &str = "fq.bench.noop";
 /// How many tasks the one-producer phase enqueues at most: it runs at the disk's fsync rate.
@@ -46,6 +46,15 @@ pub(crate) struct BenchParams {
     /// Folder for the stores (default: a fresh temporary folder, removed afterwards).
     #[serde(skip)]
     pub(crate) dir: Option<PathBuf>,
+    /// The settings every store of the run is opened with (`--config`, else `fq.toml`, else
+    /// the defaults, with the `FQ_*` overrides), as `fq bench` prepared them: see
+    /// `cli::commands::bench::bench_config`.
+    #[serde(skip)]
+    pub(crate) config: Config,
+    /// The configuration file given with `--config`, passed on to the fresh process that times
+    /// the reopen so that it opens the store with the same settings.
+    #[serde(skip)]
+    pub(crate) config_file: Option<PathBuf>,
 }
 
 /// Everything `fq bench` measured.
@@ -127,8 +136,11 @@ fn rate(count: u64, elapsed: Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64().max(1e-9)
 }
 
-fn open(path: &Path) -> Result<Engine> {
-    Engine::builder(path).verify_on_open(false).open()
+fn open(path: &Path, params: &BenchParams) -> Result<Engine> {
+    Engine::builder(path)
+        .config(params.config.clone())
+        .verify_on_open(false)
+        .open()
 }
 
 /// Runs every phase.
@@ -173,7 +185,7 @@ pub(crate) async fn run(params: &BenchParams, progress: Progress<'_>) -> Result<
 
     let sequential = params.tasks.min(SEQUENTIAL_CAP);
     report.sequential_tasks = sequential;
-    let engine = open(&dir.join("sequential.redb"))?;
+    let engine = open(&dir.join("sequential.redb"), params)?;
     let started = Instant::now();
     for n in 0..sequential {
         noop_task(&engine, params.unique, params.payload_bytes, &json!(n))
@@ -188,12 +200,12 @@ pub(crate) async fn run(params: &BenchParams, progress: Progress<'_>) -> Result<
         report.enqueue_sequential_per_sec / report.redb_commit_per_sec.max(1e-9);
     drop(engine);
 
-    let engine = open(&dir.join("concurrent.redb"))?;
+    let engine = open(&dir.join("concurrent.redb"), params)?;
     report.enqueue_concurrent_per_sec = enqueue_concurrently(&engine, params, progress).await?;
     drop(engine);
 
     let batch_path = dir.join("batch.redb");
-    let engine = open(&batch_path)?;
+    let engine = open(&batch_path, params)?;
     let started = Instant::now();
     let mut queued = 0;
     while queued < params.tasks {
@@ -216,10 +228,10 @@ pub(crate) async fn run(params: &BenchParams, progress: Progress<'_>) -> Result<
     report.store_bytes_per_task = size as f64 / params.tasks.max(1) as f64;
 
     progress("reopen", 0, 2);
-    report.reopen_seconds = open_in_a_fresh_process(&batch_path)?;
+    report.reopen_seconds = open_in_a_fresh_process(&batch_path, params)?;
     progress("reopen", 1, 2);
     let started = Instant::now();
-    let engine = open(&batch_path)?;
+    let engine = open(&batch_path, params)?;
     report.reopen_unverified_seconds = started.elapsed().as_secs_f64();
     progress("reopen", 2, 2);
 
@@ -335,12 +347,16 @@ async fn completed(engine: &Engine) -> Result<u64> {
 }
 
 /// Opens the store at `path` in a fresh process of this program (`bench-open`), as its owner
-/// would, and returns the seconds the open took there.
-fn open_in_a_fresh_process(path: &Path) -> Result<f64> {
+/// would, with the run's configuration file, and returns the seconds the open took there.
+fn open_in_a_fresh_process(path: &Path, params: &BenchParams) -> Result<f64> {
     let failed =
         |why: String| Error::Internal(format!("the reopen in a fresh process failed: {why}"));
     let program = std::env::current_exe().map_err(|e| failed(e.to_string()))?;
-    let out = std::process::Command::new(program)
+    let mut command = std::process::Command::new(program);
+    if let Some(file) = &params.config_file {
+        command.arg("--config").arg(file);
+    }
+    let out = command
         .arg("--json")
         .arg("bench-open")
         .arg(path)
@@ -366,9 +382,9 @@ fn open_in_a_fresh_process(path: &Path) -> Result<f64> {
 
 /// The seconds an owner's open of the store at `path` takes in this process: what
 /// `fq bench-open` prints.
-pub(crate) fn time_open(path: &Path) -> Result<f64> {
+pub(crate) fn time_open(path: &Path, config: Config) -> Result<f64> {
     let started = Instant::now();
-    let engine = Engine::builder(path).control(false).open()?;
+    let engine = Engine::builder(path).config(config).control(false).open()?;
     let seconds = started.elapsed().as_secs_f64();
     drop(engine);
     Ok(seconds)
