@@ -81,11 +81,13 @@ pub(crate) async fn run(ctx: &Context, args: &BenchArgs) -> Result<(), CliError>
 /// The configuration the bench's stores open with: the user's (so `--config`, `fq.toml` and
 /// the `FQ_*` overrides count, and a bad file is refused), less what cannot apply to stores the
 /// bench makes for itself and opens one after another: it measures the embedded engine, so
-/// `broker` is `database`, and no TCP control listener (each store would claim its port).
+/// `broker` is `database`; no TCP control listener (each store would claim its port); and each
+/// store's control socket beside it, never the configured one, which a running engine may hold.
 fn bench_config(ctx: &Context) -> Result<Config, CliError> {
     let mut config = ctx.config()?;
     config.broker = BrokerKind::Database;
     config.control.listen = None;
+    config.control.socket = None;
     Ok(config)
 }
 
