@@ -8,7 +8,7 @@ use crate::Result;
 use crate::queue::ReadyHeap;
 use crate::store::{Store, StoreOptions};
 use crate::task::{ReadyOrder, StoredTask};
-use crate::task::{TaskId, TaskStatus};
+use crate::task::TaskId;
 
 /// The lock-free ready heap.
 #[derive(Debug, Default)]
@@ -452,8 +452,7 @@ impl ModelEngine {
     pub fn claim(&self, queues: &[&str], max: usize) -> Result<Vec<crate::TaskRecord>> {
         let names: Vec<Arc<str>> = queues.iter().map(|q| Arc::from(*q)).collect();
         let broker = self.engine().broker();
-        let never = tokio_util::sync::CancellationToken::new();
-        self.block_on(broker.claim(&names, max, std::time::Duration::ZERO, &never))
+        self.block_on(broker.claim(crate::ClaimRequest::now(&names, max)))
     }
 
     /// Drops the engine without any shutdown (what was running is left RUNNING in the store)
@@ -481,27 +480,5 @@ impl Drop for ModelEngine {
 
 /// A PENDING task of queue `default` at priority 0, due at 0, with 3 retries.
 fn pending_task(name: &str, payload: &str, seq: u64) -> StoredTask {
-    StoredTask {
-        name: name.to_owned(),
-        queue: "default".to_owned(),
-        priority: 0,
-        payload: payload.to_owned(),
-        status: TaskStatus::Pending,
-        attempts: 0,
-        max_retries: 3,
-        timeout_ms: None,
-        retry_delay_ms: None,
-        created_at: 0,
-        scheduled_at: 0,
-        due_at: 0,
-        seq,
-        started_at: None,
-        finished_at: None,
-        result: None,
-        error: None,
-        route: None,
-        unique: None,
-        last_attempt: None,
-        cancelled_by: None,
-    }
+    StoredTask::pending_example(name, "default", payload, seq)
 }

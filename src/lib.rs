@@ -128,11 +128,11 @@ mod worker;
 
 pub use broker::local::RecoveryReport;
 pub use broker::{
-    BoxFuture, Broker, Chained, CleanupReport, EndReason, Explanation, GoneReason, GoneWorker,
-    IntoDelay, ListQuery, LiveWorker, NewTask, Outcome, QueueStats, QueueTask, Queued, RabbitError,
-    RabbitQueueStats, RabbitStats, RetentionPolicy, RunningAttempt, SettleReport, Settlement,
-    Stats, WORKER_HEARTBEAT_INTERVAL, WORKER_LOST_AFTER, WORKERS_GONE_KEPT, WorkerInfo,
-    WorkersReport,
+    BoxFuture, Broker, Chained, Chaining, ClaimRequest, Claiming, CleanupReport, EndReason,
+    Explanation, GoneReason, GoneWorker, IntoDelay, ListQuery, LiveWorker, NewTask, Outcome,
+    QueueStats, QueueTask, Queued, RabbitError, RabbitQueueStats, RabbitStats, RetentionPolicy,
+    RunningAttempt, SettleReport, Settlement, Stats, WORKER_HEARTBEAT_INTERVAL, WORKER_LOST_AFTER,
+    WORKERS_GONE_KEPT, WorkerInfo, WorkersReport,
 };
 pub use clock::{Clock, ManualClock, Millis, SystemClock};
 pub use config::{

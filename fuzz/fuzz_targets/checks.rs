@@ -1259,8 +1259,7 @@ fn model_step(
                         attempt,
                         outcome: outcome.clone(),
                     },
-                    &queue_names,
-                    max,
+                    fq::ClaimRequest::now(&queue_names, max),
                 ))
                 .unwrap_or_else(|err| panic!("settle_and_claim failed: {err}\nafter:\n{log}"));
             match (settled, chained.settled) {

@@ -118,6 +118,50 @@ pub struct Chained {
     pub claimed: Vec<TaskRecord>,
 }
 
+/// What a claim asks for: due tasks from `queues`, best first, at most `max`, waiting up to
+/// `wait` for the first (returning early, possibly empty, when `cancel` fires).
+#[derive(Clone, Copy, Debug)]
+pub struct ClaimRequest<'a> {
+    /// The queues to take from, in no order: priority and due time decide.
+    pub queues: &'a [Arc<str>],
+    /// How many tasks at most.
+    pub max: usize,
+    /// How long to wait for a first task; zero takes what is due now.
+    pub wait: Duration,
+    /// Ends the wait early.
+    pub cancel: &'a CancellationToken,
+}
+
+impl<'a> ClaimRequest<'a> {
+    /// A request for up to `max` tasks from `queues`, waiting up to `wait` unless `cancel` fires.
+    pub fn new(
+        queues: &'a [Arc<str>],
+        max: usize,
+        wait: Duration,
+        cancel: &'a CancellationToken,
+    ) -> Self {
+        ClaimRequest {
+            queues,
+            max,
+            wait,
+            cancel,
+        }
+    }
+
+    /// A request for up to `max` tasks due now: no wait, nothing to cancel it.
+    pub fn now(queues: &'a [Arc<str>], max: usize) -> Self {
+        static NEVER: std::sync::LazyLock<CancellationToken> =
+            std::sync::LazyLock::new(CancellationToken::new);
+        ClaimRequest::new(queues, max, Duration::ZERO, &NEVER)
+    }
+}
+
+/// The future of [`Broker::claim`]: the claimed tasks.
+pub type Claiming<'a> = BoxFuture<'a, Result<Vec<TaskRecord>>>;
+
+/// The future of [`Broker::settle_and_claim`].
+pub type Chaining<'a> = BoxFuture<'a, Result<Chained>>;
+
 /// How long finished tasks are kept (DESIGN §2 "Retention").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetentionPolicy {
@@ -272,34 +316,22 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// holder's id marked as a duplicate. The key checks and the inserts are one commit.
     fn enqueue(&self, tasks: Vec<NewTask>) -> BoxFuture<'_, Result<Vec<Queued>>>;
 
-    /// Claims up to `max` due tasks from `queues`, best first, waiting up to `wait` for one to
-    /// become available (returning early, possibly empty, when `cancel` fires). Each claimed
-    /// task is RUNNING under a lease, with its attempt counted, before this returns.
-    fn claim<'a>(
-        &'a self,
-        queues: &'a [Arc<str>],
-        max: usize,
-        wait: Duration,
-        cancel: &'a CancellationToken,
-    ) -> BoxFuture<'a, Result<Vec<TaskRecord>>>;
+    /// Claims what `request` asks for. Each claimed task is RUNNING under a lease, with its
+    /// attempt counted, before this returns.
+    fn claim<'a>(&'a self, request: ClaimRequest<'a>) -> Claiming<'a>;
 
     /// Records how an attempt ended. A settlement under a stale attempt is rejected with
     /// [`crate::Error::StaleAttempt`].
     fn settle(&self, settlement: Settlement) -> BoxFuture<'_, Result<SettleReport>>;
 
-    /// Settles an attempt and, in the same commit, claims up to `max` due tasks from `queues`
-    /// without waiting, so that a worker slot goes from one task to the next with one commit.
-    /// The default settles and claims nothing.
-    fn settle_and_claim<'a>(
-        &'a self,
-        settlement: Settlement,
-        queues: &'a [Arc<str>],
-        max: usize,
-    ) -> BoxFuture<'a, Result<Chained>> {
-        let _ = (queues, max);
+    /// Settles an attempt and, in the same commit, claims what `next` asks for without waiting
+    /// (its `wait` is not used), so that a worker slot goes from one task to the next with one
+    /// commit. The default settles and claims nothing.
+    fn settle_and_claim<'a>(&'a self, ended: Settlement, next: ClaimRequest<'a>) -> Chaining<'a> {
+        let _ = next;
         Box::pin(async move {
             Ok(Chained {
-                settled: self.settle(settlement).await,
+                settled: self.settle(ended).await,
                 claimed: Vec::new(),
             })
         })

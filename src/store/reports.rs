@@ -131,12 +131,13 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::task::lifecycle::RunEnd;
     use crate::task::{FailureKind, StoredFailure, TaskStatus};
 
     #[test]
     fn rows_round_trip_and_damage_is_caught() {
         let id = TaskId::new();
-        let report = Report::Ended {
+        let report = Report::Ended(RunEnd {
             attempt: 2,
             status: TaskStatus::Failed,
             started_at: Some(5),
@@ -147,7 +148,7 @@ mod tests {
                 kind: FailureKind::Error,
             }),
             retry_at: None,
-        };
+        });
         let bytes = encode_row("fq.replies.x", &report);
         let decoded = decode_row(id, &bytes).unwrap();
         assert_eq!(decoded.report, report);

@@ -504,7 +504,7 @@ fn waiting_under(
 
 mod report;
 
-pub(crate) use report::{Report, report};
+pub(crate) use report::{Report, RunEnd, report};
 
 #[cfg(test)]
 mod tests;

@@ -68,6 +68,35 @@ pub(crate) enum Route {
 }
 
 impl StoredTask {
+    /// A PENDING task of `queue` at priority 0, due at 0 with sequence `seq`, 3 retries and
+    /// nothing else set: what the state machine's tests and the fuzz model start from.
+    #[cfg(any(test, feature = "internals"))]
+    pub(crate) fn pending_example(name: &str, queue: &str, payload: &str, seq: u64) -> StoredTask {
+        StoredTask {
+            name: name.to_owned(),
+            queue: queue.to_owned(),
+            priority: 0,
+            payload: payload.to_owned(),
+            status: TaskStatus::Pending,
+            attempts: 0,
+            max_retries: 3,
+            timeout_ms: None,
+            retry_delay_ms: None,
+            created_at: 0,
+            scheduled_at: 0,
+            due_at: 0,
+            seq,
+            started_at: None,
+            finished_at: None,
+            result: None,
+            error: None,
+            route: None,
+            unique: None,
+            last_attempt: None,
+            cancelled_by: None,
+        }
+    }
+
     /// True when the task's runs are reported here from another store (see [`Route`]).
     pub(crate) fn is_reported(&self) -> bool {
         self.route == Some(Route::Reported)

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::manager::{DroppedRun, WorkerManager, WorkerReport, release_held};
 use super::runner::{RunnerEnv, SlotTally, execute, run_attempt};
 use crate::Result;
-use crate::broker::Outcome;
+use crate::broker::{ClaimRequest, Outcome};
 use crate::task::TaskRecord;
 
 /// A worker slot that its caller runs, in its own task.
@@ -92,7 +92,12 @@ impl Inline {
         let claimed = self
             .env
             .broker
-            .claim(&self.env.queues, 1, Duration::ZERO, &no_wait)
+            .claim(ClaimRequest::new(
+                &self.env.queues,
+                1,
+                Duration::ZERO,
+                &no_wait,
+            ))
             .await?;
         let record = claimed.into_iter().next();
         if let Some(record) = &record {

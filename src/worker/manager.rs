@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::runner::{RunnerEnv, SlotTally, run_slot};
 use super::signals::Signals;
-use crate::broker::{Broker, EnqueueDefaults, Outcome, RetentionPolicy, Settlement};
+use crate::broker::{Broker, ClaimRequest, EnqueueDefaults, Outcome, RetentionPolicy, Settlement};
 use crate::broker::{WORKER_HEARTBEAT_INTERVAL, WorkerInfo};
 use crate::config::{MAX_CLEANUP_INTERVAL_HOURS, MAX_RETAIN_DAYS, check_name};
 use crate::handler::Registry;
@@ -315,7 +315,12 @@ impl WorkerManager {
             }
             match self
                 .broker
-                .claim(&queues, permits.len(), self.polling_interval, &shutdown)
+                .claim(ClaimRequest::new(
+                    &queues,
+                    permits.len(),
+                    self.polling_interval,
+                    &shutdown,
+                ))
                 .await
             {
                 Ok(claimed) => {

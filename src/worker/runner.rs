@@ -12,7 +12,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 use crate::Error;
-use crate::broker::{Broker, Chained, EnqueueDefaults, Outcome, Settlement};
+use crate::broker::{Broker, Chained, ClaimRequest, EnqueueDefaults, Outcome, Settlement};
 use crate::clock::millis_to_datetime;
 use crate::events::{Event, EventKind};
 use crate::handler::{HandlerFn, Registry, RunError, TaskContext};
@@ -247,7 +247,7 @@ pub(super) async fn run_attempt(
             })
         } else {
             env.broker
-                .settle_and_claim(settlement, &env.queues, 1)
+                .settle_and_claim(settlement, ClaimRequest::now(&env.queues, 1))
                 .await
         };
         // No await between the answer and these lines: a shutdown abort cannot lose track of

@@ -16,12 +16,12 @@ async fn claim_and_settle(engine: &Engine, queue: &str, outcome: Outcome) -> fq:
     let broker = engine.broker();
     let queues: Vec<Arc<str>> = vec![Arc::from(queue)];
     let claimed = broker
-        .claim(
+        .claim(fq::ClaimRequest::new(
             &queues,
             1,
             Duration::from_secs(5),
             &CancellationToken::new(),
-        )
+        ))
         .await?;
     let task = &claimed[0];
     broker
@@ -249,12 +249,12 @@ async fn purge_deletes_exactly_the_chosen_queue_and_status() -> fq::Result<()> {
     // A purged ready task is gone from the heap too: nothing is claimed from "a".
     let broker = engine.broker();
     let none = broker
-        .claim(
+        .claim(fq::ClaimRequest::new(
             &[Arc::from("a")],
             5,
             Duration::from_millis(50),
             &CancellationToken::new(),
-        )
+        ))
         .await?;
     assert!(none.is_empty());
 

@@ -15,12 +15,12 @@ async fn run_to(engine: &Engine, id: TaskId, outcome: Outcome) -> fq::Result<()>
     let broker = engine.broker();
     let queues: Vec<Arc<str>> = vec![Arc::from("default")];
     let claimed = broker
-        .claim(
+        .claim(fq::ClaimRequest::new(
             &queues,
             1,
             Duration::from_secs(5),
             &CancellationToken::new(),
-        )
+        ))
         .await?;
     assert_eq!(claimed[0].id, id);
     broker

@@ -1137,12 +1137,12 @@ fn read_only_commands_leave_a_store_nobody_serves_as_it_is() {
         let engine = fq::Engine::builder(&fq.db).control(false).open().unwrap();
         let claimed = engine
             .broker()
-            .claim(
+            .claim(fq::ClaimRequest::new(
                 &[std::sync::Arc::from("default")],
                 1,
                 Duration::ZERO,
                 &tokio_util::sync::CancellationToken::new(),
-            )
+            ))
             .await
             .unwrap();
         assert_eq!(claimed.len(), 1);

@@ -352,7 +352,9 @@ async fn remote_settlements_are_fenced_and_errors_keep_their_kind() -> fq::Resul
 
     let queues: Vec<Arc<str>> = vec![Arc::from("default")];
     let never = CancellationToken::new();
-    let first = broker.claim(&queues, 1, PATIENCE, &never).await?;
+    let first = broker
+        .claim(fq::ClaimRequest::new(&queues, 1, PATIENCE, &never))
+        .await?;
     assert_eq!((first.len(), first[0].id, first[0].attempts), (1, id, 1));
     broker.heartbeat(id, 1).await?;
     let failure = fq::TaskFailure {
@@ -370,7 +372,9 @@ async fn remote_settlements_are_fenced_and_errors_keep_their_kind() -> fq::Resul
         })
         .await?;
     assert_eq!(report.status, TaskStatus::Retrying);
-    let second = broker.claim(&queues, 1, PATIENCE, &never).await?;
+    let second = broker
+        .claim(fq::ClaimRequest::new(&queues, 1, PATIENCE, &never))
+        .await?;
     assert_eq!(second[0].attempts, 2);
 
     // The first attempt is a zombie now: its reports are refused, typed.
@@ -396,8 +400,7 @@ async fn remote_settlements_are_fenced_and_errors_keep_their_kind() -> fq::Resul
                 attempt: 1,
                 outcome: Outcome::Completed { result: json!(1) },
             },
-            &queues,
-            1,
+            fq::ClaimRequest::now(&queues, 1),
         )
         .await?;
     assert!(matches!(chained.settled, Err(Error::StaleAttempt { .. })));
@@ -492,12 +495,12 @@ async fn requests_are_answered_while_a_long_poll_claim_waits() -> fq::Result<()>
     let claim = tokio::spawn(async move {
         let queues: Vec<Arc<str>> = vec![Arc::from("later")];
         broker
-            .claim(
+            .claim(fq::ClaimRequest::new(
                 &queues,
                 1,
                 Duration::from_secs(60),
                 &CancellationToken::new(),
-            )
+            ))
             .await
     });
     // Many requests on the same connection, all in flight together.
@@ -582,7 +585,12 @@ async fn a_cancelled_remote_claim_returns_promptly() -> fq::Result<()> {
     let started = std::time::Instant::now();
     let claimed = tokio::time::timeout(
         Duration::from_secs(10),
-        broker.claim(&queues, 4, Duration::from_secs(3600), &cancel),
+        broker.claim(fq::ClaimRequest::new(
+            &queues,
+            4,
+            Duration::from_secs(3600),
+            &cancel,
+        )),
     )
     .await
     .expect("a cancelled claim returns")?;

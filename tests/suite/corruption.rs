@@ -163,7 +163,7 @@ fn build_base(dir: &Path) -> Base {
         let mut settled = 0;
         while settled < TASKS * 8 / 10 {
             let claimed = broker
-                .claim(&queues, 500, Duration::from_millis(100), &never)
+                .claim(fq::ClaimRequest::new(&queues, 500, Duration::from_millis(100), &never))
                 .await
                 .unwrap();
             if claimed.is_empty() {
@@ -996,7 +996,12 @@ fn every_flipped_byte_of_a_stored_record_surfaces_as_corrupt_record_naming_the_t
         let broker = engine.broker();
         let never = CancellationToken::new();
         let claimed = broker
-            .claim(&[Arc::from("default")], 1, Duration::from_secs(5), &never)
+            .claim(fq::ClaimRequest::new(
+                &[Arc::from("default")],
+                1,
+                Duration::from_secs(5),
+                &never,
+            ))
             .await
             .unwrap();
         broker
@@ -1051,12 +1056,12 @@ fn every_flipped_byte_of_a_stored_record_surfaces_as_corrupt_record_naming_the_t
             let never = CancellationToken::new();
             let claimed = engine
                 .broker()
-                .claim(
+                .claim(fq::ClaimRequest::new(
                     &[Arc::from("default")],
                     10,
                     Duration::from_millis(50),
                     &never,
-                )
+                ))
                 .await
                 .unwrap();
             let ids: Vec<_> = claimed.iter().map(|r| r.id).collect();
@@ -1119,7 +1124,12 @@ fn regression_an_orphan_with_a_damaged_record_kept_the_store_from_opening() {
         let never = CancellationToken::new();
         let claimed = engine
             .broker()
-            .claim(&[Arc::from("default")], 2, Duration::from_secs(5), &never)
+            .claim(fq::ClaimRequest::new(
+                &[Arc::from("default")],
+                2,
+                Duration::from_secs(5),
+                &never,
+            ))
             .await
             .unwrap();
         assert_eq!(claimed.len(), 2);
@@ -1151,12 +1161,12 @@ fn regression_an_orphan_with_a_damaged_record_kept_the_store_from_opening() {
         let never = CancellationToken::new();
         let claimed = engine
             .broker()
-            .claim(
+            .claim(fq::ClaimRequest::new(
                 &[Arc::from("default")],
                 10,
                 Duration::from_millis(50),
                 &never,
-            )
+            ))
             .await
             .unwrap();
         let mut ids: Vec<_> = claimed.iter().map(|r| r.id).collect();

@@ -192,7 +192,7 @@ async fn the_watermark_refuses_enqueues_before_the_disk_is_full_and_reads_claims
     let token = CancellationToken::new();
     let running = engine
         .broker()
-        .claim(&queues, 4, Duration::ZERO, &token)
+        .claim(fq::ClaimRequest::new(&queues, 4, Duration::ZERO, &token))
         .await
         .unwrap();
     assert_eq!(running.len(), 4);
@@ -242,7 +242,7 @@ async fn the_watermark_refuses_enqueues_before_the_disk_is_full_and_reads_claims
     }
     let more = engine
         .broker()
-        .claim(&queues, 8, Duration::ZERO, &token)
+        .claim(fq::ClaimRequest::new(&queues, 8, Duration::ZERO, &token))
         .await
         .unwrap();
     assert_eq!(more.len(), 8, "claims stopped while under the watermark");

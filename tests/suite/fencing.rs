@@ -24,7 +24,12 @@ async fn a_completion_with_a_stale_attempt_is_rejected() -> fq::Result<()> {
         .await?;
     let never = CancellationToken::new();
     let claimed = broker
-        .claim(&queues(), 1, Duration::from_secs(5), &never)
+        .claim(fq::ClaimRequest::new(
+            &queues(),
+            1,
+            Duration::from_secs(5),
+            &never,
+        ))
         .await?;
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].id, id);
@@ -99,7 +104,12 @@ async fn an_expired_lease_retries_the_task_and_fences_out_its_old_worker() -> fq
         .await?;
     let never = CancellationToken::new();
     let claimed = broker
-        .claim(&queues(), 1, Duration::from_secs(5), &never)
+        .claim(fq::ClaimRequest::new(
+            &queues(),
+            1,
+            Duration::from_secs(5),
+            &never,
+        ))
         .await?;
     assert_eq!(claimed[0].attempts, 1);
 
@@ -139,7 +149,12 @@ async fn an_expired_lease_retries_the_task_and_fences_out_its_old_worker() -> fq
     // The retry is claimed under attempt 2, and only attempt 2 may settle it.
     clock.advance(Duration::from_secs(3600));
     let claimed = broker
-        .claim(&queues(), 1, Duration::from_secs(5), &never)
+        .claim(fq::ClaimRequest::new(
+            &queues(),
+            1,
+            Duration::from_secs(5),
+            &never,
+        ))
         .await?;
     assert_eq!(claimed[0].attempts, 2);
     let stale = Settlement {
@@ -214,7 +229,12 @@ async fn regression_an_expired_lease_waited_out_the_retry_backoff() -> fq::Resul
         .await?;
     let never = CancellationToken::new();
     let claimed = broker
-        .claim(&queues(), 1, Duration::from_secs(5), &never)
+        .claim(fq::ClaimRequest::new(
+            &queues(),
+            1,
+            Duration::from_secs(5),
+            &never,
+        ))
         .await?;
     assert_eq!(claimed[0].attempts, 1);
     clock.advance(Duration::from_secs(31));
@@ -225,7 +245,12 @@ async fn regression_an_expired_lease_waited_out_the_retry_backoff() -> fq::Resul
     assert!(record.due_at <= clock.now(), "it waits out a backoff");
     // Claimable at once, without the clock moving on.
     let again = broker
-        .claim(&queues(), 1, Duration::from_secs(5), &never)
+        .claim(fq::ClaimRequest::new(
+            &queues(),
+            1,
+            Duration::from_secs(5),
+            &never,
+        ))
         .await?;
     assert_eq!((again[0].id, again[0].attempts), (id, 2));
     Ok(())

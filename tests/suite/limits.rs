@@ -74,7 +74,12 @@ async fn claim(engine: &Engine, queue: &str, max: usize, wait: Duration) -> Vec<
     let queues = [Arc::<str>::from(queue)];
     engine
         .broker()
-        .claim(&queues, max, wait, &CancellationToken::new())
+        .claim(fq::ClaimRequest::new(
+            &queues,
+            max,
+            wait,
+            &CancellationToken::new(),
+        ))
         .await
         .unwrap()
 }

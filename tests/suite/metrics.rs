@@ -393,7 +393,12 @@ async fn an_expired_lease_is_counted() -> fq::Result<()> {
     let never = CancellationToken::new();
     let claimed = engine
         .broker()
-        .claim(&queues, 1, Duration::from_secs(5), &never)
+        .claim(fq::ClaimRequest::new(
+            &queues,
+            1,
+            Duration::from_secs(5),
+            &never,
+        ))
         .await?;
     assert_eq!(claimed.len(), 1);
     let before = parse(&engine.metrics().await?);

@@ -72,7 +72,12 @@ async fn claim(engine: &Engine, queue: &str, wait: Duration) -> Vec<fq::TaskReco
     let queues = [Arc::<str>::from(queue)];
     engine
         .broker()
-        .claim(&queues, 10, wait, &CancellationToken::new())
+        .claim(fq::ClaimRequest::new(
+            &queues,
+            10,
+            wait,
+            &CancellationToken::new(),
+        ))
         .await
         .unwrap()
 }

@@ -247,7 +247,12 @@ async fn orphans_of_a_killed_remote_worker_are_ready_again_without_waiting_out_a
             "orphans never came back: {reclaimed:?}"
         );
         let claimed = broker
-            .claim(&queues(&["orphans"]), 8, Duration::from_millis(20), &never)
+            .claim(fq::ClaimRequest::new(
+                &queues(&["orphans"]),
+                8,
+                Duration::from_millis(20),
+                &never,
+            ))
             .await
             .unwrap();
         for record in claimed {

@@ -229,7 +229,15 @@ impl Workload {
             self.settle_model(id, pending, result.map(|_| ()))
         } else if roll < 55 && !waiting.is_empty() {
             let queues: Vec<Arc<str>> = QUEUES.iter().map(|q| Arc::from(*q)).collect();
-            match broker.claim(&queues, 1, Duration::ZERO, &self.token).await {
+            match broker
+                .claim(fq::ClaimRequest::new(
+                    &queues,
+                    1,
+                    Duration::ZERO,
+                    &self.token,
+                ))
+                .await
+            {
                 Ok(claimed) => {
                     let at = (self.position)();
                     for record in &claimed {
@@ -325,7 +333,12 @@ impl Workload {
         let queues: Vec<Arc<str>> = QUEUES.iter().map(|q| Arc::from(*q)).collect();
         let claimed = engine
             .broker()
-            .claim(&queues, max, Duration::ZERO, &self.token)
+            .claim(fq::ClaimRequest::new(
+                &queues,
+                max,
+                Duration::ZERO,
+                &self.token,
+            ))
             .await?;
         let at = (self.position)();
         for record in &claimed {

@@ -313,7 +313,7 @@ async fn step(model: &mut Model, subject: &mut Subject, op: &Op) -> Result<(), T
             let never = CancellationToken::new();
             let claimed = subject
                 .broker()
-                .claim(&queue_names(queues), 1, wait, &never)
+                .claim(fq::ClaimRequest::new(&queue_names(queues), 1, wait, &never))
                 .await
                 .map_err(|e| fail(format!("claim: {e}")))?;
             let got: Vec<TaskId> = claimed.iter().map(|r| r.id).collect();

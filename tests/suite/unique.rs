@@ -73,7 +73,12 @@ async fn claim(engine: &Engine) -> TaskRecord {
     let queues = [Arc::<str>::from("unique")];
     let mut claimed = engine
         .broker()
-        .claim(&queues, 1, PATIENCE, &CancellationToken::new())
+        .claim(fq::ClaimRequest::new(
+            &queues,
+            1,
+            PATIENCE,
+            &CancellationToken::new(),
+        ))
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1, "one task to claim");

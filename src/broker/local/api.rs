@@ -16,13 +16,9 @@ impl Broker for LocalBroker {
         })
     }
 
-    fn claim<'a>(
-        &'a self,
-        queues: &'a [Arc<str>],
-        max: usize,
-        wait: Duration,
-        cancel: &'a CancellationToken,
-    ) -> BoxFuture<'a, Result<Vec<TaskRecord>>> {
+    fn claim<'a>(&'a self, request: ClaimRequest<'a>) -> Claiming<'a> {
+        let (queues, max, wait, cancel) =
+            (request.queues, request.max, request.wait, request.cancel);
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + wait;
             loop {
@@ -82,18 +78,15 @@ impl Broker for LocalBroker {
         })
     }
 
-    fn settle_and_claim<'a>(
-        &'a self,
-        settlement: Settlement,
-        queues: &'a [Arc<str>],
-        max: usize,
-    ) -> BoxFuture<'a, Result<Chained>> {
+    fn settle_and_claim<'a>(&'a self, ended: Settlement, next: ClaimRequest<'a>) -> Chaining<'a> {
         Box::pin(async move {
-            let selection = self.shared.ready.select(&self.claimable(queues).0);
-            let next: Vec<_> = std::iter::from_fn(|| selection.pop()).take(max).collect();
+            let selection = self.shared.ready.select(&self.claimable(next.queues).0);
+            let next: Vec<_> = std::iter::from_fn(|| selection.pop())
+                .take(next.max)
+                .collect();
             let lease_until = self.lease_deadline();
             self.request(|reply| Command::Settle {
-                settlement,
+                settlement: ended,
                 next,
                 lease_until,
                 reply,

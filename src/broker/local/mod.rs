@@ -20,7 +20,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::sync::{Notify, oneshot};
-use tokio_util::sync::CancellationToken;
 
 use self::lease::LeaseTable;
 pub(crate) use self::read_only::ReadOnlyBroker;
@@ -30,8 +29,8 @@ use self::timer::TimerSignal;
 use self::writer::{Command, Page, Writer, WriterSettings};
 pub(crate) use self::writer::{RunRecord, RunRecorded};
 use super::{
-    BoxFuture, Broker, Chained, CleanupReport, ListQuery, NewTask, Queued, RetentionPolicy,
-    SettleReport, Settlement, Stats,
+    BoxFuture, Broker, Chaining, ClaimRequest, Claiming, CleanupReport, ListQuery, NewTask, Queued,
+    RetentionPolicy, SettleReport, Settlement, Stats,
 };
 use crate::clock::{Clock, Millis};
 use crate::events::EventBus;

@@ -82,13 +82,7 @@ impl Broker for ReadOnlyBroker {
         self.refused()
     }
 
-    fn claim<'a>(
-        &'a self,
-        _queues: &'a [Arc<str>],
-        _max: usize,
-        _wait: Duration,
-        _cancel: &'a CancellationToken,
-    ) -> BoxFuture<'a, Result<Vec<TaskRecord>>> {
+    fn claim<'a>(&'a self, _request: ClaimRequest<'a>) -> Claiming<'a> {
         self.refused()
     }
 

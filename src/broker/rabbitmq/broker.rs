@@ -14,8 +14,8 @@ use super::consumer;
 use super::forwarder;
 use crate::broker::local::LocalBroker;
 use crate::broker::{
-    BoxFuture, Broker, Chained, CleanupReport, ListQuery, NewTask, RetentionPolicy, SettleReport,
-    Settlement, Stats,
+    BoxFuture, Broker, Chained, Chaining, ClaimRequest, Claiming, CleanupReport, ListQuery,
+    NewTask, RetentionPolicy, SettleReport, Settlement, Stats,
 };
 use crate::clock::Millis;
 use crate::events::EventBus;
@@ -179,13 +179,9 @@ impl Broker for RabbitBroker {
         })
     }
 
-    fn claim<'a>(
-        &'a self,
-        queues: &'a [Arc<str>],
-        max: usize,
-        wait: Duration,
-        cancel: &'a tokio_util::sync::CancellationToken,
-    ) -> BoxFuture<'a, Result<Vec<TaskRecord>>> {
+    fn claim<'a>(&'a self, request: ClaimRequest<'a>) -> Claiming<'a> {
+        let (queues, max, wait, cancel) =
+            (request.queues, request.max, request.wait, request.cancel);
         Box::pin(consumer::claim(&self.bridge, queues, max, wait, cancel))
     }
 
@@ -193,15 +189,10 @@ impl Broker for RabbitBroker {
         Box::pin(consumer::settle(&self.bridge, settlement))
     }
 
-    fn settle_and_claim<'a>(
-        &'a self,
-        settlement: Settlement,
-        queues: &'a [Arc<str>],
-        max: usize,
-    ) -> BoxFuture<'a, Result<Chained>> {
+    fn settle_and_claim<'a>(&'a self, ended: Settlement, next: ClaimRequest<'a>) -> Chaining<'a> {
         Box::pin(async move {
-            let settled = consumer::settle(&self.bridge, settlement).await;
-            let claimed = consumer::claim_buffered(&self.bridge, queues, max);
+            let settled = consumer::settle(&self.bridge, ended).await;
+            let claimed = consumer::claim_buffered(&self.bridge, next.queues, next.max);
             Ok(Chained { settled, claimed })
         })
     }

@@ -13,32 +13,22 @@ mod error;
 
 pub use error::RabbitError;
 
-#[cfg(feature = "rabbitmq")]
-mod bridge;
-#[cfg(feature = "rabbitmq")]
-mod broker;
-#[cfg(feature = "rabbitmq")]
-mod consumer;
-#[cfg(feature = "rabbitmq")]
-mod forwarder;
-#[cfg(feature = "rabbitmq")]
-mod link;
-#[cfg(feature = "rabbitmq")]
-mod message;
-#[cfg(feature = "rabbitmq")]
-mod replies;
-#[cfg(feature = "rabbitmq")]
-mod report;
-#[cfg(feature = "rabbitmq")]
-mod stats;
-#[cfg(feature = "rabbitmq")]
-mod target;
-#[cfg(feature = "rabbitmq")]
-mod topology;
+cfg_if::cfg_if! {
+    if #[cfg(feature = "rabbitmq")] {
+        mod bridge;
+        mod broker;
+        mod consumer;
+        mod forwarder;
+        mod link;
+        mod message;
+        mod replies;
+        mod report;
+        mod stats;
+        mod target;
+        mod topology;
 
-#[cfg(feature = "rabbitmq")]
-pub(crate) use bridge::{Bridge, RabbitSettings};
-#[cfg(feature = "rabbitmq")]
-pub(crate) use broker::RabbitBroker;
-#[cfg(feature = "rabbitmq")]
-pub(crate) use stats::read_only_stats;
+        pub(crate) use bridge::{Bridge, RabbitSettings};
+        pub(crate) use broker::RabbitBroker;
+        pub(crate) use stats::read_only_stats;
+    }
+}

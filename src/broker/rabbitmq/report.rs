@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use super::RabbitError;
 use super::link::{Session, bounded, operation};
 use crate::clock::Millis;
-use crate::task::lifecycle::Report;
+use crate::task::lifecycle::{Report, RunEnd};
 use crate::task::{FailureKind, StoredFailure, TaskId, TaskStatus};
 
 /// The prefix of every reply queue; the rest is the producing store's id.
@@ -168,16 +168,8 @@ fn encode_body(id: TaskId, report: &Report) -> Result<Vec<u8>, String> {
             result: None,
             error: None,
         }),
-        Report::Ended {
-            attempt,
-            status,
-            started_at,
-            at,
-            result,
-            error,
-            retry_at,
-        } => {
-            let result: Option<&RawValue> = match result {
+        Report::Ended(end) => {
+            let result: Option<&RawValue> = match &end.result {
                 Some(text) => Some(
                     serde_json::from_str(text)
                         .map_err(|e| format!("the result is not JSON: {e}"))?,
@@ -186,13 +178,13 @@ fn encode_body(id: TaskId, report: &Report) -> Result<Vec<u8>, String> {
             };
             serde_json::to_vec(&BodyOut {
                 task_id: id,
-                attempt: *attempt,
-                status: *status,
-                started_at: *started_at,
-                finished_at: Some(*at),
-                retry_at: *retry_at,
+                attempt: end.attempt,
+                status: end.status,
+                started_at: end.started_at,
+                finished_at: Some(end.at),
+                retry_at: end.retry_at,
                 result,
-                error: error.as_ref().map(|e| ErrorOut {
+                error: end.error.as_ref().map(|e| ErrorOut {
                     message: &e.message,
                     kind: e.kind,
                 }),
@@ -219,7 +211,7 @@ pub(crate) fn encode_report(id: TaskId, report: &Report) -> Result<ReportMessage
     let body = encode_body(id, report)?;
     let (kind, status) = match report {
         Report::Started { .. } => (TYPE_STARTED, TaskStatus::Running),
-        Report::Ended { status, .. } => (TYPE_ENDED, *status),
+        Report::Ended(RunEnd { status, .. }) => (TYPE_ENDED, *status),
     };
     let mut headers = FieldTable::default();
     headers.insert(
@@ -305,20 +297,22 @@ fn report_of(body: BodyIn) -> Result<(TaskId, Report), String> {
             attempt: body.attempt,
             at: body.started_at.ok_or("a start's report needs started_at")?,
         },
-        TaskStatus::Completed | TaskStatus::Retrying | TaskStatus::Failed => Report::Ended {
-            attempt: body.attempt,
-            status: body.status,
-            started_at: body.started_at,
-            at: body
-                .finished_at
-                .ok_or("an outcome's report needs finished_at")?,
-            result: body.result.map(|raw| raw.get().to_owned()),
-            error: body.error.map(|e| StoredFailure {
-                message: e.message,
-                kind: e.kind,
-            }),
-            retry_at: body.retry_at,
-        },
+        TaskStatus::Completed | TaskStatus::Retrying | TaskStatus::Failed => {
+            Report::Ended(RunEnd {
+                attempt: body.attempt,
+                status: body.status,
+                started_at: body.started_at,
+                at: body
+                    .finished_at
+                    .ok_or("an outcome's report needs finished_at")?,
+                result: body.result.map(|raw| raw.get().to_owned()),
+                error: body.error.map(|e| StoredFailure {
+                    message: e.message,
+                    kind: e.kind,
+                }),
+                retry_at: body.retry_at,
+            })
+        }
         other => return Err(format!("status {other} is not a start or an outcome")),
     };
     Ok((body.task_id, report))
@@ -426,7 +420,7 @@ mod tests {
         };
         for report in [
             Report::Started { attempt: 1, at: 5 },
-            Report::Ended {
+            Report::Ended(RunEnd {
                 attempt: 2,
                 status: TaskStatus::Completed,
                 started_at: Some(6),
@@ -434,8 +428,8 @@ mod tests {
                 result: Some(r#"{"sent":true}"#.into()),
                 error: None,
                 retry_at: None,
-            },
-            Report::Ended {
+            }),
+            Report::Ended(RunEnd {
                 attempt: 3,
                 status: TaskStatus::Retrying,
                 started_at: Some(6),
@@ -443,8 +437,8 @@ mod tests {
                 result: None,
                 error: Some(failure.clone()),
                 retry_at: Some(700),
-            },
-            Report::Ended {
+            }),
+            Report::Ended(RunEnd {
                 attempt: 4,
                 status: TaskStatus::Failed,
                 started_at: None,
@@ -452,7 +446,7 @@ mod tests {
                 result: None,
                 error: Some(failure.clone()),
                 retry_at: None,
-            },
+            }),
         ] {
             let message = encode_report(id, &report).unwrap();
             assert_eq!(message.properties.delivery_mode(), &Some(2));
@@ -504,7 +498,7 @@ mod tests {
     fn a_batch_round_trips_and_leaves_out_only_what_cannot_be_encoded() {
         let (a, b, c) = (TaskId::new(), TaskId::new(), TaskId::new());
         let started = Report::Started { attempt: 1, at: 5 };
-        let completed = Report::Ended {
+        let completed = Report::Ended(RunEnd {
             attempt: 1,
             status: TaskStatus::Completed,
             started_at: Some(5),
@@ -512,8 +506,8 @@ mod tests {
             result: Some("[1,2]".into()),
             error: None,
             retry_at: None,
-        };
-        let unencodable = Report::Ended {
+        });
+        let unencodable = Report::Ended(RunEnd {
             attempt: 1,
             status: TaskStatus::Completed,
             started_at: Some(5),
@@ -521,7 +515,7 @@ mod tests {
             result: Some("not json".into()),
             error: None,
             retry_at: None,
-        };
+        });
         let batch = encode_batch([(a, &started), (b, &unencodable), (c, &completed)]);
         assert_eq!(batch.count, 2);
         assert_eq!(batch.refused.len(), 1);

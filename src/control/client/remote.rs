@@ -13,8 +13,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use super::transport::{ClientShared, Link, decode, millis};
 use super::{ConnectOptions, Endpoint, RemoteInfo};
 use crate::broker::{
-    BoxFuture, Broker, Chained, CleanupReport, ListQuery, NewTask, Outcome, Queued,
-    RetentionPolicy, SettleReport, Settlement, Stats,
+    BoxFuture, Broker, Chained, Chaining, ClaimRequest, Claiming, CleanupReport, ListQuery,
+    NewTask, Outcome, Queued, RetentionPolicy, SettleReport, Settlement, Stats,
 };
 use crate::clock::{Millis, millis_to_datetime};
 use crate::control::protocol::{
@@ -124,13 +124,9 @@ impl Broker for RemoteBroker {
         })
     }
 
-    fn claim<'a>(
-        &'a self,
-        queues: &'a [Arc<str>],
-        max: usize,
-        wait: Duration,
-        cancel: &'a CancellationToken,
-    ) -> BoxFuture<'a, Result<Vec<TaskRecord>>> {
+    fn claim<'a>(&'a self, request: ClaimRequest<'a>) -> Claiming<'a> {
+        let (queues, max, wait, cancel) =
+            (request.queues, request.max, request.wait, request.cancel);
         Box::pin(async move {
             let shared = &self.shared;
             let deadline = Instant::now() + wait;
@@ -189,19 +185,14 @@ impl Broker for RemoteBroker {
         })
     }
 
-    fn settle_and_claim<'a>(
-        &'a self,
-        settlement: Settlement,
-        queues: &'a [Arc<str>],
-        max: usize,
-    ) -> BoxFuture<'a, Result<Chained>> {
+    fn settle_and_claim<'a>(&'a self, ended: Settlement, next: ClaimRequest<'a>) -> Chaining<'a> {
         Box::pin(async move {
-            let mut settle = settle_args(&settlement, self.events.has_audience());
-            settle.worker = self.worker_of(&settlement);
+            let mut settle = settle_args(&ended, self.events.has_audience());
+            settle.worker = self.worker_of(&ended);
             let args = SettleAndClaimArgs {
                 settle,
-                queues: queue_names(queues),
-                max,
+                queues: queue_names(next.queues),
+                max: next.max,
             };
             let raw = self.shared.call(Op::SettleAndClaim, &args, true).await?;
             let ok: SettleAndClaimOk<TaskRecord> = decode(Op::SettleAndClaim, &raw)?;

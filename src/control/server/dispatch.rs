@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ServerCtx;
 use crate::broker::{
-    Broker, NewTask, Outcome, QueueTask, RetentionPolicy, SettleReport, Settlement,
+    Broker, ClaimRequest, NewTask, Outcome, QueueTask, RetentionPolicy, SettleReport, Settlement,
 };
 use crate::clock::millis_to_datetime;
 use crate::config::{MAX_TASK_DELAY, QueueLimits, check_name};
@@ -277,7 +277,9 @@ async fn dispatch(
             let wait = Duration::from_millis(args.wait_ms.min(MAX_WAIT_MS));
             let never = CancellationToken::new();
             let cancel = claim_cancel.unwrap_or(&never);
-            let tasks = broker.claim(&queues, max, wait, cancel).await?;
+            let tasks = broker
+                .claim(ClaimRequest::new(&queues, max, wait, cancel))
+                .await?;
             claimed.extend(tasks.iter().map(|task| (task.id, task.attempts)));
             ok_body(id, &TasksOk { tasks })
         }
@@ -304,7 +306,7 @@ async fn dispatch(
             name_worker(broker, &args.settle);
             let (task, record) = (args.settle.id, args.settle.record);
             let chained = broker
-                .settle_and_claim(settlement(args.settle)?, &queues, max)
+                .settle_and_claim(settlement(args.settle)?, ClaimRequest::now(&queues, max))
                 .await?;
             claimed.extend(chained.claimed.iter().map(|t| (t.id, t.attempts)));
             let settled = match chained.settled {

@@ -15,17 +15,22 @@ use crate::task::{Outcome, Route, StoredFailure, StoredTask, TaskId, TaskStatus}
 pub(crate) enum Report {
     /// Run `attempt` (1-based) started at `at`.
     Started { attempt: u32, at: Millis },
-    /// Run `attempt` ended at `at`: COMPLETED with `result` (JSON text), RETRYING (the retry
-    /// waits in the worker's store, due at `retry_at`) or FAILED, with `error`.
-    Ended {
-        attempt: u32,
-        status: TaskStatus,
-        started_at: Option<Millis>,
-        at: Millis,
-        result: Option<String>,
-        error: Option<StoredFailure>,
-        retry_at: Option<Millis>,
-    },
+    /// A run ended.
+    Ended(RunEnd),
+}
+
+/// Run `attempt` ended at `at`: COMPLETED with `result` (JSON text), RETRYING (the retry waits
+/// in the worker's store, due at `retry_at`) or FAILED, with `error`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(not(feature = "rabbitmq"), allow(dead_code))]
+pub(crate) struct RunEnd {
+    pub(crate) attempt: u32,
+    pub(crate) status: TaskStatus,
+    pub(crate) started_at: Option<Millis>,
+    pub(crate) at: Millis,
+    pub(crate) result: Option<String>,
+    pub(crate) error: Option<StoredFailure>,
+    pub(crate) retry_at: Option<Millis>,
 }
 
 impl Report {
@@ -51,7 +56,7 @@ impl Report {
             ),
             Outcome::Released => (None, None),
         };
-        Report::Ended {
+        Report::Ended(RunEnd {
             attempt,
             status,
             started_at,
@@ -59,13 +64,13 @@ impl Report {
             result,
             error,
             retry_at,
-        }
+        })
     }
 
     /// The run it is about.
     pub(crate) fn attempt(&self) -> u32 {
         match self {
-            Report::Started { attempt, .. } | Report::Ended { attempt, .. } => *attempt,
+            Report::Started { attempt, .. } | Report::Ended(RunEnd { attempt, .. }) => *attempt,
         }
     }
 
@@ -73,7 +78,7 @@ impl Report {
     fn progress(&self) -> (u32, u8) {
         match self {
             Report::Started { attempt, .. } => (*attempt, 1),
-            Report::Ended { attempt, .. } => (*attempt, 2),
+            Report::Ended(RunEnd { attempt, .. }) => (*attempt, 2),
         }
     }
 }
@@ -116,14 +121,14 @@ pub(crate) fn report(mut task: StoredTask, id: TaskId, report: &Report) -> Resul
     // that ran it is not named over RabbitMQ).
     let ended = match report {
         Report::Started { .. } => None,
-        Report::Ended {
+        Report::Ended(RunEnd {
             attempt,
             status,
             started_at,
             at,
             error,
             ..
-        } => Some(StoredAttempt {
+        }) => Some(StoredAttempt {
             attempt: *attempt,
             started_at: started_at.unwrap_or(*at),
             finished_at: *at,
@@ -145,39 +150,31 @@ pub(crate) fn report(mut task: StoredTask, id: TaskId, report: &Report) -> Resul
             task.result = None;
             None
         }
-        Report::Ended {
-            attempt,
-            status,
-            started_at,
-            at,
-            result,
-            error,
-            retry_at: due,
-        } => {
+        Report::Ended(end) => {
             if !matches!(
-                status,
+                end.status,
                 TaskStatus::Completed | TaskStatus::Retrying | TaskStatus::Failed
             ) {
                 return Err(Error::WrongState {
                     id,
-                    status: *status,
+                    status: end.status,
                     operation: "apply a reported outcome",
                     allowed: "outcomes COMPLETED, RETRYING or FAILED",
                 });
             }
-            task.status = *status;
-            task.attempts = *attempt;
-            task.started_at = started_at.or(task.started_at);
-            task.result = result.clone();
-            task.error = error.clone();
-            if *status == TaskStatus::Retrying {
+            task.status = end.status;
+            task.attempts = end.attempt;
+            task.started_at = end.started_at.or(task.started_at);
+            task.result = end.result.clone();
+            task.error = end.error.clone();
+            if end.status == TaskStatus::Retrying {
                 task.finished_at = None;
-                task.due_at = due.unwrap_or(*at);
+                task.due_at = end.retry_at.unwrap_or(end.at);
                 retry_at = Some(task.due_at);
                 None
             } else {
-                task.finished_at = Some(*at);
-                Some(Effect::Finish(*status, *at))
+                task.finished_at = Some(end.at);
+                Some(Effect::Finish(end.status, end.at))
             }
         }
     };

@@ -15,27 +15,15 @@ const SEQ: u64 = 7;
 fn task_in(status: TaskStatus) -> StoredTask {
     let finished = status.is_terminal();
     StoredTask {
-        name: "t".into(),
-        queue: "q".into(),
         priority: 5,
-        payload: r#"{"args":[],"kwargs":{}}"#.into(),
         status,
         attempts: u32::from(status != TaskStatus::Pending),
-        max_retries: 3,
-        timeout_ms: None,
-        retry_delay_ms: None,
         created_at: NOW - 100,
         scheduled_at: NOW - 10,
         due_at: NOW - 10,
-        seq: SEQ,
         started_at: (status == TaskStatus::Running).then_some(NOW - 20),
         finished_at: finished.then_some(NOW - 5),
-        result: None,
-        error: None,
-        route: None,
-        unique: None,
-        last_attempt: None,
-        cancelled_by: None,
+        ..StoredTask::pending_example("t", "q", r#"{"args":[],"kwargs":{}}"#, SEQ)
     }
 }
 
@@ -73,7 +61,7 @@ enum Move {
 }
 
 fn reported_end(attempt: u32, status: TaskStatus) -> Report {
-    Report::Ended {
+    Report::Ended(RunEnd {
         attempt,
         status,
         started_at: Some(NOW - 3),
@@ -84,7 +72,7 @@ fn reported_end(attempt: u32, status: TaskStatus) -> Report {
             kind: FailureKind::Error,
         }),
         retry_at: (status == TaskStatus::Retrying).then_some(NOW + 500),
-    }
+    })
 }
 
 const MOVES: [Move; 14] = [
@@ -602,7 +590,7 @@ fn every_ended_run_and_only_those_carry_their_attempt_for_the_history() {
     let reported = report(
         task_in(TaskStatus::Forwarded),
         ID,
-        &Report::Ended {
+        &Report::Ended(RunEnd {
             attempt: 2,
             status: TaskStatus::Retrying,
             started_at: Some(NOW - 5),
@@ -613,7 +601,7 @@ fn every_ended_run_and_only_those_carry_their_attempt_for_the_history() {
                 kind: FailureKind::Timeout,
             }),
             retry_at: Some(NOW + 1_000),
-        },
+        }),
     )
     .expect("newer")
     .ended

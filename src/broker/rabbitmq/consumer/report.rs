@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use super::super::report::{EncodedBatch, encode_batch, publish_report};
 use super::*;
 use crate::store::PendingReport;
-use crate::task::lifecycle::Report;
+use crate::task::lifecycle::{Report, RunEnd};
 
 /// Reports the starts of runs just handed to workers: (task, reply queue, run, start time).
 pub(super) fn report_starts(bridge: &Arc<Bridge>, starts: Vec<(TaskId, String, u32, Millis)>) {
@@ -100,7 +100,7 @@ impl Outgoing {
         let report = self.report();
         let (result, error) = match report {
             Report::Started { .. } => (0, 0),
-            Report::Ended { result, error, .. } => (
+            Report::Ended(RunEnd { result, error, .. }) => (
                 result.as_ref().map_or(0, String::len),
                 error.as_ref().map_or(0, |e| e.message.len()),
             ),
@@ -390,7 +390,7 @@ mod tests {
         Outgoing::Outcome(PendingReport {
             id,
             reply_to: reply_to.to_owned(),
-            report: Report::Ended {
+            report: Report::Ended(RunEnd {
                 attempt,
                 status: TaskStatus::Completed,
                 started_at: Some(1),
@@ -398,7 +398,7 @@ mod tests {
                 result: None,
                 error: None,
                 retry_at: None,
-            },
+            }),
         })
     }
 
@@ -488,7 +488,7 @@ mod tests {
             Outgoing::Outcome(PendingReport {
                 id,
                 reply_to: "q".to_owned(),
-                report: Report::Ended {
+                report: Report::Ended(RunEnd {
                     attempt: 1,
                     status: TaskStatus::Completed,
                     started_at: None,
@@ -496,7 +496,7 @@ mod tests {
                     result: Some("x".repeat(BATCH_BYTES / 2)),
                     error: None,
                     retry_at: None,
-                },
+                }),
             })
         };
         let sizes: Vec<usize> = batches(vec![big(TaskId::new()), big(TaskId::new())])
