@@ -7,8 +7,8 @@ use std::sync::Arc;
 use crate::Result;
 use crate::queue::ReadyHeap;
 use crate::store::{Store, StoreOptions};
-use crate::task::{ReadyOrder, StoredTask};
 use crate::task::TaskId;
+use crate::task::{ReadyOrder, StoredTask};
 
 /// The lock-free ready heap.
 #[derive(Debug, Default)]

@@ -541,38 +541,26 @@ mod tests {
     #[test]
     fn observations_measure_waits_and_runs() {
         let mut cache = InstrumentCache::new(Metrics::new(false));
-        let start = Observation::of(
-            Some(TaskStatus::Pending),
-            TaskStatus::Running,
-            "q",
-            "n",
-            1_000,
-            Some(3_500),
-            3_500,
-            &mut cache,
-        );
-        assert_eq!(start.map(|o| o.elapsed_ms), Some(Some(2_500)));
-        let end = Observation::of(
-            Some(TaskStatus::Running),
-            TaskStatus::Completed,
-            "q",
-            "n",
-            1_000,
-            Some(3_500),
-            4_000,
-            &mut cache,
-        );
-        assert_eq!(end.map(|o| o.elapsed_ms), Some(Some(500)));
-        let cancel = Observation::of(
-            Some(TaskStatus::Pending),
-            TaskStatus::Cancelled,
-            "q",
-            "n",
-            1_000,
-            None,
-            4_000,
-            &mut cache,
-        );
-        assert_eq!(cancel.map(|o| o.elapsed_ms), Some(None));
+        let (pending, running) = (Some(TaskStatus::Pending), Some(TaskStatus::Running));
+        for (from, to, started, now, elapsed) in [
+            (
+                pending,
+                TaskStatus::Running,
+                Some(3_500),
+                3_500,
+                Some(2_500),
+            ),
+            (
+                running,
+                TaskStatus::Completed,
+                Some(3_500),
+                4_000,
+                Some(500),
+            ),
+            (pending, TaskStatus::Cancelled, None, 4_000, None),
+        ] {
+            let observed = Observation::of(from, to, "q", "n", 1_000, started, now, &mut cache);
+            assert_eq!(observed.map(|o| o.elapsed_ms), Some(elapsed), "{to:?}");
+        }
     }
 }

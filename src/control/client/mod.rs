@@ -166,30 +166,18 @@ mod tests {
 
     #[test]
     fn addresses_parse() {
-        assert_eq!(
-            Endpoint::parse("unix:/run/fq.sock").unwrap(),
-            Endpoint::Unix("/run/fq.sock".into())
-        );
-        assert_eq!(
-            Endpoint::parse("var/fq.redb.sock").unwrap(),
-            Endpoint::Unix("var/fq.redb.sock".into())
-        );
-        assert_eq!(
-            Endpoint::parse("var/fq.redb").unwrap(),
-            Endpoint::Unix("var/fq.redb.sock".into())
-        );
-        assert_eq!(
-            Endpoint::parse("unix:var/fq.redb").unwrap(),
-            Endpoint::Unix("var/fq.redb".into())
-        );
-        assert_eq!(
-            Endpoint::parse("tcp:127.0.0.1:7878").unwrap(),
-            Endpoint::Tcp("127.0.0.1:7878".into())
-        );
-        assert_eq!(
-            Endpoint::parse("tcp:[::1]:7878").unwrap(),
-            Endpoint::Tcp("[::1]:7878".into())
-        );
+        let unix = |path: &str| Endpoint::Unix(path.into());
+        let tcp = |address: &str| Endpoint::Tcp(address.into());
+        for (text, expected) in [
+            ("unix:/run/fq.sock", unix("/run/fq.sock")),
+            ("var/fq.redb.sock", unix("var/fq.redb.sock")),
+            ("var/fq.redb", unix("var/fq.redb.sock")),
+            ("unix:var/fq.redb", unix("var/fq.redb")),
+            ("tcp:127.0.0.1:7878", tcp("127.0.0.1:7878")),
+            ("tcp:[::1]:7878", tcp("[::1]:7878")),
+        ] {
+            assert_eq!(Endpoint::parse(text).unwrap(), expected, "{text}");
+        }
         for bad in ["", "unix:", "tcp:7878", "tcp:host:port", "tcp::1"] {
             let err = Endpoint::parse(bad).unwrap_err();
             assert!(
