@@ -504,7 +504,10 @@ fn waiting_under(
 
 mod report;
 
-pub(crate) use report::{Report, RunEnd, report};
+pub(crate) use report::{Report, report};
+// Named outside this module only by the RabbitMQ bridge and the report outbox's tests.
+#[cfg_attr(not(feature = "rabbitmq"), allow(unused_imports))]
+pub(crate) use report::RunEnd;
 
 #[cfg(test)]
 mod tests;

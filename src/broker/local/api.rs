@@ -81,13 +81,13 @@ impl Broker for LocalBroker {
     fn settle_and_claim<'a>(&'a self, ended: Settlement, next: ClaimRequest<'a>) -> Chaining<'a> {
         Box::pin(async move {
             let selection = self.shared.ready.select(&self.claimable(next.queues).0);
-            let next: Vec<_> = std::iter::from_fn(|| selection.pop())
+            let picked: Vec<_> = std::iter::from_fn(|| selection.pop())
                 .take(next.max)
                 .collect();
             let lease_until = self.lease_deadline();
             self.request(|reply| Command::Settle {
                 settlement: ended,
-                next,
+                next: picked,
                 lease_until,
                 reply,
             })

@@ -211,7 +211,7 @@ pub(crate) fn encode_report(id: TaskId, report: &Report) -> Result<ReportMessage
     let body = encode_body(id, report)?;
     let (kind, status) = match report {
         Report::Started { .. } => (TYPE_STARTED, TaskStatus::Running),
-        Report::Ended(RunEnd { status, .. }) => (TYPE_ENDED, *status),
+        Report::Ended(end) => (TYPE_ENDED, end.status),
     };
     let mut headers = FieldTable::default();
     headers.insert(

@@ -196,7 +196,7 @@ impl Writer {
                 lifecycle::Report::Started { .. } => {
                     batch.emit(crate::events::EventKind::BeforeExecution, record);
                 }
-                lifecycle::Report::Ended(lifecycle::RunEnd { .. }) => {
+                lifecycle::Report::Ended(_) => {
                     let outcome = match (&record.result, &record.error) {
                         (_, Some(failure)) if step.task.status != TaskStatus::Completed => {
                             crate::task::Outcome::Failed {
