@@ -1454,3 +1454,49 @@ fn expect_wrong_state(answer: fq::Result<()>, task: &ModelTask, log: &str) {
         ),
     }
 }
+
+/// `log_replay` target (the redo log of issue 14, not yet used by the engine): arbitrary
+/// bytes read as a log never panic the reader; and a log built from the input (payload sizes
+/// and contents from its bytes), cut at a point the input chooses, reads back as exactly the
+/// records written whole before the cut, in order and numbered after the checkpoint.
+pub(crate) fn log_replay_check(data: &[u8]) {
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    let checkpoint = u64::from(selector % 8);
+    let _ = fq::internals::scan_log(rest, checkpoint);
+
+    let mut payloads: Vec<&[u8]> = Vec::new();
+    let mut input = rest;
+    while let Some((&size, tail)) = input.split_first() {
+        let size = usize::from(size % 64).min(tail.len());
+        payloads.push(&tail[..size]);
+        input = &tail[size..];
+    }
+    let salt = u64::from(selector).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let (image, ends) = fq::internals::log_image(salt, checkpoint, &payloads)
+        .unwrap_or_else(|e| panic!("building a log of {} records: {e}", payloads.len()));
+    // The cut: anywhere from the end of the header to the end of the file, chosen by the
+    // input's last two bytes.
+    let header = fq::internals::LOG_HEADER_BYTES;
+    let chooser = data
+        .iter()
+        .rev()
+        .take(2)
+        .fold(0, |n, &b| n * 256 + usize::from(b));
+    let cut = header + chooser % (image.len() - header + 1);
+    let live = fq::internals::scan_log(&image[..cut], checkpoint)
+        .unwrap_or_else(|e| panic!("a log cut at byte {cut} of {} refused: {e}", image.len()));
+    let whole = ends.iter().filter(|&&end| end <= cut).count();
+    let expected: Vec<(u64, Vec<u8>)> = payloads[..whole]
+        .iter()
+        .zip(checkpoint + 1..)
+        .map(|(payload, number)| (number, payload.to_vec()))
+        .collect();
+    assert_eq!(
+        live,
+        expected,
+        "a log of {} records cut at byte {cut}",
+        payloads.len()
+    );
+}

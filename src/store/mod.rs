@@ -9,6 +9,9 @@ mod error;
 mod handle;
 mod integrity;
 mod keys;
+// The write-ahead log of issue 14, built and tested on its own; the engine does not use it yet.
+#[cfg(any(test, feature = "internals"))]
+pub(crate) mod log;
 mod open_here;
 mod paused;
 mod probe;

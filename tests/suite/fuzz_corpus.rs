@@ -126,6 +126,11 @@ fn engine_model_corpus_agrees_with_the_model() -> std::io::Result<()> {
     Ok(())
 }
 
+#[test]
+fn log_replay_corpus_reads_back_whole_records() -> std::io::Result<()> {
+    replay("log_replay", checks::log_replay_check)
+}
+
 /// Regression: `payload_parse` found that `{"args":[184467440737047758083]}` normalized to a
 /// float text that parsed one ULP away on the next pass, so a stored payload could differ from
 /// the one sent. Fixed by serde_json's `float_roundtrip` feature.
