@@ -164,7 +164,7 @@ fn record_crc(salt: u64, body: &[u8]) -> u32 {
     hasher.finalize()
 }
 
-/// The record at `offset` when one is there intact: its number, payload range and end.
+/// The record at `offset` when one is there intact: its number and payload range.
 fn record_at(bytes: &[u8], offset: usize, salt: u64) -> Option<(u64, std::ops::Range<usize>)> {
     let head = bytes.get(offset..offset.checked_add(RECORD_HEADER_BYTES)?)?;
     let crc = u32::from_le_bytes(head[0..4].try_into().ok()?);
