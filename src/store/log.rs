@@ -212,10 +212,8 @@ pub(crate) fn scan(bytes: &[u8], checkpoint: u64) -> Result<Scanned, LogError> {
     }
     let stored_crc = u32::from_le_bytes([head[16], head[17], head[18], head[19]]);
     if crc32fast::hash(&head[..16]) != stored_crc || head[7] != 0 || head[20..] != [0; 4] {
-        return Err(corrupt(
-            0,
-            "the header's checksum does not match".to_owned(),
-        ));
+        let detail = "the header is damaged (its checksum or reserved bytes do not match)";
+        return Err(corrupt(0, detail.to_owned()));
     }
     let mut salt_bytes = [0u8; 8];
     salt_bytes.copy_from_slice(&head[8..16]);
