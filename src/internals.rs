@@ -178,8 +178,7 @@ impl RedoLogFile {
             .map_err(|e| format!("{}: {e}", path.display()))?;
         let (log, live) =
             crate::store::log::RedoLog::open(file, checkpoint).map_err(|e| e.to_string())?;
-        let live = live.into_iter().map(|r| (r.number, r.payload)).collect();
-        Ok((Self(log), live))
+        Ok((Self(log), log_entries(live)))
     }
 
     /// Appends one record (not yet durable) and returns its number.
@@ -220,15 +219,7 @@ pub fn log_image(
     checkpoint: u64,
     payloads: &[&[u8]],
 ) -> std::result::Result<(Vec<u8>, Vec<usize>), String> {
-    let mut bytes = crate::store::log::header(salt).to_vec();
-    let mut ends = Vec::with_capacity(payloads.len());
-    for (payload, number) in payloads.iter().zip(checkpoint + 1..) {
-        let start = bytes.len();
-        crate::store::log::encode_record(salt, number, payload, &mut bytes)
-            .map_err(|e| e.to_string())?;
-        ends.push(start + crate::store::log::RECORD_HEADER_BYTES + payload.len());
-    }
-    Ok((bytes, ends))
+    crate::store::log::image(salt, checkpoint, payloads).map_err(|e| e.to_string())
 }
 
 /// Reads log-file bytes as recovery does after `checkpoint`: the live records, or the refusal.
@@ -237,11 +228,11 @@ pub fn log_image(
 /// The log is refused (foreign, other version, damaged before its last record).
 pub fn scan_log(bytes: &[u8], checkpoint: u64) -> std::result::Result<Vec<LogEntry>, String> {
     let scanned = crate::store::log::scan(bytes, checkpoint).map_err(|e| e.to_string())?;
-    Ok(scanned
-        .live
-        .into_iter()
-        .map(|r| (r.number, r.payload))
-        .collect())
+    Ok(log_entries(scanned.live))
+}
+
+fn log_entries(records: Vec<crate::store::log::LogRecord>) -> Vec<LogEntry> {
+    records.into_iter().map(|r| (r.number, r.payload)).collect()
 }
 
 // --- control-socket frames --------------------------------------------------------------------

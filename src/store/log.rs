@@ -27,7 +27,7 @@ pub(crate) const LOG_FORMAT_VERSION: u8 = 1;
 /// Magic, version, reserved byte, salt, CRC-32, padding.
 pub(crate) const HEADER_BYTES: u64 = 24;
 /// CRC-32, payload length, record number.
-pub(crate) const RECORD_HEADER_BYTES: usize = 16;
+const RECORD_HEADER_BYTES: usize = 16;
 /// Records start at multiples of this: a reader looking past a damaged record for later ones
 /// looks at these offsets only.
 const ALIGN: usize = 8;
@@ -150,6 +150,23 @@ pub(crate) fn encode_record(
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
     out.resize(start + padded(RECORD_HEADER_BYTES + payload.len()), 0);
     Ok(())
+}
+
+/// The bytes of a log file with `salt` holding `payloads` numbered from `checkpoint + 1`, as
+/// appends would leave them, and where each record's payload ends (for the fuzz target).
+pub(crate) fn image(
+    salt: u64,
+    checkpoint: u64,
+    payloads: &[&[u8]],
+) -> Result<(Vec<u8>, Vec<usize>), LogError> {
+    let mut bytes = header(salt).to_vec();
+    let mut ends = Vec::with_capacity(payloads.len());
+    for (payload, number) in payloads.iter().zip(checkpoint.saturating_add(1)..) {
+        let start = bytes.len();
+        encode_record(salt, number, payload, &mut bytes)?;
+        ends.push(start + RECORD_HEADER_BYTES + payload.len());
+    }
+    Ok((bytes, ends))
 }
 
 fn padded(bytes: usize) -> usize {

@@ -61,7 +61,7 @@ fn written(payloads: &[Vec<u8>], checkpoint: u64) -> (Vec<u8>, Vec<usize>) {
     for payload in payloads {
         let start = log.end() as usize;
         log.append(payload).unwrap();
-        ends.push(start + 16 + payload.len());
+        ends.push(start + RECORD_HEADER_BYTES + payload.len());
     }
     log.sync().unwrap();
     (file.bytes(), ends)
@@ -355,4 +355,11 @@ fn a_log_in_a_real_file_reads_back_after_reopening() {
     log.sync().unwrap();
     let (_, live) = RedoLog::open(open(), 4).unwrap();
     assert_eq!(live, records(&[b"fifth".to_vec()], 5));
+}
+
+#[test]
+fn the_image_the_fuzz_target_builds_is_what_appends_write() {
+    let payloads = payloads(5);
+    let borrowed: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+    assert_eq!(image(SALT, 3, &borrowed).unwrap(), written(&payloads, 3));
 }
