@@ -21,6 +21,7 @@ const FULL_TOML: &str = r#"
 # ${NOT_SET} in a comment must not matter
 broker = "rabbitmq"
 database = "/srv/fq/${STORE_NAME}.redb"
+write_ahead_log = true
 
 [defaults]
 queue = "emails"
@@ -82,6 +83,7 @@ services:
 task:
   broker: rabbitmq
   database: /srv/fq/${STORE_NAME}.redb
+  write_ahead_log: true
   defaults:
     queue: emails
     priority: 5
@@ -138,6 +140,7 @@ fn full_config() -> Config {
     Config {
         broker: BrokerKind::Rabbitmq,
         database: PathBuf::from("/srv/fq/tasks.redb"),
+        write_ahead_log: true,
         defaults: TaskDefaults {
             queue: "emails".into(),
             priority: 5,

@@ -73,6 +73,24 @@ impl EngineBuilder {
         self
     }
 
+    /// Keeps the write-ahead log (config `write_ahead_log`) in `backend` instead of the file
+    /// beside the store: with [`EngineBuilder::storage_backend`], for fq's own power-loss and
+    /// I/O-error tests of the log; not a stable API. Without it, a store in a custom backend
+    /// keeps no log.
+    #[doc(hidden)]
+    pub fn log_backend(mut self, backend: impl Into<CustomBackend>) -> Self {
+        self.store.log_backend = Some(backend.into());
+        self
+    }
+
+    /// Takes a write-ahead log checkpoint whenever the log holds `bytes` (default 2 MiB): fq's
+    /// power-loss tests make it small so their crash points meet checkpoints; not a stable API.
+    #[doc(hidden)]
+    pub fn wal_checkpoint_bytes(mut self, bytes: u64) -> Self {
+        self.store.wal_checkpoint_bytes = bytes;
+        self
+    }
+
     /// Whether the engine serves its control socket, so other processes (the `fq` CLI,
     /// `Engine::connect`) can reach it (default true). The socket and TCP listener come from
     /// the configuration's `control` section.
@@ -130,9 +148,13 @@ impl EngineBuilder {
         };
         // After the RabbitMQ settings are checked: a bad URL is refused on every path.
         if self.read_only {
+            let store = StoreOptions {
+                write_ahead_log: config.write_ahead_log,
+                ..self.store
+            };
             let broker = ReadOnlyBroker::open(
                 &self.path,
-                &self.store,
+                &store,
                 self.clock,
                 config.limits.max_payload_bytes,
             )?;
@@ -167,6 +189,7 @@ impl EngineBuilder {
         let settings = LocalSettings {
             store: StoreOptions {
                 attempt_history: config.limits.attempt_history,
+                write_ahead_log: config.write_ahead_log,
                 ..self.store
             },
             retry: RetryPolicy {

@@ -56,8 +56,8 @@ impl WriteTables<'_> {
         let path = self.path;
         let table = lazy_table(
             &mut self.attempts,
-            self.txn,
-            ATTEMPTS,
+            (self.txn, self.changes),
+            (ATTEMPTS, super::changes::TableTag::Attempts),
             path,
             "opening the attempt history",
         )?;
@@ -80,8 +80,8 @@ impl WriteTables<'_> {
         let path = self.path;
         lazy_table(
             &mut self.attempts,
-            self.txn,
-            ATTEMPTS,
+            (self.txn, self.changes),
+            (ATTEMPTS, super::changes::TableTag::Attempts),
             path,
             "opening the attempt history",
         )?

@@ -50,6 +50,25 @@ impl std::fmt::Debug for CustomBackend {
     }
 }
 
+/// A write-ahead log kept in a custom backend (`wal.rs`).
+impl crate::store::log::LogFile for SharedBackend {
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+
+    fn read_at(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.0.read(offset, out)
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.0.write(offset, data)
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.0.sync_data()
+    }
+}
+
 impl StorageBackend for SharedBackend {
     fn len(&self) -> Result<u64, std::io::Error> {
         self.0.len()

@@ -45,7 +45,7 @@ impl Store {
 }
 
 /// `.<name>.creating-<pid>-<nanos>` beside `path`: hidden, and unique to this attempt.
-fn temporary_name(path: &Path) -> PathBuf {
+pub(super) fn temporary_name(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map_or_else(|| "store".into(), |n| n.to_string_lossy().into_owned());
@@ -56,7 +56,7 @@ fn temporary_name(path: &Path) -> PathBuf {
 }
 
 /// Makes the folder's new entry durable (on Unix a folder is synced through a handle on it).
-fn sync_folder(path: &Path) -> io::Result<()> {
+pub(super) fn sync_folder(path: &Path) -> io::Result<()> {
     let folder = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -131,7 +131,7 @@ pub(super) fn open_database(
 
 /// Creates a new store file readable and writable by its owner only: it holds every task's
 /// arguments, which other local users have no business reading.
-fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+pub(super) fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
     let mut options = std::fs::OpenOptions::new();
     options.read(true).write(true).create_new(true);
     #[cfg(unix)]

@@ -1,5 +1,4 @@
-//! The redo log's file format, for the write-ahead log of issue 14 (README "Performance"): not
-//! yet used by the engine. It owns appending numbered, checksummed records after a fixed
+//! The redo log's file format, for the store's write-ahead log (`wal.rs`). It owns appending numbered, checksummed records after a fixed
 //! header, and the one reading of a log file that recovery needs: the records a crash left,
 //! a torn last append (never acknowledged, since its sync had not returned) told apart from
 //! damage to the records before it (acknowledged ones), which is refused rather than skipped.
@@ -72,6 +71,24 @@ pub(crate) trait LogFile {
     fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<()>;
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
     fn sync_data(&self) -> io::Result<()>;
+}
+
+impl<T: LogFile + ?Sized> LogFile for Box<T> {
+    fn len(&self) -> io::Result<u64> {
+        (**self).len()
+    }
+
+    fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        (**self).read_at(offset, out)
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        (**self).write_at(offset, data)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        (**self).sync_data()
+    }
 }
 
 impl LogFile for File {
@@ -154,6 +171,7 @@ pub(crate) fn encode_record(
 
 /// The bytes of a log file with `salt` holding `payloads` numbered from `checkpoint + 1`, as
 /// appends would leave them, and where each record's payload ends (for the fuzz target).
+#[cfg(any(test, feature = "internals"))]
 pub(crate) fn image(
     salt: u64,
     checkpoint: u64,
@@ -193,19 +211,12 @@ fn record_at(bytes: &[u8], offset: usize, salt: u64) -> Option<(u64, std::ops::R
     (record_crc(salt, body) == crc).then_some((number, payload_start..payload_end))
 }
 
-/// Reads a whole log file as recovery does, given the checkpoint: the number of the last
-/// record whose changes the B-tree holds durably (0 before the first).
-///
-/// The chain of consecutively numbered intact records from the header on is the log; it ends
-/// at the first record that is torn, stale (numbered lower, from before a rewind) or absent.
-/// Its records numbered after the checkpoint are returned, and must start right after it.
+/// The salt of the log whose file starts with `bytes` (the header at least).
 ///
 /// # Errors
-/// `Foreign` or `Version` for a header that is not this format's; `Corrupt` for a damaged
-/// header, a gap between the checkpoint and the first live record, or an intact record beyond
-/// the chain's end numbered after everything in it (the chain was cut by damage, not by the
-/// end of the last append).
-pub(crate) fn scan(bytes: &[u8], checkpoint: u64) -> Result<Scanned, LogError> {
+/// `Foreign` or `Version` for a header that is not this format's; `Corrupt` for a damaged or
+/// cut header.
+pub(crate) fn parse_header(bytes: &[u8]) -> Result<u64, LogError> {
     let header_len = HEADER_BYTES as usize;
     let corrupt = |offset: usize, detail: String| LogError::Corrupt {
         offset: offset as u64,
@@ -234,7 +245,28 @@ pub(crate) fn scan(bytes: &[u8], checkpoint: u64) -> Result<Scanned, LogError> {
     }
     let mut salt_bytes = [0u8; 8];
     salt_bytes.copy_from_slice(&head[8..16]);
-    let salt = u64::from_le_bytes(salt_bytes);
+    Ok(u64::from_le_bytes(salt_bytes))
+}
+
+/// Reads a whole log file as recovery does, given the checkpoint: the number of the last
+/// record whose changes the B-tree holds durably (0 before the first).
+///
+/// The chain of consecutively numbered intact records from the header on is the log; it ends
+/// at the first record that is torn, stale (numbered lower, from before a rewind) or absent.
+/// Its records numbered after the checkpoint are returned, and must start right after it.
+///
+/// # Errors
+/// `Foreign` or `Version` for a header that is not this format's; `Corrupt` for a damaged
+/// header, a gap between the checkpoint and the first live record, or an intact record beyond
+/// the chain's end numbered after everything in it (the chain was cut by damage, not by the
+/// end of the last append).
+pub(crate) fn scan(bytes: &[u8], checkpoint: u64) -> Result<Scanned, LogError> {
+    let header_len = HEADER_BYTES as usize;
+    let corrupt = |offset: usize, detail: String| LogError::Corrupt {
+        offset: offset as u64,
+        detail,
+    };
+    let salt = parse_header(bytes)?;
 
     let mut offset = header_len;
     let mut last: Option<u64> = None;
@@ -316,6 +348,8 @@ pub(crate) struct RedoLog<F: LogFile> {
     end: u64,
     next_number: u64,
     buffer: Vec<u8>,
+    /// Where the last append began, until the next rewind.
+    last_start: Option<u64>,
 }
 
 impl<F: LogFile> RedoLog<F> {
@@ -335,6 +369,7 @@ impl<F: LogFile> RedoLog<F> {
             end: HEADER_BYTES,
             next_number: checkpoint.saturating_add(1),
             buffer: Vec::new(),
+            last_start: None,
         })
     }
 
@@ -359,6 +394,7 @@ impl<F: LogFile> RedoLog<F> {
             end: scanned.end,
             next_number: scanned.next_number,
             buffer: Vec::new(),
+            last_start: None,
         };
         Ok((log, scanned.live))
     }
@@ -376,9 +412,30 @@ impl<F: LogFile> RedoLog<F> {
         self.file
             .write_at(self.end, &self.buffer)
             .map_err(io_error("appending a record"))?;
+        self.last_start = Some(self.end);
         self.end += self.buffer.len() as u64;
         self.next_number += 1;
         Ok(number)
+    }
+
+    /// Takes back the last record appended (its changes could not be applied after all): its
+    /// header is zeroed and synced, so recovery ends the log before it, and the next append
+    /// takes its place and number.
+    ///
+    /// # Errors
+    /// `Io` when the zeroing cannot be written or synced: the record may then still be read
+    /// back at the next open.
+    pub(crate) fn retract_last(&mut self) -> Result<(), LogError> {
+        let Some(start) = self.last_start.take() else {
+            return Ok(());
+        };
+        self.file
+            .write_at(start, &[0; RECORD_HEADER_BYTES])
+            .map_err(io_error("taking back a record"))?;
+        self.sync()?;
+        self.end = start;
+        self.next_number -= 1;
+        Ok(())
     }
 
     /// Makes every appended record durable.
@@ -394,6 +451,7 @@ impl<F: LogFile> RedoLog<F> {
     /// the header again, over records no longer needed. Numbers keep growing.
     pub(crate) fn rewind(&mut self) {
         self.end = HEADER_BYTES;
+        self.last_start = None;
     }
 
     /// Where the next record goes, in bytes from the start of the file.

@@ -3,14 +3,14 @@
 
 mod attempts;
 mod backend;
+mod changes;
 mod codec;
+mod commit;
 mod create;
 mod error;
 mod handle;
 mod integrity;
 mod keys;
-// The write-ahead log of issue 14, built and tested on its own; the engine does not use it yet.
-#[cfg(any(test, feature = "internals"))]
 pub(crate) mod log;
 mod open_here;
 mod paused;
@@ -19,17 +19,19 @@ mod reports;
 mod schedules;
 mod store_id;
 mod tables;
+mod wal;
 mod write_tables;
 
 pub(crate) use reports::PendingReport;
 pub(crate) use schedules::{ScheduledTask, StoredSchedule};
+pub(crate) use wal::wal_path;
 pub(crate) use write_tables::WriteTables;
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Mutex, PoisonError, RwLock};
 
-use redb::{Durability, ReadableTable, TableHandle};
+use redb::{ReadableTable, TableHandle};
 
 pub use backend::CustomBackend;
 #[cfg(all(test, feature = "rabbitmq"))]
@@ -41,7 +43,7 @@ use handle::Handle;
 pub use integrity::IntegrityReport;
 pub use probe::store_commit_rate;
 use tables::{
-    COUNTS, FINISHED, LEASES, MAGIC, META, META_MAGIC, META_SCHEMA, SCHEMA_VERSION, TASKS, WAITING,
+    COUNTS, LEASES, MAGIC, META, META_MAGIC, META_SCHEMA, SCHEMA_VERSION, TASKS, WAITING,
 };
 
 use crate::clock::Millis;
@@ -60,6 +62,15 @@ pub(crate) struct StoreOptions {
     pub(crate) backend: Option<CustomBackend>,
     /// How many attempts each task's history keeps (`limits.attempt_history`; 0: none).
     pub(crate) attempt_history: usize,
+    /// Make commits durable through the write-ahead log (`wal.rs`) instead of redb's own
+    /// sync (config `write_ahead_log`).
+    pub(crate) write_ahead_log: bool,
+    /// Where the log lives for a store in a custom backend (without one, such a store keeps
+    /// no log).
+    pub(crate) log_backend: Option<CustomBackend>,
+    /// A checkpoint is taken once the log holds this many bytes (tests make it small, so
+    /// their crash points meet checkpoints).
+    pub(crate) wal_checkpoint_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -69,6 +80,9 @@ impl Default for StoreOptions {
             verify_on_open: true,
             backend: None,
             attempt_history: crate::task::DEFAULT_ATTEMPT_HISTORY,
+            write_ahead_log: false,
+            log_backend: None,
+            wal_checkpoint_bytes: wal::CHECKPOINT_BYTES,
         }
     }
 }
@@ -87,6 +101,11 @@ pub(crate) struct Store {
     custom_backend: bool,
     /// This store's place among the files open in this process (file-backed stores only).
     open_here: Option<open_here::Entry>,
+    /// The write-ahead log, when the store keeps one; locked by each write.
+    wal: Mutex<Option<wal::Wal>>,
+    /// A logged commit failed and its record could not be taken back: the log holds a change
+    /// the engine was told failed, so this store takes no more writes (see `commit.rs`).
+    wal_diverged: std::sync::atomic::AtomicBool,
     /// Makes every commit fail, so tests can see what a failed fsync does to the engine.
     #[cfg(test)]
     pub(crate) fail_commits: std::sync::atomic::AtomicBool,
@@ -173,10 +192,17 @@ impl Store {
             }
             opened => opened?,
         };
-        Self::assemble(path, options, db, true, false).and_then(|store| {
-            store.check_identity(false)?;
-            Ok(store)
-        })
+        let store = Self::assemble(path.clone(), options, db, true, false)?;
+        store.check_identity(false)?;
+        if !store.wal_has_unapplied_records()? {
+            return Ok(store);
+        }
+        // The last engine crashed with changes only its log holds: an open that owns the store
+        // applies them (as the repair above does for redb's bookkeeping), then it is read.
+        drop(store);
+        tracing::info!(store = %path.display(), "applying the redo log a crashed engine left before reading the store");
+        drop(Self::open(&path, options)?);
+        Self::open_read_only(&path, options)
     }
 
     /// Opens a store kept in `backend`, creating it when the backend is empty; `path` only
@@ -211,6 +237,7 @@ impl Store {
         };
         let store = Self::assemble(path, options, Handle::Writable(db), false, custom_backend)?;
         store.check_identity(!exists)?;
+        store.attach_wal(options.write_ahead_log)?;
         Ok(store)
     }
 
@@ -228,6 +255,8 @@ impl Store {
             path,
             options: options.clone(),
             custom_backend,
+            wal: Mutex::new(None),
+            wal_diverged: std::sync::atomic::AtomicBool::new(false),
             #[cfg(test)]
             fail_commits: std::sync::atomic::AtomicBool::new(false),
             #[cfg(test)]
@@ -252,6 +281,10 @@ impl Store {
         } else {
             Handle::Writable(handle::open_database(&self.path, &self.options, true)?)
         });
+        drop(slot);
+        if !self.read_only {
+            self.attach_wal(self.options.write_ahead_log)?;
+        }
         Ok(())
     }
 
@@ -351,74 +384,6 @@ impl Store {
             tables.set_meta(META_MAGIC, MAGIC)?;
             tables.set_meta(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())
         })
-    }
-
-    /// Runs `apply` in one write transaction and commits it durably (fsync) before returning.
-    /// An `Err` from `apply` aborts the transaction: nothing of it is written.
-    pub(crate) fn write<R>(
-        &self,
-        apply: impl FnOnce(&mut WriteTables<'_>) -> Result<R, StoreError>,
-    ) -> Result<R, StoreError> {
-        self.write_with(true, apply)
-    }
-
-    /// As [`Store::write`]; with `durable` false the commit is visible to every later read at
-    /// once but reaches the disk only with the next durable commit (no fsync of its own): for
-    /// changes that may be lost in a crash (the record of a run RabbitMQ already has the ack
-    /// for). The writer makes a durable commit soon after any such commit.
-    pub(crate) fn write_with<R>(
-        &self,
-        durable: bool,
-        apply: impl FnOnce(&mut WriteTables<'_>) -> Result<R, StoreError>,
-    ) -> Result<R, StoreError> {
-        let err = self.storage("writing");
-        let mut txn = self.begin_write()?;
-        let durability = if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        };
-        txn.set_durability(durability).map_err(|e| err(e.into()))?;
-        let result = {
-            let mut tables = WriteTables {
-                path: &self.path,
-                counts: txn.open_table(COUNTS).map_err(|e| err(e.into()))?,
-                count_deltas: std::collections::HashMap::new(),
-                tasks: txn.open_table(TASKS).map_err(|e| err(e.into()))?,
-                waiting: txn.open_table(WAITING).map_err(|e| err(e.into()))?,
-                leases: txn.open_table(LEASES).map_err(|e| err(e.into()))?,
-                finished: txn.open_table(FINISHED).map_err(|e| err(e.into()))?,
-                meta: txn.open_table(META).map_err(|e| err(e.into()))?,
-                txn: &txn,
-                unique: None,
-                reports: None,
-                schedules: None,
-                attempts: None,
-                attempt_history: self.options.attempt_history,
-            };
-            let result = apply(&mut tables)?;
-            tables.flush_counts()?;
-            result
-        };
-        #[cfg(test)]
-        assert!(
-            !self
-                .panic_on_write
-                .swap(false, std::sync::atomic::Ordering::SeqCst),
-            "injected writer panic"
-        );
-        #[cfg(test)]
-        if self.fail_commits.load(std::sync::atomic::Ordering::SeqCst) {
-            drop(txn);
-            return Err(StoreError::Io {
-                path: self.path.clone(),
-                detail: "i/o error while committing".into(),
-                source: std::io::Error::other("injected commit failure"),
-            });
-        }
-        txn.commit()
-            .map_err(|e| self.storage("committing")(e.into()))?;
-        Ok(result)
     }
 
     /// Reads one task.

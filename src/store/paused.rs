@@ -20,8 +20,7 @@ impl WriteTables<'_> {
         .map_err(super::write_tables::storage(
             self.path,
             "writing a queue's pause",
-        ))?
-        .is_some();
+        ))?;
         Ok(was != paused)
     }
 }

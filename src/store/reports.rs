@@ -63,8 +63,8 @@ impl WriteTables<'_> {
     ) -> Result<(), StoreError> {
         super::write_tables::lazy_table(
             &mut self.reports,
-            self.txn,
-            REPORTS,
+            (self.txn, self.changes),
+            (REPORTS, super::changes::TableTag::Reports),
             self.path,
             "opening the report outbox",
         )?
@@ -83,8 +83,8 @@ impl WriteTables<'_> {
     pub(crate) fn remove_reports(&mut self, sent: &[(TaskId, u32)]) -> Result<(), StoreError> {
         let table = super::write_tables::lazy_table(
             &mut self.reports,
-            self.txn,
-            REPORTS,
+            (self.txn, self.changes),
+            (REPORTS, super::changes::TableTag::Reports),
             self.path,
             "opening the report outbox",
         )?;

@@ -74,11 +74,12 @@ fn decode_schedule(
 impl<'txn> WriteTables<'txn> {
     fn schedule_table(
         &mut self,
-    ) -> Result<&mut redb::Table<'txn, &'static str, &'static [u8]>, StoreError> {
+    ) -> Result<&mut super::changes::LoggedTable<'txn, &'static str, &'static [u8]>, StoreError>
+    {
         super::write_tables::lazy_table(
             &mut self.schedules,
-            self.txn,
-            SCHEDULES,
+            (self.txn, self.changes),
+            (SCHEDULES, super::changes::TableTag::Schedules),
             self.path,
             "opening the schedules",
         )
@@ -116,11 +117,9 @@ impl<'txn> WriteTables<'txn> {
     /// Deletes a schedule; true when there was one.
     pub(crate) fn remove_schedule(&mut self, name: &str) -> Result<bool, StoreError> {
         let path = self.path;
-        Ok(self
-            .schedule_table()?
+        self.schedule_table()?
             .remove(name)
-            .map_err(super::write_tables::storage(path, "deleting a schedule"))?
-            .is_some())
+            .map_err(super::write_tables::storage(path, "deleting a schedule"))
     }
 
     /// Every schedule, by name.

@@ -1,6 +1,7 @@
 //! The tables of one write transaction, as typed operations that keep the indexes and the
 //! per-queue counts in step with the task records.
 
+use super::changes::{ChangeList, LoggedTable, TableTag};
 use super::keys::UniqueHolder;
 use super::tables::UNIQUE;
 use super::*;
@@ -9,22 +10,24 @@ use crate::task::unique::holds_key;
 /// The open tables of one write transaction.
 pub(crate) struct WriteTables<'txn> {
     pub(super) path: &'txn Path,
-    pub(super) counts: redb::Table<'txn, &'static [u8], u64>,
+    pub(super) counts: LoggedTable<'txn, &'static [u8], u64>,
     /// Count changes of this transaction, written once per (queue, status) at its end.
     pub(super) count_deltas: std::collections::HashMap<(String, TaskStatus), i64>,
-    pub(super) tasks: redb::Table<'txn, u128, &'static [u8]>,
-    pub(super) waiting: redb::Table<'txn, &'static [u8], u128>,
-    pub(super) leases: redb::Table<'txn, u128, u32>,
-    pub(super) finished: redb::Table<'txn, &'static [u8], ()>,
-    pub(super) meta: redb::Table<'txn, &'static str, &'static [u8]>,
+    pub(super) tasks: LoggedTable<'txn, u128, &'static [u8]>,
+    pub(super) waiting: LoggedTable<'txn, &'static [u8], u128>,
+    pub(super) leases: LoggedTable<'txn, u128, u32>,
+    pub(super) finished: LoggedTable<'txn, &'static [u8], ()>,
+    pub(super) meta: LoggedTable<'txn, &'static str, &'static [u8]>,
     /// The transaction, for the tables opened only when used ([`lazy_table`]): a batch of
     /// plain tasks never opens UNIQUE, REPORTS or SCHEDULES, so it pays nothing for them.
     pub(super) txn: &'txn redb::WriteTransaction,
-    pub(super) unique: Option<redb::Table<'txn, &'static [u8], &'static [u8]>>,
-    pub(super) reports: Option<redb::Table<'txn, (u128, u32), &'static [u8]>>,
-    pub(super) schedules: Option<redb::Table<'txn, &'static str, &'static [u8]>>,
+    /// Every change made through the tables above, for the redo log.
+    pub(super) changes: &'txn ChangeList,
+    pub(super) unique: Option<LoggedTable<'txn, &'static [u8], &'static [u8]>>,
+    pub(super) reports: Option<LoggedTable<'txn, (u128, u32), &'static [u8]>>,
+    pub(super) schedules: Option<LoggedTable<'txn, &'static str, &'static [u8]>>,
     /// Opened at the first settlement of the transaction (`attempts.rs`).
-    pub(super) attempts: Option<redb::Table<'txn, u128, &'static [u8]>>,
+    pub(super) attempts: Option<LoggedTable<'txn, u128, &'static [u8]>>,
     /// How many attempts each task's history keeps.
     pub(super) attempt_history: usize,
 }
@@ -32,19 +35,30 @@ pub(crate) struct WriteTables<'txn> {
 /// The table `definition` of `txn`, opened the first time it is asked for and kept in `slot`
 /// for the rest of the transaction.
 pub(super) fn lazy_table<'s, 'txn, K: redb::Key + 'static, V: redb::Value + 'static>(
-    slot: &'s mut Option<redb::Table<'txn, K, V>>,
-    txn: &'txn redb::WriteTransaction,
-    definition: redb::TableDefinition<'_, K, V>,
+    slot: &'s mut Option<LoggedTable<'txn, K, V>>,
+    (txn, changes): (&'txn redb::WriteTransaction, &'txn ChangeList),
+    (definition, tag): (redb::TableDefinition<'_, K, V>, TableTag),
     path: &Path,
     what: &'static str,
-) -> Result<&'s mut redb::Table<'txn, K, V>, StoreError> {
+) -> Result<&'s mut LoggedTable<'txn, K, V>, StoreError> {
     let table = match slot.take() {
         Some(table) => table,
-        None => txn
-            .open_table(definition)
-            .map_err(|e| map_storage_error(path, what, e.into()))?,
+        None => logged_table((txn, changes), (definition, tag), path, what)?,
     };
     Ok(slot.insert(table))
+}
+
+/// The table `definition` of `txn`, its changes recorded in `changes` as `tag`.
+pub(super) fn logged_table<'txn, K: redb::Key + 'static, V: redb::Value + 'static>(
+    (txn, changes): (&'txn redb::WriteTransaction, &'txn ChangeList),
+    (definition, tag): (redb::TableDefinition<'_, K, V>, TableTag),
+    path: &Path,
+    what: &'static str,
+) -> Result<LoggedTable<'txn, K, V>, StoreError> {
+    let table = txn
+        .open_table(definition)
+        .map_err(|e| map_storage_error(path, what, e.into()))?;
+    Ok(LoggedTable::new(table, tag, changes))
 }
 
 impl<'txn> WriteTables<'txn> {
@@ -165,11 +179,11 @@ impl<'txn> WriteTables<'txn> {
 
     fn unique_table(
         &mut self,
-    ) -> Result<&mut redb::Table<'txn, &'static [u8], &'static [u8]>, StoreError> {
+    ) -> Result<&mut LoggedTable<'txn, &'static [u8], &'static [u8]>, StoreError> {
         lazy_table(
             &mut self.unique,
-            self.txn,
-            UNIQUE,
+            (self.txn, self.changes),
+            (UNIQUE, TableTag::Unique),
             self.path,
             "opening the unique keys",
         )

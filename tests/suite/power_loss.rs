@@ -30,7 +30,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backend::{CrashWalker, FailMode, FailingBackend, ImageKind, RecordingBackend, crash_image};
+use backend::{
+    CrashWalker, FailMode, FailingBackend, ImageKind, RecordingBackend, SharedClock, crash_image,
+};
 use fq::{
     Config, Engine, Error, FailureKind, ListQuery, Outcome, Settlement, TaskFailure, TaskId,
     TaskStatus,
@@ -70,15 +72,98 @@ fn open_on(backend: impl redb::StorageBackend) -> fq::Result<Engine> {
 /// [`open_on`], healing after a failed commit or not. The sweep checks what a failure leaves
 /// (refused writes, reads going on), so its engines do not heal; healing has its own test.
 fn open_on_healing(backend: impl redb::StorageBackend, heal: bool) -> fq::Result<Engine> {
+    open_with_log(backend, None::<FailingBackend>, heal)
+}
+
+/// [`open_on_healing`], with the write-ahead log kept in `log` when there is one.
+fn open_with_log(
+    backend: impl redb::StorageBackend,
+    log: Option<impl redb::StorageBackend>,
+    heal: bool,
+) -> fq::Result<Engine> {
     let mut config = Config::default();
     config.limits.min_free_bytes = 0;
-    Engine::builder("/power-loss/simulated.redb")
+    config.write_ahead_log = log.is_some();
+    let builder = Engine::builder("/power-loss/simulated.redb")
         .config(config)
         .control(false)
         .lease_duration(Duration::from_secs(3600))
         .self_heal(heal)
-        .storage_backend(backend)
-        .open()
+        .storage_backend(backend);
+    match log {
+        // A checkpoint every few commits, so crash points land inside checkpoints and rewinds.
+        Some(log) => builder.log_backend(log).wal_checkpoint_bytes(4096),
+        None => builder,
+    }
+    .open()
+}
+
+/// The disks of a recorded run: the store's, and the write-ahead log's when the engine keeps
+/// one, their operations counted on one clock so a crash point is one moment for both.
+struct Recorded {
+    store: RecordingBackend,
+    log: Option<RecordingBackend>,
+    clock: SharedClock,
+}
+
+impl Recorded {
+    fn new(wal: bool) -> Self {
+        let clock = SharedClock::default();
+        Self {
+            store: RecordingBackend::on_clock(&clock),
+            log: wal.then(|| RecordingBackend::on_clock(&clock)),
+            clock,
+        }
+    }
+
+    fn open(&self) -> fq::Result<Engine> {
+        open_with_log(self.store.clone(), self.log.clone(), false)
+    }
+}
+
+/// Walks both disks' logs of a [`Recorded`] run forward, building crash images of the pair.
+struct PairWalker<'a> {
+    recorded: &'a Recorded,
+    store: CrashWalker<'a>,
+    log: Option<CrashWalker<'a>>,
+}
+
+impl<'a> PairWalker<'a> {
+    fn new(
+        recorded: &'a Recorded,
+        store_ops: &'a [backend::Op],
+        log_ops: &'a [backend::Op],
+    ) -> Self {
+        Self {
+            recorded,
+            store: CrashWalker::new(store_ops),
+            log: recorded.log.as_ref().map(|_| CrashWalker::new(log_ops)),
+        }
+    }
+
+    /// Images of both disks after a power cut at `time`, each built as `kind` says, and how
+    /// many unsynced operations there were and were applied.
+    fn images(
+        &mut self,
+        time: usize,
+        kind: ImageKind,
+        rng: &mut fastrand::Rng,
+    ) -> (Vec<u8>, Option<Vec<u8>>, usize, usize) {
+        let (durable, pending) = self.store.crash_state(self.recorded.store.ops_before(time));
+        let (image, mut applied) = crash_image(&durable, &pending, kind, rng);
+        let mut unsynced = pending.len();
+        let log_image = match (&mut self.log, &self.recorded.log) {
+            (Some(walker), Some(log)) => {
+                let (durable, pending) = walker.crash_state(log.ops_before(time));
+                let (image, log_applied) = crash_image(&durable, &pending, kind, rng);
+                unsynced += pending.len();
+                applied += log_applied;
+                Some(image)
+            }
+            _ => None,
+        };
+        (image, log_image, unsynced, applied)
+    }
 }
 
 /// Runs `work` on its own thread; `None` if it did not finish within [`PATIENCE`].
@@ -430,20 +515,33 @@ async fn verify_store(engine: &Engine, model: &Model, crash_point: Option<u64>) 
 
 #[test]
 fn crash_images_open_with_every_acknowledged_operation_and_sound_indexes() {
+    power_loss_run(false);
+}
+
+/// The same, with the write-ahead log: images of the store and of its log cut at the same
+/// moment (each file's synced state plus a random subset or a torn part of what it had not
+/// synced), so every interleaving of appends, checkpoints and rewinds meets a cut.
+#[test]
+fn crash_images_with_the_write_ahead_log_lose_nothing_acknowledged() {
+    power_loss_run(true);
+}
+
+fn power_loss_run(wal: bool) {
     let seed = seed();
     let panics_before = panics::mark();
     let (operations, images) = if full() { (1_000, 10_000) } else { (150, 500) };
     println!(
-        "power_loss crash images: seed {seed} (FQ_SEED={seed} replays), full={}",
+        "power_loss crash images{}: seed {seed} (FQ_SEED={seed} replays), full={}",
+        if wal { " with the write-ahead log" } else { "" },
         full()
     );
 
     // The recorded run.
     let started = Instant::now();
-    let recording = RecordingBackend::new();
+    let recorded = Recorded::new(wal);
     let position = {
-        let recording = recording.clone();
-        Box::new(move || recording.position() as u64)
+        let clock = recorded.clock.clone();
+        Box::new(move || clock.now() as u64)
     };
     let mut workload = Workload::new(seed, position);
     let runtime = runtime();
@@ -453,9 +551,9 @@ fn crash_images_open_with_every_acknowledged_operation_and_sound_indexes() {
     let mut first_ack = 0;
     let mut recovered = 0;
     for session in 0..3 {
-        let opened_at = recording.position() as u64;
-        let engine = open_on(recording.clone()).unwrap();
-        let ready_at = recording.position() as u64;
+        let opened_at = recorded.clock.now() as u64;
+        let engine = recorded.open().unwrap();
+        let ready_at = recorded.clock.now() as u64;
         if session == 0 {
             first_ack = ready_at;
         } else {
@@ -488,19 +586,34 @@ fn crash_images_open_with_every_acknowledged_operation_and_sound_indexes() {
         });
         drop(engine);
     }
-    let log = recording.log();
-    let syncs = log
-        .iter()
-        .filter(|op| matches!(op, backend::Op::Sync))
-        .count();
+    let store_ops = recorded.store.log();
+    let log_ops = recorded
+        .log
+        .as_ref()
+        .map(RecordingBackend::log)
+        .unwrap_or_default();
+    let total = recorded.clock.now();
+    let syncs_in = |ops: &[backend::Op]| {
+        ops.iter()
+            .filter(|op| matches!(op, backend::Op::Sync))
+            .count()
+    };
+    let (store_syncs, log_syncs) = (syncs_in(&store_ops), syncs_in(&log_ops));
+    let syncs = store_syncs + log_syncs;
     println!(
         "  recorded {operations} operations in 3 sessions ({} acknowledged, {} tasks, {recovered} \
          orphans recovered by the reopens): {} storage operations, {syncs} syncs, in {:.1?}",
         workload.model.acked_ops,
         workload.model.tasks.len(),
-        log.len(),
+        total,
         started.elapsed()
     );
+    if wal {
+        println!(
+            "  syncs: {store_syncs} of the store (creation, checkpoints, closes), {log_syncs} of \
+             the log (one per commit)"
+        );
+    }
 
     // Crash points over the whole log, sorted so the walker replays it once.
     let mut rng = fastrand::Rng::with_seed(seed ^ 0x9e37_79b9);
@@ -511,7 +624,7 @@ fn crash_images_open_with_every_acknowledged_operation_and_sound_indexes() {
                 let (from, to) = reopens[rng.usize(..reopens.len())];
                 rng.usize(from as usize..=to as usize)
             } else {
-                rng.usize(0..=log.len())
+                rng.usize(0..=total)
             }
         })
         .collect();
@@ -525,7 +638,7 @@ fn crash_images_open_with_every_acknowledged_operation_and_sound_indexes() {
         })
         .count();
     let model = Arc::new(workload.model);
-    let mut walker = CrashWalker::new(&log);
+    let mut walker = PairWalker::new(&recorded, &store_ops, &log_ops);
     let mut opened = 0;
     let mut refused_before_first_ack = 0;
     let mut by_kind: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
@@ -535,16 +648,16 @@ fn crash_images_open_with_every_acknowledged_operation_and_sound_indexes() {
     let started = Instant::now();
     for (at, point) in points.into_iter().enumerate() {
         let kind = [ImageKind::Durable, ImageKind::Subset, ImageKind::Torn][at % 3];
-        let (durable, pending) = walker.crash_state(point);
-        let (image, applied) = crash_image(&durable, &pending, kind, &mut rng);
-        pending_total += pending.len();
+        let (image, log_image, unsynced, applied) = walker.images(point, kind, &mut rng);
+        pending_total += unsynced;
         let entry = by_kind.entry(format!("{kind:?}").leak()).or_default();
         entry.0 += 1;
         entry.1 += applied as u64;
         let model = Arc::clone(&model);
         let image_started = Instant::now();
         let outcome = with_patience(move || {
-            let engine = match open_on(FailingBackend::healthy(image)) {
+            let log = log_image.map(FailingBackend::healthy);
+            let engine = match open_with_log(FailingBackend::healthy(image), log, false) {
                 Ok(engine) => engine,
                 Err(error) => return Err(error.to_string()),
             };
@@ -555,7 +668,7 @@ fn crash_images_open_with_every_acknowledged_operation_and_sound_indexes() {
             None => panic!(
                 "image {at} (crash after operation {point} of {}, {kind:?}) hung: no answer in \
                  {PATIENCE:?}; FQ_SEED={seed}",
-                log.len()
+                total
             ),
             Some(Ok(found)) => {
                 opened += 1;
@@ -587,10 +700,15 @@ fn crash_images_open_with_every_acknowledged_operation_and_sound_indexes() {
 
     // Control: the same check must fail on an image that lost acknowledged work, here the
     // durable state halfway through the log judged against everything acknowledged.
-    let (halfway, _) = CrashWalker::new(&log).crash_state(log.len() / 2);
+    let (halfway, halfway_log, _, _) = PairWalker::new(&recorded, &store_ops, &log_ops).images(
+        total / 2,
+        ImageKind::Durable,
+        &mut rng,
+    );
     let control_model = Arc::clone(&model);
     let control = with_patience(move || {
-        let engine = open_on(FailingBackend::healthy(halfway)).unwrap();
+        let log = halfway_log.map(FailingBackend::healthy);
+        let engine = open_with_log(FailingBackend::healthy(halfway), log, false).unwrap();
         runtime_verify_all(&engine, &control_model)
     })
     .expect("the control image hung");
@@ -633,20 +751,47 @@ struct SweepFigures {
 
 /// Opens a store on a failing backend, runs the workload until the first refused operation,
 /// checks that the engine then refuses writes, heals the disk, reopens and checks the store.
-fn sweep_run(seed: u64, operations: usize, mode: FailMode) -> (SweepFigures, Vec<String>) {
+/// Which disk a sweep run fails: the store's, or (the store's disk healthy) the write-ahead
+/// log's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SweepDisk {
+    Store,
+    Log,
+}
+
+/// An engine on the sweep's disks: `disk` is the one that fails, `store` the healthy store
+/// disk beside a failing log.
+fn open_sweep(
+    target: SweepDisk,
+    disk: &FailingBackend,
+    store: &FailingBackend,
+) -> fq::Result<Engine> {
+    match target {
+        SweepDisk::Store => open_on(disk.clone()),
+        SweepDisk::Log => open_with_log(store.clone(), Some(disk.clone()), false),
+    }
+}
+
+fn sweep_run(
+    seed: u64,
+    operations: usize,
+    mode: FailMode,
+    target: SweepDisk,
+) -> (SweepFigures, Vec<String>) {
     let mut figures = SweepFigures {
         runs: 1,
         ..SweepFigures::default()
     };
     let mut problems = Vec::new();
     let disk = FailingBackend::new(Vec::new(), mode);
+    let store = FailingBackend::healthy(Vec::new());
     let position = {
         let disk = disk.clone();
         Box::new(move || disk.ops())
     };
     let mut workload = Workload::new(seed, position);
     let runtime = runtime();
-    match open_on(disk.clone()) {
+    match open_sweep(target, &disk, &store) {
         Err(error) => {
             figures.failed_open += 1;
             if disk.failures() == 0 {
@@ -728,7 +873,7 @@ fn sweep_run(seed: u64, operations: usize, mode: FailMode) -> (SweepFigures, Vec
         figures.never_fired += 1;
     }
     disk.heal();
-    match open_on(disk.clone()) {
+    match open_sweep(target, &disk, &store) {
         Ok(engine) => {
             problems.extend(runtime.block_on(verify_store(&engine, &workload.model, None)))
         }
@@ -748,22 +893,36 @@ fn sweep_run(seed: u64, operations: usize, mode: FailMode) -> (SweepFigures, Vec
 
 #[test]
 fn error_sweep_fails_every_operation_of_a_100_operation_workload() {
+    error_sweep(SweepDisk::Store);
+}
+
+/// The same sweep over the write-ahead log's disk: every append, sync and header write of the
+/// log fails in turn (the store's disk healthy), and what a failure leaves must be what a
+/// failed store write leaves.
+#[test]
+fn error_sweep_fails_every_operation_of_the_write_ahead_log() {
+    error_sweep(SweepDisk::Log);
+}
+
+fn error_sweep(target: SweepDisk) {
     let seed = seed();
     let panics_before = panics::mark();
     let operations = if full() { 300 } else { 100 };
     println!(
-        "power_loss error sweep: seed {seed} (FQ_SEED={seed} replays), full={}",
+        "power_loss error sweep of the {target:?} disk: seed {seed} (FQ_SEED={seed} replays), \
+         full={}",
         full()
     );
 
     let dry = FailingBackend::new(Vec::new(), FailMode::Never);
+    let dry_store = FailingBackend::healthy(Vec::new());
     let position = {
         let dry = dry.clone();
         Box::new(move || dry.ops())
     };
     let mut workload = Workload::new(seed, position);
     {
-        let engine = open_on(dry.clone()).unwrap();
+        let engine = open_sweep(target, &dry, &dry_store).unwrap();
         runtime().block_on(async {
             for _ in 0..operations {
                 workload.step(&engine).await.unwrap();
@@ -803,7 +962,7 @@ fn error_sweep_fails_every_operation_of_a_100_operation_workload() {
                 for plan in plans.iter().skip(thread).step_by(n_threads) {
                     let plan = *plan;
                     let Some((run, found)) =
-                        with_patience(move || sweep_run(seed, operations, plan))
+                        with_patience(move || sweep_run(seed, operations, plan, target))
                     else {
                         problems.push(format!("{plan:?}: hung (no answer in {PATIENCE:?})"));
                         continue;
@@ -879,7 +1038,7 @@ fn error_sweep_fails_every_operation_of_a_100_operation_workload() {
 #[test]
 fn error_sweep_catches_a_disk_that_loses_what_it_said_it_synced() {
     let seed = seed();
-    let (figures, problems) = sweep_run(seed, 100, FailMode::SyncLies(20));
+    let (figures, problems) = sweep_run(seed, 100, FailMode::SyncLies(20), SweepDisk::Store);
     assert_eq!(
         figures.surfaced, 0,
         "a lying disk never refuses: {figures:?}"

@@ -63,6 +63,31 @@ struct Recording {
     current: Vec<u8>,
     /// Every write, length change and sync, in order.
     log: Vec<Op>,
+    /// With a shared clock: the time of each operation of `log`.
+    times: Vec<usize>,
+    clock: Option<SharedClock>,
+}
+
+impl Recording {
+    fn push(&mut self, op: Op) {
+        self.log.push(op);
+        if let Some(clock) = &self.clock {
+            self.times
+                .push(clock.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+        }
+    }
+}
+
+/// One count of operations shared by several recording backends (a store and its log), so a
+/// crash point means the same moment for each.
+#[derive(Clone, Debug, Default)]
+pub struct SharedClock(Arc<std::sync::atomic::AtomicUsize>);
+
+impl SharedClock {
+    /// How many operations the backends on this clock have made so far.
+    pub fn now(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// Records every operation; [`RecordingBackend::crash_state`] rebuilds what the disk held for
@@ -75,6 +100,19 @@ pub struct RecordingBackend {
 impl RecordingBackend {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A backend whose operations are counted on `clock`, with the others on it.
+    pub fn on_clock(clock: &SharedClock) -> Self {
+        let backend = Self::default();
+        lock(&backend.inner).clock = Some(clock.clone());
+        backend
+    }
+
+    /// How many of this backend's operations came before `time` on its shared clock: the
+    /// point in this backend's log of a crash at `time`.
+    pub fn ops_before(&self, time: usize) -> usize {
+        lock(&self.inner).times.partition_point(|at| *at < time)
     }
 
     /// How many operations the log holds: a point in time for [`Self::crash_state`].
@@ -100,19 +138,19 @@ impl StorageBackend for RecordingBackend {
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut inner = lock(&self.inner);
         inner.current.resize(len as usize, 0);
-        inner.log.push(Op::SetLen(len));
+        inner.push(Op::SetLen(len));
         Ok(())
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        lock(&self.inner).log.push(Op::Sync);
+        lock(&self.inner).push(Op::Sync);
         Ok(())
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         let mut inner = lock(&self.inner);
         write_into(&mut inner.current, offset, data);
-        inner.log.push(Op::Write {
+        inner.push(Op::Write {
             offset,
             data: data.to_vec(),
         });

@@ -1,0 +1,270 @@
+//! What one write transaction changed, as the redo log carries it: every insert and remove on
+//! fq's tables, in order, with the key and value bytes redb stores. Owns the table wrapper that
+//! records them (so no change can bypass the log: a wrapped table offers no other way to write)
+//! and the replay that applies recorded changes to a later transaction.
+//!
+//! A change list is a run of entries: table tag (1 byte), key length (u32 LE), key, value
+//! length (u32 LE, `u32::MAX` for a remove), value. Lists of consecutive transactions
+//! concatenate into one list that means the same as applying them in turn, and replaying a list
+//! over a state that already holds some prefix of it ends in the same state: every entry sets or
+//! clears one key whole.
+
+use std::borrow::Borrow;
+use std::cell::RefCell;
+
+use redb::{Key, StorageError, TableDefinition, Value};
+
+use super::schedules::SCHEDULES;
+use super::tables::{ATTEMPTS, COUNTS, FINISHED, LEASES, META, REPORTS, TASKS, UNIQUE, WAITING};
+
+/// Which table a change is to. The numbers are part of the log format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(super) enum TableTag {
+    Counts = 1,
+    Tasks = 2,
+    Waiting = 3,
+    Leases = 4,
+    Finished = 5,
+    Meta = 6,
+    Unique = 7,
+    Reports = 8,
+    Schedules = 9,
+    Attempts = 10,
+}
+
+impl TableTag {
+    fn from_byte(byte: u8) -> Option<Self> {
+        Some(match byte {
+            1 => Self::Counts,
+            2 => Self::Tasks,
+            3 => Self::Waiting,
+            4 => Self::Leases,
+            5 => Self::Finished,
+            6 => Self::Meta,
+            7 => Self::Unique,
+            8 => Self::Reports,
+            9 => Self::Schedules,
+            10 => Self::Attempts,
+            _ => return None,
+        })
+    }
+}
+
+/// Value length marking a remove.
+const REMOVED: u32 = u32::MAX;
+
+/// The changes of one transaction, in the order they were made.
+#[derive(Debug, Default)]
+pub(super) struct ChangeList(RefCell<Vec<u8>>);
+
+impl ChangeList {
+    fn record(&self, tag: TableTag, key: &[u8], value: Option<&[u8]>) {
+        let mut bytes = self.0.borrow_mut();
+        bytes.push(tag as u8);
+        push_chunk(&mut bytes, Some(key));
+        push_chunk(&mut bytes, value);
+    }
+
+    /// The recorded bytes, leaving the list empty.
+    pub(super) fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.0.borrow_mut())
+    }
+}
+
+fn push_chunk(bytes: &mut Vec<u8>, chunk: Option<&[u8]>) {
+    match chunk {
+        // A key or value of 4 GiB cannot reach here: redb refuses it first.
+        Some(chunk) => {
+            let length = u32::try_from(chunk.len()).unwrap_or(REMOVED - 1);
+            bytes.extend_from_slice(&length.to_le_bytes());
+            bytes.extend_from_slice(chunk);
+        }
+        None => bytes.extend_from_slice(&REMOVED.to_le_bytes()),
+    }
+}
+
+/// A table of a write transaction whose every change is recorded in a [`ChangeList`]. Reads go
+/// through `Deref`; the only writes are [`LoggedTable::insert`] and [`LoggedTable::remove`].
+pub(crate) struct LoggedTable<'txn, K: Key + 'static, V: Value + 'static> {
+    table: redb::Table<'txn, K, V>,
+    tag: TableTag,
+    changes: &'txn ChangeList,
+}
+
+impl<'txn, K: Key + 'static, V: Value + 'static> LoggedTable<'txn, K, V> {
+    pub(super) fn new(
+        table: redb::Table<'txn, K, V>,
+        tag: TableTag,
+        changes: &'txn ChangeList,
+    ) -> Self {
+        Self {
+            table,
+            tag,
+            changes,
+        }
+    }
+
+    /// Sets `key` to `value`; true when the key held a value before.
+    pub(crate) fn insert<'k, 'v>(
+        &mut self,
+        key: impl Borrow<K::SelfType<'k>>,
+        value: impl Borrow<V::SelfType<'v>>,
+    ) -> Result<bool, StorageError> {
+        let (key, value) = (key.borrow(), value.borrow());
+        let replaced = self.table.insert(key, value)?.is_some();
+        self.changes.record(
+            self.tag,
+            K::as_bytes(key).as_ref(),
+            Some(V::as_bytes(value).as_ref()),
+        );
+        Ok(replaced)
+    }
+
+    /// Clears `key`; true when it held a value.
+    pub(crate) fn remove<'k>(
+        &mut self,
+        key: impl Borrow<K::SelfType<'k>>,
+    ) -> Result<bool, StorageError> {
+        let key = key.borrow();
+        let removed = self.table.remove(key)?.is_some();
+        if removed {
+            self.changes
+                .record(self.tag, K::as_bytes(key).as_ref(), None);
+        }
+        Ok(removed)
+    }
+}
+
+impl<'txn, K: Key + 'static, V: Value + 'static> std::ops::Deref for LoggedTable<'txn, K, V> {
+    type Target = redb::Table<'txn, K, V>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.table
+    }
+}
+
+/// A change list that does not decode: the log record carrying it is damaged in a way its
+/// checksum did not catch, or was written by another build.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ReplayError {
+    #[error("a logged change at byte {offset} is malformed: {detail}")]
+    Malformed { offset: usize, detail: &'static str },
+    #[error(transparent)]
+    Storage(#[from] redb::Error),
+}
+
+/// One decoded change.
+struct Change<'a> {
+    tag: TableTag,
+    key: &'a [u8],
+    value: Option<&'a [u8]>,
+}
+
+/// Reads the changes of `bytes` in order; the first malformed one ends it with an error.
+fn decode(bytes: &[u8]) -> impl Iterator<Item = Result<Change<'_>, ReplayError>> {
+    let mut offset = 0usize;
+    std::iter::from_fn(move || {
+        if offset >= bytes.len() {
+            return None;
+        }
+        let start = offset;
+        let malformed = |detail| ReplayError::Malformed {
+            offset: start,
+            detail,
+        };
+        let decoded = (|| {
+            let tag = TableTag::from_byte(bytes[offset]).ok_or(malformed("unknown table"))?;
+            offset += 1;
+            let key = read_chunk(bytes, &mut offset)
+                .map_err(malformed)?
+                .ok_or(malformed("a change without a key"))?;
+            let value = read_chunk(bytes, &mut offset).map_err(malformed)?;
+            Ok(Change { tag, key, value })
+        })();
+        if decoded.is_err() {
+            offset = bytes.len();
+        }
+        Some(decoded)
+    })
+}
+
+fn read_chunk<'a>(bytes: &'a [u8], offset: &mut usize) -> Result<Option<&'a [u8]>, &'static str> {
+    let length = bytes
+        .get(*offset..*offset + 4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_le_bytes)
+        .ok_or("cut short in a length")?;
+    *offset += 4;
+    if length == REMOVED {
+        return Ok(None);
+    }
+    let end = offset
+        .checked_add(length as usize)
+        .filter(|end| *end <= bytes.len())
+        .ok_or("cut short in a key or value")?;
+    let chunk = &bytes[*offset..end];
+    *offset = end;
+    Ok(Some(chunk))
+}
+
+/// Applies the change list `bytes` in `txn`.
+pub(super) fn replay(txn: &redb::WriteTransaction, bytes: &[u8]) -> Result<(), ReplayError> {
+    for change in decode(bytes) {
+        let Change { tag, key, value } = change?;
+        // redb decodes a text key by panicking on bad UTF-8; a bad one is refused here first.
+        let text_key = matches!(tag, TableTag::Meta | TableTag::Schedules);
+        if text_key && std::str::from_utf8(key).is_err() {
+            return Err(ReplayError::Malformed {
+                offset: 0,
+                detail: "a text key that is not UTF-8",
+            });
+        }
+        match tag {
+            TableTag::Counts => apply(txn, COUNTS, key, value),
+            TableTag::Tasks => apply(txn, TASKS, key, value),
+            TableTag::Waiting => apply(txn, WAITING, key, value),
+            TableTag::Leases => apply(txn, LEASES, key, value),
+            TableTag::Finished => apply(txn, FINISHED, key, value),
+            TableTag::Meta => apply(txn, META, key, value),
+            TableTag::Unique => apply(txn, UNIQUE, key, value),
+            TableTag::Reports => apply(txn, REPORTS, key, value),
+            TableTag::Schedules => apply(txn, SCHEDULES, key, value),
+            TableTag::Attempts => apply(txn, ATTEMPTS, key, value),
+        }?;
+    }
+    Ok(())
+}
+
+fn apply<K: Key + 'static, V: Value + 'static>(
+    txn: &redb::WriteTransaction,
+    definition: TableDefinition<'_, K, V>,
+    key: &[u8],
+    value: Option<&[u8]>,
+) -> Result<(), ReplayError> {
+    let mut table = txn.open_table(definition).map_err(redb::Error::from)?;
+    if K::fixed_width().is_some_and(|width| width != key.len()) {
+        return Err(ReplayError::Malformed {
+            offset: 0,
+            detail: "a key of the wrong width for its table",
+        });
+    }
+    let key = K::from_bytes(key);
+    match value {
+        Some(value) => {
+            if V::fixed_width().is_some_and(|width| width != value.len()) {
+                return Err(ReplayError::Malformed {
+                    offset: 0,
+                    detail: "a value of the wrong width for its table",
+                });
+            }
+            table
+                .insert(key, V::from_bytes(value))
+                .map_err(redb::Error::from)?;
+        }
+        None => {
+            table.remove(key).map_err(redb::Error::from)?;
+        }
+    }
+    Ok(())
+}

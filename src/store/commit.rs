@@ -1,0 +1,142 @@
+//! Write transactions and how each is made durable: by redb's own commit (an fsync of the
+//! B-tree's pages), or, with the write-ahead log (`wal.rs`), by appending the transaction's
+//! changes to the log and syncing that before the B-tree commits without a sync.
+//!
+//! The log is written first: a transaction the log did not take is dropped, so nothing of it
+//! is visible or kept, exactly as when redb's own commit fails. A record the log took whose
+//! B-tree commit then fails is taken back before the error is returned.
+
+use std::sync::PoisonError;
+use std::sync::atomic::Ordering;
+
+use redb::Durability;
+
+use super::changes::{ChangeList, TableTag};
+use super::tables::{COUNTS, FINISHED, LEASES, META, TASKS, WAITING};
+use super::wal::META_WAL_APPLIED;
+use super::write_tables::logged_table;
+use super::{Store, StoreError, WriteTables};
+
+impl Store {
+    /// Runs `apply` in one write transaction and commits it durably (fsync) before returning.
+    /// An `Err` from `apply` aborts the transaction: nothing of it is written.
+    pub(crate) fn write<R>(
+        &self,
+        apply: impl FnOnce(&mut WriteTables<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.write_with(true, apply)
+    }
+
+    /// As [`Store::write`]; with `durable` false the commit is visible to every later read at
+    /// once but reaches the disk only with the next durable commit (no fsync of its own): for
+    /// changes that may be lost in a crash (the record of a run RabbitMQ already has the ack
+    /// for). The writer makes a durable commit soon after any such commit.
+    pub(crate) fn write_with<R>(
+        &self,
+        durable: bool,
+        apply: impl FnOnce(&mut WriteTables<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let err = self.storage("writing");
+        let mut wal = self.wal.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.wal_diverged.load(Ordering::SeqCst) {
+            return Err(StoreError::Io {
+                path: super::wal::wal_path(&self.path),
+                detail: "a logged commit failed and could not be taken back from the redo log; \
+                         reopen the engine"
+                    .into(),
+                source: std::io::Error::other("redo log diverged"),
+            });
+        }
+        let mut txn = self.begin_write()?;
+        // With the log, the B-tree's commit never syncs: the log's record is what lasts.
+        let durability = if durable && wal.is_none() {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        txn.set_durability(durability).map_err(|e| err(e.into()))?;
+        let record_number = wal
+            .as_ref()
+            .filter(|_| durable)
+            .map(|wal| wal.log.next_number());
+        let changes = ChangeList::default();
+        let result = {
+            let on = (&txn, &changes);
+            let path = self.path.as_path();
+            let mut tables = WriteTables {
+                path,
+                counts: logged_table(on, (COUNTS, TableTag::Counts), path, "writing")?,
+                count_deltas: std::collections::HashMap::new(),
+                tasks: logged_table(on, (TASKS, TableTag::Tasks), path, "writing")?,
+                waiting: logged_table(on, (WAITING, TableTag::Waiting), path, "writing")?,
+                leases: logged_table(on, (LEASES, TableTag::Leases), path, "writing")?,
+                finished: logged_table(on, (FINISHED, TableTag::Finished), path, "writing")?,
+                meta: logged_table(on, (META, TableTag::Meta), path, "writing")?,
+                txn: &txn,
+                changes: &changes,
+                unique: None,
+                reports: None,
+                schedules: None,
+                attempts: None,
+                attempt_history: self.options.attempt_history,
+            };
+            let result = apply(&mut tables)?;
+            tables.flush_counts()?;
+            if let Some(number) = record_number {
+                tables.set_meta(META_WAL_APPLIED, &number.to_le_bytes())?;
+            }
+            result
+        };
+        #[cfg(test)]
+        assert!(
+            !self
+                .panic_on_write
+                .swap(false, std::sync::atomic::Ordering::SeqCst),
+            "injected writer panic"
+        );
+        #[cfg(test)]
+        if self.fail_commits.load(std::sync::atomic::Ordering::SeqCst) {
+            drop(txn);
+            return Err(StoreError::Io {
+                path: self.path.clone(),
+                detail: "i/o error while committing".into(),
+                source: std::io::Error::other("injected commit failure"),
+            });
+        }
+        let commit_error = |e: redb::CommitError| self.storage("committing")(e.into());
+        let Some(wal) = wal.as_mut() else {
+            txn.commit().map_err(commit_error)?;
+            return Ok(result);
+        };
+        if !durable {
+            txn.commit().map_err(commit_error)?;
+            wal.unlogged.extend_from_slice(&changes.take());
+            return Ok(result);
+        }
+        let mut payload = std::mem::take(&mut wal.unlogged);
+        let unlogged_len = payload.len();
+        payload.extend_from_slice(&changes.take());
+        let appended = wal.log.append(&payload).and_then(|_| wal.log.sync());
+        if let Err(error) = appended {
+            payload.truncate(unlogged_len);
+            wal.unlogged = payload;
+            return Err(wal.error(error));
+        }
+        if let Err(error) = txn.commit() {
+            if let Err(retract) = wal.log.retract_last() {
+                tracing::error!(error = %retract, "a failed commit's record could not be taken back from the redo log");
+                self.wal_diverged.store(true, Ordering::SeqCst);
+            }
+            payload.truncate(unlogged_len);
+            wal.unlogged = payload;
+            return Err(commit_error(error));
+        }
+        if wal.checkpoint_due()
+            && let Err(error) = self.checkpoint(wal)
+        {
+            // The commit is durable in the log; the B-tree's trouble is the next write's.
+            tracing::warn!(%error, "checkpoint failed");
+        }
+        Ok(result)
+    }
+}

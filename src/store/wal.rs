@@ -1,0 +1,341 @@
+//! The store's write-ahead log (config `write_ahead_log`): a redo log file beside the store
+//! (`<store>-wal`) that makes a commit durable with one appended record and one fdatasync,
+//! while the B-tree commits without a sync of its own and is made durable by checkpoints.
+//! Owns attaching the log at open (reading back what a crash left and applying it), the
+//! checkpoint, and the state the commit path (`commit.rs`) keeps between commits.
+//!
+//! Every logged transaction also writes its own record number under [`META_WAL_APPLIED`], so
+//! the B-tree says which records it holds whatever state a crash or a close left it in: a
+//! checkpoint's, or a later one that redb made durable when its handle closed.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::PoisonError;
+use std::time::{Duration, Instant};
+
+use redb::Durability;
+
+use super::log::{LogError, LogFile, LogRecord, RedoLog};
+use super::tables::META;
+use super::{Store, StoreError, changes, create, handle};
+
+/// META key holding the number of the last log record the B-tree holds (u64 LE).
+pub(super) const META_WAL_APPLIED: &str = "wal_applied";
+/// META key holding the salt of the store's log (u64 LE): a log with another salt is some
+/// other store's, and is never applied to this one.
+const META_WAL_SALT: &str = "wal_salt";
+/// A checkpoint is taken once the log holds this many bytes, or this long after the last one,
+/// whichever comes first. The writer waits for a checkpoint (a synced redb commit of every page
+/// changed since the last), so its size bounds that wait: about 3 ms for 1 MiB of log and 10 ms
+/// for 4 MiB on this project's machine (README "Performance").
+pub(super) const CHECKPOINT_BYTES: u64 = 2 << 20;
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Where a log's bytes are: its file, or a test's simulated disk.
+pub(super) type LogStorage = Box<dyn LogFile + Send>;
+
+/// The open log and what the commit path keeps between commits.
+pub(super) struct Wal {
+    pub(super) log: RedoLog<LogStorage>,
+    pub(super) path: PathBuf,
+    /// Changes of commits made without durability since the last logged one: they go into the
+    /// next record, ahead of its own changes.
+    pub(super) unlogged: Vec<u8>,
+    last_checkpoint: Instant,
+    checkpoint_bytes: u64,
+}
+
+impl Wal {
+    fn new(log: RedoLog<LogStorage>, path: PathBuf, checkpoint_bytes: u64) -> Self {
+        Self {
+            checkpoint_bytes,
+            log,
+            path,
+            unlogged: Vec::new(),
+            last_checkpoint: Instant::now(),
+        }
+    }
+
+    pub(super) fn checkpoint_due(&self) -> bool {
+        self.log.end() >= self.checkpoint_bytes
+            || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL
+    }
+
+    /// The store error for a log error, naming the log file.
+    pub(super) fn error(&self, error: LogError) -> StoreError {
+        log_error(&self.path, error)
+    }
+}
+
+/// The log file of the store at `store`: its name with `-wal` appended.
+pub(crate) fn wal_path(store: &Path) -> PathBuf {
+    let mut name = store.file_name().unwrap_or_default().to_os_string();
+    name.push("-wal");
+    store.with_file_name(name)
+}
+
+pub(super) fn log_error(path: &Path, error: LogError) -> StoreError {
+    match error {
+        LogError::Io { source, .. }
+            if source.raw_os_error() == Some(28)
+                || source.kind() == std::io::ErrorKind::StorageFull =>
+        {
+            StoreError::Full {
+                path: path.to_path_buf(),
+                free_bytes: super::free_bytes_at(path),
+                needed_bytes: None,
+            }
+        }
+        LogError::Io { action, source } => StoreError::Io {
+            path: path.to_path_buf(),
+            detail: format!("redo log: {action} failed"),
+            source,
+        },
+        other => StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: other.to_string(),
+        },
+    }
+}
+
+impl Store {
+    /// Reads back the log beside the store, if there is one: applies the records a crash left
+    /// and checkpoints them. Then keeps the log open when `enabled`, creating it if need be, or
+    /// removes it when the store no longer uses one.
+    pub(super) fn attach_wal(&self, enabled: bool) -> Result<(), StoreError> {
+        let path = wal_path(&self.path);
+        let mut slot = self.wal.lock().unwrap_or_else(PoisonError::into_inner);
+        *slot = None;
+        let backend = self.options.log_backend.as_ref().map(|b| b.handle());
+        if self.custom_backend && backend.is_none() {
+            return Ok(());
+        }
+        let (applied, own_salt) = self.wal_marks()?;
+        let existing: Option<LogStorage> = match backend {
+            Some(backend) => {
+                // A simulated disk has no atomic rename: a log cut short of its header was
+                // being created when the power went, and holds nothing yet.
+                let used = backend.len().map_err(|source| StoreError::Io {
+                    path: path.clone(),
+                    detail: "cannot read the redo log's length".into(),
+                    source,
+                })? >= super::log::HEADER_BYTES;
+                used.then(|| Box::new(backend) as LogStorage)
+            }
+            None => match open_log_file(&path) {
+                Ok(file) => Some(Box::new(file)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(source) => {
+                    return Err(StoreError::Io {
+                        path,
+                        detail: "cannot open the redo log".into(),
+                        source,
+                    });
+                }
+            },
+        };
+        let log = match existing {
+            Some(file) => {
+                check_belongs(&path, &*file, own_salt)?;
+                let (mut log, live) =
+                    RedoLog::open(file, applied).map_err(|e| log_error(&path, e))?;
+                if !live.is_empty() {
+                    self.apply_records(&path, &live)?;
+                    tracing::info!(
+                        store = %self.path.display(),
+                        records = live.len(),
+                        "applied the redo log's records a crash left"
+                    );
+                }
+                log.rewind();
+                Some(log)
+            }
+            None => None,
+        };
+        if !enabled {
+            if log.is_some() && !self.custom_backend {
+                drop(log);
+                std::fs::remove_file(&path)
+                    .and_then(|()| create::sync_folder(&path))
+                    .map_err(|source| StoreError::Io {
+                        path,
+                        detail: "cannot remove the redo log the store no longer uses".into(),
+                        source,
+                    })?;
+            }
+            return Ok(());
+        }
+        let log = match log {
+            Some(log) => log,
+            None => {
+                // The store names its log's salt before the log exists: a crash between the
+                // two leaves a store whose log is missing (one is made), never a log that its
+                // store does not name (which is refused).
+                let salt = super::log::fresh_salt();
+                self.name_wal_salt(salt)?;
+                match &self.options.log_backend {
+                    Some(backend) => {
+                        let storage: LogStorage = Box::new(backend.handle());
+                        RedoLog::create(storage, salt, applied).map_err(|e| log_error(&path, e))?
+                    }
+                    None => create_log(&path, salt, applied)?,
+                }
+            }
+        };
+        *slot = Some(Wal::new(log, path, self.options.wal_checkpoint_bytes));
+        Ok(())
+    }
+
+    /// True when the log beside this (read-only) store holds records the store does not:
+    /// reading it as it is would show an older state than the last engine acknowledged.
+    pub(super) fn wal_has_unapplied_records(&self) -> Result<bool, StoreError> {
+        let path = wal_path(&self.path);
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path,
+                    detail: "cannot open the redo log".into(),
+                    source,
+                });
+            }
+        };
+        let (applied, own_salt) = self.wal_marks()?;
+        check_belongs(&path, &file, own_salt)?;
+        let (_, live) = RedoLog::open(file, applied).map_err(|e| log_error(&path, e))?;
+        Ok(!live.is_empty())
+    }
+
+    /// The number of the last log record the B-tree holds (0 when none), and the salt of the
+    /// log the store uses (`None` before its first).
+    fn wal_marks(&self) -> Result<(u64, Option<u64>), StoreError> {
+        let err = self.storage("reading the redo log's marks");
+        let txn = self.begin_read("reading the redo log's marks")?;
+        let meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+        let mut marks = [0u64; 2];
+        let mut found = [false; 2];
+        for (at, key) in [META_WAL_APPLIED, META_WAL_SALT].into_iter().enumerate() {
+            let Some(value) = meta.get(key).map_err(|e| err(e.into()))? else {
+                continue;
+            };
+            marks[at] = <[u8; 8]>::try_from(value.value())
+                .map(u64::from_le_bytes)
+                .map_err(|_| StoreError::Corrupt {
+                    path: self.path.clone(),
+                    detail: format!("the store's {key} entry is malformed"),
+                })?;
+            found[at] = true;
+        }
+        Ok((marks[0], found[1].then_some(marks[1])))
+    }
+
+    /// Records durably that the store's log has `salt`.
+    fn name_wal_salt(&self, salt: u64) -> Result<(), StoreError> {
+        let err = self.storage("naming the redo log");
+        let txn = self.begin_write()?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+            meta.insert(META_WAL_SALT, &salt.to_le_bytes()[..])
+                .map_err(|e| err(e.into()))?;
+        }
+        txn.commit().map_err(|e| err(e.into()))
+    }
+
+    /// Applies `records` in one durable commit.
+    fn apply_records(&self, log_path: &Path, records: &[LogRecord]) -> Result<(), StoreError> {
+        let err = self.storage("applying the redo log");
+        let txn = self.begin_write()?;
+        for record in records {
+            changes::replay(&txn, &record.payload).map_err(|e| match e {
+                changes::ReplayError::Storage(e) => err(e),
+                malformed @ changes::ReplayError::Malformed { .. } => StoreError::Corrupt {
+                    path: log_path.to_path_buf(),
+                    detail: format!("redo log record {}: {malformed}", record.number),
+                },
+            })?;
+        }
+        txn.commit().map_err(|e| err(e.into()))
+    }
+
+    /// Makes everything committed so far durable in the B-tree, so the log can start over.
+    pub(super) fn checkpoint(&self, wal: &mut Wal) -> Result<(), StoreError> {
+        let err = self.storage("checkpointing");
+        let mut txn = self.begin_write()?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| err(e.into()))?;
+        let started = Instant::now();
+        txn.commit().map_err(|e| err(e.into()))?;
+        tracing::debug!(took = ?started.elapsed(), log_bytes = wal.log.end(), "checkpoint");
+        wal.log.rewind();
+        wal.unlogged.clear();
+        wal.last_checkpoint = Instant::now();
+        Ok(())
+    }
+}
+
+/// Refuses a log that is not the store's own: one whose salt the store does not name (a store
+/// file replaced or restored while an older log stayed beside it).
+fn check_belongs(path: &Path, log: &dyn LogFile, own_salt: Option<u64>) -> Result<(), StoreError> {
+    let length = log.len().map_err(|source| StoreError::Io {
+        path: path.to_path_buf(),
+        detail: "cannot read the redo log's length".into(),
+        source,
+    })?;
+    let mut head = vec![0u8; length.min(super::log::HEADER_BYTES) as usize];
+    log.read_at(0, &mut head).map_err(|source| StoreError::Io {
+        path: path.to_path_buf(),
+        detail: "cannot read the redo log's header".into(),
+        source,
+    })?;
+    let salt = super::log::parse_header(&head).map_err(|e| log_error(path, e))?;
+    if Some(salt) == own_salt {
+        return Ok(());
+    }
+    Err(StoreError::Corrupt {
+        path: path.to_path_buf(),
+        detail: "this redo log is not the store's own (the store does not name it): the store \
+                 file was replaced or restored while an older log stayed beside it. fq never \
+                 applies one store's log to another; move the log away once you know its store \
+                 is gone"
+            .into(),
+    })
+}
+
+/// Opens an existing log for reading and writing.
+fn open_log_file(path: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+}
+
+/// Creates the log at `path` atomically (built under a temporary name, then renamed and the
+/// folder synced): a crash leaves no log or a complete empty one.
+fn create_log(path: &Path, salt: u64, applied: u64) -> Result<RedoLog<LogStorage>, StoreError> {
+    let io_error = |detail: &str, source: std::io::Error| StoreError::Io {
+        path: path.to_path_buf(),
+        detail: detail.to_owned(),
+        source,
+    };
+    let temp = create::temporary_name(path);
+    let built = handle::create_private(&temp)
+        .map_err(|e| io_error("cannot create the redo log", e))
+        .and_then(|file| {
+            let storage: LogStorage = Box::new(file);
+            RedoLog::create(storage, salt, applied).map_err(|e| log_error(path, e))
+        });
+    let log = built.and_then(|log| {
+        std::fs::rename(&temp, path)
+            .and_then(|()| create::sync_folder(path))
+            .map_err(|e| io_error("cannot move the new redo log into place", e))?;
+        Ok(log)
+    });
+    if log.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    log
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,276 @@
+use super::*;
+use crate::store::StoreOptions;
+use crate::store::codec::sample_task;
+use crate::task::{ReadyOrder, TaskId, TaskStatus};
+
+fn wal_options() -> StoreOptions {
+    StoreOptions {
+        write_ahead_log: true,
+        ..StoreOptions::default()
+    }
+}
+
+/// Queues one sample task in its own durable commit.
+fn queue_one(store: &Store) -> TaskId {
+    let id = TaskId::new();
+    let task = sample_task();
+    store
+        .write(|t| {
+            t.put_task(id, &task, None)?;
+            t.insert_waiting(
+                &task.queue,
+                ReadyOrder::new(task.priority, task.due_at, task.seq),
+                id,
+            )
+        })
+        .unwrap();
+    id
+}
+
+/// What a crash at this moment leaves: the store's and the log's files as the operating
+/// system holds them (redb keeps the pages of commits made without a sync in its own memory,
+/// so they are not in the copy), copied while the store is still open.
+fn crash_image(path: &Path, into: &Path) -> PathBuf {
+    std::fs::create_dir_all(into).unwrap();
+    let copy = into.join("fq.redb");
+    std::fs::copy(path, &copy).unwrap();
+    if wal_path(path).exists() {
+        std::fs::copy(wal_path(path), wal_path(&copy)).unwrap();
+    }
+    copy
+}
+
+fn assert_sound(store: &Store) {
+    let report = store.check_integrity().unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+#[test]
+fn acknowledged_commits_survive_a_crash_through_the_log_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fq.redb");
+    let store = Store::open(&path, &wal_options()).unwrap();
+    assert!(wal_path(&path).exists(), "the log was not created");
+    let ids: Vec<TaskId> = (0..20).map(|_| queue_one(&store)).collect();
+
+    let copy = crash_image(&path, &dir.path().join("crash"));
+    // Control: without the log, the B-tree alone has not got them (it was never synced since
+    // the store was created), so what the open below finds came from the log.
+    let bare = dir.path().join("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    std::fs::copy(&copy, bare.join("fq.redb")).unwrap();
+    let without_log = Store::open(&bare.join("fq.redb"), &StoreOptions::default()).unwrap();
+    assert_eq!(without_log.read_task(ids[0]).unwrap(), None);
+
+    let reopened = Store::open(&copy, &wal_options()).unwrap();
+    for id in &ids {
+        assert!(reopened.read_task(*id).unwrap().is_some(), "task {id} lost");
+    }
+    let counts = reopened.counts().unwrap();
+    assert_eq!(counts, store.counts().unwrap());
+    assert_eq!(counts.values().sum::<u64>(), 20);
+    assert_sound(&reopened);
+}
+
+#[test]
+fn commits_after_a_checkpoint_survive_and_the_log_starts_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fq.redb");
+    let store = Store::open(&path, &wal_options()).unwrap();
+    let before: Vec<TaskId> = (0..5).map(|_| queue_one(&store)).collect();
+    {
+        let mut slot = store.wal.lock().unwrap();
+        let wal = slot.as_mut().unwrap();
+        let end_before = wal.log.end();
+        store.checkpoint(wal).unwrap();
+        assert!(wal.log.end() < end_before, "the log was not rewound");
+    }
+    let after: Vec<TaskId> = (0..5).map(|_| queue_one(&store)).collect();
+    let copy = crash_image(&path, &dir.path().join("crash"));
+    let reopened = Store::open(&copy, &wal_options()).unwrap();
+    for id in before.iter().chain(&after) {
+        assert!(reopened.read_task(*id).unwrap().is_some(), "task {id} lost");
+    }
+    assert_sound(&reopened);
+}
+
+#[test]
+fn a_commit_without_durability_reaches_the_log_with_the_next_durable_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fq.redb");
+    let store = Store::open(&path, &wal_options()).unwrap();
+    let durable = queue_one(&store);
+    let lazy = TaskId::new();
+    store
+        .write_with(false, |t| t.put_task(lazy, &sample_task(), None))
+        .unwrap();
+    // A crash now may lose the lazy commit, but leaves a sound store.
+    let early = crash_image(&path, &dir.path().join("early"));
+    let reopened = Store::open(&early, &wal_options()).unwrap();
+    assert!(reopened.read_task(durable).unwrap().is_some());
+    assert_eq!(reopened.read_task(lazy).unwrap(), None);
+    assert_sound(&reopened);
+    drop(reopened);
+
+    let next = queue_one(&store);
+    let late = crash_image(&path, &dir.path().join("late"));
+    let reopened = Store::open(&late, &wal_options()).unwrap();
+    for id in [durable, lazy, next] {
+        assert!(reopened.read_task(id).unwrap().is_some(), "task {id} lost");
+    }
+    assert_sound(&reopened);
+}
+
+#[test]
+fn a_clean_close_leaves_nothing_to_apply_and_the_log_can_be_switched_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fq.redb");
+    let store = Store::open(&path, &wal_options()).unwrap();
+    let id = queue_one(&store);
+    let copy = crash_image(&path, &dir.path().join("crash"));
+    drop(store);
+
+    let store = Store::open_read_only(&path, &wal_options()).unwrap();
+    assert!(!store.wal_has_unapplied_records().unwrap());
+    drop(store);
+
+    // A crash image opened by a build configured without the log: its records are applied
+    // all the same, then the log is removed.
+    let reopened = Store::open(&copy, &StoreOptions::default()).unwrap();
+    assert!(reopened.read_task(id).unwrap().is_some());
+    assert!(!wal_path(&copy).exists(), "the unused log was kept");
+    assert_sound(&reopened);
+}
+
+#[test]
+fn a_read_only_open_of_a_crashed_store_sees_what_the_log_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fq.redb");
+    let store = Store::open(&path, &wal_options()).unwrap();
+    let id = queue_one(&store);
+    let copy = crash_image(&path, &dir.path().join("crash"));
+    let looked = Store::open_read_only(&copy, &wal_options()).unwrap();
+    assert!(looked.read_task(id).unwrap().is_some());
+}
+
+#[test]
+fn damage_before_the_last_record_is_refused_naming_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fq.redb");
+    let store = Store::open(&path, &wal_options()).unwrap();
+    for _ in 0..3 {
+        queue_one(&store);
+    }
+    let copy = crash_image(&path, &dir.path().join("crash"));
+    let log = wal_path(&copy);
+    let mut bytes = std::fs::read(&log).unwrap();
+    // The first record's payload: damage there, with two intact records after it.
+    let at = crate::store::log::HEADER_BYTES as usize + 20;
+    bytes[at] ^= 0xff;
+    std::fs::write(&log, &bytes).unwrap();
+    let err = Store::open(&copy, &wal_options()).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("fq.redb-wal"), "{err}");
+    // Control: the undamaged log opens.
+    bytes[at] ^= 0xff;
+    std::fs::write(&log, &bytes).unwrap();
+    assert!(Store::open(&copy, &wal_options()).is_ok());
+}
+
+#[test]
+fn a_torn_last_record_was_never_acknowledged_and_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fq.redb");
+    let store = Store::open(&path, &wal_options()).unwrap();
+    let first = queue_one(&store);
+    let end_first = store.wal.lock().unwrap().as_ref().unwrap().log.end();
+    let second = queue_one(&store);
+    let copy = crash_image(&path, &dir.path().join("crash"));
+    let log = wal_path(&copy);
+    let bytes = std::fs::read(&log).unwrap();
+    std::fs::write(&log, &bytes[..end_first as usize + 30]).unwrap();
+    let reopened = Store::open(&copy, &wal_options()).unwrap();
+    assert!(reopened.read_task(first).unwrap().is_some());
+    assert_eq!(reopened.read_task(second).unwrap(), None);
+    assert_sound(&reopened);
+}
+
+#[test]
+fn a_failed_commit_leaves_no_record_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fq.redb");
+    let store = Store::open(&path, &wal_options()).unwrap();
+    queue_one(&store);
+    let end = store.wal.lock().unwrap().as_ref().unwrap().log.end();
+    store
+        .fail_commits
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let id = TaskId::new();
+    assert!(
+        store
+            .write(|t| t.put_task(id, &sample_task(), None))
+            .is_err()
+    );
+    assert_eq!(store.wal.lock().unwrap().as_ref().unwrap().log.end(), end);
+    let copy = crash_image(&path, &dir.path().join("crash"));
+    let reopened = Store::open(&copy, &wal_options()).unwrap();
+    assert_eq!(reopened.read_task(id).unwrap(), None);
+}
+
+#[test]
+fn every_table_write_is_replayed() {
+    // Unique keys, pauses, schedules, attempts, leases and the finished index all change
+    // through logged tables: a crash image shows the same rows as the live store.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fq.redb");
+    let store = Store::open(&path, &wal_options()).unwrap();
+    let id = TaskId::new();
+    let mut task = sample_task();
+    store
+        .write(|t| {
+            t.put_task(id, &task, None)?;
+            t.insert_lease(id, 1)?;
+            t.set_paused("emails", true)?;
+            Ok(())
+        })
+        .unwrap();
+    task.status = TaskStatus::Completed;
+    store
+        .write(|t| {
+            t.remove_lease(id)?;
+            t.put_task(id, &task, Some(TaskStatus::Pending))?;
+            t.insert_finished(TaskStatus::Completed, 7, id)
+        })
+        .unwrap();
+    let copy = crash_image(&path, &dir.path().join("crash"));
+    let reopened = Store::open(&copy, &wal_options()).unwrap();
+    assert_eq!(
+        reopened.read_task(id).unwrap(),
+        store.read_task(id).unwrap()
+    );
+    assert_eq!(reopened.paused_queues().unwrap(), vec!["emails".to_owned()]);
+    assert!(reopened.running().unwrap().is_empty());
+    assert_eq!(reopened.counts().unwrap(), store.counts().unwrap());
+}
+
+#[test]
+fn a_log_left_beside_a_replaced_store_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fq.redb");
+    let store = Store::open(&path, &wal_options()).unwrap();
+    queue_one(&store);
+    let copy = crash_image(&path, &dir.path().join("crash"));
+    // Another store at another path, given the first one's log.
+    let other_dir = dir.path().join("other");
+    let other = Store::open(&other_dir.join("fq.redb"), &StoreOptions::default()).unwrap();
+    drop(other);
+    std::fs::copy(wal_path(&copy), wal_path(&other_dir.join("fq.redb"))).unwrap();
+    for options in [wal_options(), StoreOptions::default()] {
+        let err = Store::open(&other_dir.join("fq.redb"), &options).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("not the store's own"), "{err}");
+        assert!(err.to_string().contains("fq.redb-wal"), "{err}");
+    }
+    // Control: the same log beside its own store opens.
+    assert!(Store::open(&copy, &wal_options()).is_ok());
+}

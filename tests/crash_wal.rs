@@ -1,0 +1,9 @@
+//! The kill -9 durability loop (`crash_loop/mod.rs`) with the engine with the write-ahead log (`write_ahead_log = true`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "crash_loop/mod.rs"]
+mod crash_loop;
+
+fn main() -> std::process::ExitCode {
+    crash_loop::main()
+}
