@@ -113,10 +113,10 @@ section! {
         pub database: PathBuf = PathBuf::from("var/fq.redb"),
         /// Make each commit durable by appending it to a redo log beside the store
         /// (`<database>-wal`) and syncing that, instead of syncing the store's B-tree pages;
-        /// the store is then synced by checkpoints. Same promise: an acknowledged change
-        /// survives a crash or power loss. Off by default until the power-loss suite covers
-        /// it (README "Performance").
-        pub write_ahead_log: bool = false,
+        /// the store is then synced by checkpoints. Same promise either way: an acknowledged
+        /// change survives a crash or power loss. On by default; `false` syncs the B-tree at
+        /// every commit (slower; README "Performance").
+        pub write_ahead_log: bool = true,
         /// Defaults for tasks that do not set their own queue, priority, retries or timeout.
         pub defaults: TaskDefaults = TaskDefaults::default(),
         /// How `fq worker start` runs: queues, concurrency, idle recheck, shutdown grace.

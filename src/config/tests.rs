@@ -21,7 +21,7 @@ const FULL_TOML: &str = r#"
 # ${NOT_SET} in a comment must not matter
 broker = "rabbitmq"
 database = "/srv/fq/${STORE_NAME}.redb"
-write_ahead_log = true
+write_ahead_log = false
 
 [defaults]
 queue = "emails"
@@ -83,7 +83,7 @@ services:
 task:
   broker: rabbitmq
   database: /srv/fq/${STORE_NAME}.redb
-  write_ahead_log: true
+  write_ahead_log: false
   defaults:
     queue: emails
     priority: 5
@@ -140,7 +140,7 @@ fn full_config() -> Config {
     Config {
         broker: BrokerKind::Rabbitmq,
         database: PathBuf::from("/srv/fq/tasks.redb"),
-        write_ahead_log: true,
+        write_ahead_log: false,
         defaults: TaskDefaults {
             queue: "emails".into(),
             priority: 5,

@@ -24,7 +24,6 @@ mod write_tables;
 
 pub(crate) use reports::PendingReport;
 pub(crate) use schedules::{ScheduledTask, StoredSchedule};
-pub(crate) use wal::wal_path;
 pub(crate) use write_tables::WriteTables;
 
 use std::io::ErrorKind;
@@ -80,7 +79,7 @@ impl Default for StoreOptions {
             verify_on_open: true,
             backend: None,
             attempt_history: crate::task::DEFAULT_ATTEMPT_HISTORY,
-            write_ahead_log: false,
+            write_ahead_log: true,
             log_backend: None,
             wal_checkpoint_bytes: wal::CHECKPOINT_BYTES,
         }
@@ -116,6 +115,7 @@ pub(crate) struct Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
+        self.close_wal();
         // The file closes first, then leaves the registry: an open that races this one sees
         // either "open in this process" or a free file, never "another process".
         let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);

@@ -186,6 +186,33 @@ impl Store {
         Ok(())
     }
 
+    /// At a clean close: a last checkpoint, after which the log holds nothing the B-tree lacks,
+    /// so its file is removed and a stopped store is one file (copied, moved or restored
+    /// alone). A failed checkpoint keeps the log for the next open to apply.
+    pub(super) fn close_wal(&self) {
+        let mut slot = self.wal.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(mut wal) = slot.take() else {
+            return;
+        };
+        if self.wal_diverged.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        if let Err(error) = self.checkpoint(&mut wal) {
+            tracing::warn!(%error, "the last checkpoint failed; the next open applies the redo log");
+            return;
+        }
+        if self.custom_backend {
+            return;
+        }
+        let path = wal.path.clone();
+        drop(wal);
+        // A crash between the removal and the folder's sync leaves the log, which then holds
+        // nothing past the checkpoint: harmless either way.
+        if let Err(error) = std::fs::remove_file(&path).and_then(|()| create::sync_folder(&path)) {
+            tracing::warn!(%error, log = %path.display(), "cannot remove the redo log after a clean close");
+        }
+    }
+
     /// True when the log beside this (read-only) store holds records the store does not:
     /// reading it as it is would show an older state than the last engine acknowledged.
     pub(super) fn wal_has_unapplied_records(&self) -> Result<bool, StoreError> {

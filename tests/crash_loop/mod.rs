@@ -14,9 +14,10 @@
 //! no attempt executed twice, and duplicate executions ≤ the attempts running at the kills.
 //! Reopen times are reported as p50/p99.
 //!
-//! Built into two test binaries: `crash` (tests/crash.rs) runs the engine as configured by
-//! default, `crash_wal` (tests/crash_wal.rs) with `write_ahead_log = true`, so the redo log's
-//! recovery meets the same kills and the same checks.
+//! Built into two test binaries: `crash_wal` (tests/crash_wal.rs) runs the engine as
+//! configured by default, with its write-ahead log, and `crash` (tests/crash.rs) with
+//! `write_ahead_log = false` (every commit synced in the B-tree), so both ways of making a
+//! commit durable meet the same kills and the same checks.
 //!
 //! `cargo test --test crash` runs the smoke size; `FQ_FULL=1` the full size (50,000
 //! tasks, 200 kills); `FQ_SEED=<n>` replays the kill plan; `FQ_CRASH_TASKS`/`FQ_CRASH_KILLS`
@@ -44,7 +45,8 @@ const NAME: &str = if WAL {
 } else {
     "kill_9_durability"
 };
-/// True in the `crash_wal` binary: every engine of the run keeps a write-ahead log.
+/// True in the `crash_wal` binary: every engine of the run keeps a write-ahead log; false in
+/// `crash`: none does.
 const WAL: bool = matches!(env!("CARGO_CRATE_NAME").as_bytes(), b"crash_wal");
 /// Set in the child: the folder of the run.
 const CHILD_DIR: &str = "FQ_CRASH_DIR";

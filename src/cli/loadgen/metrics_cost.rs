@@ -98,7 +98,6 @@ pub(crate) async fn metrics_cost(
             let drain = drain(&engine, params, progress).await?;
             drop(engine);
             let _ = std::fs::remove_file(&path);
-            let _ = std::fs::remove_file(crate::store::wal_path(&path));
             if enabled {
                 cost.enqueue_on.push(enqueue);
                 cost.drain_on.push(drain);

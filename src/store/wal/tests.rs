@@ -10,6 +10,13 @@ fn wal_options() -> StoreOptions {
     }
 }
 
+fn no_wal_options() -> StoreOptions {
+    StoreOptions {
+        write_ahead_log: false,
+        ..StoreOptions::default()
+    }
+}
+
 /// Queues one sample task in its own durable commit.
 fn queue_one(store: &Store) -> TaskId {
     let id = TaskId::new();
@@ -59,7 +66,7 @@ fn acknowledged_commits_survive_a_crash_through_the_log_alone() {
     let bare = dir.path().join("bare");
     std::fs::create_dir_all(&bare).unwrap();
     std::fs::copy(&copy, bare.join("fq.redb")).unwrap();
-    let without_log = Store::open(&bare.join("fq.redb"), &StoreOptions::default()).unwrap();
+    let without_log = Store::open(&bare.join("fq.redb"), &no_wal_options()).unwrap();
     assert_eq!(without_log.read_task(ids[0]).unwrap(), None);
 
     let reopened = Store::open(&copy, &wal_options()).unwrap();
@@ -129,6 +136,7 @@ fn a_clean_close_leaves_nothing_to_apply_and_the_log_can_be_switched_off() {
     let id = queue_one(&store);
     let copy = crash_image(&path, &dir.path().join("crash"));
     drop(store);
+    assert!(!wal_path(&path).exists(), "a clean close left the log");
 
     let store = Store::open_read_only(&path, &wal_options()).unwrap();
     assert!(!store.wal_has_unapplied_records().unwrap());
@@ -136,7 +144,7 @@ fn a_clean_close_leaves_nothing_to_apply_and_the_log_can_be_switched_off() {
 
     // A crash image opened by a build configured without the log: its records are applied
     // all the same, then the log is removed.
-    let reopened = Store::open(&copy, &StoreOptions::default()).unwrap();
+    let reopened = Store::open(&copy, &no_wal_options()).unwrap();
     assert!(reopened.read_task(id).unwrap().is_some());
     assert!(!wal_path(&copy).exists(), "the unused log was kept");
     assert_sound(&reopened);
@@ -262,10 +270,10 @@ fn a_log_left_beside_a_replaced_store_is_refused() {
     let copy = crash_image(&path, &dir.path().join("crash"));
     // Another store at another path, given the first one's log.
     let other_dir = dir.path().join("other");
-    let other = Store::open(&other_dir.join("fq.redb"), &StoreOptions::default()).unwrap();
+    let other = Store::open(&other_dir.join("fq.redb"), &no_wal_options()).unwrap();
     drop(other);
     std::fs::copy(wal_path(&copy), wal_path(&other_dir.join("fq.redb"))).unwrap();
-    for options in [wal_options(), StoreOptions::default()] {
+    for options in [wal_options(), no_wal_options()] {
         let err = Store::open(&other_dir.join("fq.redb"), &options).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains("not the store's own"), "{err}");
