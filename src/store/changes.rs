@@ -66,6 +66,11 @@ impl ChangeList {
         push_chunk(&mut bytes, value);
     }
 
+    /// How many bytes the recorded changes take.
+    pub(super) fn len(&self) -> usize {
+        self.0.borrow().len()
+    }
+
     /// The recorded bytes, leaving the list empty.
     pub(super) fn take(&self) -> Vec<u8> {
         std::mem::take(&mut *self.0.borrow_mut())
@@ -268,3 +273,6 @@ fn apply<K: Key + 'static, V: Value + 'static>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -55,12 +55,17 @@ impl Store {
             Durability::None
         };
         txn.set_durability(durability).map_err(|e| err(e.into()))?;
-        let record_number = wal
-            .as_ref()
-            .filter(|_| durable)
-            .map(|wal| wal.log.next_number());
+        // A large transaction skips the log: its pages would be written twice (the log, then
+        // the checkpoint), so the B-tree commit syncs itself and counts as a checkpoint.
+        let (record_number, direct_from) = match wal.as_ref().filter(|_| durable) {
+            Some(wal) => (
+                Some(wal.log.next_number()),
+                wal.direct_commit_bytes().saturating_sub(wal.unlogged.len()),
+            ),
+            None => (None, usize::MAX),
+        };
         let changes = ChangeList::default();
-        let result = {
+        let (result, direct) = {
             let on = (&txn, &changes);
             let path = self.path.as_path();
             let mut tables = WriteTables {
@@ -82,10 +87,13 @@ impl Store {
             };
             let result = apply(&mut tables)?;
             tables.flush_counts()?;
-            if let Some(number) = record_number {
+            // Decided once, before the mark: the mark's own bytes must not tip a transaction
+            // that carries it over the line, or it would skip the log with its number taken.
+            let direct = changes.len() >= direct_from;
+            if let Some(number) = record_number.filter(|_| !direct) {
                 tables.set_meta(META_WAL_APPLIED, &number.to_le_bytes())?;
             }
-            result
+            (result, direct)
         };
         #[cfg(test)]
         assert!(
@@ -113,23 +121,42 @@ impl Store {
             wal.unlogged.extend_from_slice(&changes.take());
             return Ok(result);
         }
+        if direct {
+            txn.set_durability(Durability::Immediate)
+                .map_err(|e| err(e.into()))?;
+            txn.commit().map_err(commit_error)?;
+            wal.checkpointed();
+            return Ok(result);
+        }
         let mut payload = std::mem::take(&mut wal.unlogged);
         let unlogged_len = payload.len();
         payload.extend_from_slice(&changes.take());
-        let appended = wal.log.append(&payload).and_then(|_| wal.log.sync());
-        if let Err(error) = appended {
-            payload.truncate(unlogged_len);
-            wal.unlogged = payload;
-            return Err(wal.error(error));
-        }
-        if let Err(error) = txn.commit() {
+        // A record whose sync or commit failed must not come back at the next open (healing
+        // reopens the store, and the engine's memory never saw it): it is taken back, or, if
+        // even that fails, the store takes no more writes until the engine is reopened.
+        let take_back = |wal: &mut super::wal::Wal| {
             if let Err(retract) = wal.log.retract_last() {
                 tracing::error!(error = %retract, "a failed commit's record could not be taken back from the redo log");
                 self.wal_diverged.store(true, Ordering::SeqCst);
             }
+        };
+        let failed = match wal.log.append(&payload) {
+            Err(error) => Some(wal.error(error)),
+            Ok(_) => match wal.log.sync() {
+                Err(error) => {
+                    take_back(wal);
+                    Some(wal.error(error))
+                }
+                Ok(()) => txn.commit().err().map(|error| {
+                    take_back(wal);
+                    commit_error(error)
+                }),
+            },
+        };
+        if let Some(error) = failed {
             payload.truncate(unlogged_len);
             wal.unlogged = payload;
-            return Err(commit_error(error));
+            return Err(error);
         }
         if wal.checkpoint_due()
             && let Err(error) = self.checkpoint(wal)

@@ -56,6 +56,19 @@ impl Wal {
         }
     }
 
+    /// A durable transaction whose changes (with the unlogged ones before it) take this many
+    /// bytes commits straight to the B-tree with a sync of its own (`commit.rs`).
+    pub(super) fn direct_commit_bytes(&self) -> usize {
+        usize::try_from(self.checkpoint_bytes / 8).unwrap_or(usize::MAX)
+    }
+
+    /// After a synced B-tree commit: the log holds nothing the B-tree lacks.
+    pub(super) fn checkpointed(&mut self) {
+        self.log.rewind();
+        self.unlogged.clear();
+        self.last_checkpoint = Instant::now();
+    }
+
     pub(super) fn checkpoint_due(&self) -> bool {
         self.log.end() >= self.checkpoint_bytes
             || self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL
@@ -294,9 +307,7 @@ impl Store {
         let started = Instant::now();
         txn.commit().map_err(|e| err(e.into()))?;
         tracing::debug!(took = ?started.elapsed(), log_bytes = wal.log.end(), "checkpoint");
-        wal.log.rewind();
-        wal.unlogged.clear();
-        wal.last_checkpoint = Instant::now();
+        wal.checkpointed();
         Ok(())
     }
 }

@@ -282,3 +282,211 @@ fn a_log_left_beside_a_replaced_store_is_refused() {
     // Control: the same log beside its own store opens.
     assert!(Store::open(&copy, &wal_options()).is_ok());
 }
+
+#[test]
+fn a_large_transaction_syncs_the_b_tree_itself_and_later_ones_are_logged_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fq.redb");
+    let options = StoreOptions {
+        wal_checkpoint_bytes: 16 * 1024,
+        ..wal_options()
+    };
+    let store = Store::open(&path, &options).unwrap();
+    let first = queue_one(&store);
+    let before = store.wal.lock().unwrap().as_ref().unwrap().log.end();
+    assert!(
+        before > crate::store::log::HEADER_BYTES,
+        "a small commit was not logged"
+    );
+    let many: Vec<TaskId> = (0..40).map(|_| TaskId::new()).collect();
+    store
+        .write(|t| {
+            for id in &many {
+                t.put_task(*id, &sample_task(), None)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let after = store.wal.lock().unwrap().as_ref().unwrap().log.end();
+    assert_eq!(
+        after,
+        crate::store::log::HEADER_BYTES,
+        "the large commit went through the log"
+    );
+    // The B-tree alone holds the large commit and what came before it.
+    let bare = dir.path().join("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    std::fs::copy(&path, bare.join("fq.redb")).unwrap();
+    let without_log = Store::open(&bare.join("fq.redb"), &no_wal_options()).unwrap();
+    for id in many.iter().chain([&first]) {
+        assert!(
+            without_log.read_task(*id).unwrap().is_some(),
+            "task {id} not synced"
+        );
+    }
+    drop(without_log);
+    let last = queue_one(&store);
+    let copy = crash_image(&path, &dir.path().join("crash"));
+    let reopened = Store::open(&copy, &options).unwrap();
+    for id in many.iter().chain([&first, &last]) {
+        assert!(reopened.read_task(*id).unwrap().is_some(), "task {id} lost");
+    }
+    assert_sound(&reopened);
+}
+
+#[test]
+fn a_transaction_at_the_direct_threshold_never_takes_a_number_it_does_not_log() {
+    // Regression (found by the full power-loss run, 2026-12-05): the applied mark's own bytes
+    // tipped a transaction just under the threshold over it, so it skipped the log with its
+    // record number written in the B-tree, and the next logged commit, given the same number,
+    // was skipped at replay. Every threshold around one enqueue's size is tried.
+    let probe_dir = tempfile::tempdir().unwrap();
+    let probe = Store::open(&probe_dir.path().join("fq.redb"), &wal_options()).unwrap();
+    let start = probe.wal.lock().unwrap().as_ref().unwrap().log.end();
+    queue_one(&probe);
+    let one = probe.wal.lock().unwrap().as_ref().unwrap().log.end() - start;
+    for threshold in one.saturating_sub(64)..one + 16 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fq.redb");
+        let options = StoreOptions {
+            wal_checkpoint_bytes: threshold * 8,
+            ..wal_options()
+        };
+        let store = Store::open(&path, &options).unwrap();
+        let first = queue_one(&store);
+        // A small commit after it, logged whatever the threshold.
+        store.write(|t| t.set_paused("emails", true)).unwrap();
+        let copy = crash_image(&path, &dir.path().join("crash"));
+        let reopened = Store::open(&copy, &options).unwrap();
+        assert!(
+            reopened.read_task(first).unwrap().is_some(),
+            "threshold {threshold}: task {first} lost"
+        );
+        assert_eq!(
+            reopened.paused_queues().unwrap(),
+            vec!["emails".to_owned()],
+            "threshold {threshold}: the pause after it was lost"
+        );
+    }
+}
+
+/// A log disk in memory whose next `failing_syncs` syncs fail (what was written stays, as in
+/// a page cache).
+#[derive(Debug, Default)]
+struct FlakyDisk {
+    bytes: std::sync::Mutex<Vec<u8>>,
+    failing_syncs: std::sync::atomic::AtomicU32,
+}
+
+#[derive(Debug, Clone, Default)]
+struct SharedFlakyDisk(std::sync::Arc<FlakyDisk>);
+
+impl redb::StorageBackend for SharedFlakyDisk {
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.0.bytes.lock().unwrap().len() as u64)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        let bytes = self.0.bytes.lock().unwrap();
+        let start = offset as usize;
+        let end = start + out.len();
+        if end > bytes.len() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "past the end",
+            ));
+        }
+        out.copy_from_slice(&bytes[start..end]);
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.bytes.lock().unwrap().resize(len as usize, 0);
+        Ok(())
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        let failing = &self.0.failing_syncs;
+        let fails = failing
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok();
+        if fails {
+            return Err(std::io::Error::other("injected sync failure"));
+        }
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        let mut bytes = self.0.bytes.lock().unwrap();
+        let end = offset as usize + data.len();
+        if bytes.len() < end {
+            bytes.resize(end, 0);
+        }
+        bytes[offset as usize..end].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+fn flaky_store() -> (SharedFlakyDisk, Store) {
+    let log = SharedFlakyDisk::default();
+    let options = StoreOptions {
+        backend: Some(crate::store::CustomBackend::in_memory()),
+        log_backend: Some(log.clone().into()),
+        ..wal_options()
+    };
+    let store = Store::open(Path::new("/flaky/fq.redb"), &options).unwrap();
+    (log, store)
+}
+
+#[test]
+fn a_record_whose_sync_failed_is_taken_back_and_never_applied() {
+    let (log, store) = flaky_store();
+    let kept = queue_one(&store);
+    let end = store.wal.lock().unwrap().as_ref().unwrap().log.end();
+    // The append's sync fails; the one that takes the record back works.
+    log.0
+        .failing_syncs
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    let failed = TaskId::new();
+    let err = store
+        .write(|t| t.put_task(failed, &sample_task(), None))
+        .unwrap_err();
+    assert!(err.to_string().contains("fq.redb-wal"), "{err}");
+    assert_eq!(store.wal.lock().unwrap().as_ref().unwrap().log.end(), end);
+    // The reopen that healing makes reads the log again: the failed record is not in it.
+    store.reopen().unwrap();
+    assert!(store.read_task(kept).unwrap().is_some());
+    assert_eq!(
+        store.read_task(failed).unwrap(),
+        None,
+        "a failed commit came back"
+    );
+    // And the log goes on: the next commit is logged and kept.
+    let after = queue_one(&store);
+    assert!(store.read_task(after).unwrap().is_some());
+}
+
+#[test]
+fn a_record_that_cannot_be_taken_back_stops_writes_until_the_engine_reopens() {
+    let (log, store) = flaky_store();
+    queue_one(&store);
+    // Both the append's sync and the take-back's fail.
+    log.0
+        .failing_syncs
+        .store(2, std::sync::atomic::Ordering::SeqCst);
+    let failed = TaskId::new();
+    assert!(
+        store
+            .write(|t| t.put_task(failed, &sample_task(), None))
+            .is_err()
+    );
+    // The disk works again and the store is reopened, as healing would: still refused, since
+    // the log may hold a change the engine was told failed.
+    store.reopen().unwrap();
+    let err = store.write(|_| Ok(())).unwrap_err();
+    assert!(err.to_string().contains("reopen the engine"), "{err}");
+}
