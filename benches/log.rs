@@ -1,4 +1,4 @@
-//! The redo log (issue 14's write-ahead log, `store::log`; not yet used by the engine): a
+//! The redo log (the file format of the store's write-ahead log, `store::log`): a
 //! durable append (one record, then fdatasync) by record size, a group of 64 small records
 //! under one sync, and reading a log of 10,000 records back as recovery does.
 //!

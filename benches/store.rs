@@ -1,8 +1,12 @@
-//! Durable commit throughput of the store (redb, fsync on every commit) by batch size: each
-//! commit inserts `batch` task records with a 100-byte payload plus their waiting-index entries.
+//! Durable commit throughput of the store by batch size, both ways of making a commit durable:
+//! `store_durable_commit` with the write-ahead log (the default: one log append and fdatasync
+//! per commit, the B-tree synced by checkpoints; a commit of more than 256 KiB of changes syncs
+//! the B-tree itself), `store_durable_commit_btree_sync` without it (redb syncs its pages at
+//! every commit). Each commit inserts `batch` task records with a 100-byte payload plus their
+//! waiting-index entries.
 //!
 //! `cargo bench --bench store`; throughput is tasks enqueued per second. One store per batch
-//! size, in a temp dir, reused across iterations (it grows as the bench runs).
+//! size and mode, in a temp dir, reused across iterations (it grows as the bench runs).
 
 use std::time::Duration;
 
@@ -21,20 +25,26 @@ fn payload_100_bytes() -> String {
 
 fn durable_commit_by_batch_size(c: &mut Criterion) {
     let payload = payload_100_bytes();
-    let mut group = c.benchmark_group("store_durable_commit");
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(5));
-    for batch in [1usize, 64, 256, 1000] {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut store = RawStore::open(&dir.path().join("bench.redb")).expect("open store");
-        group.throughput(Throughput::Elements(batch as u64));
-        group.bench_function(format!("enqueue_batch_{batch}_per_commit"), |b| {
-            b.iter(|| store.commit_enqueues(batch, &payload).expect("commit"));
-        });
+    for (group_name, write_ahead_log) in [
+        ("store_durable_commit", true),
+        ("store_durable_commit_btree_sync", false),
+    ] {
+        let mut group = c.benchmark_group(group_name);
+        group
+            .sample_size(10)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(5));
+        for batch in [1usize, 64, 256, 1000] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let path = dir.path().join("bench.redb");
+            let mut store = RawStore::open_with_log(&path, write_ahead_log).expect("open store");
+            group.throughput(Throughput::Elements(batch as u64));
+            group.bench_function(format!("enqueue_batch_{batch}_per_commit"), |b| {
+                b.iter(|| store.commit_enqueues(batch, &payload).expect("commit"));
+            });
+        }
+        group.finish();
     }
-    group.finish();
 }
 
 criterion_group!(benches, durable_commit_by_batch_size);

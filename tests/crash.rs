@@ -1,4 +1,5 @@
-//! The kill -9 durability loop (`crash_loop/mod.rs`) with the engine with `write_ahead_log = false` (every commit synced in the B-tree).
+//! The kill -9 durability loop (`crash_loop/mod.rs`) with `write_ahead_log = false`: every
+//! commit synced in the B-tree.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "crash_loop/mod.rs"]

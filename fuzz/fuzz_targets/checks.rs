@@ -1455,7 +1455,7 @@ fn expect_wrong_state(answer: fq::Result<()>, task: &ModelTask, log: &str) {
     }
 }
 
-/// `log_replay` target (the redo log of issue 14, not yet used by the engine): arbitrary
+/// `log_replay` target (the file format of the store's write-ahead log): arbitrary
 /// bytes read as a log never panic the reader; and a log built from the input (payload sizes
 /// and contents from its bytes), cut at a point the input chooses, reads back as exactly the
 /// records written whole before the cut, in order and numbered after the checkpoint.
