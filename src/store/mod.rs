@@ -86,6 +86,15 @@ impl Default for StoreOptions {
     }
 }
 
+/// The page cache of a store reopened after a failed commit: room in its write buffer for the
+/// pages a whole log's changes may touch (a change of a few dozen bytes can dirty a 4 KiB page,
+/// but changes crowd onto the same pages), and never less than the default cache.
+fn reopen_cache_bytes(options: &StoreOptions) -> usize {
+    let for_log =
+        usize::try_from(options.wal_checkpoint_bytes.saturating_mul(64)).unwrap_or(usize::MAX);
+    for_log.max(StoreOptions::default().cache_bytes)
+}
+
 /// An open store file.
 pub(crate) struct Store {
     /// The open database; replaced by [`Store::reopen`] after a failed commit (redb then fails
@@ -272,6 +281,11 @@ impl Store {
     /// Closes and reopens the database. After a failed commit redb refuses every later
     /// access, reads included, until the database is reopened; the engine refuses writes
     /// then (it is poisoned) but keeps answering reads from what the file holds.
+    ///
+    /// The log's records are applied again at the reopen, in a commit that does not sync: its
+    /// pages stay in redb's write buffer (half its cache) unless the buffer overflows. After a
+    /// failure the disk may well be full, so the cache is made large enough for a whole log's
+    /// changes: reads then see every acknowledged change without writing a page.
     pub(crate) fn reopen(&self) -> Result<(), StoreError> {
         let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
         // Closed first: redb locks the file, and the new handle needs that lock.
@@ -279,7 +293,14 @@ impl Store {
         *slot = Some(if self.read_only {
             handle::open_read_only(&self.path, &self.options)?
         } else {
-            Handle::Writable(handle::open_database(&self.path, &self.options, true)?)
+            let options = StoreOptions {
+                cache_bytes: self
+                    .options
+                    .cache_bytes
+                    .max(reopen_cache_bytes(&self.options)),
+                ..self.options.clone()
+            };
+            Handle::Writable(handle::open_database(&self.path, &options, true)?)
         });
         drop(slot);
         if !self.read_only {

@@ -112,8 +112,8 @@ pub(super) fn log_error(path: &Path, error: LogError) -> StoreError {
 }
 
 impl Store {
-    /// Reads back the log beside the store, if there is one: applies the records a crash left
-    /// and checkpoints them. Then keeps the log open when `enabled`, creating it if need be, or
+    /// Reads back the log beside the store, if there is one, and applies the records a crash
+    /// left (the log keeps them until the next checkpoint). Then keeps the log open when `enabled`, creating it if need be, or
     /// removes it when the store no longer uses one.
     pub(super) fn attach_wal(&self, enabled: bool) -> Result<(), StoreError> {
         let path = wal_path(&self.path);
@@ -152,15 +152,24 @@ impl Store {
                 check_belongs(&path, &*file, own_salt)?;
                 let (mut log, live) =
                     RedoLog::open(file, applied).map_err(|e| log_error(&path, e))?;
-                if !live.is_empty() {
-                    self.apply_records(&path, &live)?;
+                if live.is_empty() {
+                    log.rewind();
+                } else {
+                    // Kept in the log, the records need no sync here: the next checkpoint
+                    // makes them durable in the B-tree, and a crash before it applies them
+                    // again. Without the log they must be durable before it is removed.
+                    let durability = if enabled {
+                        Durability::None
+                    } else {
+                        Durability::Immediate
+                    };
+                    self.apply_records(&path, &live, durability)?;
                     tracing::info!(
                         store = %self.path.display(),
                         records = live.len(),
                         "applied the redo log's records a crash left"
                     );
                 }
-                log.rewind();
                 Some(log)
             }
             None => None,
@@ -282,10 +291,16 @@ impl Store {
         txn.commit().map_err(|e| err(e.into()))
     }
 
-    /// Applies `records` in one durable commit.
-    fn apply_records(&self, log_path: &Path, records: &[LogRecord]) -> Result<(), StoreError> {
+    /// Applies `records` in one commit of `durability`.
+    fn apply_records(
+        &self,
+        log_path: &Path,
+        records: &[LogRecord],
+        durability: Durability,
+    ) -> Result<(), StoreError> {
         let err = self.storage("applying the redo log");
-        let txn = self.begin_write()?;
+        let mut txn = self.begin_write()?;
+        txn.set_durability(durability).map_err(|e| err(e.into()))?;
         for record in records {
             changes::replay(&txn, &record.payload).map_err(|e| match e {
                 changes::ReplayError::Storage(e) => err(e),
@@ -296,6 +311,27 @@ impl Store {
             })?;
         }
         txn.commit().map_err(|e| err(e.into()))
+    }
+
+    /// Checkpoints while the writer has nothing to do, once the log holds an eighth of what
+    /// forces a checkpoint: the sync then costs no caller a wait, and the checkpoint a busy
+    /// writer must take later is smaller. Returns whether it checkpointed.
+    ///
+    /// # Errors
+    /// The checkpoint's commit failed: as after any failed commit, the store must be reopened.
+    pub(crate) fn checkpoint_when_idle(&self) -> Result<bool, StoreError> {
+        let mut slot = self.wal.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(wal) = slot.as_mut() else {
+            return Ok(false);
+        };
+        let logged = wal.log.end().saturating_sub(super::log::HEADER_BYTES);
+        if logged < wal.checkpoint_bytes / 8
+            || self.wal_diverged.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Ok(false);
+        }
+        self.checkpoint(wal)?;
+        Ok(true)
     }
 
     /// Makes everything committed so far durable in the B-tree, so the log can start over.

@@ -80,6 +80,58 @@ fn acknowledged_commits_survive_a_crash_through_the_log_alone() {
 }
 
 #[test]
+fn records_applied_at_open_stay_in_the_log_until_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fq.redb");
+    let store = Store::open(&path, &wal_options()).unwrap();
+    let ids: Vec<TaskId> = (0..10).map(|_| queue_one(&store)).collect();
+    let first = crash_image(&path, &dir.path().join("first"));
+
+    // The open applies the records without syncing the B-tree, so a second crash before any
+    // checkpoint must find them in the log again, and the commits made since after them.
+    let reopened = Store::open(&first, &wal_options()).unwrap();
+    let end = reopened.wal.lock().unwrap().as_ref().unwrap().log.end();
+    assert!(
+        end > crate::store::log::HEADER_BYTES,
+        "the log was rewound at open"
+    );
+    let later = queue_one(&reopened);
+    let second = crash_image(&first, &dir.path().join("second"));
+    let again = Store::open(&second, &wal_options()).unwrap();
+    for id in ids.iter().chain([&later]) {
+        assert!(again.read_task(*id).unwrap().is_some(), "task {id} lost");
+    }
+    assert_sound(&again);
+}
+
+#[test]
+fn an_idle_checkpoint_waits_for_an_eighth_of_the_checkpoint_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fq.redb");
+    let options = StoreOptions {
+        wal_checkpoint_bytes: 64 * 1024,
+        ..wal_options()
+    };
+    let store = Store::open(&path, &options).unwrap();
+    queue_one(&store);
+    assert!(!store.checkpoint_when_idle().unwrap(), "one small record");
+    let log_end = || store.wal.lock().unwrap().as_ref().unwrap().log.end();
+    while log_end() - crate::store::log::HEADER_BYTES < 8 * 1024 {
+        queue_one(&store);
+    }
+    let ids: Vec<TaskId> = (0..3).map(|_| queue_one(&store)).collect();
+    assert!(store.checkpoint_when_idle().unwrap());
+    assert_eq!(log_end(), crate::store::log::HEADER_BYTES, "not rewound");
+    // What the log held is now in the B-tree alone.
+    let copy = crash_image(&path, &dir.path().join("crash"));
+    std::fs::remove_file(wal_path(&copy)).unwrap();
+    let reopened = Store::open(&copy, &no_wal_options()).unwrap();
+    for id in &ids {
+        assert!(reopened.read_task(*id).unwrap().is_some(), "task {id} lost");
+    }
+}
+
+#[test]
 fn commits_after_a_checkpoint_survive_and_the_log_starts_over() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fq.redb");

@@ -169,6 +169,9 @@ impl Writer {
         let shared = Arc::clone(&self.shared);
         let _guard = PoisonOnPanic(&shared);
         loop {
+            if commands.is_empty() {
+                self.checkpoint_when_idle();
+            }
             let flush_at = self.unflushed_since.map(|since| since + LAZY_FLUSH);
             let deadline = match (flush_at, self.heal_due_at()) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -227,6 +230,28 @@ impl Writer {
             self.shared.poison(reason);
             self.reopen_for_reads();
         }
+    }
+
+    /// With no request waiting, lets the store checkpoint its log (`Store::checkpoint_when_idle`).
+    /// A checkpoint is a durable commit of everything before it, lazy commits included.
+    fn checkpoint_when_idle(&mut self) {
+        if self.shared.poisoned().is_some() {
+            return;
+        }
+        match self.store.checkpoint_when_idle() {
+            Ok(false) => {}
+            Ok(true) => self.unflushed_since = None,
+            Err(error) => self.commit_failed(&error.to_string()),
+        }
+    }
+
+    /// After a failed commit: the engine refuses writes, serves reads from the reopened store,
+    /// and plans to heal.
+    fn commit_failed(&mut self, reason: &str) {
+        tracing::error!(error = %reason, "commit failed; the engine refuses writes until the store works again");
+        self.shared.poison(reason.to_owned());
+        self.reopen_for_reads();
+        self.start_healing(reason);
     }
 
     /// After a failed commit redb refuses every access, reads included, until its database is
@@ -335,10 +360,7 @@ impl Writer {
                 self.next_seq = seq_before;
                 self.waiting = waiting_before;
                 let reason = error.to_string();
-                tracing::error!(error = %reason, "commit failed; the engine refuses writes until the store works again");
-                self.shared.poison(reason.clone());
-                self.reopen_for_reads();
-                self.start_healing(&reason);
+                self.commit_failed(&reason);
                 // The batch's own callers learn why their commit failed: a full disk is
                 // something they can act on, and must not read as a bug. Later writes see
                 // the poisoning, which names the same cause.
