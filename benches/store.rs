@@ -7,10 +7,15 @@
 //!
 //! `cargo bench --bench store`; throughput is tasks enqueued per second. One store per batch
 //! size and mode, in a temp dir, reused across iterations (it grows as the bench runs).
+//!
+//! `store_open_after_a_crash`: opening a store whose last 2,000 commits are in its log alone
+//! (a copy of both files taken while it was open), so the open reads the log back and applies
+//! it; throughput is those commits per second.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use fq::internals::RawStore;
 
 /// A payload of exactly 100 bytes in the shape the engine stores.
@@ -47,5 +52,70 @@ fn durable_commit_by_batch_size(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, durable_commit_by_batch_size);
+/// Opening a store a crash left with 2,000 commits in its write-ahead log only: reading the
+/// log back and applying its records (the open's other work, for a store of 2,000 tasks,
+/// included).
+fn open_after_a_crash(c: &mut Criterion) {
+    const COMMITS: u64 = 2_000;
+    let payload = payload_100_bytes();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let live = dir.path().join("live.redb");
+    let image = dir.path().join("image.redb");
+    let with_log = |path: &Path| {
+        let mut name = path.as_os_str().to_owned();
+        name.push("-wal");
+        PathBuf::from(name)
+    };
+    let mut store = RawStore::open(&live).expect("open store");
+    for _ in 0..COMMITS {
+        store.commit_enqueues(1, &payload).expect("commit");
+    }
+    // What a crash leaves: both files as the operating system holds them, the store still open.
+    std::fs::copy(&live, &image).expect("copy the store");
+    std::fs::copy(with_log(&live), with_log(&image)).expect("copy the log");
+    drop(store);
+    let copy_image = |to: &Path, log: bool| {
+        std::fs::copy(&image, to).expect("copy the image");
+        if log {
+            std::fs::copy(with_log(&image), with_log(to)).expect("copy the image's log");
+        }
+    };
+    // The B-tree alone lacks what the log holds: the open below does replay it.
+    let bare = dir.path().join("bare.redb");
+    copy_image(&bare, false);
+    let in_b_tree = RawStore::open_with_log(&bare, false)
+        .and_then(|store| store.tasks())
+        .expect("open without the log");
+    assert!(in_b_tree < COMMITS, "the B-tree alone has every task");
+    println!(
+        "open_after_a_crash: {} of {COMMITS} commits in the log alone",
+        COMMITS - in_b_tree
+    );
+
+    let mut group = c.benchmark_group("store_open_after_a_crash");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+    group.throughput(Throughput::Elements(COMMITS - in_b_tree));
+    let mut run = 0u64;
+    group.bench_function("open_replaying_2000_logged_commits", |b| {
+        b.iter_batched(
+            || {
+                run += 1;
+                let path = dir.path().join(format!("run-{run}.redb"));
+                copy_image(&path, true);
+                path
+            },
+            |path| {
+                let store = RawStore::open(&path).expect("open the crashed store");
+                assert_eq!(store.tasks().expect("count"), COMMITS);
+                store
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    group.finish();
+}
+
+criterion_group!(benches, durable_commit_by_batch_size, open_after_a_crash);
 criterion_main!(benches);

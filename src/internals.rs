@@ -121,6 +121,14 @@ impl RawStore {
         })
     }
 
+    /// How many tasks the store counts, whatever their status.
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub fn tasks(&self) -> Result<u64> {
+        Ok(self.store.counts()?.values().sum())
+    }
+
     /// Inserts `tasks` new tasks (record + waiting index) in one durable commit.
     ///
     /// # Errors

@@ -17,6 +17,9 @@ use redb::{Key, StorageError, TableDefinition, Value};
 use super::schedules::SCHEDULES;
 use super::tables::{ATTEMPTS, COUNTS, FINISHED, LEASES, META, REPORTS, TASKS, UNIQUE, WAITING};
 
+/// How many tables the log knows: the tags run from 1 to this.
+const TABLES: usize = 10;
+
 /// Which table a change is to. The numbers are part of the log format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -214,29 +217,47 @@ fn read_chunk<'a>(bytes: &'a [u8], offset: &mut usize) -> Result<Option<&'a [u8]
 }
 
 /// Applies the change list `bytes` in `txn`.
+#[cfg(test)]
 pub(super) fn replay(txn: &redb::WriteTransaction, bytes: &[u8]) -> Result<(), ReplayError> {
-    for change in decode(bytes) {
-        let Change { tag, key, value } = change?;
-        // redb decodes a text key by panicking on bad UTF-8; a bad one is refused here first.
-        let text_key = matches!(tag, TableTag::Meta | TableTag::Schedules);
-        if text_key && std::str::from_utf8(key).is_err() {
-            return Err(ReplayError::Malformed {
-                offset: 0,
-                detail: "a text key that is not UTF-8",
-            });
+    replay_all(txn, [bytes]).map_err(|(_, error)| error)
+}
+
+/// Applies the change lists `lists` in `txn`, in order; a malformed one is refused, with its
+/// index, before anything is applied.
+///
+/// Changes to different tables commute (each sets or clears one key of its own table), so
+/// each table is opened once and takes its changes in their order.
+pub(super) fn replay_all<'a>(
+    txn: &redb::WriteTransaction,
+    lists: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<(), (usize, ReplayError)> {
+    let mut by_table: [Vec<Change<'a>>; TABLES] = std::array::from_fn(|_| Vec::new());
+    for (index, bytes) in lists.into_iter().enumerate() {
+        for change in decode(bytes) {
+            let change = change.map_err(|error| (index, error))?;
+            // redb decodes a text key by panicking on bad UTF-8; a bad one is refused here.
+            let text_key = matches!(change.tag, TableTag::Meta | TableTag::Schedules);
+            if text_key && std::str::from_utf8(change.key).is_err() {
+                let detail = "a text key that is not UTF-8";
+                return Err((index, ReplayError::Malformed { offset: 0, detail }));
+            }
+            by_table[change.tag as usize - 1].push(change);
         }
-        match tag {
-            TableTag::Counts => apply(txn, COUNTS, key, value),
-            TableTag::Tasks => apply(txn, TASKS, key, value),
-            TableTag::Waiting => apply(txn, WAITING, key, value),
-            TableTag::Leases => apply(txn, LEASES, key, value),
-            TableTag::Finished => apply(txn, FINISHED, key, value),
-            TableTag::Meta => apply(txn, META, key, value),
-            TableTag::Unique => apply(txn, UNIQUE, key, value),
-            TableTag::Reports => apply(txn, REPORTS, key, value),
-            TableTag::Schedules => apply(txn, SCHEDULES, key, value),
-            TableTag::Attempts => apply(txn, ATTEMPTS, key, value),
-        }?;
+    }
+    for changes in by_table.iter().filter(|changes| !changes.is_empty()) {
+        let result = match changes[0].tag {
+            TableTag::Counts => apply(txn, COUNTS, changes),
+            TableTag::Tasks => apply(txn, TASKS, changes),
+            TableTag::Waiting => apply(txn, WAITING, changes),
+            TableTag::Leases => apply(txn, LEASES, changes),
+            TableTag::Finished => apply(txn, FINISHED, changes),
+            TableTag::Meta => apply(txn, META, changes),
+            TableTag::Unique => apply(txn, UNIQUE, changes),
+            TableTag::Reports => apply(txn, REPORTS, changes),
+            TableTag::Schedules => apply(txn, SCHEDULES, changes),
+            TableTag::Attempts => apply(txn, ATTEMPTS, changes),
+        };
+        result.map_err(|error| (0, error))?;
     }
     Ok(())
 }
@@ -244,31 +265,32 @@ pub(super) fn replay(txn: &redb::WriteTransaction, bytes: &[u8]) -> Result<(), R
 fn apply<K: Key + 'static, V: Value + 'static>(
     txn: &redb::WriteTransaction,
     definition: TableDefinition<'_, K, V>,
-    key: &[u8],
-    value: Option<&[u8]>,
+    changes: &[Change<'_>],
 ) -> Result<(), ReplayError> {
     let mut table = txn.open_table(definition).map_err(redb::Error::from)?;
-    if K::fixed_width().is_some_and(|width| width != key.len()) {
-        return Err(ReplayError::Malformed {
-            offset: 0,
-            detail: "a key of the wrong width for its table",
-        });
-    }
-    let key = K::from_bytes(key);
-    match value {
-        Some(value) => {
-            if V::fixed_width().is_some_and(|width| width != value.len()) {
-                return Err(ReplayError::Malformed {
-                    offset: 0,
-                    detail: "a value of the wrong width for its table",
-                });
-            }
-            table
-                .insert(key, V::from_bytes(value))
-                .map_err(redb::Error::from)?;
+    for change in changes {
+        if K::fixed_width().is_some_and(|width| width != change.key.len()) {
+            return Err(ReplayError::Malformed {
+                offset: 0,
+                detail: "a key of the wrong width for its table",
+            });
         }
-        None => {
-            table.remove(key).map_err(redb::Error::from)?;
+        let key = K::from_bytes(change.key);
+        match change.value {
+            Some(value) => {
+                if V::fixed_width().is_some_and(|width| width != value.len()) {
+                    return Err(ReplayError::Malformed {
+                        offset: 0,
+                        detail: "a value of the wrong width for its table",
+                    });
+                }
+                table
+                    .insert(key, V::from_bytes(value))
+                    .map_err(redb::Error::from)?;
+            }
+            None => {
+                table.remove(key).map_err(redb::Error::from)?;
+            }
         }
     }
     Ok(())

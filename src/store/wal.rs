@@ -301,15 +301,17 @@ impl Store {
         let err = self.storage("applying the redo log");
         let mut txn = self.begin_write()?;
         txn.set_durability(durability).map_err(|e| err(e.into()))?;
-        for record in records {
-            changes::replay(&txn, &record.payload).map_err(|e| match e {
-                changes::ReplayError::Storage(e) => err(e),
-                malformed @ changes::ReplayError::Malformed { .. } => StoreError::Corrupt {
-                    path: log_path.to_path_buf(),
-                    detail: format!("redo log record {}: {malformed}", record.number),
-                },
-            })?;
-        }
+        let payloads = records.iter().map(|record| record.payload.as_slice());
+        changes::replay_all(&txn, payloads).map_err(|(index, e)| match e {
+            changes::ReplayError::Storage(e) => err(e),
+            malformed @ changes::ReplayError::Malformed { .. } => StoreError::Corrupt {
+                path: log_path.to_path_buf(),
+                detail: format!(
+                    "redo log record {}: {malformed}",
+                    records.get(index).map_or(0, |record| record.number)
+                ),
+            },
+        })?;
         txn.commit().map_err(|e| err(e.into()))
     }
 
