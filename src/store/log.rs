@@ -61,6 +61,9 @@ pub(crate) enum LogError {
     /// Larger than any log fq writes.
     #[error("redo log: {bytes} bytes, more than the {MAX_LOG_BYTES} a log may hold")]
     TooLarge { bytes: u64 },
+    /// A log of another store: its salt is not the one the store names.
+    #[error("redo log: not the store's own (its salt is not the one the store names)")]
+    NotOwn,
     /// A payload longer than a record's length field holds.
     #[error("redo log: a record of {bytes} bytes is longer than a record may be (4 GiB)")]
     RecordTooLarge { bytes: usize },
@@ -387,7 +390,30 @@ impl<F: LogFile> RedoLog<F> {
     ///
     /// # Errors
     /// What [`scan`] refuses; `TooLarge` for a file larger than [`MAX_LOG_BYTES`]; `Io`.
+    #[cfg(any(test, feature = "internals"))]
     pub(crate) fn open(file: F, checkpoint: u64) -> Result<(Self, Vec<LogRecord>), LogError> {
+        Self::open_checked(file, checkpoint, None)
+    }
+
+    /// As [`RedoLog::open`], for the log of a store that names `own_salt` (`None`: names
+    /// none yet): a log with another salt is refused with `NotOwn` before anything else is
+    /// read from it.
+    ///
+    /// # Errors
+    /// As [`RedoLog::open`]; `NotOwn`.
+    pub(crate) fn open_own(
+        file: F,
+        checkpoint: u64,
+        own_salt: Option<u64>,
+    ) -> Result<(Self, Vec<LogRecord>), LogError> {
+        Self::open_checked(file, checkpoint, Some(own_salt))
+    }
+
+    fn open_checked(
+        file: F,
+        checkpoint: u64,
+        own_salt: Option<Option<u64>>,
+    ) -> Result<(Self, Vec<LogRecord>), LogError> {
         let bytes = file.len().map_err(io_error("reading the length"))?;
         if bytes > MAX_LOG_BYTES {
             return Err(LogError::TooLarge { bytes });
@@ -396,6 +422,11 @@ impl<F: LogFile> RedoLog<F> {
             vec![0u8; usize::try_from(bytes).map_err(|_| LogError::TooLarge { bytes })?];
         file.read_at(0, &mut contents)
             .map_err(io_error("reading the log"))?;
+        if let Some(own) = own_salt
+            && own != Some(parse_header(&contents)?)
+        {
+            return Err(LogError::NotOwn);
+        }
         let scanned = scan(&contents, checkpoint)?;
         let log = Self {
             file,

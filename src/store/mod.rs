@@ -528,21 +528,29 @@ pub(crate) fn free_bytes_at(_path: &Path) -> Option<u64> {
     None
 }
 
+/// Whether the operating system refused a write for want of space (ENOSPC).
+pub(super) fn is_storage_full(error: &std::io::Error) -> bool {
+    error.raw_os_error() == Some(28) || error.kind() == ErrorKind::StorageFull
+}
+
+impl StoreError {
+    /// The disk holding `path` had no room for a write.
+    pub(crate) fn full(path: &Path) -> Self {
+        Self::Full {
+            path: path.to_path_buf(),
+            free_bytes: free_bytes_at(path),
+            needed_bytes: None,
+        }
+    }
+}
+
 fn map_storage_error(path: &Path, action: &'static str, error: redb::Error) -> StoreError {
     match error {
         redb::Error::Corrupted(detail) => StoreError::Corrupt {
             path: path.to_path_buf(),
             detail,
         },
-        redb::Error::Io(io)
-            if io.raw_os_error() == Some(28) || io.kind() == ErrorKind::StorageFull =>
-        {
-            StoreError::Full {
-                path: path.to_path_buf(),
-                free_bytes: free_bytes_at(path),
-                needed_bytes: None,
-            }
-        }
+        redb::Error::Io(io) if is_storage_full(&io) => StoreError::full(path),
         redb::Error::Io(io) => StoreError::Io {
             path: path.to_path_buf(),
             detail: format!("i/o error while {action}"),

@@ -89,20 +89,19 @@ pub(crate) fn wal_path(store: &Path) -> PathBuf {
 
 pub(super) fn log_error(path: &Path, error: LogError) -> StoreError {
     match error {
-        LogError::Io { source, .. }
-            if source.raw_os_error() == Some(28)
-                || source.kind() == std::io::ErrorKind::StorageFull =>
-        {
-            StoreError::Full {
-                path: path.to_path_buf(),
-                free_bytes: super::free_bytes_at(path),
-                needed_bytes: None,
-            }
-        }
+        LogError::Io { source, .. } if super::is_storage_full(&source) => StoreError::full(path),
         LogError::Io { action, source } => StoreError::Io {
             path: path.to_path_buf(),
             detail: format!("redo log: {action} failed"),
             source,
+        },
+        LogError::NotOwn => StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: "this redo log is not the store's own (the store does not name it): the \
+                     store file was replaced or restored while an older log stayed beside it. \
+                     fq never applies one store's log to another; move the log away once you \
+                     know its store is gone"
+                .into(),
         },
         other => StoreError::Corrupt {
             path: path.to_path_buf(),
@@ -149,9 +148,8 @@ impl Store {
         };
         let log = match existing {
             Some(file) => {
-                check_belongs(&path, &*file, own_salt)?;
                 let (mut log, live) =
-                    RedoLog::open(file, applied).map_err(|e| log_error(&path, e))?;
+                    RedoLog::open_own(file, applied, own_salt).map_err(|e| log_error(&path, e))?;
                 if live.is_empty() {
                     log.rewind();
                 } else {
@@ -251,8 +249,8 @@ impl Store {
             }
         };
         let (applied, own_salt) = self.wal_marks()?;
-        check_belongs(&path, &file, own_salt)?;
-        let (_, live) = RedoLog::open(file, applied).map_err(|e| log_error(&path, e))?;
+        let (_, live) =
+            RedoLog::open_own(file, applied, own_salt).map_err(|e| log_error(&path, e))?;
         Ok(!live.is_empty())
     }
 
@@ -348,34 +346,6 @@ impl Store {
         wal.checkpointed();
         Ok(())
     }
-}
-
-/// Refuses a log that is not the store's own: one whose salt the store does not name (a store
-/// file replaced or restored while an older log stayed beside it).
-fn check_belongs(path: &Path, log: &dyn LogFile, own_salt: Option<u64>) -> Result<(), StoreError> {
-    let length = log.len().map_err(|source| StoreError::Io {
-        path: path.to_path_buf(),
-        detail: "cannot read the redo log's length".into(),
-        source,
-    })?;
-    let mut head = vec![0u8; length.min(super::log::HEADER_BYTES) as usize];
-    log.read_at(0, &mut head).map_err(|source| StoreError::Io {
-        path: path.to_path_buf(),
-        detail: "cannot read the redo log's header".into(),
-        source,
-    })?;
-    let salt = super::log::parse_header(&head).map_err(|e| log_error(path, e))?;
-    if Some(salt) == own_salt {
-        return Ok(());
-    }
-    Err(StoreError::Corrupt {
-        path: path.to_path_buf(),
-        detail: "this redo log is not the store's own (the store does not name it): the store \
-                 file was replaced or restored while an older log stayed beside it. fq never \
-                 applies one store's log to another; move the log away once you know its store \
-                 is gone"
-            .into(),
-    })
 }
 
 /// Opens an existing log for reading and writing.

@@ -373,3 +373,18 @@ fn the_image_the_fuzz_target_builds_is_what_appends_write() {
     assert!(bytes[image_bytes.len()..].iter().all(|&b| b == 0));
     assert_eq!(bytes.len() as u64, GROWTH_BYTES);
 }
+
+#[test]
+fn a_log_with_another_salt_than_its_store_names_is_refused_before_it_is_read() {
+    let file = MemoryFile::default();
+    let mut log = RedoLog::create(&file, SALT, 0).unwrap();
+    log.append(b"one").unwrap();
+    log.sync().unwrap();
+    for own in [Some(SALT ^ 1), None] {
+        let refused = RedoLog::open_own(&file, 0, own).err();
+        assert!(matches!(refused, Some(LogError::NotOwn)), "{own:?}");
+    }
+    // Control: the store that names this salt reads the record.
+    let (_, live) = RedoLog::open_own(&file, 0, Some(SALT)).unwrap();
+    assert_eq!(live, records(&[b"one".to_vec()], 1));
+}
