@@ -8,9 +8,8 @@ fn temp_store() -> (tempfile::TempDir, PathBuf, Store) {
     (dir, path, store)
 }
 
-#[test]
-fn creates_reopens_and_keeps_tasks() {
-    let (_dir, path, store) = temp_store();
+/// Queues one sample task (record and ready index) in its own durable commit.
+pub(super) fn queue_sample(store: &Store) -> TaskId {
     let id = TaskId::new();
     let task = sample_task();
     store
@@ -23,6 +22,14 @@ fn creates_reopens_and_keeps_tasks() {
             )
         })
         .unwrap();
+    id
+}
+
+#[test]
+fn creates_reopens_and_keeps_tasks() {
+    let (_dir, path, store) = temp_store();
+    let id = queue_sample(&store);
+    let task = sample_task();
     drop(store);
     let store = Store::open(&path, &StoreOptions::default()).unwrap();
     assert_eq!(store.read_task(id).unwrap(), Some(task.clone()));

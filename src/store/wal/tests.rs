@@ -1,7 +1,8 @@
 use super::*;
 use crate::store::StoreOptions;
 use crate::store::codec::sample_task;
-use crate::task::{ReadyOrder, TaskId, TaskStatus};
+use crate::store::tests::queue_sample;
+use crate::task::{TaskId, TaskStatus};
 
 fn wal_options() -> StoreOptions {
     StoreOptions {
@@ -15,23 +16,6 @@ fn no_wal_options() -> StoreOptions {
         write_ahead_log: false,
         ..StoreOptions::default()
     }
-}
-
-/// Queues one sample task in its own durable commit.
-fn queue_one(store: &Store) -> TaskId {
-    let id = TaskId::new();
-    let task = sample_task();
-    store
-        .write(|t| {
-            t.put_task(id, &task, None)?;
-            t.insert_waiting(
-                &task.queue,
-                ReadyOrder::new(task.priority, task.due_at, task.seq),
-                id,
-            )
-        })
-        .unwrap();
-    id
 }
 
 /// What a crash at this moment leaves: the store's and the log's files as the operating
@@ -58,7 +42,7 @@ fn acknowledged_commits_survive_a_crash_through_the_log_alone() {
     let path = dir.path().join("fq.redb");
     let store = Store::open(&path, &wal_options()).unwrap();
     assert!(wal_path(&path).exists(), "the log was not created");
-    let ids: Vec<TaskId> = (0..20).map(|_| queue_one(&store)).collect();
+    let ids: Vec<TaskId> = (0..20).map(|_| queue_sample(&store)).collect();
 
     let copy = crash_image(&path, &dir.path().join("crash"));
     // Control: without the log, the B-tree alone has not got them (it was never synced since
@@ -84,7 +68,7 @@ fn records_applied_at_open_stay_in_the_log_until_a_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fq.redb");
     let store = Store::open(&path, &wal_options()).unwrap();
-    let ids: Vec<TaskId> = (0..10).map(|_| queue_one(&store)).collect();
+    let ids: Vec<TaskId> = (0..10).map(|_| queue_sample(&store)).collect();
     let first = crash_image(&path, &dir.path().join("first"));
 
     // The open applies the records without syncing the B-tree, so a second crash before any
@@ -95,7 +79,7 @@ fn records_applied_at_open_stay_in_the_log_until_a_checkpoint() {
         end > crate::store::log::HEADER_BYTES,
         "the log was rewound at open"
     );
-    let later = queue_one(&reopened);
+    let later = queue_sample(&reopened);
     let second = crash_image(&first, &dir.path().join("second"));
     let again = Store::open(&second, &wal_options()).unwrap();
     for id in ids.iter().chain([&later]) {
@@ -113,13 +97,13 @@ fn an_idle_checkpoint_waits_for_an_eighth_of_the_checkpoint_size() {
         ..wal_options()
     };
     let store = Store::open(&path, &options).unwrap();
-    queue_one(&store);
+    queue_sample(&store);
     assert!(!store.checkpoint_when_idle().unwrap(), "one small record");
     let log_end = || store.wal.lock().unwrap().as_ref().unwrap().log.end();
     while log_end() - crate::store::log::HEADER_BYTES < 8 * 1024 {
-        queue_one(&store);
+        queue_sample(&store);
     }
-    let ids: Vec<TaskId> = (0..3).map(|_| queue_one(&store)).collect();
+    let ids: Vec<TaskId> = (0..3).map(|_| queue_sample(&store)).collect();
     assert!(store.checkpoint_when_idle().unwrap());
     assert_eq!(log_end(), crate::store::log::HEADER_BYTES, "not rewound");
     // What the log held is now in the B-tree alone.
@@ -136,7 +120,7 @@ fn commits_after_a_checkpoint_survive_and_the_log_starts_over() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fq.redb");
     let store = Store::open(&path, &wal_options()).unwrap();
-    let before: Vec<TaskId> = (0..5).map(|_| queue_one(&store)).collect();
+    let before: Vec<TaskId> = (0..5).map(|_| queue_sample(&store)).collect();
     {
         let mut slot = store.wal.lock().unwrap();
         let wal = slot.as_mut().unwrap();
@@ -144,7 +128,7 @@ fn commits_after_a_checkpoint_survive_and_the_log_starts_over() {
         store.checkpoint(wal).unwrap();
         assert!(wal.log.end() < end_before, "the log was not rewound");
     }
-    let after: Vec<TaskId> = (0..5).map(|_| queue_one(&store)).collect();
+    let after: Vec<TaskId> = (0..5).map(|_| queue_sample(&store)).collect();
     let copy = crash_image(&path, &dir.path().join("crash"));
     let reopened = Store::open(&copy, &wal_options()).unwrap();
     for id in before.iter().chain(&after) {
@@ -158,7 +142,7 @@ fn a_commit_without_durability_reaches_the_log_with_the_next_durable_one() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fq.redb");
     let store = Store::open(&path, &wal_options()).unwrap();
-    let durable = queue_one(&store);
+    let durable = queue_sample(&store);
     let lazy = TaskId::new();
     store
         .write_with(false, |t| t.put_task(lazy, &sample_task(), None))
@@ -171,7 +155,7 @@ fn a_commit_without_durability_reaches_the_log_with_the_next_durable_one() {
     assert_sound(&reopened);
     drop(reopened);
 
-    let next = queue_one(&store);
+    let next = queue_sample(&store);
     let late = crash_image(&path, &dir.path().join("late"));
     let reopened = Store::open(&late, &wal_options()).unwrap();
     for id in [durable, lazy, next] {
@@ -185,7 +169,7 @@ fn a_clean_close_leaves_nothing_to_apply_and_the_log_can_be_switched_off() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fq.redb");
     let store = Store::open(&path, &wal_options()).unwrap();
-    let id = queue_one(&store);
+    let id = queue_sample(&store);
     let copy = crash_image(&path, &dir.path().join("crash"));
     drop(store);
     assert!(!wal_path(&path).exists(), "a clean close left the log");
@@ -207,7 +191,7 @@ fn a_read_only_open_of_a_crashed_store_sees_what_the_log_holds() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fq.redb");
     let store = Store::open(&path, &wal_options()).unwrap();
-    let id = queue_one(&store);
+    let id = queue_sample(&store);
     let copy = crash_image(&path, &dir.path().join("crash"));
     let looked = Store::open_read_only(&copy, &wal_options()).unwrap();
     assert!(looked.read_task(id).unwrap().is_some());
@@ -219,7 +203,7 @@ fn damage_before_the_last_record_is_refused_naming_the_log() {
     let path = dir.path().join("fq.redb");
     let store = Store::open(&path, &wal_options()).unwrap();
     for _ in 0..3 {
-        queue_one(&store);
+        queue_sample(&store);
     }
     let copy = crash_image(&path, &dir.path().join("crash"));
     let log = wal_path(&copy);
@@ -242,9 +226,9 @@ fn a_torn_last_record_was_never_acknowledged_and_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fq.redb");
     let store = Store::open(&path, &wal_options()).unwrap();
-    let first = queue_one(&store);
+    let first = queue_sample(&store);
     let end_first = store.wal.lock().unwrap().as_ref().unwrap().log.end();
-    let second = queue_one(&store);
+    let second = queue_sample(&store);
     let copy = crash_image(&path, &dir.path().join("crash"));
     let log = wal_path(&copy);
     let bytes = std::fs::read(&log).unwrap();
@@ -260,7 +244,7 @@ fn a_failed_commit_leaves_no_record_behind() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fq.redb");
     let store = Store::open(&path, &wal_options()).unwrap();
-    queue_one(&store);
+    queue_sample(&store);
     let end = store.wal.lock().unwrap().as_ref().unwrap().log.end();
     store
         .fail_commits
@@ -318,7 +302,7 @@ fn a_log_left_beside_a_replaced_store_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fq.redb");
     let store = Store::open(&path, &wal_options()).unwrap();
-    queue_one(&store);
+    queue_sample(&store);
     let copy = crash_image(&path, &dir.path().join("crash"));
     // Another store at another path, given the first one's log.
     let other_dir = dir.path().join("other");
@@ -344,7 +328,7 @@ fn a_large_transaction_syncs_the_b_tree_itself_and_later_ones_are_logged_after_i
         ..wal_options()
     };
     let store = Store::open(&path, &options).unwrap();
-    let first = queue_one(&store);
+    let first = queue_sample(&store);
     let before = store.wal.lock().unwrap().as_ref().unwrap().log.end();
     assert!(
         before > crate::store::log::HEADER_BYTES,
@@ -377,7 +361,7 @@ fn a_large_transaction_syncs_the_b_tree_itself_and_later_ones_are_logged_after_i
         );
     }
     drop(without_log);
-    let last = queue_one(&store);
+    let last = queue_sample(&store);
     let copy = crash_image(&path, &dir.path().join("crash"));
     let reopened = Store::open(&copy, &options).unwrap();
     for id in many.iter().chain([&first, &last]) {
@@ -395,7 +379,7 @@ fn a_transaction_at_the_direct_threshold_never_takes_a_number_it_does_not_log() 
     let probe_dir = tempfile::tempdir().unwrap();
     let probe = Store::open(&probe_dir.path().join("fq.redb"), &wal_options()).unwrap();
     let start = probe.wal.lock().unwrap().as_ref().unwrap().log.end();
-    queue_one(&probe);
+    queue_sample(&probe);
     let one = probe.wal.lock().unwrap().as_ref().unwrap().log.end() - start;
     for threshold in one.saturating_sub(64)..one + 16 {
         let dir = tempfile::tempdir().unwrap();
@@ -405,7 +389,7 @@ fn a_transaction_at_the_direct_threshold_never_takes_a_number_it_does_not_log() 
             ..wal_options()
         };
         let store = Store::open(&path, &options).unwrap();
-        let first = queue_one(&store);
+        let first = queue_sample(&store);
         // A small commit after it, logged whatever the threshold.
         store.write(|t| t.set_paused("emails", true)).unwrap();
         let copy = crash_image(&path, &dir.path().join("crash"));
@@ -497,7 +481,7 @@ fn flaky_store() -> (SharedFlakyDisk, Store) {
 #[test]
 fn a_record_whose_sync_failed_is_taken_back_and_never_applied() {
     let (log, store) = flaky_store();
-    let kept = queue_one(&store);
+    let kept = queue_sample(&store);
     let end = store.wal.lock().unwrap().as_ref().unwrap().log.end();
     // The append's sync fails; the one that takes the record back works.
     log.0
@@ -518,14 +502,14 @@ fn a_record_whose_sync_failed_is_taken_back_and_never_applied() {
         "a failed commit came back"
     );
     // And the log goes on: the next commit is logged and kept.
-    let after = queue_one(&store);
+    let after = queue_sample(&store);
     assert!(store.read_task(after).unwrap().is_some());
 }
 
 #[test]
 fn a_record_that_cannot_be_taken_back_stops_writes_until_the_engine_reopens() {
     let (log, store) = flaky_store();
-    queue_one(&store);
+    queue_sample(&store);
     // Both the append's sync and the take-back's fail.
     log.0
         .failing_syncs
