@@ -231,7 +231,8 @@ pub(super) fn replay_all<'a>(
     txn: &redb::WriteTransaction,
     lists: impl IntoIterator<Item = &'a [u8]>,
 ) -> Result<(), (usize, ReplayError)> {
-    let mut by_table: [Vec<Change<'a>>; TABLES] = std::array::from_fn(|_| Vec::new());
+    // Each change with the index of the list it came from, which names it in an error.
+    let mut by_table: [Vec<(usize, Change<'a>)>; TABLES] = std::array::from_fn(|_| Vec::new());
     for (index, bytes) in lists.into_iter().enumerate() {
         for change in decode(bytes) {
             let change = change.map_err(|error| (index, error))?;
@@ -241,11 +242,11 @@ pub(super) fn replay_all<'a>(
                 let detail = "a text key that is not UTF-8";
                 return Err((index, ReplayError::Malformed { offset: 0, detail }));
             }
-            by_table[change.tag as usize - 1].push(change);
+            by_table[change.tag as usize - 1].push((index, change));
         }
     }
     for changes in by_table.iter().filter(|changes| !changes.is_empty()) {
-        let result = match changes[0].tag {
+        let result = match changes[0].1.tag {
             TableTag::Counts => apply(txn, COUNTS, changes),
             TableTag::Tasks => apply(txn, TASKS, changes),
             TableTag::Waiting => apply(txn, WAITING, changes),
@@ -257,7 +258,7 @@ pub(super) fn replay_all<'a>(
             TableTag::Schedules => apply(txn, SCHEDULES, changes),
             TableTag::Attempts => apply(txn, ATTEMPTS, changes),
         };
-        result.map_err(|error| (0, error))?;
+        result?;
     }
     Ok(())
 }
@@ -265,32 +266,43 @@ pub(super) fn replay_all<'a>(
 fn apply<K: Key + 'static, V: Value + 'static>(
     txn: &redb::WriteTransaction,
     definition: TableDefinition<'_, K, V>,
-    changes: &[Change<'_>],
+    changes: &[(usize, Change<'_>)],
+) -> Result<(), (usize, ReplayError)> {
+    let first = changes.first().map_or(0, |(index, _)| *index);
+    let mut table = txn
+        .open_table(definition)
+        .map_err(|e| (first, redb::Error::from(e).into()))?;
+    for &(index, ref change) in changes {
+        apply_one(&mut table, change).map_err(|error| (index, error))?;
+    }
+    Ok(())
+}
+
+fn apply_one<K: Key + 'static, V: Value + 'static>(
+    table: &mut redb::Table<'_, K, V>,
+    change: &Change<'_>,
 ) -> Result<(), ReplayError> {
-    let mut table = txn.open_table(definition).map_err(redb::Error::from)?;
-    for change in changes {
-        if K::fixed_width().is_some_and(|width| width != change.key.len()) {
-            return Err(ReplayError::Malformed {
-                offset: 0,
-                detail: "a key of the wrong width for its table",
-            });
+    if K::fixed_width().is_some_and(|width| width != change.key.len()) {
+        return Err(ReplayError::Malformed {
+            offset: 0,
+            detail: "a key of the wrong width for its table",
+        });
+    }
+    let key = K::from_bytes(change.key);
+    match change.value {
+        Some(value) => {
+            if V::fixed_width().is_some_and(|width| width != value.len()) {
+                return Err(ReplayError::Malformed {
+                    offset: 0,
+                    detail: "a value of the wrong width for its table",
+                });
+            }
+            table
+                .insert(key, V::from_bytes(value))
+                .map_err(redb::Error::from)?;
         }
-        let key = K::from_bytes(change.key);
-        match change.value {
-            Some(value) => {
-                if V::fixed_width().is_some_and(|width| width != value.len()) {
-                    return Err(ReplayError::Malformed {
-                        offset: 0,
-                        detail: "a value of the wrong width for its table",
-                    });
-                }
-                table
-                    .insert(key, V::from_bytes(value))
-                    .map_err(redb::Error::from)?;
-            }
-            None => {
-                table.remove(key).map_err(redb::Error::from)?;
-            }
+        None => {
+            table.remove(key).map_err(redb::Error::from)?;
         }
     }
     Ok(())

@@ -112,8 +112,8 @@ pub(super) fn log_error(path: &Path, error: LogError) -> StoreError {
 
 impl Store {
     /// Reads back the log beside the store, if there is one, and applies the records a crash
-    /// left (the log keeps them until the next checkpoint). Then keeps the log open when `enabled`, creating it if need be, or
-    /// removes it when the store no longer uses one.
+    /// left (the log keeps them until the next checkpoint). Then keeps the log open when
+    /// `enabled`, creating it if need be, or removes it when the store no longer uses one.
     pub(super) fn attach_wal(&self, enabled: bool) -> Result<(), StoreError> {
         let path = wal_path(&self.path);
         let mut slot = self.wal.lock().unwrap_or_else(PoisonError::into_inner);

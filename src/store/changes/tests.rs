@@ -107,6 +107,32 @@ fn malformed_change_lists_are_refused_by_name() {
     replay(&txn, &good).unwrap();
 }
 
+#[test]
+fn a_malformed_list_among_several_is_named_by_its_index() {
+    let (_dir, db) = database();
+    let good = entry(TableTag::Leases as u8, &[1; 16], Some(&[0; 4]));
+    let wrong_width = entry(TableTag::Leases as u8, &[2; 3], Some(&[0; 4]));
+    let unknown_table = vec![99, 0, 0, 0, 0];
+    // Found while decoding, and while applying (the width): both name the second list.
+    for bad in [&unknown_table, &wrong_width] {
+        let txn = db.begin_write().unwrap();
+        let (index, _) = replay_all(&txn, [&good[..], &bad[..], &good[..]]).unwrap_err();
+        assert_eq!(index, 1, "{bad:?}");
+    }
+    // Control: the good lists alone apply, the later write of a key winning.
+    let txn = db.begin_write().unwrap();
+    let later = entry(TableTag::Leases as u8, &[1; 16], Some(&[9, 0, 0, 0]));
+    replay_all(&txn, [&good[..], &later[..]]).unwrap();
+    let leases = txn.open_table(LEASES).unwrap();
+    assert_eq!(
+        redb::ReadableTable::get(&leases, u128::from_le_bytes([1; 16]))
+            .unwrap()
+            .unwrap()
+            .value(),
+        9
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { failure_persistence: None, cases: 256, ..ProptestConfig::default() })]
 
