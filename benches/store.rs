@@ -12,11 +12,11 @@
 //! (a copy of both files taken while it was open), so the open reads the log back and applies
 //! it; throughput is those commits per second.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use fq::internals::RawStore;
+use fq::internals::{RawStore, log_path};
 
 /// A payload of exactly 100 bytes in the shape the engine stores.
 fn payload_100_bytes() -> String {
@@ -61,23 +61,18 @@ fn open_after_a_crash(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     let live = dir.path().join("live.redb");
     let image = dir.path().join("image.redb");
-    let with_log = |path: &Path| {
-        let mut name = path.as_os_str().to_owned();
-        name.push("-wal");
-        PathBuf::from(name)
-    };
     let mut store = RawStore::open(&live).expect("open store");
     for _ in 0..COMMITS {
         store.commit_enqueues(1, &payload).expect("commit");
     }
     // What a crash leaves: both files as the operating system holds them, the store still open.
     std::fs::copy(&live, &image).expect("copy the store");
-    std::fs::copy(with_log(&live), with_log(&image)).expect("copy the log");
+    std::fs::copy(log_path(&live), log_path(&image)).expect("copy the log");
     drop(store);
     let copy_image = |to: &Path, log: bool| {
         std::fs::copy(&image, to).expect("copy the image");
         if log {
-            std::fs::copy(with_log(&image), with_log(to)).expect("copy the image's log");
+            std::fs::copy(log_path(&image), log_path(to)).expect("copy the image's log");
         }
     };
     // The B-tree alone lacks what the log holds: the open below does replay it.

@@ -19,6 +19,8 @@ use super::tables::{ATTEMPTS, COUNTS, FINISHED, LEASES, META, REPORTS, TASKS, UN
 
 /// How many tables the log knows: the tags run from 1 to this.
 const TABLES: usize = 10;
+// The replay indexes its per-table lists by tag: the last tag must be the count.
+const _: () = assert!(TableTag::Attempts as usize == TABLES);
 
 /// Which table a change is to. The numbers are part of the log format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

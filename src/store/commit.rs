@@ -40,7 +40,7 @@ impl Store {
         let mut wal = self.wal.lock().unwrap_or_else(PoisonError::into_inner);
         if self.wal_diverged.load(Ordering::SeqCst) {
             return Err(StoreError::Io {
-                path: super::wal::wal_path(&self.path),
+                path: super::wal_path(&self.path),
                 detail: "a logged commit failed and could not be taken back from the redo log; \
                          reopen the engine"
                     .into(),

@@ -24,6 +24,7 @@ mod write_tables;
 
 pub(crate) use reports::PendingReport;
 pub(crate) use schedules::{ScheduledTask, StoredSchedule};
+pub(crate) use wal::wal_path;
 pub(crate) use write_tables::WriteTables;
 
 use std::io::ErrorKind;
