@@ -67,6 +67,10 @@ impl crate::store::log::LogFile for SharedBackend {
     fn sync_data(&self) -> std::io::Result<()> {
         self.0.sync_data()
     }
+
+    fn sync_handle(&self) -> Option<Arc<dyn crate::store::log::LogFile + Send + Sync>> {
+        Some(Arc::new(Self(Arc::clone(&self.0))))
+    }
 }
 
 impl StorageBackend for SharedBackend {
@@ -120,5 +124,94 @@ impl StorageBackend for SharedBackend {
 
     fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
         self.0.query_lock_range(start, end)
+    }
+}
+
+/// The switch of a [`Fenced`] backend, shared with the store that may throw it.
+pub(super) type Fence = Arc<std::sync::atomic::AtomicBool>;
+
+/// The B-tree's storage, file or custom, behind a fence. Thrown after a failed log sync, the
+/// fence fails every later write, so that closing the database cannot make durable the commits
+/// made visible ahead of that sync (redb's close makes pending non-durable commits durable):
+/// the file stays as its last durable commit left it, and the reopen applies the log's synced
+/// records to that.
+#[derive(Debug)]
+pub(super) struct Fenced {
+    inner: Box<dyn StorageBackend>,
+    fence: Fence,
+}
+
+impl Fenced {
+    pub(super) fn new(inner: impl StorageBackend, fence: &Fence) -> Self {
+        Self {
+            inner: Box::new(inner),
+            fence: Arc::clone(fence),
+        }
+    }
+
+    fn open(&self) -> Result<(), std::io::Error> {
+        if self.fence.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::other(
+                "the store is fenced off: its redo log failed to sync",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl StorageBackend for Fenced {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.inner.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.inner.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.open()?;
+        self.inner.set_len(len)
+    }
+
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.open()?;
+        self.inner.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.open()?;
+        self.inner.write(offset, data)
+    }
+
+    fn close(&self) -> Result<(), std::io::Error> {
+        self.inner.close()
+    }
+
+    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.inner.try_lock_range(start, end)
+    }
+
+    fn try_lock_shared_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<bool, BackendError> {
+        self.inner.try_lock_shared_range(start, end)
+    }
+
+    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.lock_range(start, end)
+    }
+
+    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.lock_shared_range(start, end)
+    }
+
+    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.unlock_range(start, end)
+    }
+
+    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.inner.query_lock_range(start, end)
     }
 }

@@ -17,6 +17,17 @@ use super::wal::META_WAL_APPLIED;
 use super::write_tables::logged_table;
 use super::{Store, StoreError, WriteTables};
 
+/// How a write transaction is made durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Commit {
+    /// Durable before the write returns.
+    Durable,
+    /// With the log, durable once a later sync of the log returns (`Store::write_as`).
+    Deferred,
+    /// Visible at once, durable with the next durable commit; may be lost in a crash.
+    Lazy,
+}
+
 impl Store {
     /// Runs `apply` in one write transaction and commits it durably (fsync) before returning.
     /// An `Err` from `apply` aborts the transaction: nothing of it is written.
@@ -36,6 +47,25 @@ impl Store {
         durable: bool,
         apply: impl FnOnce(&mut WriteTables<'_>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
+        let mode = if durable {
+            Commit::Durable
+        } else {
+            Commit::Lazy
+        };
+        self.write_as(mode, apply).map(|(result, _)| result)
+    }
+
+    /// Runs `apply` in one write transaction committed as `mode` says. With
+    /// [`Commit::Deferred`] and the log on, the result comes with the commit's number, and the
+    /// commit is durable only once a sync of the log started after it ([`Store::log_sync`])
+    /// has returned: it is visible to this thread at once, to other readers only then
+    /// (`visible.rs`). Without a number the commit is as `Commit::Durable`'s.
+    pub(crate) fn write_as<R>(
+        &self,
+        mode: Commit,
+        apply: impl FnOnce(&mut WriteTables<'_>) -> Result<R, StoreError>,
+    ) -> Result<(R, Option<u64>), StoreError> {
+        let durable = mode != Commit::Lazy;
         let err = self.storage("writing");
         let mut wal = self.wal.lock().unwrap_or_else(PoisonError::into_inner);
         if self.wal_diverged.load(Ordering::SeqCst) {
@@ -114,20 +144,25 @@ impl Store {
         let commit_error = |e: redb::CommitError| self.storage("committing")(e.into());
         let Some(wal) = wal.as_mut() else {
             txn.commit().map_err(commit_error)?;
-            return Ok(result);
+            if durable {
+                self.visible.all_durable();
+            }
+            return Ok((result, None));
         };
         if !durable {
             txn.commit().map_err(commit_error)?;
             wal.unlogged.extend_from_slice(&changes.take());
-            return Ok(result);
+            return Ok((result, None));
         }
         if direct {
             txn.set_durability(Durability::Immediate)
                 .map_err(|e| err(e.into()))?;
             txn.commit().map_err(commit_error)?;
             wal.checkpointed();
-            return Ok(result);
+            self.visible.all_durable();
+            return Ok((result, None));
         }
+        let deferred = mode == Commit::Deferred && wal.syncer.is_some();
         let mut payload = std::mem::take(&mut wal.unlogged);
         let unlogged_len = payload.len();
         payload.extend_from_slice(&changes.take());
@@ -140,8 +175,24 @@ impl Store {
                 self.wal_diverged.store(true, Ordering::SeqCst);
             }
         };
+        let mut number = None;
         let failed = match wal.log.append(&payload) {
             Err(error) => Some(wal.error(error)),
+            // Numbered before it becomes visible: a read that sees it waits for its sync.
+            Ok(_) if deferred => {
+                let seq = self.visible.number_next();
+                match txn.commit() {
+                    Err(error) => {
+                        take_back(wal);
+                        Some(commit_error(error))
+                    }
+                    Ok(()) => {
+                        wal.unsynced(seq);
+                        number = Some(seq);
+                        None
+                    }
+                }
+            }
             Ok(_) => match wal.log.sync() {
                 Err(error) => {
                     take_back(wal);
@@ -158,12 +209,18 @@ impl Store {
             wal.unlogged = payload;
             return Err(error);
         }
+        if number.is_none() {
+            // Synced here: the writer never starts an inline sync while one of its own runs
+            // elsewhere, so this sync covers every record before it.
+            wal.synced_all();
+            self.visible.all_durable();
+        }
         if wal.checkpoint_due()
             && let Err(error) = self.checkpoint(wal)
         {
             // The commit is durable in the log; the B-tree's trouble is the next write's.
             tracing::warn!(%error, "checkpoint failed");
         }
-        Ok(result)
+        Ok((result, number))
     }
 }

@@ -21,7 +21,7 @@ impl Store {
         };
         let temp = temporary_name(path);
         let built = (|| {
-            let db = open_database(&temp, options, false)?;
+            let db = open_database(&temp, options, false, &super::backend::Fence::default())?;
             // Not registered as open in this process: nothing else ever names this file.
             let store = Self::assemble(temp.clone(), options, Handle::Writable(db), false, true)?;
             store.initialize()?;

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use redb::{Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, TransactionError};
 
+use super::backend::{Fence, Fenced};
 use super::{StoreError, StoreOptions, map_storage_error};
 
 /// An open database.
@@ -46,7 +47,7 @@ pub(super) fn open_read_only(path: &Path, options: &StoreOptions) -> Result<Hand
         Ok(Ok(db)) => Ok(Handle::ReadOnly(db)),
         Ok(Err(redb::DatabaseError::RepairAborted)) => {
             tracing::info!(store = %path.display(), "the store was not closed cleanly; repairing redb's allocator state before reading it");
-            open_database(path, options, true).map(Handle::Writable)
+            open_database(path, options, true, &Fence::default()).map(Handle::Writable)
         }
         Ok(Err(e)) => Err(map_open_error(path, e)),
         Err(panic) => Err(StoreError::Corrupt {
@@ -104,6 +105,7 @@ pub(super) fn open_database(
     path: &Path,
     options: &StoreOptions,
     exists: bool,
+    fence: &Fence,
 ) -> Result<Database, StoreError> {
     let mut builder = Database::builder();
     builder
@@ -112,12 +114,14 @@ pub(super) fn open_database(
     // redb's consistency checks can panic on a damaged file in debug builds; a damaged file
     // is bad input, and must come back as an error naming it.
     let opened = catch_unwind(AssertUnwindSafe(|| match &options.backend {
-        Some(backend) => builder.create_with_backend(backend.handle()),
-        None if exists => builder.open(path),
+        Some(backend) => builder.create_with_backend(Fenced::new(backend.handle(), fence)),
+        None if exists => open_existing(path)
+            .and_then(redb::backends::FileBackend::new)
+            .and_then(|backend| builder.create_with_backend(Fenced::new(backend, fence))),
         None => create_private(path)
             .map_err(redb::DatabaseError::from)
             .and_then(redb::backends::FileBackend::new)
-            .and_then(|backend| builder.create_with_backend(backend)),
+            .and_then(|backend| builder.create_with_backend(Fenced::new(backend, fence))),
     }));
     match opened {
         Ok(Ok(db)) => Ok(db),
@@ -127,6 +131,23 @@ pub(super) fn open_database(
             detail: format!("the storage engine failed on it: {}", panic_text(&*panic)),
         }),
     }
+}
+
+/// Opens an existing store file for reading and writing. An empty one is refused as redb's own
+/// open refuses it (opened through a backend, redb would make a new database of it).
+fn open_existing(path: &Path) -> Result<std::fs::File, redb::DatabaseError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    if file.metadata()?.len() == 0 {
+        return Err(redb::StorageError::Io(std::io::Error::new(
+            ErrorKind::InvalidData,
+            "the file is empty",
+        ))
+        .into());
+    }
+    Ok(file)
 }
 
 /// Creates a new store file readable and writable by its owner only: it holds every task's

@@ -18,6 +18,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 /// The first bytes of every redo log.
 const MAGIC: [u8; 6] = *b"fq-log";
@@ -69,6 +70,9 @@ pub(crate) enum LogError {
     RecordTooLarge { bytes: usize },
 }
 
+/// Zeros written ahead of the records and over records taken back.
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
 fn io_error(action: &'static str) -> impl FnOnce(io::Error) -> LogError {
     move |source| LogError::Io { action, source }
 }
@@ -79,6 +83,12 @@ pub(crate) trait LogFile {
     fn read_at(&self, offset: u64, out: &mut [u8]) -> io::Result<()>;
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
     fn sync_data(&self) -> io::Result<()>;
+
+    /// Another handle on the same bytes, for syncing from another thread while this one
+    /// appends; `None` where the storage has no such handle (the log is then synced inline).
+    fn sync_handle(&self) -> Option<Arc<dyn LogFile + Send + Sync>> {
+        None
+    }
 }
 
 impl<T: LogFile + ?Sized> LogFile for Box<T> {
@@ -97,6 +107,10 @@ impl<T: LogFile + ?Sized> LogFile for Box<T> {
     fn sync_data(&self) -> io::Result<()> {
         (**self).sync_data()
     }
+
+    fn sync_handle(&self) -> Option<Arc<dyn LogFile + Send + Sync>> {
+        (**self).sync_handle()
+    }
 }
 
 impl LogFile for File {
@@ -114,6 +128,11 @@ impl LogFile for File {
 
     fn sync_data(&self) -> io::Result<()> {
         File::sync_data(self)
+    }
+
+    fn sync_handle(&self) -> Option<Arc<dyn LogFile + Send + Sync>> {
+        let handle: Arc<dyn LogFile + Send + Sync> = Arc::new(self.try_clone().ok()?);
+        Some(handle)
     }
 }
 
@@ -464,7 +483,6 @@ impl<F: LogFile> RedoLog<F> {
     /// `needed`, when the file is shorter. Zeros end the chain of records like the end of
     /// the file does, so a crash in the middle of this changes nothing that is read back.
     fn grow_for(&mut self, needed: u64) -> Result<(), LogError> {
-        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
         if needed <= self.allocated {
             return Ok(());
         }
@@ -497,6 +515,40 @@ impl<F: LogFile> RedoLog<F> {
         self.end = start;
         self.next_number -= 1;
         Ok(())
+    }
+
+    /// Where the last record appended starts and its number: what [`RedoLog::retract_to`]
+    /// takes back to.
+    pub(crate) fn last_record(&self) -> Option<(u64, u64)> {
+        self.last_start.map(|start| (start, self.next_number - 1))
+    }
+
+    /// Takes back every record from the one at `start` numbered `number` on (their sync
+    /// failed): their bytes are zeroed and synced, so recovery ends the log before them (a
+    /// zeroed first header with intact records after it would read as damage).
+    ///
+    /// # Errors
+    /// `Io` when the zeroing cannot be written or synced: the records may then still be read
+    /// back at the next open.
+    pub(crate) fn retract_to(&mut self, start: u64, number: u64) -> Result<(), LogError> {
+        let mut at = start;
+        while at < self.end {
+            let piece = (self.end - at).min(ZEROS.len() as u64) as usize;
+            self.file
+                .write_at(at, &ZEROS[..piece])
+                .map_err(io_error("taking back records"))?;
+            at += piece as u64;
+        }
+        self.sync()?;
+        self.end = start;
+        self.next_number = number;
+        self.last_start = None;
+        Ok(())
+    }
+
+    /// A handle to sync the log from another thread (see [`LogFile::sync_handle`]).
+    pub(crate) fn sync_handle(&self) -> Option<Arc<dyn LogFile + Send + Sync>> {
+        self.file.sync_handle()
     }
 
     /// Makes every appended record durable.

@@ -19,12 +19,15 @@ mod reports;
 mod schedules;
 mod store_id;
 mod tables;
+mod visible;
 mod wal;
 mod write_tables;
 
+pub(crate) use commit::Commit;
 pub(crate) use reports::PendingReport;
 pub(crate) use schedules::{ScheduledTask, StoredSchedule};
-pub(crate) use wal::wal_path;
+pub(crate) use visible::exempt_this_thread;
+pub(crate) use wal::{LogSync, wal_path};
 pub(crate) use write_tables::WriteTables;
 
 use std::io::ErrorKind;
@@ -115,6 +118,12 @@ pub(crate) struct Store {
     /// A logged commit failed and its record could not be taken back: the log holds a change
     /// the engine was told failed, so this store takes no more writes (see `commit.rs`).
     wal_diverged: std::sync::atomic::AtomicBool,
+    /// Which commits reads may see: those made visible ahead of their log sync only once it
+    /// returned (`visible.rs`).
+    visible: visible::Visibility,
+    /// Thrown after a failed log sync: the B-tree's storage then takes no more writes, so the
+    /// close before the reopen leaves it as its last durable commit did (`backend::Fenced`).
+    fence: backend::Fence,
     /// Makes every commit fail, so tests can see what a failed fsync does to the engine.
     #[cfg(test)]
     pub(crate) fail_commits: std::sync::atomic::AtomicBool,
@@ -239,13 +248,15 @@ impl Store {
         exists: bool,
         custom_backend: bool,
     ) -> Result<Self, StoreError> {
-        let db = match handle::open_database(&path, options, exists) {
+        let fence = backend::Fence::default();
+        let db = match handle::open_database(&path, options, exists, &fence) {
             Err(StoreError::Locked { path }) if open_here::contains(&path) => {
                 return Err(StoreError::OpenInThisProcess { path });
             }
             opened => opened?,
         };
-        let store = Self::assemble(path, options, Handle::Writable(db), false, custom_backend)?;
+        let mut store = Self::assemble(path, options, Handle::Writable(db), false, custom_backend)?;
+        store.fence = fence;
         store.check_identity(!exists)?;
         store.attach_wal(options.write_ahead_log)?;
         Ok(store)
@@ -267,6 +278,8 @@ impl Store {
             custom_backend,
             wal: Mutex::new(None),
             wal_diverged: std::sync::atomic::AtomicBool::new(false),
+            visible: visible::Visibility::default(),
+            fence: backend::Fence::default(),
             #[cfg(test)]
             fail_commits: std::sync::atomic::AtomicBool::new(false),
             #[cfg(test)]
@@ -288,9 +301,19 @@ impl Store {
     /// failure the disk may well be full, so the cache is made large enough for a whole log's
     /// changes: reads then see every acknowledged change without writing a page.
     pub(crate) fn reopen(&self) -> Result<(), StoreError> {
+        // Reads wait until the log is applied again: the B-tree alone may be older than what
+        // was acknowledged.
+        self.visible.hold();
+        let reopened = self.reopen_held();
+        self.visible.reopened();
+        reopened
+    }
+
+    fn reopen_held(&self) -> Result<(), StoreError> {
         let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
         // Closed first: redb locks the file, and the new handle needs that lock.
         drop(slot.take());
+        self.fence.store(false, std::sync::atomic::Ordering::SeqCst);
         *slot = Some(if self.read_only {
             handle::open_read_only(&self.path, &self.options)?
         } else {
@@ -301,7 +324,12 @@ impl Store {
                     .max(reopen_cache_bytes(&self.options)),
                 ..self.options.clone()
             };
-            Handle::Writable(handle::open_database(&self.path, &options, true)?)
+            Handle::Writable(handle::open_database(
+                &self.path,
+                &options,
+                true,
+                &self.fence,
+            )?)
         });
         drop(slot);
         if !self.read_only {
@@ -319,11 +347,20 @@ impl Store {
         }
     }
 
+    /// A read transaction whose snapshot holds only durable changes (`visible.rs`).
     fn begin_read(&self, action: &'static str) -> Result<redb::ReadTransaction, StoreError> {
-        let slot = self.db.read().unwrap_or_else(PoisonError::into_inner);
-        let db = slot.as_ref().ok_or_else(|| self.closed())?;
-        db.begin_read()
-            .map_err(|e| map_storage_error(&self.path, action, e.into()))
+        loop {
+            let generation = self.visible.generation();
+            let txn = {
+                let slot = self.db.read().unwrap_or_else(PoisonError::into_inner);
+                let db = slot.as_ref().ok_or_else(|| self.closed())?;
+                db.begin_read()
+                    .map_err(|e| map_storage_error(&self.path, action, e.into()))?
+            };
+            if self.visible.wait_visible(generation) {
+                return Ok(txn);
+            }
+        }
     }
 
     fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {

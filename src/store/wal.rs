@@ -8,9 +8,10 @@
 //! the B-tree says which records it holds whatever state a crash or a close left it in: a
 //! checkpoint's, or a later one that redb made durable when its handle closed.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::PoisonError;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use redb::Durability;
@@ -43,17 +44,60 @@ pub(super) struct Wal {
     pub(super) unlogged: Vec<u8>,
     last_checkpoint: Instant,
     checkpoint_bytes: u64,
+    /// A handle to sync the log from the writer's sync thread (`None`: synced inline).
+    pub(super) syncer: Option<Arc<dyn LogFile + Send + Sync>>,
+    /// The records of commits made visible ahead of their sync, oldest first: their number for
+    /// the reads (`visible.rs`), where each starts and its record number.
+    unsynced: VecDeque<Unsynced>,
+}
+
+/// A record appended by a commit made visible before the log's sync.
+#[derive(Clone, Copy, Debug)]
+struct Unsynced {
+    seq: u64,
+    start: u64,
+    number: u64,
+}
+
+/// A sync of the log for the writer's sync thread: it covers every commit numbered up to `seq`.
+pub(crate) struct LogSync {
+    log: Arc<dyn LogFile + Send + Sync>,
+    pub(crate) seq: u64,
+}
+
+impl LogSync {
+    /// Runs the sync (fdatasync of the log file).
+    ///
+    /// # Errors
+    /// The sync failed: nothing it covers may be acknowledged (see [`Store::log_sync_failed`]).
+    pub(crate) fn run(&self) -> std::io::Result<()> {
+        self.log.sync_data()
+    }
 }
 
 impl Wal {
     fn new(log: RedoLog<LogStorage>, path: PathBuf, checkpoint_bytes: u64) -> Self {
         Self {
             checkpoint_bytes,
+            syncer: log.sync_handle(),
             log,
             path,
             unlogged: Vec::new(),
             last_checkpoint: Instant::now(),
+            unsynced: VecDeque::new(),
         }
+    }
+
+    /// The record just appended belongs to the commit numbered `seq`, visible before its sync.
+    pub(super) fn unsynced(&mut self, seq: u64) {
+        if let Some((start, number)) = self.log.last_record() {
+            self.unsynced.push_back(Unsynced { seq, start, number });
+        }
+    }
+
+    /// A sync of the log returned: every record appended before it is durable.
+    pub(super) fn synced_all(&mut self) {
+        self.unsynced.clear();
     }
 
     /// A durable transaction whose changes (with the unlogged ones before it) take this many
@@ -64,6 +108,7 @@ impl Wal {
 
     /// After a synced B-tree commit: the log holds nothing the B-tree lacks.
     pub(super) fn checkpointed(&mut self) {
+        self.unsynced.clear();
         self.log.rewind();
         self.unlogged.clear();
         self.last_checkpoint = Instant::now();
@@ -344,7 +389,66 @@ impl Store {
         txn.commit().map_err(|e| err(e.into()))?;
         tracing::debug!(took = ?started.elapsed(), log_bytes = wal.log.end(), "checkpoint");
         wal.checkpointed();
+        self.visible.all_durable();
         Ok(())
+    }
+
+    /// A sync of the log covering every commit made visible so far, for the writer's sync
+    /// thread; `None` when none waits for one (or the log is synced inline).
+    pub(crate) fn log_sync(&self) -> Option<LogSync> {
+        let slot = self.wal.lock().unwrap_or_else(PoisonError::into_inner);
+        let wal = slot.as_ref()?;
+        wal.unsynced.back()?;
+        Some(LogSync {
+            log: Arc::clone(wal.syncer.as_ref()?),
+            seq: self.visible.committed(),
+        })
+    }
+
+    /// The highest commit number known durable: commits numbered up to it may be answered.
+    pub(crate) fn durable_seq(&self) -> u64 {
+        self.visible.durable()
+    }
+
+    /// The sync started for `seq` returned: the commits numbered up to it are durable, and
+    /// reads may see them.
+    pub(crate) fn log_synced(&self, seq: u64) {
+        let mut slot = self.wal.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(wal) = slot.as_mut() {
+            while wal.unsynced.front().is_some_and(|u| u.seq <= seq) {
+                wal.unsynced.pop_front();
+            }
+        }
+        drop(slot);
+        self.visible.mark_durable(seq);
+    }
+
+    /// The sync started for `seq` failed. The commits it covered, and every one after, were
+    /// made visible but are not durable: the B-tree's storage is fenced (closing it must not
+    /// make them durable), their records are taken back from the log, and the store must be
+    /// reopened, which rolls the B-tree back to its last durable commit and applies the log's
+    /// synced records to it. Returns the error to answer those commits with; `None` when a
+    /// checkpoint had made them durable meanwhile.
+    pub(crate) fn log_sync_failed(&self, seq: u64, error: std::io::Error) -> Option<StoreError> {
+        let mut slot = self.wal.lock().unwrap_or_else(PoisonError::into_inner);
+        let wal = slot.as_mut()?;
+        if self.visible.durable() >= seq && wal.unsynced.is_empty() {
+            tracing::warn!(%error, "a sync of the redo log failed after a checkpoint covered it");
+            return None;
+        }
+        self.fence.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(first) = wal.unsynced.front().copied()
+            && let Err(retract) = wal.log.retract_to(first.start, first.number)
+        {
+            tracing::error!(error = %retract, "records whose sync failed could not be taken back from the redo log");
+            self.wal_diverged
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        wal.unsynced.clear();
+        Some(wal.error(LogError::Io {
+            action: "syncing",
+            source: error,
+        }))
     }
 }
 

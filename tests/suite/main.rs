@@ -29,6 +29,7 @@ mod fuzz_corpus;
 mod handlers;
 mod history;
 mod limits;
+mod log_sync;
 mod metrics;
 mod pause;
 mod poison;

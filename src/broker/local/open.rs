@@ -138,6 +138,7 @@ impl LocalBroker {
                 .metrics
                 .clone()
                 .map(crate::metrics::InstrumentCache::new),
+            pipeline: Default::default(),
         };
         let spawn_error =
             |e: std::io::Error| Error::Internal(format!("cannot start an engine thread: {e}"));

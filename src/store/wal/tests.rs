@@ -526,3 +526,108 @@ fn a_record_that_cannot_be_taken_back_stops_writes_until_the_engine_reopens() {
     let err = store.write(|_| Ok(())).unwrap_err();
     assert!(err.to_string().contains("reopen the engine"), "{err}");
 }
+
+/// Queues a sample task in a commit made visible ahead of its log sync; its number.
+fn queue_deferred(store: &Store) -> (TaskId, u64) {
+    let id = TaskId::new();
+    let task = sample_task();
+    let ((), seq) = store
+        .write_as(crate::store::Commit::Deferred, |t| {
+            t.put_task(id, &task, None)?;
+            t.insert_waiting(
+                &task.queue,
+                crate::task::ReadyOrder::new(task.priority, task.due_at, task.seq),
+                id,
+            )
+        })
+        .unwrap();
+    (
+        id,
+        seq.expect("a logged commit made ahead of its sync is numbered"),
+    )
+}
+
+/// Reads task `id` on another thread; the receiver says whether it was found.
+fn read_elsewhere(store: &std::sync::Arc<Store>, id: TaskId) -> std::sync::mpsc::Receiver<bool> {
+    let (found, receiver) = std::sync::mpsc::channel();
+    let store = std::sync::Arc::clone(store);
+    std::thread::spawn(move || {
+        let _ = found.send(store.read_task(id).unwrap().is_some());
+    });
+    receiver
+}
+
+#[test]
+fn a_read_waits_until_a_sync_covers_what_it_would_see() {
+    let (_log, store) = flaky_store();
+    let store = std::sync::Arc::new(store);
+    let durable = queue_sample(&store);
+    assert!(read_elsewhere(&store, durable).recv().unwrap());
+    let (id, seq) = queue_deferred(&store);
+
+    let found = read_elsewhere(&store, id);
+    assert_eq!(
+        found.recv_timeout(std::time::Duration::from_millis(300)),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout),
+        "a read saw a commit whose log sync had not returned"
+    );
+    let sync = store.log_sync().expect("a commit waits for a sync");
+    assert_eq!(sync.seq, seq);
+    sync.run().unwrap();
+    store.log_synced(sync.seq);
+    assert_eq!(store.durable_seq(), seq);
+    assert_eq!(
+        found.recv_timeout(std::time::Duration::from_secs(10)),
+        Ok(true),
+        "the synced commit stayed hidden"
+    );
+    assert!(store.log_sync().is_none(), "nothing is left to sync");
+}
+
+#[test]
+fn a_failed_sync_takes_back_every_commit_made_visible_ahead_of_it() {
+    let (log, store) = flaky_store();
+    let store = std::sync::Arc::new(store);
+    let kept = queue_sample(&store);
+    let (synced, seq) = queue_deferred(&store);
+    let sync = store.log_sync().unwrap();
+    sync.run().unwrap();
+    store.log_synced(seq);
+    let (first, _) = queue_deferred(&store);
+    let (second, _) = queue_deferred(&store);
+    let waiting_read = read_elsewhere(&store, second);
+
+    let sync = store.log_sync().unwrap();
+    log.0
+        .failing_syncs
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    let error = sync.run().unwrap_err();
+    let failure = store
+        .log_sync_failed(sync.seq, error)
+        .expect("the commits it covered were not durable");
+    assert!(failure.to_string().contains("fq.redb-wal"), "{failure}");
+    // As healing does: the reopen rolls the B-tree back to its last durable commit and applies
+    // the log's synced records to it.
+    store.reopen().unwrap();
+    assert_eq!(
+        waiting_read.recv_timeout(std::time::Duration::from_secs(10)),
+        Ok(false),
+        "a read waiting for the failed sync saw its commit"
+    );
+    assert!(store.read_task(kept).unwrap().is_some());
+    assert!(
+        store.read_task(synced).unwrap().is_some(),
+        "a commit whose sync returned was lost"
+    );
+    for id in [first, second] {
+        assert_eq!(
+            store.read_task(id).unwrap(),
+            None,
+            "a commit whose sync failed came back"
+        );
+    }
+    assert_eq!(store.counts().unwrap().values().sum::<u64>(), 2);
+    assert_sound(&store);
+    let after = queue_sample(&store);
+    assert!(store.read_task(after).unwrap().is_some());
+}

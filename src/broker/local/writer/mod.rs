@@ -9,6 +9,7 @@ mod command;
 mod heal;
 mod moves;
 mod outbox;
+mod pipeline;
 mod step;
 
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use super::Shared;
 use crate::broker::Chained;
 use crate::clock::Millis;
 use crate::events::Event;
-use crate::store::{Store, StoreError, WriteTables};
+use crate::store::{Commit, Store, StoreError, WriteTables};
 
 use crate::task::{ReadyOrder, RetryPolicy, StoredTask, TaskId, TaskRecord};
 use crate::{Error, Result};
@@ -137,6 +138,8 @@ pub(crate) struct Writer {
     pub(crate) healing: Option<heal::Healing>,
     /// The metrics' instruments by queue and task name (`None`: metrics off).
     pub(crate) instruments: Option<crate::metrics::InstrumentCache>,
+    /// Batches committed ahead of their log sync, and the thread that syncs the log.
+    pub(crate) pipeline: pipeline::Pipeline,
 }
 
 /// The per-transaction scratch state.
@@ -168,8 +171,9 @@ impl Writer {
     pub(crate) fn run(mut self, commands: &crossbeam_channel::Receiver<Command>) {
         let shared = Arc::clone(&self.shared);
         let _guard = PoisonOnPanic(&shared);
+        crate::store::exempt_this_thread();
         loop {
-            if commands.is_empty() {
+            if self.pipeline.is_idle() && commands.is_empty() {
                 self.checkpoint_when_idle();
             }
             let flush_at = self.unflushed_since.map(|since| since + LAZY_FLUSH);
@@ -177,21 +181,22 @@ impl Writer {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let received = match deadline {
-                None => commands.recv().map_err(|_| ()),
-                Some(deadline) => match commands.recv_deadline(deadline) {
-                    Ok(command) => Ok(command),
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                        self.heal_if_due();
-                        if flush_at.is_some_and(|at| at <= std::time::Instant::now()) {
-                            self.flush();
-                        }
-                        continue;
+            let first = match self.pipeline.wait(commands, deadline) {
+                pipeline::Wake::Command(command) => command,
+                pipeline::Wake::Synced(seq, result) => {
+                    self.synced(seq, result);
+                    continue;
+                }
+                pipeline::Wake::Deadline => {
+                    self.heal_if_due();
+                    if flush_at.is_some_and(|at| at <= std::time::Instant::now()) {
+                        self.answer_all();
+                        self.flush();
                     }
-                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(()),
-                },
+                    continue;
+                }
+                pipeline::Wake::Closed => break,
             };
-            let Ok(first) = received else { break };
             let mut pending = Vec::with_capacity(64);
             pending.push(first);
             while pending.len() < MAX_BATCH {
@@ -200,7 +205,11 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.gather_follow_ups(commands, &mut pending);
+            // While a sync runs, what arrived goes into the next batch at once: its commit
+            // overlaps the sync instead of waiting for stragglers.
+            if !self.pipeline.syncing() {
+                self.gather_follow_ups(commands, &mut pending);
+            }
             // Under a steady stream of commands the deadline above never times out.
             self.heal_if_due();
             if let Some(reason) = self.shared.poisoned() {
@@ -215,7 +224,10 @@ impl Writer {
             // What was already queued when the answers went out is not a follow-up.
             self.follow_ups += commands.len();
         }
-        // Closing: what was committed lazily reaches the disk before the file closes.
+        // Closing: every batch answered, and what was committed lazily reaches the disk before
+        // the file closes.
+        self.answer_all();
+        self.pipeline.stop();
         self.flush();
     }
 
@@ -289,6 +301,8 @@ impl Writer {
         }
     }
 
+    /// Applies `commands` in one transaction and commits it; the batch is answered once that
+    /// commit is durable (`pipeline.rs`). A failed commit fails the whole batch.
     fn apply_batch(&mut self, commands: Vec<Command>) {
         let mut batch = Batch {
             now: self.shared.clock.now_ms(),
@@ -311,10 +325,11 @@ impl Writer {
             && self
                 .unflushed_since
                 .is_none_or(|since| since.elapsed() < LAZY_FLUSH);
+        let mode = if lazy { Commit::Lazy } else { Commit::Deferred };
         // Commands not applied when a storage failure aborts the batch (or the transaction
         // never opened) stay here, to be answered with that failure rather than dropped.
         let mut unapplied = commands;
-        let committed = store.write_with(!lazy, |tables| {
+        let committed = store.write_as(mode, |tables| {
             let mut commands = std::mem::take(&mut unapplied).into_iter();
             while let Some(command) = commands.next() {
                 if let Err(error) = self.apply(tables, command, &mut batch) {
@@ -325,65 +340,75 @@ impl Writer {
             Ok(())
         });
         match committed {
-            Ok(()) => {
+            Ok(((), seq)) => {
+                let flushes_lazy = !lazy && self.unflushed_since.is_some();
                 if lazy {
                     self.unflushed_since.get_or_insert(started);
                 } else {
                     self.unflushed_since = None;
                 }
                 self.last_commit = started.elapsed();
-                // Before anything of the batch becomes visible (events, waiters, answers): a
-                // scrape from then on waits for its metrics.
-                if let Some(metrics) = &self.shared.metrics {
-                    metrics.answering();
-                }
-                self.publish(batch.effects, batch.now);
-                if !batch.completed.is_empty() {
-                    self.shared.completions.record(batch.now, &batch.completed);
-                }
-                self.follow_ups = batch.answers.iter().map(Answer::follow_ups).sum();
-                for answer in batch.answers {
-                    answer.send();
-                }
-                self.answered_at = Some(std::time::Instant::now());
-                // Recorded after the answers went out: the callers (and the workers they feed)
-                // need not wait for the counters.
-                if let Some(metrics) = &self.shared.metrics {
-                    let durable = (!lazy).then_some(self.last_commit);
-                    metrics.committed(batch.observed, n_commands, durable);
-                    if batch.leases_expired > 0 {
-                        metrics.leases_expired(batch.leases_expired);
-                    }
-                }
+                self.committed(pipeline::Committed {
+                    batch,
+                    lazy,
+                    n_commands,
+                    started,
+                    seq,
+                    seq_before,
+                    waiting_before,
+                    flushes_lazy,
+                });
             }
             Err(error) => {
-                self.next_seq = seq_before;
-                self.waiting = waiting_before;
+                // The batches before this one are answered (or failed) first: they committed.
+                self.answer_all();
+                if self.shared.poisoned().is_none() {
+                    self.next_seq = seq_before;
+                    self.waiting = waiting_before;
+                }
                 let reason = error.to_string();
-                self.commit_failed(&reason);
+                if self.shared.poisoned().is_none() {
+                    self.commit_failed(&reason);
+                }
                 // The batch's own callers learn why their commit failed: a full disk is
                 // something they can act on, and must not read as a bug. Later writes see
                 // the poisoning, which names the same cause.
-                let answer_error = || match &error {
-                    StoreError::Full {
-                        path,
-                        free_bytes,
-                        needed_bytes,
-                    } => Error::Store(StoreError::Full {
-                        path: path.clone(),
-                        free_bytes: *free_bytes,
-                        needed_bytes: *needed_bytes,
-                    }),
-                    _ => Error::Poisoned {
-                        reason: reason.clone(),
-                    },
-                };
-                for answer in batch.answers {
-                    answer.fail(answer_error());
-                }
-                for command in unapplied {
-                    command.fail(answer_error());
-                }
+                pipeline::fail_answers(batch.answers, &error, &reason);
+                pipeline::fail_commands(unapplied, &error, &reason);
+            }
+        }
+    }
+
+    /// Answers a batch whose commit is durable: its effects reach memory, then its callers.
+    fn answer_batch(&mut self, committed: pipeline::Committed) {
+        let pipeline::Committed {
+            batch,
+            lazy,
+            n_commands,
+            started,
+            ..
+        } = committed;
+        // Before anything of the batch becomes visible (events, waiters, answers): a scrape
+        // from then on waits for its metrics.
+        if let Some(metrics) = &self.shared.metrics {
+            metrics.answering();
+        }
+        self.publish(batch.effects, batch.now);
+        if !batch.completed.is_empty() {
+            self.shared.completions.record(batch.now, &batch.completed);
+        }
+        self.follow_ups += batch.answers.iter().map(Answer::follow_ups).sum::<usize>();
+        for answer in batch.answers {
+            answer.send();
+        }
+        self.answered_at = Some(std::time::Instant::now());
+        // Recorded after the answers went out: the callers (and the workers they feed) need
+        // not wait for the counters.
+        if let Some(metrics) = &self.shared.metrics {
+            let durable = (!lazy).then(|| started.elapsed());
+            metrics.committed(batch.observed, n_commands, durable);
+            if batch.leases_expired > 0 {
+                metrics.leases_expired(batch.leases_expired);
             }
         }
     }

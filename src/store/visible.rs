@@ -1,0 +1,127 @@
+//! What readers may see of the writer's commits. With the write-ahead log the writer commits a
+//! batch to the B-tree before the log's sync that makes it durable has returned, so that it can
+//! apply the next batch while the disk works (`Store::write_deferred`). Such a commit is
+//! visible to a read transaction at once; this gate holds the read back until everything its
+//! snapshot holds is durable, so no caller ever sees a change a crash could take back.
+//!
+//! Every commit that is not durable when it becomes visible takes a number from `committed`
+//! before it commits; `durable` is the highest number known durable. A read takes its snapshot,
+//! then reads `committed`: the snapshot holds nothing numbered above that, so the read may go
+//! on once `durable` reaches it. A reopen (after a failed sync the B-tree is rolled back to its
+//! last durable state) moves to a new generation: a read whose snapshot came from the database
+//! before it takes a new one.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, PoisonError};
+
+thread_local! {
+    /// True on the writer's thread: it never waits for its own syncs (it is what ends them).
+    static EXEMPT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the calling thread as the store's writer: its reads never wait at the gate.
+pub(crate) fn exempt_this_thread() {
+    EXEMPT.with(|exempt| exempt.set(true));
+}
+
+#[derive(Default)]
+pub(super) struct Visibility {
+    committed: AtomicU64,
+    state: Mutex<Durable>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Durable {
+    /// Every commit numbered up to this one is durable.
+    seq: u64,
+    /// Moves on at each reopen: snapshots taken before it are of a closed database.
+    generation: u64,
+    /// The thread reopening the store, while it does: no other read goes on until the log is
+    /// applied again.
+    held_by: Option<std::thread::ThreadId>,
+}
+
+impl Visibility {
+    /// The number of a commit about to become visible before it is durable.
+    pub(super) fn number_next(&self) -> u64 {
+        self.committed.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The number of the last commit made visible.
+    pub(super) fn committed(&self) -> u64 {
+        self.committed.load(Ordering::SeqCst)
+    }
+
+    /// The highest commit number known durable.
+    pub(super) fn durable(&self) -> u64 {
+        self.lock().seq
+    }
+
+    /// Commits up to `seq` are durable.
+    pub(super) fn mark_durable(&self, seq: u64) {
+        let mut state = self.lock();
+        if seq > state.seq {
+            state.seq = seq;
+            self.changed.notify_all();
+        }
+    }
+
+    /// Every commit made so far is durable (a synced commit or checkpoint covers them).
+    pub(super) fn all_durable(&self) {
+        self.mark_durable(self.committed());
+    }
+
+    /// The store is about to reopen: reads on other threads wait until
+    /// [`Visibility::reopened`]; this thread's (the reopen's own) go on.
+    pub(super) fn hold(&self) {
+        self.lock().held_by = Some(std::thread::current().id());
+    }
+
+    /// The store reopened: what it holds now is durable, and reads whose snapshot came from
+    /// before take a new one.
+    pub(super) fn reopened(&self) {
+        let mut state = self.lock();
+        state.seq = state.seq.max(self.committed());
+        state.generation += 1;
+        state.held_by = None;
+        self.changed.notify_all();
+    }
+
+    /// The generation a read starts in (before it takes its snapshot).
+    pub(super) fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// Waits until everything a snapshot taken in `generation` can hold is durable. False when
+    /// the store reopened meanwhile: the snapshot is of a closed database and must be taken
+    /// again.
+    pub(super) fn wait_visible(&self, generation: u64) -> bool {
+        if EXEMPT.with(Cell::get) {
+            return true;
+        }
+        let needed = self.committed();
+        let mut state = self.lock();
+        let this_thread = std::thread::current().id();
+        if state.held_by == Some(this_thread) {
+            return true;
+        }
+        loop {
+            if state.generation != generation {
+                return false;
+            }
+            if state.held_by.is_none() && state.seq >= needed {
+                return true;
+            }
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Durable> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}

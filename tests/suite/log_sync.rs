@@ -1,0 +1,199 @@
+//! The pipelined group commit seen from the engine: the writer commits the next batch while the
+//! log's sync of the last one runs, and answers each batch only once a sync covering it has
+//! returned. A sync that fails fails its batches and every batch committed behind it, and none
+//! of them is in the store after the engine heals.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use fq::{Engine, ListQuery, TaskId};
+use serde_json::json;
+
+use crate::common::backend::FailingBackend;
+
+/// A redo log kept in memory (the suite's healthy simulated disk) whose next sync can be made
+/// to wait for the test, then fail.
+#[derive(Debug, Clone)]
+struct HeldLog {
+    disk: FailingBackend,
+    gate: Arc<(Mutex<SyncGate>, Condvar)>,
+}
+
+#[derive(Debug, Default)]
+struct SyncGate {
+    /// The next sync waits until released, then fails.
+    armed: bool,
+    /// A sync is waiting for the release.
+    waiting: bool,
+    released: bool,
+}
+
+impl HeldLog {
+    fn new() -> Self {
+        Self {
+            disk: FailingBackend::healthy(Vec::new()),
+            gate: Arc::default(),
+        }
+    }
+
+    fn arm(&self) {
+        self.gate.0.lock().unwrap().armed = true;
+    }
+
+    fn wait_for_held_sync(&self) {
+        let (lock, changed) = &*self.gate;
+        let mut gate = lock.lock().unwrap();
+        while !gate.waiting {
+            let (next, timeout) = changed.wait_timeout(gate, Duration::from_secs(10)).unwrap();
+            assert!(!timeout.timed_out(), "no sync of the log started");
+            gate = next;
+        }
+    }
+
+    fn release(&self) {
+        self.gate.0.lock().unwrap().released = true;
+        self.gate.1.notify_all();
+    }
+}
+
+impl redb::StorageBackend for HeldLog {
+    fn len(&self) -> std::io::Result<u64> {
+        self.disk.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.disk.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.disk.set_len(len)
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        let (lock, changed) = &*self.gate;
+        let mut gate = lock.lock().unwrap();
+        if !gate.armed {
+            drop(gate);
+            return self.disk.sync_data();
+        }
+        gate.armed = false;
+        gate.waiting = true;
+        changed.notify_all();
+        while !gate.released {
+            gate = changed.wait(gate).unwrap();
+        }
+        Err(std::io::Error::other("injected failure of a held sync"))
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.disk.write(offset, data)
+    }
+}
+
+async fn enqueue(engine: &Engine, n: u64) -> fq::Result<TaskId> {
+    engine
+        .queue_task_named("log.sync", &json!({"args": [n], "kwargs": {}}))
+        .send()
+        .await
+}
+
+async fn listed(engine: &Engine) -> Vec<TaskId> {
+    let query = ListQuery {
+        limit: 1_000,
+        ..ListQuery::default()
+    };
+    let mut ids: Vec<TaskId> = engine
+        .list(query)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|task| task.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_log_sync_fails_every_batch_committed_behind_it_and_none_comes_back() {
+    let log = HeldLog::new();
+    let engine = Engine::builder(PathBuf::from("/simulated/fq.redb"))
+        .control(false)
+        .storage_backend(redb::backends::InMemoryBackend::new())
+        .log_backend(log.clone())
+        .open()
+        .unwrap();
+    let kept = enqueue(&engine, 0).await.unwrap();
+
+    log.arm();
+    let engine = Arc::new(engine);
+    let first = tokio::spawn({
+        let engine = Arc::clone(&engine);
+        async move { enqueue(&engine, 1).await }
+    });
+    let held = log.clone();
+    tokio::task::spawn_blocking(move || held.wait_for_held_sync())
+        .await
+        .unwrap();
+    // The first batch's sync is held: the next enqueue is committed behind it, and a read
+    // waits, since what it would see is not durable.
+    let second = tokio::spawn({
+        let engine = Arc::clone(&engine);
+        async move { enqueue(&engine, 2).await }
+    });
+    let read = tokio::spawn({
+        let engine = Arc::clone(&engine);
+        async move { listed(&engine).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answered_early = first.is_finished() || second.is_finished();
+    let read_early = read.is_finished();
+    // Released before asserting, so that a failure does not leave the sync thread held.
+    log.release();
+    assert!(
+        !answered_early,
+        "an enqueue was answered before the sync that covers it returned"
+    );
+    assert!(
+        !read_early,
+        "a read went on while the last commit it would see was not durable"
+    );
+    for (name, outcome) in [
+        ("first", first.await.unwrap()),
+        ("second", second.await.unwrap()),
+    ] {
+        let error = outcome.expect_err(name);
+        assert!(
+            error.to_string().contains("fq.redb-wal"),
+            "the {name} enqueue's error does not name the log: {error}"
+        );
+    }
+    let read = tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("a read waiting on the failed sync never returned");
+    assert_eq!(
+        read.unwrap(),
+        vec![kept],
+        "a read waiting on the failed sync saw a commit it covered"
+    );
+
+    // The engine heals by itself (reopen, then an empty durable commit) and takes writes.
+    let mut after = None;
+    for _ in 0..200 {
+        match enqueue(&engine, 3).await {
+            Ok(id) => {
+                after = Some(id);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let after = after.expect("the engine did not heal after the failed sync");
+    let mut expected = vec![kept, after];
+    expected.sort();
+    assert_eq!(listed(&engine).await, expected);
+    assert!(engine.check_integrity().await.unwrap().problems.is_empty());
+    println!("log_sync: two enqueues behind a failed sync failed; the engine healed");
+}
