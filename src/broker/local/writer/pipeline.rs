@@ -66,6 +66,19 @@ impl SyncThread {
             })?;
         Ok(Self { jobs, done, handle })
     }
+
+    /// The result of the sync covering commits up to `in_flight`, waiting for it.
+    fn receive(&self, in_flight: u64) -> (u64, std::io::Result<()>) {
+        self.done.recv().unwrap_or_else(|_| thread_ended(in_flight))
+    }
+}
+
+/// What a sync the thread never answered amounts to: it did not happen.
+fn thread_ended(in_flight: u64) -> (u64, std::io::Result<()>) {
+    (
+        in_flight,
+        Err(std::io::Error::other("the log's sync thread ended")),
+    )
 }
 
 /// What the writer's loop woke up for.
@@ -112,14 +125,11 @@ impl Pipeline {
                 Err(_) => Wake::Closed,
             };
         }
-        match done.map(|done| operation.recv(done)) {
-            Some(Ok((seq, result))) => Wake::Synced(seq, result),
-            // The sync thread ended without answering: the sync did not happen.
-            _ => Wake::Synced(
-                self.in_flight.unwrap_or(0),
-                Err(std::io::Error::other("the log's sync thread ended")),
-            ),
-        }
+        let (seq, result) = match done.map(|done| operation.recv(done)) {
+            Some(Ok(report)) => report,
+            _ => thread_ended(self.in_flight.unwrap_or(0)),
+        };
+        Wake::Synced(seq, result)
     }
 
     /// Stops the sync thread (nothing runs on it once the writer has settled).
@@ -176,8 +186,7 @@ impl Writer {
                 Ok(thread) => self.pipeline.thread = Some(thread),
                 Err(error) => {
                     tracing::warn!(%error, "cannot start the log's sync thread; syncing inline");
-                    let result = job.run();
-                    return self.synced(job.seq, result);
+                    return self.sync_here(&job);
                 }
             }
         }
@@ -187,11 +196,14 @@ impl Writer {
         };
         match thread.jobs.send(job) {
             Ok(()) => self.pipeline.in_flight = Some(seq),
-            Err(crossbeam_channel::SendError(job)) => {
-                let result = job.run();
-                self.synced(seq, result);
-            }
+            Err(crossbeam_channel::SendError(job)) => self.sync_here(&job),
         }
+    }
+
+    /// Runs `job` on the writer's own thread (no sync runs elsewhere).
+    fn sync_here(&mut self, job: &LogSync) {
+        let result = job.run();
+        self.synced(job.seq, result);
     }
 
     /// The sync covering commits up to `seq` returned `result`.
@@ -216,18 +228,10 @@ impl Writer {
     /// the close).
     pub(super) fn answer_all(&mut self) {
         loop {
-            if self.pipeline.in_flight.is_some() {
-                let received = self
-                    .pipeline
-                    .thread
-                    .as_ref()
-                    .map(|thread| thread.done.recv());
-                let (seq, result) = match received {
-                    Some(Ok(report)) => report,
-                    _ => (
-                        self.pipeline.in_flight.unwrap_or(0),
-                        Err(std::io::Error::other("the log's sync thread ended")),
-                    ),
+            if let Some(in_flight) = self.pipeline.in_flight {
+                let (seq, result) = match &self.pipeline.thread {
+                    Some(thread) => thread.receive(in_flight),
+                    None => thread_ended(in_flight),
                 };
                 self.synced(seq, result);
                 continue;
@@ -235,8 +239,7 @@ impl Writer {
             let Some(job) = self.store.log_sync() else {
                 break;
             };
-            let result = job.run();
-            self.synced(job.seq, result);
+            self.sync_here(&job);
         }
         // Whatever is left was lazy, or durable without a number.
         self.answer_durable();

@@ -1,0 +1,253 @@
+//! Unit tests of the local broker: failed commits (poisoning, self-healing), a panicking
+//! writer or read, and tasks cancelled or purged while being forwarded to RabbitMQ.
+
+use std::sync::atomic::Ordering;
+
+use super::*;
+use crate::clock::SystemClock;
+use crate::task::Payload;
+
+fn settings() -> LocalSettings {
+    LocalSettings {
+        store: StoreOptions::default(),
+        retry: RetryPolicy::default(),
+        lease: Duration::from_secs(60),
+        max_pending: None,
+        max_payload_bytes: 1 << 20,
+        min_free_bytes: 0,
+        self_heal: true,
+        schedules: Vec::new(),
+        metrics: None,
+    }
+}
+
+/// A broker on a fresh store at `path`, on the system clock.
+fn open_at(path: &std::path::Path) -> LocalBroker {
+    LocalBroker::open(path, settings(), Arc::new(SystemClock), EventBus::new()).unwrap()
+}
+
+fn new_task() -> NewTask {
+    NewTask {
+        id: TaskId::new(),
+        name: "t".into(),
+        queue: "default".into(),
+        priority: 0,
+        payload: Payload::empty(),
+        max_retries: 3,
+        timeout: None,
+        retry_delay: None,
+        run_at: None,
+        unique: None,
+    }
+}
+
+/// With healing off, a failed commit must never be acknowledged, and the engine must refuse
+/// every later write (even once the disk recovers) until it is reopened, while reads keep
+/// working.
+#[tokio::test]
+async fn a_failed_commit_poisons_the_engine_until_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fq.redb");
+    let broker = LocalBroker::open(
+        &path,
+        LocalSettings {
+            self_heal: false,
+            ..settings()
+        },
+        Arc::new(SystemClock),
+        EventBus::new(),
+    )
+    .unwrap();
+    let kept = broker.enqueue(vec![new_task()]).await.unwrap()[0].id;
+
+    broker.store.fail_commits.store(true, Ordering::SeqCst);
+    let lost = new_task();
+    let lost_id = lost.id;
+    let err = broker.enqueue(vec![lost]).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Poisoned { reason } if reason.contains("committing")),
+        "{err}"
+    );
+
+    broker.store.fail_commits.store(false, Ordering::SeqCst);
+    let err = broker.enqueue(vec![new_task()]).await.unwrap_err();
+    assert!(matches!(err, Error::Poisoned { .. }), "{err}");
+    assert!(
+        broker.task(kept).await.unwrap().is_some(),
+        "reads stopped working"
+    );
+    assert!(broker.task(lost_id).await.unwrap().is_none());
+    drop(broker);
+
+    let broker = open_at(&path);
+    assert_eq!(
+        broker.recovery().waiting,
+        1,
+        "the unacknowledged task was stored"
+    );
+    broker.enqueue(vec![new_task()]).await.unwrap();
+}
+
+/// With healing on (the default), the engine refuses writes while its store fails, keeps
+/// serving reads, and accepts writes again by itself once the store works, with nothing
+/// of the failed batch stored and nothing acknowledged lost.
+#[tokio::test]
+async fn a_failed_commit_heals_by_itself_once_the_store_works_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fq.redb");
+    let broker = open_at(&path);
+    let kept = broker.enqueue(vec![new_task()]).await.unwrap()[0].id;
+
+    broker.store.fail_commits.store(true, Ordering::SeqCst);
+    let lost = new_task();
+    let lost_id = lost.id;
+    let err = broker.enqueue(vec![lost]).await.unwrap_err();
+    assert!(matches!(err, Error::Poisoned { .. }), "{err}");
+    // While the store still fails, the attempts to heal fail too: writes stay refused.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let err = broker.enqueue(vec![new_task()]).await.unwrap_err();
+    assert!(matches!(err, Error::Poisoned { .. }), "{err}");
+    assert!(broker.task(kept).await.unwrap().is_some(), "reads stopped");
+    let refused = broker.stats().await.unwrap().writes_refused;
+    assert!(
+        refused.as_deref().is_some_and(|r| r.contains("committing")),
+        "stats say why writes are refused: {refused:?}"
+    );
+
+    broker.store.fail_commits.store(false, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let healed = loop {
+        match broker.enqueue(vec![new_task()]).await {
+            Ok(queued) => break queued[0].id,
+            Err(Error::Poisoned { .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(other) => panic!("the engine did not heal: {other}"),
+        }
+    };
+    assert!(broker.task(lost_id).await.unwrap().is_none());
+    assert_eq!(broker.stats().await.unwrap().writes_refused, None);
+    drop(broker);
+    let broker = open_at(&path);
+    assert!(broker.task(kept).await.unwrap().is_some());
+    assert!(broker.task(healed).await.unwrap().is_some());
+}
+
+/// A panicking writer dropped the replies it held before its guard raised the poison
+/// flag, so their callers were told "engine is shut down".
+#[tokio::test]
+async fn regression_a_writer_panic_was_reported_as_a_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fq.redb");
+    let broker = open_at(&path);
+    broker.enqueue(vec![new_task()]).await.unwrap();
+    broker.store.panic_on_write.store(true, Ordering::SeqCst);
+    let err = broker.enqueue(vec![new_task()]).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Poisoned { reason } if reason.contains("panicked")),
+        "{err}"
+    );
+    let err = broker.enqueue(vec![new_task()]).await.unwrap_err();
+    assert!(matches!(err, Error::Poisoned { .. }), "{err}");
+}
+
+/// A redb panic inside a read (some damage no checksum catches, e.g. a zeroed page) came
+/// back as an internal error without the file's name.
+#[tokio::test]
+async fn regression_a_panic_inside_a_read_was_an_internal_error_without_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fq.redb");
+    let broker = open_at(&path);
+    let err = read_off_the_runtime(&broker.store, |_store| -> Result<()> {
+        panic!("invalid page type 0")
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::Store(StoreError::Corrupt { path: at, detail })
+            if *at == path && detail.contains("invalid page type 0")),
+        "{err:?}"
+    );
+}
+
+/// RabbitMQ mode: a cancel that landed while the forwarder was publishing a task (after it
+/// read the record, before RabbitMQ's confirm) reported CANCELLED although the message was
+/// already published, so the "cancelled" task ran anyway.
+#[tokio::test]
+async fn regression_a_cancel_while_the_task_was_being_forwarded_was_reported_cancelled() {
+    use crate::broker::Broker;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open_at(&dir.path().join("fq.redb"));
+    let ids: Vec<TaskId> = broker
+        .enqueue(vec![new_task(), new_task(), new_task()])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|queued| queued.id)
+        .collect();
+
+    // Being published: refused, and the task stays PENDING.
+    let taken = broker.take_due(1);
+    assert_eq!(taken.len(), 1);
+    let publishing = taken[0].id;
+    let read = broker.read_taken(taken.clone()).await.unwrap();
+    assert_eq!(read.len(), 1);
+    let err = broker.cancel(publishing, "test".into()).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::WrongState { status: TaskStatus::Pending, allowed, .. }
+            if allowed.contains("being published to RabbitMQ")),
+        "{err}"
+    );
+    // Publishing failed: the task is back in the outbox, and cancellable.
+    broker.put_back(taken);
+    let record = broker.cancel(publishing, "test".into()).await.unwrap();
+    assert_eq!(record.status, TaskStatus::Cancelled);
+
+    // Cancelled after the forwarder took it but before it read it: not published.
+    let taken = broker.take_due(1);
+    let cancelled = taken[0].id;
+    broker.cancel(cancelled, "test".into()).await.unwrap();
+    assert!(broker.read_taken(taken).await.unwrap().is_empty());
+
+    // Confirmed: FORWARDED, and cancel says so.
+    let taken = broker.take_due(1);
+    let forwarded = taken[0].id;
+    let read = broker.read_taken(taken).await.unwrap();
+    let marks = read.iter().map(|(t, _)| (t.id, t.order)).collect();
+    assert_eq!(broker.mark_forwarded(marks, 1).await.unwrap(), 1);
+    let err = broker.cancel(forwarded, "test".into()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::WrongState {
+                status: TaskStatus::Forwarded,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    for id in [publishing, cancelled, forwarded] {
+        assert!(ids.contains(&id), "{id} was not queued here");
+    }
+}
+
+/// RabbitMQ mode: purging a queue deleted a task the forwarder was publishing at that
+/// moment and counted it purged, though its message could already be in RabbitMQ.
+#[tokio::test]
+async fn regression_a_purge_deleted_a_task_that_was_being_forwarded() {
+    use crate::broker::Broker;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open_at(&dir.path().join("fq.redb"));
+    broker
+        .enqueue(vec![new_task(), new_task(), new_task()])
+        .await
+        .unwrap();
+    let taken = broker.take_due(1);
+    let read = broker.read_taken(taken).await.unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(broker.purge("default".into(), None).await.unwrap(), 2);
+    let marks = read.iter().map(|(t, _)| (t.id, t.order)).collect();
+    assert_eq!(broker.mark_forwarded(marks, 1).await.unwrap(), 1);
+    let record = broker.task(read[0].0.id).await.unwrap().unwrap();
+    assert_eq!(record.status, TaskStatus::Forwarded);
+}

@@ -1,0 +1,151 @@
+//! One batch of the writer: the commands drained into one transaction, applied and committed
+//! together, and answered once that commit is durable (`pipeline.rs`). Owns the batch's
+//! scratch state and its way from commands to answers.
+
+use std::sync::Arc;
+
+use super::command::{Answer, Command, LAZY_FLUSH};
+use super::{Publish, Writer, pipeline};
+use crate::clock::Millis;
+use crate::events::Event;
+use crate::store::Commit;
+use crate::task::TaskRecord;
+
+/// The per-transaction scratch state.
+pub(in crate::broker::local) struct Batch {
+    pub(in crate::broker::local) now: Millis,
+    pub(in crate::broker::local) effects: Vec<Publish>,
+    pub(super) answers: Vec<Answer>,
+    pub(super) audience: bool,
+    /// Completions per queue, for the engine's throughput figures.
+    pub(super) completed: std::collections::HashMap<String, u64>,
+    /// The store's free space, probed once per batch by its first enqueue.
+    pub(super) free_bytes: Option<Option<u64>>,
+    /// The moves the metrics count, recorded only once the commit succeeded; stays empty
+    /// when the engine's metrics are off.
+    pub(super) observed: Vec<crate::metrics::Observation>,
+    /// Leases that ran out in this batch, for the metrics.
+    pub(super) leases_expired: u64,
+}
+
+impl Batch {
+    /// Queues an event of `kind` about `task`, at the batch's time, for after the commit.
+    pub(super) fn emit(&mut self, kind: crate::events::EventKind, task: Arc<TaskRecord>) {
+        let at = crate::clock::millis_to_datetime(self.now);
+        self.effects.push(Publish::Emit(Event::new(kind, task, at)));
+    }
+}
+
+impl Writer {
+    /// Applies `commands` in one transaction and commits it; the batch is answered once that
+    /// commit is durable (`pipeline.rs`). A failed commit fails the whole batch.
+    pub(super) fn apply_batch(&mut self, commands: Vec<Command>) {
+        let mut batch = Batch {
+            now: self.shared.clock.now_ms(),
+            effects: Vec::new(),
+            answers: Vec::with_capacity(commands.len()),
+            audience: self.shared.events.has_audience(),
+            completed: std::collections::HashMap::new(),
+            free_bytes: None,
+            observed: Vec::new(),
+            leases_expired: 0,
+        };
+        let n_commands = commands.len();
+        let seq_before = self.next_seq;
+        let waiting_before = self.waiting;
+        let store = Arc::clone(&self.store);
+        let started = std::time::Instant::now();
+        // A batch of lazy commands only skips the fsync, unless lazy changes have waited
+        // long enough: then this commit makes them durable too.
+        let lazy = commands.iter().all(Command::is_lazy)
+            && self
+                .unflushed_since
+                .is_none_or(|since| since.elapsed() < LAZY_FLUSH);
+        let mode = if lazy { Commit::Lazy } else { Commit::Deferred };
+        // Commands not applied when a storage failure aborts the batch (or the transaction
+        // never opened) stay here, to be answered with that failure rather than dropped.
+        let mut unapplied = commands;
+        let committed = store.write_as(mode, |tables| {
+            let mut commands = std::mem::take(&mut unapplied).into_iter();
+            while let Some(command) = commands.next() {
+                if let Err(error) = self.apply(tables, command, &mut batch) {
+                    unapplied.extend(commands);
+                    return Err(error);
+                }
+            }
+            Ok(())
+        });
+        match committed {
+            Ok(((), seq)) => {
+                let flushes_lazy = !lazy && self.unflushed_since.is_some();
+                if lazy {
+                    self.unflushed_since.get_or_insert(started);
+                } else {
+                    self.unflushed_since = None;
+                }
+                self.last_commit = started.elapsed();
+                self.committed(pipeline::Committed {
+                    batch,
+                    lazy,
+                    n_commands,
+                    started,
+                    seq,
+                    seq_before,
+                    waiting_before,
+                    flushes_lazy,
+                });
+            }
+            Err(error) => {
+                // The batches before this one are answered (or failed) first: they committed.
+                self.answer_all();
+                if self.shared.poisoned().is_none() {
+                    self.next_seq = seq_before;
+                    self.waiting = waiting_before;
+                }
+                let reason = error.to_string();
+                if self.shared.poisoned().is_none() {
+                    self.commit_failed(&reason);
+                }
+                // The batch's own callers learn why their commit failed: a full disk is
+                // something they can act on, and must not read as a bug. Later writes see
+                // the poisoning, which names the same cause.
+                pipeline::fail_answers(batch.answers, &error, &reason);
+                pipeline::fail_commands(unapplied, &error, &reason);
+            }
+        }
+    }
+
+    /// Answers a batch whose commit is durable: its effects reach memory, then its callers.
+    pub(super) fn answer_batch(&mut self, committed: pipeline::Committed) {
+        let pipeline::Committed {
+            batch,
+            lazy,
+            n_commands,
+            started,
+            ..
+        } = committed;
+        // Before anything of the batch becomes visible (events, waiters, answers): a scrape
+        // from then on waits for its metrics.
+        if let Some(metrics) = &self.shared.metrics {
+            metrics.answering();
+        }
+        self.publish(batch.effects, batch.now);
+        if !batch.completed.is_empty() {
+            self.shared.completions.record(batch.now, &batch.completed);
+        }
+        self.follow_ups += batch.answers.iter().map(Answer::follow_ups).sum::<usize>();
+        for answer in batch.answers {
+            answer.send();
+        }
+        self.answered_at = Some(std::time::Instant::now());
+        // Recorded after the answers went out: the callers (and the workers they feed) need
+        // not wait for the counters.
+        if let Some(metrics) = &self.shared.metrics {
+            let durable = (!lazy).then(|| started.elapsed());
+            metrics.committed(batch.observed, n_commands, durable);
+            if batch.leases_expired > 0 {
+                metrics.leases_expired(batch.leases_expired);
+            }
+        }
+    }
+}
