@@ -13,7 +13,7 @@ use redb::Durability;
 
 use super::changes::{ChangeList, TableTag};
 use super::tables::{COUNTS, FINISHED, LEASES, META, TASKS, WAITING};
-use super::wal::META_WAL_APPLIED;
+use super::wal::{LogSync, META_WAL_APPLIED};
 use super::write_tables::logged_table;
 use super::{Store, StoreError, WriteTables};
 
@@ -52,7 +52,7 @@ impl Store {
         } else {
             Commit::Lazy
         };
-        self.write_as(mode, apply).map(|(result, _)| result)
+        self.write_as(mode, None, apply).map(|(result, _)| result)
     }
 
     /// Runs `apply` in one write transaction committed as `mode` says. With
@@ -60,9 +60,14 @@ impl Store {
     /// commit is durable only once a sync of the log started after it ([`Store::log_sync`])
     /// has returned: it is visible to this thread at once, to other readers only then
     /// (`visible.rs`). Without a number the commit is as `Commit::Durable`'s.
+    ///
+    /// `start_sync`, when given, is offered that sync as soon as the record is in the log,
+    /// before the B-tree commits, so that the disk works while the B-tree commits; it gives the
+    /// job back when it cannot run it (the caller then starts a sync later).
     pub(crate) fn write_as<R>(
         &self,
         mode: Commit,
+        start_sync: Option<&dyn Fn(LogSync) -> Result<(), LogSync>>,
         apply: impl FnOnce(&mut WriteTables<'_>) -> Result<R, StoreError>,
     ) -> Result<(R, Option<u64>), StoreError> {
         let durable = mode != Commit::Lazy;
@@ -181,7 +186,11 @@ impl Store {
             // Numbered before it becomes visible: a read that sees it waits for its sync.
             Ok(_) if deferred => {
                 let seq = self.visible.number_next();
-                match txn.commit() {
+                if let (Some(start), Some(job)) = (start_sync, wal.sync_for(seq)) {
+                    // Declined, the job is dropped: the caller's next sync covers this record.
+                    let _declined = start(job);
+                }
+                match self.commit_after_log(txn) {
                     Err(error) => {
                         take_back(wal);
                         Some(commit_error(error))
@@ -198,7 +207,7 @@ impl Store {
                     take_back(wal);
                     Some(wal.error(error))
                 }
-                Ok(()) => txn.commit().err().map(|error| {
+                Ok(()) => self.commit_after_log(txn).err().map(|error| {
                     take_back(wal);
                     commit_error(error)
                 }),
@@ -222,5 +231,19 @@ impl Store {
             tracing::warn!(%error, "checkpoint failed");
         }
         Ok((result, number))
+    }
+
+    /// Commits the B-tree after the log took the transaction's record. In unit tests it fails
+    /// instead while `fail_commit_after_log` is set: the one failure that leaves a record in
+    /// the log to take back.
+    fn commit_after_log(&self, txn: redb::WriteTransaction) -> Result<(), redb::CommitError> {
+        #[cfg(test)]
+        if self.fail_commit_after_log.load(Ordering::SeqCst) {
+            drop(txn);
+            return Err(redb::CommitError::Storage(redb::StorageError::Io(
+                std::io::Error::other("injected B-tree commit failure"),
+            )));
+        }
+        txn.commit()
     }
 }

@@ -119,6 +119,9 @@ pub(crate) struct Store {
     /// Makes every commit fail, so tests can see what a failed fsync does to the engine.
     #[cfg(test)]
     pub(crate) fail_commits: std::sync::atomic::AtomicBool,
+    /// Test hook: the B-tree's commit fails after the log took the record (`commit.rs`).
+    #[cfg(test)]
+    pub(crate) fail_commit_after_log: std::sync::atomic::AtomicBool,
     /// Makes the next write panic, as a bug in the engine would.
     #[cfg(test)]
     pub(crate) panic_on_write: std::sync::atomic::AtomicBool,
@@ -274,6 +277,8 @@ impl Store {
             fence: backend::Fence::default(),
             #[cfg(test)]
             fail_commits: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            fail_commit_after_log: std::sync::atomic::AtomicBool::new(false),
             #[cfg(test)]
             panic_on_write: std::sync::atomic::AtomicBool::new(false),
         })
@@ -456,15 +461,17 @@ impl Store {
 }
 
 /// Free bytes for unprivileged users on the file system holding `path` (the file, or its
-/// folder when the file does not exist yet).
+/// folder when the file does not exist yet). The writer probes once per batch that enqueues,
+/// so the file is asked first: one system call where it exists.
 #[cfg(unix)]
 pub(crate) fn free_bytes_at(path: &Path) -> Option<u64> {
-    let probe = if path.exists() {
-        path
-    } else {
-        path.parent().filter(|p| !p.as_os_str().is_empty())?
+    let stats = match rustix::fs::statvfs(path) {
+        Ok(stats) => stats,
+        Err(rustix::io::Errno::NOENT) => {
+            rustix::fs::statvfs(path.parent().filter(|p| !p.as_os_str().is_empty())?).ok()?
+        }
+        Err(_) => return None,
     };
-    let stats = rustix::fs::statvfs(probe).ok()?;
     Some(stats.f_bavail.saturating_mul(stats.f_frsize))
 }
 

@@ -162,3 +162,25 @@ fn deletes_only_finished_tasks_past_the_cutoff() {
     assert!(store.read_task(young).unwrap().is_some());
     assert!(store.read_task(failed_old).unwrap().is_some());
 }
+
+#[cfg(unix)]
+#[test]
+fn free_space_is_probed_at_the_file_or_else_its_folder() {
+    let (dir, path, store) = temp_store();
+    let at_file = store
+        .free_bytes()
+        .expect("the store's file system is probed");
+    assert!(at_file > 0);
+    let not_yet = dir.path().join("nested").join("not-created.redb");
+    assert!(
+        free_bytes_at(&not_yet).is_some(),
+        "a file not created yet is probed at its folder"
+    );
+    assert_eq!(
+        free_bytes_at(&dir.path().join("missing").join("fq.redb")),
+        None,
+        "no folder to ask: the space is unknown"
+    );
+    drop(store);
+    assert!(free_bytes_at(&path).is_some());
+}

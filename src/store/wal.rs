@@ -95,6 +95,15 @@ impl Wal {
         }
     }
 
+    /// A sync of the log covering the commits numbered up to `seq`, for the writer's sync
+    /// thread; `None` when the log's storage has no handle to sync it from another thread.
+    pub(super) fn sync_for(&self, seq: u64) -> Option<LogSync> {
+        Some(LogSync {
+            log: Arc::clone(self.syncer.as_ref()?),
+            seq,
+        })
+    }
+
     /// A sync of the log returned: every record appended before it is durable.
     pub(super) fn synced_all(&mut self) {
         self.unsynced.clear();
@@ -399,10 +408,7 @@ impl Store {
         let slot = self.wal.lock().unwrap_or_else(PoisonError::into_inner);
         let wal = slot.as_ref()?;
         wal.unsynced.back()?;
-        Some(LogSync {
-            log: Arc::clone(wal.syncer.as_ref()?),
-            seq: self.visible.committed(),
-        })
+        wal.sync_for(self.visible.committed())
     }
 
     /// The highest commit number known durable: commits numbered up to it may be answered.

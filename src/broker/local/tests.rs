@@ -41,6 +41,20 @@ fn new_task() -> NewTask {
     }
 }
 
+/// Enqueues a task as soon as the engine, healing by itself, takes writes again (within 20 s).
+async fn enqueue_once_healed(broker: &LocalBroker) -> TaskId {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match broker.enqueue(vec![new_task()]).await {
+            Ok(queued) => return queued[0].id,
+            Err(Error::Poisoned { .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(other) => panic!("the engine did not heal: {other}"),
+        }
+    }
+}
+
 /// With healing off, a failed commit must never be acknowledged, and the engine must refuse
 /// every later write (even once the disk recovers) until it is reopened, while reads keep
 /// working.
@@ -115,22 +129,54 @@ async fn a_failed_commit_heals_by_itself_once_the_store_works_again() {
     );
 
     broker.store.fail_commits.store(false, Ordering::SeqCst);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let healed = loop {
-        match broker.enqueue(vec![new_task()]).await {
-            Ok(queued) => break queued[0].id,
-            Err(Error::Poisoned { .. }) if std::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(other) => panic!("the engine did not heal: {other}"),
-        }
-    };
+    let healed = enqueue_once_healed(&broker).await;
     assert!(broker.task(lost_id).await.unwrap().is_none());
     assert_eq!(broker.stats().await.unwrap().writes_refused, None);
     drop(broker);
     let broker = open_at(&path);
     assert!(broker.task(kept).await.unwrap().is_some());
     assert!(broker.task(healed).await.unwrap().is_some());
+}
+
+/// A batch whose B-tree commit fails after its record is in the log, with the log's sync
+/// already started for it (the writer offers the sync before the B-tree commits): the batch
+/// fails, the engine heals by itself, and the failed batch never comes back, not even at a
+/// reopen, while everything acknowledged stays.
+#[tokio::test]
+async fn a_commit_failing_after_its_log_sync_started_heals_and_never_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fq.redb");
+    let broker = open_at(&path);
+    let kept = broker.enqueue(vec![new_task()]).await.unwrap()[0].id;
+
+    broker
+        .store
+        .fail_commit_after_log
+        .store(true, Ordering::SeqCst);
+    let lost = new_task();
+    let lost_id = lost.id;
+    let err = broker.enqueue(vec![lost]).await.unwrap_err();
+    assert!(matches!(err, Error::Poisoned { .. }), "{err}");
+    broker
+        .store
+        .fail_commit_after_log
+        .store(false, Ordering::SeqCst);
+
+    let healed = enqueue_once_healed(&broker).await;
+    let mut more = Vec::new();
+    for _ in 0..8 {
+        more.push(broker.enqueue(vec![new_task()]).await.unwrap()[0].id);
+    }
+    assert!(broker.task(lost_id).await.unwrap().is_none());
+    drop(broker);
+    let broker = open_at(&path);
+    assert!(
+        broker.task(lost_id).await.unwrap().is_none(),
+        "the failed batch came back from the log"
+    );
+    for id in [kept, healed].into_iter().chain(more) {
+        assert!(broker.task(id).await.unwrap().is_some(), "{id} was lost");
+    }
 }
 
 /// A panicking writer dropped the replies it held before its guard raised the poison

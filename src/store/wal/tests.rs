@@ -528,18 +528,21 @@ fn a_record_that_cannot_be_taken_back_stops_writes_until_the_engine_reopens() {
 }
 
 /// Queues a sample task in a commit made visible ahead of its log sync; its number.
+/// Queues a sample task numbered `id` (record and ready index) in the transaction `t`.
+fn queue_in(t: &mut crate::store::WriteTables<'_>, id: TaskId) -> Result<(), StoreError> {
+    let task = sample_task();
+    t.put_task(id, &task, None)?;
+    t.insert_waiting(
+        &task.queue,
+        crate::task::ReadyOrder::new(task.priority, task.due_at, task.seq),
+        id,
+    )
+}
+
 fn queue_deferred(store: &Store) -> (TaskId, u64) {
     let id = TaskId::new();
-    let task = sample_task();
     let ((), seq) = store
-        .write_as(crate::store::Commit::Deferred, |t| {
-            t.put_task(id, &task, None)?;
-            t.insert_waiting(
-                &task.queue,
-                crate::task::ReadyOrder::new(task.priority, task.due_at, task.seq),
-                id,
-            )
-        })
+        .write_as(crate::store::Commit::Deferred, None, |t| queue_in(t, id))
         .unwrap();
     (
         id,
@@ -630,4 +633,65 @@ fn a_failed_sync_takes_back_every_commit_made_visible_ahead_of_it() {
     assert_sound(&store);
     let after = queue_sample(&store);
     assert!(store.read_task(after).unwrap().is_some());
+}
+
+/// The log's sync is offered as soon as the record is in the log, before the B-tree commits
+/// (so the disk works while the B-tree commits). When that B-tree commit then fails, the
+/// record is taken back even though a sync covering it may already have made it durable: it
+/// never comes back, at a reopen or after the offered sync has run.
+#[test]
+fn a_sync_started_before_a_failed_b_tree_commit_never_brings_its_record_back() {
+    let (_log, store) = flaky_store();
+    let kept = queue_sample(&store);
+    let offered = std::cell::RefCell::new(None);
+    let start = |job: LogSync| {
+        *offered.borrow_mut() = Some(job);
+        Ok(())
+    };
+    let (synced, _) = {
+        let id = TaskId::new();
+        let ((), seq) = store
+            .write_as(crate::store::Commit::Deferred, Some(&start), |t| {
+                queue_in(t, id)
+            })
+            .unwrap();
+        (id, seq.unwrap())
+    };
+    let job = offered.take().expect("a deferred commit offers its sync");
+    job.run().unwrap();
+    store.log_synced(job.seq);
+
+    store
+        .fail_commit_after_log
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let failed = TaskId::new();
+    let error = store
+        .write_as(crate::store::Commit::Deferred, Some(&start), |t| {
+            queue_in(t, failed)
+        })
+        .unwrap_err();
+    assert!(error.to_string().contains("committing"), "{error}");
+    let job = offered
+        .take()
+        .expect("the sync was offered before the B-tree commit, which then failed");
+    store
+        .fail_commit_after_log
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    job.run().unwrap();
+    store.log_synced(job.seq);
+    assert_eq!(store.read_task(failed).unwrap(), None);
+
+    // As healing does after a failed commit: the log's records are applied again.
+    store.reopen().unwrap();
+    assert!(store.read_task(kept).unwrap().is_some());
+    assert!(
+        store.read_task(synced).unwrap().is_some(),
+        "a commit whose early sync returned was lost"
+    );
+    assert_eq!(
+        store.read_task(failed).unwrap(),
+        None,
+        "a failed commit's record came back from the log"
+    );
+    assert_sound(&store);
 }

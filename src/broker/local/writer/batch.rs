@@ -65,7 +65,12 @@ impl Writer {
         // Commands not applied when a storage failure aborts the batch (or the transaction
         // never opened) stay here, to be answered with that failure rather than dropped.
         let mut unapplied = commands;
-        let committed = store.write_as(mode, |tables| {
+        let early = self.pipeline.early_sync();
+        let start = |job| match &early {
+            Some(early) => early.start(job),
+            None => Err(job),
+        };
+        let committed = store.write_as(mode, Some(&start), |tables| {
             let mut commands = std::mem::take(&mut unapplied).into_iter();
             while let Some(command) = commands.next() {
                 if let Err(error) = self.apply(tables, command, &mut batch) {
@@ -75,6 +80,10 @@ impl Writer {
             }
             Ok(())
         });
+        // Whatever became of the commit, a sync it started runs: it is waited for as any other.
+        if let Some(seq) = early.and_then(|early| early.started()) {
+            self.pipeline.sync_started(seq);
+        }
         match committed {
             Ok(((), seq)) => {
                 let flushes_lazy = !lazy && self.unflushed_since.is_some();

@@ -81,6 +81,30 @@ fn thread_ended(in_flight: u64) -> (u64, std::io::Result<()>) {
     )
 }
 
+/// A sync the next commit may start itself, right after its record is in the log
+/// (`Store::write_as`): offered only while no sync runs.
+pub(super) struct EarlySync {
+    jobs: Sender<LogSync>,
+    started: std::cell::Cell<Option<u64>>,
+}
+
+impl EarlySync {
+    /// Hands `job` to the sync thread; gives it back if the thread is gone.
+    pub(super) fn start(&self, job: LogSync) -> Result<(), LogSync> {
+        let seq = job.seq;
+        self.jobs
+            .send(job)
+            .map_err(|crossbeam_channel::SendError(job)| job)?;
+        self.started.set(Some(seq));
+        Ok(())
+    }
+
+    /// The commit number the sync it started covers, if it started one.
+    pub(super) fn started(&self) -> Option<u64> {
+        self.started.get()
+    }
+}
+
 /// What the writer's loop woke up for.
 pub(super) enum Wake {
     Command(Command),
@@ -132,6 +156,34 @@ impl Pipeline {
         Wake::Synced(seq, result)
     }
 
+    /// The sync the next commit may start itself: `None` while one runs (one at a time), or
+    /// when the sync thread cannot be started.
+    pub(super) fn early_sync(&mut self) -> Option<EarlySync> {
+        if self.in_flight.is_some() {
+            return None;
+        }
+        let thread = self.thread().ok()?;
+        Some(EarlySync {
+            jobs: thread.jobs.clone(),
+            started: std::cell::Cell::new(None),
+        })
+    }
+
+    /// A commit started the sync covering commits up to `seq` (`EarlySync`).
+    pub(super) fn sync_started(&mut self, seq: u64) {
+        self.in_flight = Some(seq);
+    }
+
+    /// The sync thread, started on first use.
+    fn thread(&mut self) -> std::io::Result<&SyncThread> {
+        if self.thread.is_none() {
+            self.thread = Some(SyncThread::spawn()?);
+        }
+        self.thread
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("the log's sync thread is not running"))
+    }
+
     /// Stops the sync thread (nothing runs on it once the writer has settled).
     pub(super) fn stop(&mut self) {
         if let Some(thread) = self.thread.take() {
@@ -181,18 +233,13 @@ impl Writer {
         let Some(job) = self.store.log_sync() else {
             return;
         };
-        if self.pipeline.thread.is_none() {
-            match SyncThread::spawn() {
-                Ok(thread) => self.pipeline.thread = Some(thread),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot start the log's sync thread; syncing inline");
-                    return self.sync_here(&job);
-                }
-            }
-        }
         let seq = job.seq;
-        let Some(thread) = &self.pipeline.thread else {
-            return;
+        let thread = match self.pipeline.thread() {
+            Ok(thread) => thread,
+            Err(error) => {
+                tracing::warn!(%error, "cannot start the log's sync thread; syncing inline");
+                return self.sync_here(&job);
+            }
         };
         match thread.jobs.send(job) {
             Ok(()) => self.pipeline.in_flight = Some(seq),
