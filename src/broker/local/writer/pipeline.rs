@@ -157,12 +157,12 @@ impl Pipeline {
     }
 
     /// The sync the next commit may start itself: `None` while one runs (one at a time), or
-    /// when the sync thread cannot be started.
-    pub(super) fn early_sync(&mut self) -> Option<EarlySync> {
+    /// before the first sync started the thread (an engine without the log never starts it).
+    pub(super) fn early_sync(&self) -> Option<EarlySync> {
         if self.in_flight.is_some() {
             return None;
         }
-        let thread = self.thread().ok()?;
+        let thread = self.thread.as_ref()?;
         Some(EarlySync {
             jobs: thread.jobs.clone(),
             started: std::cell::Cell::new(None),
