@@ -62,12 +62,12 @@ impl Store {
     /// (`visible.rs`). Without a number the commit is as `Commit::Durable`'s.
     ///
     /// `start_sync`, when given, is offered that sync as soon as the record is in the log,
-    /// before the B-tree commits, so that the disk works while the B-tree commits; it gives the
-    /// job back when it cannot run it (the caller then starts a sync later).
+    /// before the B-tree commits, so that the disk works while the B-tree commits; if it drops
+    /// the job instead, the caller's next sync covers the commit.
     pub(crate) fn write_as<R>(
         &self,
         mode: Commit,
-        start_sync: Option<&dyn Fn(LogSync) -> Result<(), LogSync>>,
+        start_sync: Option<&dyn Fn(LogSync)>,
         apply: impl FnOnce(&mut WriteTables<'_>) -> Result<R, StoreError>,
     ) -> Result<(R, Option<u64>), StoreError> {
         let durable = mode != Commit::Lazy;
@@ -187,8 +187,7 @@ impl Store {
             Ok(_) if deferred => {
                 let seq = self.visible.number_next();
                 if let (Some(start), Some(job)) = (start_sync, wal.sync_for(seq)) {
-                    // Declined, the job is dropped: the caller's next sync covers this record.
-                    let _declined = start(job);
+                    start(job);
                 }
                 match self.commit_after_log(txn) {
                     Err(error) => {

@@ -66,9 +66,10 @@ impl Writer {
         // never opened) stay here, to be answered with that failure rather than dropped.
         let mut unapplied = commands;
         let early = self.pipeline.early_sync();
-        let start = |job| match &early {
-            Some(early) => early.start(job),
-            None => Err(job),
+        let start = |job| {
+            if let Some(early) = &early {
+                early.start(job);
+            }
         };
         let committed = store.write_as(mode, Some(&start), |tables| {
             let mut commands = std::mem::take(&mut unapplied).into_iter();

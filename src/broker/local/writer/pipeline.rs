@@ -89,14 +89,13 @@ pub(super) struct EarlySync {
 }
 
 impl EarlySync {
-    /// Hands `job` to the sync thread; gives it back if the thread is gone.
-    pub(super) fn start(&self, job: LogSync) -> Result<(), LogSync> {
+    /// Hands `job` to the sync thread. If the thread is gone the job is dropped: the writer's
+    /// next sync (`start_sync`) covers the commit.
+    pub(super) fn start(&self, job: LogSync) {
         let seq = job.seq;
-        self.jobs
-            .send(job)
-            .map_err(|crossbeam_channel::SendError(job)| job)?;
-        self.started.set(Some(seq));
-        Ok(())
+        if self.jobs.send(job).is_ok() {
+            self.started.set(Some(seq));
+        }
     }
 
     /// The commit number the sync it started covers, if it started one.
@@ -176,12 +175,11 @@ impl Pipeline {
 
     /// The sync thread, started on first use.
     fn thread(&mut self) -> std::io::Result<&SyncThread> {
-        if self.thread.is_none() {
-            self.thread = Some(SyncThread::spawn()?);
-        }
-        self.thread
-            .as_ref()
-            .ok_or_else(|| std::io::Error::other("the log's sync thread is not running"))
+        let thread = match self.thread.take() {
+            Some(thread) => thread,
+            None => SyncThread::spawn()?,
+        };
+        Ok(self.thread.insert(thread))
     }
 
     /// Stops the sync thread (nothing runs on it once the writer has settled).
