@@ -103,6 +103,10 @@ pub(crate) enum Command {
     Purge(PurgeArgs),
     /// Delete finished tasks past their retention now (`cleanup` in the configuration)
     Cleanup,
+    /// Open a store whose write-ahead log (`<store>-wal`) went missing after a crash, without
+    /// the changes only that log held (they are lost); every other open refuses such a store.
+    /// Put the log back instead if you can. Refused while the log is there
+    ForgetLog,
     /// A first run: queue a mix of demo tasks on a scratch store, run a worker, watch the
     /// events, print the stats
     Demo(DemoArgs),

@@ -99,6 +99,18 @@ impl EngineBuilder {
         self
     }
 
+    /// Opens a store whose write-ahead log (`<store>-wal`) went missing after a crash, going
+    /// on without the changes only that log held (default false: such a store is refused with
+    /// [`crate::StoreError::Corrupt`] naming the log, since those changes were acknowledged).
+    /// For a log lost for good; [`RecoveryReport::missing_log_forgotten`] says whether it
+    /// was. A store stopped cleanly, or whose log is there, opens as without it.
+    ///
+    /// [`RecoveryReport::missing_log_forgotten`]: crate::RecoveryReport::missing_log_forgotten
+    pub fn forget_missing_log(mut self, forget: bool) -> Self {
+        self.store.forget_missing_log = forget;
+        self
+    }
+
     /// Whether the engine heals itself after a failed commit (default true): it reopens its
     /// store with backoff and accepts writes again once an empty durable commit succeeds,
     /// serving reads meanwhile. Off, it refuses every write until the application reopens it.

@@ -75,6 +75,9 @@ pub(crate) struct StoreOptions {
     /// A checkpoint is taken once the log holds this many bytes (tests make it small, so
     /// their crash points meet checkpoints).
     pub(crate) wal_checkpoint_bytes: u64,
+    /// Open a store whose log went missing after a crash, without the changes that log held
+    /// (`fq forget-log`); without it such a store is refused.
+    pub(crate) forget_missing_log: bool,
 }
 
 impl Default for StoreOptions {
@@ -87,6 +90,7 @@ impl Default for StoreOptions {
             write_ahead_log: true,
             log_backend: None,
             wal_checkpoint_bytes: wal::CHECKPOINT_BYTES,
+            forget_missing_log: false,
         }
     }
 }
@@ -110,6 +114,8 @@ pub(crate) struct Store {
     /// A logged commit failed and its record could not be taken back: the log holds a change
     /// the engine was told failed, so this store takes no more writes (see `commit.rs`).
     wal_diverged: std::sync::atomic::AtomicBool,
+    /// The open went on without a missing log (`StoreOptions::forget_missing_log`).
+    forgot_log: std::sync::atomic::AtomicBool,
     /// Which commits reads may see: those made visible ahead of their log sync only once it
     /// returned (`visible.rs`).
     visible: visible::Visibility,
@@ -273,6 +279,7 @@ impl Store {
             custom_backend,
             wal: Mutex::new(None),
             wal_diverged: std::sync::atomic::AtomicBool::new(false),
+            forgot_log: std::sync::atomic::AtomicBool::new(false),
             visible: visible::Visibility::default(),
             fence: backend::Fence::default(),
             #[cfg(test)]

@@ -25,6 +25,11 @@ pub(super) const META_WAL_APPLIED: &str = "wal_applied";
 /// META key holding the salt of the store's log (u64 LE): a log with another salt is some
 /// other store's, and is never applied to this one.
 const META_WAL_SALT: &str = "wal_salt";
+/// META key present while the store's log exists and may hold acknowledged changes the B-tree
+/// lacks: set durably once the log is created, removed by the checkpoint of a clean close
+/// (which then deletes the log) or when the log is switched off. A store with this mark and
+/// no log lost its log after a crash, and is refused rather than read without it.
+const META_WAL_LIVE: &str = "wal_live";
 /// A checkpoint is taken once the log holds this many bytes, or this long after the last one,
 /// whichever comes first. The writer waits for a checkpoint (a synced redb commit of every page
 /// changed since the last), so its size bounds that wait: about 3 ms for 1 MiB of log and 10 ms
@@ -164,6 +169,19 @@ pub(super) fn log_error(path: &Path, error: LogError) -> StoreError {
     }
 }
 
+/// The error for a store whose log is live but missing (`META_WAL_LIVE`).
+fn missing_log(path: &Path) -> StoreError {
+    StoreError::Corrupt {
+        path: path.to_path_buf(),
+        detail: "this redo log is missing, but its store was using it when it last stopped \
+                 (a crash, not a clean close): changes acknowledged since the last checkpoint \
+                 may be in it alone. Put the log back beside the store (from where it was moved \
+                 or copied); if it is lost for good, `fq forget-log` opens the store without it, \
+                 losing those changes"
+            .into(),
+    }
+}
+
 impl Store {
     /// Reads back the log beside the store, if there is one, and applies the records a crash
     /// left (the log keeps them until the next checkpoint). Then keeps the log open when
@@ -176,7 +194,7 @@ impl Store {
         if self.custom_backend && backend.is_none() {
             return Ok(());
         }
-        let (applied, own_salt) = self.wal_marks()?;
+        let (applied, own_salt, live) = self.wal_marks()?;
         let existing: Option<LogStorage> = match backend {
             Some(backend) => {
                 // A simulated disk has no atomic rename: a log cut short of its header was
@@ -200,6 +218,14 @@ impl Store {
                 }
             },
         };
+        if existing.is_none() && live {
+            if !self.options.forget_missing_log {
+                return Err(missing_log(&path));
+            }
+            tracing::warn!(log = %path.display(), "the store's redo log is missing; going on without the changes it held (forget-log)");
+            self.forgot_log
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         let log = match existing {
             Some(file) => {
                 let (mut log, live) =
@@ -227,6 +253,11 @@ impl Store {
             None => None,
         };
         if !enabled {
+            // Removed before the log: a crash between the two leaves a log the next open reads
+            // and removes again, never a mark without its log.
+            if live {
+                self.mark_wal_live(false)?;
+            }
             if log.is_some() && !self.custom_backend {
                 drop(log);
                 std::fs::remove_file(&path)
@@ -256,8 +287,19 @@ impl Store {
                 }
             }
         };
+        // Marked once the log is there and synced (`RedoLog::create`), before any commit
+        // can be acknowledged through it.
+        if !live {
+            self.mark_wal_live(true)?;
+        }
         *slot = Some(Wal::new(log, path, self.options.wal_checkpoint_bytes));
         Ok(())
+    }
+
+    /// True when this open went on without the store's missing log
+    /// (`StoreOptions::forget_missing_log`).
+    pub(crate) fn forgot_missing_log(&self) -> bool {
+        self.forgot_log.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// At a clean close: a last checkpoint, after which the log holds nothing the B-tree lacks,
@@ -271,7 +313,8 @@ impl Store {
         if self.wal_diverged.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
-        if let Err(error) = self.checkpoint(&mut wal) {
+        // A log in a custom backend (a test's simulated disk) is not removed, so stays live.
+        if let Err(error) = self.checkpoint_as(&mut wal, !self.custom_backend) {
             tracing::warn!(%error, "the last checkpoint failed; the next open applies the redo log");
             return;
         }
@@ -293,7 +336,9 @@ impl Store {
         let path = wal_path(&self.path);
         let file = match File::open(&path) {
             Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            // A live mark without its log: the owner's open decides (it refuses the store,
+            // unless an engine closing meanwhile removed both).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(self.wal_marks()?.2),
             Err(source) => {
                 return Err(StoreError::Io {
                     path,
@@ -302,15 +347,15 @@ impl Store {
                 });
             }
         };
-        let (applied, own_salt) = self.wal_marks()?;
+        let (applied, own_salt, _) = self.wal_marks()?;
         let (_, live) =
             RedoLog::open_own(file, applied, own_salt).map_err(|e| log_error(&path, e))?;
         Ok(!live.is_empty())
     }
 
-    /// The number of the last log record the B-tree holds (0 when none), and the salt of the
-    /// log the store uses (`None` before its first).
-    fn wal_marks(&self) -> Result<(u64, Option<u64>), StoreError> {
+    /// The number of the last log record the B-tree holds (0 when none), the salt of the log
+    /// the store uses (`None` before its first), and whether the log is live (`META_WAL_LIVE`).
+    fn wal_marks(&self) -> Result<(u64, Option<u64>, bool), StoreError> {
         let err = self.storage("reading the redo log's marks");
         let txn = self.begin_read("reading the redo log's marks")?;
         let meta = txn.open_table(META).map_err(|e| err(e.into()))?;
@@ -328,7 +373,27 @@ impl Store {
                 })?;
             found[at] = true;
         }
-        Ok((marks[0], found[1].then_some(marks[1])))
+        let live = meta
+            .get(META_WAL_LIVE)
+            .map_err(|e| err(e.into()))?
+            .is_some();
+        Ok((marks[0], found[1].then_some(marks[1]), live))
+    }
+
+    /// Sets or removes, durably, the mark that the store's log is live (`META_WAL_LIVE`).
+    fn mark_wal_live(&self, live: bool) -> Result<(), StoreError> {
+        let err = self.storage("marking the redo log");
+        let txn = self.begin_write()?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+            if live {
+                meta.insert(META_WAL_LIVE, &[1u8][..])
+                    .map_err(|e| err(e.into()))?;
+            } else {
+                meta.remove(META_WAL_LIVE).map_err(|e| err(e.into()))?;
+            }
+        }
+        txn.commit().map_err(|e| err(e.into()))
     }
 
     /// Records durably that the store's log has `salt`.
@@ -390,10 +455,20 @@ impl Store {
 
     /// Makes everything committed so far durable in the B-tree, so the log can start over.
     pub(super) fn checkpoint(&self, wal: &mut Wal) -> Result<(), StoreError> {
+        self.checkpoint_as(wal, false)
+    }
+
+    /// As [`Store::checkpoint`]; `closing` also removes the log's live mark in the same
+    /// commit, since a clean close then deletes the log.
+    fn checkpoint_as(&self, wal: &mut Wal, closing: bool) -> Result<(), StoreError> {
         let err = self.storage("checkpointing");
         let mut txn = self.begin_write()?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| err(e.into()))?;
+        if closing {
+            let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+            meta.remove(META_WAL_LIVE).map_err(|e| err(e.into()))?;
+        }
         let started = Instant::now();
         txn.commit().map_err(|e| err(e.into()))?;
         tracing::debug!(took = ?started.elapsed(), log_bytes = wal.log.end(), "checkpoint");

@@ -110,7 +110,29 @@ pub(crate) fn main() -> ExitCode {
 struct Log(Arc<Mutex<std::fs::File>>);
 
 impl Log {
+    /// Opens `path` for appending. A line the last child was killed in the middle of writing
+    /// (a SIGKILL between the pages of one `write` cuts it short, and the next child's first
+    /// line would run on from it) is cut off first: it never happened, as if the kill had come
+    /// just before it. Only one child runs at a time, so nothing else writes meanwhile.
     fn open(path: &Path) -> Log {
+        if let Ok(bytes) = std::fs::read(path)
+            && bytes.last().is_some_and(|last| *last != b'\n')
+        {
+            let whole = bytes
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |at| at + 1);
+            let file = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .expect("open a log");
+            file.set_len(whole as u64).expect("cut a torn line");
+            eprintln!(
+                "crash: cut a line torn by a kill from {} ({} bytes)",
+                path.display(),
+                bytes.len() - whole
+            );
+        }
         let file = OpenOptions::new()
             .create(true)
             .append(true)

@@ -1055,6 +1055,47 @@ fn a_missing_store_names_the_configuration_file_in_use() {
     output(fq.bare().arg("stats")).fails(1, "set `database` in fq.toml");
 }
 
+#[test]
+fn a_store_whose_log_went_missing_is_refused_until_forget_log() {
+    let fq = Fq::new();
+    let var = fq.db.parent().unwrap().to_path_buf();
+    std::fs::create_dir_all(&var).unwrap();
+    // A crash (the engine still open), then the log lost: the store file alone.
+    let live = fq.dir.path().join("live.redb");
+    let mut raw = fq::internals::RawStore::open(&live).unwrap();
+    raw.commit_enqueues(3, "{}").unwrap();
+    std::fs::copy(&live, &fq.db).unwrap();
+    let log_of = |store: &Path| PathBuf::from(format!("{}-wal", store.display()));
+    // Kept for the control below: the same crash with its log.
+    let with_log = fq.dir.path().join("with-log");
+    std::fs::create_dir_all(&with_log).unwrap();
+    std::fs::copy(&live, with_log.join("fq.redb")).unwrap();
+    std::fs::copy(log_of(&live), log_of(&with_log.join("fq.redb"))).unwrap();
+    drop(raw);
+
+    for args in [&["stats"][..], &["list"], &["enqueue", "t"]] {
+        let run = fq.run(args);
+        run.fails(1, "fq.redb-wal");
+        assert!(run.stderr.contains("fq forget-log"), "{run:#?}");
+    }
+    let forgot = fq.run(&["--json", "forget-log"]).json();
+    assert_eq!(forgot["forgotten"], json!(true), "{forgot}");
+    // The store opens again, without what only the log held (it was never checkpointed).
+    assert!(fq.all_tasks().is_empty());
+    fq.enqueue(&["t"]);
+    assert_eq!(fq.all_tasks().len(), 1);
+    // A store stopped cleanly waits for no log: nothing to forget.
+    let again = fq.run(&["--json", "forget-log"]).json();
+    assert_eq!(again["forgotten"], json!(false), "{again}");
+
+    // Control: a log that is there is applied, never forgotten; its tasks are all kept.
+    std::fs::remove_dir_all(&var).unwrap();
+    std::fs::rename(&with_log, &var).unwrap();
+    let kept = fq.run(&["--json", "forget-log"]).json();
+    assert_eq!(kept["forgotten"], json!(false), "{kept}");
+    assert_eq!(fq.all_tasks().len(), 3);
+}
+
 /// The lines of `stream`, read on a thread of their own.
 fn lines_of(stream: Box<dyn std::io::Read + Send>) -> mpsc::Receiver<String> {
     let (sender, lines) = mpsc::channel();

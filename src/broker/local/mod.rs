@@ -173,6 +173,9 @@ pub struct RecoveryReport {
     pub orphans_retrying: u64,
     /// RUNNING tasks left by the previous process whose retries were spent, now FAILED.
     pub orphans_failed: u64,
+    /// The store's write-ahead log was missing after a crash and the open went on without it
+    /// ([`crate::EngineBuilder::forget_missing_log`]): the changes only that log held are lost.
+    pub missing_log_forgotten: bool,
 }
 
 /// The embedded broker.

@@ -30,6 +30,7 @@ impl LocalBroker {
                 next_seq = next_seq.max(order.seq + 1);
                 place(queue, order, id);
             })?,
+            missing_log_forgotten: store.forgot_missing_log(),
             ..RecoveryReport::default()
         };
 

@@ -5,6 +5,7 @@ mod cancel;
 mod cleanup;
 mod demo;
 mod enqueue;
+mod forget_log;
 mod limit;
 mod list;
 mod metrics;
@@ -47,6 +48,7 @@ pub(crate) async fn dispatch(cli: Cli, registry: Registry) -> Result<(), CliErro
         Command::Limit(args) => limit::run(&ctx, &args).await,
         Command::Purge(args) => purge::run(&ctx, args).await,
         Command::Cleanup => cleanup::run(&ctx).await,
+        Command::ForgetLog => forget_log::run(&ctx),
         Command::Demo(args) => demo::run(&ctx, args).await,
         Command::Bench(args) => bench::run(&ctx, &args).await,
         Command::BenchOpen { path } => bench::open_timing(&ctx, &path),

@@ -18,6 +18,14 @@ fn no_wal_options() -> StoreOptions {
     }
 }
 
+/// Without the log, and going on when a crashed store's log is missing (`fq forget-log`).
+fn forgetting_options() -> StoreOptions {
+    StoreOptions {
+        forget_missing_log: true,
+        ..no_wal_options()
+    }
+}
+
 /// What a crash at this moment leaves: the store's and the log's files as the operating
 /// system holds them (redb keeps the pages of commits made without a sync in its own memory,
 /// so they are not in the copy), copied while the store is still open.
@@ -50,7 +58,7 @@ fn acknowledged_commits_survive_a_crash_through_the_log_alone() {
     let bare = dir.path().join("bare");
     std::fs::create_dir_all(&bare).unwrap();
     std::fs::copy(&copy, bare.join("fq.redb")).unwrap();
-    let without_log = Store::open(&bare.join("fq.redb"), &no_wal_options()).unwrap();
+    let without_log = Store::open(&bare.join("fq.redb"), &forgetting_options()).unwrap();
     assert_eq!(without_log.read_task(ids[0]).unwrap(), None);
 
     let reopened = Store::open(&copy, &wal_options()).unwrap();
@@ -109,7 +117,7 @@ fn an_idle_checkpoint_waits_for_an_eighth_of_the_checkpoint_size() {
     // What the log held is now in the B-tree alone.
     let copy = crash_image(&path, &dir.path().join("crash"));
     std::fs::remove_file(wal_path(&copy)).unwrap();
-    let reopened = Store::open(&copy, &no_wal_options()).unwrap();
+    let reopened = Store::open(&copy, &forgetting_options()).unwrap();
     for id in &ids {
         assert!(reopened.read_task(*id).unwrap().is_some(), "task {id} lost");
     }
@@ -184,6 +192,76 @@ fn a_clean_close_leaves_nothing_to_apply_and_the_log_can_be_switched_off() {
     assert!(reopened.read_task(id).unwrap().is_some());
     assert!(!wal_path(&copy).exists(), "the unused log was kept");
     assert_sound(&reopened);
+}
+
+#[test]
+fn a_crashed_store_whose_log_went_missing_is_refused_naming_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fq.redb");
+    let store = Store::open(&path, &wal_options()).unwrap();
+    let ids: Vec<TaskId> = (0..5).map(|_| queue_sample(&store)).collect();
+    let copy = crash_image(&path, &dir.path().join("crash"));
+    std::fs::remove_file(wal_path(&copy)).unwrap();
+
+    let refused = |result: Result<Store, StoreError>| {
+        let Err(err) = result else {
+            panic!("a store whose log is missing was opened");
+        };
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        let text = err.to_string();
+        for words in ["fq.redb-wal", "missing", "fq forget-log"] {
+            assert!(text.contains(words), "{words:?} not in: {text}");
+        }
+    };
+    refused(Store::open(&copy, &wal_options()));
+    refused(Store::open(&copy, &no_wal_options()));
+    refused(Store::open_read_only(&copy, &wal_options()));
+    // Refusing changed nothing: put back, the log brings every acknowledged task.
+    let kept = crash_image(&path, &dir.path().join("kept"));
+    let with_log = Store::open(&kept, &wal_options()).unwrap();
+    for id in &ids {
+        assert!(with_log.read_task(*id).unwrap().is_some(), "task {id} lost");
+    }
+
+    // Forgetting the log opens the store as its B-tree holds it: the tasks only the log had
+    // are gone (the store was never checkpointed), and the store keeps a log of its own again.
+    let forgotten = Store::open(
+        &copy,
+        &StoreOptions {
+            forget_missing_log: true,
+            ..wal_options()
+        },
+    )
+    .unwrap();
+    assert!(forgotten.forgot_missing_log());
+    assert_eq!(forgotten.read_task(ids[0]).unwrap(), None);
+    assert_sound(&forgotten);
+    let new_id = queue_sample(&forgotten);
+    let again = crash_image(&copy, &dir.path().join("again"));
+    drop(forgotten);
+    std::fs::remove_file(wal_path(&again)).unwrap();
+    refused(Store::open(&again, &wal_options()));
+    // Control: the clean close above cleared the mark, so the store opens without a log.
+    assert!(!wal_path(&copy).exists(), "a clean close left the log");
+    let reopened = Store::open(&copy, &no_wal_options()).unwrap();
+    assert!(!reopened.forgot_missing_log());
+    assert!(reopened.read_task(new_id).unwrap().is_some());
+}
+
+#[test]
+fn a_store_that_stopped_using_its_log_opens_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fq.redb");
+    let store = Store::open(&path, &wal_options()).unwrap();
+    let id = queue_sample(&store);
+    let copy = crash_image(&path, &dir.path().join("crash"));
+    // Opened without the log: its records are applied, the mark cleared, the log removed.
+    drop(Store::open(&copy, &no_wal_options()).unwrap());
+    assert!(!wal_path(&copy).exists(), "the unused log was kept");
+    for options in [no_wal_options(), wal_options()] {
+        let reopened = Store::open(&copy, &options).unwrap();
+        assert!(reopened.read_task(id).unwrap().is_some());
+    }
 }
 
 #[test]
@@ -353,7 +431,7 @@ fn a_large_transaction_syncs_the_b_tree_itself_and_later_ones_are_logged_after_i
     let bare = dir.path().join("bare");
     std::fs::create_dir_all(&bare).unwrap();
     std::fs::copy(&path, bare.join("fq.redb")).unwrap();
-    let without_log = Store::open(&bare.join("fq.redb"), &no_wal_options()).unwrap();
+    let without_log = Store::open(&bare.join("fq.redb"), &forgetting_options()).unwrap();
     for id in many.iter().chain([&first]) {
         assert!(
             without_log.read_task(*id).unwrap().is_some(),
