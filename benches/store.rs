@@ -78,7 +78,7 @@ fn open_after_a_crash(c: &mut Criterion) {
     // The B-tree alone lacks what the log holds: the open below does replay it.
     let bare = dir.path().join("bare.redb");
     copy_image(&bare, false);
-    let in_b_tree = RawStore::open_with_log(&bare, false)
+    let in_b_tree = RawStore::open_forgetting_log(&bare)
         .and_then(|store| store.tasks())
         .expect("open without the log");
     assert!(in_b_tree < COMMITS, "the B-tree alone has every task");

@@ -124,6 +124,24 @@ impl RawStore {
         })
     }
 
+    /// Opens a store without the write-ahead log, going on when its log went missing after a
+    /// crash (`EngineBuilder::forget_missing_log`): what the B-tree alone holds.
+    ///
+    /// # Errors
+    /// As the engine's open.
+    pub fn open_forgetting_log(path: &Path) -> Result<Self> {
+        let options = StoreOptions {
+            verify_on_open: false,
+            write_ahead_log: false,
+            forget_missing_log: true,
+            ..StoreOptions::default()
+        };
+        Ok(Self {
+            store: Store::open(path, &options)?,
+            next: 0,
+        })
+    }
+
     /// How many tasks the store counts, whatever their status.
     ///
     /// # Errors
