@@ -256,7 +256,7 @@ impl Store {
             // Removed before the log: a crash between the two leaves a log the next open reads
             // and removes again, never a mark without its log.
             if live {
-                self.mark_wal_live(false)?;
+                self.put_wal_meta(META_WAL_LIVE, None)?;
             }
             if log.is_some() && !self.custom_backend {
                 drop(log);
@@ -277,7 +277,7 @@ impl Store {
                 // two leaves a store whose log is missing (one is made), never a log that its
                 // store does not name (which is refused).
                 let salt = super::log::fresh_salt();
-                self.name_wal_salt(salt)?;
+                self.put_wal_meta(META_WAL_SALT, Some(&salt.to_le_bytes()))?;
                 match &self.options.log_backend {
                     Some(backend) => {
                         let storage: LogStorage = Box::new(backend.handle());
@@ -290,7 +290,7 @@ impl Store {
         // Marked once the log is there and synced (`RedoLog::create`), before any commit
         // can be acknowledged through it.
         if !live {
-            self.mark_wal_live(true)?;
+            self.put_wal_meta(META_WAL_LIVE, Some(&[1]))?;
         }
         *slot = Some(Wal::new(log, path, self.options.wal_checkpoint_bytes));
         Ok(())
@@ -380,30 +380,18 @@ impl Store {
         Ok((marks[0], found[1].then_some(marks[1]), live))
     }
 
-    /// Sets or removes, durably, the mark that the store's log is live (`META_WAL_LIVE`).
-    fn mark_wal_live(&self, live: bool) -> Result<(), StoreError> {
+    /// Sets (`Some`) or removes (`None`) META's `key` in a durable commit of its own: the
+    /// log's salt before the log exists, its live mark once it does.
+    fn put_wal_meta(&self, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
         let err = self.storage("marking the redo log");
         let txn = self.begin_write()?;
         {
             let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
-            if live {
-                meta.insert(META_WAL_LIVE, &[1u8][..])
-                    .map_err(|e| err(e.into()))?;
-            } else {
-                meta.remove(META_WAL_LIVE).map_err(|e| err(e.into()))?;
+            match value {
+                Some(value) => meta.insert(key, value).map(drop),
+                None => meta.remove(key).map(drop),
             }
-        }
-        txn.commit().map_err(|e| err(e.into()))
-    }
-
-    /// Records durably that the store's log has `salt`.
-    fn name_wal_salt(&self, salt: u64) -> Result<(), StoreError> {
-        let err = self.storage("naming the redo log");
-        let txn = self.begin_write()?;
-        {
-            let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
-            meta.insert(META_WAL_SALT, &salt.to_le_bytes()[..])
-                .map_err(|e| err(e.into()))?;
+            .map_err(|e| err(e.into()))?;
         }
         txn.commit().map_err(|e| err(e.into()))
     }
