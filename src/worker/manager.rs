@@ -9,8 +9,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::runner::{RunnerEnv, SlotTally, run_slot};
+use super::runner::{RunnerEnv, SlotTally};
 use super::signals::Signals;
+use super::slot::run_slot;
 use crate::broker::{Broker, ClaimRequest, EnqueueDefaults, Outcome, RetentionPolicy, Settlement};
 use crate::broker::{WORKER_HEARTBEAT_INTERVAL, WorkerInfo};
 use crate::config::{MAX_CLEANUP_INTERVAL_HOURS, MAX_RETAIN_DAYS, check_name};
@@ -518,7 +519,7 @@ pub(super) async fn release_held(broker: &dyn Broker, held: Vec<(TaskId, u32)>) 
             Ok(_) => released += 1,
             Err(Error::StaleAttempt { .. }) => {}
             Err(error) => {
-                tracing::error!(task.id = %id, %error, "could not release a running task at shutdown; it will be recovered on the next open");
+                tracing::error!(task.id = %id, %error, "could not release a held task; it will be recovered when its lease expires or on the next open");
             }
         }
     }

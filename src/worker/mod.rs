@@ -6,6 +6,7 @@ mod inline;
 mod manager;
 mod runner;
 mod signals;
+mod slot;
 pub use signals::{SignalError, Signals};
 
 pub use manager::{ShutdownHandle, WorkerManager, WorkerReport};

@@ -1,6 +1,8 @@
 //! One attempt, start to finish: look up the handler, run it (async on the runtime, sync on
 //! the blocking pool) under its timeout with heartbeats, turn an error, a panic or a timeout
-//! into a failed attempt, settle it, and emit the lifecycle events in order.
+//! into a failed attempt, settle it, and emit the lifecycle events in order. In two halves
+//! (`begin`, then `settle_holding` and `conclude`), so that a worker slot (`slot.rs`) can run
+//! its next task while the last one's settlement commits.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -12,7 +14,9 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 use crate::Error;
-use crate::broker::{Broker, Chained, ClaimRequest, EnqueueDefaults, Outcome, Settlement};
+use crate::broker::{
+    Broker, Chained, ClaimRequest, EnqueueDefaults, Outcome, SettleReport, Settlement,
+};
 use crate::clock::millis_to_datetime;
 use crate::events::{Event, EventKind};
 use crate::handler::{HandlerFn, Registry, RunError, TaskContext};
@@ -44,7 +48,7 @@ impl RunnerEnv {
             .insert(id, attempt);
     }
 
-    fn drop_hold(&self, id: TaskId) {
+    pub(super) fn drop_hold(&self, id: TaskId) {
         self.running
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -99,26 +103,6 @@ impl SlotTally {
             Tally::Unrecorded => self.unrecorded += 1,
         }
     }
-}
-
-/// Runs a claimed task in one worker slot, then, for as long as tasks are ready, the next ones:
-/// each settlement claims the slot's next task in the same commit, so a busy slot costs one
-/// commit per task. The slot is given back when no task is ready (the dispatcher takes over).
-pub(super) async fn run_slot(
-    first: TaskRecord,
-    env: Arc<RunnerEnv>,
-    slot: tokio::sync::OwnedSemaphorePermit,
-) -> SlotTally {
-    let mut tally = SlotTally::default();
-    env.hold(first.id, first.attempts);
-    let mut next = Some(first);
-    while let Some(record) = next.take() {
-        let (outcome, chained) = run_attempt(record, &env).await;
-        tally.add(outcome);
-        next = chained;
-    }
-    drop(slot);
-    tally
 }
 
 fn panic_message(error: JoinError) -> String {
@@ -209,97 +193,133 @@ pub(super) async fn execute(record: &TaskRecord, env: &RunnerEnv) -> Option<Outc
     }
 }
 
-/// Runs one claimed attempt to its settlement; returns the next task claimed with it.
-pub(super) async fn run_attempt(
-    record: TaskRecord,
-    env: &RunnerEnv,
-) -> (Tally, Option<TaskRecord>) {
-    let span = tracing::debug_span!(
+/// The tracing span of one attempt.
+pub(super) fn attempt_span(record: &TaskRecord) -> tracing::Span {
+    tracing::debug_span!(
         "task",
         task.id = %record.id,
         task.name = %record.name,
         queue = %record.queue,
         attempt = record.attempts,
-    );
+    )
+}
+
+/// Events come from the broker when it emits them after its commits (the embedded engine);
+/// over a remote one they happen in its process, so the worker emits them.
+fn worker_events(env: &RunnerEnv) -> Option<&crate::events::EventBus> {
+    (!env.broker.emits_events()).then(|| env.broker.events())
+}
+
+/// Runs one claimed attempt to its settlement; returns the next task claimed with it.
+pub(super) async fn run_attempt(
+    record: TaskRecord,
+    env: &RunnerEnv,
+) -> (Tally, Option<TaskRecord>) {
+    let span = attempt_span(&record);
     async move {
-        // Events come from the broker when it emits them after its commits (the embedded
-        // engine); over a remote one they happen in its process, so the worker emits them here.
-        let events = (!env.broker.emits_events()).then(|| env.broker.events());
         let record = Arc::new(record);
-        let now = || millis_to_datetime(env.broker.now_ms());
-        if let Some(events) = events {
-            events.emit(|| Event::new(EventKind::BeforeExecution, Arc::clone(&record), now()));
-        }
-        tracing::debug!("running");
-        let Some(outcome) = execute(&record, env).await else {
+        let Some(outcome) = begin(&record, env).await else {
             env.drop_hold(record.id);
             return (Tally::Unrecorded, None);
         };
-        let settlement = Settlement {
-            id: record.id,
-            attempt: record.attempts,
-            outcome: outcome.clone(),
-        };
-        let chained = if env.shutdown.is_cancelled() {
-            env.broker.settle(settlement).await.map(|report| Chained {
-                settled: Ok(report),
-                claimed: Vec::new(),
-            })
-        } else {
-            env.broker
-                .settle_and_claim(settlement, ClaimRequest::now(&env.queues, 1))
-                .await
-        };
-        // No await between the answer and these lines: a shutdown abort cannot lose track of
-        // a task claimed with it.
-        let (settled, next) = match chained {
-            Ok(Chained { settled, claimed }) => {
-                let next = claimed.into_iter().next();
-                if let Some(next) = &next {
-                    env.hold(next.id, next.attempts);
-                }
-                (settled, next)
-            }
-            Err(error) => (Err(error), None),
-        };
-        env.drop_hold(record.id);
-        let report = match settled {
-            Ok(report) => report,
-            Err(error @ Error::StaleAttempt { .. }) => {
-                tracing::warn!(%error, "outcome of a stale attempt rejected");
-                return (Tally::Unrecorded, next);
-            }
-            Err(error) => {
-                tracing::error!(%error, "could not record the attempt's outcome");
-                return (Tally::Unrecorded, next);
-            }
-        };
-        match &outcome {
-            Outcome::Completed { .. } => tracing::debug!("completed"),
-            Outcome::Failed { failure, .. } if report.status == TaskStatus::Retrying => {
-                tracing::debug!(error = %failure, "attempt failed; retrying");
-            }
-            Outcome::Failed { failure, .. } => {
-                tracing::warn!(error = %failure, "task failed for good")
-            }
-            Outcome::Released => {}
-        }
-        if let Some(events) = events.filter(|events| events.has_audience()) {
-            let snapshot = report.record.clone().unwrap_or_else(|| Arc::clone(&record));
-            let retry_at = report.retry_at.map(millis_to_datetime);
-            for event in Event::of_attempt_end(&outcome, report.status, &snapshot, retry_at, now())
-            {
-                events.emit(|| event);
-            }
-        }
-        let tally = match report.status {
-            TaskStatus::Completed => Tally::Completed,
-            TaskStatus::Retrying => Tally::Retrying,
-            TaskStatus::Failed => Tally::Failed,
-            _ => Tally::Unrecorded,
-        };
-        (tally, next)
+        let claim = usize::from(!env.shutdown.is_cancelled());
+        let (settled, claimed) = settle_holding(env, &record, outcome.clone(), claim).await;
+        let tally = conclude(&record, &outcome, settled, env);
+        (tally, claimed.into_iter().next())
     }
     .instrument(span)
     .await
+}
+
+/// The first half of an attempt: its start announced, its handler run. `None` when the
+/// attempt lost its lease and must not be settled.
+pub(super) async fn begin(record: &Arc<TaskRecord>, env: &RunnerEnv) -> Option<Outcome> {
+    if let Some(events) = worker_events(env) {
+        let now = millis_to_datetime(env.broker.now_ms());
+        events.emit(|| Event::new(EventKind::BeforeExecution, Arc::clone(record), now));
+    }
+    tracing::debug!("running");
+    execute(record, env).await
+}
+
+/// Settles `record`'s attempt with `outcome`, claiming up to `claim` tasks in the same commit.
+/// The tasks claimed are held and `record` let go with no await between the answer and that,
+/// so an abort cannot lose track of a task claimed with it.
+pub(super) async fn settle_holding(
+    env: &RunnerEnv,
+    record: &TaskRecord,
+    outcome: Outcome,
+    claim: usize,
+) -> (crate::Result<SettleReport>, Vec<TaskRecord>) {
+    let settlement = Settlement {
+        id: record.id,
+        attempt: record.attempts,
+        outcome,
+    };
+    let chained = if claim == 0 {
+        env.broker.settle(settlement).await.map(|report| Chained {
+            settled: Ok(report),
+            claimed: Vec::new(),
+        })
+    } else {
+        env.broker
+            .settle_and_claim(settlement, ClaimRequest::now(&env.queues, claim))
+            .await
+    };
+    let answer = match chained {
+        Ok(Chained { settled, claimed }) => {
+            for next in &claimed {
+                env.hold(next.id, next.attempts);
+            }
+            (settled, claimed)
+        }
+        Err(error) => (Err(error), Vec::new()),
+    };
+    env.drop_hold(record.id);
+    answer
+}
+
+/// The second half of an attempt: what its settlement came to, logged, and its lifecycle
+/// events emitted (over a remote broker).
+pub(super) fn conclude(
+    record: &Arc<TaskRecord>,
+    outcome: &Outcome,
+    settled: crate::Result<SettleReport>,
+    env: &RunnerEnv,
+) -> Tally {
+    let report = match settled {
+        Ok(report) => report,
+        Err(error @ Error::StaleAttempt { .. }) => {
+            tracing::warn!(%error, "outcome of a stale attempt rejected");
+            return Tally::Unrecorded;
+        }
+        Err(error) => {
+            tracing::error!(%error, "could not record the attempt's outcome");
+            return Tally::Unrecorded;
+        }
+    };
+    match outcome {
+        Outcome::Completed { .. } => tracing::debug!("completed"),
+        Outcome::Failed { failure, .. } if report.status == TaskStatus::Retrying => {
+            tracing::debug!(error = %failure, "attempt failed; retrying");
+        }
+        Outcome::Failed { failure, .. } => {
+            tracing::warn!(error = %failure, "task failed for good")
+        }
+        Outcome::Released => {}
+    }
+    if let Some(events) = worker_events(env).filter(|events| events.has_audience()) {
+        let snapshot = report.record.clone().unwrap_or_else(|| Arc::clone(record));
+        let retry_at = report.retry_at.map(millis_to_datetime);
+        let now = millis_to_datetime(env.broker.now_ms());
+        for event in Event::of_attempt_end(outcome, report.status, &snapshot, retry_at, now) {
+            events.emit(|| event);
+        }
+    }
+    match report.status {
+        TaskStatus::Completed => Tally::Completed,
+        TaskStatus::Retrying => Tally::Retrying,
+        TaskStatus::Failed => Tally::Failed,
+        _ => Tally::Unrecorded,
+    }
 }

@@ -44,6 +44,7 @@ mod schedules;
 mod security;
 mod settings;
 mod shutdown;
+mod slots;
 mod state_machine;
 mod testing;
 mod timeout_cancel;

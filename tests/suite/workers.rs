@@ -7,28 +7,14 @@ use crate::common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fq::{GoneReason, Registry, TaskContext, TaskError, WorkerInfo};
+use fq::{GoneReason, Registry, WorkerInfo};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
 /// A registry whose `test.block` runs until a permit of `gate` is added.
 fn blocking(gate: &Arc<Semaphore>) -> Registry {
-    let gate = Arc::clone(gate);
     let mut registry = Registry::new();
-    registry.register_async(
-        "test.block",
-        move |_: serde_json::Value, _ctx: TaskContext| {
-            let gate = Arc::clone(&gate);
-            async move {
-                let permit = gate
-                    .acquire()
-                    .await
-                    .map_err(|_| TaskError::new("gate closed"))?;
-                permit.forget();
-                Ok(json!("done"))
-            }
-        },
-    );
+    common::register_gated(&mut registry, "test.block", gate);
     registry
 }
 

@@ -78,6 +78,23 @@ impl RunningWorker {
     }
 }
 
+/// Registers `name` as a handler that runs until a permit of `gate` is added (one permit per
+/// run), then returns `"done"`.
+pub fn register_gated(registry: &mut Registry, name: &str, gate: &Arc<tokio::sync::Semaphore>) {
+    let gate = Arc::clone(gate);
+    registry.register_async(name, move |_: serde_json::Value, _ctx: fq::TaskContext| {
+        let gate = Arc::clone(&gate);
+        async move {
+            let permit = gate
+                .acquire()
+                .await
+                .map_err(|_| fq::TaskError::new("gate closed"))?;
+            permit.forget();
+            Ok(serde_json::json!("done"))
+        }
+    });
+}
+
 /// Starts a worker on `queues` with `concurrency` slots, signals off.
 pub fn start_worker(
     engine: &Engine,
