@@ -23,12 +23,12 @@ const SETTLING_MAX: usize = 2;
 
 /// A slot claims a task ahead only after a handler shorter than this: with longer handlers a
 /// commit is a small part of each task, and a task claimed ahead would wait behind them.
-pub(super) const SHORT_RUN: Duration = Duration::from_millis(1);
+const SHORT_RUN: Duration = Duration::from_millis(1);
 
 /// How long a task claimed ahead may wait behind the slot's running handler (one that was
 /// expected to be short) before it is handed back: PENDING again, its attempt uncounted, for
 /// any free slot or worker to claim.
-pub(super) const AHEAD_WAIT_LIMIT: Duration = Duration::from_millis(10);
+const AHEAD_WAIT_LIMIT: Duration = Duration::from_millis(10);
 
 /// A settlement on its way to the store.
 struct Settling {
@@ -79,8 +79,9 @@ pub(super) async fn run_slot(
 }
 
 impl Slot {
-    /// Runs `record`'s handler and sends its settlement on its way, claiming with it as many
-    /// tasks as keep this slot busy: two ahead after a short handler, else one.
+    /// Runs `record`'s handler and sends its settlement on its way. The settlement claims what
+    /// tops up the tasks this slot has in hand or coming (with the settlements in flight) to
+    /// two after a short handler, to one after a longer one.
     async fn run(&mut self, record: TaskRecord) {
         let record = Arc::new(record);
         let span = attempt_span(&record);
