@@ -71,7 +71,7 @@ impl Inline {
                 },
             };
             if drained.attempts == budget {
-                report.released += release_held(&*self.env.broker, self.env.take_held()).await;
+                report.released += release_held(&*self.env.broker, &self.env.take_held()).await;
                 drained.cut_short = Some(record);
                 break;
             }

@@ -369,7 +369,7 @@ impl WorkerManager {
             while let Some(joined) = running.join_next().await {
                 tally(&mut report, joined);
             }
-            report.released += release_held(&*self.broker, env.take_held()).await;
+            report.released += release_held(&*self.broker, &env.take_held()).await;
         }
         heartbeat.abort();
         if let Err(error) = self.broker.worker_stopped(announced.id).await {
@@ -505,11 +505,11 @@ fn within(key: &'static str, value: u64, max: u64) -> Result<()> {
     Ok(())
 }
 
-/// Releases attempts still held at shutdown to PENDING (their attempt uncounted); returns how
-/// many were.
-pub(super) async fn release_held(broker: &dyn Broker, held: Vec<(TaskId, u32)>) -> u64 {
+/// Releases held attempts to PENDING (their attempt uncounted): those still held at shutdown,
+/// or a slot's tasks claimed ahead. Returns how many were.
+pub(super) async fn release_held(broker: &dyn Broker, held: &[(TaskId, u32)]) -> u64 {
     let mut released = 0;
-    for (id, attempt) in held {
+    for &(id, attempt) in held {
         let settlement = Settlement {
             id,
             attempt,
@@ -555,7 +555,7 @@ impl Drop for DroppedRun {
                     running = held.len(),
                     "worker dropped while running tasks; releasing them"
                 );
-                runtime.spawn(async move { release_held(&*broker, held).await });
+                runtime.spawn(async move { release_held(&*broker, &held).await });
             }
             Err(_) => tracing::warn!(
                 running = held.len(),

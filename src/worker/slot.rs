@@ -171,9 +171,8 @@ impl Slot {
             .drain(..)
             .map(|record| (record.id, record.attempts))
             .collect();
-        let ids: Vec<TaskId> = ahead.iter().map(|(id, _)| *id).collect();
-        release_held(&*self.env.broker, ahead).await;
-        for id in ids {
+        release_held(&*self.env.broker, &ahead).await;
+        for (id, _) in ahead {
             self.env.drop_hold(id);
         }
     }
