@@ -186,6 +186,7 @@ impl Store {
             // Numbered before it becomes visible: a read that sees it waits for its sync.
             Ok(_) if deferred => {
                 let seq = self.visible.number_next();
+                wal.appended(seq);
                 if let (Some(start), Some(job)) = (start_sync, wal.sync_for(seq)) {
                     start(job);
                 }

@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,9 @@ pub(super) struct Wal {
     checkpoint_bytes: u64,
     /// A handle to sync the log from the writer's sync thread (`None`: synced inline).
     pub(super) syncer: Option<Arc<dyn LogFile + Send + Sync>>,
+    /// The number of the last commit whose record is in the log: a sync that starts later
+    /// covers it, whichever commit asked for the sync.
+    appended: Arc<AtomicU64>,
     /// The records of commits made visible ahead of their sync, oldest first: their number for
     /// the reads (`visible.rs`), where each starts and its record number.
     unsynced: VecDeque<Unsynced>,
@@ -64,13 +68,31 @@ struct Unsynced {
     number: u64,
 }
 
-/// A sync of the log for the writer's sync thread: it covers every commit numbered up to `seq`.
+/// A sync of the log for the writer's sync thread: it covers every commit numbered up to `seq`,
+/// and every one whose record is in the log by the time it starts.
 pub(crate) struct LogSync {
     log: Arc<dyn LogFile + Send + Sync>,
     pub(crate) seq: u64,
+    appended: Arc<AtomicU64>,
 }
 
 impl LogSync {
+    /// A sync of `log` asked for by the commit numbered `seq`, covering also every commit up to
+    /// `appended` at the time it starts (the sync thread's tests).
+    #[cfg(test)]
+    pub(crate) fn of(
+        log: Arc<dyn LogFile + Send + Sync>,
+        seq: u64,
+        appended: Arc<AtomicU64>,
+    ) -> Self {
+        Self { log, seq, appended }
+    }
+
+    /// The commit number a sync starting now covers.
+    pub(crate) fn covers(&self) -> u64 {
+        self.seq.max(self.appended.load(Ordering::Acquire))
+    }
+
     /// Runs the sync (fdatasync of the log file).
     ///
     /// # Errors
@@ -90,7 +112,13 @@ impl Wal {
             unlogged: Vec::new(),
             last_checkpoint: Instant::now(),
             unsynced: VecDeque::new(),
+            appended: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// The record just appended is the commit numbered `seq`'s: any sync from now covers it.
+    pub(super) fn appended(&self, seq: u64) {
+        self.appended.store(seq, Ordering::Release);
     }
 
     /// The record just appended belongs to the commit numbered `seq`, visible before its sync.
@@ -106,6 +134,7 @@ impl Wal {
         Some(LogSync {
             log: Arc::clone(self.syncer.as_ref()?),
             seq,
+            appended: Arc::clone(&self.appended),
         })
     }
 

@@ -3,15 +3,17 @@
 //! applies the next batch. A batch is answered, and its effects reach memory, only once a sync
 //! that covers it has returned; reads wait for the same (`store::visible`).
 //!
-//! One sync runs at a time, and its result is handled before any other sync of the log starts:
-//! after a failed fdatasync a later one may succeed without the pages the failed one lost, so
-//! nothing after a failure is taken as durable. A failed sync fails its batches and every
-//! batch after them; the store then fences its B-tree and reopens (`Store::log_sync_failed`).
+//! One sync runs at a time, on one thread. A second may wait behind it, so that the disk starts
+//! on what the writer committed meanwhile the moment the first returns, not once the writer is
+//! free to look. After a failed fdatasync a later one may succeed without the pages the failed
+//! one lost, so the thread runs nothing after a failure and nothing after it is taken as
+//! durable. A failed sync fails its batches and every batch after them; the store then fences
+//! its B-tree and reopens (`Store::log_sync_failed`).
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Select, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender};
 
 use super::command::Answer;
 use super::{Batch, Command, Writer};
@@ -35,12 +37,16 @@ pub(super) struct Committed {
     pub(super) flushes_lazy: bool,
 }
 
+/// Syncs handed to the sync thread and not reported yet: the running one, and one queued
+/// behind it, which starts the moment the running one returns well.
+const SYNCS_OUTSTANDING: usize = 2;
+
 /// The sync thread and what the writer knows of it.
 #[derive(Default)]
 pub(crate) struct Pipeline {
     thread: Option<SyncThread>,
-    /// The commit number the running sync covers, while one runs.
-    in_flight: Option<u64>,
+    /// The commit numbers the syncs handed to the thread cover, oldest (running) first.
+    in_flight: VecDeque<u64>,
     /// Committed batches not answered yet, oldest first.
     unanswered: VecDeque<Committed>,
 }
@@ -53,13 +59,25 @@ struct SyncThread {
 
 impl SyncThread {
     fn spawn() -> std::io::Result<Self> {
-        let (jobs, job_queue) = crossbeam_channel::bounded::<LogSync>(1);
-        let (report, done) = crossbeam_channel::bounded(1);
+        let (jobs, job_queue) = crossbeam_channel::bounded::<LogSync>(SYNCS_OUTSTANDING);
+        let (report, done) = crossbeam_channel::bounded(SYNCS_OUTSTANDING);
         let handle = std::thread::Builder::new()
             .name("fq-log-sync".into())
             .spawn(move || {
+                // The highest commit number a sync returned for: a sync queued behind one
+                // that covered its commits already has nothing left to do.
+                let mut covered = 0;
                 for job in job_queue {
-                    if report.send((job.seq, job.run())).is_err() {
+                    let seq = job.covers();
+                    let result = if seq <= covered { Ok(()) } else { job.run() };
+                    let failed = result.is_err();
+                    if !failed {
+                        covered = seq;
+                    }
+                    // After a failed fdatasync a later one may succeed without the pages the
+                    // failed one lost: the sync queued behind it never runs (the writer takes
+                    // the thread's end as its failure).
+                    if report.send((seq, result)).is_err() || failed {
                         break;
                     }
                 }
@@ -115,12 +133,12 @@ pub(super) enum Wake {
 impl Pipeline {
     /// Nothing committed waits for an answer.
     pub(super) fn is_idle(&self) -> bool {
-        self.in_flight.is_none() && self.unanswered.is_empty()
+        self.in_flight.is_empty() && self.unanswered.is_empty()
     }
 
     /// A sync of the log is running.
     pub(super) fn syncing(&self) -> bool {
-        self.in_flight.is_some()
+        !self.in_flight.is_empty()
     }
 
     /// Waits for the next command, the running sync's result, or `deadline`.
@@ -128,13 +146,24 @@ impl Pipeline {
         let done = self
             .thread
             .as_ref()
-            .filter(|_| self.in_flight.is_some())
+            .filter(|_| !self.in_flight.is_empty())
             .map(|thread| &thread.done);
+        let Some(done) = done else {
+            // One channel: a plain receive. A `Select` woken by a sender takes the channel's
+            // waker lock to unregister while the sender may still hold it (it wakes the
+            // receiver under that lock), which costs the lone request a futex round trip.
+            return match deadline {
+                Some(deadline) => match commands.recv_deadline(deadline) {
+                    Ok(command) => Wake::Command(command),
+                    Err(RecvTimeoutError::Timeout) => Wake::Deadline,
+                    Err(RecvTimeoutError::Disconnected) => Wake::Closed,
+                },
+                None => commands.recv().map_or(Wake::Closed, Wake::Command),
+            };
+        };
         let mut select = Select::new();
         let command_index = select.recv(commands);
-        if let Some(done) = done {
-            select.recv(done);
-        }
+        select.recv(done);
         let operation = match deadline {
             Some(deadline) => match select.select_deadline(deadline) {
                 Ok(operation) => operation,
@@ -148,17 +177,18 @@ impl Pipeline {
                 Err(_) => Wake::Closed,
             };
         }
-        let (seq, result) = match done.map(|done| operation.recv(done)) {
-            Some(Ok(report)) => report,
-            _ => thread_ended(self.in_flight.unwrap_or(0)),
+        let (seq, result) = match operation.recv(done) {
+            Ok(report) => report,
+            Err(_) => thread_ended(self.in_flight.front().copied().unwrap_or(0)),
         };
         Wake::Synced(seq, result)
     }
 
-    /// The sync the next commit may start itself: `None` while one runs (one at a time), or
-    /// before the first sync started the thread (an engine without the log never starts it).
+    /// The sync the next commit may start itself: `None` while the thread has as many as it
+    /// takes, or before the first sync started the thread (an engine without the log never
+    /// starts it).
     pub(super) fn early_sync(&self) -> Option<EarlySync> {
-        if self.in_flight.is_some() {
+        if self.in_flight.len() >= SYNCS_OUTSTANDING {
             return None;
         }
         let thread = self.thread.as_ref()?;
@@ -170,7 +200,7 @@ impl Pipeline {
 
     /// A commit started the sync covering commits up to `seq` (`EarlySync`).
     pub(super) fn sync_started(&mut self, seq: u64) {
-        self.in_flight = Some(seq);
+        self.in_flight.push_back(seq);
     }
 
     /// The sync thread, started on first use.
@@ -222,16 +252,25 @@ impl Writer {
         }
     }
 
-    /// Starts a sync of what waits for one, unless one runs. Without a sync thread (it could
-    /// not be started) the sync runs here.
+    /// Hands the thread a sync of what waits for one and no sync handed to it covers, unless
+    /// it has as many as it takes. Without a sync thread (it could not be started) the sync
+    /// runs here.
     fn start_sync(&mut self) {
-        if self.pipeline.in_flight.is_some() {
+        if self.pipeline.in_flight.len() >= SYNCS_OUTSTANDING {
             return;
         }
         let Some(job) = self.store.log_sync() else {
             return;
         };
         let seq = job.seq;
+        if self
+            .pipeline
+            .in_flight
+            .back()
+            .is_some_and(|&last| last >= seq)
+        {
+            return;
+        }
         let thread = match self.pipeline.thread() {
             Ok(thread) => thread,
             Err(error) => {
@@ -240,7 +279,7 @@ impl Writer {
             }
         };
         match thread.jobs.send(job) {
-            Ok(()) => self.pipeline.in_flight = Some(seq),
+            Ok(()) => self.pipeline.in_flight.push_back(seq),
             Err(crossbeam_channel::SendError(job)) => self.sync_here(&job),
         }
     }
@@ -253,13 +292,19 @@ impl Writer {
 
     /// The sync covering commits up to `seq` returned `result`.
     pub(super) fn synced(&mut self, seq: u64, result: std::io::Result<()>) {
-        self.pipeline.in_flight = None;
+        self.pipeline.in_flight.pop_front();
         let failure = match result {
             Ok(()) => {
                 self.store.log_synced(seq);
                 None
             }
-            Err(error) => self.store.log_sync_failed(seq, error),
+            Err(error) => {
+                // The thread ends after a failed sync, the one queued behind it unrun: it is
+                // failed with this one, and the next sync starts a new thread.
+                self.pipeline.in_flight.clear();
+                self.pipeline.stop();
+                self.store.log_sync_failed(seq, error)
+            }
         };
         self.answer_durable();
         match failure {
@@ -273,7 +318,7 @@ impl Writer {
     /// the close).
     pub(super) fn answer_all(&mut self) {
         loop {
-            if let Some(in_flight) = self.pipeline.in_flight {
+            if let Some(&in_flight) = self.pipeline.in_flight.front() {
                 let (seq, result) = match &self.pipeline.thread {
                     Some(thread) => thread.receive(in_flight),
                     None => thread_ended(in_flight),
@@ -342,3 +387,6 @@ pub(super) fn fail_answers(answers: Vec<Answer>, error: &StoreError, reason: &st
         answer.fail(answer_error(error, reason));
     }
 }
+
+#[cfg(test)]
+mod tests;
