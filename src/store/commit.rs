@@ -223,12 +223,14 @@ impl Store {
             // elsewhere, so this sync covers every record before it.
             wal.synced_all();
             self.visible.all_durable();
-        }
-        if wal.checkpoint_due()
-            && let Err(error) = self.checkpoint(wal)
-        {
-            // The commit is durable in the log; the B-tree's trouble is the next write's.
-            tracing::warn!(%error, "checkpoint failed");
+            // A commit whose sync runs elsewhere leaves its checkpoint to the writer, once
+            // that sync has returned (`Store::checkpoint_when`).
+            if wal.checkpoint_due()
+                && let Err(error) = self.checkpoint(wal)
+            {
+                // The commit is durable in the log; the B-tree's trouble is the next write's.
+                tracing::warn!(%error, "checkpoint failed");
+            }
         }
         Ok((result, number))
     }

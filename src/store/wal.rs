@@ -449,21 +449,31 @@ impl Store {
         txn.commit().map_err(|e| err(e.into()))
     }
 
-    /// Checkpoints while the writer has nothing to do, once the log holds an eighth of what
-    /// forces a checkpoint: the sync then costs no caller a wait, and the checkpoint a busy
-    /// writer must take later is smaller. Returns whether it checkpointed.
+    /// Whether the log holds enough, or has waited long enough, that the writer must
+    /// checkpoint before its next batch (`Store::checkpoint_when`).
+    pub(crate) fn checkpoint_due(&self) -> bool {
+        let slot = self.wal.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.as_ref().is_some_and(Wal::checkpoint_due)
+    }
+
+    /// Checkpoints once it is due, or, with `idle` (the writer has nothing to do), once the
+    /// log holds an eighth of what makes it due: the sync then costs no caller a wait, and the
+    /// checkpoint a busy writer must take later is smaller. Returns whether it checkpointed.
+    ///
+    /// The writer calls it between batches with no sync of the log running: a checkpoint
+    /// makes every commit durable, and a sync failing behind it could otherwise go unseen
+    /// (`Store::log_sync_failed`).
     ///
     /// # Errors
     /// The checkpoint's commit failed: as after any failed commit, the store must be reopened.
-    pub(crate) fn checkpoint_when_idle(&self) -> Result<bool, StoreError> {
+    pub(crate) fn checkpoint_when(&self, idle: bool) -> Result<bool, StoreError> {
         let mut slot = self.wal.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(wal) = slot.as_mut() else {
             return Ok(false);
         };
         let logged = wal.log.end().saturating_sub(super::log::HEADER_BYTES);
-        if logged < wal.checkpoint_bytes / 8
-            || self.wal_diverged.load(std::sync::atomic::Ordering::SeqCst)
-        {
+        let wanted = wal.checkpoint_due() || (idle && logged >= wal.checkpoint_bytes / 8);
+        if !wanted || self.wal_diverged.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(false);
         }
         self.checkpoint(wal)?;
@@ -530,7 +540,12 @@ impl Store {
     pub(crate) fn log_sync_failed(&self, seq: u64, error: std::io::Error) -> Option<StoreError> {
         let mut slot = self.wal.lock().unwrap_or_else(PoisonError::into_inner);
         let wal = slot.as_mut()?;
-        if self.visible.durable() >= seq && wal.unsynced.is_empty() {
+        // Only while nothing was appended since that checkpoint: a record appended before the
+        // failed sync ran may have lost its pages with it, and no later sync brings them back.
+        if self.visible.durable() >= seq
+            && wal.unsynced.is_empty()
+            && wal.log.end() == super::log::HEADER_BYTES
+        {
             tracing::warn!(%error, "a sync of the redo log failed after a checkpoint covered it");
             return None;
         }

@@ -197,3 +197,67 @@ async fn a_failed_log_sync_fails_every_batch_committed_behind_it_and_none_comes_
     assert!(engine.check_integrity().await.unwrap().problems.is_empty());
     println!("log_sync: two enqueues behind a failed sync failed; the engine healed");
 }
+
+/// A checkpoint makes every commit durable at once, so one taken while a sync of the log runs
+/// would answer that sync's batch before the sync could fail it: the writer waits for the
+/// running syncs before it checkpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_due_while_a_sync_runs_waits_for_it_and_its_failure_still_fails_the_batch() {
+    let log = HeldLog::new();
+    let engine = Engine::builder(PathBuf::from("/simulated/fq.redb"))
+        .control(false)
+        .storage_backend(redb::backends::InMemoryBackend::new())
+        .log_backend(log.clone())
+        .open()
+        .unwrap();
+    let kept = enqueue(&engine, 0).await.unwrap();
+
+    log.arm();
+    let engine = Arc::new(engine);
+    let first = tokio::spawn({
+        let engine = Arc::clone(&engine);
+        async move { enqueue(&engine, 1).await }
+    });
+    let held = log.clone();
+    tokio::task::spawn_blocking(move || held.wait_for_held_sync())
+        .await
+        .unwrap();
+    // Past the checkpoint interval (1 s) the next batch finds a checkpoint due.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let second = tokio::spawn({
+        let engine = Arc::clone(&engine);
+        async move { enqueue(&engine, 2).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answered_early = first.is_finished() || second.is_finished();
+    log.release();
+    assert!(
+        !answered_early,
+        "a batch was answered while the sync covering it still ran (a checkpoint overtook it)"
+    );
+    let first = first.await.unwrap();
+    assert!(
+        first.is_err(),
+        "the batch whose sync failed was acknowledged: {first:?}"
+    );
+    // Whatever became of the second (failed with the first, or refused by the poisoned
+    // engine), neither is in the store once the engine healed.
+    let _ = second.await.unwrap();
+    let mut healed = false;
+    for _ in 0..200 {
+        if enqueue(&engine, 3).await.is_ok() {
+            healed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(healed, "the engine did not heal after the failed sync");
+    let listed = listed(&engine).await;
+    assert!(listed.contains(&kept));
+    assert_eq!(
+        listed.len(),
+        2,
+        "a batch behind the failed sync came back: {listed:?}"
+    );
+    println!("log_sync: a checkpoint due during a sync waited for it; the failed batch failed");
+}

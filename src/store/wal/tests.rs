@@ -106,13 +106,13 @@ fn an_idle_checkpoint_waits_for_an_eighth_of_the_checkpoint_size() {
     };
     let store = Store::open(&path, &options).unwrap();
     queue_sample(&store);
-    assert!(!store.checkpoint_when_idle().unwrap(), "one small record");
+    assert!(!store.checkpoint_when(true).unwrap(), "one small record");
     let log_end = || store.wal.lock().unwrap().as_ref().unwrap().log.end();
     while log_end() - crate::store::log::HEADER_BYTES < 8 * 1024 {
         queue_sample(&store);
     }
     let ids: Vec<TaskId> = (0..3).map(|_| queue_sample(&store)).collect();
-    assert!(store.checkpoint_when_idle().unwrap());
+    assert!(store.checkpoint_when(true).unwrap());
     assert_eq!(log_end(), crate::store::log::HEADER_BYTES, "not rewound");
     // What the log held is now in the B-tree alone.
     let copy = crash_image(&path, &dir.path().join("crash"));

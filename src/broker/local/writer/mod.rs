@@ -151,7 +151,7 @@ impl Writer {
         crate::store::exempt_this_thread();
         loop {
             if self.pipeline.is_idle() && commands.is_empty() {
-                self.checkpoint_when_idle();
+                self.checkpoint(true);
             }
             let flush_at = self.unflushed_since.map(|since| since + LAZY_FLUSH);
             let deadline = match (flush_at, self.heal_due_at()) {
@@ -189,6 +189,12 @@ impl Writer {
             }
             // Under a steady stream of commands the deadline above never times out.
             self.heal_if_due();
+            if self.store.checkpoint_due() {
+                // A checkpoint makes every commit durable, so it waits for the log's running
+                // syncs: one failing behind it must fail what it covers, not go unseen.
+                self.answer_all();
+                self.checkpoint(false);
+            }
             if let Some(reason) = self.shared.poisoned() {
                 for command in pending {
                     command.fail(Error::Poisoned {
@@ -221,13 +227,14 @@ impl Writer {
         }
     }
 
-    /// With no request waiting, lets the store checkpoint its log (`Store::checkpoint_when_idle`).
-    /// A checkpoint is a durable commit of everything before it, lazy commits included.
-    fn checkpoint_when_idle(&mut self) {
+    /// Lets the store checkpoint its log (`Store::checkpoint_when`), with no sync of it
+    /// running; `idle`: no request waits. A checkpoint is a durable commit of everything
+    /// before it, lazy commits included.
+    fn checkpoint(&mut self, idle: bool) {
         if self.shared.poisoned().is_some() {
             return;
         }
-        match self.store.checkpoint_when_idle() {
+        match self.store.checkpoint_when(idle) {
             Ok(false) => {}
             Ok(true) => self.unflushed_since = None,
             Err(error) => self.commit_failed(&error.to_string()),

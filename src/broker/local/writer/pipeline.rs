@@ -280,6 +280,12 @@ impl Writer {
         };
         match thread.jobs.send(job) {
             Ok(()) => self.pipeline.in_flight.push_back(seq),
+            // The thread ended after a failed sync whose report waits to be read: a sync that
+            // succeeds after it may lack the pages the failed one lost, so none runs here. The
+            // report, or the thread's end, fails this commit with the others.
+            Err(_) if !self.pipeline.in_flight.is_empty() => {
+                self.pipeline.in_flight.push_back(seq);
+            }
             Err(crossbeam_channel::SendError(job)) => self.sync_here(&job),
         }
     }
