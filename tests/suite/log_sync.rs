@@ -116,8 +116,14 @@ async fn listed(engine: &Engine) -> Vec<TaskId> {
     ids
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_log_sync_fails_every_batch_committed_behind_it_and_none_comes_back() {
+/// An engine on a held log with one task kept, and a first enqueue whose sync is held (it
+/// fails once released).
+async fn first_enqueue_held() -> (
+    Arc<Engine>,
+    HeldLog,
+    TaskId,
+    tokio::task::JoinHandle<fq::Result<TaskId>>,
+) {
     let log = HeldLog::new();
     let engine = Engine::builder(PathBuf::from("/simulated/fq.redb"))
         .control(false)
@@ -137,6 +143,12 @@ async fn a_failed_log_sync_fails_every_batch_committed_behind_it_and_none_comes_
     tokio::task::spawn_blocking(move || held.wait_for_held_sync())
         .await
         .unwrap();
+    (engine, log, kept, first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_log_sync_fails_every_batch_committed_behind_it_and_none_comes_back() {
+    let (engine, log, kept, first) = first_enqueue_held().await;
     // The first batch's sync is held: the next enqueue is committed behind it, and a read
     // waits, since what it would see is not durable.
     let second = tokio::spawn({
@@ -203,25 +215,7 @@ async fn a_failed_log_sync_fails_every_batch_committed_behind_it_and_none_comes_
 /// running syncs before it checkpoints.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_due_while_a_sync_runs_waits_for_it_and_its_failure_still_fails_the_batch() {
-    let log = HeldLog::new();
-    let engine = Engine::builder(PathBuf::from("/simulated/fq.redb"))
-        .control(false)
-        .storage_backend(redb::backends::InMemoryBackend::new())
-        .log_backend(log.clone())
-        .open()
-        .unwrap();
-    let kept = enqueue(&engine, 0).await.unwrap();
-
-    log.arm();
-    let engine = Arc::new(engine);
-    let first = tokio::spawn({
-        let engine = Arc::clone(&engine);
-        async move { enqueue(&engine, 1).await }
-    });
-    let held = log.clone();
-    tokio::task::spawn_blocking(move || held.wait_for_held_sync())
-        .await
-        .unwrap();
+    let (engine, log, kept, first) = first_enqueue_held().await;
     // Past the checkpoint interval (1 s) the next batch finds a checkpoint due.
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     let second = tokio::spawn({
