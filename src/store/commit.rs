@@ -186,8 +186,8 @@ impl Store {
             // Numbered before it becomes visible: a read that sees it waits for its sync.
             Ok(_) if deferred => {
                 let seq = self.visible.number_next();
-                wal.appended(seq);
-                if let (Some(start), Some(job)) = (start_sync, wal.sync_for(seq)) {
+                let job = wal.sync_for(seq, self.visible.committed_counter());
+                if let (Some(start), Some(job)) = (start_sync, job) {
                     start(job);
                 }
                 match self.commit_after_log(txn) {

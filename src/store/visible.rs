@@ -13,7 +13,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 thread_local! {
     /// True on the writer's thread: it never waits for its own syncs (it is what ends them).
@@ -27,7 +27,9 @@ pub(crate) fn exempt_this_thread() {
 
 #[derive(Default)]
 pub(super) struct Visibility {
-    committed: AtomicU64,
+    /// Shared with the log's syncs (`LogSync::covers`): a commit's record is in the log
+    /// before the commit takes its number.
+    committed: Arc<AtomicU64>,
     state: Mutex<Durable>,
     changed: Condvar,
 }
@@ -52,6 +54,11 @@ impl Visibility {
     /// The number of the last commit made visible.
     pub(super) fn committed(&self) -> u64 {
         self.committed.load(Ordering::SeqCst)
+    }
+
+    /// The counter of [`Visibility::committed`], for a sync to read when it starts.
+    pub(super) fn committed_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.committed)
     }
 
     /// The highest commit number known durable.

@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,9 @@ use redb::Durability;
 use super::log::{LogError, LogFile, LogRecord, RedoLog};
 use super::tables::META;
 use super::{Store, StoreError, changes, create, handle};
+
+mod sync;
+pub(crate) use sync::LogSync;
 
 /// META key holding the number of the last log record the B-tree holds (u64 LE).
 pub(super) const META_WAL_APPLIED: &str = "wal_applied";
@@ -52,9 +55,6 @@ pub(super) struct Wal {
     checkpoint_bytes: u64,
     /// A handle to sync the log from the writer's sync thread (`None`: synced inline).
     pub(super) syncer: Option<Arc<dyn LogFile + Send + Sync>>,
-    /// The number of the last commit whose record is in the log: a sync that starts later
-    /// covers it, whichever commit asked for the sync.
-    appended: Arc<AtomicU64>,
     /// The records of commits made visible ahead of their sync, oldest first: their number for
     /// the reads (`visible.rs`), where each starts and its record number.
     unsynced: VecDeque<Unsynced>,
@@ -68,40 +68,6 @@ struct Unsynced {
     number: u64,
 }
 
-/// A sync of the log for the writer's sync thread: it covers every commit numbered up to `seq`,
-/// and every one whose record is in the log by the time it starts.
-pub(crate) struct LogSync {
-    log: Arc<dyn LogFile + Send + Sync>,
-    pub(crate) seq: u64,
-    appended: Arc<AtomicU64>,
-}
-
-impl LogSync {
-    /// A sync of `log` asked for by the commit numbered `seq`, covering also every commit up to
-    /// `appended` at the time it starts (the sync thread's tests).
-    #[cfg(test)]
-    pub(crate) fn of(
-        log: Arc<dyn LogFile + Send + Sync>,
-        seq: u64,
-        appended: Arc<AtomicU64>,
-    ) -> Self {
-        Self { log, seq, appended }
-    }
-
-    /// The commit number a sync starting now covers.
-    pub(crate) fn covers(&self) -> u64 {
-        self.seq.max(self.appended.load(Ordering::Acquire))
-    }
-
-    /// Runs the sync (fdatasync of the log file).
-    ///
-    /// # Errors
-    /// The sync failed: nothing it covers may be acknowledged (see [`Store::log_sync_failed`]).
-    pub(crate) fn run(&self) -> std::io::Result<()> {
-        self.log.sync_data()
-    }
-}
-
 impl Wal {
     fn new(log: RedoLog<LogStorage>, path: PathBuf, checkpoint_bytes: u64) -> Self {
         Self {
@@ -112,13 +78,7 @@ impl Wal {
             unlogged: Vec::new(),
             last_checkpoint: Instant::now(),
             unsynced: VecDeque::new(),
-            appended: Arc::new(AtomicU64::new(0)),
         }
-    }
-
-    /// The record just appended is the commit numbered `seq`'s: any sync from now covers it.
-    pub(super) fn appended(&self, seq: u64) {
-        self.appended.store(seq, Ordering::Release);
     }
 
     /// The record just appended belongs to the commit numbered `seq`, visible before its sync.
@@ -128,14 +88,16 @@ impl Wal {
         }
     }
 
-    /// A sync of the log covering the commits numbered up to `seq`, for the writer's sync
-    /// thread; `None` when the log's storage has no handle to sync it from another thread.
-    pub(super) fn sync_for(&self, seq: u64) -> Option<LogSync> {
-        Some(LogSync {
-            log: Arc::clone(self.syncer.as_ref()?),
+    /// A sync of the log covering the commits numbered up to `seq`, and those numbered up to
+    /// `committed` when it starts (the store's count of commits made visible ahead of their
+    /// sync), for the writer's sync thread; `None` when the log's storage has no handle to
+    /// sync it from another thread.
+    pub(super) fn sync_for(&self, seq: u64, committed: Arc<AtomicU64>) -> Option<LogSync> {
+        Some(LogSync::new(
+            Arc::clone(self.syncer.as_ref()?),
             seq,
-            appended: Arc::clone(&self.appended),
-        })
+            committed,
+        ))
     }
 
     /// A sync of the log returned: every record appended before it is durable.
@@ -510,7 +472,7 @@ impl Store {
         let slot = self.wal.lock().unwrap_or_else(PoisonError::into_inner);
         let wal = slot.as_ref()?;
         wal.unsynced.back()?;
-        wal.sync_for(self.visible.committed())
+        wal.sync_for(self.visible.committed(), self.visible.committed_counter())
     }
 
     /// The highest commit number known durable: commits numbered up to it may be answered.

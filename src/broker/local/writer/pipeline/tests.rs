@@ -83,7 +83,7 @@ fn first_sync_held() -> (SyncThread, Arc<HeldLog>, Arc<AtomicU64>) {
     let appended = Arc::new(AtomicU64::new(1));
     thread
         .jobs
-        .send(LogSync::of(log.clone(), 1, Arc::clone(&appended)))
+        .send(LogSync::new(log.clone(), 1, Arc::clone(&appended)))
         .unwrap();
     log.wait_until_holding();
     (thread, log, appended)
@@ -93,7 +93,7 @@ fn first_sync_held() -> (SyncThread, Arc<HeldLog>, Arc<AtomicU64>) {
 fn queue_sync(thread: &SyncThread, log: &Arc<HeldLog>, appended: &Arc<AtomicU64>, seq: u64) {
     thread
         .jobs
-        .send(LogSync::of(log.clone(), seq, Arc::clone(appended)))
+        .send(LogSync::new(log.clone(), seq, Arc::clone(appended)))
         .unwrap();
 }
 
