@@ -48,8 +48,12 @@ impl EngineBuilder {
         self
     }
 
-    /// Verify every page checksum when opening (default true): a damaged file is refused at
-    /// open. Turning it off makes opening a large store faster.
+    /// Verify the store when opening (default true): a damaged file is refused at open. An
+    /// owner's open verifies every page checksum; a [`read_only`](Self::read_only) open, which
+    /// redb lets verify no pages, runs the store's consistency check instead (every record,
+    /// index entry, count and unique key read once), so that damage under which the tree still
+    /// reads is refused rather than shown; a record that does not decode is that task's error,
+    /// not the store's. Turning it off makes opening a large store faster.
     pub fn verify_on_open(mut self, verify: bool) -> Self {
         self.store.verify_on_open = verify;
         self
@@ -120,7 +124,7 @@ impl EngineBuilder {
     }
 
     /// Opens an existing store only to look at it (default false): queries read the file as it
-    /// is, every change is refused with [`crate::StoreError::ReadOnly`], and nothing of the
+    /// is (checked first, see [`verify_on_open`](Self::verify_on_open)), every change is refused with [`crate::StoreError::ReadOnly`], and nothing of the
     /// store changes: no crash recovery (a RUNNING task a crashed owner left stays RUNNING until
     /// an engine that owns the store opens it), no threads, no control socket, no RabbitMQ
     /// bridge (with `broker: rabbitmq`, [`Engine::stats`] makes one short connection to read

@@ -42,27 +42,32 @@ impl Handle {
 pub(super) fn open_read_only(path: &Path, options: &StoreOptions) -> Result<Handle, StoreError> {
     let mut builder = Database::builder();
     builder.set_cache_size(options.cache_bytes);
-    let opened = catch_unwind(AssertUnwindSafe(|| builder.open_read_only(path)));
-    match opened {
-        Ok(Ok(db)) => Ok(Handle::ReadOnly(db)),
-        Ok(Err(redb::DatabaseError::RepairAborted)) => {
+    match catching_damage(path, || Ok(builder.open_read_only(path)))? {
+        Ok(db) => Ok(Handle::ReadOnly(db)),
+        Err(redb::DatabaseError::RepairAborted) => {
             tracing::info!(store = %path.display(), "the store was not closed cleanly; repairing redb's allocator state before reading it");
             open_database(path, options, true, &Fence::default()).map(Handle::Writable)
         }
-        Ok(Err(e)) => Err(map_open_error(path, e)),
-        Err(panic) => Err(StoreError::Corrupt {
-            path: path.to_path_buf(),
-            detail: format!("the storage engine failed on it: {}", panic_text(&*panic)),
-        }),
+        Err(e) => Err(map_open_error(path, e)),
     }
 }
 
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_owned())
+/// Runs `step` of an open on a file not yet known to be sound. redb's page checks panic on
+/// some damage no checksum catches (a page of zeros read as a tree node, say): a damaged file
+/// is bad input, so such a panic comes back as the file's corruption, naming it.
+pub(super) fn catching_damage<T>(
+    path: &Path,
+    step: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    catch_unwind(AssertUnwindSafe(step)).unwrap_or_else(|panic| {
+        Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!(
+                "the storage engine failed on it: {}",
+                crate::error::panic_message(&*panic)
+            ),
+        })
+    })
 }
 
 fn map_open_error(path: &Path, error: redb::DatabaseError) -> StoreError {
@@ -111,26 +116,19 @@ pub(super) fn open_database(
     builder
         .set_cache_size(options.cache_bytes)
         .set_check_integrity_on_open(options.verify_on_open);
-    // redb's consistency checks can panic on a damaged file in debug builds; a damaged file
-    // is bad input, and must come back as an error naming it.
-    let opened = catch_unwind(AssertUnwindSafe(|| match &options.backend {
-        Some(backend) => builder.create_with_backend(Fenced::new(backend.handle(), fence)),
-        None if exists => open_existing(path)
-            .and_then(redb::backends::FileBackend::new)
-            .and_then(|backend| builder.create_with_backend(Fenced::new(backend, fence))),
-        None => create_private(path)
-            .map_err(redb::DatabaseError::from)
-            .and_then(redb::backends::FileBackend::new)
-            .and_then(|backend| builder.create_with_backend(Fenced::new(backend, fence))),
-    }));
-    match opened {
-        Ok(Ok(db)) => Ok(db),
-        Ok(Err(e)) => Err(map_open_error(path, e)),
-        Err(panic) => Err(StoreError::Corrupt {
-            path: path.to_path_buf(),
-            detail: format!("the storage engine failed on it: {}", panic_text(&*panic)),
-        }),
-    }
+    catching_damage(path, || {
+        match &options.backend {
+            Some(backend) => builder.create_with_backend(Fenced::new(backend.handle(), fence)),
+            None if exists => open_existing(path)
+                .and_then(redb::backends::FileBackend::new)
+                .and_then(|backend| builder.create_with_backend(Fenced::new(backend, fence))),
+            None => create_private(path)
+                .map_err(redb::DatabaseError::from)
+                .and_then(redb::backends::FileBackend::new)
+                .and_then(|backend| builder.create_with_backend(Fenced::new(backend, fence))),
+        }
+        .map_err(|e| map_open_error(path, e))
+    })
 }
 
 /// Opens an existing store file for reading and writing. An empty one is refused as redb's own

@@ -61,9 +61,16 @@ pub(crate) fn parse_waiting_key(key: &[u8]) -> Option<(&str, ReadyOrder)> {
     ))
 }
 
+/// The length of a FINISHED key.
+pub(crate) const FINISHED_KEY_BYTES: usize = 25;
+
 /// The FINISHED key of a task: status code, finished time, id.
-pub(crate) fn finished_key(status: TaskStatus, finished_at: Millis, id: TaskId) -> [u8; 25] {
-    let mut key = [0u8; 25];
+pub(crate) fn finished_key(
+    status: TaskStatus,
+    finished_at: Millis,
+    id: TaskId,
+) -> [u8; FINISHED_KEY_BYTES] {
+    let mut key = [0u8; FINISHED_KEY_BYTES];
     key[0] = status.code();
     key[1..9].copy_from_slice(&encode_i64(finished_at));
     key[9..25].copy_from_slice(&id.as_u128().to_be_bytes());
@@ -145,8 +152,8 @@ pub(crate) fn parse_count_key(key: &[u8]) -> Option<(&str, TaskStatus)> {
 }
 
 /// The first FINISHED key of `status` (inclusive lower bound of its range).
-pub(crate) fn finished_range_start(status: TaskStatus) -> [u8; 25] {
-    let mut key = [0u8; 25];
+pub(crate) fn finished_range_start(status: TaskStatus) -> [u8; FINISHED_KEY_BYTES] {
+    let mut key = [0u8; FINISHED_KEY_BYTES];
     key[0] = status.code();
     key
 }

@@ -198,13 +198,22 @@ impl Store {
     /// did not close cleanly).
     pub(crate) fn open_read_only(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
-        if let Err(source) = std::fs::metadata(&path) {
-            return Err(StoreError::Io {
-                detail: "cannot open the store to read it (a read-only open never creates one)"
-                    .into(),
-                path,
-                source,
-            });
+        match std::fs::metadata(&path) {
+            Err(source) => {
+                return Err(StoreError::Io {
+                    detail: "cannot open the store to read it (a read-only open never creates one)"
+                        .into(),
+                    path,
+                    source,
+                });
+            }
+            Ok(meta) if meta.is_dir() => {
+                return Err(StoreError::NotFqStore {
+                    path,
+                    detail: "it is a directory".into(),
+                });
+            }
+            Ok(_) => {}
         }
         let db = match handle::open_read_only(&path, options) {
             Err(StoreError::Locked { path }) if open_here::contains(&path) => {
@@ -213,8 +222,16 @@ impl Store {
             opened => opened?,
         };
         let store = Self::assemble(path.clone(), options, db, true, false)?;
-        store.check_identity(false)?;
-        if !store.wal_has_unapplied_records()? {
+        // Nothing has checked this file's pages (only an open that owns the store verifies
+        // them), so a read of a damaged page may panic inside redb.
+        let unapplied = handle::catching_damage(&path, || {
+            store.check_identity(false)?;
+            store.wal_has_unapplied_records()
+        })?;
+        if !unapplied {
+            if options.verify_on_open {
+                handle::catching_damage(&path, || store.check_structure())?;
+            }
             return Ok(store);
         }
         // The last engine crashed with changes only its log holds: an open that owns the store
@@ -258,7 +275,8 @@ impl Store {
         };
         let mut store = Self::assemble(path, options, Handle::Writable(db), false, custom_backend)?;
         store.fence = fence;
-        store.check_identity(!exists)?;
+        // With `verify_on_open` off, the identity read is the first to meet a damaged page.
+        handle::catching_damage(&store.path, || store.check_identity(!exists))?;
         store.attach_wal(options.write_ahead_log)?;
         Ok(store)
     }
@@ -307,6 +325,26 @@ impl Store {
 
     fn storage(&self, action: &'static str) -> impl Fn(redb::Error) -> StoreError + '_ {
         move |e| map_storage_error(&self.path, action, e)
+    }
+
+    /// The read-only open's stand-in for the page verification an owner's open makes (redb
+    /// verifies pages only in an open that may write): the store's consistency check, so that
+    /// damage under which the tree still reads (a flipped key, a lost index entry) is refused
+    /// instead of shown as the store's content. A record that does not decode is no reason to
+    /// refuse: reading that task reports it, as with an owner.
+    fn check_structure(&self) -> Result<(), StoreError> {
+        let report = self.check_integrity()?;
+        let mut structural = report.structural_problems();
+        let Some(first) = structural.next() else {
+            return Ok(());
+        };
+        Err(StoreError::Corrupt {
+            path: self.path.clone(),
+            detail: format!(
+                "its consistency check found {} problem(s) beyond damaged records, the first: {first}",
+                structural.count() + 1
+            ),
+        })
     }
 
     /// Checks the META table; initializes it for a store created by this open.

@@ -107,11 +107,7 @@ impl SlotTally {
 
 fn panic_message(error: JoinError) -> String {
     match error.try_into_panic() {
-        Ok(panic) => panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "panic with a non-text payload".to_owned()),
+        Ok(panic) => crate::error::panic_message(&*panic),
         Err(error) => format!("the handler was cancelled: {error}"),
     }
 }

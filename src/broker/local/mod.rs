@@ -493,12 +493,7 @@ async fn read_off_the_runtime<T: Send + 'static>(
         }
         // redb panics on some damage no checksum catches (a page of zeros read as a tree
         // node): that is this file's corruption, reported with its name, not an fq bug.
-        let panic = error.into_panic();
-        let detail = panic
-            .downcast_ref::<&str>()
-            .map(|text| (*text).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "no message".to_owned());
+        let detail = crate::error::panic_message(&*error.into_panic());
         Error::Store(StoreError::Corrupt {
             path,
             detail: format!("reading it failed inside redb ({detail})"),

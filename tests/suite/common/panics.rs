@@ -93,6 +93,11 @@ pub fn set_scope(scope: Option<(&'static str, usize)>) {
     SCOPE.with(|s| s.set(scope));
 }
 
+/// This thread's tag ([`set_scope`]), to hand on to threads it starts.
+pub fn scope() -> Option<(&'static str, usize)> {
+    SCOPE.with(Cell::get)
+}
+
 /// Where the record stands now: [`since`] it returns what came after.
 pub fn mark() -> usize {
     watch();
