@@ -48,12 +48,9 @@ impl EngineBuilder {
         self
     }
 
-    /// Verify the store when opening (default true): a damaged file is refused at open. An
-    /// owner's open verifies every page checksum; a [`read_only`](Self::read_only) open, which
-    /// redb lets verify no pages, runs the store's consistency check instead (every record,
-    /// index entry, count and unique key read once), so that damage under which the tree still
-    /// reads is refused rather than shown; a record that does not decode is that task's error,
-    /// not the store's. Turning it off makes opening a large store faster.
+    /// Verify every page checksum when opening (default true): a damaged file is refused at
+    /// open, by a [`read_only`](Self::read_only) open too (which leaves the file as it is).
+    /// Turning it off makes opening a large store faster.
     pub fn verify_on_open(mut self, verify: bool) -> Self {
         self.store.verify_on_open = verify;
         self

@@ -8,6 +8,7 @@ use std::path::Path;
 use redb::{Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, TransactionError};
 
 use super::backend::{Fence, Fenced};
+use super::copy_on_write::CopyOnWrite;
 use super::{StoreError, StoreOptions, map_storage_error};
 
 /// An open database.
@@ -43,7 +44,14 @@ pub(super) fn open_read_only(path: &Path, options: &StoreOptions) -> Result<Hand
     let mut builder = Database::builder();
     builder.set_cache_size(options.cache_bytes);
     match catching_damage(path, || Ok(builder.open_read_only(path)))? {
-        Ok(db) => Ok(Handle::ReadOnly(db)),
+        Ok(db) => {
+            // Held open meanwhile: its locks keep an owner from writing to the file while its
+            // pages are verified.
+            if options.verify_on_open {
+                verify_pages(path)?;
+            }
+            Ok(Handle::ReadOnly(db))
+        }
         Err(redb::DatabaseError::RepairAborted) => {
             tracing::info!(store = %path.display(), "the store was not closed cleanly; repairing redb's allocator state before reading it");
             open_database(path, options, true, &Fence::default()).map(Handle::Writable)
@@ -51,6 +59,34 @@ pub(super) fn open_read_only(path: &Path, options: &StoreOptions) -> Result<Hand
         Err(e) => Err(map_open_error(path, e)),
     }
 }
+
+/// Verifies every page of the store file at `path` as an owner's open does (redb's integrity
+/// check on open), without changing the file: redb opens it for writing through a
+/// [`CopyOnWrite`] layer that keeps what the check writes in memory, and the layer is dropped.
+fn verify_pages(path: &Path) -> Result<(), StoreError> {
+    let io = |source| StoreError::Io {
+        path: path.to_path_buf(),
+        detail: "cannot read the store to verify it".into(),
+        source,
+    };
+    let layer = std::fs::File::open(path)
+        .and_then(CopyOnWrite::new)
+        .map_err(io)?;
+    let mut builder = Database::builder();
+    // Every page is read once: a cache would only hold what is never read again.
+    builder
+        .set_cache_size(VERIFY_CACHE_BYTES)
+        .set_check_integrity_on_open(true);
+    catching_damage(path, || {
+        builder
+            .create_with_backend(layer)
+            .map(drop)
+            .map_err(|e| map_open_error(path, e))
+    })
+}
+
+/// The page cache of [`verify_pages`]' open.
+const VERIFY_CACHE_BYTES: usize = 4 << 20;
 
 /// Runs `step` of an open on a file not yet known to be sound. redb's page checks panic on
 /// some damage no checksum catches (a page of zeros read as a tree node, say): a damaged file

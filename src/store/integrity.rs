@@ -34,16 +34,6 @@ pub struct IntegrityReport {
     pub undecodable: Vec<TaskId>,
 }
 
-impl IntegrityReport {
-    /// The problems beyond records that do not decode: damage to the store's structure (its
-    /// indexes, counts, keys), which reads of single tasks cannot report as theirs.
-    pub(crate) fn structural_problems(&self) -> impl Iterator<Item = &String> {
-        self.problems
-            .iter()
-            .filter(|problem| !problem.contains(UNDECODABLE))
-    }
-}
-
 /// How a record that does not decode is named among the problems.
 const UNDECODABLE: &str = ": record does not decode: ";
 

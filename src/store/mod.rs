@@ -6,6 +6,7 @@ mod backend;
 mod changes;
 mod codec;
 mod commit;
+mod copy_on_write;
 mod create;
 mod error;
 mod handle;
@@ -229,9 +230,6 @@ impl Store {
             store.wal_has_unapplied_records()
         })?;
         if !unapplied {
-            if options.verify_on_open {
-                handle::catching_damage(&path, || store.check_structure())?;
-            }
             return Ok(store);
         }
         // The last engine crashed with changes only its log holds: an open that owns the store
@@ -325,26 +323,6 @@ impl Store {
 
     fn storage(&self, action: &'static str) -> impl Fn(redb::Error) -> StoreError + '_ {
         move |e| map_storage_error(&self.path, action, e)
-    }
-
-    /// The read-only open's stand-in for the page verification an owner's open makes (redb
-    /// verifies pages only in an open that may write): the store's consistency check, so that
-    /// damage under which the tree still reads (a flipped key, a lost index entry) is refused
-    /// instead of shown as the store's content. A record that does not decode is no reason to
-    /// refuse: reading that task reports it, as with an owner.
-    fn check_structure(&self) -> Result<(), StoreError> {
-        let report = self.check_integrity()?;
-        let mut structural = report.structural_problems();
-        let Some(first) = structural.next() else {
-            return Ok(());
-        };
-        Err(StoreError::Corrupt {
-            path: self.path.clone(),
-            detail: format!(
-                "its consistency check found {} problem(s) beyond damaged records, the first: {first}",
-                structural.count() + 1
-            ),
-        })
     }
 
     /// Checks the META table; initializes it for a store created by this open.

@@ -1243,24 +1243,6 @@ fn regression_an_orphan_with_a_damaged_record_kept_the_store_from_opening() {
     assert!(is_corrupt_record(&read, orphan), "{read:?}");
 }
 
-/// Moves one task's stored record to another key, through redb itself (valid pages): what a
-/// flipped bit in a key of the tasks table reads as once the pages are not verified.
-fn move_record(path: &Path, from: fq::TaskId, to: fq::TaskId) {
-    let db = redb::Database::open(path).unwrap();
-    let txn = db.begin_write().unwrap();
-    {
-        let mut table = txn.open_table(TASKS_TABLE).unwrap();
-        let bytes = table
-            .remove(from.as_u128())
-            .unwrap()
-            .unwrap()
-            .value()
-            .to_vec();
-        table.insert(to.as_u128(), bytes.as_slice()).unwrap();
-    }
-    txn.commit().unwrap();
-}
-
 /// A small store of `tasks` pending tasks, closed cleanly; their ids.
 fn small_store(path: &Path, tasks: usize) -> Vec<fq::TaskId> {
     runtime().block_on(async {
@@ -1293,11 +1275,16 @@ fn scoped_runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Opens `path` read-only and reads stats and the first page of tasks: `Ok` with the number of
-/// tasks read, or the store error met.
-fn read_only_look(path: &Path) -> Result<usize, StoreError> {
+/// Opens `path` read-only (verifying it or not) and reads stats and the first page of tasks:
+/// `Ok` with their ids, or the store error met.
+fn read_only_look(path: &Path, verify: bool) -> Result<Vec<fq::TaskId>, StoreError> {
     let rt = scoped_runtime();
-    let engine = match Engine::builder(path).control(false).read_only(true).open() {
+    let opened = Engine::builder(path)
+        .control(false)
+        .read_only(true)
+        .verify_on_open(verify)
+        .open();
+    let engine = match opened {
         Ok(engine) => engine,
         Err(Error::Store(error)) => return Err(error),
         Err(other) => panic!("a read-only open failed with a non-store error: {other}"),
@@ -1308,7 +1295,7 @@ fn read_only_look(path: &Path) -> Result<usize, StoreError> {
             engine.list(ListQuery::default()).await
         };
         match read.await {
-            Ok(tasks) => Ok(tasks.len()),
+            Ok(tasks) => Ok(tasks.iter().map(|task| task.id).collect()),
             Err(Error::Store(error)) => Err(error),
             Err(other) => panic!("a read-only read failed with a non-store error: {other}"),
         }
@@ -1317,89 +1304,148 @@ fn read_only_look(path: &Path) -> Result<usize, StoreError> {
 
 /// `fq stats --db` on a store whose last page was zeroed exited 101: redb met the page while
 /// listing the tables for the store's identity check, at an `unreachable!()`, and only the
-/// open itself was guarded (CI, seed lost). Every page of a small store is zeroed in turn here;
-/// each read-only open and read gives tasks or a store error naming the file, and the zeroed
-/// pages that make redb panic are among them (else this test would guard nothing).
+/// open itself was guarded (CI, seed lost). Every page of a small store is zeroed in turn here
+/// and opened read-only, with and without page verification; each open and read gives the
+/// tasks or a store error naming the file. Without verification the identity read meets the
+/// damage first, and some zeroed pages make redb panic there (else this test would guard
+/// nothing); with it, every damaged page is refused before any read.
 #[test]
 fn regression_a_zeroed_page_made_redb_panic_past_the_guarded_read_only_open() {
     install_panic_counter();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("small.redb");
-    small_store(&path, 400);
+    let ids = small_store(&path, 400);
     let pristine = std::fs::read(&path).unwrap();
-    assert_eq!(read_only_look(&path).map_err(|e| e.to_string()), Ok(100));
+    for verify in [false, true] {
+        let read = read_only_look(&path, verify).map_err(|e| e.to_string());
+        assert_eq!(read, Ok(ids[..100].to_vec()));
+        // Verifying writes through redb, into memory only: the file stays as it was.
+        assert!(
+            std::fs::read(&path).unwrap() == pristine,
+            "verify {verify}: the file changed"
+        );
+    }
     let pages = pristine.len() / PAGE;
-    let (mut refused, mut caught) = (0, 0);
     let mutant_path = dir.path().join("zeroed.redb");
-    for page in 1..pages {
-        let mut bytes = pristine.clone();
-        bytes[page * PAGE..(page + 1) * PAGE].fill(0);
-        std::fs::write(&mutant_path, &bytes).unwrap();
-        let index = usize::MAX - 10 - page;
-        let (tx, rx) = std::sync::mpsc::channel();
-        let checked = mutant_path.clone();
-        std::thread::spawn(move || {
-            panics::set_scope(Some((SCOPE, index)));
-            let looked =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_only_look(&checked)));
-            drop(tx.send(looked.map_err(|_| ())));
-        });
-        let looked = rx
-            .recv_timeout(MUTANT_PATIENCE)
-            .unwrap_or_else(|_| panic!("page {page} of {pages} zeroed: hang"));
-        let seen = mutant_panics(index);
-        match looked {
-            Err(()) => panic!("page {page} of {pages} zeroed: a panic escaped: {seen:?}"),
-            Ok(Ok(_)) => assert!(seen.is_empty(), "page {page}: read, but panicked: {seen:?}"),
-            Ok(Err(error)) => {
-                let text = error.to_string();
-                assert!(
-                    text.contains("zeroed.redb"),
-                    "page {page}: the error does not name the file: {text}"
-                );
-                refused += 1;
-                if !seen.is_empty() {
-                    caught += 1;
+    for verify in [false, true] {
+        let (mut refused, mut caught, mut read_wrong) = (0, 0, 0);
+        for page in 1..pages {
+            let mut bytes = pristine.clone();
+            bytes[page * PAGE..(page + 1) * PAGE].fill(0);
+            std::fs::write(&mutant_path, &bytes).unwrap();
+            let index = usize::MAX - 10 - page - if verify { pages } else { 0 };
+            let (tx, rx) = std::sync::mpsc::channel();
+            let checked = mutant_path.clone();
+            std::thread::spawn(move || {
+                panics::set_scope(Some((SCOPE, index)));
+                let looked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    read_only_look(&checked, verify)
+                }));
+                drop(tx.send(looked.map_err(|_| ())));
+            });
+            let looked = rx
+                .recv_timeout(MUTANT_PATIENCE)
+                .unwrap_or_else(|_| panic!("page {page} of {pages} zeroed: hang"));
+            let seen = mutant_panics(index);
+            match looked {
+                Err(()) => panic!("page {page} of {pages} zeroed: a panic escaped: {seen:?}"),
+                Ok(Ok(read)) => {
+                    assert!(seen.is_empty(), "page {page}: read, but panicked: {seen:?}");
+                    read_wrong += usize::from(read != ids[..100]);
+                }
+                Ok(Err(error)) => {
+                    let text = error.to_string();
+                    assert!(
+                        text.contains("zeroed.redb"),
+                        "page {page}: the error does not name the file: {text}"
+                    );
+                    refused += 1;
+                    caught += usize::from(!seen.is_empty());
                 }
             }
         }
+        println!(
+            "zeroed pages under a read-only open (verify {verify}): {pages} pages, {refused} \
+             refused naming the file, {caught} of them after a redb panic the engine caught; \
+             {read_wrong} read other tasks than were stored"
+        );
+        if verify {
+            assert_eq!(
+                read_wrong, 0,
+                "a verified open read a damaged page's wrong content"
+            );
+        } else {
+            assert!(
+                caught > 0,
+                "no zeroed page made redb panic: the test guards nothing"
+            );
+        }
     }
-    println!(
-        "zeroed pages under a read-only open: {pages} pages, {refused} refused naming the file, \
-         {caught} of them after a redb panic the engine caught"
-    );
-    assert!(
-        caught > 0,
-        "no zeroed page made redb panic: the test guards nothing"
-    );
 }
 
-/// A read-only open (`fq stats`, `list`, `show` on a store nobody serves) verified no pages,
-/// so a flipped bit in a key of the tasks table showed one task under an id it never had, and
-/// another missing, without a word (the mutants test, read-only, seed 1796522692698046223).
-/// Now the read-only open runs the consistency check: the index entry of the task no longer
-/// matches a record, and the open is refused naming the file and the problem.
+/// A read-only open (`fq stats`, `list`, `show` on a store nobody serves) verified no pages:
+/// redb verifies them only in an open that may write. So a flipped bit in a key of the tasks
+/// table read as one task missing and another invented, or as `task` and `list` disagreeing
+/// (the mutants test, read-only, seeds 1796522692698046223 and 1796524624917985016). Now the
+/// read-only open verifies every page through a layer that keeps redb's writes in memory.
+/// Here one bit of every copy of a task's id in the file is flipped in turn: each mutant is
+/// refused naming the file, or reads the tasks as stored (a copy in a page no longer used);
+/// without verification some read other tasks (the control).
 #[test]
-fn regression_a_read_only_open_showed_a_moved_record_as_another_task() {
+fn regression_a_read_only_open_showed_a_flipped_task_key_as_another_task() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("moved.redb");
+    let path = dir.path().join("flipped.redb");
     let ids = small_store(&path, 20);
-    assert_eq!(read_only_look(&path).map_err(|e| e.to_string()), Ok(20));
-    let invented = fq::TaskId::from_u128(ids[7].as_u128() ^ (1 << 70));
-    move_record(&path, ids[7], invented);
-    let refused = read_only_look(&path).expect_err("a moved record read without a word");
-    let text = refused.to_string();
-    assert!(
-        matches!(refused, StoreError::Corrupt { .. })
-            && text.contains("moved.redb")
-            && text.contains("consistency check")
-            && text.contains(&ids[7].to_string()),
-        "{text}"
+    let pristine = std::fs::read(&path).unwrap();
+    let victim = ids[7].as_u128();
+    let copies: Vec<usize> = [victim.to_le_bytes(), victim.to_be_bytes()]
+        .iter()
+        .flat_map(|pattern| {
+            pristine
+                .windows(16)
+                .enumerate()
+                .filter(move |(_, window)| window == pattern)
+                .map(|(at, _)| at)
+        })
+        .collect();
+    assert!(!copies.is_empty(), "the task's id is nowhere in the file");
+    let (mut refused, mut unverified_wrong) = (0, 0);
+    for &at in &copies {
+        let mut bytes = pristine.clone();
+        bytes[at + 15] ^= 0x10;
+        bytes[at] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+        match read_only_look(&path, true) {
+            Ok(read) => assert_eq!(read, ids, "copy at byte {at}: read other tasks"),
+            Err(error) => {
+                let text = error.to_string();
+                assert!(
+                    matches!(error, StoreError::Corrupt { .. }) && text.contains("flipped.redb"),
+                    "copy at byte {at}: {text}"
+                );
+                refused += 1;
+            }
+        }
+        unverified_wrong += usize::from(read_only_look(&path, false).is_ok_and(|read| read != ids));
+    }
+    println!(
+        "flipped task keys: {} copies of the id in the file, {refused} refused by a verified \
+         read-only open; without verification {unverified_wrong} read other tasks",
+        copies.len()
     );
-    let (code, stderr) = fq_stats(&path, dir.path()).unwrap();
-    assert_eq!(code, Some(1), "{stderr}");
     assert!(
-        stderr.contains("moved.redb") && stderr.contains("consistency check"),
-        "{stderr}"
+        unverified_wrong > 0,
+        "no flipped copy read wrong unverified: the test guards nothing"
     );
+    // fq stats refuses such a store too, naming it.
+    let mut bytes = pristine.clone();
+    let at = copies[0];
+    bytes[at + 15] ^= 0x10;
+    bytes[at] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+    if read_only_look(&path, true).is_err() {
+        let (code, stderr) = fq_stats(&path, dir.path()).unwrap();
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains("flipped.redb"), "{stderr}");
+    }
 }
