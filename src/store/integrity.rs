@@ -480,6 +480,63 @@ mod tests {
         assert!(text.contains("counts table"), "{text}");
     }
 
+    /// A record that does not decode is one problem, not one per index entry naming it: its
+    /// waiting entry and its count are not judged, and every other problem still is.
+    #[test]
+    fn a_record_that_does_not_decode_is_one_problem_and_its_entries_are_not_judged() {
+        let (_dir, store) = store();
+        let task = sample_task();
+        let order = ReadyOrder::new(task.priority, task.due_at, task.seq);
+        let (damaged, sound) = (TaskId::new(), TaskId::new());
+        let mut other = task.clone();
+        other.seq = 2;
+        store
+            .write(|t| {
+                t.put_task(damaged, &task, None)?;
+                t.insert_waiting(&task.queue, order, damaged)?;
+                t.put_task(sound, &other, None)?;
+                t.insert_waiting(
+                    &other.queue,
+                    ReadyOrder::new(other.priority, other.due_at, other.seq),
+                    sound,
+                )
+            })
+            .unwrap();
+        let mut bytes = codec::encode(&task);
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 1;
+        store
+            .write(|t| {
+                t.tasks
+                    .insert(damaged.as_u128(), bytes.as_slice())
+                    .map_err(|e| crate::store::map_storage_error(t.path, "test", e.into()))
+            })
+            .unwrap();
+        let report = store.check_integrity().unwrap();
+        assert_eq!(report.undecodable, vec![damaged]);
+        assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+        assert!(
+            report.problems[0].contains(UNDECODABLE),
+            "{:?}",
+            report.problems
+        );
+
+        // Damage beside it is still named: the sound task's waiting entry removed.
+        store
+            .write(|t| {
+                t.remove_waiting(
+                    &other.queue,
+                    ReadyOrder::new(other.priority, other.due_at, other.seq),
+                )
+            })
+            .unwrap();
+        let problems = store.check_integrity().unwrap().problems.join("\n");
+        assert!(
+            problems.contains(&format!("task {sound} is waiting but missing")),
+            "{problems}"
+        );
+    }
+
     /// The digest pass passes a sound store by itself and hands every kind of index damage,
     /// each with the entry counts unchanged, to the pass that names it.
     #[test]
