@@ -150,7 +150,7 @@ pub use schedule::{
 };
 #[doc(hidden)]
 pub use store::{CustomBackend, IntegrityReport};
-pub use store::{StoreError, store_commit_rate};
+pub use store::{StoreError, quiet_caught_storage_panics, store_commit_rate};
 pub use task::{
     AttemptOutcome, AttemptRecord, DEFAULT_ATTEMPT_HISTORY, FailureKind, MAX_CANCELLED_BY_BYTES,
     MAX_PAYLOAD_DEPTH, MAX_UNIQUE_FOR, MAX_UNIQUE_KEY_BYTES, Payload, RetryPolicy, TaskError,

@@ -81,6 +81,7 @@ where
         }
     };
     init_tracing(&cli);
+    crate::quiet_caught_storage_panics();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

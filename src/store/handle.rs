@@ -60,6 +60,54 @@ pub(super) fn open_read_only(path: &Path, options: &StoreOptions) -> Result<Hand
     }
 }
 
+thread_local! {
+    static DAMAGE_GUARD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `work` marked as reading a store whose panics inside redb are caught and returned as
+/// the file's corruption ([`catching_damage`], and the engine's reads), so that a panic hook
+/// can tell such a panic from a bug ([`inside_damage_guard`]).
+pub(crate) fn under_damage_guard<T>(work: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            DAMAGE_GUARD.with(|guard| guard.set(self.0));
+        }
+    }
+    let _restore = Restore(DAMAGE_GUARD.with(|guard| guard.replace(true)));
+    work()
+}
+
+/// Whether this thread runs under [`under_damage_guard`]: a panic here is caught and comes
+/// back as an error naming the store.
+fn inside_damage_guard() -> bool {
+    DAMAGE_GUARD.with(std::cell::Cell::get)
+}
+
+/// Makes the panics fq catches inside redb on a damaged store file quiet: they come back as
+/// an error naming the file ([`crate::StoreError::Corrupt`]), but the default panic hook
+/// prints them first (with a backtrace under `RUST_BACKTRACE`), which reads as a crash.
+/// Installs, once per process, a hook that logs such a panic at debug level (where in redb it
+/// happened) and passes every other panic to the hook that was there before (the default, or
+/// an application's). The `fq` CLI calls it; an application that embeds fq may too.
+pub fn quiet_caught_storage_panics() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if inside_damage_guard() {
+                tracing::debug!(
+                    message = %crate::error::panic_message(info.payload()),
+                    at = %info.location().map_or_else(String::new, ToString::to_string),
+                    "the storage engine failed on a damaged store file; the error follows"
+                );
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
 /// Verifies every page of the store file at `path` as an owner's open does (redb's integrity
 /// check on open), without changing the file: redb opens it for writing through a
 /// [`CopyOnWrite`] layer that keeps what the check writes in memory, and the layer is dropped.
@@ -95,7 +143,7 @@ pub(super) fn catching_damage<T>(
     path: &Path,
     step: impl FnOnce() -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    catch_unwind(AssertUnwindSafe(step)).unwrap_or_else(|panic| {
+    catch_unwind(AssertUnwindSafe(|| under_damage_guard(step))).unwrap_or_else(|panic| {
         Err(StoreError::Corrupt {
             path: path.to_path_buf(),
             detail: format!(

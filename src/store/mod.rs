@@ -10,6 +10,8 @@ mod copy_on_write;
 mod create;
 mod error;
 mod handle;
+pub use handle::quiet_caught_storage_panics;
+pub(crate) use handle::under_damage_guard;
 mod integrity;
 mod keys;
 pub(crate) mod log;

@@ -889,6 +889,7 @@ fn a_thousand_mutants_of_a_10000_task_store_open_cleanly_or_are_refused_naming_t
                 *codes.entry(code).or_default() += 1;
                 if stderr.contains("panicked") {
                     noisy += 1;
+                    failures.push(format!("{label}: a panic printed on stderr: {stderr}"));
                 }
                 match code {
                     Some(0) => {}
@@ -1327,6 +1328,8 @@ fn regression_a_zeroed_page_made_redb_panic_past_the_guarded_read_only_open() {
     }
     let pages = pristine.len() / PAGE;
     let mutant_path = dir.path().join("zeroed.redb");
+    // The pages whose verified open met a panic inside redb, for `fq stats` below.
+    let mut panicking_pages = Vec::new();
     for verify in [false, true] {
         let (mut refused, mut caught, mut read_wrong) = (0, 0, 0);
         for page in 1..pages {
@@ -1361,6 +1364,9 @@ fn regression_a_zeroed_page_made_redb_panic_past_the_guarded_read_only_open() {
                     );
                     refused += 1;
                     caught += usize::from(!seen.is_empty());
+                    if verify && !seen.is_empty() {
+                        panicking_pages.push(page);
+                    }
                 }
             }
         }
@@ -1380,6 +1386,23 @@ fn regression_a_zeroed_page_made_redb_panic_past_the_guarded_read_only_open() {
                 "no zeroed page made redb panic: the test guards nothing"
             );
         }
+    }
+    // `fq stats` on those: the error naming the file, and no panic's message or backtrace
+    // before it (the CLI's hook logs a caught one at debug level).
+    assert!(
+        !panicking_pages.is_empty(),
+        "no verified open met a panic: nothing to run fq on"
+    );
+    for page in &panicking_pages {
+        let mut bytes = pristine.clone();
+        bytes[page * PAGE..(page + 1) * PAGE].fill(0);
+        std::fs::write(&mutant_path, &bytes).unwrap();
+        let (code, stderr) = fq_stats(&mutant_path, dir.path()).unwrap();
+        assert_eq!(code, Some(1), "page {page}: {stderr}");
+        assert!(
+            stderr.contains("zeroed.redb") && !stderr.contains("panicked"),
+            "page {page}: {stderr}"
+        );
     }
 }
 

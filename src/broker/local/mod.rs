@@ -480,7 +480,7 @@ async fn read_off_the_runtime<T: Send + 'static>(
         // under it is made again on the new handle.
         let mut tries = 1;
         loop {
-            match read(&store) {
+            match crate::store::under_damage_guard(|| read(&store)) {
                 Err(Error::Store(StoreError::Reopened { .. })) if tries < READ_TRIES => tries += 1,
                 other => return other,
             }
