@@ -476,6 +476,8 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 
 /// A claim's wait for its next look: true when `woken` fires (new work may be there), false
 /// when the claim should give up empty-handed (its deadline passed, or it was cancelled).
+/// (The embedded broker's claims wait for hand-offs too: `local::api`.)
+#[cfg(feature = "rabbitmq")]
 pub(crate) async fn wait_for_work(
     woken: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
     deadline: tokio::time::Instant,

@@ -111,7 +111,8 @@ pub(crate) enum Command {
     /// events, print the stats
     Demo(DemoArgs),
     /// Measure this machine: fsync rate, enqueue (1 producer, many, batch), drain, a mixed
-    /// steady state with enqueue-to-start latency, store size, reopen time, peak memory
+    /// steady state and an idle worker with enqueue-to-start latency, store size, reopen time,
+    /// peak memory
     Bench(BenchArgs),
     /// `fq bench`'s reopen figure: opens the store at PATH as its owner would (checksums
     /// verified, recovery run) in this fresh process and prints the seconds it took as JSON

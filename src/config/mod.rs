@@ -115,7 +115,7 @@ section! {
         /// (`<database>-wal`) and syncing that, instead of syncing the store's B-tree pages;
         /// the store is then synced by checkpoints. Same promise either way: an acknowledged
         /// change survives a crash or power loss. On by default; `false` syncs the B-tree at
-        /// every commit (slower; README "Performance").
+        /// every commit (slower; `PERFORMANCE.md`).
         pub write_ahead_log: bool = true,
         /// Defaults for tasks that do not set their own queue, priority, retries or timeout.
         pub defaults: TaskDefaults = TaskDefaults::default(),

@@ -33,7 +33,7 @@ const RECORD_HEADER_BYTES: usize = 16;
 const ALIGN: usize = 8;
 /// The log file grows by this much at a time, zero-filled ahead of the records. An append
 /// that extends a file makes its fdatasync commit the new length to the file system's journal
-/// too, which costs about a third more than a sync of data alone (README "Performance"); with
+/// too, which costs about a third more than a sync of data alone (`PERFORMANCE.md`); with
 /// the room written ahead, only one append in a chunk pays that.
 pub(crate) const GROWTH_BYTES: u64 = 256 * 1024;
 /// Largest log file read at open. A log is rewound at every checkpoint, so a larger file is

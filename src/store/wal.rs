@@ -37,7 +37,7 @@ const META_WAL_LIVE: &str = "wal_live";
 /// A checkpoint is taken once the log holds this many bytes, or this long after the last one,
 /// whichever comes first. The writer waits for a checkpoint (a synced redb commit of every page
 /// changed since the last), so its size bounds that wait: about 3 ms for 1 MiB of log and 10 ms
-/// for 4 MiB on this project's machine (README "Performance").
+/// for 4 MiB on this project's machine (`PERFORMANCE.md`).
 pub(super) const CHECKPOINT_BYTES: u64 = 2 << 20;
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 

@@ -1,6 +1,7 @@
 //! Kill -9 durability (issue 6, item 1). This binary (`harness = false`) re-runs itself as the
 //! engine process: a child that opens the store, serves it, produces tasks from four producer
-//! loops and runs them on eight worker slots, each run appending (task id, attempt, pid) to an
+//! loops (in bursts, so that the slots also wait for work and get tasks handed off) and runs them
+//! on eight worker slots, each run appending (task id, attempt, pid) to an
 //! effect log. The parent kills the child with SIGKILL at random points: mid-run (after a
 //! random number of acknowledged enqueues) and during the child's reopen (after it says it is
 //! opening, before it says it is open). After half of the mid-run kills the parent reopens the
@@ -56,6 +57,9 @@ const CHILD_GEN: &str = "FQ_CRASH_GEN";
 const CHILD_FINAL: &str = "FQ_CRASH_FINAL";
 /// Producer loops in the child (each has at most one enqueue in flight).
 const PRODUCERS: u64 = 4;
+/// Each producer pauses [`BURST_PAUSE`] after this many enqueues.
+const BURST: u64 = 50;
+const BURST_PAUSE: Duration = Duration::from_millis(30);
 /// Worker slots in the child.
 const CONCURRENCY: usize = 8;
 /// How long the parent waits for anything before failing.
@@ -232,7 +236,13 @@ fn child(dir: &Path) {
         for _ in 0..PRODUCERS {
             let (engine, next, acked) = (engine.clone(), Arc::clone(&next), acked.clone());
             producers.push(tokio::spawn(async move {
-                loop {
+                for sent in 1_u64.. {
+                    // Bursts: the producers, started together, pause together now and then, so
+                    // the worker's slots run dry and wait for work; the next burst's first tasks
+                    // are then handed to waiting claims in the commits that queue them.
+                    if sent % BURST == 0 {
+                        tokio::time::sleep(BURST_PAUSE).await;
+                    }
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     if i >= remaining {
                         break;

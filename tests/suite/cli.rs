@@ -901,6 +901,15 @@ fn bench_json_reports_every_metric_of_a_small_run() {
         mixed["latency_p50_ms"].as_f64() <= mixed["latency_p99_ms"].as_f64(),
         "{report:#}"
     );
+    // The idle-worker phase: its lone tasks, each timed from its enqueue to its start.
+    let idle = &report["idle"];
+    assert_eq!(idle["tasks"].as_u64(), Some(200), "{report:#}");
+    let (p50, p99, max) = (
+        idle["latency_p50_ms"].as_f64().unwrap_or(-1.0),
+        idle["latency_p99_ms"].as_f64().unwrap_or(-1.0),
+        idle["latency_max_ms"].as_f64().unwrap_or(-1.0),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{report:#}");
 }
 
 /// Regression (issue 11, defect 7): `fq --db fresh.redb enqueue NAME --queue 'bad queue!'`

@@ -116,6 +116,48 @@ async fn listed(engine: &Engine) -> Vec<TaskId> {
     ids
 }
 
+/// An engine whose store is in memory and whose redo log is `log`.
+fn engine_on(log: &HeldLog) -> Arc<Engine> {
+    let engine = Engine::builder(PathBuf::from("/simulated/fq.redb"))
+        .control(false)
+        .storage_backend(redb::backends::InMemoryBackend::new())
+        .log_backend(log.clone())
+        .open()
+        .unwrap();
+    Arc::new(engine)
+}
+
+/// Enqueues task `n` with the log's next sync held (it fails once released), returning once
+/// that sync waits.
+async fn enqueue_held(
+    engine: &Arc<Engine>,
+    log: &HeldLog,
+    n: u64,
+) -> tokio::task::JoinHandle<fq::Result<TaskId>> {
+    log.arm();
+    let enqueued = tokio::spawn({
+        let engine = Arc::clone(engine);
+        async move { enqueue(&engine, n).await }
+    });
+    let held = log.clone();
+    tokio::task::spawn_blocking(move || held.wait_for_held_sync())
+        .await
+        .unwrap();
+    enqueued
+}
+
+/// Enqueues task `n` once the engine takes writes again (it heals by itself after a failed
+/// commit: a reopen, then an empty durable commit); `None` if it has not within 10 s.
+async fn enqueue_once_healed(engine: &Engine, n: u64) -> Option<TaskId> {
+    for _ in 0..200 {
+        match enqueue(engine, n).await {
+            Ok(id) => return Some(id),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    None
+}
+
 /// An engine on a held log with one task kept, and a first enqueue whose sync is held (it
 /// fails once released).
 async fn first_enqueue_held() -> (
@@ -125,24 +167,9 @@ async fn first_enqueue_held() -> (
     tokio::task::JoinHandle<fq::Result<TaskId>>,
 ) {
     let log = HeldLog::new();
-    let engine = Engine::builder(PathBuf::from("/simulated/fq.redb"))
-        .control(false)
-        .storage_backend(redb::backends::InMemoryBackend::new())
-        .log_backend(log.clone())
-        .open()
-        .unwrap();
+    let engine = engine_on(&log);
     let kept = enqueue(&engine, 0).await.unwrap();
-
-    log.arm();
-    let engine = Arc::new(engine);
-    let first = tokio::spawn({
-        let engine = Arc::clone(&engine);
-        async move { enqueue(&engine, 1).await }
-    });
-    let held = log.clone();
-    tokio::task::spawn_blocking(move || held.wait_for_held_sync())
-        .await
-        .unwrap();
+    let first = enqueue_held(&engine, &log, 1).await;
     (engine, log, kept, first)
 }
 
@@ -192,17 +219,9 @@ async fn a_failed_log_sync_fails_every_batch_committed_behind_it_and_none_comes_
     );
 
     // The engine heals by itself (reopen, then an empty durable commit) and takes writes.
-    let mut after = None;
-    for _ in 0..200 {
-        match enqueue(&engine, 3).await {
-            Ok(id) => {
-                after = Some(id);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-    let after = after.expect("the engine did not heal after the failed sync");
+    let after = enqueue_once_healed(&engine, 3)
+        .await
+        .expect("the engine did not heal after the failed sync");
     let mut expected = vec![kept, after];
     expected.sort();
     assert_eq!(listed(&engine).await, expected);
@@ -254,4 +273,52 @@ async fn a_checkpoint_due_while_a_sync_runs_waits_for_it_and_its_failure_still_f
         "a batch behind the failed sync came back: {listed:?}"
     );
     println!("log_sync: a checkpoint due during a sync waited for it; the failed batch failed");
+}
+
+/// A task queued while a claim waits for work is handed to it in the commit that queues it
+/// (`local::handoff`). When that commit's log sync fails, the claim gets nothing: the task
+/// and its claim are taken back together. The claim goes on waiting, and once the engine has
+/// healed, the next task queued is handed to it, RUNNING.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_off_whose_sync_fails_delivers_nothing_and_the_claim_waits_on() {
+    let log = HeldLog::new();
+    let engine = engine_on(&log);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let claim = tokio::spawn({
+        let (engine, cancel) = (Arc::clone(&engine), cancel.clone());
+        async move {
+            let queues = [Arc::<str>::from("default")];
+            let request = fq::ClaimRequest::new(&queues, 4, Duration::from_secs(60), &cancel);
+            engine.broker().claim(request).await
+        }
+    });
+    // The claim finds nothing and waits, registered for hand-offs.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let first = enqueue_held(&engine, &log, 1).await;
+    log.release();
+    assert!(
+        first.await.unwrap().is_err(),
+        "an enqueue whose sync failed"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let returned_early = claim.is_finished();
+
+    let after = enqueue_once_healed(&engine, 2).await;
+    cancel.cancel();
+    assert!(
+        !returned_early,
+        "the claim returned after its hand-off's commit failed"
+    );
+    let after = after.expect("the engine did not heal after the failed sync");
+    let claimed = tokio::time::timeout(Duration::from_secs(20), claim)
+        .await
+        .expect("the claim never returned")
+        .unwrap()
+        .unwrap();
+    let claimed: Vec<(TaskId, fq::TaskStatus)> =
+        claimed.iter().map(|task| (task.id, task.status)).collect();
+    assert_eq!(claimed, vec![(after, fq::TaskStatus::Running)]);
+    assert_eq!(listed(&engine).await, vec![after]);
+    assert!(engine.check_integrity().await.unwrap().problems.is_empty());
 }

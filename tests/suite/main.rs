@@ -27,6 +27,7 @@ mod disk_full;
 mod fencing;
 mod fuzz_corpus;
 mod handlers;
+mod handoff;
 mod history;
 mod limits;
 mod log_sync;

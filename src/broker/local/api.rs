@@ -2,7 +2,6 @@
 //! or a read of the store (queries).
 
 use super::*;
-use crate::broker::wait_for_work;
 use crate::config::QueueLimits;
 
 impl Broker for LocalBroker {
@@ -54,9 +53,13 @@ impl Broker for LocalBroker {
                     continue;
                 }
                 let until = self.sleep_until(deadline, next_free);
-                if !wait_for_work(notified, until, cancel).await
-                    && (until >= deadline || cancel.is_cancelled())
-                {
+                let (woken, handed) = self
+                    .wait_for_work(notified, &claimable, max.max(1), until, cancel)
+                    .await;
+                if !handed.is_empty() {
+                    return Ok(handed);
+                }
+                if !woken && (until >= deadline || cancel.is_cancelled()) {
                     return Ok(Vec::new());
                 }
             }

@@ -3,6 +3,7 @@
 //! and a timer thread for due times and lease deadlines.
 
 mod api;
+mod handoff;
 mod lease;
 mod limits;
 mod observe;
@@ -135,6 +136,8 @@ pub(crate) struct Shared {
     pub(crate) workers: crate::broker::workers::WorkerRegistry,
     /// The engine's metrics (`None`: turned off), fed by the writer after its commits.
     pub(crate) metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Claims waiting for work, to which tasks are handed in the commit that makes them ready.
+    pub(crate) handoffs: handoff::HandOffs,
 }
 
 /// Tells callers that the writer thread has ended, and so whether a dropped reply means

@@ -115,6 +115,7 @@ fn table(report: &BenchReport) -> String {
         enqueue_batch_per_sec,
         drain_per_sec,
         mixed,
+        idle,
         store_bytes_per_task,
         reopen_seconds,
         reopen_unverified_seconds,
@@ -171,9 +172,16 @@ fn table(report: &BenchReport) -> String {
                 "{mixed_tasks} tasks, {:.0} offered, {:.0} done tasks/s; enqueue->start p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
                 mixed.offered_per_sec,
                 mixed.achieved_per_sec,
-                mixed.latency_p50_ms,
-                mixed.latency_p99_ms,
-                mixed.latency_max_ms
+                mixed.latency.latency_p50_ms,
+                mixed.latency.latency_p99_ms,
+                mixed.latency.latency_max_ms
+            ),
+        ),
+        (
+            "enqueue->start, idle worker",
+            format!(
+                "p50 {:.2} ms, p99 {:.2} ms over {} tasks, one at a time",
+                idle.latency.latency_p50_ms, idle.latency.latency_p99_ms, idle.tasks
             ),
         ),
         (

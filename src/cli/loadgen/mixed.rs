@@ -9,8 +9,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::json;
 
-use super::{BenchParams, NOOP, Progress, open, payload, rate};
-use crate::{Error, Registry, Result, TaskContext, TaskError};
+use super::{
+    BenchParams, NOOP, Progress, StartLatency, micros_since, open, payload, rate,
+    start_latency_registry, start_worker,
+};
+use crate::{Error, Result};
 
 /// How long the mixed phase offers load.
 const MIXED_DURATION: Duration = Duration::from_secs(3);
@@ -25,12 +28,9 @@ pub(crate) struct MixedReport {
     pub(crate) offered_per_sec: f64,
     /// Tasks completed per second while the load was offered.
     pub(crate) achieved_per_sec: f64,
-    /// Enqueue→start latency percentiles, milliseconds.
-    pub(crate) latency_p50_ms: f64,
-    /// 99th percentile.
-    pub(crate) latency_p99_ms: f64,
-    /// Worst.
-    pub(crate) latency_max_ms: f64,
+    /// Enqueue→start latency.
+    #[serde(flatten)]
+    pub(crate) latency: StartLatency,
 }
 
 pub(super) async fn mixed(
@@ -43,22 +43,12 @@ pub(super) async fn mixed(
     let epoch = Instant::now();
     let latencies = Arc::new(Mutex::new(Vec::<u64>::new()));
     let sink = Arc::clone(&latencies);
-    let mut registry = Registry::new();
-    registry.register_async(NOOP, move |args: serde_json::Value, _ctx: TaskContext| {
-        if let Some(queued_us) = args.get("t").and_then(serde_json::Value::as_u64) {
-            let now_us = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
-            sink.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(now_us.saturating_sub(queued_us));
-        }
-        async { Ok::<(), TaskError>(()) }
+    let registry = start_latency_registry(epoch, move |latency| {
+        sink.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(latency);
     });
-    let mut worker = engine.worker(registry);
-    worker
-        .set_concurrent_tasks(params.concurrency)
-        .set_handle_signals(false);
-    let stop = worker.shutdown_handle();
-    let running = tokio::spawn(async move { worker.start().await });
+    let (stop, running) = start_worker(&engine, registry, params);
 
     // Producers send on a fixed schedule (not as fast as they can), each its share of the rate;
     // as many as the concurrent phase used, since each waits for its own commit.
@@ -75,7 +65,7 @@ pub(super) async fn mixed(
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             for _ in 0..total / producers {
                 ticker.tick().await;
-                let queued_us = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+                let queued_us = micros_since(epoch);
                 engine
                     .queue_task_named(NOOP, &payload(size, &json!(queued_us)))
                     .send()
@@ -121,17 +111,10 @@ pub(super) async fn mixed(
     let mut latencies =
         std::mem::take(&mut *latencies.lock().unwrap_or_else(PoisonError::into_inner));
     latencies.sort_unstable();
-    let percentile = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .map_or(0.0, |us| *us as f64 / 1000.0)
-    };
     Ok(MixedReport {
         tasks: expected,
         offered_per_sec: offered,
         achieved_per_sec: rate(latencies.len() as u64, elapsed),
-        latency_p50_ms: percentile(0.50),
-        latency_p99_ms: percentile(0.99),
-        latency_max_ms: latencies.last().map_or(0.0, |us| *us as f64 / 1000.0),
+        latency: StartLatency::of(&latencies),
     })
 }

@@ -1,11 +1,14 @@
 //! The load generator behind `fq bench`: measures this machine's fsync rate, then enqueue
-//! (sequential, concurrent, batched), drain, a mixed steady state with enqueue→start latency,
-//! store size per task, reopen time and peak memory, on fresh stores in a temporary folder.
+//! (sequential, concurrent, batched), drain, a mixed steady state and an idle worker with
+//! enqueue→start latency, store size per task, reopen time and peak memory, on fresh stores in
+//! a temporary folder.
 
 //!
-//! Parts: `probes` (the machine: disk, file system, memory), `mixed` (the mixed phase),
+//! Parts: `probes` (the machine: disk, file system, memory), `mixed` (the mixed phase), `idle`
+//! (lone tasks on an idle worker),
 //! `metrics_cost` (`fq bench --metrics-cost`); the plain phases and the reopen stay here.
 
+mod idle;
 mod metrics_cost;
 mod mixed;
 mod probes;
@@ -18,6 +21,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::json;
 
+use idle::{IdleReport, idle};
 pub(crate) use metrics_cost::{MetricsCost, metrics_cost};
 use mixed::{MixedReport, mixed};
 use probes::{COMMIT_PAGES, file_system, fsync_rate, peak_rss_mib, redb_commit_rate};
@@ -86,6 +90,8 @@ pub(crate) struct BenchReport {
     pub(crate) drain_per_sec: f64,
     /// Producers and workers at once.
     pub(crate) mixed: MixedReport,
+    /// Lone tasks on an idle worker.
+    pub(crate) idle: IdleReport,
     /// Store file size divided by the tasks it holds (after the batch phase).
     pub(crate) store_bytes_per_task: f64,
     /// Time to reopen the store holding `tasks` pending tasks as its owner would, seconds:
@@ -130,6 +136,69 @@ fn noop_task(
     } else {
         task
     }
+}
+
+/// Enqueue→start latency percentiles of a phase, milliseconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub(crate) struct StartLatency {
+    pub(crate) latency_p50_ms: f64,
+    /// 99th percentile.
+    pub(crate) latency_p99_ms: f64,
+    /// Worst.
+    pub(crate) latency_max_ms: f64,
+}
+
+impl StartLatency {
+    /// Of latencies in microseconds, sorted.
+    fn of(sorted: &[u64]) -> Self {
+        let quantile = |p: f64| {
+            let at = ((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1));
+            sorted.get(at).map_or(0.0, |us| *us as f64 / 1000.0)
+        };
+        Self {
+            latency_p50_ms: quantile(0.50),
+            latency_p99_ms: quantile(0.99),
+            latency_max_ms: quantile(1.0),
+        }
+    }
+}
+
+/// Microseconds since `epoch`: the clock the latency phases stamp their tasks with.
+fn micros_since(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// A registry whose no-op handler reports, for each task stamped with `"t"` (microseconds
+/// since `epoch` when it was queued), how long it waited to start.
+fn start_latency_registry(
+    epoch: Instant,
+    report: impl Fn(u64) + Send + Sync + 'static,
+) -> Registry {
+    let mut registry = Registry::new();
+    registry.register_async(NOOP, move |args: serde_json::Value, _ctx: TaskContext| {
+        if let Some(queued_us) = args.get("t").and_then(serde_json::Value::as_u64) {
+            report(micros_since(epoch).saturating_sub(queued_us));
+        }
+        async { Ok::<(), TaskError>(()) }
+    });
+    registry
+}
+
+/// Starts a worker at the phase's concurrency, signals left to the bench.
+fn start_worker(
+    engine: &Engine,
+    registry: Registry,
+    params: &BenchParams,
+) -> (
+    crate::ShutdownHandle,
+    tokio::task::JoinHandle<Result<crate::WorkerReport>>,
+) {
+    let mut worker = engine.worker(registry);
+    worker
+        .set_concurrent_tasks(params.concurrency)
+        .set_handle_signals(false);
+    let stop = worker.shutdown_handle();
+    (stop, tokio::spawn(async move { worker.start().await }))
 }
 
 fn rate(count: u64, elapsed: Duration) -> f64 {
@@ -246,6 +315,7 @@ pub(crate) async fn run(params: &BenchParams, progress: Progress<'_>) -> Result<
     )
     .await?;
     report.mixed_tasks = report.mixed.tasks;
+    report.idle = idle(&dir.join("idle.redb"), params, progress).await?;
     report.peak_rss_mib = peak_rss_mib();
     Ok(report)
 }
@@ -311,13 +381,8 @@ async fn drain(engine: &Engine, params: &BenchParams, progress: Progress<'_>) ->
         }
         async { Ok::<(), TaskError>(()) }
     });
-    let mut worker = engine.worker(registry);
-    worker
-        .set_concurrent_tasks(params.concurrency)
-        .set_handle_signals(false);
-    let stop = worker.shutdown_handle();
     let started = Instant::now();
-    let running = tokio::spawn(async move { worker.start().await });
+    let (stop, running) = start_worker(engine, registry, params);
     while done.load(Ordering::Relaxed) < params.tasks && !running.is_finished() {
         progress("drain", done.load(Ordering::Relaxed), params.tasks);
         tokio::select! {

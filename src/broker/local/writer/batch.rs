@@ -8,7 +8,7 @@ use super::command::{Answer, Command, LAZY_FLUSH};
 use super::{Publish, Writer, pipeline};
 use crate::clock::Millis;
 use crate::events::Event;
-use crate::store::Commit;
+use crate::store::{Commit, StoreError, WriteTables};
 use crate::task::TaskRecord;
 
 /// The per-transaction scratch state.
@@ -26,6 +26,11 @@ pub(in crate::broker::local) struct Batch {
     pub(super) observed: Vec<crate::metrics::Observation>,
     /// Leases that ran out in this batch, for the metrics.
     pub(super) leases_expired: u64,
+    /// Tasks this batch made ready, noted while a claim waits for work (`hand_off`).
+    pub(super) ready: Vec<crate::queue::ReadyTask>,
+    /// The batch pauses or resumes a queue: it hands nothing off, since the claims' view of
+    /// what is paused is the one before it.
+    pub(super) pauses: bool,
 }
 
 impl Batch {
@@ -49,6 +54,8 @@ impl Writer {
             free_bytes: None,
             observed: Vec::new(),
             leases_expired: 0,
+            ready: Vec::new(),
+            pauses: false,
         };
         let n_commands = commands.len();
         let seq_before = self.next_seq;
@@ -79,7 +86,11 @@ impl Writer {
                     return Err(error);
                 }
             }
-            Ok(())
+            // A lazy commit is answered without a sync: no claim rides it.
+            if lazy {
+                return Ok(());
+            }
+            self.hand_off(tables, &mut batch)
         });
         // Whatever became of the commit, a sync it started runs: it is waited for as any other.
         if let Some(seq) = early.and_then(|early| early.started()) {
@@ -157,5 +168,53 @@ impl Writer {
                 metrics.leases_expired(batch.leases_expired);
             }
         }
+    }
+
+    /// Claims tasks this batch made ready for the claims waiting for work, in this batch's
+    /// commit: each claimer gets its tasks once the commit is durable, and a task handed off
+    /// never reaches the ready heap. Only this batch's tasks: a failed commit then takes back
+    /// a task and its claim together.
+    fn hand_off(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        batch: &mut Batch,
+    ) -> Result<(), StoreError> {
+        if batch.ready.is_empty() || batch.pauses || !self.shared.handoffs.any() {
+            return Ok(());
+        }
+        let mut ready = std::mem::take(&mut batch.ready);
+        ready.sort_unstable_by_key(|task| task.order);
+        let assigned = self.shared.handoffs.assign(|queues, room| {
+            let mut taken = Vec::new();
+            ready.retain(|task| {
+                let take = taken.len() < room && queues.contains(&task.queue);
+                if take {
+                    taken.push(task.clone());
+                }
+                !take
+            });
+            taken
+        });
+        if assigned.is_empty() {
+            return Ok(());
+        }
+        let handed: std::collections::HashSet<_> = assigned
+            .iter()
+            .flat_map(|(_, tasks)| tasks.iter().map(|task| (task.id, task.order)))
+            .collect();
+        batch.effects.retain(|effect| {
+            !matches!(effect, Publish::Wait { id, order, .. } if handed.contains(&(*id, *order)))
+        });
+        let lease_until = batch.now.saturating_add(self.settings.lease_ms);
+        for (deliver, tasks) in assigned {
+            let tasks = self.hold_paused(tasks, batch);
+            for record in self.claim(tables, tasks, lease_until, batch)? {
+                batch.effects.push(Publish::HandOff {
+                    deliver: deliver.clone(),
+                    record: Box::new(record),
+                });
+            }
+        }
+        Ok(())
     }
 }

@@ -66,6 +66,11 @@ pub(super) enum Publish {
     },
     /// The earliest fire time of the armed schedules, as committed.
     ScheduleAlarm(Option<Millis>),
+    /// A task claimed in the commit that made it ready, for the claim that waited for it.
+    HandOff {
+        deliver: super::handoff::HandOffSender,
+        record: Box<crate::task::TaskRecord>,
+    },
     /// A limited queue's RUNNING count changed (see `limits`).
     Running {
         queue: String,
@@ -83,6 +88,8 @@ pub(crate) struct WriterSettings {
     /// After a failed commit, reopen the store by itself and accept writes again once the
     /// disk works (`heal`); off, the engine refuses writes until it is reopened.
     pub(crate) self_heal: bool,
+    /// How long a claim's lease lasts, in milliseconds.
+    pub(crate) lease_ms: i64,
 }
 
 /// Poisons the engine if the writer thread unwinds, so callers get an error instead of a
@@ -422,6 +429,7 @@ impl Writer {
                 paused,
                 reply,
             } => {
+                batch.pauses = true;
                 let changed = keep_reply!(batch, reply, self.pause(tables, queue, paused, batch));
                 batch.answers.push(Answer::new(reply, Ok(changed), 0));
             }

@@ -44,6 +44,13 @@ impl Writer {
                     self.shared.schedule_alarm.set(next, now);
                     poke = true;
                 }
+                Publish::HandOff { deliver, record } => {
+                    let id = record.id;
+                    if deliver.send(*record).is_err() {
+                        tracing::warn!(task.id = %id, "the claim a task was handed to went away; \
+                            it runs again once its lease expires, as after a lost worker");
+                    }
+                }
                 Publish::Running { queue, running } => {
                     woke |= self.publish_running(&queue, running);
                 }
@@ -136,6 +143,14 @@ impl Writer {
             let publish = match effect {
                 Effect::Wait(order) => {
                     self.waiting += 1;
+                    // Noted only while a claim waits for work: it is what the note is for.
+                    if order.due_at <= batch.now && self.shared.handoffs.any() {
+                        batch.ready.push(crate::queue::ReadyTask {
+                            queue: self.shared.ready.intern(&task.queue),
+                            order,
+                            id,
+                        });
+                    }
                     Publish::Wait {
                         queue: task.queue.clone(),
                         order,
