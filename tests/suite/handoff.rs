@@ -57,12 +57,40 @@ async fn commits(engine: &Engine) -> fq::Result<f64> {
 async fn a_task_queued_for_an_idle_worker_is_claimed_in_the_commit_that_queued_it() -> fq::Result<()>
 {
     let (_dir, engine) = common::engine();
+    two_commits_per_task(&engine, &engine).await
+}
+
+/// The same through the control socket: a remote worker's claim waits in the engine, so a task
+/// queued while it waits is handed to it in the commit that queues it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_workers_waiting_claim_gets_its_task_in_the_commit_that_queued_it()
+-> fq::Result<()> {
+    let (_dir, engine, remote) = common::engine_and_remote().await;
+    two_commits_per_task(&engine, &remote).await
+}
+
+/// An idle worker on `worker_engine` (the engine itself, or a handle on it through its socket)
+/// takes a lone task queued on `engine` in two commits, enqueue to settlement.
+async fn two_commits_per_task(engine: &Engine, worker_engine: &Engine) -> fq::Result<()> {
     let started = Arc::new(AtomicUsize::new(0));
-    let worker = idle_worker(&engine, &started);
+    let worker = idle_worker(worker_engine, &started);
+    let seen = commits_per_task(engine, worker).await?;
+    assert_eq!(
+        seen.last().copied(),
+        Some(2.0),
+        "commits from enqueue to settlement, by round: {seen:?}"
+    );
+    Ok(())
+}
+
+/// Queues one task at a time for `worker` (one slot waiting on `q`) and counts the commits each
+/// costs from its enqueue to its settlement, up to the first round of two (five rounds at
+/// most); then stops the worker.
+async fn commits_per_task(engine: &Engine, worker: RunningWorker) -> fq::Result<Vec<f64>> {
     let mut seen = Vec::new();
     for round in 0..5 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let before = commits(&engine).await?;
+        let before = commits(engine).await?;
         let id = engine
             .queue_task_named("test.quick", &json!({ "kwargs": { "round": round } }))
             .queue("q")
@@ -71,19 +99,14 @@ async fn a_task_queued_for_an_idle_worker_is_claimed_in_the_commit_that_queued_i
         let done = engine.wait(id, PATIENCE).await?;
         assert_eq!(done.status, TaskStatus::Completed);
         assert_eq!(done.attempts, 1);
-        let used = commits(&engine).await? - before;
+        let used = commits(engine).await? - before;
         seen.push(used);
         if used == 2.0 {
             break;
         }
     }
     worker.stop().await;
-    assert_eq!(
-        seen.last().copied(),
-        Some(2.0),
-        "commits from enqueue to settlement, by round: {seen:?}"
-    );
-    Ok(())
+    Ok(seen)
 }
 
 /// The worker waits with `q` among the queues it may take from; then `q` is paused. A task
