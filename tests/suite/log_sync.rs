@@ -322,3 +322,44 @@ async fn a_hand_off_whose_sync_fails_delivers_nothing_and_the_claim_waits_on() {
     assert_eq!(listed(&engine).await, vec![after]);
     assert!(engine.check_integrity().await.unwrap().problems.is_empty());
 }
+
+/// A claim made while the engine is poisoned (after a failed log sync, before it heals) has
+/// taken its tasks off the ready heap when it is refused: they go back, so that once the
+/// engine heals they are claimed as any other. Regression: they stayed PENDING in the store
+/// but off the heap, unseen by every claim until the engine was reopened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_refused_by_a_poisoned_engine_leaves_its_tasks_claimable_after_it_heals() {
+    let (engine, log, kept, first) = first_enqueue_held().await;
+    log.release();
+    assert!(
+        first.await.unwrap().is_err(),
+        "an enqueue whose sync failed"
+    );
+    // Poisoned until it heals (its first attempt comes 100 ms after the failure).
+    let queues = [Arc::<str>::from("default")];
+    let refused = engine
+        .broker()
+        .claim(fq::ClaimRequest::now(&queues, 4))
+        .await;
+    assert!(
+        refused.is_err(),
+        "the claim went through before the engine healed: {refused:?}"
+    );
+    let after = enqueue_once_healed(&engine, 2)
+        .await
+        .expect("the engine did not heal after the failed sync");
+    let never = tokio_util::sync::CancellationToken::new();
+    let request = fq::ClaimRequest::new(&queues, 4, Duration::from_secs(2), &never);
+    let mut claimed: Vec<TaskId> = engine
+        .broker()
+        .claim(request)
+        .await
+        .unwrap()
+        .iter()
+        .map(|task| task.id)
+        .collect();
+    claimed.sort();
+    let mut expected = vec![kept, after];
+    expected.sort();
+    assert_eq!(claimed, expected, "a task taken by the refused claim");
+}

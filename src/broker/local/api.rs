@@ -41,8 +41,8 @@ impl Broker for LocalBroker {
                     // Not raced against `cancel`: once the claim is sent, its answer must reach a
                     // worker, or the tasks would sit RUNNING with nobody running them.
                     let claimed = self
-                        .request(|reply| Command::Claim {
-                            tasks: picked,
+                        .claiming(picked, |tasks, reply| Command::Claim {
+                            tasks,
                             lease_until,
                             reply,
                         })
@@ -88,9 +88,9 @@ impl Broker for LocalBroker {
                 .take(next.max)
                 .collect();
             let lease_until = self.lease_deadline();
-            self.request(|reply| Command::Settle {
+            self.claiming(picked, |next, reply| Command::Settle {
                 settlement: ended,
-                next: picked,
+                next,
                 lease_until,
                 reply,
             })

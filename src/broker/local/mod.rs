@@ -237,6 +237,30 @@ impl LocalBroker {
         }
     }
 
+    /// Sends a command claiming `picked`, tasks taken off the ready heap. If it fails (the engine
+    /// is poisoned, or the commit failed and was taken back), the tasks go back on the heap:
+    /// they are still PENDING in the store, and nothing refills the heap before a reopen, so
+    /// they would wait unseen after the engine heals. A task whose claim committed after all
+    /// leaves only a stale entry, dropped at its next claim.
+    async fn claiming<T>(
+        &self,
+        picked: Vec<ReadyTask>,
+        make: impl FnOnce(Vec<ReadyTask>, oneshot::Sender<Result<T>>) -> Command,
+    ) -> Result<T> {
+        if picked.is_empty() {
+            return self.request(|reply| make(picked, reply)).await;
+        }
+        let kept = picked.clone();
+        let result = self.request(|reply| make(picked, reply)).await;
+        if result.is_err() {
+            for task in kept {
+                self.shared.ready.push(&task.queue, task.order, task.id);
+            }
+            self.shared.work.notify_waiters();
+        }
+        result
+    }
+
     /// Runs a paged admin command chunk by chunk (`make` builds each chunk's command from the
     /// cursor the previous chunk returned) until the scan is done; returns the tasks changed.
     async fn page_through(
