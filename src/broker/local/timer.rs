@@ -147,6 +147,7 @@ mod loom_tests {
             schedule_alarm: super::super::schedules::ScheduleAlarm::default(),
             limits: super::super::limits::QueueLimiter::default(),
             metrics: None,
+            handoffs: Default::default(),
         });
         // As `LocalBroker::open` wires it.
         let weak = Arc::downgrade(&shared);
