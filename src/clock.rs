@@ -58,7 +58,7 @@ impl ManualClock {
 
     /// Moves the clock forward and wakes whatever waits on a due time.
     pub fn advance(&self, by: std::time::Duration) {
-        let by_ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+        let by_ms = duration_millis(by);
         self.now_ms.fetch_add(by_ms, Ordering::SeqCst);
         let listeners = self
             .listeners
@@ -86,6 +86,12 @@ impl Clock for ManualClock {
             .unwrap_or_else(PoisonError::into_inner)
             .push(callback);
     }
+}
+
+/// A duration in whole milliseconds, as far as [`Millis`] reaches (longer ones clamp to its
+/// maximum: a lease or delay that long never ends).
+pub(crate) fn duration_millis(duration: std::time::Duration) -> Millis {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Converts stored milliseconds to a date; out-of-range values clamp to the representable range.

@@ -58,7 +58,7 @@ impl Timetable {
                 Ok(timetable)
             }
             ScheduleSpec::Every(interval) => {
-                let every_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
+                let every_ms = crate::clock::duration_millis(*interval);
                 if every_ms < 1 {
                     return Err(Error::invalid(
                         "every",

@@ -297,7 +297,7 @@ pub(crate) fn finish_run(
                     ..ctx.retry
                 };
                 let delay = retry_after.unwrap_or_else(|| policy.jittered_delay(task.attempts));
-                let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+                let delay_ms = crate::clock::duration_millis(delay);
                 task.status = TaskStatus::Retrying;
                 task.due_at = now.saturating_add(delay_ms);
                 task.seq = ctx.take_seq();

@@ -161,9 +161,7 @@ impl Broker for LocalBroker {
     fn cleanup(&self, policy: RetentionPolicy) -> BoxFuture<'_, Result<CleanupReport>> {
         Box::pin(async move {
             let now = self.now_ms();
-            let before = |keep: Duration| {
-                now.saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX))
-            };
+            let before = |keep: Duration| now.saturating_sub(crate::clock::duration_millis(keep));
             let (completed_before, failed_before) =
                 (before(policy.completed), before(policy.failed));
             let mut total = CleanupReport::default();

@@ -309,7 +309,7 @@ impl LocalBroker {
         self.shared
             .clock
             .now_ms()
-            .saturating_add(i64::try_from(self.settings.lease.as_millis()).unwrap_or(i64::MAX))
+            .saturating_add(crate::clock::duration_millis(self.settings.lease))
     }
 }
 

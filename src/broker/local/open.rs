@@ -129,7 +129,7 @@ impl LocalBroker {
                 max_pending: settings.max_pending,
                 min_free_bytes: settings.min_free_bytes,
                 self_heal: settings.self_heal,
-                lease_ms: i64::try_from(settings.lease.as_millis()).unwrap_or(i64::MAX),
+                lease_ms: crate::clock::duration_millis(settings.lease),
             },
             follow_ups: 0,
             answered_at: None,

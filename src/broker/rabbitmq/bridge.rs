@@ -185,7 +185,7 @@ impl Bridge {
     }
 
     pub(crate) fn lease_ms(&self) -> Millis {
-        i64::try_from(self.settings.lease.as_millis()).unwrap_or(i64::MAX)
+        crate::clock::duration_millis(self.settings.lease)
     }
 
     /// Every queue this engine has used so far.
