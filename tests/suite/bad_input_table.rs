@@ -1557,6 +1557,15 @@ fn socket_rows(rng: &mut fastrand::Rng) -> Vec<(&'static str, Send, Expect, Vec<
             s(&["already in use"]),
         ),
         (
+            "one request repeating a task id of its own",
+            Request(json!({"id": 7, "op": "enqueue", "args": {"tasks": [
+                {"name": "t", "id": "0190c3a2-7d4e-7b1a-9c2f-1e2d3c4b5a70"},
+                {"name": "t", "id": "0190c3a2-7d4e-7b1a-9c2f-1e2d3c4b5a70"},
+            ]}})),
+            Invalid("id"),
+            s(&["already in use"]),
+        ),
+        (
             "a payload over 1 MiB",
             Request(enqueue(
                 &json!({"name": "t", "payload": {"kwargs": {"b": "x".repeat(MAX_PAYLOAD)}}}),
