@@ -304,8 +304,9 @@ mod tests {
         assert_eq!(payload.decode::<Email>().unwrap(), email);
     }
 
-    /// Stored payloads are compared and hashed as text (unique keys, the log), so the text a
-    /// JSON value normalizes to must not change: the same as `from_parts`' whole-map form.
+    /// The normalized text is what is stored, shown (`fq show`, the control protocol) and sent
+    /// to RabbitMQ, so building it from a borrowed value must give exactly the text the
+    /// whole-map form of `from_parts` gives.
     #[test]
     fn a_value_normalizes_to_the_same_text_as_its_parts() {
         let cases = [
