@@ -863,6 +863,8 @@ fn bench_json_reports_every_metric_of_a_small_run() {
     };
     for key in [
         "fsync_per_sec",
+        "fsync_handed_off_per_sec",
+        "fsync_handed_off_ratio",
         "fsync_commit_pages_per_sec",
         "redb_commit_per_sec",
         "enqueue_concurrent_per_sec",

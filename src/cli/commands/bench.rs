@@ -106,6 +106,8 @@ fn table(report: &BenchReport) -> String {
     let BenchReport {
         params,
         fsync_per_sec,
+        fsync_handed_off_per_sec,
+        fsync_handed_off_ratio,
         fsync_commit_pages_per_sec,
         redb_commit_per_sec,
         enqueue_sequential_per_sec,
@@ -132,6 +134,14 @@ fn table(report: &BenchReport) -> String {
         (
             "fsync rate (4 KiB write + fdatasync)",
             format!("{fsync_per_sec:.0} /s"),
+        ),
+        (
+            "the same, handed to a thread and back",
+            format!(
+                "{fsync_handed_off_per_sec:.0} /s ({:.0}% of it in place: one producer's \
+                 ceiling with a writer thread)",
+                fsync_handed_off_ratio * 100.0
+            ),
         ),
         (
             "fsync after a commit's 9 scattered pages",

@@ -24,7 +24,9 @@ use serde_json::json;
 use idle::{IdleReport, idle};
 pub(crate) use metrics_cost::{MetricsCost, metrics_cost};
 use mixed::{MixedReport, mixed};
-use probes::{COMMIT_PAGES, file_system, fsync_rate, peak_rss_mib, redb_commit_rate};
+use probes::{
+    COMMIT_PAGES, file_system, fsync_rate, handed_off_fsync_rate, peak_rss_mib, redb_commit_rate,
+};
 
 use crate::{Config, Engine, Error, Registry, Result, TaskContext, TaskError};
 
@@ -69,6 +71,12 @@ pub(crate) struct BenchReport {
     pub(crate) params: BenchParams,
     /// Single durable writes per second on this disk (4 KiB write + fdatasync).
     pub(crate) fsync_per_sec: f64,
+    /// The same durable write asked of a thread and awaited, one at a time, per second.
+    pub(crate) fsync_handed_off_per_sec: f64,
+    /// `fsync_handed_off_per_sec` over the same write done in place, in alternating slices of
+    /// one probe: the most of the disk's rate one sequential producer can get through a writer
+    /// thread on this machine, the ceiling of `sequential_to_fsync_ratio` in this design.
+    pub(crate) fsync_handed_off_ratio: f64,
     /// Durable writes per second of what one small redb commit puts on the disk: as many
     /// scattered 4 KiB pages as an enqueue's commit writes ([`COMMIT_PAGES`]), then one
     /// fdatasync. The disk's own price for a copy-on-write B-tree commit.
@@ -248,6 +256,10 @@ pub(crate) async fn run(params: &BenchParams, progress: Progress<'_>) -> Result<
     // The probes run right before the sequential phase: the disk's speed drifts with the
     // machine's load, and the ratios only mean something between neighbouring measurements.
     report.fsync_per_sec = fsync_rate(&dir.join("fsync.probe"), 0, progress)?;
+    let handed_off = handed_off_fsync_rate(&dir.join("handoff.probe"), progress).await?;
+    report.fsync_handed_off_per_sec = handed_off.handed_off_per_sec;
+    report.fsync_handed_off_ratio =
+        handed_off.handed_off_per_sec / handed_off.here_per_sec.max(1e-9);
     report.fsync_commit_pages_per_sec =
         fsync_rate(&dir.join("pages.probe"), COMMIT_PAGES, progress)?;
     report.redb_commit_per_sec = redb_commit_rate(&dir.join("redb.probe"), progress)?;

@@ -1,6 +1,6 @@
-//! What `fq bench` measures of the machine rather than of fq: the disk's fsync rate (plain and
-//! with a commit's scattered pages), redb's own commit rate, the file system holding the
-//! stores and the process's peak memory. No engine here: plain files and redb alone, the
+//! What `fq bench` measures of the machine rather than of fq: the disk's fsync rate (plain, with
+//! a commit's scattered pages, and handed to a thread and back), redb's own commit rate, the
+//! file system holding the stores and the process's peak memory. No engine here: plain files and redb alone, the
 //! yardsticks the phases are compared with.
 
 use std::path::Path;
@@ -52,14 +52,97 @@ pub(super) fn fsync_rate(path: &Path, scattered_pages: u64, progress: Progress<'
             file.write_all_at(&block, place.u64(1..SPAN_PAGES) * 4096)
                 .map_err(io)?;
         }
-        file.write_all_at(&block[..512], 0).map_err(io)?;
-        file.sync_data().map_err(io)?;
+        durable_write(&file, &block).map_err(io)?;
         syncs += 1;
         progress(phase, elapsed_ms(started), probe_ms());
     }
     drop(file);
     let _ = std::fs::remove_file(path);
     Ok(rate(syncs, started.elapsed()))
+}
+
+/// A commit's header write (a small write at the file's start), then fdatasync.
+fn durable_write(file: &std::fs::File, block: &[u8; 4096]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(&block[..512], 0)?;
+    file.sync_data()
+}
+
+/// The disk's single durable write done right here and handed to a thread and back.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct HandedOff {
+    /// Done on this task's own thread, per second.
+    pub(super) here_per_sec: f64,
+    /// Asked of a thread over a channel, which does it and answers over a oneshot, each
+    /// awaited before the next, per second: one producer and a writer thread, with nothing
+    /// else to do.
+    pub(super) handed_off_per_sec: f64,
+}
+
+/// The single durable write of [`fsync_rate`], on this task's thread and handed to a thread of
+/// its own and back, alternating in 100 ms slices so that both see the same disk. The second
+/// over the first is the most one sequential producer can keep of the disk's rate in any
+/// engine whose writes go through one writer thread, whatever its store does.
+pub(super) async fn handed_off_fsync_rate(
+    path: &Path,
+    progress: Progress<'_>,
+) -> Result<HandedOff> {
+    const SLICE: Duration = Duration::from_millis(100);
+    const PHASE: &str = "fsync rate, handed to a thread";
+    let io = |e: std::io::Error| {
+        Error::invalid(
+            "dir",
+            format!("cannot measure fsync in {}: {e}", path.display()),
+        )
+    };
+    let file = std::sync::Arc::new(std::fs::File::create(path).map_err(io)?);
+    let block = [0x5au8; 4096];
+    type Reply = tokio::sync::oneshot::Sender<std::io::Result<()>>;
+    let (requests, inbox) = crossbeam_channel::bounded::<Reply>(1);
+    let thread_file = std::sync::Arc::clone(&file);
+    let thread = std::thread::Builder::new()
+        .name("fq-bench-sync".into())
+        .spawn(move || {
+            for reply in inbox {
+                let _ = reply.send(durable_write(&thread_file, &block));
+            }
+        })
+        .map_err(io)?;
+    let (mut here, mut handed_off) = ((0u64, Duration::ZERO), (0u64, Duration::ZERO));
+    let started = Instant::now();
+    let measured = async {
+        while started.elapsed() < PROBE {
+            let slice = Instant::now();
+            while slice.elapsed() < SLICE {
+                durable_write(&file, &block).map_err(io)?;
+                here.0 += 1;
+            }
+            here.1 += slice.elapsed();
+            let slice = Instant::now();
+            while slice.elapsed() < SLICE {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                let ended = || io(std::io::Error::other("the probe's sync thread ended"));
+                requests.send(reply).map_err(|_| ended())?;
+                answer.await.map_err(|_| ended())?.map_err(io)?;
+                handed_off.0 += 1;
+            }
+            handed_off.1 += slice.elapsed();
+            progress(PHASE, elapsed_ms(started), probe_ms());
+        }
+        Ok::<(), Error>(())
+    }
+    .await;
+    drop(requests);
+    if thread.join().is_err() {
+        tracing::error!("the fsync probe's thread panicked");
+    }
+    drop(file);
+    let _ = std::fs::remove_file(path);
+    measured?;
+    Ok(HandedOff {
+        here_per_sec: rate(here.0, here.1),
+        handed_off_per_sec: rate(handed_off.0, handed_off.1),
+    })
 }
 
 /// Durable commits per second of the store's engine alone (see [`store_commit_rate`]).
