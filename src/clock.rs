@@ -94,6 +94,12 @@ pub(crate) fn duration_millis(duration: std::time::Duration) -> Millis {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// A duration in whole milliseconds as sent and shown (the wire's and JSON's `*_ms` fields),
+/// clamped to `u64::MAX`.
+pub(crate) fn duration_ms(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Converts stored milliseconds to a date; out-of-range values clamp to the representable range.
 pub(crate) fn millis_to_datetime(ms: Millis) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or(if ms < 0 {

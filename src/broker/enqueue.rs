@@ -381,7 +381,7 @@ fn unique_spec(
         Some(period) => {
             unique::check_period(period)
                 .map_err(|problem| Error::invalid("unique_for", problem))?;
-            Some(u64::try_from(period.as_millis()).unwrap_or(u64::MAX))
+            Some(crate::clock::duration_ms(period))
         }
         None => None,
     };

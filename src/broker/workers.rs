@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::clock::{Millis, millis_to_datetime};
+use crate::clock::{Millis, duration_millis, millis_to_datetime};
 use crate::sync::Mutex;
 use crate::task::{TaskId, WorkerId};
 
@@ -211,7 +211,7 @@ impl Inner {
     /// Moves workers silent since before `now - WORKER_LOST_AFTER` to the gone list, and
     /// forgets gone ones older than an hour.
     fn sweep(&mut self, now: Millis) {
-        let lost_before = now.saturating_sub(millis(WORKER_LOST_AFTER));
+        let lost_before = now.saturating_sub(duration_millis(WORKER_LOST_AFTER));
         let lost: Vec<(WorkerId, Millis)> = self
             .live
             .iter()
@@ -221,13 +221,9 @@ impl Inner {
         for (id, last_seen) in lost {
             self.leave(id, GoneReason::Lost, last_seen);
         }
-        let keep_after = millis_to_datetime(now.saturating_sub(millis(WORKERS_GONE_KEPT)));
+        let keep_after = millis_to_datetime(now.saturating_sub(duration_millis(WORKERS_GONE_KEPT)));
         self.gone.retain(|gone| gone.gone_at >= keep_after);
     }
-}
-
-fn millis(duration: Duration) -> Millis {
-    Millis::try_from(duration.as_millis()).unwrap_or(Millis::MAX)
 }
 
 /// The live workers of the engine that owns a store (see the module docs).
@@ -398,7 +394,7 @@ mod tests {
         assert_eq!(registry.report(1_000).live.len(), 2);
         registry.stopped(polite.id, 2_000);
         assert!(registry.heartbeat(quiet.id, 2_000));
-        let report = registry.report(2_000 + millis(WORKER_LOST_AFTER) + 1);
+        let report = registry.report(2_000 + duration_millis(WORKER_LOST_AFTER) + 1);
         assert!(report.live.is_empty());
         let whys: Vec<_> = report.gone.iter().map(|g| (g.info.id, g.why)).collect();
         assert!(whys.contains(&(polite.id, GoneReason::Stopped)));
@@ -407,7 +403,7 @@ mod tests {
             !registry.heartbeat(quiet.id, 40_000),
             "a lost worker must re-announce"
         );
-        let report = registry.report(2_000 + millis(WORKERS_GONE_KEPT) + 60_000);
+        let report = registry.report(2_000 + duration_millis(WORKERS_GONE_KEPT) + 60_000);
         assert!(report.gone.is_empty(), "gone workers are kept an hour");
     }
 

@@ -87,7 +87,7 @@ pub enum DurationStyle {
 /// Formats `duration` in `style`.
 pub fn format_duration(duration: Duration, style: DurationStyle) -> String {
     if style == DurationStyle::Short {
-        let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        let ms = crate::clock::duration_ms(duration);
         let two = |big: u64, big_unit: char, small: u64, small_unit: char| match small {
             0 => format!("{big}{big_unit}"),
             _ => format!("{big}{big_unit} {small}{small_unit}"),

@@ -167,7 +167,7 @@ mod opt_duration_ms {
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
         match value {
-            Some(d) => serializer.serialize_some(&u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            Some(d) => serializer.serialize_some(&crate::clock::duration_ms(*d)),
             None => serializer.serialize_none(),
         }
     }

@@ -31,8 +31,8 @@ impl RetryPolicy {
     pub fn nominal_delay(&self, retry_count: u32) -> Duration {
         let exponent = retry_count.saturating_sub(1).min(63);
         let factor = 1u64 << exponent;
-        let base_ms = u64::try_from(self.base.as_millis()).unwrap_or(u64::MAX);
-        let max_ms = u64::try_from(self.max.as_millis()).unwrap_or(u64::MAX);
+        let base_ms = crate::clock::duration_ms(self.base);
+        let max_ms = crate::clock::duration_ms(self.max);
         Duration::from_millis(base_ms.saturating_mul(factor).min(max_ms))
     }
 
@@ -89,7 +89,7 @@ impl Backoff {
         if self.jitter <= 0.0 {
             return pause;
         }
-        let pause_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
+        let pause_ms = crate::clock::duration_ms(pause);
         // Truncated toward zero: with 0.25 this is `pause_ms / 4`, exactly.
         let most = (pause_ms as f64 * self.jitter) as u64;
         pause + Duration::from_millis(fastrand::u64(0..=most))

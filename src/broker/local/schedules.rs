@@ -104,9 +104,7 @@ pub(crate) fn stored_schedule(
             "a scheduled task takes no unique key (schedules queue exactly one task per fire time)",
         ));
     }
-    let ms = |duration: Option<std::time::Duration>| {
-        duration.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-    };
+    let ms = |duration: Option<std::time::Duration>| duration.map(crate::clock::duration_ms);
     Ok(StoredSchedule {
         spec: schedule.spec.to_string(),
         zone: schedule.zone.clone(),

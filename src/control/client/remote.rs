@@ -10,12 +10,13 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::transport::{ClientShared, Link, decode, millis};
+use super::transport::{ClientShared, Link, decode};
 use super::{ConnectOptions, Endpoint, RemoteInfo};
 use crate::broker::{
     BoxFuture, Broker, Chained, Chaining, ClaimRequest, Claiming, CleanupReport, ListQuery,
     NewTask, Outcome, Queued, RetentionPolicy, SettleReport, Settlement, Stats,
 };
+use crate::clock::duration_ms;
 use crate::clock::{Millis, millis_to_datetime};
 use crate::control::protocol::{
     AttemptArgs, CancelArgs, ChangedOk, ClaimArgs, CleanupArgs, CleanupOk, CountOk, Empty,
@@ -144,7 +145,7 @@ impl Broker for RemoteBroker {
                     () = cancel.cancelled() => return Ok(Vec::new()),
                 };
                 let id = shared.next_id();
-                let wait_ms = millis(deadline.saturating_duration_since(Instant::now()));
+                let wait_ms = duration_ms(deadline.saturating_duration_since(Instant::now()));
                 let args = ClaimArgs {
                     queues: queue_names(queues),
                     max,
@@ -289,7 +290,7 @@ impl Broker for RemoteBroker {
             let deadline = Instant::now() + timeout;
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
-                let timeout_ms = millis(left).min(MAX_WAIT_MS);
+                let timeout_ms = duration_ms(left).min(MAX_WAIT_MS);
                 let answer = self
                     .shared
                     .request::<_, TaskOk<TaskRecord>>(Op::Wait, &WaitArgs { id, timeout_ms })
@@ -330,8 +331,8 @@ impl Broker for RemoteBroker {
     fn cleanup(&self, policy: RetentionPolicy) -> BoxFuture<'_, Result<CleanupReport>> {
         Box::pin(async move {
             let args = CleanupArgs {
-                completed_retention_ms: Some(millis(policy.completed)),
-                failed_retention_ms: Some(millis(policy.failed)),
+                completed_retention_ms: Some(duration_ms(policy.completed)),
+                failed_retention_ms: Some(duration_ms(policy.failed)),
             };
             let ok: CleanupOk = self.shared.request(Op::Cleanup, &args).await?;
             Ok(ok.into())
@@ -494,7 +495,7 @@ pub(super) fn settle_args(settlement: &Settlement, record: bool) -> SettleArgs {
         } => {
             args.outcome = "failed".into();
             args.error = Some(failure.clone());
-            args.retry_after_ms = retry_after.map(millis);
+            args.retry_after_ms = retry_after.map(duration_ms);
         }
         Outcome::Released => args.outcome = "released".into(),
     }
@@ -518,8 +519,8 @@ fn wire_task(task: &NewTask) -> WireTaskOut<'_> {
         priority: task.priority,
         payload: &task.payload,
         max_retries: task.max_retries,
-        timeout_ms: task.timeout.map(millis),
-        retry_delay_ms: task.retry_delay.map(millis),
+        timeout_ms: task.timeout.map(duration_ms),
+        retry_delay_ms: task.retry_delay.map(duration_ms),
         run_at_ms: task.run_at,
         unique_key: task.unique_key(),
         unique_for_ms: task.unique.as_ref().and_then(|spec| spec.for_ms),

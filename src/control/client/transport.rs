@@ -411,10 +411,6 @@ pub(super) fn decode<T: DeserializeOwned>(op: Op, raw: &RawValue) -> Result<T> {
     })
 }
 
-pub(super) fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
 /// Reads answers and hands each to the request waiting for it, until the connection ends.
 async fn read_loop(mut reader: FrameReader<BoxRead>, conn: Arc<Conn>, shared: Weak<ClientShared>) {
     // An error the engine sent about the connection itself, which it closes next.

@@ -178,7 +178,7 @@ pub(crate) fn error_to_wire(error: &Error) -> WireError {
         },
         Error::WaitTimeout { id, timeout } => WireError {
             task: Some(*id),
-            waited_ms: Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
+            waited_ms: Some(crate::clock::duration_ms(*timeout)),
             ..WireError::new("wait_timeout", message)
         },
         Error::Poisoned { .. } => WireError::new("poisoned", message),

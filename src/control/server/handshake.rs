@@ -94,10 +94,6 @@ fn same_token(expected: &str, given: &str) -> bool {
     bool::from(equal)
 }
 
-fn duration_ms(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
 pub(super) fn server_hello(ctx: &ServerCtx) -> ServerHello {
     let settings = &ctx.settings;
     ServerHello {
@@ -109,16 +105,16 @@ pub(super) fn server_hello(ctx: &ServerCtx) -> ServerHello {
         max_frame_bytes: settings.max_frame_bytes,
         max_payload_bytes: settings.max_payload_bytes,
         max_in_flight: MAX_IN_FLIGHT,
-        lease_ms: duration_ms(settings.lease),
+        lease_ms: crate::clock::duration_ms(settings.lease),
         defaults: WireDefaults {
             queue: settings.defaults.queue.clone(),
             priority: settings.defaults.priority,
             max_retries: settings.defaults.max_retries,
-            timeout_ms: settings.defaults.timeout.map(duration_ms),
+            timeout_ms: settings.defaults.timeout.map(crate::clock::duration_ms),
         },
         retention: WireRetention {
-            completed_ms: duration_ms(settings.retention.completed),
-            failed_ms: duration_ms(settings.retention.failed),
+            completed_ms: crate::clock::duration_ms(settings.retention.completed),
+            failed_ms: crate::clock::duration_ms(settings.retention.failed),
         },
     }
 }

@@ -15,10 +15,6 @@ use crate::task::lifecycle::{self, Orphaned};
 use crate::task::{StoredTask, TaskId, TaskRecord, TaskStatus};
 use crate::{Error, Result};
 
-fn duration_ms(duration: std::time::Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
 impl Writer {
     pub(super) fn enqueue(
         &mut self,
@@ -81,8 +77,8 @@ impl Writer {
                 status: TaskStatus::Pending,
                 attempts: 0,
                 max_retries: new.max_retries,
-                timeout_ms: new.timeout.map(duration_ms),
-                retry_delay_ms: new.retry_delay.map(duration_ms),
+                timeout_ms: new.timeout.map(crate::clock::duration_ms),
+                retry_delay_ms: new.retry_delay.map(crate::clock::duration_ms),
                 created_at: batch.now,
                 scheduled_at: due_at,
                 due_at,

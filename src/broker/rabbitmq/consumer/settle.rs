@@ -83,8 +83,8 @@ pub(crate) async fn settle(bridge: &Arc<Bridge>, settlement: Settlement) -> Resu
         priority: entry.incoming.priority,
         payload: entry.incoming.payload.as_str().to_owned(),
         max_retries: entry.incoming.max_retries,
-        timeout_ms: entry.incoming.timeout.map(millis_u64),
-        retry_delay_ms: entry.incoming.retry_delay.map(millis_u64),
+        timeout_ms: entry.incoming.timeout.map(crate::clock::duration_ms),
+        retry_delay_ms: entry.incoming.retry_delay.map(crate::clock::duration_ms),
         created_at: entry.incoming.created_at,
         scheduled_at: entry.incoming.scheduled_at,
         started_at: entry.started_at,
@@ -164,10 +164,6 @@ pub(crate) async fn settle(bridge: &Arc<Bridge>, settlement: Settlement) -> Resu
         }
     }
     Ok(report)
-}
-
-fn millis_u64(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Publishes the message to `tasks.dead` under `<queue>.dead` with the reason in its headers
