@@ -1,7 +1,7 @@
 //! What `fq bench` measures of the machine rather than of fq: the disk's fsync rate (plain, with
 //! a commit's scattered pages, and handed to a thread and back), redb's own commit rate, the
-//! file system holding the stores and the process's peak memory. No engine here: plain files and redb alone, the
-//! yardsticks the phases are compared with.
+//! file system holding the stores and the process's peak memory. No engine here: plain files
+//! and redb alone, the yardsticks the phases are compared with.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -81,8 +81,8 @@ pub(super) struct HandedOff {
 
 /// The single durable write of [`fsync_rate`], on this task's thread and handed to a thread of
 /// its own and back, alternating in 100 ms slices so that both see the same disk. The second
-/// over the first is the most one sequential producer can keep of the disk's rate in any
-/// engine whose writes go through one writer thread, whatever its store does.
+/// over the first is the most one sequential producer can keep of the disk's rate when its
+/// writes go to a writer thread over a channel, as fq's do, whatever the store does.
 pub(super) async fn handed_off_fsync_rate(
     path: &Path,
     progress: Progress<'_>,

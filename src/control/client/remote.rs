@@ -16,8 +16,7 @@ use crate::broker::{
     BoxFuture, Broker, Chained, Chaining, ClaimRequest, Claiming, CleanupReport, ListQuery,
     NewTask, Outcome, Queued, RetentionPolicy, SettleReport, Settlement, Stats,
 };
-use crate::clock::duration_ms;
-use crate::clock::{Millis, millis_to_datetime};
+use crate::clock::{Millis, duration_ms, millis_to_datetime};
 use crate::control::protocol::{
     AttemptArgs, CancelArgs, ChangedOk, ClaimArgs, CleanupArgs, CleanupOk, CountOk, Empty,
     EnqueueArgs, EnqueueOk, IdArgs, LimitArgs, ListArgs, MAX_WAIT_MS, Op, PurgeArgs, QueueArgs,
