@@ -345,7 +345,20 @@ async fn a_disk_filled_past_the_watermark_fails_the_commit_as_storage_full_and_l
         acked.len(),
         free_bytes(mount.path())
     );
-    assert_full(&error, &store, None);
+    match &error {
+        // The wall was hit by the engine's own checkpoint of the B-tree in an idle moment
+        // between two enqueues (1 run in 12 on a loaded 2-core machine), not by an enqueue's
+        // commit: the next enqueue is refused by the poisoning, which names the full disk.
+        Error::Poisoned { reason } => {
+            let named =
+                reason.contains("storage full") && reason.contains(&store.display().to_string());
+            assert!(named, "the poisoning does not name the full disk: {error}");
+            println!("  the wall was hit between two enqueues, by a checkpoint");
+        }
+        _ => {
+            assert_full(&error, &store, None);
+        }
+    }
     assert!(
         !error.is_retryable(),
         "a failed commit is not retried blindly"
