@@ -23,12 +23,7 @@ pub(super) fn fsync_rate(path: &Path, scattered_pages: u64, progress: Progress<'
     use std::os::unix::fs::FileExt;
     /// Spread of the scattered pages: a store of a few MiB.
     const SPAN_PAGES: u64 = 2048;
-    let io = |e: std::io::Error| {
-        Error::invalid(
-            "dir",
-            format!("cannot measure fsync in {}: {e}", path.display()),
-        )
-    };
+    let io = |e: std::io::Error| probe_failed(path, &e);
     let phase = if scattered_pages == 0 {
         "fsync rate"
     } else {
@@ -61,6 +56,14 @@ pub(super) fn fsync_rate(path: &Path, scattered_pages: u64, progress: Progress<'
     Ok(rate(syncs, started.elapsed()))
 }
 
+/// A disk probe's I/O error, naming the file it measured with.
+fn probe_failed(path: &Path, error: &std::io::Error) -> Error {
+    Error::invalid(
+        "dir",
+        format!("cannot measure fsync in {}: {error}", path.display()),
+    )
+}
+
 /// A commit's header write (a small write at the file's start), then fdatasync.
 fn durable_write(file: &std::fs::File, block: &[u8; 4096]) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
@@ -89,12 +92,7 @@ pub(super) async fn handed_off_fsync_rate(
 ) -> Result<HandedOff> {
     const SLICE: Duration = Duration::from_millis(100);
     const PHASE: &str = "fsync rate, handed to a thread";
-    let io = |e: std::io::Error| {
-        Error::invalid(
-            "dir",
-            format!("cannot measure fsync in {}: {e}", path.display()),
-        )
-    };
+    let io = |e: std::io::Error| probe_failed(path, &e);
     let file = std::sync::Arc::new(std::fs::File::create(path).map_err(io)?);
     let block = [0x5au8; 4096];
     type Reply = tokio::sync::oneshot::Sender<std::io::Result<()>>;
