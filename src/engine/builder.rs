@@ -92,6 +92,15 @@ impl EngineBuilder {
         self
     }
 
+    /// Sends every batch through the writer's pipeline, a lone one too, which otherwise syncs
+    /// the log on the writer's thread and is answered before the B-tree commits: for fq's own
+    /// tests of the pipeline; not a stable API.
+    #[doc(hidden)]
+    pub fn pipeline_every_batch(mut self) -> Self {
+        self.store.sync_lone_batches_here = false;
+        self
+    }
+
     /// Whether the engine serves its control socket, so other processes (the `fq` CLI,
     /// `Engine::connect`) can reach it (default true). The socket and TCP listener come from
     /// the configuration's `control` section.

@@ -4,7 +4,9 @@
 //!
 //! The log is written first: a transaction the log did not take is dropped, so nothing of it
 //! is visible or kept, exactly as when redb's own commit fails. A record the log took whose
-//! B-tree commit then fails is taken back before the error is returned.
+//! B-tree commit then fails is taken back before the error is returned, except after a
+//! [`Commit::SyncedHere`]: its record is durable, its callers may have been answered, and the
+//! reopen that follows the failure applies the record again from the log.
 
 use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
@@ -26,6 +28,58 @@ pub(crate) enum Commit {
     Deferred,
     /// Visible at once, durable with the next durable commit; may be lost in a crash.
     Lazy,
+    /// With the log: the record is synced on this thread, and the B-tree's commit is left to
+    /// the caller ([`PendingCommit`]), which may answer before it, since the change is durable
+    /// once the record is. Without the log, as `Durable`.
+    SyncedHere,
+}
+
+/// The B-tree's commit of a transaction whose record the log has synced
+/// ([`Commit::SyncedHere`]). Until it commits, a read on another thread waits before it takes
+/// its snapshot (`visible.rs`), so a caller answered before the commit reads its own write.
+#[must_use = "the transaction is durable in the log but not in the B-tree until committed"]
+pub(crate) struct PendingCommit<'s> {
+    store: &'s Store,
+    txn: Option<redb::WriteTransaction>,
+}
+
+impl PendingCommit<'_> {
+    /// Commits the B-tree, and checkpoints the log when it is due.
+    ///
+    /// # Errors
+    /// The B-tree's commit failed: the change stays durable in the log. Reads keep waiting until
+    /// the caller reopens the store ([`Store::reopen`]), which applies the log again, so none of
+    /// them sees the B-tree without a change already acknowledged.
+    pub(crate) fn commit(mut self) -> Result<(), StoreError> {
+        let store = self.store;
+        let Some(txn) = self.txn.take() else {
+            return Ok(());
+        };
+        if let Err(error) = store.commit_after_log(txn) {
+            return Err(store.storage("committing")(error.into()));
+        }
+        store.visible.commit_done();
+        let mut wal = store.wal.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(wal) = wal.as_mut()
+            && wal.checkpoint_due()
+            && let Err(error) = store.checkpoint(wal)
+        {
+            // The commit is durable in the log; the B-tree's trouble is the next write's.
+            tracing::warn!(%error, "checkpoint failed");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PendingCommit<'_> {
+    fn drop(&mut self) {
+        // Only an unwinding writer drops one uncommitted: reads must not wait for it forever.
+        // The B-tree then lacks the change until the next open applies the log.
+        if self.txn.take().is_some() {
+            tracing::error!("a synced transaction was dropped before the B-tree committed it");
+            self.store.visible.commit_done();
+        }
+    }
 }
 
 impl Store {
@@ -70,6 +124,36 @@ impl Store {
         start_sync: Option<&dyn Fn(LogSync)>,
         apply: impl FnOnce(&mut WriteTables<'_>) -> Result<R, StoreError>,
     ) -> Result<(R, Option<u64>), StoreError> {
+        let (result, number, pending) = self.write_in(mode, start_sync, apply)?;
+        if let Some(pending) = pending {
+            pending.commit()?;
+        }
+        Ok((result, number))
+    }
+
+    /// Runs `apply` in one write transaction committed as [`Commit::SyncedHere`]: once this
+    /// returns, the change is durable; with a [`PendingCommit`] the B-tree has yet to commit it,
+    /// which the caller does once it has answered.
+    pub(crate) fn write_synced_here<R>(
+        &self,
+        apply: impl FnOnce(&mut WriteTables<'_>) -> Result<R, StoreError>,
+    ) -> Result<(R, Option<PendingCommit<'_>>), StoreError> {
+        let (result, _, pending) = self.write_in(Commit::SyncedHere, None, apply)?;
+        Ok((result, pending))
+    }
+
+    /// Whether the writer may sync a lone batch itself (`StoreOptions::sync_lone_batches_here`).
+    pub(crate) fn syncs_lone_batches_here(&self) -> bool {
+        self.options.sync_lone_batches_here
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn write_in<R>(
+        &self,
+        mode: Commit,
+        start_sync: Option<&dyn Fn(LogSync)>,
+        apply: impl FnOnce(&mut WriteTables<'_>) -> Result<R, StoreError>,
+    ) -> Result<(R, Option<u64>, Option<PendingCommit<'_>>), StoreError> {
         let durable = mode != Commit::Lazy;
         let err = self.storage("writing");
         let mut wal = self.wal.lock().unwrap_or_else(PoisonError::into_inner);
@@ -152,12 +236,12 @@ impl Store {
             if durable {
                 self.visible.all_durable();
             }
-            return Ok((result, None));
+            return Ok((result, None, None));
         };
         if !durable {
             txn.commit().map_err(commit_error)?;
             wal.unlogged.extend_from_slice(&changes.take());
-            return Ok((result, None));
+            return Ok((result, None, None));
         }
         if direct {
             txn.set_durability(Durability::Immediate)
@@ -165,7 +249,7 @@ impl Store {
             txn.commit().map_err(commit_error)?;
             wal.checkpointed();
             self.visible.all_durable();
-            return Ok((result, None));
+            return Ok((result, None, None));
         }
         let deferred = mode == Commit::Deferred && wal.syncer.is_some();
         let mut payload = std::mem::take(&mut wal.unlogged);
@@ -181,6 +265,7 @@ impl Store {
             }
         };
         let mut number = None;
+        let mut pending = None;
         let failed = match wal.log.append(&payload) {
             Err(error) => Some(wal.error(error)),
             // Numbered before it becomes visible: a read that sees it waits for its sync.
@@ -207,6 +292,16 @@ impl Store {
                     take_back(wal);
                     Some(wal.error(error))
                 }
+                Ok(()) if mode == Commit::SyncedHere => {
+                    // Closed before anyone is answered: a read that starts after an answer
+                    // must see the B-tree with the change.
+                    self.visible.hold_for_commit();
+                    pending = Some(PendingCommit {
+                        store: self,
+                        txn: Some(txn),
+                    });
+                    None
+                }
                 Ok(()) => self.commit_after_log(txn).err().map(|error| {
                     take_back(wal);
                     commit_error(error)
@@ -224,15 +319,16 @@ impl Store {
             wal.synced_all();
             self.visible.all_durable();
             // A commit whose sync runs elsewhere leaves its checkpoint to the writer, once
-            // that sync has returned (`Store::checkpoint_when`).
-            if wal.checkpoint_due()
+            // that sync has returned (`Store::checkpoint_when`); a pending one, to its commit.
+            if pending.is_none()
+                && wal.checkpoint_due()
                 && let Err(error) = self.checkpoint(wal)
             {
                 // The commit is durable in the log; the B-tree's trouble is the next write's.
                 tracing::warn!(%error, "checkpoint failed");
             }
         }
-        Ok((result, number))
+        Ok((result, number, pending))
     }
 
     /// Commits the B-tree after the log took the transaction's record. In unit tests it fails

@@ -81,6 +81,10 @@ pub(crate) struct StoreOptions {
     /// Open a store whose log went missing after a crash, without the changes that log held
     /// (`fq forget-log`); without it such a store is refused.
     pub(crate) forget_missing_log: bool,
+    /// The engine's writer syncs the log of a lone batch on its own thread and answers it
+    /// before the B-tree commits (`Commit::SyncedHere`); off, every batch takes the pipeline
+    /// (tests of the pipeline turn it off).
+    pub(crate) sync_lone_batches_here: bool,
 }
 
 impl Default for StoreOptions {
@@ -94,6 +98,7 @@ impl Default for StoreOptions {
             log_backend: None,
             wal_checkpoint_bytes: wal::CHECKPOINT_BYTES,
             forget_missing_log: false,
+            sync_lone_batches_here: true,
         }
     }
 }

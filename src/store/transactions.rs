@@ -78,6 +78,7 @@ impl Store {
         action: &'static str,
     ) -> Result<redb::ReadTransaction, StoreError> {
         loop {
+            self.visible.wait_for_commit();
             let generation = self.visible.generation();
             let txn = {
                 let slot = self.db.read().unwrap_or_else(PoisonError::into_inner);

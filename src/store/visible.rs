@@ -10,9 +10,13 @@
 //! on once `durable` reaches it. A reopen (after a failed sync the B-tree is rolled back to its
 //! last durable state) moves to a new generation: a read whose snapshot came from the database
 //! before it takes a new one.
+//!
+//! The other way round, a lone request's commit is durable before it is visible: its record is
+//! synced, its callers answered, and only then does the B-tree commit (`Commit::SyncedHere`).
+//! From before the first answer until that commit, reads wait before they take a snapshot.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 thread_local! {
@@ -32,6 +36,9 @@ pub(super) struct Visibility {
     committed: Arc<AtomicU64>,
     state: Mutex<Durable>,
     changed: Condvar,
+    /// A durable change is answered and not yet in the B-tree: reads wait before their
+    /// snapshot. Set and cleared under `state`'s lock; read without it on the fast path.
+    commit_pending: AtomicBool,
 }
 
 #[derive(Default)]
@@ -80,10 +87,43 @@ impl Visibility {
         self.mark_durable(self.committed());
     }
 
+    /// A synced change is about to be answered before the B-tree commits it: reads on other
+    /// threads wait before their snapshot until [`Visibility::commit_done`].
+    pub(super) fn hold_for_commit(&self) {
+        let _state = self.lock();
+        self.commit_pending.store(true, Ordering::SeqCst);
+    }
+
+    /// The B-tree committed what [`Visibility::hold_for_commit`] waited for.
+    pub(super) fn commit_done(&self) {
+        let _state = self.lock();
+        self.commit_pending.store(false, Ordering::SeqCst);
+        self.changed.notify_all();
+    }
+
+    /// Waits, before a read takes its snapshot, until no answered change waits for the B-tree.
+    pub(super) fn wait_for_commit(&self) {
+        if !self.commit_pending.load(Ordering::SeqCst) || EXEMPT.with(Cell::get) {
+            return;
+        }
+        let mut state = self.lock();
+        while self.commit_pending.load(Ordering::SeqCst) {
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
     /// The store is about to reopen: reads on other threads wait until
     /// [`Visibility::reopened`]; this thread's (the reopen's own) go on.
     pub(super) fn hold(&self) {
-        self.lock().held_by = Some(std::thread::current().id());
+        let mut state = self.lock();
+        state.held_by = Some(std::thread::current().id());
+        // A read waiting for a failed B-tree commit goes on to its snapshot and waits there for
+        // the reopen, which applies the log again, and then takes a new one.
+        self.commit_pending.store(false, Ordering::SeqCst);
+        self.changed.notify_all();
     }
 
     /// The store reopened: what it holds now is durable, and reads whose snapshot came from

@@ -116,9 +116,22 @@ async fn listed(engine: &Engine) -> Vec<TaskId> {
     ids
 }
 
-/// An engine whose store is in memory and whose redo log is `log`.
+/// An engine whose store is in memory and whose redo log is `log`, every batch on the pipeline
+/// (a lone one would otherwise sync on the writer's thread, with no batch behind its sync).
 fn engine_on(log: &HeldLog) -> Arc<Engine> {
-    let engine = Engine::builder(PathBuf::from("/simulated/fq.redb"))
+    open_on(
+        log,
+        Engine::builder(PathBuf::from("/simulated/fq.redb")).pipeline_every_batch(),
+    )
+}
+
+/// As [`engine_on`], with the engine's default commits: a lone batch syncs on the writer.
+fn engine_syncing_lone_batches_on(log: &HeldLog) -> Arc<Engine> {
+    open_on(log, Engine::builder(PathBuf::from("/simulated/fq.redb")))
+}
+
+fn open_on(log: &HeldLog, builder: fq::EngineBuilder) -> Arc<Engine> {
+    let engine = builder
         .control(false)
         .storage_backend(redb::backends::InMemoryBackend::new())
         .log_backend(log.clone())
@@ -156,6 +169,18 @@ async fn enqueue_once_healed(engine: &Engine, n: u64) -> Option<TaskId> {
         }
     }
     None
+}
+
+/// Enqueues task `n` once the engine has healed from a failed sync, then checks that the store
+/// holds exactly `kept` and that task, with sound indexes.
+async fn assert_heals_holding_only(engine: &Engine, kept: TaskId, n: u64) {
+    let after = enqueue_once_healed(engine, n)
+        .await
+        .expect("the engine did not heal after the failed sync");
+    let mut expected = vec![kept, after];
+    expected.sort();
+    assert_eq!(listed(engine).await, expected);
+    assert!(engine.check_integrity().await.unwrap().problems.is_empty());
 }
 
 /// An engine on a held log with one task kept, and a first enqueue whose sync is held (it
@@ -219,13 +244,7 @@ async fn a_failed_log_sync_fails_every_batch_committed_behind_it_and_none_comes_
     );
 
     // The engine heals by itself (reopen, then an empty durable commit) and takes writes.
-    let after = enqueue_once_healed(&engine, 3)
-        .await
-        .expect("the engine did not heal after the failed sync");
-    let mut expected = vec![kept, after];
-    expected.sort();
-    assert_eq!(listed(&engine).await, expected);
-    assert!(engine.check_integrity().await.unwrap().problems.is_empty());
+    assert_heals_holding_only(&engine, kept, 3).await;
     println!("log_sync: two enqueues behind a failed sync failed; the engine healed");
 }
 
@@ -362,4 +381,38 @@ async fn a_claim_refused_by_a_poisoned_engine_leaves_its_tasks_claimable_after_i
     let mut expected = vec![kept, after];
     expected.sort();
     assert_eq!(claimed, expected, "a task taken by the refused claim");
+}
+
+/// A lone request syncs the log on the writer's own thread and is answered before the B-tree
+/// commits. With that sync held, it is not answered and a read returns what is durable without
+/// waiting for it; once the sync fails, the request fails naming the log, the engine heals by
+/// itself, and the task never appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_request_whose_sync_fails_on_the_writer_is_neither_answered_nor_kept() {
+    let log = HeldLog::new();
+    let engine = engine_syncing_lone_batches_on(&log);
+    let kept = enqueue(&engine, 0).await.unwrap();
+    let held = enqueue_held(&engine, &log, 1).await;
+    let read = tokio::time::timeout(Duration::from_secs(10), listed(&engine)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let answered_early = held.is_finished();
+    // Released before asserting, so that a failure does not leave the writer held.
+    log.release();
+    assert_eq!(
+        read.expect("a read waited for a change the B-tree does not hold"),
+        vec![kept]
+    );
+    assert!(
+        !answered_early,
+        "a lone request was answered before its sync returned"
+    );
+    let error = held
+        .await
+        .unwrap()
+        .expect_err("a lone request was answered despite its failed sync");
+    assert!(
+        error.to_string().contains("fq.redb-wal"),
+        "the error does not name the log: {error}"
+    );
+    assert_heals_holding_only(&engine, kept, 2).await;
 }

@@ -146,7 +146,16 @@ async fn a_failed_commit_heals_by_itself_once_the_store_works_again() {
 async fn a_commit_failing_after_its_log_sync_started_heals_and_never_comes_back() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fq.redb");
-    let broker = open_at(&path);
+    // A lone request would sync on the writer's thread and be answered first (the next test).
+    let pipelined = LocalSettings {
+        store: StoreOptions {
+            sync_lone_batches_here: false,
+            ..StoreOptions::default()
+        },
+        ..settings()
+    };
+    let broker =
+        LocalBroker::open(&path, pipelined, Arc::new(SystemClock), EventBus::new()).unwrap();
     let kept = broker.enqueue(vec![new_task()]).await.unwrap()[0].id;
 
     broker
@@ -177,6 +186,48 @@ async fn a_commit_failing_after_its_log_sync_started_heals_and_never_comes_back(
     for id in [kept, healed].into_iter().chain(more) {
         assert!(broker.task(id).await.unwrap().is_some(), "{id} was lost");
     }
+}
+
+/// A lone request synced on the writer's thread is answered before the B-tree commits it. If
+/// that commit then fails, the answer stands: the change is durable in the log, reads see it
+/// (the reopen after the failure applies the log again), the engine refuses writes (healing is
+/// off here, so that it stays so), and the task is still there after the engine is reopened.
+#[tokio::test]
+async fn a_btree_commit_failing_after_a_lone_request_was_answered_keeps_its_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fq.redb");
+    let no_healing = || LocalSettings {
+        self_heal: false,
+        ..settings()
+    };
+    let open = || LocalBroker::open(&path, no_healing(), Arc::new(SystemClock), EventBus::new());
+    let broker = open().unwrap();
+    let kept = broker.enqueue(vec![new_task()]).await.unwrap()[0].id;
+
+    broker
+        .store
+        .fail_commit_after_log
+        .store(true, Ordering::SeqCst);
+    let answered = broker.enqueue(vec![new_task()]).await.unwrap()[0].id;
+    assert!(
+        broker.task(answered).await.unwrap().is_some(),
+        "an answered change is missing from reads after its B-tree commit failed"
+    );
+    broker
+        .store
+        .fail_commit_after_log
+        .store(false, Ordering::SeqCst);
+    let err = broker.enqueue(vec![new_task()]).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Poisoned { reason } if reason.contains("committing")),
+        "the B-tree's commit did not fail: {err}"
+    );
+    drop(broker);
+    let broker = open().unwrap();
+    for id in [kept, answered] {
+        assert!(broker.task(id).await.unwrap().is_some(), "{id} was lost");
+    }
+    broker.enqueue(vec![new_task()]).await.unwrap();
 }
 
 /// A panicking writer dropped the replies it held before its guard raised the poison

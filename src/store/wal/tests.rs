@@ -665,6 +665,64 @@ fn a_read_waits_until_a_sync_covers_what_it_would_see() {
     assert!(store.log_sync().is_none(), "nothing is left to sync");
 }
 
+/// A change synced on the writer's thread may be answered before the B-tree commits it
+/// (`Commit::SyncedHere`): a read on another thread that starts meanwhile waits for that
+/// commit, then sees the change.
+#[test]
+fn a_read_started_before_a_synced_change_reaches_the_b_tree_waits_for_it() {
+    let (_log, store) = flaky_store();
+    let store = std::sync::Arc::new(store);
+    let id = TaskId::new();
+    let ((), pending) = store.write_synced_here(|t| queue_in(t, id)).unwrap();
+    let pending = pending.expect("a logged commit synced here leaves the B-tree to its caller");
+
+    let found = read_elsewhere(&store, id);
+    assert_eq!(
+        found.recv_timeout(std::time::Duration::from_millis(300)),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout),
+        "a read went on before the B-tree committed a change that may be answered"
+    );
+    pending.commit().unwrap();
+    assert_eq!(
+        found.recv_timeout(std::time::Duration::from_secs(10)),
+        Ok(true),
+        "the read missed the change it waited for"
+    );
+    assert!(store.log_sync().is_none(), "the change was synced already");
+}
+
+/// The B-tree's commit of a change synced here fails: the change is durable in the log, so
+/// reads wait until the store is reopened, which applies the log again, and then see it.
+#[test]
+fn a_synced_change_whose_b_tree_commit_failed_is_read_after_the_reopen() {
+    let (_log, store) = flaky_store();
+    let store = std::sync::Arc::new(store);
+    let id = TaskId::new();
+    store
+        .fail_commit_after_log
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let ((), pending) = store.write_synced_here(|t| queue_in(t, id)).unwrap();
+    let pending = pending.expect("a logged commit synced here leaves the B-tree to its caller");
+    pending.commit().unwrap_err();
+    store
+        .fail_commit_after_log
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+
+    let found = read_elsewhere(&store, id);
+    assert_eq!(
+        found.recv_timeout(std::time::Duration::from_millis(300)),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout),
+        "a read went on against a B-tree that lacks a durable change"
+    );
+    store.reopen().unwrap();
+    assert_eq!(
+        found.recv_timeout(std::time::Duration::from_secs(10)),
+        Ok(true),
+        "the reopen did not bring back the durable change"
+    );
+    assert_sound(&store);
+}
+
 #[test]
 fn a_failed_sync_takes_back_every_commit_made_visible_ahead_of_it() {
     let (log, store) = flaky_store();

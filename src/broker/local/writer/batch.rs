@@ -44,7 +44,12 @@ impl Batch {
 impl Writer {
     /// Applies `commands` in one transaction and commits it; the batch is answered once that
     /// commit is durable (`pipeline.rs`). A failed commit fails the whole batch.
-    pub(super) fn apply_batch(&mut self, commands: Vec<Command>) {
+    ///
+    /// A `lone` batch (no sync runs, nothing else waits) syncs the log on this thread and is
+    /// answered before the B-tree commits (`Commit::SyncedHere`): no hand-off to the sync
+    /// thread and back, and the commit overlaps the callers' next requests instead of delaying
+    /// their answers. Returns true when the batch was answered so.
+    pub(super) fn apply_batch(&mut self, commands: Vec<Command>, lone: bool) -> bool {
         let mut batch = Batch {
             now: self.shared.clock.now_ms(),
             effects: Vec::new(),
@@ -68,7 +73,13 @@ impl Writer {
             && self
                 .unflushed_since
                 .is_none_or(|since| since.elapsed() < LAZY_FLUSH);
-        let mode = if lazy { Commit::Lazy } else { Commit::Deferred };
+        let mode = if lazy {
+            Commit::Lazy
+        } else if lone {
+            Commit::SyncedHere
+        } else {
+            Commit::Deferred
+        };
         // Commands not applied when a storage failure aborts the batch (or the transaction
         // never opened) stay here, to be answered with that failure rather than dropped.
         let mut unapplied = commands;
@@ -78,7 +89,7 @@ impl Writer {
                 early.start(job);
             }
         };
-        let committed = store.write_as(mode, Some(&start), |tables| {
+        let apply = |tables: &mut crate::store::WriteTables<'_>| {
             let mut commands = std::mem::take(&mut unapplied).into_iter();
             while let Some(command) = commands.next() {
                 if let Err(error) = self.apply(tables, command, &mut batch) {
@@ -91,7 +102,15 @@ impl Writer {
                 return Ok(());
             }
             self.hand_off(tables, &mut batch)
-        });
+        };
+        let (committed, pending) = if mode == Commit::SyncedHere {
+            match store.write_synced_here(apply) {
+                Ok((result, pending)) => (Ok((result, None)), pending),
+                Err(error) => (Err(error), None),
+            }
+        } else {
+            (store.write_as(mode, Some(&start), apply), None)
+        };
         // Whatever became of the commit, a sync it started runs: it is waited for as any other.
         if let Some(seq) = early.and_then(|early| early.started()) {
             self.pipeline.sync_started(seq);
@@ -115,6 +134,14 @@ impl Writer {
                     waiting_before,
                     flushes_lazy,
                 });
+                // Answered above: the change is durable in the log whatever the B-tree does.
+                if let Some(pending) = pending {
+                    if let Err(error) = pending.commit() {
+                        // The reopen applies the log again, answered change included.
+                        self.commit_failed(&error.to_string());
+                    }
+                    return true;
+                }
             }
             Err(error) => {
                 // The batches before this one are answered (or failed) first: they committed.
@@ -134,6 +161,7 @@ impl Writer {
                 pipeline::fail_commands(unapplied, &error, &reason);
             }
         }
+        false
     }
 
     /// Answers a batch whose commit is durable: its effects reach memory, then its callers.

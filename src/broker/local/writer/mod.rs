@@ -210,9 +210,14 @@ impl Writer {
                 }
                 continue;
             }
-            self.apply_batch(pending);
-            // What was already queued when the answers went out is not a follow-up.
-            self.follow_ups += commands.len();
+            let lone = self.pipeline.is_idle()
+                && commands.is_empty()
+                && self.store.syncs_lone_batches_here();
+            // What was already queued when the answers went out is not a follow-up; a batch
+            // answered in place was answered just now, so what is queued is what it caused.
+            if !self.apply_batch(pending, lone) {
+                self.follow_ups += commands.len();
+            }
         }
         // Closing: every batch answered, and what was committed lazily reaches the disk before
         // the file closes.
