@@ -43,6 +43,26 @@ pub(crate) struct PendingCommit<'s> {
     txn: Option<redb::WriteTransaction>,
 }
 
+/// What a write transaction returned, and what is left of its commit.
+struct Written<'s, R> {
+    result: R,
+    /// The commit's number, when it became visible before its sync (`Commit::Deferred`).
+    number: Option<u64>,
+    /// The B-tree's commit, left to the caller (`Commit::SyncedHere`).
+    pending: Option<PendingCommit<'s>>,
+}
+
+impl<R> Written<'_, R> {
+    /// A transaction committed whole, durable or lazy, without a number.
+    fn done(result: R) -> Self {
+        Self {
+            result,
+            number: None,
+            pending: None,
+        }
+    }
+}
+
 impl PendingCommit<'_> {
     /// Commits the B-tree, and checkpoints the log when it is due.
     ///
@@ -60,12 +80,8 @@ impl PendingCommit<'_> {
         }
         store.visible.commit_done();
         let mut wal = store.wal.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(wal) = wal.as_mut()
-            && wal.checkpoint_due()
-            && let Err(error) = store.checkpoint(wal)
-        {
-            // The commit is durable in the log; the B-tree's trouble is the next write's.
-            tracing::warn!(%error, "checkpoint failed");
+        if let Some(wal) = wal.as_mut() {
+            store.checkpoint_if_due(wal);
         }
         Ok(())
     }
@@ -124,11 +140,11 @@ impl Store {
         start_sync: Option<&dyn Fn(LogSync)>,
         apply: impl FnOnce(&mut WriteTables<'_>) -> Result<R, StoreError>,
     ) -> Result<(R, Option<u64>), StoreError> {
-        let (result, number, pending) = self.write_in(mode, start_sync, apply)?;
-        if let Some(pending) = pending {
+        let written = self.write_in(mode, start_sync, apply)?;
+        if let Some(pending) = written.pending {
             pending.commit()?;
         }
-        Ok((result, number))
+        Ok((written.result, written.number))
     }
 
     /// Runs `apply` in one write transaction committed as [`Commit::SyncedHere`]: once this
@@ -138,8 +154,8 @@ impl Store {
         &self,
         apply: impl FnOnce(&mut WriteTables<'_>) -> Result<R, StoreError>,
     ) -> Result<(R, Option<PendingCommit<'_>>), StoreError> {
-        let (result, _, pending) = self.write_in(Commit::SyncedHere, None, apply)?;
-        Ok((result, pending))
+        let written = self.write_in(Commit::SyncedHere, None, apply)?;
+        Ok((written.result, written.pending))
     }
 
     /// Whether the writer may sync a lone batch itself (`StoreOptions::sync_lone_batches_here`).
@@ -147,13 +163,12 @@ impl Store {
         self.options.sync_lone_batches_here
     }
 
-    #[allow(clippy::type_complexity)]
     fn write_in<R>(
         &self,
         mode: Commit,
         start_sync: Option<&dyn Fn(LogSync)>,
         apply: impl FnOnce(&mut WriteTables<'_>) -> Result<R, StoreError>,
-    ) -> Result<(R, Option<u64>, Option<PendingCommit<'_>>), StoreError> {
+    ) -> Result<Written<'_, R>, StoreError> {
         let durable = mode != Commit::Lazy;
         let err = self.storage("writing");
         let mut wal = self.wal.lock().unwrap_or_else(PoisonError::into_inner);
@@ -236,12 +251,12 @@ impl Store {
             if durable {
                 self.visible.all_durable();
             }
-            return Ok((result, None, None));
+            return Ok(Written::done(result));
         };
         if !durable {
             txn.commit().map_err(commit_error)?;
             wal.unlogged.extend_from_slice(&changes.take());
-            return Ok((result, None, None));
+            return Ok(Written::done(result));
         }
         if direct {
             txn.set_durability(Durability::Immediate)
@@ -249,7 +264,7 @@ impl Store {
             txn.commit().map_err(commit_error)?;
             wal.checkpointed();
             self.visible.all_durable();
-            return Ok((result, None, None));
+            return Ok(Written::done(result));
         }
         let deferred = mode == Commit::Deferred && wal.syncer.is_some();
         let mut payload = std::mem::take(&mut wal.unlogged);
@@ -320,15 +335,25 @@ impl Store {
             self.visible.all_durable();
             // A commit whose sync runs elsewhere leaves its checkpoint to the writer, once
             // that sync has returned (`Store::checkpoint_when`); a pending one, to its commit.
-            if pending.is_none()
-                && wal.checkpoint_due()
-                && let Err(error) = self.checkpoint(wal)
-            {
-                // The commit is durable in the log; the B-tree's trouble is the next write's.
-                tracing::warn!(%error, "checkpoint failed");
+            if pending.is_none() {
+                self.checkpoint_if_due(wal);
             }
         }
-        Ok((result, number, pending))
+        Ok(Written {
+            result,
+            number,
+            pending,
+        })
+    }
+
+    /// Checkpoints the log when it has grown to the checkpoint size, after a commit that is
+    /// durable in it: a failure is left to the next write, which meets the same trouble.
+    fn checkpoint_if_due(&self, wal: &mut super::wal::Wal) {
+        if wal.checkpoint_due()
+            && let Err(error) = self.checkpoint(wal)
+        {
+            tracing::warn!(%error, "checkpoint failed");
+        }
     }
 
     /// Commits the B-tree after the log took the transaction's record. In unit tests it fails

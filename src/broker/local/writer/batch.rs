@@ -83,7 +83,10 @@ impl Writer {
         // Commands not applied when a storage failure aborts the batch (or the transaction
         // never opened) stay here, to be answered with that failure rather than dropped.
         let mut unapplied = commands;
-        let early = self.pipeline.early_sync();
+        // Only a commit on the pipeline hands its sync to the sync thread.
+        let early = (mode == Commit::Deferred)
+            .then(|| self.pipeline.early_sync())
+            .flatten();
         let start = |job| {
             if let Some(early) = &early {
                 early.start(job);
