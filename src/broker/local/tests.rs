@@ -203,6 +203,9 @@ async fn a_btree_commit_failing_after_a_lone_request_was_answered_keeps_its_chan
     let open = || LocalBroker::open(&path, no_healing(), Arc::new(SystemClock), EventBus::new());
     let broker = open().unwrap();
     let kept = broker.enqueue(vec![new_task()]).await.unwrap()[0].id;
+    // `kept` was answered before its own B-tree commit; a read waits for that commit, so the
+    // failure armed next cannot hit it instead.
+    assert!(broker.task(kept).await.unwrap().is_some());
 
     broker
         .store
