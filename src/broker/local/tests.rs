@@ -4,8 +4,10 @@
 use std::sync::atomic::Ordering;
 
 use super::*;
+use crate::Outcome;
 use crate::clock::SystemClock;
 use crate::task::Payload;
+use tokio_util::sync::CancellationToken;
 
 fn settings() -> LocalSettings {
     LocalSettings {
@@ -231,6 +233,140 @@ async fn a_btree_commit_failing_after_a_lone_request_was_answered_keeps_its_chan
         assert!(broker.task(id).await.unwrap().is_some(), "{id} was lost");
     }
     broker.enqueue(vec![new_task()]).await.unwrap();
+}
+
+/// A lone request's commit can hand its task to a claim waiting for work, and is answered
+/// before the B-tree commits. If that commit then fails, the claim stands as the enqueue does:
+/// the worker that got the task runs attempt 1, its settlement meets the poisoned engine, and
+/// the reopen finds the task claimed under attempt 1 (the log kept the claim with the enqueue),
+/// so it orphans that attempt as for any process that ended mid-run: attempt 1 can no longer
+/// settle, and the task runs again as attempt 2.
+#[tokio::test]
+async fn a_task_handed_to_a_waiting_claim_stays_claimed_when_the_b_tree_commit_fails_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fq.redb");
+    let open = || {
+        let settings = LocalSettings {
+            self_heal: false,
+            retry: RetryPolicy {
+                base: Duration::from_millis(50),
+                jitter: 0.0,
+                ..RetryPolicy::default()
+            },
+            ..settings()
+        };
+        LocalBroker::open(&path, settings, Arc::new(SystemClock), EventBus::new())
+    };
+    let broker = Arc::new(open().unwrap());
+    let kept = broker.enqueue(vec![new_task()]).await.unwrap()[0].id;
+    let cancel = CancellationToken::new();
+    let queues: Vec<Arc<str>> = vec!["default".into()];
+    let first = broker
+        .claim(ClaimRequest::new(&queues, 1, Duration::ZERO, &cancel))
+        .await
+        .unwrap();
+    assert_eq!(first[0].id, kept);
+    let done = Outcome::Completed {
+        result: serde_json::Value::Null,
+    };
+    let settled = broker
+        .settle(Settlement {
+            id: kept,
+            attempt: 1,
+            outcome: done.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(settled.status, TaskStatus::Completed);
+    // The settlement was answered before its own B-tree commit; a read waits for that commit,
+    // so the failure armed below cannot hit it instead.
+    let read = broker.task(kept).await.unwrap().map(|task| task.status);
+    assert_eq!(read, Some(TaskStatus::Completed));
+
+    let claimer = {
+        let broker = Arc::clone(&broker);
+        let queues = queues.clone();
+        tokio::spawn(async move {
+            let cancel = CancellationToken::new();
+            let request = ClaimRequest::new(&queues, 1, Duration::from_secs(10), &cancel);
+            broker.claim(request).await
+        })
+    };
+    let registered_by = std::time::Instant::now() + Duration::from_secs(10);
+    while !broker.shared.handoffs.any() {
+        assert!(
+            std::time::Instant::now() < registered_by,
+            "the claim never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    broker
+        .store
+        .fail_commit_after_log
+        .store(true, Ordering::SeqCst);
+    let handed = broker.enqueue(vec![new_task()]).await.unwrap()[0].id;
+    let claimed = claimer.await.unwrap().unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        (claimed[0].id, claimed[0].attempts, claimed[0].status),
+        (handed, 1, TaskStatus::Running),
+        "the waiting claim did not get the task in the enqueue's commit"
+    );
+    broker
+        .store
+        .fail_commit_after_log
+        .store(false, Ordering::SeqCst);
+    let completed = || Settlement {
+        id: handed,
+        attempt: 1,
+        outcome: done.clone(),
+    };
+    let err = broker.settle(completed()).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Poisoned { reason } if reason.contains("committing")),
+        "the B-tree's commit did not fail: {err}"
+    );
+    drop(broker);
+
+    let broker = open().unwrap();
+    let record = broker
+        .task(handed)
+        .await
+        .unwrap()
+        .expect("the handed task was lost");
+    assert_eq!(
+        (record.status, record.attempts),
+        (TaskStatus::Retrying, 1),
+        "the reopen did not find the claim made in the failed commit"
+    );
+    let err = broker.settle(completed()).await.unwrap_err();
+    assert!(
+        matches!(err, Error::StaleAttempt { attempt: 1, .. }),
+        "attempt 1 settled after the reopen had orphaned it: {err}"
+    );
+    let again = broker
+        .claim(ClaimRequest::new(
+            &queues,
+            1,
+            Duration::from_secs(10),
+            &cancel,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        (again[0].id, again[0].attempts),
+        (handed, 2),
+        "the task did not run again as attempt 2"
+    );
+    let report = broker
+        .settle(Settlement {
+            attempt: 2,
+            ..completed()
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.status, TaskStatus::Completed);
 }
 
 /// A panicking writer dropped the replies it held before its guard raised the poison
