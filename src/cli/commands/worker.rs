@@ -8,7 +8,7 @@ use crate::Signals;
 use crate::cli::Context;
 use crate::cli::args::WorkerStartArgs;
 use crate::cli::error::{CliError, usage_if_invalid};
-use crate::cli::output::{Output, event_json};
+use crate::cli::output::{Output, event_json, whole_ms};
 use crate::config::{DurationStyle, format_duration};
 use crate::{Event, EventKind, Registry, WorkerReport};
 
@@ -51,7 +51,7 @@ pub(crate) async fn start(
             "store": engine.path(),
             "queues": queues,
             "concurrency": concurrency,
-            "polling_interval_ms": u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+            "polling_interval_ms": whole_ms(interval),
             "http": dashboard.as_ref().map(|d| format!("http://{}/", d.addr())),
         }))?;
     } else {

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::{Progress, rate};
+use crate::cli::output::whole_ms;
 use crate::{Error, Result, store_commit_rate};
 
 /// Pages a one-task enqueue commit writes besides redb's header (counted with strace: the
@@ -146,20 +147,21 @@ pub(super) async fn handed_off_fsync_rate(
 /// Durable commits per second of the store's engine alone (see [`store_commit_rate`]).
 pub(super) fn redb_commit_rate(path: &Path, progress: Progress<'_>) -> Result<f64> {
     let commits_per_sec = store_commit_rate(path, PROBE, |elapsed| {
-        let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
-        progress("redb commit rate", elapsed_ms.min(probe_ms()), probe_ms());
+        progress(
+            "redb commit rate",
+            whole_ms(elapsed).min(probe_ms()),
+            probe_ms(),
+        );
     })?;
     Ok(commits_per_sec)
 }
 
 fn elapsed_ms(started: Instant) -> u64 {
-    u64::try_from(started.elapsed().as_millis())
-        .unwrap_or(u64::MAX)
-        .min(probe_ms())
+    whole_ms(started.elapsed()).min(probe_ms())
 }
 
 fn probe_ms() -> u64 {
-    u64::try_from(PROBE.as_millis()).unwrap_or(1000)
+    whole_ms(PROBE)
 }
 
 /// The name of the file system holding `dir`, from its magic number.
