@@ -313,6 +313,10 @@ async fn a_task_handed_to_a_waiting_claim_stays_claimed_when_the_b_tree_commit_f
         (handed, 1, TaskStatus::Running),
         "the waiting claim did not get the task in the enqueue's commit"
     );
+    // The answer came before the B-tree's commit: a read waits for that commit (or for the
+    // reopen after its failure), so the failure is not disarmed before the commit meets it.
+    let read = broker.task(handed).await.unwrap().map(|task| task.status);
+    assert_eq!(read, Some(TaskStatus::Running));
     broker
         .store
         .fail_commit_after_log
