@@ -251,8 +251,10 @@ impl WorkerManager {
     /// Runs until shutdown (a [`ShutdownHandle`], or SIGINT/SIGTERM unless disabled).
     ///
     /// # Errors
-    /// Invalid settings or registrations, before anything runs; [`Error::Poisoned`] or
-    /// [`Error::ShutDown`] when the engine stops accepting work.
+    /// Invalid settings or registrations, before anything runs; [`Error::Poisoned`] when the
+    /// engine refuses work for good (built with `self_heal(false)`, or its attempts to heal gave
+    /// up: while it heals itself the worker waits and claims again), or [`Error::ShutDown`]
+    /// when the engine stops.
     pub async fn start(&mut self) -> Result<WorkerReport> {
         let queues = self.validate()?;
         // This run's own token: cancelled by the manager's shutdown, and by the run alone when
@@ -331,6 +333,16 @@ impl WorkerManager {
                             break;
                         };
                         running.spawn(run_slot(record, Arc::clone(&env), permit));
+                    }
+                }
+                // The engine heals itself (the default): its refusals end once the disk works,
+                // and a worker that stopped here would leave its queues unserved until a human
+                // restarted it.
+                Err(error @ Error::Poisoned { .. }) if !self.broker.poisoned_for_good() => {
+                    tracing::warn!(%error, "the engine refuses work while it heals; claiming again");
+                    tokio::select! {
+                        () = tokio::time::sleep(CLAIM_ERROR_BACKOFF) => {}
+                        () = shutdown.cancelled() => {}
                     }
                 }
                 Err(error @ (Error::Poisoned { .. } | Error::ShutDown)) => {

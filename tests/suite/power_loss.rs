@@ -1155,3 +1155,102 @@ fn after_a_failure_window_the_engine_heals_by_itself_and_loses_nothing() {
     let problems = runtime.block_on(verify_store(&engine, &workload.model, None));
     assert!(problems.is_empty(), "FQ_SEED={seed}: {problems:#?}");
 }
+
+/// An engine (healing or not) on a disk that has just failed a commit, with `ready` tasks of
+/// `heal.ready` waiting: it refuses writes, and a worker's first claim meets the refusal.
+async fn poisoned_with_ready_tasks(heal: bool, ready: u64) -> (Engine, FailingBackend) {
+    let disk = FailingBackend::new(Vec::new(), FailMode::Never);
+    let engine = open_on_healing(disk.clone(), heal).unwrap();
+    for n in 0..ready {
+        engine
+            .queue_task_named("heal.ready", &json!({"args": [n], "kwargs": {}}))
+            .send()
+            .await
+            .unwrap();
+    }
+    // The next storage operations fail: an enqueue meets the failure, and a healing engine's
+    // first attempts to heal (100 ms, then 200 ms, ... later) meet it too, so that it heals
+    // only a second or more after the refusals below.
+    disk.fail_next(6);
+    for expected in ["the failure", "the refusal after it"] {
+        let refused = engine
+            .queue_task_named("heal.refused", &json!({"args": [], "kwargs": {}}))
+            .send()
+            .await;
+        assert!(refused.is_err(), "{expected} was not met: {refused:?}");
+    }
+    (engine, disk)
+}
+
+/// A worker that counts the runs of `heal.ready`.
+fn counting_worker(engine: &Engine, ran: &Arc<std::sync::atomic::AtomicU64>) -> fq::WorkerManager {
+    let mut registry = fq::Registry::new();
+    let counter = Arc::clone(ran);
+    registry.register_async(
+        "heal.ready",
+        move |_: serde_json::Value, _ctx: fq::TaskContext| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Ok::<_, fq::TaskError>(()) }
+        },
+    );
+    let mut worker = engine.worker(registry);
+    worker
+        .set_handle_signals(false)
+        .set_polling_interval(Duration::from_millis(50));
+    worker
+}
+
+/// A worker keeps serving its queues while the engine heals itself: a claim the poisoned engine
+/// refuses makes it wait and claim again, instead of stopping until someone restarts it, and
+/// the tasks that were ready at the failure run once the disk works.
+#[test]
+fn a_worker_waits_while_the_engine_heals_instead_of_stopping() {
+    runtime().block_on(async {
+        let ready = 20;
+        let (engine, disk) = poisoned_with_ready_tasks(true, ready).await;
+        let ran = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut worker = counting_worker(&engine, &ran);
+        let stop = worker.shutdown_handle();
+        // Started while the engine refuses: its first claim of the ready tasks is refused.
+        let running = tokio::spawn(async move { worker.start().await });
+        let deadline = Instant::now() + PATIENCE;
+        while ran.load(std::sync::atomic::Ordering::SeqCst) < ready {
+            assert!(
+                !running.is_finished(),
+                "the worker stopped while the engine healed: {:?}",
+                running.await
+            );
+            assert!(Instant::now() < deadline, "the ready tasks never ran");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            disk.failures() > 1,
+            "the attempts to heal met the failing disk too"
+        );
+        stop.shutdown();
+        let report = running.await.unwrap().unwrap();
+        assert_eq!(report.completed, ready, "{report:?}");
+        println!(
+            "a worker started on a poisoned engine ({} injected failures) ran all {ready} ready \
+             tasks once it healed",
+            disk.failures()
+        );
+    });
+}
+
+/// The other side: an engine built with `self_heal(false)` refuses writes until it is reopened,
+/// so a worker whose claim it refuses stops with that refusal instead of waiting forever.
+#[test]
+fn a_worker_stops_when_the_engine_refuses_writes_for_good() {
+    runtime().block_on(async {
+        let (engine, _disk) = poisoned_with_ready_tasks(false, 5).await;
+        let ran = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut worker = counting_worker(&engine, &ran);
+        let ended = tokio::time::timeout(PATIENCE, worker.start()).await;
+        assert!(
+            matches!(ended, Ok(Err(Error::Poisoned { .. }))),
+            "the worker did not stop with the refusal: {ended:?}"
+        );
+        assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 0);
+    });
+}

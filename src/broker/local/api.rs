@@ -262,6 +262,10 @@ impl Broker for LocalBroker {
         true
     }
 
+    fn poisoned_for_good(&self) -> bool {
+        self.shared.poisoned_for_good()
+    }
+
     fn events(&self) -> &EventBus {
         &self.shared.events
     }

@@ -122,6 +122,8 @@ pub(crate) struct Shared {
     pub(crate) completions: CompletionRate,
     poisoned_flag: AtomicBool,
     poison: Mutex<Option<String>>,
+    /// The writer plans to heal the store (`writer/heal.rs`): a poisoning now passes.
+    healing: AtomicBool,
     pub(crate) writer_exit: WriterExit,
     /// Callers of `wait`, woken by the writer after the commit that settles their task.
     pub(crate) waiters: waiters::Waiters,

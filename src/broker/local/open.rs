@@ -103,6 +103,7 @@ impl LocalBroker {
             completions: CompletionRate::default(),
             poisoned_flag: AtomicBool::new(false),
             poison: Mutex::new(None),
+            healing: AtomicBool::new(false),
             writer_exit: WriterExit::default(),
             waiters: Default::default(),
             handoffs: Default::default(),

@@ -141,6 +141,7 @@ mod loom_tests {
             completions: super::super::CompletionRate::default(),
             poisoned_flag: AtomicBool::new(false),
             poison: Mutex::new(None),
+            healing: AtomicBool::new(false),
             writer_exit: super::super::WriterExit::default(),
             waiters: Default::default(),
             paused: super::super::pause::PausedQueues::new(Vec::new()),

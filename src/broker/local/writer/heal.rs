@@ -48,6 +48,7 @@ impl Writer {
             next_at: Instant::now() + Healing::pause(0),
             reason: reason.to_owned(),
         });
+        self.shared.set_healing(true);
     }
 
     /// When the next attempt to heal is due, if one is planned.
@@ -78,11 +79,14 @@ impl Writer {
                     "the store works again; writes are accepted"
                 );
                 self.healing = None;
+                // Lifted first: the engine is never seen poisoned with no healing planned.
                 self.shared.unpoison();
+                self.shared.set_healing(false);
             }
             Err(error) if attempts >= MOST_ATTEMPTS => {
                 tracing::error!(%error, attempts, "the store still fails; giving up healing, reopen the engine");
                 self.healing = None;
+                self.shared.set_healing(false);
                 self.reopen_for_reads();
             }
             Err(error) => {

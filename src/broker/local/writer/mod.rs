@@ -257,9 +257,11 @@ impl Writer {
     /// and plans to heal.
     fn commit_failed(&mut self, reason: &str) {
         tracing::error!(error = %reason, "commit failed; the engine refuses writes until the store works again");
+        // Planned before the poisoning is visible: a worker refused by it must never see it
+        // poisoned for good while the engine is about to heal.
+        self.start_healing(reason);
         self.shared.poison(reason.to_owned());
         self.reopen_for_reads();
-        self.start_healing(reason);
     }
 
     /// After a failed commit redb refuses every access, reads included, until its database is
@@ -480,6 +482,17 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         *slot = None;
         self.poisoned_flag.store(false, Ordering::SeqCst);
+    }
+
+    /// The writer plans to heal the store, or no longer does (healed, or given up).
+    pub(crate) fn set_healing(&self, healing: bool) {
+        self.healing.store(healing, Ordering::SeqCst);
+    }
+
+    /// Poisoned, and no attempt to heal is planned: writes stay refused until the engine is
+    /// reopened.
+    pub(crate) fn poisoned_for_good(&self) -> bool {
+        self.poisoned_flag.load(Ordering::SeqCst) && !self.healing.load(Ordering::SeqCst)
     }
 
     pub(crate) fn poisoned(&self) -> Option<String> {
