@@ -9,7 +9,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::runner::{RunnerEnv, SlotTally};
+use super::runner::{HEALING_RETRY, RunnerEnv, SlotTally, waits_for_healing};
 use super::signals::Signals;
 use super::slot::run_slot;
 use crate::broker::{Broker, ClaimRequest, EnqueueDefaults, Outcome, RetentionPolicy, Settlement};
@@ -338,10 +338,10 @@ impl WorkerManager {
                 // The engine heals itself (the default): its refusals end once the disk works,
                 // and a worker that stopped here would leave its queues unserved until a human
                 // restarted it.
-                Err(error @ Error::Poisoned { .. }) if !self.broker.poisoned_for_good() => {
+                Err(error) if waits_for_healing(&error, &*self.broker) => {
                     tracing::warn!(%error, "the engine refuses work while it heals; claiming again");
                     tokio::select! {
-                        () = tokio::time::sleep(CLAIM_ERROR_BACKOFF) => {}
+                        () = tokio::time::sleep(HEALING_RETRY) => {}
                         () = shutdown.cancelled() => {}
                     }
                 }

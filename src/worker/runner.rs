@@ -247,20 +247,32 @@ pub(super) async fn settle_holding(
     outcome: Outcome,
     claim: usize,
 ) -> (crate::Result<SettleReport>, Vec<TaskRecord>) {
-    let settlement = Settlement {
-        id: record.id,
-        attempt: record.attempts,
-        outcome,
-    };
-    let chained = if claim == 0 {
-        env.broker.settle(settlement).await.map(|report| Chained {
-            settled: Ok(report),
-            claimed: Vec::new(),
-        })
-    } else {
-        env.broker
-            .settle_and_claim(settlement, ClaimRequest::now(&env.queues, claim))
-            .await
+    let chained = loop {
+        let settlement = Settlement {
+            id: record.id,
+            attempt: record.attempts,
+            outcome: outcome.clone(),
+        };
+        let chained = if claim == 0 {
+            env.broker.settle(settlement).await.map(|report| Chained {
+                settled: Ok(report),
+                claimed: Vec::new(),
+            })
+        } else {
+            env.broker
+                .settle_and_claim(settlement, ClaimRequest::now(&env.queues, claim))
+                .await
+        };
+        // Refused, so not recorded: the attempt keeps its hold (its lease is renewed) and its
+        // outcome, and is settled once the engine has healed, instead of running again after
+        // its lease. A settlement that did land meanwhile makes the next one stale.
+        match chained {
+            Err(error) if waits_for_healing(&error, &*env.broker) => {
+                tracing::warn!(%error, "the engine refuses the settlement while it heals; trying again");
+                tokio::time::sleep(HEALING_RETRY).await;
+            }
+            chained => break chained,
+        }
     };
     let answer = match chained {
         Ok(Chained { settled, claimed }) => {
@@ -273,6 +285,15 @@ pub(super) async fn settle_holding(
     };
     env.drop_hold(record.id);
     answer
+}
+
+/// How long a worker waits before it asks again an engine that refused it while healing.
+pub(super) const HEALING_RETRY: Duration = Duration::from_millis(200);
+
+/// The engine refused `error`'s call while it heals itself (`Broker::poisoned_for_good`): the
+/// same call is accepted once it has healed, so a worker waits and asks again.
+pub(super) fn waits_for_healing(error: &Error, broker: &dyn Broker) -> bool {
+    matches!(error, Error::Poisoned { .. }) && !broker.poisoned_for_good()
 }
 
 /// The second half of an attempt: what its settlement came to, logged, and its lifecycle

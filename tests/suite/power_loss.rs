@@ -1168,9 +1168,14 @@ async fn poisoned_with_ready_tasks(heal: bool, ready: u64) -> (Engine, FailingBa
             .await
             .unwrap();
     }
-    // The next storage operations fail: an enqueue meets the failure, and a healing engine's
-    // first attempts to heal (100 ms, then 200 ms, ... later) meet it too, so that it heals
-    // only a second or more after the refusals below.
+    fail_and_see_writes_refused(&engine, &disk).await;
+    (engine, disk)
+}
+
+/// Fails the next storage operations: an enqueue meets the failure, and the next is refused. A
+/// healing engine's first attempts to heal (100 ms, then 200 ms, ... later) meet the failure
+/// too, so that it heals only a second or more after these refusals.
+async fn fail_and_see_writes_refused(engine: &Engine, disk: &FailingBackend) {
     disk.fail_next(6);
     for expected in ["the failure", "the refusal after it"] {
         let refused = engine
@@ -1179,7 +1184,6 @@ async fn poisoned_with_ready_tasks(heal: bool, ready: u64) -> (Engine, FailingBa
             .await;
         assert!(refused.is_err(), "{expected} was not met: {refused:?}");
     }
-    (engine, disk)
 }
 
 /// A worker that counts the runs of `heal.ready`.
@@ -1233,6 +1237,75 @@ fn a_worker_waits_while_the_engine_heals_instead_of_stopping() {
         println!(
             "a worker started on a poisoned engine ({} injected failures) ran all {ready} ready \
              tasks once it healed",
+            disk.failures()
+        );
+    });
+}
+
+/// A task that ends while the engine heals is settled once it has healed: the worker keeps its
+/// outcome and asks again, so the task is COMPLETED under its one attempt instead of staying
+/// RUNNING until its lease runs out and running a second time.
+#[test]
+fn a_settlement_refused_while_the_engine_heals_is_made_once_it_has() {
+    runtime().block_on(async {
+        let disk = FailingBackend::new(Vec::new(), FailMode::Never);
+        let engine = open_on_healing(disk.clone(), true).unwrap();
+        let started = Arc::new(tokio::sync::Notify::new());
+        let release = Arc::new(tokio::sync::Notify::new());
+        let runs = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut registry = fq::Registry::new();
+        let (on_start, on_release, counter) = (
+            Arc::clone(&started),
+            Arc::clone(&release),
+            Arc::clone(&runs),
+        );
+        registry.register_async(
+            "heal.gated",
+            move |_: serde_json::Value, _ctx: fq::TaskContext| {
+                let (on_start, on_release) = (Arc::clone(&on_start), Arc::clone(&on_release));
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    on_start.notify_one();
+                    on_release.notified().await;
+                    Ok::<_, fq::TaskError>(())
+                }
+            },
+        );
+        let id = engine
+            .queue_task_named("heal.gated", &json!({"args": [], "kwargs": {}}))
+            .send()
+            .await
+            .unwrap();
+        let mut worker = engine.worker(registry);
+        worker.set_handle_signals(false);
+        let stop = worker.shutdown_handle();
+        let running = tokio::spawn(async move { worker.start().await });
+        started.notified().await;
+
+        // The disk fails while the task runs; the engine refuses writes, then heals by itself.
+        fail_and_see_writes_refused(&engine, &disk).await;
+        release.notify_one();
+        let deadline = Instant::now() + PATIENCE;
+        let record = loop {
+            // Reads fail while the store cannot be reopened; they are tried again.
+            if let Ok(Some(record)) = engine.task(id).await
+                && record.status == TaskStatus::Completed
+            {
+                break record;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the task was not settled after the engine healed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(record.attempts, 1, "{record:?}");
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+        stop.shutdown();
+        let report = running.await.unwrap().unwrap();
+        assert_eq!(report.completed, 1, "{report:?}");
+        println!(
+            "a settlement refused while the engine healed ({} injected failures) was made after",
             disk.failures()
         );
     });
