@@ -427,12 +427,12 @@ pub(crate) fn short_id(task: &TaskRecord) -> String {
         .to_owned()
 }
 
-/// `2030-06-01 09:30:00` (UTC).
 /// A duration in whole milliseconds, for JSON fields and progress counts (`u64::MAX` past it).
 pub(crate) fn whole_ms(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// `2030-06-01 09:30:00` (UTC).
 pub(crate) fn format_time(time: DateTime<Utc>) -> String {
     time.format("%Y-%m-%d %H:%M:%S").to_string()
 }
