@@ -22,6 +22,11 @@ pub enum Error {
     Poisoned {
         /// The failure that poisoned it.
         reason: String,
+        /// The engine heals itself (`self_heal`, the default): it retries its store and takes
+        /// writes again once the store works, so the same call may succeed later. False: it
+        /// refuses writes until it is reopened (built with `self_heal(false)`, or its attempts
+        /// to heal gave up, or a remote engine that does not say).
+        healing: bool,
     },
     /// The engine has shut down.
     #[error("engine is shut down")]

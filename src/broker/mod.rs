@@ -410,14 +410,6 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// The lifecycle event bus.
     fn events(&self) -> &EventBus;
 
-    /// After a call refused with [`crate::Error::Poisoned`]: true when the engine will not take
-    /// writes again by itself (built with `self_heal(false)`, or its attempts to heal gave up),
-    /// so a worker stops; false while it heals itself, or once it has, so a worker waits and
-    /// claims again. The default, for a broker that cannot tell (a remote engine), is true.
-    fn poisoned_for_good(&self) -> bool {
-        true
-    }
-
     /// The broker's current time, in milliseconds since the epoch.
     fn now_ms(&self) -> Millis;
 

@@ -338,7 +338,7 @@ impl WorkerManager {
                 // The engine heals itself (the default): its refusals end once the disk works,
                 // and a worker that stopped here would leave its queues unserved until a human
                 // restarted it.
-                Err(error) if waits_for_healing(&error, &*self.broker) => {
+                Err(error) if waits_for_healing(&error) => {
                     tracing::warn!(%error, "the engine refuses work while it heals; claiming again");
                     tokio::select! {
                         () = tokio::time::sleep(HEALING_RETRY) => {}

@@ -267,7 +267,7 @@ pub(super) async fn settle_holding(
         // outcome, and is settled once the engine has healed, instead of running again after
         // its lease. A settlement that did land meanwhile makes the next one stale.
         match chained {
-            Err(error) if waits_for_healing(&error, &*env.broker) => {
+            Err(error) if waits_for_healing(&error) => {
                 tracing::warn!(%error, "the engine refuses the settlement while it heals; trying again");
                 tokio::time::sleep(HEALING_RETRY).await;
             }
@@ -290,10 +290,10 @@ pub(super) async fn settle_holding(
 /// How long a worker waits before it asks again an engine that refused it while healing.
 pub(super) const HEALING_RETRY: Duration = Duration::from_millis(200);
 
-/// The engine refused `error`'s call while it heals itself (`Broker::poisoned_for_good`): the
-/// same call is accepted once it has healed, so a worker waits and asks again.
-pub(super) fn waits_for_healing(error: &Error, broker: &dyn Broker) -> bool {
-    matches!(error, Error::Poisoned { .. }) && !broker.poisoned_for_good()
+/// The engine refused `error`'s call while it heals itself, locally or across the control
+/// socket: the same call is accepted once it has healed, so a worker waits and asks again.
+pub(super) fn waits_for_healing(error: &Error) -> bool {
+    matches!(error, Error::Poisoned { healing: true, .. })
 }
 
 /// The second half of an attempt: what its settlement came to, logged, and its lifecycle

@@ -186,7 +186,7 @@ fn assert_full(error: &Error, path: &Path, watermark: Option<u64>) -> u64 {
 /// machine, and once in a run of the whole suite).
 fn assert_refused_for_full_disk(error: &Error, store: &Path) {
     match error {
-        Error::Poisoned { reason } => {
+        Error::Poisoned { reason, .. } => {
             let named =
                 reason.contains("storage full") && reason.contains(&store.display().to_string());
             assert!(named, "the poisoning does not name the full disk: {error}");
@@ -376,7 +376,7 @@ async fn a_disk_filled_past_the_watermark_fails_the_commit_as_storage_full_and_l
     );
     let after = enqueue(&engine, 0, 16).await.unwrap_err();
     assert!(
-        matches!(&after, Error::Poisoned { reason } if reason.contains("storage full")),
+        matches!(&after, Error::Poisoned { reason, .. } if reason.contains("storage full")),
         "{after:?}"
     );
     println!("  the next write: {after}");

@@ -81,12 +81,23 @@ fn open_with_log(
     log: Option<impl redb::StorageBackend>,
     heal: bool,
 ) -> fq::Result<Engine> {
+    open_serving(backend, log, heal, None)
+}
+
+/// [`open_with_log`], serving the control socket at `socket` when one is given.
+fn open_serving(
+    backend: impl redb::StorageBackend,
+    log: Option<impl redb::StorageBackend>,
+    heal: bool,
+    socket: Option<&std::path::Path>,
+) -> fq::Result<Engine> {
     let mut config = Config::default();
     config.limits.min_free_bytes = 0;
     config.write_ahead_log = log.is_some();
+    config.control.socket = socket.map(std::path::Path::to_path_buf);
     let builder = Engine::builder("/power-loss/simulated.redb")
         .config(config)
-        .control(false)
+        .control(socket.is_some())
         .lease_duration(Duration::from_secs(3600))
         .self_heal(heal)
         .storage_backend(backend);
@@ -834,7 +845,7 @@ fn sweep_run(
                             .send()
                             .await
                         {
-                            Err(Error::Poisoned { reason }) if !reason.is_empty() => {
+                            Err(Error::Poisoned { reason, .. }) if !reason.is_empty() => {
                                 figures.refused_after += 1;
                             }
                             Err(other) => problems.push(format!(
@@ -1161,6 +1172,13 @@ fn after_a_failure_window_the_engine_heals_by_itself_and_loses_nothing() {
 async fn poisoned_with_ready_tasks(heal: bool, ready: u64) -> (Engine, FailingBackend) {
     let disk = FailingBackend::new(Vec::new(), FailMode::Never);
     let engine = open_on_healing(disk.clone(), heal).unwrap();
+    queue_ready(&engine, ready).await;
+    fail_and_see_writes_refused(&engine, &disk).await;
+    (engine, disk)
+}
+
+/// Queues `ready` tasks of `heal.ready` through `engine` (local or connected).
+async fn queue_ready(engine: &Engine, ready: u64) {
     for n in 0..ready {
         engine
             .queue_task_named("heal.ready", &json!({"args": [n], "kwargs": {}}))
@@ -1168,8 +1186,6 @@ async fn poisoned_with_ready_tasks(heal: bool, ready: u64) -> (Engine, FailingBa
             .await
             .unwrap();
     }
-    fail_and_see_writes_refused(&engine, &disk).await;
-    (engine, disk)
 }
 
 /// Fails the next storage operations: an enqueue meets the failure, and the next is refused. A
@@ -1204,6 +1220,25 @@ fn counting_worker(engine: &Engine, ran: &Arc<std::sync::atomic::AtomicU64>) -> 
     worker
 }
 
+/// Waits until `ran` counts `ready` runs of the worker `running`, failing if the worker stops
+/// first (it must wait for the healing engine, not give up) or the runs take past `PATIENCE`.
+async fn wait_for_runs(
+    ran: &std::sync::atomic::AtomicU64,
+    ready: u64,
+    running: &mut tokio::task::JoinHandle<fq::Result<fq::WorkerReport>>,
+) {
+    let deadline = Instant::now() + PATIENCE;
+    while ran.load(std::sync::atomic::Ordering::SeqCst) < ready {
+        assert!(
+            !running.is_finished(),
+            "the worker stopped while the engine healed: {:?}",
+            running.await
+        );
+        assert!(Instant::now() < deadline, "the ready tasks never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A worker keeps serving its queues while the engine heals itself: a claim the poisoned engine
 /// refuses makes it wait and claim again, instead of stopping until someone restarts it, and
 /// the tasks that were ready at the failure run once the disk works.
@@ -1216,17 +1251,8 @@ fn a_worker_waits_while_the_engine_heals_instead_of_stopping() {
         let mut worker = counting_worker(&engine, &ran);
         let stop = worker.shutdown_handle();
         // Started while the engine refuses: its first claim of the ready tasks is refused.
-        let running = tokio::spawn(async move { worker.start().await });
-        let deadline = Instant::now() + PATIENCE;
-        while ran.load(std::sync::atomic::Ordering::SeqCst) < ready {
-            assert!(
-                !running.is_finished(),
-                "the worker stopped while the engine healed: {:?}",
-                running.await
-            );
-            assert!(Instant::now() < deadline, "the ready tasks never ran");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let mut running = tokio::spawn(async move { worker.start().await });
+        wait_for_runs(&ran, ready, &mut running).await;
         assert!(
             disk.failures() > 1,
             "the attempts to heal met the failing disk too"
@@ -1311,6 +1337,48 @@ fn a_settlement_refused_while_the_engine_heals_is_made_once_it_has() {
     });
 }
 
+/// A worker across the control socket waits while the engine it reaches heals, as a local one
+/// does: the refusal that crosses the socket says the engine heals. (A worker in another
+/// process used to stop at the first refusal, since it could not tell.)
+#[test]
+fn a_remote_worker_waits_while_the_served_engine_heals() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("fq.sock");
+        let disk = FailingBackend::new(Vec::new(), FailMode::Never);
+        let engine =
+            open_serving(disk.clone(), None::<FailingBackend>, true, Some(&socket)).unwrap();
+        let remote = Engine::connect(&format!("unix:{}", socket.display()))
+            .await
+            .unwrap();
+        let ready = 20;
+        queue_ready(&remote, ready).await;
+        fail_and_see_writes_refused(&engine, &disk).await;
+        let ran = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut worker = counting_worker(&remote, &ran);
+        let stop = worker.shutdown_handle();
+        // Started while the engine refuses: its first claim of the ready tasks is refused.
+        let mut running = tokio::spawn(async move { worker.start().await });
+        let refused = remote
+            .queue_task_named("heal.refused", &json!({"args": [], "kwargs": {}}))
+            .send()
+            .await;
+        assert!(
+            matches!(&refused, Err(Error::Poisoned { healing: true, .. })),
+            "the refusal across the socket does not say the engine heals: {refused:?}"
+        );
+        wait_for_runs(&ran, ready, &mut running).await;
+        stop.shutdown();
+        let report = running.await.unwrap().unwrap();
+        assert_eq!(report.completed, ready, "{report:?}");
+        println!(
+            "a remote worker started on a poisoned engine ({} injected failures) ran all {ready} \
+             ready tasks once it healed",
+            disk.failures()
+        );
+    });
+}
+
 /// The other side: an engine built with `self_heal(false)` refuses writes until it is reopened,
 /// so a worker whose claim it refuses stops with that refusal instead of waiting forever.
 #[test]
@@ -1321,7 +1389,7 @@ fn a_worker_stops_when_the_engine_refuses_writes_for_good() {
         let mut worker = counting_worker(&engine, &ran);
         let ended = tokio::time::timeout(PATIENCE, worker.start()).await;
         assert!(
-            matches!(ended, Ok(Err(Error::Poisoned { .. }))),
+            matches!(ended, Ok(Err(Error::Poisoned { healing: false, .. }))),
             "the worker did not stop with the refusal: {ended:?}"
         );
         assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 0);

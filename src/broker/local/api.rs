@@ -262,10 +262,6 @@ impl Broker for LocalBroker {
         true
     }
 
-    fn poisoned_for_good(&self) -> bool {
-        self.shared.poisoned_for_good()
-    }
-
     fn events(&self) -> &EventBus {
         &self.shared.events
     }

@@ -121,9 +121,7 @@ pub(crate) struct Shared {
     pub(crate) stopping: AtomicBool,
     pub(crate) completions: CompletionRate,
     poisoned_flag: AtomicBool,
-    poison: Mutex<Option<String>>,
-    /// The writer plans to heal the store (`writer/heal.rs`): a poisoning now passes.
-    healing: AtomicBool,
+    poison: Mutex<Option<writer::Poisoning>>,
     pub(crate) writer_exit: WriterExit,
     /// Callers of `wait`, woken by the writer after the commit that settles their task.
     pub(crate) waiters: waiters::Waiters,
@@ -219,8 +217,8 @@ impl LocalBroker {
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command,
     ) -> Result<T> {
-        if let Some(reason) = self.shared.poisoned() {
-            return Err(Error::Poisoned { reason });
+        if let Some(refusal) = self.shared.refused() {
+            return Err(refusal);
         }
         let commands = self.commands.as_ref().ok_or(Error::ShutDown)?;
         let (reply, answer) = oneshot::channel();
@@ -231,10 +229,7 @@ impl LocalBroker {
                 // The writer dropped the reply: it stopped, or it panicked and is unwinding
                 // (the poison flag goes up only once it has dropped what it held).
                 self.shared.writer_exit.wait(WRITER_EXIT_WAIT).await;
-                Err(self
-                    .shared
-                    .poisoned()
-                    .map_or(Error::ShutDown, |reason| Error::Poisoned { reason }))
+                Err(self.shared.refused().unwrap_or(Error::ShutDown))
             }
         }
     }
@@ -409,8 +404,8 @@ impl LocalBroker {
         &self,
         run: RunRecord,
     ) -> Result<oneshot::Receiver<Result<RunRecorded>>> {
-        if let Some(reason) = self.shared.poisoned() {
-            return Err(Error::Poisoned { reason });
+        if let Some(refusal) = self.shared.refused() {
+            return Err(refusal);
         }
         let commands = self.commands.as_ref().ok_or(Error::ShutDown)?;
         let (reply, answer) = oneshot::channel();
@@ -465,8 +460,8 @@ impl LocalBroker {
 
     /// `Err(Poisoned)` once a failed commit made the store refuse writes.
     pub(crate) fn check_writable(&self) -> Result<()> {
-        match self.shared.poisoned() {
-            Some(reason) => Err(Error::Poisoned { reason }),
+        match self.shared.refused() {
+            Some(refusal) => Err(refusal),
             None => Ok(()),
         }
     }

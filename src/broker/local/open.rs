@@ -103,7 +103,6 @@ impl LocalBroker {
             completions: CompletionRate::default(),
             poisoned_flag: AtomicBool::new(false),
             poison: Mutex::new(None),
-            healing: AtomicBool::new(false),
             writer_exit: WriterExit::default(),
             waiters: Default::default(),
             handoffs: Default::default(),

@@ -81,7 +81,7 @@ async fn a_failed_commit_poisons_the_engine_until_reopened() {
     let lost_id = lost.id;
     let err = broker.enqueue(vec![lost]).await.unwrap_err();
     assert!(
-        matches!(&err, Error::Poisoned { reason } if reason.contains("committing")),
+        matches!(&err, Error::Poisoned { reason, .. } if reason.contains("committing")),
         "{err}"
     );
 
@@ -224,7 +224,7 @@ async fn a_btree_commit_failing_after_a_lone_request_was_answered_keeps_its_chan
         .store(false, Ordering::SeqCst);
     let err = broker.enqueue(vec![new_task()]).await.unwrap_err();
     assert!(
-        matches!(&err, Error::Poisoned { reason } if reason.contains("committing")),
+        matches!(&err, Error::Poisoned { reason, .. } if reason.contains("committing")),
         "the B-tree's commit did not fail: {err}"
     );
     drop(broker);
@@ -328,7 +328,7 @@ async fn a_task_handed_to_a_waiting_claim_stays_claimed_when_the_b_tree_commit_f
     };
     let err = broker.settle(completed()).await.unwrap_err();
     assert!(
-        matches!(&err, Error::Poisoned { reason } if reason.contains("committing")),
+        matches!(&err, Error::Poisoned { reason, .. } if reason.contains("committing")),
         "the B-tree's commit did not fail: {err}"
     );
     drop(broker);
@@ -384,7 +384,7 @@ async fn regression_a_writer_panic_was_reported_as_a_shutdown() {
     broker.store.panic_on_write.store(true, Ordering::SeqCst);
     let err = broker.enqueue(vec![new_task()]).await.unwrap_err();
     assert!(
-        matches!(&err, Error::Poisoned { reason } if reason.contains("panicked")),
+        matches!(&err, Error::Poisoned { reason, .. } if reason.contains("panicked")),
         "{err}"
     );
     let err = broker.enqueue(vec![new_task()]).await.unwrap_err();
@@ -490,4 +490,46 @@ async fn regression_a_purge_deleted_a_task_that_was_being_forwarded() {
     assert_eq!(broker.mark_forwarded(marks, 1).await.unwrap(), 1);
     let record = broker.task(read[0].0.id).await.unwrap().unwrap();
     assert_eq!(record.status, TaskStatus::Forwarded);
+}
+
+/// A refusal says whether the engine heals, from one value the writer sets with the poisoning:
+/// healing while planned, for good once the writer gives up (or never planned it), and none
+/// once the poison is lifted.
+#[tokio::test]
+async fn a_refusal_says_whether_the_engine_heals_until_it_gives_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open_at(&dir.path().join("fq.redb"));
+    let shared = &broker.shared;
+    assert!(shared.refused().is_none());
+    shared.poison("disk gone".into(), true);
+    let refusal = shared.refused();
+    assert!(
+        matches!(&refusal, Some(Error::Poisoned { reason, healing: true }) if reason == "disk gone"),
+        "{refusal:?}"
+    );
+    let refused = broker.enqueue(vec![new_task()]).await.unwrap_err();
+    assert!(
+        matches!(&refused, Error::Poisoned { healing: true, .. }),
+        "{refused:?}"
+    );
+    // A second failure while poisoned keeps the first reason and plan.
+    shared.poison("another".into(), false);
+    assert!(matches!(
+        shared.refused(),
+        Some(Error::Poisoned { healing: true, .. })
+    ));
+    shared.stop_healing();
+    let refused = broker.enqueue(vec![new_task()]).await.unwrap_err();
+    assert!(
+        matches!(&refused, Error::Poisoned { reason, healing: false } if reason == "disk gone"),
+        "{refused:?}"
+    );
+    shared.unpoison();
+    assert!(shared.refused().is_none());
+    // A refusal made as the poison lifts says the call may be made again.
+    assert!(matches!(
+        shared.refusal("disk gone".into()),
+        Error::Poisoned { healing: true, .. }
+    ));
+    broker.enqueue(vec![new_task()]).await.unwrap();
 }

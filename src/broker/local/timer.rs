@@ -141,7 +141,6 @@ mod loom_tests {
             completions: super::super::CompletionRate::default(),
             poisoned_flag: AtomicBool::new(false),
             poison: Mutex::new(None),
-            healing: AtomicBool::new(false),
             writer_exit: super::super::WriterExit::default(),
             waiters: Default::default(),
             paused: super::super::pause::PausedQueues::new(Vec::new()),
@@ -270,7 +269,7 @@ mod loom_tests {
             let shared = shared(clock());
             let writer = {
                 let shared = Arc::clone(&shared);
-                loom::thread::spawn(move || shared.poison("disk gone".into()))
+                loom::thread::spawn(move || shared.poison("disk gone".into(), false))
             };
             if shared.poisoned_flag.load(Ordering::SeqCst) {
                 assert_eq!(shared.poisoned().as_deref(), Some("disk gone"));

@@ -50,7 +50,7 @@ pub(super) fn fsync_rate(path: &Path, scattered_pages: u64, progress: Progress<'
         }
         durable_write(&file, &block).map_err(io)?;
         syncs += 1;
-        progress(phase, elapsed_ms(started), probe_ms());
+        progress(phase, elapsed_ms(started.elapsed()), probe_ms());
     }
     drop(file);
     let _ = std::fs::remove_file(path);
@@ -126,7 +126,7 @@ pub(super) async fn handed_off_fsync_rate(
                 handed_off.0 += 1;
             }
             handed_off.1 += slice.elapsed();
-            progress(PHASE, elapsed_ms(started), probe_ms());
+            progress(PHASE, elapsed_ms(started.elapsed()), probe_ms());
         }
         Ok::<(), Error>(())
     }
@@ -147,17 +147,15 @@ pub(super) async fn handed_off_fsync_rate(
 /// Durable commits per second of the store's engine alone (see [`store_commit_rate`]).
 pub(super) fn redb_commit_rate(path: &Path, progress: Progress<'_>) -> Result<f64> {
     let commits_per_sec = store_commit_rate(path, PROBE, |elapsed| {
-        progress(
-            "redb commit rate",
-            whole_ms(elapsed).min(probe_ms()),
-            probe_ms(),
-        );
+        progress("redb commit rate", elapsed_ms(elapsed), probe_ms());
     })?;
     Ok(commits_per_sec)
 }
 
-fn elapsed_ms(started: Instant) -> u64 {
-    whole_ms(started.elapsed()).min(probe_ms())
+/// How far into a probe `elapsed` is, for its progress line (a probe's last step may end
+/// past its length).
+fn elapsed_ms(elapsed: Duration) -> u64 {
+    whole_ms(elapsed).min(probe_ms())
 }
 
 fn probe_ms() -> u64 {

@@ -66,6 +66,7 @@ fn errors_survive_the_wire() {
         Error::QueueFull { limit: 10 },
         Error::Poisoned {
             reason: "disk full".into(),
+            healing: false,
         },
     ];
     for error in errors {
@@ -79,6 +80,24 @@ fn errors_survive_the_wire() {
             "{text}"
         );
     }
+    // Whether a poisoned engine heals crosses the socket: a remote worker waits for one that
+    // does and stops for one that does not; a server that does not say is taken as not.
+    for healing in [true, false] {
+        let error = Error::Poisoned {
+            reason: "disk full".into(),
+            healing,
+        };
+        let back = error_from_wire(error_to_wire(&error));
+        assert!(
+            matches!(&back, Error::Poisoned { reason, healing: h } if reason == "disk full" && *h == healing),
+            "{back:?}"
+        );
+    }
+    let silent = WireError::new("poisoned", "engine is poisoned: disk full");
+    assert!(matches!(
+        error_from_wire(silent),
+        Error::Poisoned { healing: false, .. }
+    ));
     let back = error_from_wire(error_to_wire(&Error::invalid("queue", "bad")));
     assert!(matches!(back, Error::InvalidInput { field: "queue", .. }));
     let remote = error_from_wire(WireError::new("store", "disk on fire"));

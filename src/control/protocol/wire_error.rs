@@ -41,6 +41,10 @@ pub(crate) struct WireError {
     /// `wait_timeout`: how long the wait lasted, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) waited_ms: Option<u64>,
+    /// `poisoned`: the engine heals itself, so the call may succeed later (absent, from a
+    /// server that does not say: it may not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) healing: Option<bool>,
 }
 
 impl WireError {
@@ -181,7 +185,10 @@ pub(crate) fn error_to_wire(error: &Error) -> WireError {
             waited_ms: Some(crate::clock::duration_ms(*timeout)),
             ..WireError::new("wait_timeout", message)
         },
-        Error::Poisoned { .. } => WireError::new("poisoned", message),
+        Error::Poisoned { healing, .. } => WireError {
+            healing: Some(*healing),
+            ..WireError::new("poisoned", message)
+        },
         Error::ShutDown => WireError::new("shut_down", message),
         Error::Store(_) => WireError::new("store", message),
         Error::Config(_) => WireError::new("config", message),
@@ -242,6 +249,7 @@ pub(crate) fn error_from_wire(wire: WireError) -> Error {
                 "engine is poisoned and refuses writes until its store works again or it is reopened: ",
                 &wire.message,
             ),
+            healing: wire.healing.unwrap_or(false),
         }),
         // Not `Error::ShutDown`: that would stop a remote worker for good, while a server
         // shutting down is one that restarts; the worker reconnects instead.

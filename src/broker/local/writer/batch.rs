@@ -160,8 +160,8 @@ impl Writer {
                 // The batch's own callers learn why their commit failed: a full disk is
                 // something they can act on, and must not read as a bug. Later writes see
                 // the poisoning, which names the same cause.
-                pipeline::fail_answers(batch.answers, &error, &reason);
-                pipeline::fail_commands(unapplied, &error, &reason);
+                pipeline::fail_answers(&self.shared, batch.answers, &error, &reason);
+                pipeline::fail_commands(&self.shared, unapplied, &error, &reason);
             }
         }
         false

@@ -37,18 +37,19 @@ impl Healing {
 }
 
 impl Writer {
-    /// After a failed commit (the engine is poisoned with `reason`): plans the first attempt to
-    /// heal, unless healing is off or a lazy commit may have been lost with the failure.
-    pub(super) fn start_healing(&mut self, reason: &str) {
+    /// After a failed commit (the engine is about to be poisoned with `reason`): plans the
+    /// first attempt to heal, unless healing is off or a lazy commit may have been lost with
+    /// the failure. True when it planned one.
+    pub(super) fn start_healing(&mut self, reason: &str) -> bool {
         if !self.settings.self_heal || self.unflushed_since.is_some() {
-            return;
+            return false;
         }
         self.healing = Some(Healing {
             attempts: 0,
             next_at: Instant::now() + Healing::pause(0),
             reason: reason.to_owned(),
         });
-        self.shared.set_healing(true);
+        true
     }
 
     /// When the next attempt to heal is due, if one is planned.
@@ -79,14 +80,12 @@ impl Writer {
                     "the store works again; writes are accepted"
                 );
                 self.healing = None;
-                // Lifted first: the engine is never seen poisoned with no healing planned.
                 self.shared.unpoison();
-                self.shared.set_healing(false);
             }
             Err(error) if attempts >= MOST_ATTEMPTS => {
                 tracing::error!(%error, attempts, "the store still fails; giving up healing, reopen the engine");
                 self.healing = None;
-                self.shared.set_healing(false);
+                self.shared.stop_healing();
                 self.reopen_for_reads();
             }
             Err(error) => {

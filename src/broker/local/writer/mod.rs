@@ -99,7 +99,7 @@ struct PoisonOnPanic<'a>(&'a Shared);
 impl Drop for PoisonOnPanic<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0.poison("the writer thread panicked".into());
+            self.0.poison("the writer thread panicked".into(), false);
         }
         self.0.writer_exit.mark();
     }
@@ -204,9 +204,7 @@ impl Writer {
             }
             if let Some(reason) = self.shared.poisoned() {
                 for command in pending {
-                    command.fail(Error::Poisoned {
-                        reason: reason.clone(),
-                    });
+                    command.fail(self.shared.refusal(reason.clone()));
                 }
                 continue;
             }
@@ -234,7 +232,7 @@ impl Writer {
         if let Err(error) = self.store.write(|_| Ok(())) {
             let reason = error.to_string();
             tracing::error!(error = %reason, "commit failed; the engine refuses writes until reopened");
-            self.shared.poison(reason);
+            self.shared.poison(reason, false);
             self.reopen_for_reads();
         }
     }
@@ -257,10 +255,8 @@ impl Writer {
     /// and plans to heal.
     fn commit_failed(&mut self, reason: &str) {
         tracing::error!(error = %reason, "commit failed; the engine refuses writes until the store works again");
-        // Planned before the poisoning is visible: a worker refused by it must never see it
-        // poisoned for good while the engine is about to heal.
-        self.start_healing(reason);
-        self.shared.poison(reason.to_owned());
+        let healing = self.start_healing(reason);
+        self.shared.poison(reason.to_owned(), healing);
         self.reopen_for_reads();
     }
 
@@ -462,46 +458,69 @@ fn load(tables: &WriteTables<'_>, id: TaskId) -> Result<Result<StoredTask>, Stor
     }
 }
 
+/// Why the engine refuses writes, and whether the writer plans to heal it: one value, so that
+/// no reader sees a poisoning without its plan.
+#[derive(Debug)]
+pub(crate) struct Poisoning {
+    reason: String,
+    healing: bool,
+}
+
 impl Shared {
-    pub(crate) fn poison(&self, reason: String) {
-        let mut slot = self
-            .poison
+    fn poisoning(&self) -> crate::sync::MutexGuard<'_, Option<Poisoning>> {
+        self.poison
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Refuses writes for `reason`; `healing`: the writer plans to heal the store. A second
+    /// poisoning keeps the first's reason and plan.
+    pub(crate) fn poison(&self, reason: String, healing: bool) {
+        let mut slot = self.poisoning();
         if slot.is_none() {
-            *slot = Some(reason);
+            *slot = Some(Poisoning { reason, healing });
         }
         self.poisoned_flag.store(true, Ordering::SeqCst);
     }
 
     /// Lifts the poison: the writer healed the store.
     pub(crate) fn unpoison(&self) {
-        let mut slot = self
-            .poison
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slot = self.poisoning();
         *slot = None;
         self.poisoned_flag.store(false, Ordering::SeqCst);
     }
 
-    /// The writer plans to heal the store, or no longer does (healed, or given up).
-    pub(crate) fn set_healing(&self, healing: bool) {
-        self.healing.store(healing, Ordering::SeqCst);
+    /// The writer gave up healing: writes stay refused until the engine is reopened.
+    pub(crate) fn stop_healing(&self) {
+        if let Some(poisoning) = self.poisoning().as_mut() {
+            poisoning.healing = false;
+        }
     }
 
-    /// Poisoned, and no attempt to heal is planned: writes stay refused until the engine is
-    /// reopened.
-    pub(crate) fn poisoned_for_good(&self) -> bool {
-        self.poisoned_flag.load(Ordering::SeqCst) && !self.healing.load(Ordering::SeqCst)
+    /// The refusal of a call while the engine is poisoned, if it is.
+    pub(crate) fn refused(&self) -> Option<Error> {
+        if !self.poisoned_flag.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.poisoning().as_ref().map(|poisoning| Error::Poisoned {
+            reason: poisoning.reason.clone(),
+            healing: poisoning.healing,
+        })
+    }
+
+    /// The refusal for a failure that `reason` names, saying whether the engine heals (an
+    /// engine no longer poisoned has healed: the call may be made again).
+    pub(crate) fn refusal(&self, reason: String) -> Error {
+        let healing = self.poisoning().as_ref().is_none_or(|p| p.healing);
+        Error::Poisoned { reason, healing }
     }
 
     pub(crate) fn poisoned(&self) -> Option<String> {
         if !self.poisoned_flag.load(Ordering::SeqCst) {
             return None;
         }
-        self.poison
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.poisoning()
+            .as_ref()
+            .map(|poisoning| poisoning.reason.clone())
     }
 }

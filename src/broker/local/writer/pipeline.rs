@@ -16,7 +16,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender};
 
 use super::command::Answer;
-use super::{Batch, Command, Writer};
+use super::{Batch, Command, Shared, Writer};
 use crate::Error;
 use crate::store::{LogSync, StoreError};
 
@@ -356,14 +356,15 @@ impl Writer {
         let reason = error.to_string();
         self.commit_failed(&reason);
         for batch in failed {
-            fail_answers(batch.batch.answers, error, &reason);
+            fail_answers(&self.shared, batch.batch.answers, error, &reason);
         }
     }
 }
 
 /// What a caller whose commit failed with `error` is told: a full disk as such (something they
-/// can act on), anything else as the engine's poisoning, which names the same cause.
-pub(super) fn answer_error(error: &StoreError, reason: &str) -> Error {
+/// can act on), anything else as the engine's poisoning, which names the same cause and says
+/// whether the engine heals.
+pub(super) fn answer_error(shared: &Shared, error: &StoreError, reason: &str) -> Error {
     match error {
         StoreError::Full {
             path,
@@ -374,23 +375,31 @@ pub(super) fn answer_error(error: &StoreError, reason: &str) -> Error {
             free_bytes: *free_bytes,
             needed_bytes: *needed_bytes,
         }),
-        _ => Error::Poisoned {
-            reason: reason.to_owned(),
-        },
+        _ => shared.refusal(reason.to_owned()),
     }
 }
 
 /// Fails commands that were never applied with the answer for `error`.
-pub(super) fn fail_commands(commands: Vec<Command>, error: &StoreError, reason: &str) {
+pub(super) fn fail_commands(
+    shared: &Shared,
+    commands: Vec<Command>,
+    error: &StoreError,
+    reason: &str,
+) {
     for command in commands {
-        command.fail(answer_error(error, reason));
+        command.fail(answer_error(shared, error, reason));
     }
 }
 
 /// Fails the answers of a batch whose commit failed.
-pub(super) fn fail_answers(answers: Vec<Answer>, error: &StoreError, reason: &str) {
+pub(super) fn fail_answers(
+    shared: &Shared,
+    answers: Vec<Answer>,
+    error: &StoreError,
+    reason: &str,
+) {
     for answer in answers {
-        answer.fail(answer_error(error, reason));
+        answer.fail(answer_error(shared, error, reason));
     }
 }
 
