@@ -512,11 +512,16 @@ async fn a_refusal_says_whether_the_engine_heals_until_it_gives_up() {
         matches!(&refused, Error::Poisoned { healing: true, .. }),
         "{refused:?}"
     );
-    // A second failure while poisoned keeps the first reason and plan.
+    // A second failure while poisoned keeps the first reason and takes the latest plan.
     shared.poison("another".into(), false);
     assert!(matches!(
         shared.refused(),
-        Some(Error::Poisoned { healing: true, .. })
+        Some(Error::Poisoned { reason, healing: false }) if reason == "disk gone"
+    ));
+    shared.poison("again".into(), true);
+    assert!(matches!(
+        shared.refused(),
+        Some(Error::Poisoned { reason, healing: true }) if reason == "disk gone"
     ));
     shared.stop_healing();
     let refused = broker.enqueue(vec![new_task()]).await.unwrap_err();

@@ -474,11 +474,13 @@ impl Shared {
     }
 
     /// Refuses writes for `reason`; `healing`: the writer plans to heal the store. A second
-    /// poisoning keeps the first's reason and plan.
+    /// poisoning keeps the first's reason and takes the writer's latest plan (a commit failing
+    /// again replans the healing; a panicking writer heals nothing).
     pub(crate) fn poison(&self, reason: String, healing: bool) {
         let mut slot = self.poisoning();
-        if slot.is_none() {
-            *slot = Some(Poisoning { reason, healing });
+        match slot.as_mut() {
+            Some(poisoning) => poisoning.healing = healing,
+            None => *slot = Some(Poisoning { reason, healing }),
         }
         self.poisoned_flag.store(true, Ordering::SeqCst);
     }
