@@ -101,6 +101,17 @@ impl EngineBuilder {
         self
     }
 
+    /// Keeps the B-tree transaction of every batch open for the next ones (`store/held.rs`),
+    /// which the engine otherwise does only for batches that commit while a sync of the log
+    /// runs, and sends every batch through the pipeline: for fq's own crash-image and error
+    /// tests of held transactions; not a stable API.
+    #[doc(hidden)]
+    pub fn hold_every_batch(mut self) -> Self {
+        self.store.sync_lone_batches_here = false;
+        self.store.hold_every_batch = true;
+        self
+    }
+
     /// Whether the engine serves its control socket, so other processes (the `fq` CLI,
     /// `Engine::connect`) can reach it (default true). The socket and TCP listener come from
     /// the configuration's `control` section.

@@ -6,7 +6,9 @@
 //! is visible or kept, exactly as when redb's own commit fails. A record the log took whose
 //! B-tree commit then fails is taken back before the error is returned, except after a
 //! [`Commit::SyncedHere`]: its record is durable, its callers may have been answered, and the
-//! reopen that follows the failure applies the record again from the log.
+//! reopen that follows the failure applies the record again from the log. The same goes for the
+//! batches a held transaction carried before the one whose commit failed (`held.rs`): only the
+//! failing batch's record is taken back.
 
 use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
@@ -26,6 +28,11 @@ pub(crate) enum Commit {
     Durable,
     /// With the log, durable once a later sync of the log returns (`Store::write_as`).
     Deferred,
+    /// As `Deferred`, and the B-tree's transaction may stay open for the next writes instead
+    /// of committing (`held.rs`, `StoreOptions::hold_batches`); reads on other threads wait
+    /// until it commits. For a writer with more batches coming: an idle one would rather have
+    /// the commit overlap the log's sync.
+    Held,
     /// Visible at once, durable with the next durable commit; may be lost in a crash.
     Lazy,
     /// With the log: the record is synced on this thread, and the B-tree's commit is left to
@@ -181,7 +188,10 @@ impl Store {
                 source: std::io::Error::other("redo log diverged"),
             });
         }
-        let mut txn = self.begin_write()?;
+        let (mut txn, held_batches) = match self.take_held() {
+            Some(held) => (held.txn, held.batches),
+            None => (self.begin_write()?, 0),
+        };
         // With the log, the B-tree's commit never syncs: the log's record is what lasts.
         let durability = if durable && wal.is_none() {
             Durability::Immediate
@@ -255,6 +265,7 @@ impl Store {
         };
         if !durable {
             txn.commit().map_err(commit_error)?;
+            self.visible.commit_done_if_pending();
             wal.unlogged.extend_from_slice(&changes.take());
             return Ok(Written::done(result));
         }
@@ -262,11 +273,13 @@ impl Store {
             txn.set_durability(Durability::Immediate)
                 .map_err(|e| err(e.into()))?;
             txn.commit().map_err(commit_error)?;
+            self.visible.commit_done_if_pending();
             wal.checkpointed();
             self.visible.all_durable();
             return Ok(Written::done(result));
         }
-        let deferred = mode == Commit::Deferred && wal.syncer.is_some();
+        let deferred = matches!(mode, Commit::Deferred | Commit::Held) && wal.syncer.is_some();
+        let hold = deferred && mode == Commit::Held && self.may_hold(held_batches + 1);
         let mut payload = std::mem::take(&mut wal.unlogged);
         let unlogged_len = payload.len();
         payload.extend_from_slice(&changes.take());
@@ -290,7 +303,16 @@ impl Store {
                 if let (Some(start), Some(job)) = (start_sync, job) {
                     start(job);
                 }
-                match self.commit_after_log(txn) {
+                let committed = if hold {
+                    self.hold(txn, held_batches + 1);
+                    Ok(())
+                } else {
+                    self.commit_after_log(txn)
+                        .map(|()| self.visible.commit_done_if_pending())
+                };
+                match committed {
+                    // The batches a held transaction carried before this one stay in the
+                    // log: the caller answers them and reopens the store, which applies them.
                     Err(error) => {
                         take_back(wal);
                         Some(commit_error(error))
@@ -317,10 +339,16 @@ impl Store {
                     });
                     None
                 }
-                Ok(()) => self.commit_after_log(txn).err().map(|error| {
-                    take_back(wal);
-                    commit_error(error)
-                }),
+                Ok(()) => match self.commit_after_log(txn) {
+                    Ok(()) => {
+                        self.visible.commit_done_if_pending();
+                        None
+                    }
+                    Err(error) => {
+                        take_back(wal);
+                        Some(commit_error(error))
+                    }
+                },
             },
         };
         if let Some(error) = failed {
@@ -359,7 +387,10 @@ impl Store {
     /// Commits the B-tree after the log took the transaction's record. In unit tests it fails
     /// instead while `fail_commit_after_log` is set: the one failure that leaves a record in
     /// the log to take back.
-    fn commit_after_log(&self, txn: redb::WriteTransaction) -> Result<(), redb::CommitError> {
+    pub(super) fn commit_after_log(
+        &self,
+        txn: redb::WriteTransaction,
+    ) -> Result<(), redb::CommitError> {
         #[cfg(test)]
         if self.fail_commit_after_log.load(Ordering::SeqCst) {
             drop(txn);

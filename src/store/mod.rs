@@ -10,6 +10,7 @@ mod copy_on_write;
 mod create;
 mod error;
 mod handle;
+mod held;
 pub use handle::quiet_caught_storage_panics;
 pub(crate) use handle::under_damage_guard;
 mod integrity;
@@ -85,6 +86,13 @@ pub(crate) struct StoreOptions {
     /// before the B-tree commits (`Commit::SyncedHere`); off, every batch takes the pipeline
     /// (tests of the pipeline turn it off).
     pub(crate) sync_lone_batches_here: bool,
+    /// How many logged batches one B-tree transaction of the writer carries at most
+    /// (`Commit::Held`, `held.rs`); 1: each commits its own.
+    pub(crate) hold_batches: u32,
+    /// The writer holds the B-tree transaction of every batch on the pipeline, the first of a
+    /// burst too, which otherwise commits while its sync runs (tests, which cannot time a
+    /// batch to arrive while a sync runs, and crash images of held transactions).
+    pub(crate) hold_every_batch: bool,
 }
 
 impl Default for StoreOptions {
@@ -99,6 +107,8 @@ impl Default for StoreOptions {
             wal_checkpoint_bytes: wal::CHECKPOINT_BYTES,
             forget_missing_log: false,
             sync_lone_batches_here: true,
+            hold_batches: held::HOLD_BATCHES,
+            hold_every_batch: false,
         }
     }
 }
@@ -130,6 +140,9 @@ pub(crate) struct Store {
     /// Thrown after a failed log sync: the B-tree's storage then takes no more writes, so the
     /// close before the reopen leaves it as its last durable commit did (`backend::Fenced`).
     fence: backend::Fence,
+    /// The writer's transaction carrying logged batches not yet committed to the B-tree
+    /// (`held.rs`); every write takes it, so whatever commits next commits them too.
+    held: Mutex<Option<held::Held>>,
     /// Makes every commit fail, so tests can see what a failed fsync does to the engine.
     #[cfg(test)]
     pub(crate) fail_commits: std::sync::atomic::AtomicBool,
@@ -305,6 +318,7 @@ impl Store {
             forgot_log: std::sync::atomic::AtomicBool::new(false),
             visible: visible::Visibility::default(),
             fence: backend::Fence::default(),
+            held: Mutex::new(None),
             #[cfg(test)]
             fail_commits: std::sync::atomic::AtomicBool::new(false),
             #[cfg(test)]

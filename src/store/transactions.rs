@@ -35,6 +35,8 @@ impl Store {
     }
 
     fn reopen_held(&self) -> Result<(), StoreError> {
+        // Its batches are in the log, which the reopen applies again.
+        self.drop_held();
         let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
         // Closed first: redb locks the file, and the new handle needs that lock.
         drop(slot.take());
@@ -92,7 +94,12 @@ impl Store {
         }
     }
 
+    /// The writer's held transaction if there is one (`held.rs`): whatever commits it commits
+    /// the batches it carries, which are in the log already. Else a new transaction.
     pub(super) fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        if let Some(held) = self.take_held() {
+            return Ok(held.txn);
+        }
         let slot = self.db.read().unwrap_or_else(PoisonError::into_inner);
         let handle = slot.as_ref().ok_or_else(|| self.closed())?;
         let db = handle

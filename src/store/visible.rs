@@ -13,7 +13,9 @@
 //!
 //! The other way round, a lone request's commit is durable before it is visible: its record is
 //! synced, its callers answered, and only then does the B-tree commit (`Commit::SyncedHere`).
-//! From before the first answer until that commit, reads wait before they take a snapshot.
+//! From before the first answer until that commit, reads wait before they take a snapshot. The
+//! same holds while the writer keeps a B-tree transaction open across logged batches
+//! (`held.rs`); a read waiting then asks the writer to commit it (`Visibility::commit_wanted`).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,6 +41,9 @@ pub(super) struct Visibility {
     /// A durable change is answered and not yet in the B-tree: reads wait before their
     /// snapshot. Set and cleared under `state`'s lock; read without it on the fast path.
     commit_pending: AtomicBool,
+    /// A read waits at the gate: the writer commits its held transaction rather than carry
+    /// on (`held.rs`). Cleared with `commit_pending`.
+    commit_wanted: AtomicBool,
 }
 
 #[derive(Default)]
@@ -90,6 +95,9 @@ impl Visibility {
     /// A synced change is about to be answered before the B-tree commits it: reads on other
     /// threads wait before their snapshot until [`Visibility::commit_done`].
     pub(super) fn hold_for_commit(&self) {
+        if self.commit_pending.load(Ordering::SeqCst) {
+            return;
+        }
         let _state = self.lock();
         self.commit_pending.store(true, Ordering::SeqCst);
     }
@@ -98,7 +106,21 @@ impl Visibility {
     pub(super) fn commit_done(&self) {
         let _state = self.lock();
         self.commit_pending.store(false, Ordering::SeqCst);
+        self.commit_wanted.store(false, Ordering::SeqCst);
         self.changed.notify_all();
+    }
+
+    /// As [`Visibility::commit_done`], after a commit that may carry held batches: the lock
+    /// is taken only when reads wait for one.
+    pub(super) fn commit_done_if_pending(&self) {
+        if self.commit_pending.load(Ordering::SeqCst) {
+            self.commit_done();
+        }
+    }
+
+    /// Whether a read waits at the gate for the B-tree's commit.
+    pub(super) fn commit_wanted(&self) -> bool {
+        self.commit_wanted.load(Ordering::SeqCst)
     }
 
     /// Waits, before a read takes its snapshot, until no answered change waits for the B-tree.
@@ -108,6 +130,7 @@ impl Visibility {
         }
         let mut state = self.lock();
         while self.commit_pending.load(Ordering::SeqCst) {
+            self.commit_wanted.store(true, Ordering::SeqCst);
             state = self
                 .changed
                 .wait(state)
@@ -123,6 +146,7 @@ impl Visibility {
         // A read waiting for a failed B-tree commit goes on to its snapshot and waits there for
         // the reopen, which applies the log again, and then takes a new one.
         self.commit_pending.store(false, Ordering::SeqCst);
+        self.commit_wanted.store(false, Ordering::SeqCst);
         self.changed.notify_all();
     }
 

@@ -384,7 +384,9 @@ impl Store {
             }
             .map_err(|e| err(e.into()))?;
         }
-        txn.commit().map_err(|e| err(e.into()))
+        txn.commit().map_err(|e| err(e.into()))?;
+        self.visible.commit_done_if_pending();
+        Ok(())
     }
 
     /// Applies `records` in one commit of `durability`.
@@ -460,6 +462,7 @@ impl Store {
         }
         let started = Instant::now();
         txn.commit().map_err(|e| err(e.into()))?;
+        self.visible.commit_done_if_pending();
         tracing::debug!(took = ?started.elapsed(), log_bytes = wal.log.end(), "checkpoint");
         wal.checkpointed();
         self.visible.all_durable();

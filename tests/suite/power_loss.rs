@@ -91,6 +91,27 @@ fn open_serving(
     heal: bool,
     socket: Option<&std::path::Path>,
 ) -> fq::Result<Engine> {
+    builder_on(backend, log, heal, socket).open()
+}
+
+/// [`open_with_log`] with the log on `log`, every batch's B-tree transaction held open for
+/// the next ones (`EngineBuilder::hold_every_batch`), so crash points and failures meet
+/// transactions that carry answered batches.
+fn open_holding(
+    backend: impl redb::StorageBackend,
+    log: impl redb::StorageBackend,
+) -> fq::Result<Engine> {
+    builder_on(backend, Some(log), false, None)
+        .hold_every_batch()
+        .open()
+}
+
+fn builder_on(
+    backend: impl redb::StorageBackend,
+    log: Option<impl redb::StorageBackend>,
+    heal: bool,
+    socket: Option<&std::path::Path>,
+) -> fq::EngineBuilder {
     let mut config = Config::default();
     config.limits.min_free_bytes = 0;
     config.write_ahead_log = log.is_some();
@@ -106,7 +127,6 @@ fn open_serving(
         Some(log) => builder.log_backend(log).wal_checkpoint_bytes(4096),
         None => builder,
     }
-    .open()
 }
 
 /// The disks of a recorded run: the store's, and the write-ahead log's when the engine keeps
@@ -115,20 +135,36 @@ struct Recorded {
     store: RecordingBackend,
     log: Option<RecordingBackend>,
     clock: SharedClock,
+    commits: Commits,
+}
+
+/// How the engine of a recorded run commits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Commits {
+    /// Each commit synced by redb, no log.
+    BTree,
+    /// Through the write-ahead log, as configured by default.
+    Log,
+    /// Through the log, every batch's B-tree transaction held open for the next ones.
+    Held,
 }
 
 impl Recorded {
-    fn new(wal: bool) -> Self {
+    fn new(commits: Commits) -> Self {
         let clock = SharedClock::default();
         Self {
             store: RecordingBackend::on_clock(&clock),
-            log: wal.then(|| RecordingBackend::on_clock(&clock)),
+            log: (commits != Commits::BTree).then(|| RecordingBackend::on_clock(&clock)),
             clock,
+            commits,
         }
     }
 
     fn open(&self) -> fq::Result<Engine> {
-        open_with_log(self.store.clone(), self.log.clone(), false)
+        match (&self.log, self.commits) {
+            (Some(log), Commits::Held) => open_holding(self.store.clone(), log.clone()),
+            (log, _) => open_with_log(self.store.clone(), log.clone(), false),
+        }
     }
 }
 
@@ -526,7 +562,7 @@ async fn verify_store(engine: &Engine, model: &Model, crash_point: Option<u64>) 
 
 #[test]
 fn crash_images_open_with_every_acknowledged_operation_and_sound_indexes() {
-    power_loss_run(false);
+    power_loss_run(Commits::BTree);
 }
 
 /// The same, with the write-ahead log: images of the store and of its log cut at the same
@@ -534,22 +570,30 @@ fn crash_images_open_with_every_acknowledged_operation_and_sound_indexes() {
 /// synced), so every interleaving of appends, checkpoints and rewinds meets a cut.
 #[test]
 fn crash_images_with_the_write_ahead_log_lose_nothing_acknowledged() {
-    power_loss_run(true);
+    power_loss_run(Commits::Log);
 }
 
-fn power_loss_run(wal: bool) {
+/// The same, with every batch's B-tree transaction held open for the next ones
+/// (`store/held.rs`): crash points fall while the B-tree lacks up to 16 answered batches, and
+/// inside the commits that carry them.
+#[test]
+fn crash_images_with_held_transactions_lose_nothing_acknowledged() {
+    power_loss_run(Commits::Held);
+}
+
+fn power_loss_run(commits: Commits) {
+    let wal = commits != Commits::BTree;
     let seed = seed();
     let panics_before = panics::mark();
     let (operations, images) = if full() { (1_000, 10_000) } else { (150, 500) };
     println!(
-        "power_loss crash images{}: seed {seed} (FQ_SEED={seed} replays), full={}",
-        if wal { " with the write-ahead log" } else { "" },
+        "power_loss crash images ({commits:?}): seed {seed} (FQ_SEED={seed} replays), full={}",
         full()
     );
 
     // The recorded run.
     let started = Instant::now();
-    let recorded = Recorded::new(wal);
+    let recorded = Recorded::new(commits);
     let position = {
         let clock = recorded.clock.clone();
         Box::new(move || clock.now() as u64)
@@ -768,6 +812,8 @@ struct SweepFigures {
 enum SweepDisk {
     Store,
     Log,
+    /// The log's, with every batch's B-tree transaction held open for the next ones.
+    HeldLog,
 }
 
 /// An engine on the sweep's disks: `disk` is the one that fails, `store` the healthy store
@@ -780,6 +826,7 @@ fn open_sweep(
     match target {
         SweepDisk::Store => open_on(disk.clone()),
         SweepDisk::Log => open_with_log(store.clone(), Some(disk.clone()), false),
+        SweepDisk::HeldLog => open_holding(store.clone(), disk.clone()),
     }
 }
 
@@ -913,6 +960,13 @@ fn error_sweep_fails_every_operation_of_a_100_operation_workload() {
 #[test]
 fn error_sweep_fails_every_operation_of_the_write_ahead_log() {
     error_sweep(SweepDisk::Log);
+}
+
+/// The same, with every batch's B-tree transaction held open for the next ones
+/// (`store/held.rs`): a failed append or sync meets a transaction carrying answered batches.
+#[test]
+fn error_sweep_fails_every_operation_of_the_log_under_held_transactions() {
+    error_sweep(SweepDisk::HeldLog);
 }
 
 fn error_sweep(target: SweepDisk) {

@@ -135,6 +135,7 @@ impl LocalBroker {
             answered_at: None,
             last_commit: Duration::ZERO,
             unflushed_since: None,
+            held_commit_at: None,
             healing: None,
             forwarding: std::collections::HashSet::new(),
             instruments: settings

@@ -57,6 +57,21 @@ async fn enqueue_once_healed(broker: &LocalBroker) -> TaskId {
     }
 }
 
+/// Enqueues a task and reads it back, then makes B-tree commits after the log fail and
+/// enqueues another, which is answered before its B-tree commit; both ids. The read waits for
+/// the first task's B-tree commit (the gate of `store/visible.rs`), so the failure cannot hit
+/// that commit instead.
+async fn keep_one_then_answer_one_failing(broker: &LocalBroker) -> (TaskId, TaskId) {
+    let kept = broker.enqueue(vec![new_task()]).await.unwrap()[0].id;
+    assert!(broker.task(kept).await.unwrap().is_some());
+    broker
+        .store
+        .fail_commit_after_log
+        .store(true, Ordering::SeqCst);
+    let answered = broker.enqueue(vec![new_task()]).await.unwrap()[0].id;
+    (kept, answered)
+}
+
 /// With healing off, a failed commit must never be acknowledged, and the engine must refuse
 /// every later write (even once the disk recovers) until it is reopened, while reads keep
 /// working.
@@ -148,10 +163,12 @@ async fn a_failed_commit_heals_by_itself_once_the_store_works_again() {
 async fn a_commit_failing_after_its_log_sync_started_heals_and_never_comes_back() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fq.redb");
-    // A lone request would sync on the writer's thread and be answered first (the next test).
+    // A lone request would sync on the writer's thread and be answered first (the next test);
+    // a held transaction would commit after the answer (the test after it).
     let pipelined = LocalSettings {
         store: StoreOptions {
             sync_lone_batches_here: false,
+            hold_batches: 1,
             ..StoreOptions::default()
         },
         ..settings()
@@ -204,16 +221,7 @@ async fn a_btree_commit_failing_after_a_lone_request_was_answered_keeps_its_chan
     };
     let open = || LocalBroker::open(&path, no_healing(), Arc::new(SystemClock), EventBus::new());
     let broker = open().unwrap();
-    let kept = broker.enqueue(vec![new_task()]).await.unwrap()[0].id;
-    // `kept` was answered before its own B-tree commit; a read waits for that commit, so the
-    // failure armed next cannot hit it instead.
-    assert!(broker.task(kept).await.unwrap().is_some());
-
-    broker
-        .store
-        .fail_commit_after_log
-        .store(true, Ordering::SeqCst);
-    let answered = broker.enqueue(vec![new_task()]).await.unwrap()[0].id;
+    let (kept, answered) = keep_one_then_answer_one_failing(&broker).await;
     assert!(
         broker.task(answered).await.unwrap().is_some(),
         "an answered change is missing from reads after its B-tree commit failed"
@@ -233,6 +241,52 @@ async fn a_btree_commit_failing_after_a_lone_request_was_answered_keeps_its_chan
         assert!(broker.task(id).await.unwrap().is_some(), "{id} was lost");
     }
     broker.enqueue(vec![new_task()]).await.unwrap();
+}
+
+/// A batch on the pipeline is answered once its log sync returns, while the B-tree
+/// transaction carrying it stays open for later batches (`store/held.rs`); the writer commits
+/// it before it sleeps. If that commit fails, the answers stand: the batches are durable in
+/// the log, reads wait for the reopen that applies it again and then see them, the engine
+/// refuses writes until it heals, and a reopened engine has them too.
+#[tokio::test]
+async fn a_held_transaction_failing_after_its_batches_were_answered_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fq.redb");
+    // A batch is held only while a sync runs, which a test cannot time.
+    let holding = LocalSettings {
+        store: StoreOptions {
+            sync_lone_batches_here: false,
+            hold_every_batch: true,
+            ..StoreOptions::default()
+        },
+        ..settings()
+    };
+    let broker = LocalBroker::open(&path, holding, Arc::new(SystemClock), EventBus::new()).unwrap();
+    let (kept, answered) = keep_one_then_answer_one_failing(&broker).await;
+    // The writer commits the held transaction before it sleeps, right after the answer.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while broker.shared.poisoned().is_none() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let refused = broker.enqueue(vec![new_task()]).await.unwrap_err();
+    assert!(
+        matches!(&refused, Error::Poisoned { reason, healing: true } if reason.contains("committing")),
+        "the held transaction's commit did not fail: {refused}"
+    );
+    assert!(
+        broker.task(answered).await.unwrap().is_some(),
+        "an answered batch is missing from reads after its held transaction failed to commit"
+    );
+    broker
+        .store
+        .fail_commit_after_log
+        .store(false, Ordering::SeqCst);
+    let healed = enqueue_once_healed(&broker).await;
+    drop(broker);
+    let broker = open_at(&path);
+    for id in [kept, answered, healed] {
+        assert!(broker.task(id).await.unwrap().is_some(), "{id} was lost");
+    }
 }
 
 /// A lone request's commit can hand its task to a claim waiting for work, and is answered

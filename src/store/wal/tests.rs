@@ -830,3 +830,190 @@ fn a_sync_started_before_a_failed_b_tree_commit_never_brings_its_record_back() {
     );
     assert_sound(&store);
 }
+
+/// A store whose held commits may stay open for `hold_batches` batches (`held.rs`).
+fn holding_store(hold_batches: u32) -> std::sync::Arc<Store> {
+    let options = StoreOptions {
+        backend: Some(crate::store::CustomBackend::in_memory()),
+        log_backend: Some(SharedFlakyDisk::default().into()),
+        hold_batches,
+        ..wal_options()
+    };
+    std::sync::Arc::new(Store::open(Path::new("/held/fq.redb"), &options).unwrap())
+}
+
+/// As `queue_deferred`, in a commit whose B-tree transaction may stay open.
+fn queue_held(store: &Store) -> (TaskId, u64) {
+    let id = TaskId::new();
+    let ((), seq) = store
+        .write_as(crate::store::Commit::Held, None, |t| queue_in(t, id))
+        .unwrap();
+    (
+        id,
+        seq.expect("a logged commit made ahead of its sync is numbered"),
+    )
+}
+
+/// Syncs the log over every commit made so far, as the writer's sync thread does.
+fn sync_log(store: &Store) {
+    let sync = store
+        .log_sync()
+        .expect("a deferred commit waits for a sync");
+    sync.run().unwrap();
+    store.log_synced(sync.seq);
+}
+
+/// Every task of `ids` is stored, `total` tasks in all, and the indexes agree.
+fn assert_all_there<'a>(store: &Store, ids: impl IntoIterator<Item = &'a TaskId>, total: u64) {
+    for id in ids {
+        assert!(store.read_task(*id).unwrap().is_some(), "task {id} lost");
+    }
+    assert_eq!(store.counts().unwrap().values().sum::<u64>(), total);
+    assert_sound(store);
+}
+
+const A_WHILE: std::time::Duration = std::time::Duration::from_millis(300);
+const LONG_ENOUGH: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Deferred batches ride one open B-tree transaction: synced, they are durable, yet a read on
+/// another thread waits for the transaction's commit (and asks for it) instead of missing
+/// them. The transaction commits by itself once it carries `hold_batches` batches.
+#[test]
+fn a_read_waits_for_the_held_transaction_and_asks_the_writer_to_commit_it() {
+    let store = holding_store(3);
+    let (first, _) = queue_held(&store);
+    let (second, _) = queue_held(&store);
+    sync_log(&store);
+    assert_eq!(
+        store.durable_seq(),
+        2,
+        "both batches are durable in the log"
+    );
+
+    assert!(!store.commit_wanted());
+    let found = read_elsewhere(&store, second);
+    assert_eq!(
+        found.recv_timeout(A_WHILE),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout),
+        "a read went on while the B-tree lacked durable batches it may have been told of"
+    );
+    assert!(
+        store.commit_wanted(),
+        "the waiting read did not ask for the commit"
+    );
+    store.commit_held().unwrap();
+    assert_eq!(found.recv_timeout(LONG_ENOUGH), Ok(true));
+    assert!(!store.commit_wanted());
+    assert!(store.read_task(first).unwrap().is_some());
+
+    // Two batches are held again; the third would make three, so its write commits them.
+    let held: Vec<TaskId> = (0..2).map(|_| queue_held(&store).0).collect();
+    let (third, _) = queue_held(&store);
+    sync_log(&store);
+    for id in held.into_iter().chain([third]) {
+        assert_eq!(
+            read_elsewhere(&store, id).recv_timeout(LONG_ENOUGH),
+            Ok(true),
+            "the batch that fills the transaction did not commit it"
+        );
+    }
+    assert_eq!(store.counts().unwrap().values().sum::<u64>(), 5);
+    assert_sound(&store);
+}
+
+/// A crash while batches are held: the B-tree on disk never saw them, and the open applies
+/// the log's records of every one whose sync returned.
+#[test]
+fn batches_held_at_a_crash_come_back_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fq.redb");
+    let options = StoreOptions {
+        hold_batches: 8,
+        ..wal_options()
+    };
+    let store = Store::open(&path, &options).unwrap();
+    let before = queue_sample(&store);
+    let held: Vec<TaskId> = (0..4).map(|_| queue_held(&store).0).collect();
+    sync_log(&store);
+    assert!(store.held.lock().unwrap().is_some(), "nothing is held");
+
+    let copy = crash_image(&path, &dir.path().join("crash"));
+    // Control: the B-tree alone lacks the held batches, so the open below took them from
+    // the log.
+    let bare = dir.path().join("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    std::fs::copy(&copy, bare.join("fq.redb")).unwrap();
+    let without_log = Store::open(&bare.join("fq.redb"), &forgetting_options()).unwrap();
+    assert_eq!(without_log.read_task(held[0]).unwrap(), None);
+
+    let reopened = Store::open(&copy, &wal_options()).unwrap();
+    assert_all_there(&reopened, held.iter().chain([&before]), 5);
+}
+
+/// The held transaction's commit fails: its batches are durable in the log, so reads wait
+/// until the store is reopened, which applies the log again, and then see every one.
+#[test]
+fn a_held_transaction_whose_commit_failed_comes_back_at_the_reopen() {
+    let store = holding_store(8);
+    let held: Vec<TaskId> = (0..3).map(|_| queue_held(&store).0).collect();
+    sync_log(&store);
+    store
+        .fail_commit_after_log
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let error = store.commit_held().unwrap_err();
+    assert!(error.to_string().contains("committing"), "{error}");
+    store
+        .fail_commit_after_log
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+
+    let found = read_elsewhere(&store, held[2]);
+    assert_eq!(
+        found.recv_timeout(A_WHILE),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout),
+        "a read went on against a B-tree that lacks durable batches"
+    );
+    store.reopen().unwrap();
+    assert_eq!(found.recv_timeout(LONG_ENOUGH), Ok(true));
+    assert_all_there(&store, &held, 3);
+}
+
+/// A lazy write, a checkpoint and a write synced here each commit the held transaction with
+/// their own: whatever commits next carries the held batches.
+#[test]
+fn the_next_commit_of_any_kind_carries_the_held_batches() {
+    let store = holding_store(8);
+    let (lazy_carried, _) = queue_held(&store);
+    sync_log(&store);
+    assert!(store.held.lock().unwrap().is_some(), "nothing is held");
+    store.write_with(false, |_| Ok(())).unwrap();
+    assert_eq!(
+        read_elsewhere(&store, lazy_carried).recv_timeout(LONG_ENOUGH),
+        Ok(true)
+    );
+
+    let (checkpoint_carried, _) = queue_held(&store);
+    sync_log(&store);
+    assert!(store.held.lock().unwrap().is_some(), "nothing is held");
+    let mut wal = store.wal.lock().unwrap();
+    store.checkpoint(wal.as_mut().unwrap()).unwrap();
+    drop(wal);
+    assert_eq!(
+        read_elsewhere(&store, checkpoint_carried).recv_timeout(LONG_ENOUGH),
+        Ok(true)
+    );
+
+    let (synced_carried, _) = queue_held(&store);
+    sync_log(&store);
+    assert!(store.held.lock().unwrap().is_some(), "nothing is held");
+    let ((), pending) = store.write_synced_here(|_| Ok(())).unwrap();
+    pending
+        .expect("a logged write synced here")
+        .commit()
+        .unwrap();
+    assert_eq!(
+        read_elsewhere(&store, synced_carried).recv_timeout(LONG_ENOUGH),
+        Ok(true)
+    );
+    assert_eq!(store.counts().unwrap().values().sum::<u64>(), 3);
+    assert_sound(&store);
+}

@@ -77,14 +77,19 @@ impl Writer {
             Commit::Lazy
         } else if lone {
             Commit::SyncedHere
+        } else if self.pipeline.syncing() || store.holds_every_batch() {
+            // More batches come before the writer is idle: the B-tree's transaction may carry
+            // them (`store/held.rs`).
+            Commit::Held
         } else {
+            // The first sync of a burst: its B-tree commit overlaps that sync.
             Commit::Deferred
         };
         // Commands not applied when a storage failure aborts the batch (or the transaction
         // never opened) stay here, to be answered with that failure rather than dropped.
         let mut unapplied = commands;
         // Only a commit on the pipeline hands its sync to the sync thread.
-        let early = (mode == Commit::Deferred)
+        let early = matches!(mode, Commit::Deferred | Commit::Held)
             .then(|| self.pipeline.early_sync())
             .flatten();
         let start = |job| {

@@ -37,6 +37,12 @@ const MAX_BATCH: usize = 4096;
 const MIN_GATHER: Duration = Duration::from_micros(50);
 const MAX_GATHER: Duration = Duration::from_millis(2);
 
+/// How long an idle writer keeps a transaction carrying logged batches open (`store/held.rs`)
+/// for the next batch, which then commits it while the log syncs, instead of committing it at
+/// once on the way of that batch. A read waiting for it in that time asks the writer to commit
+/// at its next wake-up, so a read waits at most this long for an idle writer.
+const HELD_IDLE: Duration = Duration::from_micros(300);
+
 /// A change to the in-memory structures, made only after the commit that backs it.
 pub(super) enum Publish {
     Wait {
@@ -140,6 +146,8 @@ pub(crate) struct Writer {
     pub(crate) last_commit: Duration,
     /// When a lazy (non-durable) commit is waiting for a durable one: since when.
     pub(crate) unflushed_since: Option<std::time::Instant>,
+    /// When the idle writer commits the transaction it holds (`HELD_IDLE`).
+    pub(crate) held_commit_at: Option<std::time::Instant>,
     /// Tasks the RabbitMQ forwarder is publishing (read, not yet confirmed or given back):
     /// cancelling one is refused, since its message may already be in RabbitMQ.
     pub(crate) forwarding: std::collections::HashSet<TaskId>,
@@ -157,14 +165,19 @@ impl Writer {
         let _guard = PoisonOnPanic(&shared);
         crate::store::exempt_this_thread();
         loop {
-            if self.pipeline.is_idle() && commands.is_empty() {
+            let idle = self.pipeline.is_idle() && commands.is_empty();
+            if self.store.commit_wanted() {
+                self.commit_held();
+            }
+            if idle {
                 self.checkpoint(true);
             }
+            self.held_commit_at = self.held_commit_due(idle);
             let flush_at = self.unflushed_since.map(|since| since + LAZY_FLUSH);
-            let deadline = match (flush_at, self.heal_due_at()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let deadline = [flush_at, self.heal_due_at(), self.held_commit_at]
+                .into_iter()
+                .flatten()
+                .min();
             let first = match self.pipeline.wait(commands, deadline) {
                 pipeline::Wake::Command(command) => command,
                 pipeline::Wake::Synced(seq, result) => {
@@ -217,9 +230,10 @@ impl Writer {
                 self.follow_ups += commands.len();
             }
         }
-        // Closing: every batch answered, and what was committed lazily reaches the disk before
-        // the file closes.
+        // Closing: every batch answered, the held transaction committed (a read may wait for
+        // it), and what was committed lazily reaches the disk before the file closes.
         self.answer_all();
+        self.commit_held();
         self.pipeline.stop();
         self.flush();
     }
@@ -234,6 +248,37 @@ impl Writer {
             tracing::error!(error = %reason, "commit failed; the engine refuses writes until reopened");
             self.shared.poison(reason, false);
             self.reopen_for_reads();
+        }
+    }
+
+    /// When an idle writer is to commit the transaction it holds: `HELD_IDLE` after it went
+    /// idle; committed now once that has passed. `None` while it is busy (the next batch's
+    /// write commits it, or carries it on) or holds nothing.
+    fn held_commit_due(&mut self, idle: bool) -> Option<std::time::Instant> {
+        if !idle || !self.store.holds() {
+            return None;
+        }
+        let now = std::time::Instant::now();
+        let at = *self.held_commit_at.get_or_insert(now + HELD_IDLE);
+        if at > now {
+            return Some(at);
+        }
+        self.commit_held();
+        None
+    }
+
+    /// Commits the B-tree transaction carrying logged batches, if one is held. If that fails,
+    /// the batches are in the log: what its syncs cover is answered, and the engine, poisoned,
+    /// reopens the store, which applies the log again before any read goes on.
+    fn commit_held(&mut self) {
+        if self.shared.poisoned().is_some() {
+            return;
+        }
+        if let Err(error) = self.store.commit_held() {
+            self.answer_all();
+            if self.shared.poisoned().is_none() {
+                self.commit_failed(&error.to_string());
+            }
         }
     }
 

@@ -1,7 +1,8 @@
 //! Pipelined group commit: with the write-ahead log, the writer commits a batch to the B-tree,
 //! appends its record, and hands the log's fdatasync to a sync thread; while the disk works it
 //! applies the next batch. A batch is answered, and its effects reach memory, only once a sync
-//! that covers it has returned; reads wait for the same (`store::visible`).
+//! that covers it has returned; reads wait for the same (`store::visible`). While a sync runs,
+//! a batch's B-tree transaction stays open for the next ones (`Commit::Held`, `store/held.rs`).
 //!
 //! One sync runs at a time, on one thread. A second may wait behind it, so that the disk starts
 //! on what the writer committed meanwhile the moment the first returns, not once the writer is
