@@ -85,7 +85,6 @@ impl PendingCommit<'_> {
         if let Err(error) = store.commit_after_log(txn) {
             return Err(store.storage("committing")(error.into()));
         }
-        store.visible.commit_done();
         let mut wal = store.wal.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(wal) = wal.as_mut() {
             store.checkpoint_if_due(wal);
@@ -257,23 +256,21 @@ impl Store {
         }
         let commit_error = |e: redb::CommitError| self.storage("committing")(e.into());
         let Some(wal) = wal.as_mut() else {
-            txn.commit().map_err(commit_error)?;
+            self.commit_visible(txn).map_err(commit_error)?;
             if durable {
                 self.visible.all_durable();
             }
             return Ok(Written::done(result));
         };
         if !durable {
-            txn.commit().map_err(commit_error)?;
-            self.visible.commit_done_if_pending();
+            self.commit_visible(txn).map_err(commit_error)?;
             wal.unlogged.extend_from_slice(&changes.take());
             return Ok(Written::done(result));
         }
         if direct {
             txn.set_durability(Durability::Immediate)
                 .map_err(|e| err(e.into()))?;
-            txn.commit().map_err(commit_error)?;
-            self.visible.commit_done_if_pending();
+            self.commit_visible(txn).map_err(commit_error)?;
             wal.checkpointed();
             self.visible.all_durable();
             return Ok(Written::done(result));
@@ -308,7 +305,6 @@ impl Store {
                     Ok(())
                 } else {
                     self.commit_after_log(txn)
-                        .map(|()| self.visible.commit_done_if_pending())
                 };
                 match committed {
                     // The batches a held transaction carried before this one stay in the
@@ -340,10 +336,7 @@ impl Store {
                     None
                 }
                 Ok(()) => match self.commit_after_log(txn) {
-                    Ok(()) => {
-                        self.visible.commit_done_if_pending();
-                        None
-                    }
+                    Ok(()) => None,
                     Err(error) => {
                         take_back(wal);
                         Some(commit_error(error))
@@ -398,6 +391,18 @@ impl Store {
                 std::io::Error::other("injected B-tree commit failure"),
             )));
         }
-        txn.commit()
+        self.commit_visible(txn)
+    }
+
+    /// Every commit of the store goes through here: whatever it commits may carry batches
+    /// already answered (a held transaction, `Store::begin_write`), so the reads waiting at
+    /// the gate for them go on once it has committed, and only then.
+    pub(super) fn commit_visible(
+        &self,
+        txn: redb::WriteTransaction,
+    ) -> Result<(), redb::CommitError> {
+        txn.commit()?;
+        self.visible.commit_done_if_pending();
+        Ok(())
     }
 }

@@ -90,8 +90,6 @@ impl Store {
             return Ok(());
         };
         self.commit_after_log(held.txn)
-            .map_err(|error| self.storage("committing")(error.into()))?;
-        self.visible.commit_done_if_pending();
-        Ok(())
+            .map_err(|error| self.storage("committing")(error.into()))
     }
 }

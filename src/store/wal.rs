@@ -384,8 +384,7 @@ impl Store {
             }
             .map_err(|e| err(e.into()))?;
         }
-        txn.commit().map_err(|e| err(e.into()))?;
-        self.visible.commit_done_if_pending();
+        self.commit_visible(txn).map_err(|e| err(e.into()))?;
         Ok(())
     }
 
@@ -410,7 +409,7 @@ impl Store {
                 ),
             },
         })?;
-        txn.commit().map_err(|e| err(e.into()))
+        self.commit_visible(txn).map_err(|e| err(e.into()))
     }
 
     /// Whether the log holds enough, or has waited long enough, that the writer must
@@ -461,8 +460,7 @@ impl Store {
             meta.remove(META_WAL_LIVE).map_err(|e| err(e.into()))?;
         }
         let started = Instant::now();
-        txn.commit().map_err(|e| err(e.into()))?;
-        self.visible.commit_done_if_pending();
+        self.commit_visible(txn).map_err(|e| err(e.into()))?;
         tracing::debug!(took = ?started.elapsed(), log_bytes = wal.log.end(), "checkpoint");
         wal.checkpointed();
         self.visible.all_durable();
