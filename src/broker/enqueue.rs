@@ -112,6 +112,7 @@ fn draft_named(defaults: &EnqueueDefaults, name: &str, payload: &Value) -> Resul
             retry_delay: None,
             run_at: None,
             unique: None,
+            fresh_id: true.into(),
         })
 }
 

@@ -192,6 +192,7 @@ pub(crate) fn queue_typed<T: Task>(
             retry_delay: None,
             run_at: None,
             unique: None,
+            fresh_id: true.into(),
         });
     QueueTask::drafted(broker, draft)
 }

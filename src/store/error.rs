@@ -103,6 +103,16 @@ pub enum StoreError {
         #[source]
         source: Source,
     },
+    /// A new task's id is already stored: an id drawn twice (a UUID v7's 74 random bits make
+    /// that as unlikely as any UUID clash) or a clock set back. The write is refused whole,
+    /// so the stored task is kept.
+    #[error(
+        "task {id}: a new task's id is already stored; the write was refused and the stored task kept"
+    )]
+    IdClash {
+        /// The id.
+        id: TaskId,
+    },
     /// A stored task record does not decode.
     #[error("task {id}: stored record is corrupt: {detail}")]
     CorruptRecord {

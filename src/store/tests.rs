@@ -59,6 +59,25 @@ fn a_failed_apply_writes_nothing() {
 }
 
 #[test]
+fn a_new_task_written_over_a_stored_one_is_refused_and_the_stored_one_kept() {
+    let (_dir, _path, store) = temp_store();
+    let id = queue_sample(&store);
+    let mut other = sample_task();
+    other.name = "other.task".into();
+    let res = store.write(|t| t.put_task(id, &other, None));
+    assert!(
+        matches!(res, Err(StoreError::IdClash { id: clashed }) if clashed == id),
+        "{res:?}"
+    );
+    assert_eq!(store.read_task(id).unwrap(), Some(sample_task()));
+    // The same record written as a change of the stored task (its status given) is no clash.
+    store
+        .write(|t| t.put_task(id, &other, Some(sample_task().status)))
+        .unwrap();
+    assert_eq!(store.read_task(id).unwrap().unwrap().name, "other.task");
+}
+
+#[test]
 fn refuses_files_that_are_not_fq_stores() {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("empty.redb");

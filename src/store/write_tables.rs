@@ -155,6 +155,10 @@ impl<'txn> WriteTables<'txn> {
 
     /// Writes (inserts or replaces) one task record; `previous` is the status it had before
     /// (`None` for a new task), so the per-queue counts follow.
+    ///
+    /// # Errors
+    /// [`StoreError::IdClash`] when a new task's id is already stored: the transaction holds
+    /// the overwrite and must not commit.
     pub(crate) fn put_task(
         &mut self,
         id: TaskId,
@@ -171,10 +175,22 @@ impl<'txn> WriteTables<'txn> {
             self.follow_unique(id, task)?;
         }
         let bytes = codec::encode(task);
-        self.tasks
+        let replaced = self
+            .tasks
             .insert(id.as_u128(), bytes.as_slice())
             .map_err(storage(self.path, "writing a task"))?;
+        if replaced && previous.is_none() {
+            return Err(StoreError::IdClash { id });
+        }
         Ok(())
+    }
+
+    /// Removes a record that does not decode, so a new one may take its id.
+    pub(crate) fn remove_corrupt_record(&mut self, id: TaskId) -> Done {
+        self.tasks
+            .remove(id.as_u128())
+            .map(drop)
+            .map_err(storage(self.path, "removing a corrupt task record"))
     }
 
     fn unique_table(

@@ -40,6 +40,7 @@ fn new_task() -> NewTask {
         retry_delay: None,
         run_at: None,
         unique: None,
+        fresh_id: true.into(),
     }
 }
 
@@ -241,6 +242,67 @@ async fn a_btree_commit_failing_after_a_lone_request_was_answered_keeps_its_chan
         assert!(broker.task(id).await.unwrap().is_some(), "{id} was lost");
     }
     broker.enqueue(vec![new_task()]).await.unwrap();
+}
+
+/// A task whose value was cloned is looked up before it is written, the original as well as
+/// the clone, whichever is sent first: the second is refused by name, with no failed commit.
+#[tokio::test]
+async fn a_cloned_task_sent_twice_is_refused_whichever_copy_goes_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open_at(&dir.path().join("fq.redb"));
+    let original = new_task();
+    assert!(original.has_fresh_id());
+    let copy = original.clone();
+    assert!(!original.has_fresh_id() && !copy.has_fresh_id());
+    let id = broker.enqueue(vec![copy]).await.unwrap()[0].id;
+    let err = broker.enqueue(vec![original]).await.unwrap_err();
+    assert!(err.to_string().contains("already in use"), "{err}");
+    assert!(
+        broker.shared.poisoned().is_none(),
+        "the second copy failed a commit"
+    );
+    assert!(broker.task(id).await.unwrap().is_some());
+}
+
+/// An id drawn by this process is not looked up before its task is written: should one
+/// clash with a stored task all the same, the store refuses the write, the batch fails by
+/// name and is never acknowledged, and the stored task is kept through the healing reopen. A
+/// caller's own id is looked up first and refused as invalid, with no failed commit.
+#[tokio::test]
+async fn a_drawn_id_clashing_with_a_stored_task_fails_its_batch_and_keeps_the_stored_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open_at(&dir.path().join("fq.redb"));
+    let stored = broker.enqueue(vec![new_task()]).await.unwrap()[0].id;
+    let intruder = |fresh_id| NewTask {
+        id: stored,
+        name: "intruder".into(),
+        fresh_id: std::sync::atomic::AtomicBool::new(fresh_id),
+        ..new_task()
+    };
+
+    let err = broker.enqueue(vec![intruder(false)]).await.unwrap_err();
+    assert!(err.to_string().contains("already in use"), "{err}");
+    assert!(
+        broker.shared.poisoned().is_none(),
+        "a caller's id in use failed a commit"
+    );
+
+    let err = broker.enqueue(vec![intruder(true)]).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("a new task's id is already stored"),
+        "{err}"
+    );
+    enqueue_once_healed(&broker).await;
+    let kept = broker
+        .task(stored)
+        .await
+        .unwrap()
+        .expect("the stored task was lost");
+    assert_eq!(kept.name, "t");
+    assert_eq!(kept.status, TaskStatus::Pending);
+    // The stored task and the one queued after the healing: the intruder's count is gone too.
+    assert_eq!(broker.stats().await.unwrap().queues["default"].pending, 2);
 }
 
 /// A batch on the pipeline is answered once its log sync returns, while the B-tree

@@ -227,6 +227,7 @@ fn build_task(ctx: &ServerCtx, wire: WireTask) -> Result<NewTask> {
     let mut task = draft.build()?;
     if let Some(id) = wire.id {
         task.id = id;
+        task.fresh_id = false.into();
     }
     Ok(task)
 }

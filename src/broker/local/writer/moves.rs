@@ -44,11 +44,12 @@ impl Writer {
                 .into()));
             }
         }
-        // Ids come from callers (remote clients choose theirs): an id in use would overwrite
-        // another task, so the whole request is refused before anything is written.
-        let mut fresh = std::collections::HashSet::with_capacity(tasks.len());
-        for new in &tasks {
-            if !fresh.insert(new.id) || tables.contains_task(new.id)? {
+        // A remote client may choose its tasks' ids, and a task may be sent twice: an id in use
+        // would overwrite another task, so the whole request is refused before anything is
+        // written. Ids drawn for a task never sent are not looked up (`NewTask::fresh_id`).
+        let mut seen = std::collections::HashSet::new();
+        for new in tasks.iter().filter(|new| !new.has_fresh_id()) {
+            if !seen.insert(new.id) || tables.contains_task(new.id)? {
                 return Ok(Err(Error::invalid(
                     "id",
                     format!("task id {} is already in use", new.id),

@@ -90,6 +90,7 @@ impl Writer {
             Ok(existing) => existing,
             Err(StoreError::CorruptRecord { id, detail }) => {
                 tracing::error!(task.id = %id, %detail, "replacing a corrupt record with the run delivered by RabbitMQ");
+                tables.remove_corrupt_record(id)?;
                 None
             }
             Err(other) => return Err(other),

@@ -218,6 +218,7 @@ impl Writer {
                 retry_delay: duration(template.retry_delay_ms),
                 run_at: Some(*fire_time),
                 unique: None,
+                fresh_id: true.into(),
             })
             .collect();
         let ids = match self.enqueue(tables, tasks, batch)? {
