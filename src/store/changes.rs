@@ -144,6 +144,27 @@ impl<'txn, K: Key + 'static, V: Value + 'static> LoggedTable<'txn, K, V> {
         }
         Ok(removed)
     }
+
+    /// Clears every key of `range` that `doomed` picks, in one pass: redb rebuilds each leaf
+    /// it changes once, where a removal at a time may rebuild a small table's one leaf for
+    /// every key. Records each key it cleared.
+    pub(crate) fn remove_where<'a, KR>(
+        &mut self,
+        range: impl std::ops::RangeBounds<KR> + 'a,
+        mut doomed: impl for<'f> FnMut(&K::SelfType<'f>) -> bool,
+    ) -> Result<(), StorageError>
+    where
+        KR: Borrow<K::SelfType<'a>> + 'a,
+    {
+        let (tag, changes) = (self.tag, self.changes);
+        self.table.retain_in(range, |key, _| {
+            let remove = doomed(&key);
+            if remove {
+                changes.record(tag, K::as_bytes(&key).as_ref(), None);
+            }
+            !remove
+        })
+    }
 }
 
 impl<'txn, K: Key + 'static, V: Value + 'static> std::ops::Deref for LoggedTable<'txn, K, V> {

@@ -215,6 +215,7 @@ impl Store {
                 path,
                 counts: logged_table(on, (COUNTS, TableTag::Counts), path, "writing")?,
                 count_deltas: std::collections::HashMap::new(),
+                lease_removals: Vec::new(),
                 tasks: logged_table(on, (TASKS, TableTag::Tasks), path, "writing")?,
                 waiting: logged_table(on, (WAITING, TableTag::Waiting), path, "writing")?,
                 leases: logged_table(on, (LEASES, TableTag::Leases), path, "writing")?,
@@ -229,6 +230,7 @@ impl Store {
                 attempt_history: self.options.attempt_history,
             };
             let result = apply(&mut tables)?;
+            tables.flush_lease_removals()?;
             tables.flush_counts()?;
             // Decided once, before the mark: the mark's own bytes must not tip a transaction
             // that carries it over the line, or it would skip the log with its number taken.

@@ -7,6 +7,11 @@ use super::tables::UNIQUE;
 use super::*;
 use crate::task::unique::holds_key;
 
+/// Up to this many running tasks, the leases a transaction released are removed in one pass
+/// over the leases table (about five leaves of 20-byte entries); a larger table has leaves
+/// redb removes from in place, and a pass over it would cost more than it saves.
+const LEASES_SCANNED_AT_MOST: u64 = 1024;
+
 /// The open tables of one write transaction.
 pub(crate) struct WriteTables<'txn> {
     pub(super) path: &'txn Path,
@@ -16,6 +21,11 @@ pub(crate) struct WriteTables<'txn> {
     pub(super) tasks: LoggedTable<'txn, u128, &'static [u8]>,
     pub(super) waiting: LoggedTable<'txn, &'static [u8], u128>,
     pub(super) leases: LoggedTable<'txn, u128, u32>,
+    /// Leases released in this transaction, removed together at its end
+    /// ([`WriteTables::flush_lease_removals`]): the leases table (one entry per running task) is
+    /// usually one leaf too small for redb to remove from in place, so each removal alone would
+    /// rebuild it.
+    pub(super) lease_removals: Vec<u128>,
     pub(super) finished: LoggedTable<'txn, &'static [u8], ()>,
     pub(super) meta: LoggedTable<'txn, &'static str, &'static [u8]>,
     /// The transaction, for the tables opened only when used ([`lazy_table`]): a batch of
@@ -336,17 +346,41 @@ impl<'txn> WriteTables<'txn> {
 
     /// Marks a task RUNNING at `attempt` in the running set.
     pub(crate) fn insert_lease(&mut self, id: TaskId, attempt: u32) -> Result<(), StoreError> {
+        // Claimed again after its release in this transaction: the new lease stays.
+        self.lease_removals
+            .retain(|&released| released != id.as_u128());
         self.leases
             .insert(id.as_u128(), attempt)
             .map_err(storage(self.path, "recording a lease"))?;
         Ok(())
     }
 
-    /// Removes a task from the running set.
+    /// Removes a task from the running set, at the transaction's end: nothing reads the
+    /// leases table inside a write transaction.
     pub(crate) fn remove_lease(&mut self, id: TaskId) -> Result<(), StoreError> {
-        self.leases
-            .remove(id.as_u128())
-            .map_err(storage(self.path, "releasing a lease"))?;
+        self.lease_removals.push(id.as_u128());
+        Ok(())
+    }
+
+    /// Removes the leases released in this transaction: in one pass over the table while it
+    /// is small, one at a time once it spans enough leaves for redb to remove in place.
+    pub(super) fn flush_lease_removals(&mut self) -> Result<(), StoreError> {
+        let mut released = std::mem::take(&mut self.lease_removals);
+        let err = storage(self.path, "releasing leases");
+        if released.len() > 1
+            && redb::ReadableTableMetadata::len(&*self.leases).map_err(&err)?
+                <= LEASES_SCANNED_AT_MOST
+        {
+            released.sort_unstable();
+            let (first, last) = (released[0], released[released.len() - 1]);
+            return self
+                .leases
+                .remove_where(first..=last, |id| released.binary_search(id).is_ok())
+                .map_err(err);
+        }
+        for id in released {
+            self.leases.remove(id).map_err(&err)?;
+        }
         Ok(())
     }
 

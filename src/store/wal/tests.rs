@@ -376,6 +376,51 @@ fn every_table_write_is_replayed() {
 }
 
 #[test]
+fn leases_released_together_are_removed_at_the_end_and_a_lease_taken_again_stays() {
+    // Releases wait for the transaction's end (`flush_lease_removals`), in one pass over a
+    // small table and one at a time over a large one: a task released and claimed again in
+    // one transaction keeps its new lease, the others go, and the crash image's replay of the
+    // log agrees with the live store.
+    for others in [0, 1100] {
+        releases_then_a_claim_again(others);
+    }
+}
+
+/// Six leases among `others` more; four of the six and the last released, and one of them
+/// claimed again, in one transaction.
+fn releases_then_a_claim_again(others: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fq.redb");
+    let store = Store::open(&path, &wal_options()).unwrap();
+    let mut all: Vec<TaskId> = (0..6 + others).map(|_| TaskId::new()).collect();
+    all.sort_unstable();
+    let ids: Vec<TaskId> = all[others / 2..others / 2 + 6].to_vec();
+    store
+        .write(|t| all.iter().try_for_each(|id| t.insert_lease(*id, 1)))
+        .unwrap();
+    store
+        .write(|t| {
+            for id in &ids[..4] {
+                t.remove_lease(*id)?;
+            }
+            t.insert_lease(ids[1], 2)?;
+            t.remove_lease(ids[5])
+        })
+        .unwrap();
+    let released = [ids[0], ids[2], ids[3], ids[5]];
+    let expected: Vec<(TaskId, u32)> = all
+        .iter()
+        .filter(|id| !released.contains(id))
+        .map(|id| (*id, if *id == ids[1] { 2 } else { 1 }))
+        .collect();
+    assert_eq!(store.running().unwrap().len(), others + 2);
+    assert_eq!(store.running().unwrap(), expected);
+    let copy = crash_image(&path, &dir.path().join("crash"));
+    let reopened = Store::open(&copy, &wal_options()).unwrap();
+    assert_eq!(reopened.running().unwrap(), expected);
+}
+
+#[test]
 fn a_log_left_beside_a_replaced_store_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fq.redb");
