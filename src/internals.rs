@@ -11,7 +11,10 @@ use crate::task::TaskId;
 use crate::task::{ReadyOrder, StoredTask};
 
 mod log;
-pub use log::{LOG_HEADER_BYTES, LogEntry, RedoLogFile, log_image, log_path, scan_log};
+pub use log::{
+    LOG_HEADER_BYTES, LOG_RECORD_ALIGN, LogEntry, RedoLogFile, log_image, log_path, log_record_at,
+    scan_log,
+};
 
 /// The lock-free ready heap.
 #[derive(Debug, Default)]

@@ -12,6 +12,9 @@ pub fn log_path(store: &Path) -> PathBuf {
 /// The length of a redo log's header: records start there.
 pub const LOG_HEADER_BYTES: usize = crate::store::log::HEADER_BYTES as usize;
 
+/// Records start at offsets that are multiples of this.
+pub const LOG_RECORD_ALIGN: usize = crate::store::log::ALIGN;
+
 /// A log record read back: its number and payload.
 pub type LogEntry = (u64, Vec<u8>);
 
@@ -96,6 +99,14 @@ pub fn log_image(
     payloads: &[&[u8]],
 ) -> std::result::Result<(Vec<u8>, Vec<usize>), String> {
     crate::store::log::image(salt, checkpoint, payloads).map_err(|e| e.to_string())
+}
+
+/// The number of the record intact at `offset` of log-file bytes whose salt is `salt`, if one
+/// is there: for the fuzz target to tell a record its input forged inside a payload (it knows
+/// the salt, which a task's arguments never do) from one the log wrote.
+#[must_use]
+pub fn log_record_at(bytes: &[u8], offset: usize, salt: u64) -> Option<u64> {
+    crate::store::log::record_at(bytes, offset, salt).map(|(number, _)| number)
 }
 
 /// Reads log-file bytes as recovery does after `checkpoint`: the live records, or the refusal.

@@ -30,7 +30,7 @@ pub(crate) const HEADER_BYTES: u64 = 24;
 const RECORD_HEADER_BYTES: usize = 16;
 /// Records start at multiples of this: a reader looking past a damaged record for later ones
 /// looks at these offsets only.
-const ALIGN: usize = 8;
+pub(crate) const ALIGN: usize = 8;
 /// The log file grows by this much at a time, zero-filled ahead of the records. An append
 /// that extends a file makes its fdatasync commit the new length to the file system's journal
 /// too, which costs about a third more than a sync of data alone (`PERFORMANCE.md`); with
@@ -228,7 +228,11 @@ fn record_crc(salt: u64, body: &[u8]) -> u32 {
 }
 
 /// The record at `offset` when one is there intact: its number and payload range.
-fn record_at(bytes: &[u8], offset: usize, salt: u64) -> Option<(u64, std::ops::Range<usize>)> {
+pub(crate) fn record_at(
+    bytes: &[u8],
+    offset: usize,
+    salt: u64,
+) -> Option<(u64, std::ops::Range<usize>)> {
     let head = bytes.get(offset..offset.checked_add(RECORD_HEADER_BYTES)?)?;
     let crc = u32::from_le_bytes(head[0..4].try_into().ok()?);
     let length = u32::from_le_bytes(head[4..8].try_into().ok()?) as usize;
