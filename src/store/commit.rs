@@ -215,7 +215,7 @@ impl Store {
                 path,
                 counts: logged_table(on, (COUNTS, TableTag::Counts), path, "writing")?,
                 count_deltas: std::collections::HashMap::new(),
-                lease_removals: Vec::new(),
+                lease_removals: std::collections::BTreeSet::new(),
                 tasks: logged_table(on, (TASKS, TableTag::Tasks), path, "writing")?,
                 waiting: logged_table(on, (WAITING, TableTag::Waiting), path, "writing")?,
                 leases: logged_table(on, (LEASES, TableTag::Leases), path, "writing")?,

@@ -24,8 +24,9 @@ pub(crate) struct WriteTables<'txn> {
     /// Leases released in this transaction, removed together at its end
     /// ([`WriteTables::flush_lease_removals`]): the leases table (one entry per running task) is
     /// usually one leaf too small for redb to remove from in place, so each removal alone would
-    /// rebuild it.
-    pub(super) lease_removals: Vec<u128>,
+    /// rebuild it. A set, so that a claim (which must keep a lease released earlier in the
+    /// transaction) finds its id without a pass over every release.
+    pub(super) lease_removals: std::collections::BTreeSet<u128>,
     pub(super) finished: LoggedTable<'txn, &'static [u8], ()>,
     pub(super) meta: LoggedTable<'txn, &'static str, &'static [u8]>,
     /// The transaction, for the tables opened only when used ([`lazy_table`]): a batch of
@@ -347,8 +348,7 @@ impl<'txn> WriteTables<'txn> {
     /// Marks a task RUNNING at `attempt` in the running set.
     pub(crate) fn insert_lease(&mut self, id: TaskId, attempt: u32) -> Result<(), StoreError> {
         // Claimed again after its release in this transaction: the new lease stays.
-        self.lease_removals
-            .retain(|&released| released != id.as_u128());
+        self.lease_removals.remove(&id.as_u128());
         self.leases
             .insert(id.as_u128(), attempt)
             .map_err(storage(self.path, "recording a lease"))?;
@@ -358,24 +358,23 @@ impl<'txn> WriteTables<'txn> {
     /// Removes a task from the running set, at the transaction's end: nothing reads the
     /// leases table inside a write transaction.
     pub(crate) fn remove_lease(&mut self, id: TaskId) -> Result<(), StoreError> {
-        self.lease_removals.push(id.as_u128());
+        self.lease_removals.insert(id.as_u128());
         Ok(())
     }
 
     /// Removes the leases released in this transaction: in one pass over the table while it
     /// is small, one at a time once it spans enough leaves for redb to remove in place.
     pub(super) fn flush_lease_removals(&mut self) -> Result<(), StoreError> {
-        let mut released = std::mem::take(&mut self.lease_removals);
+        let released = std::mem::take(&mut self.lease_removals);
         let err = storage(self.path, "releasing leases");
-        if released.len() > 1
+        if let (Some(&first), Some(&last)) = (released.first(), released.last())
+            && first != last
             && redb::ReadableTableMetadata::len(&*self.leases).map_err(&err)?
                 <= LEASES_SCANNED_AT_MOST
         {
-            released.sort_unstable();
-            let (first, last) = (released[0], released[released.len() - 1]);
             return self
                 .leases
-                .remove_where(first..=last, |id| released.binary_search(id).is_ok())
+                .remove_where(first..=last, |id| released.contains(id))
                 .map_err(err);
         }
         for id in released {

@@ -379,15 +379,15 @@ fn every_table_write_is_replayed() {
 fn leases_released_together_are_removed_at_the_end_and_a_lease_taken_again_stays() {
     // Releases wait for the transaction's end (`flush_lease_removals`), in one pass over a
     // small table and one at a time over a large one: a task released and claimed again in
-    // one transaction keeps its new lease, the others go, and the crash image's replay of the
-    // log agrees with the live store.
+    // one transaction keeps its new lease, one claimed and released in it has none, the others
+    // go, and the crash image's replay of the log agrees with the live store.
     for others in [0, 1100] {
         releases_then_a_claim_again(others);
     }
 }
 
-/// Six leases among `others` more; four of the six and the last released, and one of them
-/// claimed again, in one transaction.
+/// Six leases among `others` more; four of the six and the last released, one of them
+/// claimed again, and a seventh task claimed and released, in one transaction.
 fn releases_then_a_claim_again(others: usize) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fq.redb");
@@ -398,13 +398,16 @@ fn releases_then_a_claim_again(others: usize) {
     store
         .write(|t| all.iter().try_for_each(|id| t.insert_lease(*id, 1)))
         .unwrap();
+    let claimed_and_released = TaskId::new();
     store
         .write(|t| {
             for id in &ids[..4] {
                 t.remove_lease(*id)?;
             }
             t.insert_lease(ids[1], 2)?;
-            t.remove_lease(ids[5])
+            t.insert_lease(claimed_and_released, 1)?;
+            t.remove_lease(ids[5])?;
+            t.remove_lease(claimed_and_released)
         })
         .unwrap();
     let released = [ids[0], ids[2], ids[3], ids[5]];
