@@ -37,7 +37,7 @@ use crate::task::{AttemptRecord, Payload, TaskId, TaskRecord, TaskStatus, Worker
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A task ready to be queued: checked, with every default resolved.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct NewTask {
     pub(crate) id: TaskId,
     pub(crate) name: String,
@@ -54,36 +54,41 @@ pub struct NewTask {
     /// The id was drawn for this value (`TaskId::new`) and the value was never cloned, so no
     /// stored task has it and the enqueue skips its lookup (which costs the writer about a
     /// tenth of its time per enqueued task). False for a remote client's own id, and for a
-    /// clone and its original both (the original through `&self`, hence the atomic): a task
+    /// clone and its original both (`FreshId`'s `Clone` clears both): a task
     /// sent twice is refused by name, as a caller's id in use is. Should a drawn id clash all
     /// the same, the store refuses the write (`StoreError::IdClash`).
-    pub(crate) fresh_id: AtomicBool,
+    pub(crate) fresh_id: FreshId,
 }
 
 impl NewTask {
     /// No other value carries this task's id (see `fresh_id`).
     pub(crate) fn has_fresh_id(&self) -> bool {
-        self.fresh_id.load(Ordering::Relaxed)
+        self.fresh_id.is_fresh()
     }
 }
 
-impl Clone for NewTask {
+/// Whether a [`NewTask`]'s id was drawn for it and no other value carries it (see
+/// `NewTask::fresh_id`). Cloning clears it on the clone and on the original alike: either may
+/// be sent then, or both.
+#[derive(Debug)]
+pub(crate) struct FreshId(AtomicBool);
+
+impl FreshId {
+    pub(crate) fn is_fresh(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl From<bool> for FreshId {
+    fn from(fresh: bool) -> Self {
+        Self(AtomicBool::new(fresh))
+    }
+}
+
+impl Clone for FreshId {
     fn clone(&self) -> Self {
-        // The clone and the original carry one id: either may be sent, or both.
-        self.fresh_id.store(false, Ordering::Relaxed);
-        Self {
-            id: self.id,
-            name: self.name.clone(),
-            queue: self.queue.clone(),
-            priority: self.priority,
-            payload: self.payload.clone(),
-            max_retries: self.max_retries,
-            timeout: self.timeout,
-            retry_delay: self.retry_delay,
-            run_at: self.run_at,
-            unique: self.unique.clone(),
-            fresh_id: AtomicBool::new(false),
-        }
+        self.0.store(false, Ordering::Relaxed);
+        Self(AtomicBool::new(false))
     }
 }
 

@@ -273,10 +273,10 @@ async fn a_drawn_id_clashing_with_a_stored_task_fails_its_batch_and_keeps_the_st
     let dir = tempfile::tempdir().unwrap();
     let broker = open_at(&dir.path().join("fq.redb"));
     let stored = broker.enqueue(vec![new_task()]).await.unwrap()[0].id;
-    let intruder = |fresh_id| NewTask {
+    let intruder = |fresh_id: bool| NewTask {
         id: stored,
         name: "intruder".into(),
-        fresh_id: std::sync::atomic::AtomicBool::new(fresh_id),
+        fresh_id: fresh_id.into(),
         ..new_task()
     };
 
