@@ -216,24 +216,21 @@ fn foreign_corrupt_and_truncated_store_files_are_refused() {
         "the empty file was written"
     );
 
-    // A real store with tasks, then damaged three ways.
+    // A real store with tasks, then damaged four ways.
     let good = dir.path().join("good.redb");
-    {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let engine = Engine::open(&good).unwrap();
-            for n in 0..200 {
-                engine
-                    .queue_task_named("t", &json!({"kwargs": {"n": n}}))
-                    .send()
-                    .await
-                    .unwrap();
-            }
-        });
-    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ids = runtime.block_on(async {
+        let engine = Engine::open(&good).unwrap();
+        let mut ids = Vec::new();
+        for n in 0..200 {
+            let queued = engine.queue_task_named("t", &json!({"kwargs": {"n": n}}));
+            ids.push(queued.send().await.unwrap());
+        }
+        ids
+    });
     let bytes = std::fs::read(&good).unwrap();
     let truncated = dir.path().join("truncated.redb");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
@@ -250,7 +247,13 @@ fn foreign_corrupt_and_truncated_store_files_are_refused() {
         *byte = 0xff;
     }
     std::fs::write(&garbage, &mutant).unwrap();
-    for path in [&truncated, &header_flipped, &garbage] {
+    // Everything after redb's first page (its header) overwritten: the pages the header
+    // names are certainly damaged.
+    let body_overwritten = dir.path().join("body.redb");
+    let mut mutant = bytes.clone();
+    mutant[4096..].fill(0xff);
+    std::fs::write(&body_overwritten, &mutant).unwrap();
+    for path in [&truncated, &header_flipped, &body_overwritten, &garbage] {
         let before = std::fs::read(path).unwrap();
         match Engine::open(path) {
             Err(Error::Store(err)) => {
@@ -261,6 +264,23 @@ fn foreign_corrupt_and_truncated_store_files_are_refused() {
                 );
             }
             Err(other) => panic!("{}: unexpected error kind: {other}", path.display()),
+            // 8 KiB in the middle of the file may all be pages the store no longer uses
+            // (copy-on-write frees a page at each change; where the freed ones lie depends on
+            // how the 200 enqueues were grouped into commits): then nothing stored was damaged,
+            // and the store must open with every task and a sound integrity check.
+            // (An open that succeeds is an owner's open, which may write: the file is not
+            // compared then.)
+            Ok(engine) if path == &garbage => {
+                runtime.block_on(async {
+                    for id in &ids {
+                        assert!(engine.task(*id).await.unwrap().is_some(), "task {id} lost");
+                    }
+                    let report = engine.check_integrity().await.unwrap();
+                    assert!(report.problems.is_empty(), "{:#?}", report.problems);
+                });
+                println!("the 8 KiB overwritten in the middle were all unused pages");
+                continue;
+            }
             Ok(_) => panic!("{}: a damaged store opened", path.display()),
         }
         assert_eq!(
