@@ -12,7 +12,8 @@
 //! producer number, at most one unacknowledged task per in-flight enqueue at a kill), every
 //! task COMPLETED after the final drain, no COMPLETED task executed again (neither one seen
 //! completed by the parent's reopens nor one reported completed by the child's listener),
-//! no attempt executed twice, and duplicate executions ≤ the attempts running at the kills.
+//! no attempt executed twice, duplicate executions ≤ 2 per worker slot per kill (the attempt
+//! running and the one settling) and attempts lost ≤ 3 (those and the one claimed ahead).
 //! Reopen times are reported as p50/p99.
 //!
 //! Built into two test binaries: `crash_wal` (tests/crash_wal.rs) runs the engine as
@@ -62,6 +63,13 @@ const BURST: u64 = 50;
 const BURST_PAUSE: Duration = Duration::from_millis(30);
 /// Worker slots in the child.
 const CONCURRENCY: usize = 8;
+/// Attempts one slot holds at most, each RUNNING in the store until its settlement commits
+/// (`src/worker/slot.rs`): the one it runs, the one before it whose settlement is in flight
+/// (its handler done, its outcome not committed yet), and the one that settlement claims ahead.
+const HELD_PER_SLOT: u64 = 3;
+/// Of those, the attempts whose handler may have run: the one running and the one settling.
+/// A kill re-runs both, the one claimed ahead has not started.
+const RAN_PER_SLOT: u64 = 2;
 /// How long the parent waits for anything before failing.
 const PATIENCE: Duration = Duration::from_secs(120);
 
@@ -424,6 +432,20 @@ fn parent() {
     // Whether the store holds RUNNING tasks of a killed process nobody has recovered yet: the
     // next open recovers them (and a kill during it interrupts that recovery).
     let mut recovery_pending = false;
+    // Kills of an opened process since the last recovery finished: each left at most
+    // `CONCURRENCY * HELD_PER_SLOT` attempts RUNNING for the next recovery.
+    let mut unrecovered_kills = 0u64;
+    let mut most_orphans_of_one_kill = 0u64;
+    let mut recovered = |orphans: u64, unrecovered_kills: u64| {
+        assert!(
+            orphans <= unrecovered_kills * CONCURRENCY as u64 * HELD_PER_SLOT,
+            "a recovery found {orphans} attempts RUNNING after {unrecovered_kills} kill(s) of a \
+             process with {CONCURRENCY} slots, each holding at most {HELD_PER_SLOT}"
+        );
+        if unrecovered_kills == 1 {
+            most_orphans_of_one_kill = most_orphans_of_one_kill.max(orphans);
+        }
+    };
     // Tasks the parent saw COMPLETED at a reopen: (attempts then).
     let mut completed_seen: HashMap<TaskId, u32> = HashMap::new();
     let mut open_estimate = Duration::from_millis(30);
@@ -470,6 +492,8 @@ fn parent() {
             (_, Some((took, orphans))) => {
                 child_opens.push(took);
                 orphans_seen += orphans;
+                recovered(orphans, unrecovered_kills);
+                unrecovered_kills = 1;
                 if matches!(kill, KillAt::DuringOpen) {
                     landed_after_open += 1;
                 }
@@ -496,7 +520,10 @@ fn parent() {
             let engine = engine_builder(dir).control(false).open().unwrap();
             parent_opens.push(started.elapsed());
             let recovery = engine.recovery();
-            orphans_seen += recovery.orphans_retrying + recovery.orphans_failed;
+            let orphans = recovery.orphans_retrying + recovery.orphans_failed;
+            orphans_seen += orphans;
+            recovered(orphans, unrecovered_kills);
+            unrecovered_kills = 0;
             recovery_pending = false;
             let records = runtime.block_on(all_tasks(&engine));
             for record in records.values() {
@@ -526,6 +553,7 @@ fn parent() {
     if let (_, Some((took, orphans))) = status_of(dir, generation) {
         child_opens.push(took);
         orphans_seen += orphans;
+        recovered(orphans, unrecovered_kills);
     }
     let elapsed = run_started.elapsed();
 
@@ -640,20 +668,24 @@ fn parent() {
         }
     }
     // `duplicates <= orphaned_attempts` follows from the two assertions per task above (no
-    // attempt ran twice, none past the record's). The bound that means something: a duplicate
-    // is an attempt cut off by a kill while it ran, and a kill cuts off at most one attempt
-    // per worker slot.
+    // attempt ran twice, none past the record's). The bounds that mean something: a duplicate
+    // is an attempt a kill cut off after its handler began and before its settlement
+    // committed, at most [`RAN_PER_SLOT`] per slot; an attempt lost is one a kill found
+    // RUNNING in the store, at most [`HELD_PER_SLOT`] per slot.
+    let slots = kills * CONCURRENCY as u64;
     assert!(
-        duplicates <= kills * CONCURRENCY as u64,
-        "{duplicates} duplicate executions at {kills} kills, more than the {CONCURRENCY} \
-         worker slots per kill"
+        duplicates <= slots * RAN_PER_SLOT,
+        "{duplicates} duplicate executions at {kills} kills, more than {RAN_PER_SLOT} for \
+         each of the {CONCURRENCY} worker slots per kill"
     );
     assert!(
-        orphaned_attempts <= kills * CONCURRENCY as u64,
-        "{orphaned_attempts} attempts lost at {kills} kills of {CONCURRENCY} slots"
+        orphaned_attempts <= slots * HELD_PER_SLOT,
+        "{orphaned_attempts} attempts lost at {kills} kills, more than {HELD_PER_SLOT} for \
+         each of the {CONCURRENCY} worker slots per kill"
     );
+    // A recovery whose commit a kill cut off is reported again by the next one.
     assert!(
-        orphans_seen <= orphaned_attempts + kills * CONCURRENCY as u64,
+        orphans_seen <= orphaned_attempts + slots * HELD_PER_SLOT,
         "recoveries report {orphans_seen} orphans"
     );
 
@@ -673,12 +705,15 @@ fn parent() {
         kills - mid_run
     );
     println!(
-        "crash: {} executions; {duplicates} duplicates ≤ {} (the {CONCURRENCY} worker slots at \
-         each of the {kills} kills), {orphaned_attempts} attempts running at the kills \
-         ({orphans_seen} orphans reported by the recoveries); {} tasks seen COMPLETED at parent \
-         reopens and {} reported COMPLETED by listeners, none ran again",
+        "crash: {} executions; {duplicates} duplicates ≤ {} ({RAN_PER_SLOT} for each of the \
+         {CONCURRENCY} worker slots at each of the {kills} kills); {orphaned_attempts} attempts \
+         held at the kills ≤ {} ({orphans_seen} orphans reported by the recoveries, at most \
+         {most_orphans_of_one_kill} after one kill, ≤ {}); {} tasks \
+         seen COMPLETED at parent reopens and {} reported COMPLETED by listeners, none ran again",
         runs.values().map(Vec::len).sum::<usize>(),
-        kills * CONCURRENCY as u64,
+        slots * RAN_PER_SLOT,
+        slots * HELD_PER_SLOT,
+        CONCURRENCY as u64 * HELD_PER_SLOT,
         completed_seen.len(),
         completed_reported.len()
     );
