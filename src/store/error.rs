@@ -123,6 +123,19 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// redb refused the database because an earlier write to it failed (`PreviousIo`): every
+    /// access fails until the database is reopened, which the writer does after any failed
+    /// commit (`Writer::commit_failed`).
+    pub(crate) fn is_refused_after_failed_write(&self) -> bool {
+        matches!(
+            self,
+            Self::Storage { source, .. }
+                if matches!(source.downcast_ref::<redb::Error>(), Some(redb::Error::PreviousIo))
+        )
+    }
+}
+
 fn full_detail(free: Option<u64>, needed: Option<u64>) -> String {
     match (free, needed) {
         (Some(free), Some(needed)) => format!(

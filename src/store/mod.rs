@@ -9,6 +9,8 @@ mod commit;
 mod copy_on_write;
 mod create;
 mod error;
+#[cfg(test)]
+pub(crate) mod flaky_disk;
 mod handle;
 mod held;
 pub use handle::quiet_caught_storage_panics;
@@ -38,6 +40,7 @@ pub(crate) use write_tables::WriteTables;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError, RwLock};
+use std::time::Duration;
 
 use redb::{ReadableTable, TableHandle};
 
@@ -333,6 +336,16 @@ impl Store {
         &self.path
     }
 
+    /// The generation reads are in: it moves on each time the store is reopened.
+    pub(crate) fn read_generation(&self) -> u64 {
+        self.visible.generation()
+    }
+
+    /// Waits, at most `limit`, until the store has reopened since `generation`; whether it has.
+    pub(crate) fn wait_reopened_since(&self, generation: u64, limit: Duration) -> bool {
+        self.visible.wait_reopened_since(generation, limit)
+    }
+
     /// Free bytes (for unprivileged users) on the file system holding the store, or `None`
     /// when that cannot be known (a custom backend, a platform without `statvfs`, an error).
     pub(crate) fn free_bytes(&self) -> Option<u64> {
@@ -570,3 +583,5 @@ fn map_storage_error(path: &Path, action: &'static str, error: redb::Error) -> S
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(crate) use tests::queue_sample;

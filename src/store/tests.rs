@@ -9,7 +9,7 @@ fn temp_store() -> (tempfile::TempDir, PathBuf, Store) {
 }
 
 /// Queues one sample task (record and ready index) in its own durable commit.
-pub(super) fn queue_sample(store: &Store) -> TaskId {
+pub(crate) fn queue_sample(store: &Store) -> TaskId {
     let id = TaskId::new();
     let task = sample_task();
     store

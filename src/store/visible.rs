@@ -20,6 +20,7 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 thread_local! {
     /// True on the writer's thread: it never waits for its own syncs (it is what ends them).
@@ -163,6 +164,24 @@ impl Visibility {
     /// The generation a read starts in (before it takes its snapshot).
     pub(super) fn generation(&self) -> u64 {
         self.lock().generation
+    }
+
+    /// Waits until the store has reopened since `generation`, at most `limit`; whether it has.
+    pub(super) fn wait_reopened_since(&self, generation: u64, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut state = self.lock();
+        while state.generation == generation {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
     }
 
     /// Waits until everything a snapshot taken in `generation` can hold is durable. False when

@@ -501,11 +501,21 @@ async fn read_off_the_runtime<T: Send + 'static>(
     let store = Arc::clone(store);
     tokio::task::spawn_blocking(move || {
         // A read that the writer's reopen (after a failed commit, or while healing) closed
-        // under it is made again on the new handle.
+        // under it is made again on the new handle. So is one that redb refused because a
+        // commit had just failed (a checkpoint on a full disk, say): the writer reopens the
+        // store after every failed commit, and the read waits for that.
         let mut tries = 1;
         loop {
+            let generation = store.read_generation();
             match crate::store::under_damage_guard(|| read(&store)) {
                 Err(Error::Store(StoreError::Reopened { .. })) if tries < READ_TRIES => tries += 1,
+                Err(Error::Store(ref error))
+                    if error.is_refused_after_failed_write()
+                        && tries < READ_TRIES
+                        && store.wait_reopened_since(generation, REOPEN_WAIT) =>
+                {
+                    tries += 1;
+                }
                 other => return other,
             }
         }
@@ -527,6 +537,9 @@ async fn read_off_the_runtime<T: Send + 'static>(
 
 /// How often a read closed under it by a reopen is made.
 const READ_TRIES: u32 = 5;
+/// How long a read refused after a failed commit waits for the writer's reopen before it
+/// reports the refusal.
+const REOPEN_WAIT: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests;

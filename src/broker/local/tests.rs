@@ -654,3 +654,49 @@ async fn a_refusal_says_whether_the_engine_heals_until_it_gives_up() {
     ));
     broker.enqueue(vec![new_task()]).await.unwrap();
 }
+
+/// A read that redb refuses because a checkpoint's commit just failed (`PreviousIo`: every
+/// access fails until the database is reopened) waits for the writer's reopen, which follows
+/// every failed commit, and is made again. Found by CI (2026-12-07): on an engine reopened
+/// while its disk was full, an idle checkpoint ran into the wall and a read failed with
+/// redb's "previous I/O error" before the reopen (`disk_full.rs`, 1 run in 30 under load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_refused_after_a_failed_checkpoint_waits_for_the_reopen() {
+    use crate::store::flaky_disk::SharedFlakyDisk;
+    use std::sync::atomic::Ordering::SeqCst;
+    let disk = SharedFlakyDisk::default();
+    let options = StoreOptions {
+        backend: Some(disk.clone().into()),
+        log_backend: Some(SharedFlakyDisk::default().into()),
+        wal_checkpoint_bytes: 8,
+        // Reads go to the disk, where redb checks for a failed write; from its cache they
+        // would not fail.
+        cache_bytes: 4096,
+        ..StoreOptions::default()
+    };
+    let store =
+        std::sync::Arc::new(Store::open(std::path::Path::new("/flaky/fq.redb"), &options).unwrap());
+    let id = crate::store::queue_sample(&store);
+    disk.0.failing_syncs.store(u32::MAX, SeqCst);
+    assert!(
+        store.checkpoint_when(true).is_err(),
+        "the checkpoint's sync did not fail"
+    );
+    let refused = store.read_task(id).unwrap_err();
+    assert!(refused.is_refused_after_failed_write(), "{refused:?}");
+
+    let reopening = {
+        let (store, disk) = (std::sync::Arc::clone(&store), disk.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            disk.0.failing_syncs.store(0, SeqCst);
+            store.reopen().unwrap();
+        })
+    };
+    let read = read_off_the_runtime(&store, move |store| Ok(store.read_task(id)?)).await;
+    reopening.join().unwrap();
+    assert!(
+        read.unwrap().is_some(),
+        "the task is missing after the reopen"
+    );
+}
